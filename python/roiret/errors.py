@@ -1,0 +1,36 @@
+"""Exception types raised by roiret.
+
+Each derives from the built-in exception a caller would naturally catch
+(``ValueError`` for bad data, ``FileNotFoundError`` for missing files), so
+``except ValueError`` keeps working; the subclasses let callers tell cases apart.
+The native core raises :class:`IndexFormatError` itself (it looks the class up here).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Union
+
+__all__ = ["ImageError", "IndexFormatError", "WeightsError", "WeightsNotFoundError"]
+
+
+class ImageError(ValueError):
+    """An image could not be read or is unusable (empty, truncated, not an image,
+    too many pixels, unsupported layout). ``path`` names the file when there is one."""
+
+    def __init__(self, message: str, path: Optional[Union[str, "os.PathLike[str]"]] = None):
+        self.path = None if path is None else os.fspath(path)
+        self.reason = message
+        super().__init__(f"{self.path}: {message}" if self.path is not None else message)
+
+
+class IndexFormatError(ValueError):
+    """A saved index file is truncated, corrupt, of another kind, or of a newer format
+    version. Nothing is loaded when this is raised."""
+
+
+class WeightsError(ValueError):
+    """A weight file exists but cannot be used (corrupt, wrong shapes, unsafe pickle)."""
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """No source of weights was found; the message lists every place that was tried."""

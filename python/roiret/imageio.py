@@ -1,0 +1,348 @@
+"""Reading images: paths, bytes or arrays in, C-contiguous ``uint8`` RGB (or gray) out.
+
+Every reader in roiret goes through :func:`load_image`, so every stage sees the same
+pixels and the same errors:
+
+* files are read as bytes and their header is checked *before* decoding: an empty file,
+  a file that is not an image, or an image whose declared size exceeds ``max_pixels``
+  (a "decompression bomb") is refused with :class:`roiret.errors.ImageError` naming
+  the file, without handing the data to a decoder;
+* EXIF orientation is applied (a photo taken in portrait comes out upright);
+* 16-bit, gray, RGBA/alpha and CMYK inputs are converted to 8-bit RGB (or gray);
+* ``max_side`` shrinks the longest side (never enlarges) with area interpolation.
+
+Arrays are taken as they are (``H×W`` gray, ``H×W×3`` RGB, ``H×W×4`` RGBA; ``uint8``,
+``uint16`` or floats in [0, 1]).
+"""
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import numpy as np
+
+from .errors import ImageError
+
+__all__ = [
+    "ImageSource",
+    "DEFAULT_MAX_PIXELS",
+    "load_image",
+    "probe_image_size",
+    "resize_max_side",
+    "to_uint8_rgb",
+]
+
+ImageSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray]
+
+#: Largest image (width × height, as declared in the file header) that is decoded.
+#: 100 megapixels ≈ 300 MB of decoded RGB. Override per call or with ROIRET_MAX_PIXELS.
+DEFAULT_MAX_PIXELS = int(os.environ.get("ROIRET_MAX_PIXELS", 100_000_000))
+
+
+def _cv2():
+    import cv2  # local import: importing roiret should not pay for OpenCV
+
+    return cv2
+
+
+# ----------------------------------------------------------------------------------------
+# header probing
+# ----------------------------------------------------------------------------------------
+def _probe_jpeg(b: bytes) -> Optional[Tuple[int, int]]:
+    i, n = 2, len(b)
+    while i + 4 <= n:
+        if b[i] != 0xFF:
+            return None
+        marker = b[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # standalone markers
+            i += 2
+            continue
+        if i + 4 > n:
+            return None
+        seg_len = struct.unpack(">H", b[i + 2 : i + 4])[0]
+        if seg_len < 2:
+            return None
+        # SOF0..SOF15 except DHT (C4), JPG (C8), DAC (CC)
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 9 > n:
+                return None
+            h, w = struct.unpack(">HH", b[i + 5 : i + 9])
+            return w, h
+        if marker == 0xDA:  # start of scan before any frame header
+            return None
+        i += 2 + seg_len
+    return None
+
+
+def _probe_png(b: bytes) -> Optional[Tuple[int, int]]:
+    if len(b) < 24 or b[12:16] != b"IHDR":
+        return None
+    w, h = struct.unpack(">II", b[16:24])
+    return w, h
+
+
+def _probe_gif(b: bytes) -> Optional[Tuple[int, int]]:
+    if len(b) < 10:
+        return None
+    w, h = struct.unpack("<HH", b[6:10])
+    return w, h
+
+
+def _probe_bmp(b: bytes) -> Optional[Tuple[int, int]]:
+    if len(b) < 26:
+        return None
+    hdr = struct.unpack("<I", b[14:18])[0]
+    if hdr == 12:
+        w, h = struct.unpack("<HH", b[18:22])
+        return w, h
+    w, h = struct.unpack("<ii", b[18:26])
+    return abs(w), abs(h)
+
+
+def _probe_webp(b: bytes) -> Optional[Tuple[int, int]]:
+    if len(b) < 30:
+        return None
+    chunk = b[12:16]
+    if chunk == b"VP8X":
+        w = 1 + int.from_bytes(b[24:27], "little")
+        h = 1 + int.from_bytes(b[27:30], "little")
+        return w, h
+    if chunk == b"VP8L":
+        bits = int.from_bytes(b[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 ":
+        w, h = struct.unpack("<HH", b[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+    return None
+
+
+def _probe_pnm(b: bytes) -> Optional[Tuple[int, int]]:
+    # P1..P6: magic, then whitespace/comment separated width and height
+    fields = []
+    i, n = 2, min(len(b), 4096)
+    while len(fields) < 2 and i < n:
+        c = b[i : i + 1]
+        if c == b"#":
+            while i < n and b[i : i + 1] not in (b"\n", b"\r"):
+                i += 1
+        elif c.isspace():
+            i += 1
+        else:
+            j = i
+            while j < n and b[j : j + 1].isdigit():
+                j += 1
+            if j == i:
+                return None
+            fields.append(int(b[i:j]))
+            i = j
+    return (fields[0], fields[1]) if len(fields) == 2 else None
+
+
+def _probe_tiff(b: bytes) -> Optional[Tuple[int, int]]:
+    end = "<" if b[:2] == b"II" else ">"
+    if len(b) < 8:
+        return None
+    (ifd,) = struct.unpack(end + "I", b[4:8])
+    if ifd + 2 > len(b):
+        return None
+    (count,) = struct.unpack(end + "H", b[ifd : ifd + 2])
+    w = h = None
+    for k in range(count):
+        e = ifd + 2 + 12 * k
+        if e + 12 > len(b):
+            return None
+        tag, typ = struct.unpack(end + "HH", b[e : e + 4])
+        if typ == 3:
+            val = struct.unpack(end + "H", b[e + 8 : e + 10])[0]
+        else:
+            val = struct.unpack(end + "I", b[e + 8 : e + 12])[0]
+        if tag == 256:
+            w = val
+        elif tag == 257:
+            h = val
+    return (w, h) if w is not None and h is not None else None
+
+
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG", _probe_jpeg),
+    (b"\x89PNG\r\n\x1a\n", "PNG", _probe_png),
+    (b"GIF87a", "GIF", _probe_gif),
+    (b"GIF89a", "GIF", _probe_gif),
+    (b"BM", "BMP", _probe_bmp),
+    (b"II*\x00", "TIFF", _probe_tiff),
+    (b"MM\x00*", "TIFF", _probe_tiff),
+)
+
+
+def _identify(b: bytes):
+    for sig, name, probe in _SIGNATURES:
+        if b.startswith(sig):
+            return name, probe
+    if len(b) >= 12 and b[:4] == b"RIFF" and b[8:12] == b"WEBP":
+        return "WebP", _probe_webp
+    if len(b) >= 3 and b[0:1] == b"P" and b[1:2] in b"123456" and b[2:3].isspace():
+        return "PNM", _probe_pnm
+    return None, None
+
+
+def probe_image_size(data: bytes) -> Tuple[str, Optional[Tuple[int, int]]]:
+    """Return ``(format, (width, height) or None)`` from an encoded image's header,
+    without decoding it. Raises :class:`ImageError` when the bytes are not an image
+    format roiret reads (JPEG, PNG, GIF, BMP, TIFF, WebP, PNM)."""
+    fmt, probe = _identify(bytes(data[:16]))
+    if fmt is None:
+        head = " ".join(f"{x:02x}" for x in bytes(data[:8]))
+        raise ImageError(f"not a supported image format (first bytes: {head or 'none'})")
+    try:
+        size = probe(bytes(data[: 1 << 20]))  # headers live in the first MiB
+    except struct.error:
+        size = None
+    return fmt, size
+
+
+# ----------------------------------------------------------------------------------------
+# conversion
+# ----------------------------------------------------------------------------------------
+def to_uint8_rgb(img: np.ndarray, *, name: str = "image") -> np.ndarray:
+    """Convert an array (gray / RGB / RGBA; uint8, uint16 or float in [0, 1]) to a
+    C-contiguous ``uint8`` (H, W, 3) RGB array."""
+    if not isinstance(img, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array, got {type(img).__name__}")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)):
+        raise ValueError(
+            f"{name}: expected an array of shape (H, W), (H, W, 3) or (H, W, 4), got {img.shape}"
+        )
+    if img.shape[0] < 1 or img.shape[1] < 1:
+        raise ValueError(f"{name}: empty image of shape {img.shape}")
+    if img.dtype == np.uint8:
+        out = img
+    elif img.dtype == np.uint16:
+        out = (img >> 8).astype(np.uint8)
+    elif img.dtype in (np.float32, np.float64, np.float16):
+        if not np.all(np.isfinite(img)):
+            raise ValueError(f"{name}: float image contains NaN or infinity")
+        out = np.clip(np.rint(img.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+    elif img.dtype == np.bool_:
+        out = img.astype(np.uint8) * 255
+    else:
+        raise TypeError(
+            f"{name}: expected dtype uint8, uint16 or float in [0, 1], got {img.dtype}"
+        )
+    if out.ndim == 2:
+        out = np.repeat(out[:, :, None], 3, axis=2)
+    elif out.shape[2] == 4:
+        out = out[:, :, :3]
+    return np.ascontiguousarray(out)
+
+
+def resize_max_side(img: np.ndarray, max_side: Optional[int]) -> Tuple[np.ndarray, float]:
+    """Shrink ``img`` so that its longest side is at most ``max_side`` (never enlarge).
+    Returns ``(resized, scale)`` where ``scale`` = new size / old size (1.0 if unchanged)."""
+    if max_side is None:
+        return img, 1.0
+    if int(max_side) < 1:
+        raise ValueError(f"max_side must be >= 1, got {max_side}")
+    h, w = img.shape[:2]
+    longest = max(h, w)
+    if longest <= max_side:
+        return img, 1.0
+    scale = max_side / float(longest)
+    nw, nh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+    out = _cv2().resize(img, (nw, nh), interpolation=_cv2().INTER_AREA)
+    return np.ascontiguousarray(out), scale
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except IsADirectoryError:
+        raise ImageError("is a directory, not an image file", path) from None
+
+
+def load_image(
+    src: ImageSource,
+    *,
+    max_side: Optional[int] = None,
+    gray: bool = False,
+    max_pixels: Optional[int] = None,
+) -> np.ndarray:
+    """Load an image as a C-contiguous ``uint8`` array: RGB (H, W, 3), or (H, W) if ``gray``.
+
+    Parameters
+    ----------
+    src:
+        A path, the encoded bytes of an image file, or an array (see :func:`to_uint8_rgb`).
+    max_side:
+        Shrink so that the longest side is at most this many pixels (``None``: keep).
+    gray:
+        Return a single-channel luminance image.
+    max_pixels:
+        Refuse files whose header declares more than this many pixels, before decoding
+        (default :data:`DEFAULT_MAX_PIXELS`).
+
+    Raises
+    ------
+    roiret.errors.ImageError
+        The file is empty, truncated, not an image, or too large.
+    FileNotFoundError
+        The path does not exist.
+    """
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    if isinstance(src, np.ndarray):
+        img = to_uint8_rgb(src)
+        path = None
+    else:
+        if isinstance(src, (bytes, bytearray, memoryview)):
+            data, path = bytes(src), None
+        elif isinstance(src, (str, os.PathLike)):
+            path = Path(src)
+            data = _read_bytes(path)
+        else:
+            raise TypeError(
+                f"expected a path, bytes or a numpy array, got {type(src).__name__}"
+            )
+        img = _decode(data, path, limit)
+    img, _ = resize_max_side(img, max_side)
+    if gray:
+        img = np.ascontiguousarray(_cv2().cvtColor(img, _cv2().COLOR_RGB2GRAY))
+    return img
+
+
+def _decode(data: bytes, path: Optional[Path], limit: int) -> np.ndarray:
+    cv2 = _cv2()
+    if len(data) == 0:
+        raise ImageError("file is empty (0 bytes)", path)
+    try:
+        fmt, size = probe_image_size(data)
+    except ImageError as e:
+        raise ImageError(e.reason, path) from None
+    if size is not None:
+        w, h = size
+        if w <= 0 or h <= 0:
+            raise ImageError(f"{fmt} header declares an empty image ({w}x{h})", path)
+        if w * h > limit:
+            raise ImageError(
+                f"{fmt} header declares {w}x{h} = {w * h:,} pixels, more than the limit of "
+                f"{limit:,} (pass max_pixels= or set ROIRET_MAX_PIXELS to allow it)",
+                path,
+            )
+    buf = np.frombuffer(data, dtype=np.uint8)
+    # IMREAD_COLOR: 8-bit BGR whatever the source (gray, 16-bit, alpha, CMYK), with the
+    # EXIF orientation applied.
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if img is None or img.size == 0:
+        raise ImageError(f"{fmt} data could not be decoded (truncated or corrupt)", path)
+    if size is None and img.shape[0] * img.shape[1] > limit:
+        raise ImageError(
+            f"image has {img.shape[1]}x{img.shape[0]} pixels, more than the limit of {limit:,}",
+            path,
+        )
+    return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
