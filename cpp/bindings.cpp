@@ -1,0 +1,484 @@
+// roiret._core — thin pybind11 bindings of the roicore library.
+//
+// Every function follows the same order: check dtypes, shapes and contiguity while holding
+// the GIL (refusing rather than silently casting codes and boxes), allocate the outputs,
+// take raw pointers, release the GIL, run the core, return arrays.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "roicore/common.h"
+#include "roicore/cpu.h"
+#include "roicore/hamming.h"
+#include "roicore/checksum.h"
+#include "roicore/inverted_file.h"
+#include "roicore/parallel.h"
+#include "roicore/roi_select.h"
+
+namespace py = pybind11;
+using roicore::InvertedFile;
+
+namespace {
+
+// ---------------------------------------------------------------------------------------
+// argument checking
+// ---------------------------------------------------------------------------------------
+std::string shape_str(const py::array& a) {
+  std::ostringstream s;
+  s << "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s << (i ? ", " : "") << a.shape(i);
+  s << (a.ndim() == 1 ? ",)" : ")");
+  return s.str();
+}
+
+std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+std::string type_name(const py::handle& h) { return py::str(py::type::of(h).attr("__name__")).cast<std::string>(); }
+
+bool c_contiguous(const py::array& a) { return (a.flags() & py::array::c_style) != 0; }
+
+// A numpy array of exactly dtype T, `ndim` dimensions, C-contiguous. `what` describes the
+// expected shape, e.g. "(n, words)". Raises TypeError / ValueError with what came instead.
+template <class T>
+py::array_t<T, py::array::c_style> strict(const py::handle& obj, const char* name, int ndim, const char* what) {
+  const std::string want = std::string(py::str(py::dtype::of<T>()).cast<std::string>()) + " array of shape " + what;
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(name) + ": expected a numpy " + want + ", got " + type_name(obj));
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().is(py::dtype::of<T>()))
+    throw py::type_error(std::string(name) + ": expected " + want + ", got " + dtype_str(a) + " " + shape_str(a) +
+                         " (convert explicitly, e.g. x.astype(np." + py::str(py::dtype::of<T>()).cast<std::string>() +
+                         "))");
+  if (a.ndim() != ndim)
+    throw py::value_error(std::string(name) + ": expected " + want + ", got " + std::to_string(a.ndim()) +
+                          "-d shape " + shape_str(a));
+  if (!c_contiguous(a))
+    throw py::value_error(std::string(name) + ": expected a C-contiguous " + want +
+                          ", got a strided view; use np.ascontiguousarray(" + name + ")");
+  return py::reinterpret_borrow<py::array_t<T, py::array::c_style>>(a);
+}
+
+// Integer data that is not a code: any numpy integer array (or sequence) converts to int64
+// when every value fits. Floats and booleans are refused.
+py::array_t<std::int64_t, py::array::c_style> as_int64(const py::handle& obj, const char* name) {
+  py::module_ np = py::module_::import("numpy");
+  py::array a = py::isinstance<py::array>(obj) ? py::reinterpret_borrow<py::array>(obj) : py::array(np.attr("asarray")(obj));
+  const char kind = a.dtype().kind();
+  if (a.size() == 0 && (kind == 'f' || kind == 'O')) {
+    a = py::array(np.attr("zeros")(a.attr("shape"), "int64"));
+  } else if (kind != 'i' && kind != 'u') {
+    throw py::type_error(std::string(name) + ": expected an integer array, got " + dtype_str(a) + " " + shape_str(a));
+  }
+  if (a.ndim() != 1) throw py::value_error(std::string(name) + ": expected a 1-d array, got shape " + shape_str(a));
+  if (kind == 'u' && a.dtype().itemsize() == 8 && a.size() > 0) {
+    const auto mx = np.attr("max")(a).cast<std::uint64_t>();
+    if (mx > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+      throw py::value_error(std::string(name) + ": value " + std::to_string(mx) + " does not fit in int64");
+  }
+  return py::array_t<std::int64_t, py::array::c_style>(np.attr("ascontiguousarray")(a, "int64"));
+}
+
+// Weights (counts): any integer or float array converts to float32.
+py::array_t<float, py::array::c_style> as_f32(const py::handle& obj, const char* name) {
+  py::module_ np = py::module_::import("numpy");
+  py::array a = py::isinstance<py::array>(obj) ? py::reinterpret_borrow<py::array>(obj) : py::array(np.attr("asarray")(obj));
+  const char kind = a.dtype().kind();
+  if (a.size() == 0 && kind == 'O') a = py::array(np.attr("zeros")(a.attr("shape"), "float32"));
+  else if (kind != 'i' && kind != 'u' && kind != 'f')
+    throw py::type_error(std::string(name) + ": expected a numeric array, got " + dtype_str(a) + " " + shape_str(a));
+  if (a.ndim() != 1) throw py::value_error(std::string(name) + ": expected a 1-d array, got shape " + shape_str(a));
+  return py::array_t<float, py::array::c_style>(np.attr("ascontiguousarray")(a, "float32"));
+}
+
+std::size_t code_bits(const py::array& codes, const py::object& nbits_obj, const char* name) {
+  const auto words = static_cast<std::size_t>(codes.shape(1));
+  if (words == 0) throw py::value_error(std::string(name) + ": codes have 0 words (shape " + shape_str(codes) + ")");
+  if (nbits_obj.is_none()) return words * 64;
+  const long long nb = nbits_obj.cast<long long>();
+  if (nb < 1) throw py::value_error("nbits must be >= 1, got " + std::to_string(nb));
+  const auto nbits = static_cast<std::size_t>(nb);
+  if (roicore::words_for_bits(nbits) != words)
+    throw py::value_error("nbits=" + std::to_string(nbits) + " needs " + std::to_string(roicore::words_for_bits(nbits)) +
+                          " uint64 words per code, but " + name + " has " + std::to_string(words));
+  return nbits;
+}
+
+void same_width(const py::array& a, const char* an, const py::array& b, const char* bn) {
+  if (a.shape(1) != b.shape(1))
+    throw py::value_error(std::string("code widths differ: ") + an + " has " + std::to_string(a.shape(1)) +
+                          " words per code, " + bn + " has " + std::to_string(b.shape(1)));
+}
+
+py::object g_index_format_error;  // roiret.errors.IndexFormatError (a ValueError subclass)
+
+std::string fspath(const py::object& p) {
+  py::object s = py::module_::import("os").attr("fspath")(p);
+  if (py::isinstance<py::bytes>(s)) return s.cast<std::string>();
+  if (!py::isinstance<py::str>(s)) throw py::type_error("path: expected str or os.PathLike");
+  return s.cast<std::string>();
+}
+
+// ---------------------------------------------------------------------------------------
+// kernels
+// ---------------------------------------------------------------------------------------
+py::array_t<std::uint64_t> pack_codes(const py::object& x_obj, int threads) {
+  if (!py::isinstance<py::array>(x_obj))
+    throw py::type_error("x: expected a numpy float32 or float64 array of shape (n, d), got " + type_name(x_obj));
+  py::array x = py::reinterpret_borrow<py::array>(x_obj);
+  const bool f32 = x.dtype().is(py::dtype::of<float>()), f64 = x.dtype().is(py::dtype::of<double>());
+  if (!f32 && !f64)
+    throw py::type_error("x: expected float32 or float64 array of shape (n, d), got " + dtype_str(x) + " " + shape_str(x));
+  if (x.ndim() != 2) throw py::value_error("x: expected a 2-d array (n, d), got shape " + shape_str(x));
+  if (!c_contiguous(x)) throw py::value_error("x: expected a C-contiguous array; use np.ascontiguousarray(x)");
+  const auto n = static_cast<std::size_t>(x.shape(0)), d = static_cast<std::size_t>(x.shape(1));
+  if (d == 0) throw py::value_error("x: descriptors have 0 dimensions (shape " + shape_str(x) + ")");
+  const std::size_t words = roicore::words_for_bits(d);
+  py::array_t<std::uint64_t> out({n, words});
+  std::uint64_t* o = out.mutable_data();
+  const void* p = x.data();
+  {
+    py::gil_scoped_release nogil;
+    if (f32) roicore::pack_codes_f32(static_cast<const float*>(p), n, d, o, threads);
+    else roicore::pack_codes_f64(static_cast<const double*>(p), n, d, o, threads);
+  }
+  return out;
+}
+
+py::array_t<std::uint32_t> hamming_matrix(const py::object& a_obj, const py::object& b_obj, const py::object& nbits_obj,
+                                          int threads) {
+  auto a = strict<std::uint64_t>(a_obj, "a", 2, "(na, words)");
+  auto b = strict<std::uint64_t>(b_obj, "b", 2, "(nb, words)");
+  same_width(a, "a", b, "b");
+  const std::size_t nbits = code_bits(a, nbits_obj, "a");
+  const auto na = static_cast<std::size_t>(a.shape(0)), nb = static_cast<std::size_t>(b.shape(0));
+  py::array_t<std::uint32_t> out({na, nb});
+  std::uint32_t* o = out.mutable_data();
+  const std::uint64_t *pa = a.data(), *pb = b.data();
+  {
+    py::gil_scoped_release nogil;
+    roicore::hamming_matrix(pa, na, pb, nb, nbits, o, threads);
+  }
+  return out;
+}
+
+py::tuple hamming_knn(const py::object& q_obj, const py::object& db_obj, long long k, const py::object& nbits_obj,
+                      int threads) {
+  auto q = strict<std::uint64_t>(q_obj, "q", 2, "(nq, words)");
+  auto db = strict<std::uint64_t>(db_obj, "db", 2, "(n, words)");
+  same_width(q, "q", db, "db");
+  const std::size_t nbits = code_bits(q, nbits_obj, "q");
+  if (k < 1) throw py::value_error("k must be >= 1, got " + std::to_string(k));
+  const auto nq = static_cast<std::size_t>(q.shape(0)), ndb = static_cast<std::size_t>(db.shape(0));
+  const auto kk = static_cast<std::size_t>(k);
+  py::array_t<std::uint32_t> dist({nq, kk});
+  py::array_t<std::int64_t> idx({nq, kk});
+  std::uint32_t* pd = dist.mutable_data();
+  std::int64_t* pi = idx.mutable_data();
+  const std::uint64_t *pq = q.data(), *pdb = db.data();
+  {
+    py::gil_scoped_release nogil;
+    roicore::hamming_knn(pq, nq, pdb, ndb, nbits, kk, pd, pi, threads);
+  }
+  return py::make_tuple(dist, idx);
+}
+
+py::tuple cross_match(const py::object& q_obj, const py::object& db_obj, const py::object& offsets_obj, long long nbits,
+                      const py::object& mask_obj, const py::object& images_obj, int threads) {
+  auto q = strict<std::uint64_t>(q_obj, "q", 2, "(nq, words)");
+  auto db = strict<std::uint64_t>(db_obj, "db", 2, "(n, words)");
+  same_width(q, "q", db, "db");
+  const std::size_t nb = code_bits(q, py::int_(nbits), "q");
+  auto offsets = strict<std::int64_t>(offsets_obj, "offsets", 1, "(n_images + 1,)");
+  if (offsets.shape(0) < 1) throw py::value_error("offsets: expected at least 1 value (n_images + 1), got 0");
+  const auto nq = static_cast<std::size_t>(q.shape(0)), ndb = static_cast<std::size_t>(db.shape(0));
+  const auto n_groups = static_cast<std::size_t>(offsets.shape(0) - 1);
+  roicore::validate_offsets(offsets.data(), n_groups, ndb, "offsets");
+
+  const std::uint8_t* mask = nullptr;
+  py::array_t<std::uint8_t> mask_arr;
+  if (!mask_obj.is_none()) {
+    if (!py::isinstance<py::array>(mask_obj))
+      throw py::type_error("query_mask: expected a numpy bool array of shape (nq,), got " + type_name(mask_obj));
+    py::array m = py::reinterpret_borrow<py::array>(mask_obj);
+    if (!m.dtype().is(py::dtype::of<bool>()) && !m.dtype().is(py::dtype::of<std::uint8_t>()))
+      throw py::type_error("query_mask: expected a bool array of shape (nq,), got " + dtype_str(m) + " " + shape_str(m));
+    if (m.ndim() != 1 || static_cast<std::size_t>(m.shape(0)) != nq)
+      throw py::value_error("query_mask: expected shape (" + std::to_string(nq) + ",), got " + shape_str(m));
+    mask_arr = py::array_t<std::uint8_t>(py::module_::import("numpy").attr("ascontiguousarray")(m, "uint8"));
+    mask = mask_arr.data();
+  }
+  const std::int64_t* images = nullptr;
+  py::array_t<std::int64_t, py::array::c_style> images_arr;
+  std::size_t n_out = n_groups;
+  if (!images_obj.is_none()) {
+    images_arr = as_int64(images_obj, "images");
+    n_out = static_cast<std::size_t>(images_arr.shape(0));
+    images = images_arr.data();
+    for (std::size_t i = 0; i < n_out; ++i)
+      if (images[i] < 0 || static_cast<std::size_t>(images[i]) >= n_groups)
+        throw py::value_error("images[" + std::to_string(i) + "] = " + std::to_string(images[i]) +
+                              " is not an image index in [0, " + std::to_string(n_groups) + ")");
+  }
+  py::array_t<float> score(n_out);
+  py::array_t<std::int64_t> bq(n_out), bd(n_out), votes(nq);
+  float* ps = score.mutable_data();
+  std::int64_t *pbq = bq.mutable_data(), *pbd = bd.mutable_data(), *pv = votes.mutable_data();
+  const std::uint64_t *pq = q.data(), *pdb = db.data();
+  const std::int64_t* po = offsets.data();
+  {
+    py::gil_scoped_release nogil;
+    roicore::cross_match(pq, nq, pdb, po, n_groups, images, n_out, nb, mask, ps, pbq, pbd, pv, threads);
+  }
+  return py::make_tuple(score, bq, bd, votes);
+}
+
+py::array_t<std::int64_t> select_rois(const py::object& boxes_obj, const py::object& scores_obj,
+                                      const py::object& sizes_obj, long long k, double t_min, double t_rate,
+                                      double t_iou, int threads) {
+  auto boxes = strict<float>(boxes_obj, "boxes", 3, "(B, D, 4)");
+  auto scores = strict<float>(scores_obj, "scores", 2, "(B, D)");
+  auto sizes = strict<float>(sizes_obj, "image_sizes", 2, "(B, 2)");
+  const auto B = static_cast<std::size_t>(boxes.shape(0)), D = static_cast<std::size_t>(boxes.shape(1));
+  if (boxes.shape(2) != 4) throw py::value_error("boxes: expected shape (B, D, 4), got " + shape_str(boxes));
+  if (static_cast<std::size_t>(scores.shape(0)) != B || static_cast<std::size_t>(scores.shape(1)) != D)
+    throw py::value_error("scores: expected shape (" + std::to_string(B) + ", " + std::to_string(D) + ") to match boxes, got " +
+                          shape_str(scores));
+  if (static_cast<std::size_t>(sizes.shape(0)) != B || sizes.shape(1) != 2)
+    throw py::value_error("image_sizes: expected shape (" + std::to_string(B) + ", 2) as (width, height), got " +
+                          shape_str(sizes));
+  if (k < 1) throw py::value_error("k (the number of RoIs to keep, K) must be >= 1, got " + std::to_string(k));
+  if (std::isnan(t_min) || t_min < 0.0 || t_min > 1.0)
+    throw py::value_error("t_min (minimum box area / image area) must be in [0, 1], got " + std::to_string(t_min));
+  if (std::isnan(t_rate) || t_rate < 1.0)
+    throw py::value_error("t_rate (maximum aspect ratio) must be >= 1, got " + std::to_string(t_rate));
+  if (std::isnan(t_iou) || t_iou <= 0.0 || t_iou > 1.0)
+    throw py::value_error("t_iou (IoU above which a box is suppressed) must be in (0, 1], got " + std::to_string(t_iou));
+  const auto kk = static_cast<std::size_t>(k);
+  py::array_t<std::int64_t> out({B, kk});
+  std::int64_t* o = out.mutable_data();
+  const float *pb = boxes.data(), *ps = scores.data(), *pz = sizes.data();
+  {
+    py::gil_scoped_release nogil;
+    roicore::select_rois(pb, ps, pz, B, D, kk, t_min, t_rate, t_iou, o, threads);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// InvertedFile
+// ---------------------------------------------------------------------------------------
+void ivf_add(InvertedFile& self, const py::object& ids_obj, const py::object& offsets_obj, const py::object& words_obj,
+             const py::object& counts_obj) {
+  auto ids = as_int64(ids_obj, "image_ids");
+  auto offsets = as_int64(offsets_obj, "offsets");
+  auto words = as_int64(words_obj, "words");
+  const auto n = static_cast<std::size_t>(ids.shape(0)), nnz = static_cast<std::size_t>(words.shape(0));
+  if (static_cast<std::size_t>(offsets.shape(0)) != n + 1)
+    throw py::value_error("offsets: expected " + std::to_string(n + 1) + " values (len(image_ids) + 1), got " +
+                          std::to_string(offsets.shape(0)));
+  py::array_t<float, py::array::c_style> counts;
+  if (counts_obj.is_none()) {
+    counts = py::array_t<float, py::array::c_style>(nnz);
+    std::fill(counts.mutable_data(), counts.mutable_data() + nnz, 1.0f);
+  } else {
+    counts = as_f32(counts_obj, "counts");
+  }
+  if (static_cast<std::size_t>(counts.shape(0)) != nnz)
+    throw py::value_error("counts: expected " + std::to_string(nnz) + " values (one per word), got " +
+                          std::to_string(counts.shape(0)));
+  const std::int64_t *pi = ids.data(), *po = offsets.data(), *pw = words.data();
+  const float* pc = counts.data();
+  py::gil_scoped_release nogil;
+  self.add(pi, n, po, pw, pc, nnz);
+}
+
+std::pair<py::array_t<std::int64_t, py::array::c_style>, py::array_t<float, py::array::c_style>> query_arrays(
+    const py::object& words_obj, const py::object& counts_obj) {
+  auto words = as_int64(words_obj, "words");
+  const auto m = static_cast<std::size_t>(words.shape(0));
+  py::array_t<float, py::array::c_style> counts;
+  if (counts_obj.is_none()) {
+    counts = py::array_t<float, py::array::c_style>(m);
+    std::fill(counts.mutable_data(), counts.mutable_data() + m, 1.0f);
+  } else {
+    counts = as_f32(counts_obj, "counts");
+  }
+  if (static_cast<std::size_t>(counts.shape(0)) != m)
+    throw py::value_error("counts: expected " + std::to_string(m) + " values (one per word), got " +
+                          std::to_string(counts.shape(0)));
+  return {words, counts};
+}
+
+py::tuple ivf_search(const InvertedFile& self, const py::object& words_obj, const py::object& counts_obj, long long top_n) {
+  if (top_n < 1) throw py::value_error("top_n must be >= 1, got " + std::to_string(top_n));
+  auto qa = query_arrays(words_obj, counts_obj);
+  std::vector<std::int64_t> ids;
+  std::vector<float> scores;
+  const std::int64_t* pw = qa.first.data();
+  const float* pc = qa.second.data();
+  const auto m = static_cast<std::size_t>(qa.first.shape(0));
+  {
+    py::gil_scoped_release nogil;
+    self.search(pw, pc, m, static_cast<std::size_t>(top_n), ids, scores);
+  }
+  py::array_t<std::int64_t> oi(ids.size());
+  py::array_t<float> os(scores.size());
+  std::copy(ids.begin(), ids.end(), oi.mutable_data());
+  std::copy(scores.begin(), scores.end(), os.mutable_data());
+  return py::make_tuple(oi, os);
+}
+
+py::tuple ivf_search_batch(const InvertedFile& self, const py::object& offsets_obj, const py::object& words_obj,
+                           const py::object& counts_obj, long long top_n, int threads) {
+  if (top_n < 1) throw py::value_error("top_n must be >= 1, got " + std::to_string(top_n));
+  auto offsets = as_int64(offsets_obj, "offsets");
+  if (offsets.shape(0) < 1) throw py::value_error("offsets: expected n_queries + 1 values, got 0");
+  auto qa = query_arrays(words_obj, counts_obj);
+  const auto nq = static_cast<std::size_t>(offsets.shape(0) - 1);
+  const auto tn = static_cast<std::size_t>(top_n);
+  py::array_t<std::int64_t> oi({nq, tn});
+  py::array_t<float> os({nq, tn});
+  std::int64_t* pi = oi.mutable_data();
+  float* ps = os.mutable_data();
+  const std::int64_t *po = offsets.data(), *pw = qa.first.data();
+  const float* pc = qa.second.data();
+  const auto nnz = static_cast<std::size_t>(qa.first.shape(0));
+  {
+    py::gil_scoped_release nogil;
+    self.search_batch(po, nq, pw, pc, nnz, tn, pi, ps, threads);
+  }
+  return py::make_tuple(oi, os);
+}
+
+template <class T>
+py::array_t<T> to_array(const std::vector<T>& v) {
+  py::array_t<T> a(v.size());
+  std::copy(v.begin(), v.end(), a.mutable_data());
+  return a;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "roiret._core: native kernels (private; use the public names in roiret).";
+
+  g_index_format_error = py::module_::import("roiret.errors").attr("IndexFormatError");
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const roicore::InvalidArgument& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const roicore::FormatError& e) {
+      PyErr_SetString(g_index_format_error.ptr(), e.what());
+    } catch (const roicore::IoError& e) {
+      py::object err = py::reinterpret_steal<py::object>(
+          PyObject_CallFunction(PyExc_OSError, "iss", e.error_number(), std::strerror(e.error_number()), e.path().c_str()));
+      if (err) PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(err.ptr())), err.ptr());
+    }
+  });
+
+  // ---- CPU dispatch and threads ----
+  m.def("simd_level", [] { return std::string(roicore::simd_level_name(roicore::active_simd_level())); },
+        "Name of the SIMD kernels in use: 'generic', 'popcnt', 'avx2' or 'avx512'.");
+  m.def("detected_simd_level", [] { return std::string(roicore::simd_level_name(roicore::detected_simd_level())); },
+        "Highest SIMD level this CPU and OS support.");
+  m.def("supported_simd_levels",
+        [] {
+          std::vector<std::string> out;
+          for (auto l : roicore::supported_simd_levels()) out.emplace_back(roicore::simd_level_name(l));
+          return out;
+        },
+        "SIMD levels that can run on this CPU, lowest first.");
+  m.def("set_simd_level",
+        [](const std::string& name) {
+          return std::string(roicore::simd_level_name(roicore::set_simd_level(roicore::parse_simd_level(name))));
+        },
+        py::arg("level"),
+        "Force the SIMD kernels (e.g. 'generic' to test the fallback); returns the previous level. "
+        "Raises ValueError for a level this CPU cannot run. The ROIRET_SIMD environment variable sets the "
+        "initial level at import.");
+  m.def("get_num_threads", [] { return roicore::default_num_threads(); },
+        "Default number of threads used by the kernels.");
+  m.def("set_num_threads", [](int n) { roicore::set_default_num_threads(n); }, py::arg("n"),
+        "Set the default number of threads (n <= 0 restores the hardware default).");
+  m.def("crc32",
+        [](const py::bytes& data, std::uint32_t crc) {
+          std::string s = data;
+          return roicore::crc32_update(crc, s.data(), s.size());
+        },
+        py::arg("data"), py::arg("crc") = 0, "CRC-32 as used in index files (equal to zlib.crc32).");
+
+  // ---- kernels ----
+  m.def("pack_codes", &pack_codes, py::arg("x"), py::arg("threads") = 0);
+  m.def("hamming_matrix", &hamming_matrix, py::arg("a"), py::arg("b"), py::arg("nbits") = py::none(),
+        py::arg("threads") = 0);
+  m.def("hamming_knn", &hamming_knn, py::arg("q"), py::arg("db"), py::arg("k"), py::arg("nbits") = py::none(),
+        py::arg("threads") = 0);
+  m.def("cross_match", &cross_match, py::arg("q"), py::arg("db"), py::arg("offsets"), py::arg("nbits"),
+        py::arg("query_mask") = py::none(), py::arg("images") = py::none(), py::arg("threads") = 0);
+  m.def("select_rois", &select_rois, py::arg("boxes"), py::arg("scores"), py::arg("image_sizes"), py::arg("k"),
+        py::arg("t_min"), py::arg("t_rate"), py::arg("t_iou"), py::arg("threads") = 0);
+
+  // ---- InvertedFile ----
+  py::class_<InvertedFile>(m, "InvertedFile")
+      .def(py::init([](long long vocab_size) {
+             if (vocab_size < 1) throw py::value_error("vocab_size must be >= 1, got " + std::to_string(vocab_size));
+             return new InvertedFile(static_cast<std::size_t>(vocab_size));
+           }),
+           py::arg("vocab_size"))
+      .def("add", &ivf_add, py::arg("image_ids"), py::arg("offsets"), py::arg("words"), py::arg("counts") = py::none())
+      .def("search", &ivf_search, py::arg("words"), py::arg("counts") = py::none(), py::arg("top_n") = 100)
+      .def("search_batch", &ivf_search_batch, py::arg("offsets"), py::arg("words"), py::arg("counts") = py::none(),
+           py::arg("top_n") = 100, py::arg("threads") = 0)
+      .def(
+          "remove",
+          [](InvertedFile& self, const py::object& ids_obj) {
+            auto ids = as_int64(ids_obj, "image_ids");
+            const std::int64_t* p = ids.data();
+            const auto n = static_cast<std::size_t>(ids.shape(0));
+            py::gil_scoped_release nogil;
+            return self.remove(p, n);
+          },
+          py::arg("image_ids"))
+      .def("__len__", &InvertedFile::size)
+      .def("__contains__", [](const InvertedFile& self, std::int64_t id) { return self.contains(id); }, py::arg("image_id"))
+      .def_property_readonly("vocab_size", &InvertedFile::vocab_size)
+      .def_property_readonly("num_postings", &InvertedFile::num_postings)
+      .def("memory_bytes", &InvertedFile::memory_bytes)
+      .def("ids", [](const InvertedFile& self) { return to_array(self.ids()); })
+      .def("document_frequencies", [](const InvertedFile& self) { return to_array(self.document_frequencies()); })
+      .def("idf", [](const InvertedFile& self) { return to_array(self.idf()); })
+      .def(
+          "save",
+          [](const InvertedFile& self, const py::object& path) {
+            const std::string p = fspath(path);
+            py::gil_scoped_release nogil;
+            self.save(p);
+          },
+          py::arg("path"))
+      .def_static(
+          "load",
+          [](const py::object& path) {
+            const std::string p = fspath(path);
+            std::unique_ptr<InvertedFile> out;
+            {
+              py::gil_scoped_release nogil;
+              out = InvertedFile::load(p);
+            }
+            return out;
+          },
+          py::arg("path"))
+      .def("__repr__", [](const InvertedFile& self) {
+        return "InvertedFile(vocab_size=" + std::to_string(self.vocab_size()) + ", images=" + std::to_string(self.size()) +
+               ", postings=" + std::to_string(self.num_postings()) + ")";
+      });
+  m.attr("INVERTED_FILE_FORMAT_VERSION") = InvertedFile::kFormatVersion;
+}

@@ -1,0 +1,234 @@
+"""Public, documented wrappers of the native kernels in :mod:`roiret._core`.
+
+Binary codes
+------------
+A code of ``nbits`` bits is stored as ``words = ceil(nbits / 64)`` little-endian ``uint64``
+words; **bit i of the code is bit ``i % 64`` of word ``i // 64``** (least significant bit
+first). This is exactly ``np.packbits(bits, bitorder="little")`` viewed as ``uint64`` on a
+little-endian machine, and :func:`unpack_codes` inverts it. Code matrices are C-contiguous
+``uint64`` arrays of shape ``(n, words)``. Bits at positions ``>= nbits`` are ignored by every
+distance. Similarity of two codes is ``1 - Hamming / nbits``.
+
+Threads and the GIL
+-------------------
+Every kernel releases the GIL while it runs. ``threads=None`` uses
+:func:`get_num_threads` (all cores unless :func:`set_num_threads` said otherwise).
+
+SIMD
+----
+Kernels exist for several instruction sets and the best one this CPU supports is chosen at
+import (:func:`simd_level`). :func:`set_simd_level` or the environment variable
+``ROIRET_SIMD=generic|popcnt|avx2|avx512`` lower it, e.g. to test the portable path.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from . import _core
+from ._core import InvertedFile
+
+__all__ = [
+    "CrossMatchResult",
+    "InvertedFile",
+    "cross_match",
+    "get_num_threads",
+    "hamming_knn",
+    "hamming_matrix",
+    "pack_codes",
+    "select_rois",
+    "set_num_threads",
+    "set_simd_level",
+    "simd_level",
+    "supported_simd_levels",
+    "unpack_codes",
+]
+
+_env_level = os.environ.get("ROIRET_SIMD", "")
+if _env_level and _env_level not in ("generic", "popcnt", "avx2", "avx512"):
+    warnings.warn(
+        f"ignoring ROIRET_SIMD={_env_level!r}: expected one of generic, popcnt, avx2, avx512",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def _threads(threads: Optional[int]) -> int:
+    if threads is None:
+        return 0
+    if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    return int(threads)
+
+
+# ----------------------------------------------------------------------------------------
+# dispatch and threads
+# ----------------------------------------------------------------------------------------
+def simd_level() -> str:
+    """Name of the kernels in use: ``'generic'``, ``'popcnt'``, ``'avx2'`` or ``'avx512'``."""
+    return _core.simd_level()
+
+
+def supported_simd_levels() -> list:
+    """SIMD levels this CPU can run, lowest first."""
+    return _core.supported_simd_levels()
+
+
+def set_simd_level(level: str) -> str:
+    """Force the kernels of ``level`` (only levels in :func:`supported_simd_levels`);
+    returns the previous level. Meant for tests and benchmarks: results are identical at
+    every level, only speed differs."""
+    return _core.set_simd_level(level)
+
+
+def get_num_threads() -> int:
+    """Default number of threads used by the kernels."""
+    return _core.get_num_threads()
+
+
+def set_num_threads(n: Optional[int]) -> None:
+    """Set the default number of kernel threads; ``None`` or ``0`` restores all cores."""
+    _core.set_num_threads(0 if n is None else int(n))
+
+
+# ----------------------------------------------------------------------------------------
+# codes
+# ----------------------------------------------------------------------------------------
+def pack_codes(x: np.ndarray, *, threads: Optional[int] = None) -> np.ndarray:
+    """Binarise descriptors into packed codes (the paper's eq. 2).
+
+    Bit ``i`` of row ``r`` is ``x[r, i] > mean(x[r])``. The mean is computed in float64 with
+    compensated summation and clamped to the row's range, so a constant row packs to zeros.
+
+    Parameters
+    ----------
+    x : float32 or float64 array, shape (n, d), C-contiguous, finite.
+
+    Returns
+    -------
+    uint64 array, shape (n, ceil(d / 64)); unused high bits of the last word are zero.
+    """
+    return _core.pack_codes(x, threads=_threads(threads))
+
+
+def unpack_codes(codes: np.ndarray, nbits: int) -> np.ndarray:
+    """Inverse of the packing: ``uint64 (n, words)`` → ``uint8 (n, nbits)`` of 0/1."""
+    codes = np.asarray(codes)
+    if codes.dtype != np.uint64 or codes.ndim != 2:
+        raise TypeError(f"codes: expected a uint64 array of shape (n, words), got {codes.dtype} {codes.shape}")
+    words = (int(nbits) + 63) // 64
+    if nbits < 1 or codes.shape[1] != words:
+        raise ValueError(f"nbits={nbits} needs {words} words per code, codes have {codes.shape[1]}")
+    as_bytes = np.ascontiguousarray(codes).astype("<u8", copy=False).view(np.uint8)
+    return np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :nbits]
+
+
+def hamming_matrix(
+    a: np.ndarray, b: np.ndarray, nbits: Optional[int] = None, *, threads: Optional[int] = None
+) -> np.ndarray:
+    """All pairwise Hamming distances, ``uint32 (len(a), len(b))``, over the first ``nbits``
+    bits (default: every bit of the words)."""
+    return _core.hamming_matrix(a, b, nbits, threads=_threads(threads))
+
+
+def hamming_knn(
+    q: np.ndarray,
+    db: np.ndarray,
+    k: int,
+    nbits: Optional[int] = None,
+    *,
+    threads: Optional[int] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest database codes of each query.
+
+    Returns ``(distances uint32 (nq, k), indices int64 (nq, k))`` sorted by ascending
+    distance, ties by lower database index. When the database holds fewer than ``k`` codes
+    the rows are padded with distance ``2**32 - 1`` and index ``-1`` (as faiss does).
+    """
+    return _core.hamming_knn(q, db, int(k) if not isinstance(k, bool) else k, nbits, threads=_threads(threads))
+
+
+class CrossMatchResult(NamedTuple):
+    """Result of :func:`cross_match`, one entry per evaluated image (and per query RoI for
+    ``query_votes``)."""
+
+    #: float32: max over RoI pairs of ``1 - Hamming / nbits``; ``-inf`` for an image with
+    #: no RoIs (or no active query RoI).
+    score: np.ndarray
+    #: int64: the query RoI (row of ``q``) of the best pair, ``-1`` when none.
+    best_query: np.ndarray
+    #: int64: the database RoI (row of ``db``, not relative to the image) of the best pair.
+    best_db: np.ndarray
+    #: int64 (nq,): in how many evaluated images each query RoI formed the best pair — the
+    #: paper's matching frequency, used to pick the top-k query RoIs.
+    query_votes: np.ndarray
+
+
+def cross_match(
+    q: np.ndarray,
+    db: np.ndarray,
+    offsets: np.ndarray,
+    nbits: int,
+    query_mask: Optional[np.ndarray] = None,
+    *,
+    images: Optional[np.ndarray] = None,
+    threads: Optional[int] = None,
+) -> CrossMatchResult:
+    """Cross-match a query image's RoI codes with many database images' RoI codes.
+
+    Parameters
+    ----------
+    q : uint64 (nq, words)
+        The query's RoI codes.
+    db : uint64 (n, words)
+        RoI codes of all images; image ``g`` owns rows ``offsets[g]:offsets[g + 1]``.
+    offsets : int64 (n_images + 1,)
+        Non-decreasing CSR offsets into ``db``.
+    nbits : int
+        Significant bits per code (``words == ceil(nbits / 64)``).
+    query_mask : bool (nq,), optional
+        Only these query RoIs take part (the fast strategy's top-k RoIs).
+    images : int (m,), optional
+        Evaluate only these image indices (results are in this order); default all.
+    threads : int, optional
+        Worker threads over images.
+
+    Ties between pairs go to the lower query row, then the lower database row.
+    """
+    return CrossMatchResult(
+        *_core.cross_match(q, db, offsets, nbits, query_mask, images=images, threads=_threads(threads))
+    )
+
+
+def select_rois(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    image_sizes: np.ndarray,
+    k: int,
+    t_min: float,
+    t_rate: float,
+    t_iou: float = 0.95,
+    *,
+    threads: Optional[int] = None,
+) -> np.ndarray:
+    """Batched RoI selection (the paper's 3.2.2) for B images × D candidate boxes.
+
+    A box ``(x1, y1, x2, y2)`` with ``w = x2 - x1``, ``h = y2 - y1`` is dropped when
+    ``w <= 0`` or ``h <= 0``, when ``w * h / (width * height) < t_min`` (``T_min``) or when
+    ``max(w, h) / min(w, h) > t_rate`` (``T_rate``). The others are visited by descending
+    score (ties: lower index first) and kept while their IoU with every kept box is
+    ``< t_iou`` (``T_IOU``), until ``k`` (``K``) are kept. Geometry is computed in float64.
+
+    Parameters
+    ----------
+    boxes : float32 (B, D, 4), scores : float32 (B, D), image_sizes : float32 (B, 2)
+        Image sizes are ``(width, height)`` in the boxes' units. NaN is refused.
+
+    Returns
+    -------
+    int64 (B, k): indices of the kept boxes in selection order, padded with -1.
+    """
+    return _core.select_rois(boxes, scores, image_sizes, k, t_min, t_rate, t_iou, threads=_threads(threads))

@@ -1,0 +1,269 @@
+#include "roicore/hamming.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "roicore/common.h"
+#include "roicore/hamming_kernels.h"
+#include "roicore/parallel.h"
+
+namespace roicore {
+
+namespace detail {
+
+const HammingKernels& active_kernels() {
+  switch (active_simd_level()) {
+#if defined(ROICORE_X86)
+    case SimdLevel::kAvx512: return kernels_avx512();
+    case SimdLevel::kAvx2: return kernels_avx2();
+    case SimdLevel::kPopcnt: return kernels_popcnt();
+#endif
+    default: return kernels_generic();
+  }
+}
+
+}  // namespace detail
+
+namespace {
+
+template <class T>
+void pack_rows(const T* x, std::size_t n, std::size_t d, std::uint64_t* out, int threads) {
+  const std::size_t words = words_for_bits(d);
+  parallel_for(n, resolve_threads(threads), 4096 / (d + 1) + 64, [&](std::size_t b, std::size_t e, int) {
+    for (std::size_t r = b; r < e; ++r) {
+      const T* row = x + r * d;
+      // Neumaier-compensated sum in double; min / max to clamp the mean.
+      double sum = 0.0, comp = 0.0;
+      double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+      for (std::size_t i = 0; i < d; ++i) {
+        const double v = static_cast<double>(row[i]);
+        if (!std::isfinite(v)) {
+          throw InvalidArgument("x contains a non-finite value (" + std::to_string(v) + ") at row " +
+                                std::to_string(r) + ", column " + std::to_string(i));
+        }
+        const double t = sum + v;
+        comp += (std::fabs(sum) >= std::fabs(v)) ? (sum - t) + v : (v - t) + sum;
+        sum = t;
+        lo = std::min(lo, v);
+        hi = std::max(hi, v);
+      }
+      double mean = (sum + comp) / static_cast<double>(d);
+      mean = std::min(std::max(mean, lo), hi);
+      std::uint64_t* o = out + r * words;
+      for (std::size_t w = 0; w < words; ++w) o[w] = 0;
+      for (std::size_t i = 0; i < d; ++i)
+        if (static_cast<double>(row[i]) > mean) o[i >> 6] |= std::uint64_t{1} << (i & 63);
+    }
+  });
+}
+
+inline float similarity(std::uint32_t dist, std::size_t nbits) {
+  return static_cast<float>(1.0 - static_cast<double>(dist) / static_cast<double>(nbits));
+}
+
+// Max-heap of (distance, index) keeping the k best (smallest) entries.
+struct TopK {
+  std::vector<std::pair<std::uint32_t, std::int64_t>> h;
+  std::size_t k;
+  explicit TopK(std::size_t k_) : k(k_) { h.reserve(k_); }
+  // Candidates arrive in increasing index order, so an equal distance never displaces.
+  inline void push(std::uint32_t d, std::int64_t i) {
+    if (h.size() < k) {
+      h.emplace_back(d, i);
+      std::push_heap(h.begin(), h.end());
+    } else if (d < h.front().first) {
+      std::pop_heap(h.begin(), h.end());
+      h.back() = {d, i};
+      std::push_heap(h.begin(), h.end());
+    }
+  }
+  inline std::uint32_t worst() const {
+    return h.size() < k ? std::numeric_limits<std::uint32_t>::max() : h.front().first;
+  }
+};
+
+constexpr std::size_t kBlockBytes = 256 * 1024;  // database block kept in L2 while queries pass
+
+}  // namespace
+
+void validate_offsets(const std::int64_t* offsets, std::size_t n_groups, std::size_t n_rows,
+                      const char* name) {
+  if (offsets[0] < 0)
+    throw InvalidArgument(std::string(name) + "[0] must be >= 0, got " + std::to_string(offsets[0]));
+  for (std::size_t g = 0; g < n_groups; ++g) {
+    if (offsets[g + 1] < offsets[g]) {
+      throw InvalidArgument(std::string(name) + " must be non-decreasing: " + name + "[" +
+                            std::to_string(g + 1) + "] = " + std::to_string(offsets[g + 1]) + " < " +
+                            name + "[" + std::to_string(g) + "] = " + std::to_string(offsets[g]));
+    }
+  }
+  if (static_cast<std::uint64_t>(offsets[n_groups]) > n_rows) {
+    throw InvalidArgument(std::string(name) + "[-1] = " + std::to_string(offsets[n_groups]) +
+                          " exceeds the number of rows (" + std::to_string(n_rows) + ")");
+  }
+}
+
+void pack_codes_f32(const float* x, std::size_t n, std::size_t d, std::uint64_t* out, int threads) {
+  pack_rows(x, n, d, out, threads);
+}
+
+void pack_codes_f64(const double* x, std::size_t n, std::size_t d, std::uint64_t* out, int threads) {
+  pack_rows(x, n, d, out, threads);
+}
+
+void hamming_matrix(const std::uint64_t* a, std::size_t na, const std::uint64_t* b, std::size_t nb,
+                    std::size_t nbits, std::uint32_t* out, int threads) {
+  if (na == 0 || nb == 0) return;
+  const auto& K = detail::active_kernels();
+  const std::size_t words = words_for_bits(nbits);
+  const std::uint64_t tail = tail_mask_for_bits(nbits);
+  const std::size_t block = std::max<std::size_t>(64, kBlockBytes / (words * 8));
+  const std::size_t work_per_row = nb * words;
+  parallel_for(na, resolve_threads(threads), 1 + (1u << 16) / (work_per_row + 1),
+               [&](std::size_t rb, std::size_t re, int) {
+                 for (std::size_t j0 = 0; j0 < nb; j0 += block) {
+                   const std::size_t m = std::min(block, nb - j0);
+                   for (std::size_t i = rb; i < re; ++i)
+                     K.dist_1xn(a + i * words, b + j0 * words, m, words, tail, out + i * nb + j0);
+                 }
+               });
+}
+
+void hamming_knn(const std::uint64_t* q, std::size_t nq, const std::uint64_t* db, std::size_t ndb,
+                 std::size_t nbits, std::size_t k, std::uint32_t* out_dist, std::int64_t* out_idx,
+                 int threads) {
+  if (nq == 0 || k == 0) return;
+  const auto& K = detail::active_kernels();
+  const std::size_t words = words_for_bits(nbits);
+  const std::uint64_t tail = tail_mask_for_bits(nbits);
+  const std::size_t block = std::max<std::size_t>(256, kBlockBytes / (words * 8));
+  const int T = resolve_threads(threads);
+
+  // Scan database rows [lo, hi) for queries [qb, qe), merging into heaps[qi - qb].
+  auto scan = [&](std::size_t qb, std::size_t qe, std::size_t lo, std::size_t hi, std::vector<TopK>& heaps) {
+    std::vector<std::uint32_t> buf(std::min(block, hi - lo));
+    for (std::size_t j0 = lo; j0 < hi; j0 += block) {
+      const std::size_t m = std::min(block, hi - j0);
+      for (std::size_t i = qb; i < qe; ++i) {
+        K.dist_1xn(q + i * words, db + j0 * words, m, words, tail, buf.data());
+        TopK& h = heaps[i - qb];
+        if (k == 1) {
+          const std::size_t a = K.argmin_u32(buf.data(), m);
+          h.push(buf[a], static_cast<std::int64_t>(j0 + a));
+        } else {
+          std::uint32_t worst = h.worst();
+          for (std::size_t t = 0; t < m; ++t) {
+            if (buf[t] < worst) {
+              h.push(buf[t], static_cast<std::int64_t>(j0 + t));
+              worst = h.worst();
+            }
+          }
+        }
+      }
+    }
+  };
+  auto emit = [&](std::size_t qi, TopK& h) {
+    std::sort(h.h.begin(), h.h.end());
+    for (std::size_t t = 0; t < k; ++t) {
+      out_dist[qi * k + t] = t < h.h.size() ? h.h[t].first : std::numeric_limits<std::uint32_t>::max();
+      out_idx[qi * k + t] = t < h.h.size() ? h.h[t].second : -1;
+    }
+  };
+
+  if (static_cast<std::size_t>(T) <= 1 || nq >= static_cast<std::size_t>(T) ||
+      ndb < static_cast<std::size_t>(T) * block) {
+    parallel_for(nq, T, 1, [&](std::size_t qb, std::size_t qe, int) {
+      std::vector<TopK> heaps(qe - qb, TopK(k));
+      scan(qb, qe, 0, ndb, heaps);
+      for (std::size_t i = qb; i < qe; ++i) emit(i, heaps[i - qb]);
+    });
+    return;
+  }
+  // Few queries, large database: split the database, then merge the per-chunk heaps.
+  std::vector<std::vector<TopK>> parts(static_cast<std::size_t>(T));
+  parallel_for(ndb, T, block, [&](std::size_t lo, std::size_t hi, int w) {
+    parts[static_cast<std::size_t>(w)].assign(nq, TopK(k));
+    scan(0, nq, lo, hi, parts[static_cast<std::size_t>(w)]);
+  });
+  for (std::size_t i = 0; i < nq; ++i) {
+    TopK merged(k);
+    for (auto& p : parts) {  // chunks are in increasing index order
+      if (p.empty()) continue;
+      std::sort(p[i].h.begin(), p[i].h.end(),
+                [](const auto& x, const auto& y) { return x.second < y.second; });
+      for (const auto& e : p[i].h) merged.push(e.first, e.second);
+    }
+    emit(i, merged);
+  }
+}
+
+void cross_match(const std::uint64_t* q, std::size_t nq, const std::uint64_t* db,
+                 const std::int64_t* offsets, std::size_t n_groups, const std::int64_t* images,
+                 std::size_t n_out, std::size_t nbits, const std::uint8_t* query_mask, float* score,
+                 std::int64_t* best_query, std::int64_t* best_db, std::int64_t* query_votes,
+                 int threads) {
+  (void)n_groups;
+  for (std::size_t i = 0; i < nq; ++i) query_votes[i] = 0;
+  if (n_out == 0) return;
+  const auto& K = detail::active_kernels();
+  const std::size_t words = words_for_bits(nbits);
+  const std::uint64_t tail = tail_mask_for_bits(nbits);
+
+  std::vector<std::size_t> active;
+  active.reserve(nq);
+  for (std::size_t i = 0; i < nq; ++i)
+    if (query_mask == nullptr || query_mask[i]) active.push_back(i);
+
+  std::size_t max_group = 0;
+  for (std::size_t o = 0; o < n_out; ++o) {
+    const std::size_t g = images ? static_cast<std::size_t>(images[o]) : o;
+    max_group = std::max(max_group, static_cast<std::size_t>(offsets[g + 1] - offsets[g]));
+  }
+
+  const int T = resolve_threads(threads);
+  // Each work item costs about |active| * group * words word operations.
+  const std::size_t per_image = std::max<std::size_t>(1, active.size() * std::max<std::size_t>(1, max_group) * words);
+  const std::size_t min_items = 1 + (1u << 15) / per_image;
+  std::vector<std::vector<std::int64_t>> votes(static_cast<std::size_t>(std::max(T, 1)));
+
+  parallel_for(n_out, T, min_items, [&](std::size_t ob, std::size_t oe, int w) {
+    std::vector<std::int64_t>& v = votes[static_cast<std::size_t>(w)];
+    v.assign(nq, 0);
+    std::vector<std::uint32_t> buf(std::max<std::size_t>(1, max_group));
+    for (std::size_t o = ob; o < oe; ++o) {
+      const std::size_t g = images ? static_cast<std::size_t>(images[o]) : o;
+      const std::size_t rb = static_cast<std::size_t>(offsets[g]);
+      const std::size_t m = static_cast<std::size_t>(offsets[g + 1]) - rb;
+      std::uint32_t best = std::numeric_limits<std::uint32_t>::max();
+      std::int64_t bq = -1, bd = -1;
+      if (m > 0) {
+        for (const std::size_t qi : active) {
+          K.dist_1xn(q + qi * words, db + rb * words, m, words, tail, buf.data());
+          const std::size_t j = K.argmin_u32(buf.data(), m);
+          if (buf[j] < best) {
+            best = buf[j];
+            bq = static_cast<std::int64_t>(qi);
+            bd = static_cast<std::int64_t>(rb + j);
+            if (best == 0) break;  // nothing can beat it; ties keep the lower query
+          }
+        }
+      }
+      if (bq >= 0) {
+        score[o] = similarity(best, nbits);
+        ++v[static_cast<std::size_t>(bq)];
+      } else {
+        score[o] = -std::numeric_limits<float>::infinity();
+      }
+      best_query[o] = bq;
+      best_db[o] = bd;
+    }
+  });
+  for (const auto& v : votes)
+    for (std::size_t i = 0; i < v.size(); ++i) query_votes[i] += v[i];
+}
+
+}  // namespace roicore

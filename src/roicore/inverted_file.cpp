@@ -1,0 +1,666 @@
+#include "roicore/inverted_file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <new>
+#include <unordered_set>
+#include <utility>
+
+#include "roicore/checksum.h"
+#include "roicore/common.h"
+#include "roicore/parallel.h"
+
+namespace roicore {
+
+namespace {
+
+constexpr char kMagic[8] = {'R', 'O', 'I', 'R', 'I', 'V', 'F', '\0'};
+constexpr std::size_t kHeaderSize = 64;
+
+bool host_is_little_endian() {
+  const std::uint16_t x = 1;
+  unsigned char c;
+  std::memcpy(&c, &x, 1);
+  return c == 1;
+}
+
+void require_little_endian() {
+  if (!host_is_little_endian())
+    throw InvalidArgument("roiret index files are little-endian; this host is big-endian");
+}
+
+std::string str(std::size_t v) { return std::to_string(v); }
+
+// Buffered writer that tracks a CRC per section.
+class FileWriter {
+ public:
+  FileWriter(int fd, std::string path) : fd_(fd), path_(std::move(path)) { buf_.reserve(1 << 20); }
+  void write(const void* data, std::size_t len, std::uint32_t* crc) {
+    if (crc) *crc = crc32_update(*crc, data, len);
+    const auto* p = static_cast<const char*>(data);
+    while (len > 0) {
+      const std::size_t room = buf_.capacity() - buf_.size();
+      const std::size_t take = std::min(room, len);
+      buf_.insert(buf_.end(), p, p + take);
+      p += take;
+      len -= take;
+      if (buf_.size() == buf_.capacity()) flush();
+    }
+  }
+  void flush() {
+    std::size_t off = 0;
+    while (off < buf_.size()) {
+      const ssize_t w = ::write(fd_, buf_.data() + off, buf_.size() - off);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        throw IoError(errno, path_, "cannot write '" + path_ + "': " + std::strerror(errno));
+      }
+      off += static_cast<std::size_t>(w);
+    }
+    buf_.clear();
+  }
+
+ private:
+  int fd_;
+  std::string path_;
+  std::vector<char> buf_;
+};
+
+void read_exact(int fd, void* data, std::size_t len, const std::string& path, const char* what) {
+  auto* p = static_cast<char*>(data);
+  while (len > 0) {
+    const std::size_t chunk = std::min<std::size_t>(len, std::size_t{1} << 30);
+    const ssize_t r = ::read(fd, p, chunk);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      throw IoError(errno, path, "cannot read '" + path + "': " + std::strerror(errno));
+    }
+    if (r == 0) throw FormatError("'" + path + "' is truncated inside the " + what + " section");
+    p += r;
+    len -= static_cast<std::size_t>(r);
+  }
+}
+
+template <class T>
+T get(const unsigned char* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+
+template <class T>
+void put(unsigned char* p, T v) {
+  std::memcpy(p, &v, sizeof(T));
+}
+
+struct FdCloser {
+  int fd;
+  ~FdCloser() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+std::string printable_magic(const unsigned char* m) {
+  std::string s;
+  for (int i = 0; i < 8; ++i) {
+    const unsigned char c = m[i];
+    if (c >= 32 && c < 127) {
+      s += static_cast<char>(c);
+    } else {
+      static const char* hex = "0123456789abcdef";
+      s += "\\x";
+      s += hex[c >> 4];
+      s += hex[c & 15];
+    }
+  }
+  return s;
+}
+
+}  // namespace
+
+InvertedFile::InvertedFile(std::size_t vocab_size) : vocab_size_(vocab_size) {
+  if (vocab_size == 0) throw InvalidArgument("vocab_size must be >= 1, got 0");
+  if (vocab_size > (std::size_t{1} << 32))
+    throw InvalidArgument("vocab_size must be <= 2**32, got " + str(vocab_size));
+  word_offsets_.assign(vocab_size + 1, 0);
+  idf_.assign(vocab_size, 0.0);
+}
+
+InvertedFile::~InvertedFile() { std::free(postings_); }
+
+void InvertedFile::reserve_postings(std::size_t n) {
+  if (n == 0) return;
+  if (n > std::numeric_limits<std::size_t>::max() / sizeof(Posting)) throw std::bad_alloc();
+  void* p = std::realloc(postings_, n * sizeof(Posting));
+  if (p == nullptr) throw std::bad_alloc();
+  postings_ = static_cast<Posting*>(p);
+}
+
+std::int64_t InvertedFile::find(std::int64_t id) const {
+  if (ids_sorted_) {
+    const auto it = std::lower_bound(ids_.begin(), ids_.end(), id);
+    return (it != ids_.end() && *it == id) ? static_cast<std::int64_t>(it - ids_.begin()) : -1;
+  }
+  const auto it = id_index_.find(id);
+  return it == id_index_.end() ? -1 : static_cast<std::int64_t>(it->second);
+}
+
+void InvertedFile::add(const std::int64_t* ids, std::size_t n, const std::int64_t* offsets,
+                       const std::int64_t* words, const float* counts, std::size_t nnz) {
+  // ---- validation, before any change ----
+  if (offsets[0] != 0) throw InvalidArgument("offsets[0] must be 0, got " + std::to_string(offsets[0]));
+  for (std::size_t i = 0; i < n; ++i) {
+    if (offsets[i + 1] < offsets[i])
+      throw InvalidArgument("offsets must be non-decreasing: offsets[" + str(i + 1) + "] = " +
+                            std::to_string(offsets[i + 1]) + " < offsets[" + str(i) + "] = " +
+                            std::to_string(offsets[i]));
+  }
+  if (static_cast<std::uint64_t>(offsets[n]) != nnz)
+    throw InvalidArgument("offsets[-1] must equal the number of words (" + str(nnz) + "), got " +
+                          std::to_string(offsets[n]));
+  for (std::size_t j = 0; j < nnz; ++j) {
+    if (words[j] < 0 || static_cast<std::uint64_t>(words[j]) >= vocab_size_)
+      throw InvalidArgument("words[" + str(j) + "] = " + std::to_string(words[j]) +
+                            " is not a word id in [0, " + str(vocab_size_) + ")");
+    if (!std::isfinite(counts[j]) || counts[j] < 0.0f)
+      throw InvalidArgument("counts[" + str(j) + "] = " + std::to_string(counts[j]) +
+                            " must be finite and >= 0");
+  }
+  {
+    std::unordered_set<std::int64_t> batch;
+    batch.reserve(n * 2);
+    for (std::size_t i = 0; i < n; ++i)
+      if (!batch.insert(ids[i]).second)
+        throw InvalidArgument("image id " + std::to_string(ids[i]) + " appears twice in this batch");
+  }
+
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  for (std::size_t i = 0; i < n; ++i)
+    if (find(ids[i]) >= 0)
+      throw InvalidArgument("image id " + std::to_string(ids[i]) + " is already in the index");
+  if (ids_.size() + n > kMaxDocuments)
+    throw InvalidArgument("an inverted file holds at most " + str(kMaxDocuments) + " images");
+
+  // ---- commit ----
+  std::vector<std::pair<std::int64_t, float>> bag;
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto doc = static_cast<std::uint32_t>(ids_.size());
+    const std::int64_t id = ids[i];
+    if (ids_sorted_ && !ids_.empty() && id <= ids_.back()) {
+      ids_sorted_ = false;  // switch to a hash index for the rest of this object's life
+      id_index_.reserve(ids_.size() * 2 + n);
+      for (std::size_t d = 0; d < ids_.size(); ++d) id_index_.emplace(ids_[d], static_cast<std::uint32_t>(d));
+    }
+    ids_.push_back(id);
+    if (!ids_sorted_) id_index_.emplace(id, doc);
+    bag.clear();
+    for (std::int64_t j = offsets[i]; j < offsets[i + 1]; ++j)
+      if (counts[j] > 0.0f) bag.emplace_back(words[j], counts[j]);
+    std::sort(bag.begin(), bag.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (std::size_t j = 0; j < bag.size();) {
+      double w = 0.0;
+      const std::int64_t word = bag[j].first;
+      for (; j < bag.size() && bag[j].first == word; ++j) w += bag[j].second;
+      pending_.push_back({static_cast<std::uint32_t>(word), doc, static_cast<float>(w)});
+    }
+  }
+  inv_norm_.resize(ids_.size(), 0.0);
+  if (n > 0) dirty_ = true;
+}
+
+void InvertedFile::merge_pending() {
+  if (!pending_.empty()) {
+    const std::size_t V = vocab_size_;
+    std::vector<std::uint64_t> add_count(V, 0);
+    for (const Pending& p : pending_) ++add_count[p.word];
+    std::vector<std::uint64_t> new_offsets(V + 1, 0);
+    for (std::size_t w = 0; w < V; ++w)
+      new_offsets[w + 1] = new_offsets[w] + (word_offsets_[w + 1] - word_offsets_[w]) + add_count[w];
+    reserve_postings(new_offsets[V]);
+    // Move the existing lists to their new places, last word first: a list only moves
+    // towards the end, into space no unmoved list occupies.
+    for (std::size_t w = V; w-- > 0;) {
+      const std::uint64_t b = word_offsets_[w], len = word_offsets_[w + 1] - b;
+      if (len > 0 && new_offsets[w] != b) std::memmove(postings_ + new_offsets[w], postings_ + b, len * sizeof(Posting));
+    }
+    // Append the new postings (stable by document, so each list stays sorted).
+    std::vector<std::uint64_t> cursor(V);
+    for (std::size_t w = 0; w < V; ++w) cursor[w] = new_offsets[w] + (word_offsets_[w + 1] - word_offsets_[w]);
+    for (const Pending& p : pending_) postings_[cursor[p.word]++] = Posting{p.doc, p.weight};
+    word_offsets_.swap(new_offsets);
+    std::vector<Pending>().swap(pending_);
+  }
+  refresh_weights();
+  dirty_ = false;
+}
+
+void InvertedFile::refresh_weights() {
+  const std::size_t N = ids_.size();
+  idf_.assign(vocab_size_, 0.0);
+  for (std::size_t w = 0; w < vocab_size_; ++w) {
+    const std::uint64_t df = word_offsets_[w + 1] - word_offsets_[w];
+    idf_[w] = df > 0 ? std::log(static_cast<double>(N) / static_cast<double>(df)) : 0.0;
+  }
+  std::vector<double> norm2(N, 0.0);
+  for (std::size_t w = 0; w < vocab_size_; ++w) {
+    const double idf = idf_[w];
+    if (idf == 0.0) continue;
+    for (std::uint64_t p = word_offsets_[w]; p < word_offsets_[w + 1]; ++p) {
+      const double v = static_cast<double>(postings_[p].weight) * idf;
+      norm2[postings_[p].doc] += v * v;
+    }
+  }
+  inv_norm_.resize(N);
+  for (std::size_t d = 0; d < N; ++d) inv_norm_[d] = norm2[d] > 0.0 ? 1.0 / std::sqrt(norm2[d]) : 0.0;
+}
+
+template <class Fn>
+void InvertedFile::with_ready(Fn&& fn) const {
+  for (;;) {
+    {
+      std::shared_lock<std::shared_mutex> lk(mu_);
+      if (!dirty_) {
+        fn();
+        return;
+      }
+    }
+    std::unique_lock<std::shared_mutex> lk(mu_);
+    if (dirty_) const_cast<InvertedFile*>(this)->merge_pending();
+  }
+}
+
+std::size_t InvertedFile::remove(const std::int64_t* ids, std::size_t n) {
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  std::vector<char> gone(ids_.size(), 0);
+  std::size_t removed = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::int64_t d = find(ids[i]);
+    if (d < 0) throw InvalidArgument("image id " + std::to_string(ids[i]) + " is not in the index");
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto d = static_cast<std::size_t>(find(ids[i]));
+    if (!gone[d]) {
+      gone[d] = 1;
+      ++removed;
+    }
+  }
+  if (removed == 0) return 0;
+  merge_pending();
+  // New, order-preserving document numbering.
+  std::vector<std::uint32_t> renum(ids_.size());
+  std::uint32_t next = 0;
+  for (std::size_t d = 0; d < ids_.size(); ++d) renum[d] = gone[d] ? 0xFFFFFFFFu : next++;
+  std::uint64_t out = 0;
+  std::vector<std::uint64_t> new_offsets(vocab_size_ + 1, 0);
+  for (std::size_t w = 0; w < vocab_size_; ++w) {
+    for (std::uint64_t p = word_offsets_[w]; p < word_offsets_[w + 1]; ++p) {
+      const std::uint32_t nd = renum[postings_[p].doc];
+      if (nd != 0xFFFFFFFFu) postings_[out++] = Posting{nd, postings_[p].weight};
+    }
+    new_offsets[w + 1] = out;
+  }
+  word_offsets_.swap(new_offsets);
+  if (out > 0) reserve_postings(out);  // shrink
+  std::vector<std::int64_t> kept;
+  kept.reserve(ids_.size() - removed);
+  for (std::size_t d = 0; d < ids_.size(); ++d)
+    if (!gone[d]) kept.push_back(ids_[d]);
+  ids_.swap(kept);
+  ids_sorted_ = std::is_sorted(ids_.begin(), ids_.end());
+  id_index_.clear();
+  if (!ids_sorted_)
+    for (std::size_t d = 0; d < ids_.size(); ++d) id_index_.emplace(ids_[d], static_cast<std::uint32_t>(d));
+  refresh_weights();
+  dirty_ = false;
+  return removed;
+}
+
+void InvertedFile::search_one(const std::int64_t* words, const float* counts, std::size_t m,
+                              std::size_t top_n, std::int64_t* out_ids, float* out_scores,
+                              std::size_t& n_out) const {
+  // Caller holds the shared lock on merged state and has validated words / counts.
+  const std::size_t N = ids_.size();
+  std::vector<std::pair<std::int64_t, double>> q;
+  q.reserve(m);
+  for (std::size_t j = 0; j < m; ++j)
+    if (counts[j] > 0.0f) q.emplace_back(words[j], static_cast<double>(counts[j]));
+  std::sort(q.begin(), q.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::size_t u = 0;
+  for (std::size_t j = 0; j < q.size();) {
+    const std::int64_t w = q[j].first;
+    double c = 0.0;
+    for (; j < q.size() && q[j].first == w; ++j) c += q[j].second;
+    q[u++] = {w, c};
+  }
+  q.resize(u);
+  double qn2 = 0.0;
+  for (const auto& e : q) {
+    const double v = e.second * idf_[static_cast<std::size_t>(e.first)];
+    qn2 += v * v;
+  }
+
+  thread_local std::vector<double> acc;
+  acc.assign(N, 0.0);
+  if (qn2 > 0.0) {
+    const double inv_qn = 1.0 / std::sqrt(qn2);
+    for (const auto& e : q) {
+      const auto w = static_cast<std::size_t>(e.first);
+      const double idf = idf_[w];
+      if (idf == 0.0) continue;
+      const double f = e.second * idf * idf * inv_qn;
+      const Posting* p = postings_ + word_offsets_[w];
+      const Posting* end = postings_ + word_offsets_[w + 1];
+      for (; p != end; ++p) acc[p->doc] += f * static_cast<double>(p->weight);
+    }
+  }
+  thread_local std::vector<std::uint32_t> hit;
+  hit.clear();
+  for (std::size_t d = 0; d < N; ++d) {
+    if (acc[d] != 0.0) {
+      acc[d] *= inv_norm_[d];
+      hit.push_back(static_cast<std::uint32_t>(d));
+    }
+  }
+  const std::size_t top = std::min(top_n, N);
+  auto better = [](const std::pair<double, std::uint32_t>& a, const std::pair<double, std::uint32_t>& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  };
+  std::vector<std::pair<double, std::uint32_t>> cand;
+  cand.reserve(hit.size());
+  for (const std::uint32_t d : hit) cand.emplace_back(acc[d], d);
+  if (cand.size() > top) {
+    std::nth_element(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(top), cand.end(), better);
+    cand.resize(top);
+  }
+  std::sort(cand.begin(), cand.end(), better);
+  n_out = 0;
+  for (const auto& c : cand) {
+    out_ids[n_out] = ids_[c.second];
+    out_scores[n_out] = static_cast<float>(c.first);
+    ++n_out;
+  }
+  // Documents sharing no word with the query: score 0, in insertion order.
+  for (std::size_t d = 0; d < N && n_out < top; ++d) {
+    if (acc[d] == 0.0) {
+      out_ids[n_out] = ids_[d];
+      out_scores[n_out] = 0.0f;
+      ++n_out;
+    }
+  }
+}
+
+namespace {
+void validate_query(const std::int64_t* words, const float* counts, std::size_t m, std::size_t V,
+                    const char* where) {
+  for (std::size_t j = 0; j < m; ++j) {
+    if (words[j] < 0 || static_cast<std::uint64_t>(words[j]) >= V)
+      throw InvalidArgument(std::string(where) + "words[" + str(j) + "] = " + std::to_string(words[j]) +
+                            " is not a word id in [0, " + str(V) + ")");
+    if (!std::isfinite(counts[j]) || counts[j] < 0.0f)
+      throw InvalidArgument(std::string(where) + "counts[" + str(j) + "] = " + std::to_string(counts[j]) +
+                            " must be finite and >= 0");
+  }
+}
+}  // namespace
+
+void InvertedFile::search(const std::int64_t* words, const float* counts, std::size_t m, std::size_t top_n,
+                          std::vector<std::int64_t>& out_ids, std::vector<float>& out_scores) const {
+  validate_query(words, counts, m, vocab_size_, "");
+  with_ready([&] {
+    const std::size_t top = std::min(top_n, ids_.size());
+    out_ids.resize(top);
+    out_scores.resize(top);
+    std::size_t n_out = 0;
+    search_one(words, counts, m, top_n, out_ids.data(), out_scores.data(), n_out);
+    out_ids.resize(n_out);
+    out_scores.resize(n_out);
+  });
+}
+
+void InvertedFile::search_batch(const std::int64_t* qoffsets, std::size_t nq, const std::int64_t* words,
+                                const float* counts, std::size_t nnz, std::size_t top_n,
+                                std::int64_t* out_ids, float* out_scores, int threads) const {
+  if (qoffsets[0] != 0) throw InvalidArgument("offsets[0] must be 0, got " + std::to_string(qoffsets[0]));
+  for (std::size_t i = 0; i < nq; ++i)
+    if (qoffsets[i + 1] < qoffsets[i])
+      throw InvalidArgument("offsets must be non-decreasing: offsets[" + str(i + 1) + "] < offsets[" + str(i) + "]");
+  if (static_cast<std::uint64_t>(qoffsets[nq]) != nnz)
+    throw InvalidArgument("offsets[-1] must equal the number of words (" + str(nnz) + "), got " +
+                          std::to_string(qoffsets[nq]));
+  validate_query(words, counts, nnz, vocab_size_, "");
+  with_ready([&] {
+    parallel_for(nq, resolve_threads(threads), 1, [&](std::size_t b, std::size_t e, int) {
+      for (std::size_t i = b; i < e; ++i) {
+        std::size_t n_out = 0;
+        const auto o = static_cast<std::size_t>(qoffsets[i]);
+        search_one(words + o, counts + o, static_cast<std::size_t>(qoffsets[i + 1]) - o, top_n,
+                   out_ids + i * top_n, out_scores + i * top_n, n_out);
+        for (std::size_t t = n_out; t < top_n; ++t) {
+          out_ids[i * top_n + t] = -1;
+          out_scores[i * top_n + t] = -std::numeric_limits<float>::infinity();
+        }
+      }
+    });
+  });
+}
+
+std::size_t InvertedFile::size() const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  return ids_.size();
+}
+
+std::size_t InvertedFile::num_postings() const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  return word_offsets_.back() + pending_.size();
+}
+
+std::size_t InvertedFile::memory_bytes() const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  return word_offsets_.back() * sizeof(Posting) + word_offsets_.capacity() * sizeof(std::uint64_t) +
+         idf_.capacity() * sizeof(double) + ids_.capacity() * sizeof(std::int64_t) +
+         inv_norm_.capacity() * sizeof(double) + pending_.capacity() * sizeof(Pending) +
+         id_index_.size() * (sizeof(std::int64_t) + sizeof(std::uint32_t) + 2 * sizeof(void*)) +
+         id_index_.bucket_count() * sizeof(void*);
+}
+
+bool InvertedFile::contains(std::int64_t id) const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  return find(id) >= 0;
+}
+
+std::vector<std::int64_t> InvertedFile::ids() const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  return ids_;
+}
+
+std::vector<std::uint32_t> InvertedFile::document_frequencies() const {
+  std::vector<std::uint32_t> df;
+  with_ready([&] {
+    df.resize(vocab_size_);
+    for (std::size_t w = 0; w < vocab_size_; ++w)
+      df[w] = static_cast<std::uint32_t>(word_offsets_[w + 1] - word_offsets_[w]);
+  });
+  return df;
+}
+
+std::vector<double> InvertedFile::idf() const {
+  std::vector<double> out;
+  with_ready([&] { out = idf_; });
+  return out;
+}
+
+// ------------------------------------------------------------------------------------
+// persistence
+// ------------------------------------------------------------------------------------
+void InvertedFile::save(const std::string& path) const {
+  require_little_endian();
+  with_ready([&] {
+    static std::atomic<unsigned> counter{0};
+    const std::string tmp = path + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) throw IoError(errno, path, "cannot create '" + tmp + "': " + std::strerror(errno));
+    bool done = false;
+    try {
+      FdCloser closer{fd};
+      const std::uint64_t n_docs = ids_.size(), nnz = word_offsets_.back();
+      unsigned char header[kHeaderSize] = {};
+      FileWriter out(fd, tmp);
+      out.write(header, kHeaderSize, nullptr);  // placeholder, rewritten below
+      std::uint32_t crc_ids = 0, crc_len = 0, crc_post = 0;
+      out.write(ids_.data(), ids_.size() * sizeof(std::int64_t), &crc_ids);
+      std::vector<std::uint32_t> lens(std::min<std::size_t>(vocab_size_, 1 << 16));
+      for (std::size_t w0 = 0; w0 < vocab_size_; w0 += lens.size()) {
+        const std::size_t m = std::min(lens.size(), vocab_size_ - w0);
+        for (std::size_t t = 0; t < m; ++t)
+          lens[t] = static_cast<std::uint32_t>(word_offsets_[w0 + t + 1] - word_offsets_[w0 + t]);
+        out.write(lens.data(), m * sizeof(std::uint32_t), &crc_len);
+      }
+      out.write(postings_, nnz * sizeof(Posting), &crc_post);
+      out.flush();
+      std::memcpy(header, kMagic, 8);
+      put<std::uint32_t>(header + 8, kFormatVersion);
+      put<std::uint32_t>(header + 12, static_cast<std::uint32_t>(kHeaderSize));
+      put<std::uint64_t>(header + 16, vocab_size_);
+      put<std::uint64_t>(header + 24, n_docs);
+      put<std::uint64_t>(header + 32, nnz);
+      put<std::uint32_t>(header + 40, 0);
+      put<std::uint32_t>(header + 44, 0);
+      put<std::uint32_t>(header + 48, crc_ids);
+      put<std::uint32_t>(header + 52, crc_len);
+      put<std::uint32_t>(header + 56, crc_post);
+      put<std::uint32_t>(header + 60, crc32_update(0, header, 60));
+      if (::pwrite(fd, header, kHeaderSize, 0) != static_cast<ssize_t>(kHeaderSize))
+        throw IoError(errno, path, "cannot write '" + tmp + "': " + std::strerror(errno));
+      if (::fsync(fd) != 0) throw IoError(errno, path, "cannot flush '" + tmp + "': " + std::strerror(errno));
+      closer.fd = -1;
+      if (::close(fd) != 0) throw IoError(errno, path, "cannot close '" + tmp + "': " + std::strerror(errno));
+      if (::rename(tmp.c_str(), path.c_str()) != 0)
+        throw IoError(errno, path, "cannot rename '" + tmp + "' to '" + path + "': " + std::strerror(errno));
+      done = true;
+      // Make the rename itself durable.
+      const std::size_t slash = path.find_last_of('/');
+      const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+      const int dfd = ::open(dir.c_str(), O_RDONLY | O_CLOEXEC);
+      if (dfd >= 0) {
+        ::fsync(dfd);
+        ::close(dfd);
+      }
+    } catch (...) {
+      if (!done) ::unlink(tmp.c_str());
+      throw;
+    }
+  });
+}
+
+std::unique_ptr<InvertedFile> InvertedFile::load(const std::string& path) {
+  require_little_endian();
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw IoError(errno, path, "cannot open '" + path + "': " + std::strerror(errno));
+  FdCloser closer{fd};
+  struct stat st;
+  if (::fstat(fd, &st) != 0) throw IoError(errno, path, "cannot stat '" + path + "': " + std::strerror(errno));
+  if (S_ISDIR(st.st_mode)) throw IoError(EISDIR, path, "'" + path + "' is a directory");
+  const auto file_size = static_cast<std::uint64_t>(st.st_size);
+  const std::string where = "'" + path + "': ";
+  if (file_size < kHeaderSize) {
+    if (file_size >= 8) {
+      unsigned char m[8];
+      read_exact(fd, m, 8, path, "header");
+      if (std::memcmp(m, kMagic, 8) != 0)
+        throw FormatError(where + "not a roiret inverted file (magic '" + printable_magic(m) + "')");
+    }
+    throw FormatError(where + "truncated: " + str(file_size) + " bytes, shorter than the " + str(kHeaderSize) +
+                      "-byte header");
+  }
+  unsigned char h[kHeaderSize];
+  read_exact(fd, h, kHeaderSize, path, "header");
+  if (std::memcmp(h, kMagic, 8) != 0)
+    throw FormatError(where + "not a roiret inverted file (magic '" + printable_magic(h) + "', expected 'ROIRIVF\\x00')");
+  const auto version = get<std::uint32_t>(h + 8);
+  if (crc32_update(0, h, 60) != get<std::uint32_t>(h + 60)) {
+    if (version > kFormatVersion)
+      throw FormatError(where + "written in format version " + std::to_string(version) +
+                        " by a newer roiret; this version reads up to " + std::to_string(kFormatVersion));
+    throw FormatError(where + "header checksum mismatch (file corrupt)");
+  }
+  if (version == 0 || version > kFormatVersion)
+    throw FormatError(where + "written in format version " + std::to_string(version) +
+                      (version > kFormatVersion ? " by a newer roiret" : "") + "; this version reads up to " +
+                      std::to_string(kFormatVersion));
+  if (get<std::uint32_t>(h + 12) != kHeaderSize || get<std::uint32_t>(h + 40) != 0)
+    throw FormatError(where + "unsupported header layout or flags");
+  const auto V = get<std::uint64_t>(h + 16), n_docs = get<std::uint64_t>(h + 24), nnz = get<std::uint64_t>(h + 32);
+  if (V == 0 || V > (std::uint64_t{1} << 32) || n_docs > kMaxDocuments || nnz > (std::uint64_t{1} << 56))
+    throw FormatError(where + "implausible sizes in header (vocab " + str(V) + ", images " + str(n_docs) +
+                      ", postings " + str(nnz) + ")");
+  const std::uint64_t expected = kHeaderSize + 8 * n_docs + 4 * V + 8 * nnz;
+  if (file_size < expected)
+    throw FormatError(where + "truncated: " + str(file_size) + " bytes, the header announces " + str(expected));
+  if (file_size > expected)
+    throw FormatError(where + str(file_size - expected) + " unexpected bytes after the end of the index");
+
+  auto ivf = std::make_unique<InvertedFile>(static_cast<std::size_t>(V));
+  ivf->ids_.resize(n_docs);
+  read_exact(fd, ivf->ids_.data(), n_docs * 8, path, "ids");
+  if (crc32_update(0, ivf->ids_.data(), n_docs * 8) != get<std::uint32_t>(h + 48))
+    throw FormatError(where + "checksum mismatch in the image-id section (file corrupt)");
+  std::vector<std::uint32_t> lens(V);
+  read_exact(fd, lens.data(), V * 4, path, "lengths");
+  if (crc32_update(0, lens.data(), V * 4) != get<std::uint32_t>(h + 52))
+    throw FormatError(where + "checksum mismatch in the posting-length section (file corrupt)");
+  ivf->reserve_postings(nnz);
+  if (nnz > 0) read_exact(fd, ivf->postings_, nnz * sizeof(Posting), path, "postings");
+  if (crc32_update(0, ivf->postings_, nnz * sizeof(Posting)) != get<std::uint32_t>(h + 56))
+    throw FormatError(where + "checksum mismatch in the postings section (file corrupt)");
+
+  // Contents must be consistent even when checksums match (a file crafted by hand).
+  std::uint64_t total = 0;
+  for (std::size_t w = 0; w < V; ++w) {
+    if (lens[w] > n_docs)
+      throw FormatError(where + "word " + str(w) + " has more postings than there are images");
+    ivf->word_offsets_[w] = total;
+    total += lens[w];
+  }
+  ivf->word_offsets_[V] = total;
+  if (total != nnz) throw FormatError(where + "posting lengths do not add up to the posting count");
+  for (std::size_t w = 0; w < V; ++w) {
+    std::int64_t prev = -1;
+    for (std::uint64_t p = ivf->word_offsets_[w]; p < ivf->word_offsets_[w + 1]; ++p) {
+      const Posting& e = ivf->postings_[p];
+      if (e.doc >= n_docs || static_cast<std::int64_t>(e.doc) <= prev)
+        throw FormatError(where + "postings of word " + str(w) + " are out of range or out of order");
+      if (!std::isfinite(e.weight) || !(e.weight > 0.0f))
+        throw FormatError(where + "postings of word " + str(w) + " have a non-positive or non-finite weight");
+      prev = e.doc;
+    }
+  }
+  ivf->ids_sorted_ = true;
+  for (std::size_t d = 1; d < n_docs; ++d) {
+    if (ivf->ids_[d] <= ivf->ids_[d - 1]) {
+      ivf->ids_sorted_ = false;
+      break;
+    }
+  }
+  if (!ivf->ids_sorted_) {
+    ivf->id_index_.reserve(n_docs * 2);
+    for (std::size_t d = 0; d < n_docs; ++d)
+      if (!ivf->id_index_.emplace(ivf->ids_[d], static_cast<std::uint32_t>(d)).second)
+        throw FormatError(where + "image id " + std::to_string(ivf->ids_[d]) + " appears twice");
+  }
+  ivf->inv_norm_.assign(n_docs, 0.0);
+  ivf->refresh_weights();
+  ivf->dirty_ = false;
+  return ivf;
+}
+
+}  // namespace roicore
