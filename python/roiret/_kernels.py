@@ -196,7 +196,7 @@ def cross_match(
     threads : int, optional
         Worker threads over images.
 
-    Ties between pairs go to the lower query row, then the lower database row.
+    Ties between pairs go to the lower database row, then the lower query row.
     """
     return CrossMatchResult(
         *_core.cross_match(q, db, offsets, nbits, query_mask, images=images, threads=_threads(threads))

@@ -213,53 +213,73 @@ void cross_match(const std::uint64_t* q, std::size_t nq, const std::uint64_t* db
   const std::size_t words = words_for_bits(nbits);
   const std::uint64_t tail = tail_mask_for_bits(nbits);
 
-  std::vector<std::size_t> active;
+  std::vector<std::uint32_t> active;
   active.reserve(nq);
   for (std::size_t i = 0; i < nq; ++i)
-    if (query_mask == nullptr || query_mask[i]) active.push_back(i);
+    if (query_mask == nullptr || query_mask[i]) active.push_back(static_cast<std::uint32_t>(i));
 
-  std::size_t max_group = 0;
-  for (std::size_t o = 0; o < n_out; ++o) {
-    const std::size_t g = images ? static_cast<std::size_t>(images[o]) : o;
-    max_group = std::max(max_group, static_cast<std::size_t>(offsets[g + 1] - offsets[g]));
+  auto group = [&](std::size_t o) { return images ? static_cast<std::size_t>(images[o]) : o; };
+  // Chunks: runs of outputs whose groups are adjacent in db, about 32 KiB of codes each
+  // (or one larger group), so that every query streams the chunk from L1.
+  const std::size_t budget = std::max<std::size_t>(32, (32u << 10) / (words * 8));
+  std::vector<std::size_t> chunk_start;
+  std::size_t max_rows = 1;
+  {
+    std::size_t o = 0;
+    while (o < n_out) {
+      chunk_start.push_back(o);
+      const std::size_t g0 = group(o);
+      std::size_t rows = static_cast<std::size_t>(offsets[g0 + 1] - offsets[g0]);
+      std::size_t e = o + 1;
+      while (e < n_out && group(e) == group(e - 1) + 1) {
+        const std::size_t g = group(e);
+        const auto r = static_cast<std::size_t>(offsets[g + 1] - offsets[g]);
+        if (rows + r > budget) break;
+        rows += r;
+        ++e;
+      }
+      max_rows = std::max(max_rows, rows);
+      o = e;
+    }
+    chunk_start.push_back(n_out);
   }
-
+  const std::size_t n_chunks = chunk_start.size() - 1;
   const int T = resolve_threads(threads);
-  // Each work item costs about |active| * group * words word operations.
-  const std::size_t per_image = std::max<std::size_t>(1, active.size() * std::max<std::size_t>(1, max_group) * words);
-  const std::size_t min_items = 1 + (1u << 15) / per_image;
+  const std::size_t per_chunk = std::max<std::size_t>(1, active.size() * max_rows * words);
   std::vector<std::vector<std::int64_t>> votes(static_cast<std::size_t>(std::max(T, 1)));
 
-  parallel_for(n_out, T, min_items, [&](std::size_t ob, std::size_t oe, int w) {
+  parallel_for(n_chunks, T, 1 + (1u << 16) / per_chunk, [&](std::size_t cb, std::size_t ce, int w) {
     std::vector<std::int64_t>& v = votes[static_cast<std::size_t>(w)];
     v.assign(nq, 0);
-    std::vector<std::uint32_t> buf(std::max<std::size_t>(1, max_group));
-    for (std::size_t o = ob; o < oe; ++o) {
-      const std::size_t g = images ? static_cast<std::size_t>(images[o]) : o;
-      const std::size_t rb = static_cast<std::size_t>(offsets[g]);
-      const std::size_t m = static_cast<std::size_t>(offsets[g + 1]) - rb;
-      std::uint32_t best = std::numeric_limits<std::uint32_t>::max();
-      std::int64_t bq = -1, bd = -1;
-      if (m > 0) {
-        for (const std::size_t qi : active) {
-          K.dist_1xn(q + qi * words, db + rb * words, m, words, tail, buf.data());
-          const std::size_t j = K.argmin_u32(buf.data(), m);
-          if (buf[j] < best) {
-            best = buf[j];
-            bq = static_cast<std::int64_t>(qi);
-            bd = static_cast<std::int64_t>(rb + j);
-            if (best == 0) break;  // nothing can beat it; ties keep the lower query
-          }
+    std::vector<std::uint32_t> dist(max_rows), best(max_rows), who(max_rows);
+    for (std::size_t c = cb; c < ce; ++c) {
+      const std::size_t ob = chunk_start[c], oe = chunk_start[c + 1];
+      const auto rb = static_cast<std::size_t>(offsets[group(ob)]);
+      const auto re = static_cast<std::size_t>(offsets[group(oe - 1) + 1]);
+      const std::size_t m = re - rb;
+      if (m > 0 && !active.empty()) {
+        std::fill(best.begin(), best.begin() + static_cast<std::ptrdiff_t>(m), 0xFFFFFFFFu);
+        for (const std::uint32_t qi : active) {
+          K.dist_1xn(q + static_cast<std::size_t>(qi) * words, db + rb * words, m, words, tail, dist.data());
+          K.min_update(dist.data(), m, qi, best.data(), who.data());
         }
       }
-      if (bq >= 0) {
-        score[o] = similarity(best, nbits);
-        ++v[static_cast<std::size_t>(bq)];
-      } else {
-        score[o] = -std::numeric_limits<float>::infinity();
+      for (std::size_t o = ob; o < oe; ++o) {
+        const std::size_t g = group(o);
+        const auto s = static_cast<std::size_t>(offsets[g]) - rb;
+        const auto e = static_cast<std::size_t>(offsets[g + 1]) - rb;
+        if (e == s || active.empty()) {
+          score[o] = -std::numeric_limits<float>::infinity();
+          best_query[o] = -1;
+          best_db[o] = -1;
+          continue;
+        }
+        const std::size_t j = s + K.argmin_u32(best.data() + s, e - s);
+        score[o] = similarity(best[j], nbits);
+        best_query[o] = who[j];
+        best_db[o] = static_cast<std::int64_t>(rb + j);
+        ++v[who[j]];
       }
-      best_query[o] = bq;
-      best_db[o] = bd;
     }
   });
   for (const auto& v : votes)

@@ -44,7 +44,7 @@ void hamming_knn(const std::uint64_t* q, std::size_t nq, const std::uint64_t* db
 //   query_mask: if non-null, nq bytes; only queries with a non-zero byte take part.
 // Outputs (n_out each): score = max over pairs of 1 - Hamming/nbits (as float32 of the
 // double value), best_query / best_db = the pair (query row, db row); ties go to the
-// lower query row, then the lower db row. A group with no rows (or no active query)
+// lower db row, then the lower query row. A group with no rows (or no active query)
 // gets score -inf and -1, -1.
 // query_votes (nq): number of evaluated groups whose best pair uses that query row.
 void cross_match(const std::uint64_t* q, std::size_t nq, const std::uint64_t* db,

@@ -123,10 +123,31 @@ std::size_t argmin_avx2(const std::uint32_t* d, std::size_t n) {
   return 0;  // unreachable for n >= 1
 }
 
+void min_update_avx2(const std::uint32_t* d, std::size_t n, std::uint32_t tag, std::uint32_t* best,
+                     std::uint32_t* who) {
+  const __m256i t = _mm256_set1_epi32(static_cast<int>(tag));
+  std::size_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256i dv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + j));
+    const __m256i bv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(best + j));
+    const __m256i m = _mm256_min_epu32(dv, bv);
+    const __m256i same = _mm256_cmpeq_epi32(m, bv);  // d >= best: keep
+    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(who + j));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(best + j), m);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(who + j), _mm256_blendv_epi8(t, wv, same));
+  }
+  for (; j < n; ++j) {
+    if (d[j] < best[j]) {
+      best[j] = d[j];
+      who[j] = tag;
+    }
+  }
+}
+
 }  // namespace
 
 const HammingKernels& kernels_avx2() {
-  static const HammingKernels k{&dist_1xn_avx2, &argmin_avx2};
+  static const HammingKernels k{&dist_1xn_avx2, &argmin_avx2, &min_update_avx2};
   return k;
 }
 

@@ -15,78 +15,107 @@ inline __m512i loadu(const std::uint64_t* p) { return _mm512_loadu_si512(p); }
 inline __m512i pair_sum(__m512i a, __m512i b) {
   const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
   const __m512i odd = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
-  return _mm512_add_epi64(_mm512_permutex2var_epi64(a, even, b),
-                          _mm512_permutex2var_epi64(a, odd, b));
+  return _mm512_add_epi64(_mm512_permutex2var_epi64(a, even, b), _mm512_permutex2var_epi64(a, odd, b));
 }
 
-inline void store8(std::uint32_t* out, __m512i sums) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm512_cvtepi64_epi32(sums));
-}
-
-// Any number of words, one code: 8-word chunks, the last one masked (words and tail bits).
-struct AnyWords {
-  std::size_t full;     // chunks without the last word
-  __mmask8 last_lanes;  // lanes of the last chunk
-  __m512i last_mask;    // bit mask of the last chunk (tail bits of the final word)
-  AnyWords(std::size_t words, std::uint64_t tail) {
-    full = (words - 1) / 8;
-    const std::size_t lanes = words - 8 * full;  // 1..8
-    last_lanes = static_cast<__mmask8>((1u << lanes) - 1u);
-    alignas(64) std::uint64_t m[8];
-    for (std::size_t l = 0; l < 8; ++l) m[l] = l + 1 < lanes ? ~0ULL : (l + 1 == lanes ? tail : 0);
-    last_mask = _mm512_load_si512(m);
-  }
-  inline std::uint32_t dist(const std::uint64_t* q, const std::uint64_t* p) const {
-    __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
-    std::size_t c = 0;
-    for (; c + 2 <= full; c += 2) {
-      acc0 = _mm512_add_epi64(acc0, _mm512_popcnt_epi64(_mm512_xor_si512(loadu(q + 8 * c), loadu(p + 8 * c))));
-      acc1 = _mm512_add_epi64(acc1, _mm512_popcnt_epi64(
-                                        _mm512_xor_si512(loadu(q + 8 * c + 8), loadu(p + 8 * c + 8))));
-    }
-    if (c < full)
-      acc0 = _mm512_add_epi64(acc0, _mm512_popcnt_epi64(_mm512_xor_si512(loadu(q + 8 * c), loadu(p + 8 * c))));
-    const std::size_t w = 8 * full;
-    const __m512i x = _mm512_xor_si512(_mm512_maskz_loadu_epi64(last_lanes, q + w),
-                                       _mm512_maskz_loadu_epi64(last_lanes, p + w));
-    acc1 = _mm512_add_epi64(acc1, _mm512_popcnt_epi64(_mm512_and_si512(x, last_mask)));
-    return static_cast<std::uint32_t>(_mm512_reduce_add_epi64(_mm512_add_epi64(acc0, acc1)));
-  }
-};
-
-// Codes of W in {1, 2, 4, 8} words: 8 codes per iteration, per-code sums by a transpose.
+// Codes of W in {1, 2, 4, 8} words: 8 codes per step (W registers), per-code sums by an
+// in-register transpose; the last partial step uses masked loads and a masked store.
 template <std::size_t W>
 void dist_small(const std::uint64_t* q, const std::uint64_t* db, std::size_t n, std::uint64_t tail,
                 std::uint32_t* out) {
-  // query replicated to fill a register; mask with the tail bits on each copy's last word
   alignas(64) std::uint64_t qr[8], mr[8];
   for (std::size_t l = 0; l < 8; ++l) {
     qr[l] = q[l % W];
     mr[l] = (l % W == W - 1) ? tail : ~0ULL;
   }
   const __m512i qv = _mm512_load_si512(qr), mv = _mm512_load_si512(mr);
-  auto pc = [&](const std::uint64_t* p) {
-    return _mm512_popcnt_epi64(_mm512_and_si512(_mm512_xor_si512(loadu(p), qv), mv));
+  auto step = [&](const std::uint64_t* p, std::size_t codes) {
+    // lanes of register r that hold words of the first `codes` codes
+    __m512i v[W];
+    for (std::size_t r = 0; r < W; ++r) {
+      const std::size_t first = 8 * r, have = codes * W;
+      const __mmask8 k = have >= first + 8 ? static_cast<__mmask8>(0xFF)
+                         : have > first   ? static_cast<__mmask8>((1u << (have - first)) - 1u)
+                                          : static_cast<__mmask8>(0);
+      const __m512i x = _mm512_and_si512(_mm512_xor_si512(_mm512_maskz_loadu_epi64(k, p + first), qv), mv);
+      v[r] = _mm512_maskz_popcnt_epi64(k, x);
+    }
+    if constexpr (W == 1) return v[0];
+    else if constexpr (W == 2) return pair_sum(v[0], v[1]);
+    else if constexpr (W == 4) return pair_sum(pair_sum(v[0], v[1]), pair_sum(v[2], v[3]));
+    else
+      return pair_sum(pair_sum(pair_sum(v[0], v[1]), pair_sum(v[2], v[3])),
+                      pair_sum(pair_sum(v[4], v[5]), pair_sum(v[6], v[7])));
   };
   std::size_t j = 0;
   for (; j + 8 <= n; j += 8) {
     const std::uint64_t* p = db + j * W;
     __m512i s;
     if constexpr (W == 1) {
-      s = pc(p);
-    } else if constexpr (W == 2) {
-      s = pair_sum(pc(p), pc(p + 8));
-    } else if constexpr (W == 4) {
-      s = pair_sum(pair_sum(pc(p), pc(p + 8)), pair_sum(pc(p + 16), pc(p + 24)));
+      s = _mm512_popcnt_epi64(_mm512_and_si512(_mm512_xor_si512(loadu(p), qv), mv));
     } else {
-      s = pair_sum(pair_sum(pair_sum(pc(p), pc(p + 8)), pair_sum(pc(p + 16), pc(p + 24))),
-                   pair_sum(pair_sum(pc(p + 32), pc(p + 40)), pair_sum(pc(p + 48), pc(p + 56))));
+      __m512i v[W];
+      for (std::size_t r = 0; r < W; ++r)
+        v[r] = _mm512_popcnt_epi64(_mm512_and_si512(_mm512_xor_si512(loadu(p + 8 * r), qv), mv));
+      if constexpr (W == 2) s = pair_sum(v[0], v[1]);
+      else if constexpr (W == 4) s = pair_sum(pair_sum(v[0], v[1]), pair_sum(v[2], v[3]));
+      else
+        s = pair_sum(pair_sum(pair_sum(v[0], v[1]), pair_sum(v[2], v[3])),
+                     pair_sum(pair_sum(v[4], v[5]), pair_sum(v[6], v[7])));
     }
-    store8(out + j, s);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), _mm512_cvtepi64_epi32(s));
   }
   if (j < n) {
-    const AnyWords any(W, tail);
-    for (; j < n; ++j) out[j] = any.dist(q, db + j * W);
+    const std::size_t r = n - j;
+    const __m512i s = step(db + j * W, r);
+    _mm256_mask_storeu_epi32(out + j, static_cast<__mmask8>((1u << r) - 1u), _mm512_cvtepi64_epi32(s));
+  }
+}
+
+// Any number of words: 8-word chunks, the last one masked (lanes and tail bits). Four codes
+// share each query chunk load.
+void dist_any(const std::uint64_t* q, const std::uint64_t* db, std::size_t n, std::size_t words,
+              std::uint64_t tail, std::uint32_t* out) {
+  const std::size_t full = (words - 1) / 8;       // chunks before the one holding the last word
+  const std::size_t lanes = words - 8 * full;     // 1..8 words in the last chunk
+  const __mmask8 lk = static_cast<__mmask8>((1u << lanes) - 1u);
+  alignas(64) std::uint64_t m[8];
+  for (std::size_t l = 0; l < 8; ++l) m[l] = l + 1 < lanes ? ~0ULL : (l + 1 == lanes ? tail : 0);
+  const __m512i lm = _mm512_load_si512(m);
+  const std::size_t lw = 8 * full;
+  const __m512i ql = _mm512_and_si512(_mm512_maskz_loadu_epi64(lk, q + lw), lm);
+
+  std::size_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const std::uint64_t* p0 = db + j * words;
+    const std::uint64_t* p1 = p0 + words;
+    const std::uint64_t* p2 = p1 + words;
+    const std::uint64_t* p3 = p2 + words;
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    for (std::size_t c = 0; c < full; ++c) {
+      const __m512i qv = loadu(q + 8 * c);
+      a0 = _mm512_add_epi64(a0, _mm512_popcnt_epi64(_mm512_xor_si512(qv, loadu(p0 + 8 * c))));
+      a1 = _mm512_add_epi64(a1, _mm512_popcnt_epi64(_mm512_xor_si512(qv, loadu(p1 + 8 * c))));
+      a2 = _mm512_add_epi64(a2, _mm512_popcnt_epi64(_mm512_xor_si512(qv, loadu(p2 + 8 * c))));
+      a3 = _mm512_add_epi64(a3, _mm512_popcnt_epi64(_mm512_xor_si512(qv, loadu(p3 + 8 * c))));
+    }
+    // last chunk: masked loads; masking the data with lm drops the tail bits on both sides
+    a0 = _mm512_add_epi64(a0, _mm512_popcnt_epi64(_mm512_xor_si512(ql, _mm512_and_si512(_mm512_maskz_loadu_epi64(lk, p0 + lw), lm))));
+    a1 = _mm512_add_epi64(a1, _mm512_popcnt_epi64(_mm512_xor_si512(ql, _mm512_and_si512(_mm512_maskz_loadu_epi64(lk, p1 + lw), lm))));
+    a2 = _mm512_add_epi64(a2, _mm512_popcnt_epi64(_mm512_xor_si512(ql, _mm512_and_si512(_mm512_maskz_loadu_epi64(lk, p2 + lw), lm))));
+    a3 = _mm512_add_epi64(a3, _mm512_popcnt_epi64(_mm512_xor_si512(ql, _mm512_and_si512(_mm512_maskz_loadu_epi64(lk, p3 + lw), lm))));
+    // four horizontal sums at once
+    const __m512i s = pair_sum(pair_sum(a0, a1), pair_sum(a2, a3));  // [a0:2 lanes, a1:2, a2:2, a3:2]
+    const __m512i t = pair_sum(s, s);                                 // lanes 0..3 = totals
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), _mm256_castsi256_si128(_mm512_cvtepi64_epi32(t)));
+  }
+  for (; j < n; ++j) {
+    const std::uint64_t* p = db + j * words;
+    __m512i a = _mm512_setzero_si512();
+    for (std::size_t c = 0; c < full; ++c)
+      a = _mm512_add_epi64(a, _mm512_popcnt_epi64(_mm512_xor_si512(loadu(q + 8 * c), loadu(p + 8 * c))));
+    a = _mm512_add_epi64(a, _mm512_popcnt_epi64(_mm512_xor_si512(ql, _mm512_and_si512(_mm512_maskz_loadu_epi64(lk, p + lw), lm))));
+    out[j] = static_cast<std::uint32_t>(_mm512_reduce_add_epi64(a));
   }
 }
 
@@ -97,10 +126,7 @@ void dist_1xn_avx512(const std::uint64_t* q, const std::uint64_t* db, std::size_
     case 2: return dist_small<2>(q, db, n, tail, out);
     case 4: return dist_small<4>(q, db, n, tail, out);
     case 8: return dist_small<8>(q, db, n, tail, out);
-    default: {
-      const AnyWords any(words, tail);
-      for (std::size_t j = 0; j < n; ++j) out[j] = any.dist(q, db + j * words);
-    }
+    default: return dist_any(q, db, n, words, tail, out);
   }
 }
 
@@ -122,10 +148,24 @@ std::size_t argmin_avx512(const std::uint32_t* d, std::size_t n) {
   return 0;  // unreachable for n >= 1
 }
 
+void min_update_avx512(const std::uint32_t* d, std::size_t n, std::uint32_t tag, std::uint32_t* best,
+                       std::uint32_t* who) {
+  const __m512i t = _mm512_set1_epi32(static_cast<int>(tag));
+  for (std::size_t j = 0; j < n; j += 16) {
+    const std::size_t r = n - j;
+    const __mmask16 k = r >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << r) - 1u);
+    const __m512i dv = _mm512_maskz_loadu_epi32(k, d + j);
+    const __m512i bv = _mm512_maskz_loadu_epi32(k, best + j);
+    const __mmask16 lt = _mm512_mask_cmplt_epu32_mask(k, dv, bv);
+    _mm512_mask_storeu_epi32(best + j, lt, dv);
+    _mm512_mask_storeu_epi32(who + j, lt, t);
+  }
+}
+
 }  // namespace
 
 const HammingKernels& kernels_avx512() {
-  static const HammingKernels k{&dist_1xn_avx512, &argmin_avx512};
+  static const HammingKernels k{&dist_1xn_avx512, &argmin_avx512, &min_update_avx512};
   return k;
 }
 

@@ -16,6 +16,10 @@ struct HammingKernels {
                    std::size_t words, std::uint64_t tail, std::uint32_t* out);
   // Index of the first minimum of d[0..n), n >= 1.
   std::size_t (*argmin_u32)(const std::uint32_t* d, std::size_t n);
+  // Running element-wise minimum with its argument: where d[j] < best[j],
+  // best[j] = d[j] and who[j] = tag (strict: an earlier tag keeps ties).
+  void (*min_update)(const std::uint32_t* d, std::size_t n, std::uint32_t tag, std::uint32_t* best,
+                     std::uint32_t* who);
 };
 
 const HammingKernels& kernels_generic();

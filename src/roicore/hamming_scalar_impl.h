@@ -70,6 +70,15 @@ inline std::size_t argmin_scalar(const std::uint32_t* d, std::size_t n) {
   return best;
 }
 
+inline void min_update_scalar(const std::uint32_t* d, std::size_t n, std::uint32_t tag, std::uint32_t* best,
+                              std::uint32_t* who) {
+  for (std::size_t j = 0; j < n; ++j) {
+    const bool lt = d[j] < best[j];
+    best[j] = lt ? d[j] : best[j];
+    who[j] = lt ? tag : who[j];
+  }
+}
+
 }  // namespace
 }  // namespace detail
 }  // namespace roicore
