@@ -1,0 +1,508 @@
+"""Visual vocabulary: k-means centroids of local descriptors, and word assignment (faiss).
+
+Training (:meth:`Vocabulary.fit`) draws a seeded random sample of the descriptors, starts
+from ``n_words`` distinct sample points chosen with the same seed, and runs Lloyd
+iterations:
+
+* ``kmeans="exact"``: each iteration is one ``faiss.Kmeans`` step (exact nearest centroid
+  by brute force, faiss's empty-cluster splitting), multi-threaded by faiss.
+* ``kmeans="approximate"``: *approximate k-means* (Philbin et al., CVPR 2007) for large
+  vocabularies: the assignment step uses an HNSW graph over the current centroids instead of
+  brute force; the update and empty-cluster split follow faiss's rule. The graph is built
+  single-threaded (so that results do not depend on thread timing) and searched with all
+  of faiss's threads.
+* ``kmeans="auto"`` (default): approximate when ``n_words >= hnsw_threshold``.
+
+Both are deterministic for a given seed and input.
+
+Assignment (:meth:`Vocabulary.assign`) is exact (``faiss.IndexFlatL2``) for vocabularies
+smaller than ``hnsw_threshold`` words and approximate (``faiss.IndexHNSWFlat``) above;
+:meth:`Vocabulary.assignment_recall` measures how often the approximate word equals the
+exact one.
+
+faiss uses OpenMP threads for all of this (``faiss.omp_set_num_threads`` sets how many).
+Building an HNSW graph temporarily sets faiss to one thread, process-wide.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from ..errors import IndexFormatError
+from ._io import PathLike, load_arrays, save_arrays
+
+__all__ = ["Vocabulary", "DEFAULT_HNSW_THRESHOLD"]
+
+#: Vocabulary size from which assignment (and k-means, with ``kmeans="auto"``) uses HNSW.
+DEFAULT_HNSW_THRESHOLD = 32768
+
+_FORMAT = "roiret.vocabulary"
+_VERSION = 1
+_EPS = 1.0 / 1024.0  # faiss's symmetric perturbation when splitting a cluster
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def _as_descriptors(x: Any, dim: Optional[int] = None, name: str = "descriptors") -> np.ndarray:
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array (n, d), got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name}: expected shape (n, d), got {x.shape}")
+    if x.dtype.kind not in "fiu":
+        raise TypeError(f"{name}: expected a float32 array, got dtype {x.dtype}")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{name}: expected {dim} columns (the vocabulary's dimension), got {x.shape[1]}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _stack_sample(
+    descriptors: Union[np.ndarray, Sequence[Any]], max_train: Optional[int], seed: int
+) -> np.ndarray:
+    """Seeded sample of rows from an (n, d) array or a sequence of (n_i, d) arrays /
+    objects with a ``descriptors`` attribute (e.g. LocalFeatures)."""
+    if isinstance(descriptors, np.ndarray):
+        parts = [_as_descriptors(descriptors)]
+    else:
+        parts = []
+        for i, p in enumerate(descriptors):
+            p = getattr(p, "descriptors", p)
+            parts.append(_as_descriptors(p, name=f"descriptors[{i}]"))
+        if not parts:
+            raise ValueError("descriptors: empty sequence")
+        dims = {p.shape[1] for p in parts}
+        if len(dims) != 1:
+            raise ValueError(f"descriptors: arrays of different dimensions {sorted(dims)}")
+    sizes = np.array([p.shape[0] for p in parts], dtype=np.int64)
+    n = int(sizes.sum())
+    m = n if max_train is None else min(n, int(max_train))
+    if m == n:
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n, size=m, replace=False))
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    which = np.searchsorted(starts, rows, side="right") - 1
+    out = np.empty((m, parts[0].shape[1]), dtype=np.float32)
+    for pi in np.unique(which):
+        sel = which == pi
+        out[sel] = parts[pi][rows[sel] - starts[pi]]
+    return out
+
+
+def _build_hnsw(centroids: np.ndarray, m: int, ef_construction: int, ef_search: int):
+    faiss = _faiss()
+    index = faiss.IndexHNSWFlat(centroids.shape[1], int(m))
+    index.hnsw.efConstruction = int(ef_construction)
+    index.hnsw.efSearch = int(ef_search)
+    nthreads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # parallel insertion makes the graph depend on timing
+    try:
+        index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    finally:
+        faiss.omp_set_num_threads(nthreads)
+    return index
+
+
+def _split_empty(centroids: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> int:
+    """faiss's rule: an empty cluster takes a copy of a cluster drawn with probability
+    proportional to (size - 1), both perturbed symmetrically by ±1/1024; the size is
+    halved between them. Modifies in place; returns the number of splits."""
+    empty = np.flatnonzero(counts == 0)
+    if empty.size == 0:
+        return 0
+    d = centroids.shape[1]
+    sign = np.where(np.arange(d) % 2 == 0, 1.0, -1.0).astype(np.float32)
+    for ci in empty:
+        w = np.maximum(counts.astype(np.float64) - 1.0, 0.0)
+        tot = w.sum()
+        if tot <= 0:
+            break  # nothing left to split (fewer distinct points than clusters)
+        cj = int(rng.choice(counts.size, p=w / tot))
+        centroids[ci] = centroids[cj] * (1.0 + sign * _EPS)
+        centroids[cj] = centroids[cj] * (1.0 - sign * _EPS)
+        counts[ci] = counts[cj] // 2
+        counts[cj] -= counts[ci]
+    return int(empty.size)
+
+
+class Vocabulary:
+    """A visual vocabulary (``size`` centroids of dimension ``dim``) and word assignment.
+
+    Build one with :meth:`fit`, or wrap existing centroids; persist with :meth:`save` /
+    :meth:`load`.
+
+    Parameters
+    ----------
+    centroids:
+        float32 (size, dim) array, finite.
+    hnsw_threshold:
+        Vocabularies of at least this many words assign with an HNSW graph (approximate);
+        smaller ones by brute force (exact). Default :data:`DEFAULT_HNSW_THRESHOLD`.
+    hnsw_m, hnsw_ef_construction, hnsw_ef_search:
+        HNSW graph degree, build-time and search-time beam widths (faiss's ``M``,
+        ``efConstruction``, ``efSearch``). Larger = better recall, slower.
+    info:
+        Free-form JSON-serialisable metadata (:meth:`fit` records its parameters and the
+        k-means objective per iteration; ``descriptor`` names the descriptor kind).
+
+    Thread safety
+    -------------
+    :meth:`assign` may be called concurrently from several threads (faiss searches are
+    read-only; the lazy build of the assignment index is locked).
+    """
+
+    def __init__(
+        self,
+        centroids: np.ndarray,
+        *,
+        hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,
+        hnsw_m: int = 32,
+        hnsw_ef_construction: int = 80,
+        hnsw_ef_search: int = 128,
+        info: Optional[Dict[str, Any]] = None,
+    ):
+        c = _as_descriptors(centroids, name="centroids")
+        if c.shape[0] < 1 or c.shape[1] < 1:
+            raise ValueError(f"centroids: expected a non-empty (size, dim) array, got {c.shape}")
+        if not np.isfinite(c).all():
+            raise ValueError("centroids: contain NaN or infinity")
+        if int(hnsw_threshold) < 1:
+            raise ValueError(f"hnsw_threshold: expected >= 1, got {hnsw_threshold}")
+        if int(hnsw_m) < 2 or int(hnsw_ef_construction) < 1 or int(hnsw_ef_search) < 1:
+            raise ValueError(
+                f"HNSW parameters: expected M >= 2, efConstruction >= 1, efSearch >= 1; got "
+                f"{hnsw_m}, {hnsw_ef_construction}, {hnsw_ef_search}"
+            )
+        c = c.copy()
+        c.setflags(write=False)
+        self._centroids = c
+        self.hnsw_threshold = int(hnsw_threshold)
+        self.hnsw_m = int(hnsw_m)
+        self.hnsw_ef_construction = int(hnsw_ef_construction)
+        self._hnsw_ef_search = int(hnsw_ef_search)
+        self.info: Dict[str, Any] = dict(info or {})
+        self._lock = threading.Lock()
+        self._flat = None
+        self._hnsw = None
+
+    # -- properties -----------------------------------------------------------------------
+    @property
+    def centroids(self) -> np.ndarray:
+        """The (size, dim) float32 centroids (read-only)."""
+        return self._centroids
+
+    @property
+    def size(self) -> int:
+        return int(self._centroids.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self._centroids.shape[1])
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def approximate(self) -> bool:
+        """Whether :meth:`assign` uses the HNSW graph (``size >= hnsw_threshold``)."""
+        return self.size >= self.hnsw_threshold
+
+    @property
+    def hnsw_ef_search(self) -> int:
+        return self._hnsw_ef_search
+
+    @hnsw_ef_search.setter
+    def hnsw_ef_search(self, value: int) -> None:
+        if int(value) < 1:
+            raise ValueError(f"hnsw_ef_search: expected >= 1, got {value}")
+        self._hnsw_ef_search = int(value)
+        if self._hnsw is not None:
+            self._hnsw.hnsw.efSearch = int(value)
+
+    def __repr__(self) -> str:
+        mode = "hnsw" if self.approximate else "exact"
+        return f"Vocabulary(size={self.size}, dim={self.dim}, assign={mode!r})"
+
+    # -- training -------------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        descriptors: Union[np.ndarray, Sequence[Any]],
+        n_words: int,
+        *,
+        seed: int = 0,
+        n_iter: int = 20,
+        max_train: Optional[int] = None,
+        kmeans: str = "auto",
+        hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,
+        hnsw_m: int = 32,
+        hnsw_ef_construction: int = 80,
+        hnsw_ef_search: int = 128,
+        kmeans_ef_search: Optional[int] = None,
+        init_centroids: Optional[np.ndarray] = None,
+        descriptor: Optional[str] = None,
+        progress: bool = True,
+    ) -> "Vocabulary":
+        """Learn a vocabulary of ``n_words`` words by k-means.
+
+        Parameters
+        ----------
+        descriptors:
+            An (n, d) float array, or a sequence of them (one per image), or a sequence of
+            :class:`~roiret.bow.LocalFeatures`. Learn from database images, never from
+            ground-truth labels.
+        n_words:
+            Vocabulary size (typically 1k to 1M). Needs at least that many training
+            descriptors.
+        seed:
+            Seeds the training sample, the initial centroids and empty-cluster splits.
+        n_iter:
+            Lloyd iterations (default 20).
+        max_train:
+            Train on a seeded random sample of at most this many descriptors (default: all
+            of them, capped at 256 per word as faiss does).
+        kmeans:
+            ``"exact"``, ``"approximate"`` (HNSW assignment inside k-means, for large
+            vocabularies) or ``"auto"`` (approximate when ``n_words >= hnsw_threshold``).
+        hnsw_threshold, hnsw_m, hnsw_ef_construction, hnsw_ef_search:
+            Stored in the vocabulary for :meth:`assign` (see the class).
+        kmeans_ef_search:
+            efSearch of the HNSW graph during approximate k-means (default:
+            ``hnsw_ef_search``).
+        init_centroids:
+            Optional (n_words, d) starting centroids (e.g. to continue a previous run);
+            default: ``n_words`` distinct training descriptors drawn with ``seed``.
+        descriptor:
+            Name of the descriptor kind (e.g. ``"rootsift"``), recorded in :attr:`info`.
+        progress:
+            Show a progress bar over the iterations (tqdm).
+
+        Raises
+        ------
+        ValueError
+            Fewer training descriptors than words, non-finite descriptors, bad parameters.
+        """
+        faiss = _faiss()
+        k = int(n_words)
+        if k != n_words or k < 1:
+            raise ValueError(f"n_words: expected a positive integer, got {n_words!r}")
+        if int(n_iter) < 1:
+            raise ValueError(f"n_iter: expected >= 1, got {n_iter}")
+        if max_train is not None and int(max_train) < k:
+            raise ValueError(f"max_train ({max_train}) must be at least n_words ({k})")
+        if kmeans not in ("auto", "exact", "approximate"):
+            raise ValueError(f"kmeans: expected 'auto', 'exact' or 'approximate', got {kmeans!r}")
+        cap = 256 * k if max_train is None else int(max_train)
+        x = _stack_sample(descriptors, cap, seed)
+        n, d = x.shape
+        if n < k:
+            raise ValueError(
+                f"k-means needs at least as many descriptors as words: got {n} descriptors for "
+                f"{k} words"
+            )
+        if not np.isfinite(x).all():
+            raise ValueError("descriptors: contain NaN or infinity")
+        approx = kmeans == "approximate" or (kmeans == "auto" and k >= int(hnsw_threshold))
+        efs = int(kmeans_ef_search if kmeans_ef_search is not None else hnsw_ef_search)
+
+        if init_centroids is not None:
+            cents = _as_descriptors(init_centroids, d, name="init_centroids").copy()
+            if cents.shape[0] != k:
+                raise ValueError(f"init_centroids: expected {k} rows (n_words), got {cents.shape[0]}")
+            if not np.isfinite(cents).all():
+                raise ValueError("init_centroids: contain NaN or infinity")
+        else:
+            rng = np.random.default_rng([int(seed), 1])
+            cents = np.ascontiguousarray(x[np.sort(rng.choice(n, size=k, replace=False))])
+        objective: List[float] = []
+        n_split = 0
+        it = range(int(n_iter))
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(it, desc=f"k-means {k} words ({'hnsw' if approx else 'exact'})", unit="it")
+            it = bar
+        for i in it:
+            if not approx:
+                km = faiss.Kmeans(
+                    d,
+                    k,
+                    niter=1,
+                    seed=int(seed) * 1000003 + i,
+                    max_points_per_centroid=n // k + 2,
+                    min_points_per_centroid=1,
+                    verbose=False,
+                )
+                km.train(x, init_centroids=cents)
+                cents = np.ascontiguousarray(km.centroids, dtype=np.float32)
+                obj = float(km.obj[-1]) / n
+                n_split += int(km.iteration_stats[-1]["nsplit"])
+            else:
+                index = _build_hnsw(cents, hnsw_m, hnsw_ef_construction, efs)
+                dist, lab = index.search(x, 1)
+                lab = lab[:, 0]
+                bad = lab < 0
+                if bad.any():  # unreachable node: fall back to brute force for those rows
+                    flat = faiss.IndexFlatL2(d)
+                    flat.add(cents)
+                    dist[bad], lab2 = flat.search(x[bad], 1)
+                    lab[bad] = lab2[:, 0]
+                del index
+                obj = float(dist.sum(dtype=np.float64)) / n
+                counts = np.bincount(lab, minlength=k).astype(np.int64)
+                order = np.argsort(lab, kind="stable")
+                used = np.flatnonzero(counts)
+                starts = np.concatenate([[0], np.cumsum(counts[used])[:-1]])
+                sums = np.add.reduceat(x[order], starts, axis=0, dtype=np.float64)
+                new = cents.copy()
+                new[used] = (sums / counts[used, None]).astype(np.float32)
+                n_split += _split_empty(new, counts, np.random.default_rng([int(seed), 2, i]))
+                cents = np.ascontiguousarray(new)
+            objective.append(obj)
+            if bar is not None:
+                bar.set_postfix(mse=f"{obj:.4g}")
+        if bar is not None:
+            bar.close()
+        info = {
+            "descriptor": descriptor,
+            "seed": int(seed),
+            "n_iter": int(n_iter),
+            "n_train": int(n),
+            "kmeans": "approximate" if approx else "exact",
+            "kmeans_ef_search": efs if approx else None,
+            "objective": objective,
+            "n_split": int(n_split),
+        }
+        return cls(
+            cents,
+            hnsw_threshold=hnsw_threshold,
+            hnsw_m=hnsw_m,
+            hnsw_ef_construction=hnsw_ef_construction,
+            hnsw_ef_search=hnsw_ef_search,
+            info=info,
+        )
+
+    # -- assignment -----------------------------------------------------------------------
+    def _flat_index(self):
+        with self._lock:
+            if self._flat is None:
+                idx = _faiss().IndexFlatL2(self.dim)
+                idx.add(self._centroids)
+                self._flat = idx
+            return self._flat
+
+    def _hnsw_index(self):
+        with self._lock:
+            if self._hnsw is None:
+                self._hnsw = _build_hnsw(
+                    self._centroids, self.hnsw_m, self.hnsw_ef_construction, self._hnsw_ef_search
+                )
+            return self._hnsw
+
+    def assign_exact(self, descriptors: np.ndarray) -> np.ndarray:
+        """Nearest word of each row by brute force (squared L2): int64 (n,)."""
+        x = _as_descriptors(descriptors, self.dim)
+        if x.shape[0] == 0:
+            return np.zeros((0,), np.int64)
+        _, lab = self._flat_index().search(x, 1)
+        return np.ascontiguousarray(lab[:, 0], dtype=np.int64)
+
+    def assign(self, descriptors: np.ndarray) -> np.ndarray:
+        """Word of each descriptor row: int64 (n,) in ``[0, size)``.
+
+        Exact for vocabularies below ``hnsw_threshold``, HNSW above (see
+        :meth:`assignment_recall`).
+        """
+        if not self.approximate:
+            return self.assign_exact(descriptors)
+        x = _as_descriptors(descriptors, self.dim)
+        if x.shape[0] == 0:
+            return np.zeros((0,), np.int64)
+        _, lab = self._hnsw_index().search(x, 1)
+        lab = np.ascontiguousarray(lab[:, 0], dtype=np.int64)
+        bad = lab < 0
+        if bad.any():
+            lab[bad] = self.assign_exact(x[bad])
+        return lab
+
+    def assignment_recall(self, descriptors: np.ndarray) -> float:
+        """Fraction of rows whose :meth:`assign` word equals the exact nearest word
+        (1.0 for exact vocabularies)."""
+        x = _as_descriptors(descriptors, self.dim)
+        if x.shape[0] == 0:
+            raise ValueError("assignment_recall: no descriptors")
+        return float(np.mean(self.assign(x) == self.assign_exact(x)))
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, path: PathLike, *, include_graph: bool = True) -> None:
+        """Write the vocabulary to ``path`` (an ``.npz`` without pickles, with a JSON header,
+        checksums and a format version; written atomically).
+
+        With ``include_graph`` and an approximate vocabulary, the HNSW graph is stored too
+        (built now if needed), so that :meth:`load` does not rebuild it.
+        """
+        header = {
+            "size": self.size,
+            "dim": self.dim,
+            "hnsw_threshold": self.hnsw_threshold,
+            "hnsw_m": self.hnsw_m,
+            "hnsw_ef_construction": self.hnsw_ef_construction,
+            "hnsw_ef_search": self._hnsw_ef_search,
+            "info": self.info,
+        }
+        arrays = {"centroids": self._centroids}
+        if include_graph and self.approximate:
+            arrays["hnsw"] = np.asarray(_faiss().serialize_index(self._hnsw_index()), dtype=np.uint8)
+        save_arrays(path, _FORMAT, _VERSION, header, arrays)
+
+    @classmethod
+    def load(cls, path: PathLike) -> "Vocabulary":
+        """Read a vocabulary written by :meth:`save`.
+
+        Raises
+        ------
+        FileNotFoundError
+            No such file.
+        roiret.errors.IndexFormatError
+            Not a vocabulary file, a newer format version, truncated or corrupt.
+        """
+        hdr, arrays = load_arrays(path, _FORMAT, _VERSION)
+        try:
+            voc = cls(
+                arrays["centroids"],
+                hnsw_threshold=hdr["hnsw_threshold"],
+                hnsw_m=hdr["hnsw_m"],
+                hnsw_ef_construction=hdr["hnsw_ef_construction"],
+                hnsw_ef_search=hdr["hnsw_ef_search"],
+                info=hdr.get("info") or {},
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise IndexFormatError(f"{path}: invalid vocabulary header or centroids ({e})") from None
+        if voc.size != hdr.get("size") or voc.dim != hdr.get("dim"):
+            raise IndexFormatError(f"{path}: centroids do not match the header's size/dim")
+        if "hnsw" in arrays:
+            faiss = _faiss()
+            try:
+                idx = faiss.deserialize_index(np.ascontiguousarray(arrays["hnsw"]))
+            except RuntimeError as e:
+                raise IndexFormatError(f"{path}: the HNSW graph cannot be read ({e})") from None
+            if not isinstance(idx, faiss.IndexHNSWFlat) or idx.ntotal != voc.size or idx.d != voc.dim:
+                raise IndexFormatError(f"{path}: the stored HNSW graph does not match the centroids")
+            idx.hnsw.efSearch = voc.hnsw_ef_search
+            voc._hnsw = idx
+        return voc
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Vocabulary)
+            and self._centroids.shape == other._centroids.shape
+            and bool(np.array_equal(self._centroids, other._centroids))
+        )
+
+    __hash__ = None  # type: ignore[assignment]
