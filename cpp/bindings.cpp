@@ -428,16 +428,43 @@ PYBIND11_MODULE(_core, m) {
         py::arg("t_min"), py::arg("t_rate"), py::arg("t_iou"), py::arg("threads") = 0);
 
   // ---- InvertedFile ----
-  py::class_<InvertedFile>(m, "InvertedFile")
+  py::class_<InvertedFile>(m, "InvertedFile", R"doc(Inverted file with TF-IDF scoring (the bag-of-words first stage).
+
+Documents are images with integer ids and bags of visual words with positive weights
+(usually counts). With N images and df_t the number of images containing word t,
+idf_t = ln(N / df_t) (0 for unseen words); document and query vectors are (weight * idf)
+L2-normalised, and the score is their dot product. idf and norms always reflect the
+current collection (additions are merged lazily before the next search or save).
+
+Memory: 8 bytes per posting (uint32 image index + float32 weight) plus O(vocabulary)
+plus O(images).
+
+Thread safety: every method may be called from any number of threads at once; searches
+share a reader lock (and release the GIL), add/remove take it exclusively.
+
+Parameters
+----------
+vocab_size : int
+    Number of visual words; word ids are in [0, vocab_size).
+)doc")
       .def(py::init([](long long vocab_size) {
              if (vocab_size < 1) throw py::value_error("vocab_size must be >= 1, got " + std::to_string(vocab_size));
              return new InvertedFile(static_cast<std::size_t>(vocab_size));
            }),
            py::arg("vocab_size"))
-      .def("add", &ivf_add, py::arg("image_ids"), py::arg("offsets"), py::arg("words"), py::arg("counts") = py::none())
-      .def("search", &ivf_search, py::arg("words"), py::arg("counts") = py::none(), py::arg("top_n") = 100)
+      .def("add", &ivf_add, py::arg("image_ids"), py::arg("offsets"), py::arg("words"), py::arg("counts") = py::none(),
+           R"doc(Add images in CSR form: image i has id image_ids[i] and the words
+words[offsets[i]:offsets[i+1]] with weights counts[...] (default 1). Repeated words in an
+image are summed, zero weights dropped. Ids must be new and unique; word ids in range;
+weights finite and >= 0. Everything is checked before anything changes (ValueError).)doc")
+      .def("search", &ivf_search, py::arg("words"), py::arg("counts") = py::none(), py::arg("top_n") = 100,
+           R"doc(Top min(top_n, len(self)) images for a bag of words -> (ids int64, scores float32),
+by descending score; ties, and images sharing no word with the query (score 0), in
+insertion order.)doc")
       .def("search_batch", &ivf_search_batch, py::arg("offsets"), py::arg("words"), py::arg("counts") = py::none(),
-           py::arg("top_n") = 100, py::arg("threads") = 0)
+           py::arg("top_n") = 100, py::arg("threads") = 0,
+           R"doc(Many queries in CSR form, searched in parallel -> (ids (nq, top_n), scores (nq, top_n)),
+padded with -1 / -inf when the index holds fewer than top_n images.)doc")
       .def(
           "remove",
           [](InvertedFile& self, const py::object& ids_obj) {
@@ -447,15 +474,17 @@ PYBIND11_MODULE(_core, m) {
             py::gil_scoped_release nogil;
             return self.remove(p, n);
           },
-          py::arg("image_ids"))
+          py::arg("image_ids"),
+          "Remove images by id (all or nothing: an unknown id raises ValueError); returns how many were removed.")
       .def("__len__", &InvertedFile::size)
       .def("__contains__", [](const InvertedFile& self, std::int64_t id) { return self.contains(id); }, py::arg("image_id"))
       .def_property_readonly("vocab_size", &InvertedFile::vocab_size)
       .def_property_readonly("num_postings", &InvertedFile::num_postings)
-      .def("memory_bytes", &InvertedFile::memory_bytes)
-      .def("ids", [](const InvertedFile& self) { return to_array(self.ids()); })
-      .def("document_frequencies", [](const InvertedFile& self) { return to_array(self.document_frequencies()); })
-      .def("idf", [](const InvertedFile& self) { return to_array(self.idf()); })
+      .def("memory_bytes", &InvertedFile::memory_bytes, "Bytes held by postings, per-word and per-image arrays.")
+      .def("ids", [](const InvertedFile& self) { return to_array(self.ids()); }, "Image ids in insertion order.")
+      .def("document_frequencies", [](const InvertedFile& self) { return to_array(self.document_frequencies()); },
+           "df_t for every word (uint32, vocab_size values).")
+      .def("idf", [](const InvertedFile& self) { return to_array(self.idf()); }, "idf_t = ln(N / df_t) for every word (0 where df_t = 0).")
       .def(
           "save",
           [](const InvertedFile& self, const py::object& path) {
@@ -463,7 +492,9 @@ PYBIND11_MODULE(_core, m) {
             py::gil_scoped_release nogil;
             self.save(p);
           },
-          py::arg("path"))
+          py::arg("path"),
+          R"doc(Write a versioned binary file (magic, sizes, CRC-32 per section) atomically:
+a temporary file in the same directory, fsync, then rename over path.)doc")
       .def_static(
           "load",
           [](const py::object& path) {
@@ -475,7 +506,10 @@ PYBIND11_MODULE(_core, m) {
             }
             return out;
           },
-          py::arg("path"))
+          py::arg("path"),
+          R"doc(Read and fully validate a file written by save(). Raises
+roiret.errors.IndexFormatError (wrong magic, newer version, truncated, checksum mismatch,
+inconsistent contents) or OSError.)doc")
       .def("__repr__", [](const InvertedFile& self) {
         return "InvertedFile(vocab_size=" + std::to_string(self.vocab_size()) + ", images=" + std::to_string(self.size()) +
                ", postings=" + std::to_string(self.num_postings()) + ")";

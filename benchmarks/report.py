@@ -1,0 +1,56 @@
+"""Turn a pytest-benchmark JSON file into the markdown ratio table of benchmarks/README.md.
+
+    python benchmarks/report.py out/kernels.json [more.json ...]
+
+For every benchmark group it pairs the ``roiret`` entry with its peer (``extra_info.lib``)
+and prints median times and the speed ratio peer / roiret (> 1: roiret is faster).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+
+
+def fmt_time(s: float) -> str:
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s * 1e6:.1f} µs"
+
+
+def main(paths):
+    groups = defaultdict(dict)
+    machine = None
+    for p in paths:
+        with open(p) as f:
+            data = json.load(f)
+        machine = machine or data.get("machine_info", {})
+        for b in data["benchmarks"]:
+            info = b.get("extra_info", {})
+            groups[b["group"]][info.get("lib", b["name"])] = (b["stats"]["median"], info)
+    print("| case | roiret | peer | peer time | speed-up | notes |")
+    print("|---|---|---|---|---|---|")
+    for group in sorted(groups):
+        entries = groups[group]
+        if "roiret" not in entries:
+            continue
+        t, info = entries["roiret"]
+        peer = info.get("peer")
+        if peer not in entries:
+            continue
+        tp, pinfo = entries[peer]
+        notes = []
+        if "simd" in info:
+            notes.append(f"SIMD {info['simd']}")
+        if "bytes_per_posting" in info:
+            notes.append(f"bytes/posting {info['bytes_per_posting']:.2f} vs {pinfo['bytes_per_posting']:.2f}")
+        print(f"| {group} | {fmt_time(t)} | {peer} | {fmt_time(tp)} | **{tp / t:.2f}x** | {'; '.join(notes)} |")
+    if machine:
+        cpu = machine.get("cpu", {}).get("brand_raw", "?")
+        print(f"\nMachine: {cpu}, {machine.get('cpu', {}).get('count', '?')} logical CPUs; medians.")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or ["out/kernels.json"])
