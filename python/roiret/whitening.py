@@ -1,0 +1,247 @@
+"""PCA-whitening of descriptors, learned without labels (the paper's 3.2.3).
+
+``fit`` on an ``(N, D)`` matrix of descriptors (e.g. all database RoI descriptors):
+``mean`` = the average row; the covariance ``C = (X − mean)ᵀ(X − mean) / N`` is
+eigen-decomposed, ``C = V Λ Vᵀ`` (eigenvalues descending), and the projection is
+``P = diag((λ_i + eps)^(-1/2)) V_iᵀ`` for the first ``dims`` components.
+``transform(x) = l2normalize((x − mean) Pᵀ)``. With ``eps = 0`` the whitened training data
+has exactly the identity covariance (before the L2 step).
+
+Components whose eigenvalue is not above ``rank_tol · λ_max`` are numerically zero (dead
+channels, fewer samples than dimensions) and are never kept: whitening them would only
+amplify rounding noise. ``dims=None`` keeps all the others.
+
+Computation is float64 NumPy; ``transform`` also accepts torch tensors (on any device)
+and returns the same kind it was given.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+
+__all__ = ["PCAWhitening", "l2_normalize"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+_FORMAT = "roiret.PCAWhitening"
+_VERSION = 1
+
+
+def l2_normalize(x, eps: float = 1e-12):
+    """Rows divided by their L2 norm (rows of zeros stay zero). NumPy or torch."""
+    try:
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+    except ImportError:  # pragma: no cover
+        pass
+    x = np.asarray(x)
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(n, eps)
+
+
+def _as_2d_float(x, name: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D (N, D) array, got shape {a.shape}")
+    if a.dtype.kind not in "fiu":
+        raise TypeError(f"{name}: expected numbers, got dtype {a.dtype}")
+    a = a.astype(np.float64, copy=False)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name}: contains NaN or infinity")
+    return a
+
+
+class PCAWhitening:
+    """Unsupervised PCA-whitening + L2 normalisation.
+
+    Parameters
+    ----------
+    dims:
+        Output dimensionality (``None``: every non-degenerate component).
+    eps:
+        Added to the eigenvalues before the inverse square root (regularisation; 0 =
+        exact whitening).
+    rank_tol:
+        Components with eigenvalue ≤ ``rank_tol · λ_max`` are dropped.
+    normalize:
+        L2-normalise the output of :meth:`transform` (the paper's pipeline).
+
+    Thread safety: ``transform`` only reads; ``fit`` / ``load_state`` must not run
+    concurrently with anything else on the same object.
+    """
+
+    def __init__(self, dims: Optional[int] = None, eps: float = 0.0, rank_tol: float = 1e-9,
+                 normalize: bool = True):
+        if dims is not None and (isinstance(dims, bool) or int(dims) < 1):
+            raise ValueError(f"dims must be a positive int or None, got {dims!r}")
+        if not float(eps) >= 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        self.dims = None if dims is None else int(dims)
+        self.eps = float(eps)
+        self.rank_tol = float(rank_tol)
+        self.normalize = bool(normalize)
+        self.mean_: Optional[np.ndarray] = None  # (D,)
+        self.projection_: Optional[np.ndarray] = None  # (dims, D)
+        self.eigenvalues_: Optional[np.ndarray] = None  # (dims,)
+        self.n_samples_: int = 0
+
+    # -- learning --------------------------------------------------------------------
+    def fit(self, x) -> "PCAWhitening":
+        """Learn mean and projection from ``(N, D)`` descriptors (no labels)."""
+        a = _as_2d_float(_to_numpy(x), "x")
+        n, d = a.shape
+        if n < 2:
+            raise ValueError(f"fit needs at least 2 descriptors, got {n}")
+        mean = a.mean(axis=0)
+        c = a - mean
+        cov = (c.T @ c) / n
+        lam, vec = np.linalg.eigh(cov)  # ascending
+        order = np.argsort(lam)[::-1]
+        lam, vec = lam[order], vec[:, order]
+        lam_max = max(float(lam[0]), 0.0)
+        rank = int(np.sum(lam > self.rank_tol * lam_max)) if lam_max > 0 else 0
+        if rank == 0:
+            raise ValueError("fit: the descriptors have no variance")
+        keep = rank if self.dims is None else min(self.dims, rank)
+        if self.dims is not None and self.dims > rank:
+            warnings.warn(
+                f"PCAWhitening: dims={self.dims} requested but the data has only {rank} "
+                f"non-degenerate components ({n} samples, {d} dims); keeping {rank}",
+                RuntimeWarning, stacklevel=2,
+            )
+        lam, vec = lam[:keep], vec[:, :keep]
+        self.mean_ = mean
+        self.eigenvalues_ = lam
+        self.projection_ = (vec / np.sqrt(lam + self.eps)).T.copy()  # (keep, D)
+        self.n_samples_ = n
+        return self
+
+    @property
+    def fitted(self) -> bool:
+        return self.projection_ is not None
+
+    @property
+    def in_dim(self) -> int:
+        self._check_fitted()
+        return int(self.projection_.shape[1])
+
+    @property
+    def out_dim(self) -> int:
+        self._check_fitted()
+        return int(self.projection_.shape[0])
+
+    def _check_fitted(self) -> None:
+        if self.projection_ is None:
+            raise RuntimeError("PCAWhitening is not fitted: call fit() or load() first")
+
+    # -- applying --------------------------------------------------------------------
+    def transform(self, x, normalize: Optional[bool] = None):
+        """Whiten ``(N, D)`` descriptors → ``(N, out_dim)`` (then L2 unless
+        ``normalize=False``). NumPy in → float32 NumPy out; torch in → float32 torch out
+        on the same device."""
+        self._check_fitted()
+        norm = self.normalize if normalize is None else bool(normalize)
+        try:
+            import torch
+        except ImportError:  # pragma: no cover
+            torch = None
+        if torch is not None and isinstance(x, torch.Tensor):
+            if x.dim() != 2 or x.shape[1] != self.in_dim:
+                raise ValueError(f"x: expected (N, {self.in_dim}), got {tuple(x.shape)}")
+            dt = torch.float64 if x.device.type == "cpu" else torch.float32
+            m = torch.as_tensor(self.mean_, dtype=dt, device=x.device)
+            p = torch.as_tensor(self.projection_, dtype=dt, device=x.device)
+            y = (x.to(dt) - m) @ p.T
+            if norm:
+                y = l2_normalize(y)
+            return y.float()
+        a = _as_2d_float(x, "x")
+        if a.shape[1] != self.in_dim:
+            raise ValueError(f"x: expected (N, {self.in_dim}), got {a.shape}")
+        y = (a - self.mean_) @ self.projection_.T
+        if norm:
+            y = l2_normalize(y)
+        return np.ascontiguousarray(y, dtype=np.float32)
+
+    __call__ = transform
+
+    def fit_transform(self, x, normalize: Optional[bool] = None):
+        return self.fit(x).transform(x, normalize=normalize)
+
+    # -- persistence -----------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        self._check_fitted()
+        return {
+            "format": _FORMAT, "version": _VERSION,
+            "dims": self.dims, "eps": self.eps, "rank_tol": self.rank_tol,
+            "normalize": self.normalize, "n_samples": self.n_samples_,
+            "mean": self.mean_.copy(), "projection": self.projection_.copy(),
+            "eigenvalues": self.eigenvalues_.copy(),
+        }
+
+    @classmethod
+    def from_state(cls, state: Dict[str, Any]) -> "PCAWhitening":
+        if state.get("format") != _FORMAT:
+            raise ValueError(f"not a PCAWhitening state (format={state.get('format')!r})")
+        if int(state.get("version", -1)) > _VERSION:
+            raise ValueError(f"PCAWhitening state version {state['version']} is newer than "
+                             f"this roiret reads ({_VERSION})")
+        w = cls(dims=state["dims"], eps=state["eps"], rank_tol=state["rank_tol"],
+                normalize=state["normalize"])
+        mean = np.asarray(state["mean"], dtype=np.float64)
+        proj = np.asarray(state["projection"], dtype=np.float64)
+        lam = np.asarray(state["eigenvalues"], dtype=np.float64)
+        if mean.ndim != 1 or proj.ndim != 2 or proj.shape[1] != mean.shape[0] or lam.shape != (proj.shape[0],):
+            raise ValueError(f"inconsistent PCAWhitening state: mean {mean.shape}, "
+                             f"projection {proj.shape}, eigenvalues {lam.shape}")
+        w.mean_, w.projection_, w.eigenvalues_ = mean, proj, lam
+        w.n_samples_ = int(state.get("n_samples", 0))
+        return w
+
+    def save(self, path: PathLike) -> None:
+        """Write an ``.npz`` (atomically: a temporary file renamed into place)."""
+        st = self.state_dict()
+        meta = {k: st[k] for k in ("format", "version", "dims", "eps", "rank_tol", "normalize", "n_samples")}
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                     mean=st["mean"], projection=st["projection"], eigenvalues=st["eigenvalues"])
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: PathLike) -> "PCAWhitening":
+        """Read a file written by :meth:`save` (no pickles are loaded)."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(bytes(z["meta"]).decode())
+                state = dict(meta, mean=z["mean"], projection=z["projection"],
+                             eigenvalues=z["eigenvalues"])
+        except FileNotFoundError:
+            raise
+        except (OSError, KeyError, ValueError) as e:
+            raise ValueError(f"{path}: not a PCAWhitening file ({e})") from None
+        return cls.from_state(state)
+
+    def __repr__(self) -> str:
+        if not self.fitted:
+            return f"PCAWhitening(dims={self.dims}, eps={self.eps}, not fitted)"
+        return (f"PCAWhitening({self.in_dim} -> {self.out_dim}, eps={self.eps}, "
+                f"n_samples={self.n_samples_})")
+
+
+def _to_numpy(x) -> np.ndarray:
+    try:
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            return x.detach().to("cpu", torch.float64).numpy()
+    except ImportError:  # pragma: no cover
+        pass
+    return np.asarray(x)
