@@ -1,0 +1,468 @@
+"""One call from images to RoI results: stages 1–5 of DESIGN.md.
+
+>>> ex = RoIExtractor("alexnet", feature="conv-max", k=20, device="cpu")  # doctest: +SKIP
+>>> res = ex.extract(["a.jpg", "b.jpg"])                                   # doctest: +SKIP
+>>> res[0].boxes.shape, res[0].codes.dtype                                 # doctest: +SKIP
+((20, 4), dtype('uint64'))
+
+Per image (:class:`RoIResult`): the K selected RoIs as boxes in the input image's pixels,
+their scores (activation sums), float descriptors (PCA-whitened when a whitening is set,
+L2-normalised), packed binary codes, and the same for the whole image (the paper's
+"baseline" global region).
+
+Images are read with :func:`roiret.imageio.load_image` (paths, bytes or arrays; EXIF
+orientation applied), shrunk so the longest side is ``max_side`` (500, the paper's), and
+enlarged if smaller than the network's minimum input. Images of the same size are batched
+together (``batch_size``), in chunks of ``chunk_size`` images so memory stays bounded; the
+trunk runs once per batch (under fp16 autocast on CUDA when ``amp``).
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .backbones import Backbone, FCHead, build_backbone, build_fc_head, images_to_tensor, resolve_device
+from .descriptors import FEATURES, CropFC7, RoIAlignFC, flatten_rois, pool_rois
+from .errors import ImageError
+from .imageio import ImageSource, load_image, resize_max_side
+from .regions import (
+    DEFAULT_K,
+    DEFAULT_T_IOU,
+    DEFAULT_T_MIN,
+    DEFAULT_T_RATE,
+    DEFAULT_THRESHOLD,
+    DEFAULT_THRESHOLD_MODE,
+    RoIDetector,
+)
+from . import regions as _regions
+from .whitening import PCAWhitening, l2_normalize
+
+__all__ = ["RoIExtractor", "RoIResult", "prepare_image"]
+
+BoxLike = Optional[Sequence[float]]
+
+
+@dataclass
+class RoIResult:
+    """RoIs of one image.
+
+    Attributes
+    ----------
+    boxes : (K', 4) float32
+        ``x1, y1, x2, y2`` in pixels of the image as given (before any resizing), K' ≤ K.
+    scores : (K',) float32
+        Activation sum of each RoI's base region (selection order: descending).
+    descriptors : (K', dim) float32
+        RoI descriptors, whitened (if set) and L2-normalised.
+    codes : (K', ceil(dim/64)) uint64
+        Packed binary codes (bit i = descriptor_i > mean of the descriptor; bit i in word
+        i // 64 at position i % 64, least significant first).
+    channels : (K',) int64
+        The feature-map channel each RoI came from.
+    global_descriptor, global_code :
+        The same for the whole image (the "baseline" region), or ``None``.
+    image_size : (width, height) of the image as given; ``scale``: network input / given.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    descriptors: np.ndarray
+    codes: np.ndarray
+    channels: np.ndarray
+    global_descriptor: Optional[np.ndarray]
+    global_code: Optional[np.ndarray]
+    image_size: Tuple[int, int]
+    scale: float
+    feature_size: Tuple[int, int] = (0, 0)
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+def prepare_image(
+    src: ImageSource, max_side: Optional[int], min_side: int = 1, box: BoxLike = None
+) -> Tuple[np.ndarray, float, Tuple[int, int]]:
+    """Read ``src``, crop ``box`` (pixels of the image as given, clipped), shrink to
+    ``max_side`` and enlarge to at least ``min_side`` on the shorter side. Returns
+    ``(uint8 RGB image, scale, (width, height) before resizing)``; ``scale`` maps
+    given-image pixels (after the crop) to network-input pixels."""
+    img = load_image(src)
+    if box is not None:
+        b = np.asarray(box, dtype=np.float64).ravel()
+        if b.shape != (4,) or not np.isfinite(b).all():
+            raise ValueError(f"box: expected 4 finite numbers x1, y1, x2, y2, got {box!r}")
+        H, W = img.shape[:2]
+        x1, y1 = int(np.floor(max(b[0], 0))), int(np.floor(max(b[1], 0)))
+        x2, y2 = int(np.ceil(min(b[2], W))), int(np.ceil(min(b[3], H)))
+        if x2 <= x1 or y2 <= y1:
+            raise ValueError(f"box {tuple(b)} is empty inside a {W}x{H} image")
+        img = np.ascontiguousarray(img[y1:y2, x1:x2])
+    H, W = img.shape[:2]
+    img, scale = resize_max_side(img, max_side)
+    h, w = img.shape[:2]
+    if min(h, w) < min_side:
+        import cv2
+
+        f = min_side / min(h, w)
+        nw, nh = max(min_side, int(math.ceil(w * f))), max(min_side, int(math.ceil(h * f)))
+        img = np.ascontiguousarray(cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR))
+        scale = scale * (nw / w)
+    return img, float(scale), (W, H)
+
+
+class RoIExtractor:
+    """Images → per-image RoIs, descriptors and binary codes.
+
+    Parameters
+    ----------
+    backbone:
+        ``"alexnet"``, ``"vgg16"``, ``"efficientnet-lite0"``, or a built :class:`Backbone`.
+    feature:
+        ``"conv-max"``, ``"conv-sum"``, ``"fc7"`` (crop + resize to ``crop_size``² + fc7,
+        the paper's best) or ``"roialign-fc"`` (RoIAlign on conv5 + fc6/fc7).
+    k, t_min, t_rate, t_iou:
+        The paper's K, T_min, T_rate, T_IOU (see :mod:`roiret.regions`).
+    threshold_mode, threshold:
+        Binarisation rule of the base regions.
+    max_side:
+        Longest side of the network input (500, the paper's); ``None`` keeps the size.
+    whitening:
+        A fitted :class:`PCAWhitening` applied to all descriptors (``fit_whitening``
+        learns one), or ``None`` (L2 normalisation only).
+    with_global:
+        Also describe the whole image (the paper's baseline).
+    device:
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a :class:`torch.device`.
+    batch_size:
+        Images per trunk forward pass (same-size images are batched together).
+    weights, head_weights, allow_download:
+        Weight sources (see :mod:`roiret.weights`); ``head_weights`` is for the fc6/fc7
+        layers of ``fc7`` / ``roialign-fc`` (``"random"`` only when asked).
+    amp:
+        fp16 autocast on CUDA (never on CPU).
+    crop_size, crop_chunk:
+        fc7 crop side (224) and crops per forward pass.
+    progress:
+        tqdm progress bar: ``True``, ``False``, or ``None`` (only on a terminal).
+    num_workers:
+        Threads decoding images ahead of the network (0: decode inline).
+
+    Thread safety: one extractor may be used from one thread at a time.
+    """
+
+    def __init__(
+        self,
+        backbone: Union[str, Backbone] = "alexnet",
+        feature: str = "conv-max",
+        *,
+        k: int = DEFAULT_K,
+        t_min: float = DEFAULT_T_MIN,
+        t_rate: float = DEFAULT_T_RATE,
+        t_iou: float = DEFAULT_T_IOU,
+        threshold_mode: str = DEFAULT_THRESHOLD_MODE,
+        threshold: float = DEFAULT_THRESHOLD,
+        max_side: Optional[int] = 500,
+        whitening: Optional[PCAWhitening] = None,
+        with_global: bool = True,
+        device: Union[str, torch.device, None] = "cpu",
+        batch_size: int = 8,
+        chunk_size: int = 64,
+        weights="auto",
+        head_weights="auto",
+        allow_download: bool = False,
+        amp: bool = True,
+        crop_size: int = 224,
+        crop_chunk: int = 64,
+        progress: Optional[bool] = None,
+        num_workers: int = 2,
+    ):
+        if feature not in FEATURES:
+            raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
+        for name, v in (("batch_size", batch_size), ("chunk_size", chunk_size),
+                        ("crop_size", crop_size), ("crop_chunk", crop_chunk)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if max_side is not None and int(max_side) < 1:
+            raise ValueError(f"max_side must be >= 1 or None, got {max_side}")
+        if whitening is not None and not isinstance(whitening, PCAWhitening):
+            raise TypeError(f"whitening: expected a PCAWhitening or None, got {type(whitening).__name__}")
+        self.device = resolve_device(device)
+        if isinstance(backbone, Backbone):
+            self.backbone = backbone.to(self.device).eval()
+        else:
+            self.backbone = build_backbone(backbone, weights, device=self.device,
+                                           allow_download=allow_download)
+        self.feature = feature
+        self.detector = RoIDetector(self.backbone.stride, k, t_min, t_rate, t_iou,
+                                    threshold_mode, threshold)
+        self.head: Optional[FCHead] = None
+        self._fc = None
+        if feature in ("fc7", "roialign-fc"):
+            if self.backbone.arch is None:
+                raise ValueError(f"feature {feature!r} needs an AlexNet or VGG16 backbone, "
+                                 f"not {self.backbone.name!r}")
+            self.head = build_fc_head(self.backbone.arch, head_weights, device=self.device,
+                                      allow_download=allow_download, backbone=self.backbone)
+            if feature == "fc7":
+                self._fc = CropFC7(self.backbone, self.head, crop_size, crop_chunk, amp=amp)
+            else:
+                self._fc = RoIAlignFC(self.backbone, self.head, amp=amp)
+        self.max_side = None if max_side is None else int(max_side)
+        self.whitening = whitening
+        self.with_global = bool(with_global)
+        self.batch_size = int(batch_size)
+        self.chunk_size = int(chunk_size)
+        self.amp = bool(amp)
+        self.progress = progress
+        self.num_workers = int(num_workers)
+        self._min_side = self.backbone.min_input_size()
+
+    # -- properties ------------------------------------------------------------------
+    @property
+    def raw_dim(self) -> int:
+        """Descriptor dimensionality before whitening."""
+        return 4096 if self.head is not None else self.backbone.out_channels
+
+    @property
+    def dim(self) -> int:
+        """Descriptor dimensionality of the results."""
+        return self.whitening.out_dim if self.whitening is not None else self.raw_dim
+
+    @property
+    def k(self) -> int:
+        return self.detector.k
+
+    def __repr__(self) -> str:
+        return (f"RoIExtractor(backbone={self.backbone.name!r}, feature={self.feature!r}, "
+                f"{self.detector.extra_repr()}, max_side={self.max_side}, dim={self.dim}, "
+                f"whitening={self.whitening!r}, device={str(self.device)!r})")
+
+    # -- the network part --------------------------------------------------------------
+    def _autocast(self):
+        if self.amp and self.device.type == "cuda":
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return torch.autocast(device_type="cpu", enabled=False)
+
+    @torch.no_grad()
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised ``(B, 3, H, W)`` → float32 feature maps ``(B, D, H', W')``."""
+        with self._autocast():
+            f = self.backbone(x.to(self.device))
+        return f.float()
+
+    @torch.no_grad()
+    def _describe_batch(self, imgs: List[np.ndarray]):
+        """Same-size uint8 images → (rois, raw RoI descriptors (R, dim) on device,
+        raw global descriptors (B, dim) or None)."""
+        x = images_to_tensor(imgs, self.backbone.mean, self.backbone.std, self.device)
+        B, _, H, W = x.shape
+        fmap = self.trunk(x)
+        sizes = torch.tensor([[W, H]] * B, dtype=torch.float32)
+        rois = self.detector(fmap, sizes)
+        full_px = torch.tensor([[b, 0.0, 0.0, W, H] for b in range(B)],
+                               dtype=torch.float32, device=self.device)
+        if self.feature in ("conv-max", "conv-sum"):
+            mode = self.feature[5:]
+            desc = pool_rois(fmap, flatten_rois(rois.cells, rois.valid), mode)
+            fh, fw = fmap.shape[2:]
+            full_cells = torch.tensor([[b, 0.0, 0.0, fw, fh] for b in range(B)],
+                                      dtype=torch.float32, device=self.device)
+            glob = pool_rois(fmap, full_cells, mode) if self.with_global else None
+        elif self.feature == "fc7":
+            flat = flatten_rois(rois.boxes, rois.valid)
+            if self.with_global:
+                both = self._fc(x, torch.cat([flat, full_px], 0))
+                desc, glob = both[: flat.shape[0]], both[flat.shape[0]:]
+            else:
+                desc, glob = self._fc(x, flat), None
+        else:  # roialign-fc
+            flat = flatten_rois(rois.boxes, rois.valid)
+            if self.with_global:
+                both = self._fc(fmap, torch.cat([flat, full_px], 0))
+                desc, glob = both[: flat.shape[0]], both[flat.shape[0]:]
+            else:
+                desc, glob = self._fc(fmap, flat), None
+        return rois, desc, glob, tuple(fmap.shape[2:])
+
+    def _finish(self, desc: torch.Tensor) -> np.ndarray:
+        if self.whitening is not None:
+            out = self.whitening.transform(desc)
+        else:
+            out = l2_normalize(desc.float())
+        return np.ascontiguousarray(out.detach().to("cpu", torch.float32).numpy())
+
+    # -- iteration over inputs ---------------------------------------------------------
+    def _load(self, item):
+        src, box = item
+        return prepare_image(src, self.max_side, self._min_side, box)
+
+    def _iter_chunks(self, sources: Sequence, boxes: Optional[Sequence[BoxLike]], errors: str):
+        """Yield lists of (index, prepared image or exception) of ``chunk_size`` items,
+        decoded by a thread pool when ``num_workers`` > 0."""
+        n = len(sources)
+        items = [(sources[i], None if boxes is None else boxes[i]) for i in range(n)]
+
+        def safe_load(item):
+            try:
+                return self._load(item)
+            except (ImageError, OSError, ValueError, TypeError) as e:
+                if errors == "raise":
+                    raise
+                return e
+
+        if self.num_workers > 0 and n > 1:
+            with ThreadPoolExecutor(self.num_workers) as pool:
+                for s in range(0, n, self.chunk_size):
+                    idx = list(range(s, min(n, s + self.chunk_size)))
+                    yield list(zip(idx, pool.map(safe_load, [items[i] for i in idx])))
+        else:
+            for s in range(0, n, self.chunk_size):
+                idx = list(range(s, min(n, s + self.chunk_size)))
+                yield [(i, safe_load(items[i])) for i in idx]
+
+    def _run(self, sources, boxes, progress, errors, raw: bool):
+        if isinstance(sources, (str, bytes, bytearray, os.PathLike, np.ndarray)):
+            raise TypeError("expected a sequence of images (paths, bytes or arrays); "
+                            "for one image use extract_one()")
+        sources = list(sources)
+        if boxes is not None:
+            boxes = list(boxes)
+            if len(boxes) != len(sources):
+                raise ValueError(f"boxes: {len(boxes)} given for {len(sources)} images")
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
+        from tqdm.auto import tqdm
+
+        show = self.progress if progress is None else progress
+        results: List = [None] * len(sources)
+        with tqdm(total=len(sources), disable=None if show is None else not show,
+                  desc=f"RoIs ({self.backbone.name}, {self.feature})", unit="img") as bar:
+            for chunk in self._iter_chunks(sources, boxes, errors):
+                groups = {}
+                for i, item in chunk:
+                    if isinstance(item, Exception):
+                        warnings.warn(f"image {i} skipped: {item}", RuntimeWarning, stacklevel=3)
+                        bar.update(1)
+                        continue
+                    groups.setdefault(item[0].shape, []).append((i, item))
+                for members in groups.values():
+                    for s in range(0, len(members), self.batch_size):
+                        part = members[s: s + self.batch_size]
+                        for i, r in zip([p[0] for p in part], self._process(part, raw)):
+                            results[i] = r
+                        bar.update(len(part))
+        return results
+
+    def _process(self, part, raw: bool):
+        imgs = [p[1][0] for p in part]
+        rois, desc, glob, fsize = self._describe_batch(imgs)
+        counts = rois.counts().tolist()
+        if raw:
+            d = desc.detach().cpu()
+            g = None if glob is None else glob.detach().cpu()
+            out, s = [], 0
+            for j, c in enumerate(counts):
+                out.append((d[s: s + c].numpy(), None if g is None else g[j].numpy()))
+                s += c
+            return out
+        allrows = desc if glob is None else torch.cat([desc, glob], 0)
+        fin = self._finish(allrows)
+        codes = _regions._kernels_module().pack_codes(fin) if fin.shape[0] else np.zeros((0, (fin.shape[1] + 63) // 64), np.uint64)
+        codes = np.asarray(codes)
+        R = desc.shape[0]
+        boxes = rois.boxes.detach().cpu().numpy()
+        scores = rois.scores.detach().cpu().numpy()
+        chans = rois.channels.detach().cpu().numpy()
+        out, s = [], 0
+        for j, c in enumerate(counts):
+            _, (img, scale, size) = part[j]
+            b = (boxes[j, :c] / scale).astype(np.float32)
+            b[:, 0::2] = np.clip(b[:, 0::2], 0, size[0])
+            b[:, 1::2] = np.clip(b[:, 1::2], 0, size[1])
+            out.append(RoIResult(
+                boxes=b,
+                scores=scores[j, :c].astype(np.float32),
+                descriptors=fin[s: s + c],
+                codes=codes[s: s + c],
+                channels=chans[j, :c].astype(np.int64),
+                global_descriptor=None if glob is None else fin[R + j],
+                global_code=None if glob is None else codes[R + j],
+                image_size=(int(size[0]), int(size[1])),
+                scale=float(scale),
+                feature_size=(int(fsize[1]), int(fsize[0])),
+            ))
+            s += c
+        return out
+
+    # -- public API ------------------------------------------------------------------
+    def extract(
+        self,
+        images: Sequence[ImageSource],
+        *,
+        boxes: Optional[Sequence[BoxLike]] = None,
+        progress: Optional[bool] = None,
+        errors: str = "raise",
+    ) -> List[Optional[RoIResult]]:
+        """Extract RoIs, descriptors and codes for every image.
+
+        ``boxes``: optional per-image crop box ``(x1, y1, x2, y2)`` in the image's pixels
+        (e.g. a query's bounding box), or ``None`` entries; the crop is described as an
+        image of its own and the result's boxes are in the crop's pixels.
+        ``errors="skip"``: unreadable images give ``None`` (with a warning) instead of
+        raising :class:`~roiret.errors.ImageError`.
+        """
+        return self._run(images, boxes, progress, errors, raw=False)
+
+    __call__ = extract
+
+    def extract_one(self, image: ImageSource, box: BoxLike = None) -> RoIResult:
+        """:meth:`extract` for a single image."""
+        return self._run([image], None if box is None else [box], False, "raise", raw=False)[0]
+
+    def raw_descriptors(
+        self, images: Sequence[ImageSource], *, progress: Optional[bool] = None,
+        include_global: bool = True, errors: str = "raise",
+    ) -> np.ndarray:
+        """All RoI descriptors (and whole-image ones when ``include_global`` and
+        ``with_global``) of ``images`` before whitening and normalisation, stacked
+        ``(N, raw_dim)`` float32 — the training data of :meth:`fit_whitening`."""
+        rows = []
+        for r in self._run(images, None, progress, errors, raw=True):
+            if r is None:
+                continue
+            d, g = r
+            rows.append(d)
+            if include_global and g is not None:
+                rows.append(g[None])
+        if not rows:
+            return np.zeros((0, self.raw_dim), np.float32)
+        return np.ascontiguousarray(np.concatenate(rows, 0), dtype=np.float32)
+
+    def fit_whitening(
+        self,
+        images: Optional[Sequence[ImageSource]] = None,
+        *,
+        descriptors: Optional[np.ndarray] = None,
+        dims: Optional[int] = None,
+        eps: float = 0.0,
+        progress: Optional[bool] = None,
+    ) -> PCAWhitening:
+        """Learn PCA-whitening without labels, from database ``images`` or from an
+        ``(N, raw_dim)`` array of raw ``descriptors`` (see :meth:`raw_descriptors`), and use
+        it from now on. Returns it."""
+        if (images is None) == (descriptors is None):
+            raise ValueError("pass exactly one of images= or descriptors=")
+        x = self.raw_descriptors(images, progress=progress) if descriptors is None else descriptors
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.raw_dim:
+            raise ValueError(f"descriptors: expected (N, {self.raw_dim}), got {x.shape}")
+        w = PCAWhitening(dims=dims, eps=eps).fit(x)
+        self.whitening = w
+        return w

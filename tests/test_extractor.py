@@ -1,0 +1,218 @@
+"""The one-call extractor: images in, per-image boxes / scores / descriptors / codes out."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from conftest import DEVICES
+from _reference import pack_codes_ref
+from roiret.backbones import build_backbone
+from roiret.errors import ImageError, WeightsNotFoundError
+from roiret.extractor import RoIExtractor, prepare_image
+from roiret.whitening import PCAWhitening
+
+
+def _photos(side=160):
+    import skimage.data
+
+    out = []
+    for name in ("astronaut", "chelsea", "coffee"):
+        im = getattr(skimage.data, name)()
+        h, w = im.shape[:2]
+        f = side / max(h, w)
+        out.append(np.ascontiguousarray(cv2.resize(im, (round(w * f), round(h * f)),
+                                                   interpolation=cv2.INTER_AREA)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def alex():
+    torch.manual_seed(0)
+    return build_backbone("alexnet", "random")
+
+
+def _ex(alex, **kw):
+    kw.setdefault("k", 8)
+    kw.setdefault("max_side", 160)
+    kw.setdefault("progress", False)
+    kw.setdefault("num_workers", 0)
+    return RoIExtractor(alex, **kw)
+
+
+@pytest.mark.parametrize("feature", ["conv-max", "conv-sum"])
+def test_conv_results(kernels, alex, feature):
+    ex = _ex(alex, feature=feature)
+    imgs = _photos()
+    res = ex.extract(imgs)
+    assert len(res) == 3
+    for img, r in zip(imgs, res):
+        n = len(r)
+        assert 1 <= n <= 8
+        assert r.boxes.shape == (n, 4) and r.boxes.dtype == np.float32
+        assert r.scores.shape == (n,) and (np.diff(r.scores) <= 0).all()
+        assert r.descriptors.shape == (n, 256) and r.descriptors.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(r.descriptors, axis=1), 1, rtol=1e-5)
+        assert r.codes.shape == (n, 4) and r.codes.dtype == np.uint64
+        np.testing.assert_array_equal(r.codes, pack_codes_ref(r.descriptors))
+        assert r.global_descriptor.shape == (256,) and r.global_code.shape == (4,)
+        H, W = img.shape[:2]
+        assert r.image_size == (W, H) and r.scale == 1.0
+        assert (r.boxes[:, 0] >= 0).all() and (r.boxes[:, 2] <= W).all()
+        assert (r.boxes[:, 1] >= 0).all() and (r.boxes[:, 3] <= H).all()
+        assert (r.boxes[:, 2] > r.boxes[:, 0]).all() and (r.boxes[:, 3] > r.boxes[:, 1]).all()
+        assert (r.boxes % 16 == 0)[:, :2].all()  # cell starts map through the stride
+        assert r.channels.min() >= 0 and r.channels.max() < 256
+
+
+def test_descriptors_are_pooled_inside_the_boxes(kernels, alex):
+    ex = _ex(alex, feature="conv-max", whitening=None)
+    img = _photos()[0]
+    r = ex.extract_one(img)
+    x = torch.from_numpy(img)
+    with torch.no_grad():
+        from roiret.backbones import images_to_tensor
+
+        f = alex(images_to_tensor([img], alex.mean, alex.std, torch.device("cpu")))[0]
+    fh, fw = f.shape[1:]
+    for box, d in zip(r.boxes, r.descriptors):
+        x1, y1 = int(box[0] // 16), int(box[1] // 16)
+        x2, y2 = min(int(np.ceil(box[2] / 16)), fw), min(int(np.ceil(box[3] / 16)), fh)
+        want = f[:, y1:y2, x1:x2].amax(dim=(1, 2)).numpy()
+        np.testing.assert_allclose(d, want / np.linalg.norm(want), rtol=1e-4, atol=1e-6)
+    g = f.amax(dim=(1, 2)).numpy()
+    np.testing.assert_allclose(r.global_descriptor, g / np.linalg.norm(g), rtol=1e-4, atol=1e-6)
+    del x
+
+
+def test_boxes_in_original_pixels(kernels, alex):
+    img = _photos(side=320)[0]  # 320x320, the network sees 160x160
+    ex = _ex(alex)
+    big = ex.extract_one(img)
+    small = ex.extract_one(cv2.resize(img, (160, 160), interpolation=cv2.INTER_AREA))
+    assert big.scale == 0.5 and big.image_size == (320, 320)
+    np.testing.assert_allclose(big.boxes, small.boxes * 2, atol=1e-4)
+    np.testing.assert_array_equal(big.codes, small.codes)
+
+
+def test_paths_bytes_arrays_agree(kernels, alex, tmp_path):
+    img = _photos()[1]
+    p = tmp_path / "a.png"
+    cv2.imwrite(str(p), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    ex = _ex(alex)
+    ra, rp, rb = ex.extract([img, str(p), p.read_bytes()])
+    for r in (rp, rb):
+        np.testing.assert_array_equal(r.boxes, ra.boxes)
+        np.testing.assert_array_equal(r.codes, ra.codes)
+
+
+def test_batching_does_not_change_results(kernels, alex):
+    imgs = _photos() + [_photos()[0][:, :100].copy()]  # two sizes in one call
+    batched = _ex(alex, batch_size=8).extract(imgs)
+    single = [_ex(alex, batch_size=1).extract_one(im) for im in imgs]
+    threaded = _ex(alex, num_workers=2, chunk_size=2).extract(imgs)
+    for a, b, c in zip(batched, single, threaded):
+        np.testing.assert_allclose(a.descriptors, b.descriptors, rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.boxes, c.boxes)
+
+
+def test_query_box_is_a_crop(kernels, alex):
+    img = _photos()[2]
+    ex = _ex(alex)
+    a = ex.extract_one(img, box=(20, 10, 140, 100))
+    b = ex.extract_one(np.ascontiguousarray(img[10:100, 20:140]))
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+    np.testing.assert_array_equal(a.codes, b.codes)
+    assert a.image_size == (120, 90)
+    with pytest.raises(ValueError, match="empty"):
+        ex.extract_one(img, box=(50, 50, 50, 80))
+
+
+def test_tiny_images_are_enlarged(kernels, alex):
+    ex = _ex(alex)
+    r = ex.extract_one(np.full((12, 20, 3), 128, np.uint8))
+    assert r.scale > 1 and r.image_size == (20, 12)
+    img, scale, size = prepare_image(np.zeros((12, 20, 3), np.uint8), 500, 31)
+    assert min(img.shape[:2]) >= 31 and size == (20, 12)
+
+
+def test_errors_skip_or_raise(kernels, alex, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    ex = _ex(alex)
+    with pytest.raises(ImageError):
+        ex.extract([_photos()[0], str(bad)])
+    with pytest.warns(RuntimeWarning, match="image 1 skipped"):
+        res = ex.extract([_photos()[0], str(bad)], errors="skip")
+    assert res[1] is None and res[0] is not None
+    with pytest.raises(TypeError, match="extract_one"):
+        ex.extract(_photos()[0])
+    with pytest.raises(ValueError, match="boxes"):
+        ex.extract(_photos(), boxes=[None])
+
+
+def test_whitening_in_the_pipeline(kernels, alex):
+    imgs = _photos()
+    ex = _ex(alex, k=10)
+    raw = ex.raw_descriptors(imgs)
+    assert raw.shape[1] == 256 and raw.shape[0] == sum(len(r) + 1 for r in ex.extract(imgs))
+    w = ex.fit_whitening(descriptors=raw, dims=16)
+    assert ex.whitening is w and ex.dim == 16
+    res = ex.extract(imgs)
+    r = res[0]
+    assert r.descriptors.shape[1] == 16 and r.codes.shape[1] == 1
+    np.testing.assert_allclose(r.descriptors, w.transform(raw[: len(r)]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(r.codes, pack_codes_ref(r.descriptors))
+    w2 = ex.fit_whitening(imgs, dims=8)
+    assert w2.out_dim == 8
+    with pytest.raises(ValueError, match="exactly one"):
+        ex.fit_whitening()
+    with pytest.raises(TypeError, match="PCAWhitening"):
+        _ex(alex, whitening="yes")
+
+
+@pytest.mark.parametrize("feature", ["fc7", "roialign-fc"])
+def test_fc_features_random_head(kernels, alex, feature):
+    ex = _ex(alex, feature=feature, head_weights="random", k=3, crop_chunk=4)
+    res = ex.extract(_photos()[:2])
+    for r in res:
+        assert r.descriptors.shape == (len(r), 4096) and r.codes.shape == (len(r), 64)
+        assert r.global_descriptor.shape == (4096,)
+        np.testing.assert_array_equal(r.codes, pack_codes_ref(r.descriptors))
+
+
+def test_fc_features_need_head_weights(empty_hub, alex):
+    with pytest.raises(WeightsNotFoundError, match="fc6/fc7"):
+        RoIExtractor(alex, "fc7")
+
+
+def test_bad_arguments(alex):
+    with pytest.raises(ValueError, match="feature"):
+        RoIExtractor(alex, "conv-mean")
+    with pytest.raises(ValueError, match="batch_size"):
+        RoIExtractor(alex, batch_size=0)
+    with pytest.raises(ValueError, match="max_side"):
+        RoIExtractor(alex, max_side=0)
+    with pytest.raises(ValueError, match="K"):
+        RoIExtractor(alex, k=0)
+    ex = RoIExtractor(alex, k=5)
+    assert "K=5" in repr(ex) and ex.k == 5 and ex.dim == 256
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_devices_agree(kernels, device):
+    torch.manual_seed(0)
+    bb = build_backbone("alexnet", "random")
+    imgs = _photos()[:2]
+    cpu = _ex(bb, device="cpu").extract(imgs)
+    dev = _ex(bb, device=device, amp=False).extract(imgs)
+    for a, b in zip(cpu, dev):
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+        np.testing.assert_allclose(a.descriptors, b.descriptors, rtol=1e-3, atol=1e-4)
+    if device == "cuda":  # fp16 autocast: same boxes for nearly all RoIs, close descriptors
+        amp = _ex(bb.to("cuda"), device="cuda", amp=True).extract(imgs)
+        for a, b in zip(cpu, amp):
+            g = float(np.dot(a.global_descriptor, b.global_descriptor))
+            assert g > 0.99
