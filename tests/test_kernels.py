@@ -467,3 +467,61 @@ def test_select_rois_rejects_bad_input():
         roiret.select_rois(boxes, scores, sizes, 5, float("nan"), 3.0, 0.95)
     with pytest.raises(ValueError, match="C-contiguous"):
         roiret.select_rois(np.asfortranarray(boxes), scores, sizes, *args)
+
+
+# ---------------------------------------------------------------------------------------
+# the GIL is released while kernels run
+# ---------------------------------------------------------------------------------------
+def _big_call(name):
+    """A call of about 50-200 ms on one thread."""
+    rng = np.random.default_rng(0)
+    if name == "hamming_matrix":
+        a = random_codes(rng, 3000, 4096)
+        return lambda: roiret.hamming_matrix(a, a, threads=1)
+    if name in ("hamming_knn", "cross_match"):
+        db = random_codes(rng, 20000, 1024)
+        offsets = np.arange(0, 20001, 20, dtype=np.int64)
+        if name == "hamming_knn":
+            return lambda: roiret.hamming_knn(db[:200], db, 5, threads=1)
+        return lambda: roiret.cross_match(db[:200], db, offsets, 1024, threads=1)
+    if name == "select_rois":
+        boxes, scores, sizes = random_boxes(rng, 3000, 256)
+        return lambda: roiret.select_rois(boxes, scores, sizes, 20, 0.0, 3.0, 0.95, threads=1)
+    if name == "pack_codes":
+        x = rng.standard_normal((200_000, 256)).astype(np.float32)
+        return lambda: roiret.pack_codes(x, threads=1)
+    ivf = roiret.InvertedFile(1000)
+    n = 20000
+    ivf.add(np.arange(n), np.arange(0, 200 * n + 1, 200), rng.integers(0, 1000, size=200 * n), None)
+    queries = [rng.integers(0, 1000, size=300) for _ in range(5)]
+    ivf.search(queries[0], None, 1)
+    return lambda: ivf.search_batch(np.arange(0, 1501, 300), np.concatenate(queries), None, 10, threads=1)
+
+
+@pytest.mark.parametrize("name", ["hamming_matrix", "hamming_knn", "cross_match", "select_rois", "pack_codes",
+                                  "ivf_search"])
+def test_kernels_release_the_gil(name):
+    """Another Python thread makes progress while the kernel runs: the count it makes while
+    the main thread is inside the kernel would stay near zero if the GIL were held."""
+    import threading
+
+    call = _big_call(name)
+    inside = threading.Event()
+    done = threading.Event()
+    counter = [0]
+
+    def spin():
+        while not done.is_set():
+            if inside.is_set():
+                counter[0] += 1
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        inside.set()
+        call()
+        inside.clear()
+    finally:
+        done.set()
+        t.join()
+    assert counter[0] > 1000, counter[0]
