@@ -16,7 +16,7 @@ import pytest
 
 from roiret.bow import (
     BowIndex,
-    FeatureExtractor,
+    LocalFeatureExtractor,
     LocalFeatures,
     Vocabulary,
     bag_of_words,
@@ -46,7 +46,7 @@ TRAIN_PHOTOS = ["astronaut", "camera", "coffee", "chelsea", "rocket", "brick", "
 
 @pytest.fixture(scope="module")
 def extractor():
-    return FeatureExtractor(max_features=800)
+    return LocalFeatureExtractor(max_features=800)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_extract_rootsift_basic(extractor):
     assert f.image_size == (512, 512)
     assert (f.xy >= -1).all() and (f.xy[:, 0] <= 512).all() and (f.xy[:, 1] <= 512).all()
     # plain SIFT: RootSIFT is its transform
-    s = FeatureExtractor("sift", max_features=800).extract(img)
+    s = LocalFeatureExtractor("sift", max_features=800).extract(img)
     np.testing.assert_allclose(rootsift(s.descriptors), f.descriptors, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(s.xy, f.xy)
 
@@ -140,8 +140,8 @@ def test_tiny_flat_and_odd_sizes(extractor):
 
 def test_max_features():
     img = _photo("brick")
-    assert len(FeatureExtractor(max_features=50).extract(img)) <= 50
-    many = FeatureExtractor(max_features=None).extract(img)
+    assert len(LocalFeatureExtractor(max_features=50).extract(img)) <= 50
+    many = LocalFeatureExtractor(max_features=None).extract(img)
     assert len(many) > 50
 
 
@@ -150,8 +150,8 @@ def test_max_side_maps_coordinates_back():
     # coordinates of those of the original photo
     img = _photo("camera")
     big = cv2.resize(img, (1024, 1024), interpolation=cv2.INTER_LINEAR)
-    small = FeatureExtractor(max_side=None, max_features=500).extract(img)
-    down = FeatureExtractor(max_side=512, max_features=500).extract(big)
+    small = LocalFeatureExtractor(max_side=None, max_features=500).extract(img)
+    down = LocalFeatureExtractor(max_side=512, max_features=500).extract(big)
     assert down.image_size == (1024, 1024)
     assert down.xy.max() > 600  # reported in the big image's pixels
     pts = (down.xy + 0.5) / 2 - 0.5
@@ -176,7 +176,7 @@ def test_box_keeps_keypoints_inside(extractor):
 
 
 def test_extractor_concurrent_threads_match_sequential():
-    fe = FeatureExtractor(max_features=300)
+    fe = LocalFeatureExtractor(max_features=300)
     names = ["astronaut", "coffee", "camera", "rocket"]
     seq = [fe.extract(_photo(n)).descriptors for n in names]
     out = [None] * len(names)
@@ -192,27 +192,27 @@ def test_extractor_concurrent_threads_match_sequential():
 
 
 def test_extractor_config_round_trip_and_errors():
-    fe = FeatureExtractor("sift", max_features=123, max_side=640, contrast_threshold=0.03)
-    assert FeatureExtractor.from_config(fe.config()) == fe
+    fe = LocalFeatureExtractor("sift", max_features=123, max_side=640, contrast_threshold=0.03)
+    assert LocalFeatureExtractor.from_config(fe.config()) == fe
     with pytest.raises(ValueError, match="kind"):
-        FeatureExtractor("orb")
+        LocalFeatureExtractor("orb")
     with pytest.raises(ValueError, match="max_features"):
-        FeatureExtractor(max_features=-1)
+        LocalFeatureExtractor(max_features=-1)
     with pytest.raises(ValueError, match="max_side"):
-        FeatureExtractor(max_side=2)
+        LocalFeatureExtractor(max_side=2)
     with pytest.raises(ValueError, match="config"):
-        FeatureExtractor.from_config({"kind": "sift", "bogus": 1})
+        LocalFeatureExtractor.from_config({"kind": "sift", "bogus": 1})
     with pytest.raises(TypeError):
         fe.extract(12345)
 
 
 def test_surf_when_available_else_clear_error():
     if surf_available():
-        f = FeatureExtractor("surf").extract(_photo("astronaut"))
+        f = LocalFeatureExtractor("surf").extract(_photo("astronaut"))
         assert f.descriptors.shape[1] == 64 and len(f) > 0
     else:
         with pytest.raises(ValueError, match="NONFREE"):
-            FeatureExtractor("surf")
+            LocalFeatureExtractor("surf")
 
 
 # ========================================================================================
@@ -308,7 +308,7 @@ def test_hnsw_assignment_recall_against_exact(train_feats):
     feats = [train_feats[n] for n in TRAIN_PHOTOS]
     v = Vocabulary.fit(feats, 500, seed=0, n_iter=5, hnsw_threshold=100, progress=False)
     assert v.approximate and v.info["kmeans"] == "approximate"
-    fe = FeatureExtractor(max_features=800)
+    fe = LocalFeatureExtractor(max_features=800)
     held_out = np.concatenate(
         [fe.extract(_photo(n)).descriptors for n in ("retina", "page", "text", "colorwheel", "logo")]
     )
@@ -578,7 +578,7 @@ INDEX_PHOTOS = ["astronaut", "camera", "coffee", "chelsea", "rocket", "brick", "
 
 @pytest.fixture(scope="module")
 def bow_index(vocab):
-    idx = BowIndex(vocab, FeatureExtractor(max_features=800))
+    idx = BowIndex(vocab, LocalFeatureExtractor(max_features=800))
     ids = idx.add([_photo(n) for n in INDEX_PHOTOS], ids=np.arange(100, 100 + len(INDEX_PHOTOS)),
                   progress=False)
     assert ids.tolist() == list(range(100, 100 + len(INDEX_PHOTOS)))
@@ -592,6 +592,19 @@ def test_query_image_finds_itself_first(bow_index):
         assert hits.ids[0] == 100 + k, name
         assert hits.scores[0] == pytest.approx(1.0, abs=1e-4)
         assert (np.diff(hits.scores) <= 1e-7).all()
+
+
+@needs_core
+def test_search_bags_batch_equals_single(bow_index):
+    bags = [bow_index.encode(_photo(n)) for n in ("coffee", "moon", "rocket")]
+    bags.insert(1, (np.zeros(0, np.int64), np.zeros(0, np.float32)))  # an empty query
+    batch = bow_index.search_bags(bags, top_n=50)  # more than the 12 images indexed
+    assert len(batch) == 4 and batch[1].ids.size == 0
+    for (w, c), hits in zip(bags, batch):
+        single = bow_index.search_bag(w, c, top_n=50)
+        np.testing.assert_array_equal(hits.ids, single.ids)
+        np.testing.assert_allclose(hits.scores, single.scores, rtol=1e-6)
+    assert len(batch[0].ids) == len(INDEX_PHOTOS)
 
 
 @needs_core
@@ -618,16 +631,16 @@ def test_empty_query_and_errors(bow_index, vocab):
     with pytest.raises(ValueError, match="top_n"):
         bow_index.search(_photo("camera"), top_n=0)
     with pytest.raises(ValueError, match="trained on"):
-        BowIndex(vocab, FeatureExtractor("sift"))
+        BowIndex(vocab, LocalFeatureExtractor("sift"))
     with pytest.raises(ValueError, match="128-d"):
-        BowIndex(Vocabulary(np.eye(8, dtype=np.float32)), FeatureExtractor())
+        BowIndex(Vocabulary(np.eye(8, dtype=np.float32)), LocalFeatureExtractor())
     with pytest.raises(TypeError, match="Vocabulary"):
         BowIndex(np.eye(4))
 
 
 @needs_core
 def test_bow_index_ids_add_remove(vocab):
-    fe = FeatureExtractor(max_features=300)
+    fe = LocalFeatureExtractor(max_features=300)
     idx = BowIndex(vocab, fe)
     a = idx.add([_photo("camera"), _photo("coffee")], progress=False)
     b = idx.add([_photo("rocket")], progress=False, batch_size=1)
@@ -703,7 +716,7 @@ def test_ukbench_other_views_come_first():
     from roiret.eval import load_gnd
 
     gnd = load_gnd(UKB)
-    fe = FeatureExtractor(max_features=1000)
+    fe = LocalFeatureExtractor(max_features=1000)
     feats = fe.extract_many([gnd.image_path(n) for n in gnd.images], progress=False)
     voc = Vocabulary.fit(feats, 1000, seed=0, n_iter=8, max_train=20_000, descriptor="rootsift",
                          progress=False)

@@ -1,6 +1,6 @@
 """Bag-of-visual-words first stage (DESIGN.md stage 6).
 
-* :class:`FeatureExtractor` / :class:`LocalFeatures` — SIFT / RootSIFT (default) / SURF
+* :class:`LocalFeatureExtractor` / :class:`LocalFeatures` — SIFT / RootSIFT (default) / SURF
   (when OpenCV has the nonfree module: :func:`surf_available`).
 * :class:`Vocabulary` — k-means with faiss (exact, or approximate with HNSW for large
   vocabularies), word assignment (exact below ``hnsw_threshold`` words, HNSW above),
@@ -12,7 +12,7 @@
 Only :class:`BowIndex` needs the native core, and imports it on first use.
 """
 from .encode import bag_of_words, bags_to_csr
-from .features import FEATURE_KINDS, FeatureExtractor, LocalFeatures, rootsift, surf_available
+from .features import FEATURE_KINDS, LocalFeatureExtractor, LocalFeatures, rootsift, surf_available
 from .index import BowHits, BowIndex
 from .vocabulary import DEFAULT_HNSW_THRESHOLD, Vocabulary
 
@@ -21,7 +21,7 @@ __all__ = [
     "BowIndex",
     "DEFAULT_HNSW_THRESHOLD",
     "FEATURE_KINDS",
-    "FeatureExtractor",
+    "LocalFeatureExtractor",
     "LocalFeatures",
     "Vocabulary",
     "bag_of_words",

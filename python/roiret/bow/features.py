@@ -26,7 +26,7 @@ from ..imageio import ImageSource, load_image, resize_max_side
 __all__ = [
     "Box",
     "FEATURE_KINDS",
-    "FeatureExtractor",
+    "LocalFeatureExtractor",
     "LocalFeatures",
     "rootsift",
     "surf_available",
@@ -136,7 +136,7 @@ class LocalFeatures:
         )
 
 
-class FeatureExtractor:
+class LocalFeatureExtractor:
     """Detect keypoints and compute local descriptors with OpenCV.
 
     Parameters
@@ -230,7 +230,7 @@ class FeatureExtractor:
         }
 
     @classmethod
-    def from_config(cls, config: Dict[str, Any]) -> "FeatureExtractor":
+    def from_config(cls, config: Dict[str, Any]) -> "LocalFeatureExtractor":
         cfg = dict(config)
         kind = cfg.pop("kind", "rootsift")
         try:
@@ -240,12 +240,12 @@ class FeatureExtractor:
 
     def __repr__(self) -> str:
         return (
-            f"FeatureExtractor(kind={self.kind!r}, max_features={self.max_features}, "
+            f"LocalFeatureExtractor(kind={self.kind!r}, max_features={self.max_features}, "
             f"max_side={self.max_side})"
         )
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, FeatureExtractor) and self.config() == other.config()
+        return isinstance(other, LocalFeatureExtractor) and self.config() == other.config()
 
     def __hash__(self) -> int:
         return hash(tuple(sorted(self.config().items())))

@@ -18,7 +18,7 @@ from ..errors import IndexFormatError
 from ..imageio import ImageSource
 from ._io import PathLike, atomic_write, sha256_file
 from .encode import bag_of_words, bags_to_csr
-from .features import Box, FeatureExtractor, LocalFeatures
+from .features import Box, LocalFeatureExtractor, LocalFeatures
 from .vocabulary import Vocabulary
 
 __all__ = ["BowHits", "BowIndex"]
@@ -70,7 +70,7 @@ class BowIndex:
     vocabulary:
         The visual vocabulary (:meth:`Vocabulary.fit` or :meth:`BowIndex.train`).
     extractor:
-        Local features; default: ``FeatureExtractor(kind)`` with the descriptor kind the
+        Local features; default: ``LocalFeatureExtractor(kind)`` with the descriptor kind the
         vocabulary was trained on (RootSIFT when unrecorded). Its dimension must match
         the vocabulary's.
     inverted_file:
@@ -90,7 +90,7 @@ class BowIndex:
     def __init__(
         self,
         vocabulary: Vocabulary,
-        extractor: Optional[FeatureExtractor] = None,
+        extractor: Optional[LocalFeatureExtractor] = None,
         *,
         inverted_file: Any = None,
     ):
@@ -98,9 +98,9 @@ class BowIndex:
             raise TypeError(f"vocabulary: expected a roiret.bow.Vocabulary, got {type(vocabulary).__name__}")
         trained_on = vocabulary.info.get("descriptor")
         if extractor is None:
-            extractor = FeatureExtractor(trained_on or "rootsift")
-        if not isinstance(extractor, FeatureExtractor):
-            raise TypeError(f"extractor: expected a FeatureExtractor, got {type(extractor).__name__}")
+            extractor = LocalFeatureExtractor(trained_on or "rootsift")
+        if not isinstance(extractor, LocalFeatureExtractor):
+            raise TypeError(f"extractor: expected a LocalFeatureExtractor, got {type(extractor).__name__}")
         if extractor.dim != vocabulary.dim:
             raise ValueError(
                 f"extractor gives {extractor.dim}-d {extractor.kind} descriptors but the vocabulary "
@@ -125,7 +125,7 @@ class BowIndex:
         images: Iterable[ImageSource],
         n_words: int,
         *,
-        extractor: Optional[FeatureExtractor] = None,
+        extractor: Optional[LocalFeatureExtractor] = None,
         seed: int = 0,
         max_train: Optional[int] = None,
         n_iter: int = 20,
@@ -140,7 +140,7 @@ class BowIndex:
         settings) go to :meth:`Vocabulary.fit`. Train on database images (or other images),
         never on ground-truth labels.
         """
-        extractor = extractor or FeatureExtractor()
+        extractor = extractor or LocalFeatureExtractor()
         feats = extractor.extract_many(images, progress=progress, desc="features for k-means")
         voc = Vocabulary.fit(
             feats,
@@ -280,6 +280,30 @@ class BowIndex:
         ids, scores = self.inverted_file.search(words, counts, top_n)
         return BowHits(np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32))
 
+    def search_bags(
+        self, bags: Sequence[Tuple[np.ndarray, np.ndarray]], top_n: int = 100
+    ) -> List[BowHits]:
+        """Top-N images for many encoded queries at once (the native batch search, run on
+        several threads). Returns one :class:`BowHits` per query, as :meth:`search_bag`."""
+        top_n = _check_top_n(top_n)
+        bags = list(bags)
+        out: List[Optional[BowHits]] = [None] * len(bags)
+        nonempty = [i for i, (w, _) in enumerate(bags) if len(w)]
+        for i, (w, _) in enumerate(bags):
+            if not len(w):
+                out[i] = BowHits(np.zeros(0, np.int64), np.zeros(0, np.float32))
+        if nonempty:
+            off, w, c = bags_to_csr([bags[i] for i in nonempty])
+            ids, scores = self.inverted_file.search_batch(off, w, c, top_n)
+            ids = np.asarray(ids, dtype=np.int64).reshape(len(nonempty), -1)
+            scores = np.asarray(scores, dtype=np.float32).reshape(len(nonempty), -1)
+            for row, i in enumerate(nonempty):
+                keep = ids[row] >= 0
+                out[i] = BowHits(
+                    np.ascontiguousarray(ids[row][keep]), np.ascontiguousarray(scores[row][keep])
+                )
+        return out  # type: ignore[return-value]
+
     def search_features(
         self, features: LocalFeatures, *, box: Optional[Box] = None, top_n: int = 100
     ) -> BowHits:
@@ -397,7 +421,7 @@ class BowIndex:
                 if p.stat().st_size != spec["bytes"] or sha256_file(p) != spec["sha256"]:
                     raise IndexFormatError(f"{mpath}: {role} file {name!r} is truncated or corrupt")
                 paths[role] = p
-            extractor = FeatureExtractor.from_config(m["extractor"])
+            extractor = LocalFeatureExtractor.from_config(m["extractor"])
             next_id = int(m["next_id"])
         except (KeyError, TypeError) as e:
             raise IndexFormatError(f"{mpath}: incomplete manifest ({e})") from None
