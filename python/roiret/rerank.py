@@ -1,0 +1,118 @@
+"""Re-ranking BoW candidates with RoI codes (the paper's 3.2.4), as plain functions.
+
+Given the query's RoI codes and the BoW top-N candidates (image rows of a
+:class:`~roiret.store.RoIStore`, best first):
+
+* ``"fast"`` (the paper's strategy): cross-match every query RoI with the RoIs of the top
+  ``n`` candidates; count how often each query RoI forms an image's best pair (its
+  matching frequency); keep the ``k`` most frequent query RoIs (ties: the RoI selected
+  earlier, i.e. with the larger activation sum); cross-match only those with the other
+  ``N - n`` candidates. Image score = max RoI-pair similarity (1 − Hamming / bits).
+* ``"exhaustive"``: every query RoI against every candidate (for comparison).
+* ``"global"``: one whole-image code per image (the paper's "baseline").
+
+The top N are re-ordered by that score (stable: equal scores keep BoW order; candidates
+without RoIs go last); the others keep their BoW order. ``fusion`` (optional, in [0, 1])
+ranks the top N by ``(1 − fusion) · roi_score + fusion · bow_score`` instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from ._kernels import cross_match
+
+__all__ = ["MODES", "RerankResult", "rerank"]
+
+MODES = ("fast", "exhaustive", "global", "bow")
+
+
+@dataclass
+class RerankResult:
+    """``order``: positions into the candidate list, best first (length = candidates).
+    ``score``: the re-ranking score of each candidate (same order as the candidates; NaN
+    beyond N). ``best_query`` / ``best_db``: the best RoI pair (query row, store row) of
+    each candidate (-1 when none). ``query_mask``: the query RoIs used for the N − n
+    candidates (fast mode), else all."""
+
+    order: np.ndarray
+    score: np.ndarray
+    roi_score: np.ndarray
+    best_query: np.ndarray
+    best_db: np.ndarray
+    query_mask: np.ndarray
+
+
+def _check(name, v, lo=1):
+    if isinstance(v, bool) or int(v) != v or v < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    return int(v)
+
+
+def rerank(
+    q_codes: np.ndarray,
+    db_codes: np.ndarray,
+    offsets: np.ndarray,
+    nbits: int,
+    candidates: np.ndarray,
+    *,
+    N: int,
+    n: int,
+    k: int,
+    mode: str = "fast",
+    bow_scores: Optional[np.ndarray] = None,
+    fusion: Optional[float] = None,
+    threads: Optional[int] = None,
+) -> RerankResult:
+    """Re-rank ``candidates`` (int64 image rows, BoW order) — see the module docstring.
+
+    ``q_codes`` (r, words) uint64 and ``db_codes``/``offsets`` (CSR over images) as in
+    :func:`roiret.cross_match`. For ``mode="global"`` pass one code per query and per
+    image (``offsets = arange(n_images + 1)``).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    N, n, k = _check("N", N), _check("n", n), _check("k", k)
+    if n > N:
+        raise ValueError(f"n (exhaustively matched candidates) must be <= N, got n={n}, N={N}")
+    candidates = np.ascontiguousarray(candidates, dtype=np.int64)
+    m = len(candidates)
+    top = min(N, m)
+    score = np.full(m, np.nan, np.float32)
+    roi_score = np.full(m, np.nan, np.float32)
+    bq = np.full(m, -1, np.int64)
+    bd = np.full(m, -1, np.int64)
+    nq = len(q_codes)
+    mask = np.ones(nq, bool)
+    if mode == "bow" or top == 0:
+        return RerankResult(np.arange(m), score, roi_score, bq, bd, mask)
+
+    if mode == "fast" and n < top and k < nq:
+        head = cross_match(q_codes, db_codes, offsets, nbits, images=candidates[:n], threads=threads)
+        votes = head.query_votes
+        chosen = np.argsort(-votes, kind="stable")[:k]
+        mask = np.zeros(nq, bool)
+        mask[chosen] = True
+        tail = cross_match(q_codes, db_codes, offsets, nbits, mask, images=candidates[n:top], threads=threads)
+        parts = [head, tail]
+    else:
+        parts = [cross_match(q_codes, db_codes, offsets, nbits, images=candidates[:top], threads=threads)]
+    roi_score[:top] = np.concatenate([p.score for p in parts])
+    bq[:top] = np.concatenate([p.best_query for p in parts])
+    bd[:top] = np.concatenate([p.best_db for p in parts])
+
+    s = roi_score[:top].astype(np.float64)
+    if fusion is not None:
+        f = float(fusion)
+        if not 0.0 <= f <= 1.0:
+            raise ValueError(f"fusion must be in [0, 1], got {fusion}")
+        if bow_scores is None:
+            raise ValueError("fusion needs bow_scores")
+        b = np.asarray(bow_scores, np.float64)[:top]
+        s = np.where(np.isfinite(s), (1 - f) * s + f * b, -np.inf)
+    score[:top] = s
+    head_order = np.argsort(-np.where(np.isfinite(s), s, -np.inf), kind="stable")
+    order = np.concatenate([head_order, np.arange(top, m)]).astype(np.int64)
+    return RerankResult(order, score, roi_score, bq, bd, mask)

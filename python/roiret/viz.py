@@ -1,0 +1,164 @@
+"""Pictures of search results, like the paper's Figure 6: the query with its box (blue) and
+RoIs, then the ranked database images — before re-ranking (BoW order) and after — each
+with the best-matching RoI drawn in magenta and, when the ground truth is known, a green
+(positive) or red (negative) border. PNG strips and a self-contained HTML page (images
+embedded as data URIs: one file to open or send).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import os
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = ["draw_boxes", "encode_png", "render_strip", "result_strip", "write_html"]
+
+BLUE = (40, 90, 255)
+MAGENTA = (255, 0, 255)
+GREEN = (30, 200, 60)
+RED = (230, 30, 30)
+GRAY = (150, 150, 150)
+YELLOW = (255, 210, 0)
+
+
+def _cv2():
+    import cv2
+
+    return cv2
+
+
+def draw_boxes(img: np.ndarray, boxes: Iterable[Sequence[float]], color=MAGENTA, thickness: int = 2) -> np.ndarray:
+    """A copy of the RGB ``img`` with rectangles ``(x1, y1, x2, y2)`` (pixels) drawn."""
+    cv2 = _cv2()
+    out = np.ascontiguousarray(img.copy())
+    h, w = out.shape[:2]
+    for b in boxes:
+        if b is None:
+            continue
+        x1, y1, x2, y2 = (int(round(v)) for v in b)
+        x1, x2 = max(0, min(w - 1, x1)), max(0, min(w - 1, x2 - 1))
+        y1, y2 = max(0, min(h - 1, y1)), max(0, min(h - 1, y2 - 1))
+        cv2.rectangle(out, (x1, y1), (x2, y2), color, thickness, lineType=cv2.LINE_AA)
+    return out
+
+
+def _thumb(img: np.ndarray, height: int, border=None, label: str = "") -> np.ndarray:
+    cv2 = _cv2()
+    h, w = img.shape[:2]
+    nw = max(1, int(round(w * height / h)))
+    t = cv2.resize(img, (nw, height), interpolation=cv2.INTER_AREA)
+    if border is not None:
+        t = cv2.copyMakeBorder(t, 5, 5, 5, 5, cv2.BORDER_CONSTANT, value=border)
+    else:
+        t = cv2.copyMakeBorder(t, 5, 5, 5, 5, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+    if label:
+        cap = np.full((22, t.shape[1], 3), 255, np.uint8)
+        cv2.putText(cap, label[: max(4, t.shape[1] // 8)], (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+        t = np.concatenate([t, cap], 0)
+    return t
+
+
+def render_strip(tiles: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:
+    """Tiles side by side on a white background (bottom-padded to the tallest)."""
+    height = max(t.shape[0] for t in tiles)
+    parts = []
+    for t in tiles:
+        pad = np.full((height - t.shape[0], t.shape[1], 3), 255, np.uint8)
+        parts += [np.concatenate([t, pad], 0), np.full((height, gap, 3), 255, np.uint8)]
+    return np.concatenate(parts[:-1], 1)
+
+
+def result_strip(
+    query: np.ndarray,
+    query_box: Optional[Sequence[float]],
+    result,
+    load: Callable[[object], np.ndarray],
+    *,
+    top: int = 8,
+    positives: Optional[set] = None,
+    height: int = 150,
+    show_query_rois: bool = True,
+    reranked: bool = True,
+) -> np.ndarray:
+    """One row: the query (its box in blue, its RoIs in yellow, the RoI of the best pair
+    of the first hit in magenta), then ``top`` hits (``load(hit)`` → RGB image), each with
+    its best-matching RoI in magenta and a green / red border when ``positives`` (a set of
+    ids) is given. ``reranked=False`` draws no RoI pair (a BoW-order row)."""
+    q = query
+    if show_query_rois and len(result.query_boxes):
+        q = draw_boxes(q, result.query_boxes, YELLOW, 1)
+    if query_box is not None:
+        q = draw_boxes(q, [query_box], BLUE, 3)
+    first = result.hits[0] if result.hits else None
+    if reranked and first is not None and first.query_box is not None:
+        q = draw_boxes(q, [first.query_box], MAGENTA, 2)
+    tiles = [_thumb(q, height, None, "query")]
+    for h in result.hits[:top]:
+        img = load(h)
+        if reranked and h.db_box is not None:
+            img = draw_boxes(img, [h.db_box], MAGENTA, max(2, img.shape[0] // 150))
+        border = None if positives is None else (GREEN if h.id in positives else RED)
+        label = f"{h.rank + 1}. {os.path.basename(str(h.name))}"
+        tiles.append(_thumb(img, height, border, label))
+    return render_strip(tiles)
+
+
+def encode_png(img: np.ndarray) -> bytes:
+    """RGB array → PNG bytes."""
+    cv2 = _cv2()
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("could not encode the image as PNG")
+    return buf.tobytes()
+
+
+def write_png(path, img: np.ndarray) -> None:
+    Path(path).write_bytes(encode_png(img))
+
+
+def write_html(path, title: str, sections: List[Dict], intro: str = "") -> None:
+    """A self-contained page. Each section: ``{"title": str, "images": [(caption, RGB
+    array)], "table": [dict rows] (optional), "text": str (optional)}``."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:24px;color:#222}img{max-width:100%;border:1px solid #ddd}"
+        "table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+        "text-align:right}th{background:#f3f3f3}.cap{font-size:13px;color:#555;margin:10px 0 4px}"
+        ".legend span{display:inline-block;padding:1px 8px;margin-right:8px;color:#fff}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<p class='legend'><span style='background:#2850ff'>query box</span>"
+        "<span style='background:#ff00ff'>best-matching RoI pair</span>"
+        "<span style='background:#e6c200;color:#000'>query RoIs</span>"
+        "<span style='background:#1ec83c'>positive</span><span style='background:#e61e1e'>negative</span></p>",
+    ]
+    if intro:
+        parts.append(f"<p>{intro}</p>")
+    for sec in sections:
+        parts.append(f"<h2>{html.escape(sec.get('title', ''))}</h2>")
+        if sec.get("text"):
+            parts.append(f"<p>{sec['text']}</p>")
+        for caption, img in sec.get("images", []):
+            data = base64.b64encode(encode_png(img)).decode("ascii")
+            parts.append(f"<div class='cap'>{html.escape(caption)}</div><img src='data:image/png;base64,{data}'>")
+        rows = sec.get("table")
+        if rows:
+            cols = list(rows[0])
+            parts.append("<table><tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in cols) + "</tr>")
+            for r in rows:
+                parts.append("<tr>" + "".join(f"<td>{html.escape(_fmt(r[c]))}</td>" for c in cols) + "</tr>")
+            parts.append("</table>")
+    parts.append("</body></html>")
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "–" if not np.isfinite(v) else f"{v:.4f}"
+    return str(v)
