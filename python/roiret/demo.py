@@ -143,7 +143,8 @@ def make_collection(scenes_per_object: int = 4, distractors: int = 12, seed: int
 
 
 def run_demo(out: str = "roiret-demo", *, device: str = "cpu", K: int = 20, seed: int = 0,
-             progress: Optional[bool] = None, top: int = 8, print_fn=print) -> Dict[str, float]:
+             progress: Optional[bool] = None, top: int = 8, scenes_per_object: int = 4, distractors: int = 12,
+             weights="auto", print_fn=print) -> Dict[str, float]:
     """Build, index and query the demo collection; print mAP per mode; write
     ``<out>/index.html`` (and one PNG per query). Returns {mode: mAP}."""
     from .eval import average_precision
@@ -151,12 +152,12 @@ def run_demo(out: str = "roiret-demo", *, device: str = "cpu", K: int = 20, seed
     from .viz import result_strip, write_html, write_png
 
     t0 = time.perf_counter()
-    col = make_collection(seed=seed)
+    col = make_collection(scenes_per_object, distractors, seed=seed)
     print_fn(f"collection: {len(col.database)} scenes, {len(col.queries)} query objects "
              f"(built from scikit-image's photos in {time.perf_counter() - t0:.1f} s)")
     n_db = len(col.database)
-    r = Retriever(vocab_size=1000, K=K, N=n_db, n=6, k=5, max_keypoints=1500, device=device,
-                  progress=progress, seed=seed, batch_size=8)
+    r = Retriever(vocab_size=1000, K=K, N=n_db, n=min(6, n_db), k=5, max_keypoints=1500, device=device,
+                  progress=progress, seed=seed, batch_size=8, weights=weights)
     t1 = time.perf_counter()
     r.train(col.database)
     ids = r.add(col.database, names=col.names)

@@ -1,0 +1,110 @@
+"""The paper's fast re-ranking (3.2.4) against a direct NumPy transcription."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from roiret.rerank import rerank
+
+
+def codes(rng, n, words=4):
+    return rng.integers(0, 2**64, size=(n, words), dtype=np.uint64)
+
+
+def sim_matrix(q, db, nbits):
+    bits = lambda c: np.unpackbits(c.view(np.uint8), axis=1, bitorder="little")[:, :nbits]  # noqa: E731
+    return 1.0 - (bits(q)[:, None, :] != bits(db)[None, :, :]).sum(-1) / nbits
+
+
+def reference(q, db, offsets, nbits, cand, N, n, k, mode):
+    """Straight from the paper's text."""
+    S = sim_matrix(q, db, nbits)
+    top = cand[:N]
+
+    def best(g, rows):
+        block = S[np.ix_(rows, np.arange(offsets[g], offsets[g + 1]))]
+        return -np.inf if block.size == 0 else block.max()
+
+    allq = np.arange(len(q))
+    if mode == "exhaustive" or n >= len(top) or k >= len(q):
+        scores = [best(g, allq) for g in top]
+    else:
+        # matching frequency of each query RoI over the top n candidates
+        freq = np.zeros(len(q), int)
+        for g in top[:n]:
+            block = S[:, offsets[g]:offsets[g + 1]]
+            if block.size:
+                # the best pair: lowest db row, then lowest query row, among the maxima
+                j, i = np.unravel_index(np.argmax(block.T), block.T.shape)
+                freq[i] += 1
+        chosen = np.argsort(-freq, kind="stable")[:k]
+        scores = [best(g, allq) for g in top[:n]] + [best(g, chosen) for g in top[n:]]
+    scores = np.array(scores, np.float64)
+    order = np.argsort(-scores, kind="stable")
+    return np.concatenate([order, np.arange(len(top), len(cand))]), scores
+
+
+@pytest.mark.parametrize("mode", ["fast", "exhaustive"])
+@pytest.mark.parametrize("seed", range(6))
+def test_rerank_matches_the_paper(mode, seed):
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(0, 8, size=60)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    db = codes(rng, int(offsets[-1]))
+    q = codes(rng, 12)
+    cand = rng.permutation(60)[:45]
+    N, n, k = 30, 7, 3
+    got = rerank(q, db, offsets, 256, cand, N=N, n=n, k=k, mode=mode)
+    order, scores = reference(q, db, offsets, 256, cand, N, n, k, mode)
+    np.testing.assert_array_equal(got.order, order)
+    np.testing.assert_allclose(got.roi_score[:N], scores.astype(np.float32))
+    assert np.isnan(got.roi_score[N:]).all()
+    if mode == "fast":
+        assert got.query_mask.sum() == k
+
+
+def test_rest_keeps_bow_order_and_ties_are_stable():
+    rng = np.random.default_rng(0)
+    q = codes(rng, 3)
+    db = np.repeat(q[:1], 10, axis=0)  # every image matches query RoI 0 exactly: all scores 1
+    offsets = np.arange(11, dtype=np.int64)
+    cand = np.array([4, 2, 9, 0, 7, 1], np.int64)
+    got = rerank(q, db, offsets, 256, cand, N=4, n=2, k=1)
+    assert got.order.tolist() == [0, 1, 2, 3, 4, 5]  # equal scores keep BoW order
+    assert (got.roi_score[:4] == 1.0).all()
+    assert got.query_mask.tolist() == [True, False, False]
+
+
+def test_images_without_rois_go_last_in_the_top_n():
+    rng = np.random.default_rng(1)
+    q = codes(rng, 2)
+    offsets = np.array([0, 0, 2, 2, 3], np.int64)  # images 0 and 2 have no RoI
+    db = codes(rng, 3)
+    got = rerank(q, db, offsets, 256, np.array([0, 1, 2, 3]), N=4, n=4, k=2)
+    assert set(got.order[:2].tolist()) == {1, 3} and set(got.order[2:].tolist()) == {0, 2}
+
+
+def test_fusion_and_bow_mode():
+    rng = np.random.default_rng(2)
+    q = codes(rng, 4)
+    db = codes(rng, 20)
+    offsets = np.arange(0, 21, 2, dtype=np.int64)
+    cand = np.arange(10)
+    bow = np.linspace(1, 0.1, 10).astype(np.float32)
+    pure = rerank(q, db, offsets, 256, cand, N=10, n=10, k=4)
+    fused = rerank(q, db, offsets, 256, cand, N=10, n=10, k=4, bow_scores=bow, fusion=0.5)
+    np.testing.assert_allclose(fused.score, 0.5 * pure.roi_score + 0.5 * bow, rtol=1e-6)
+    only_bow = rerank(q, db, offsets, 256, cand, N=10, n=2, k=1, mode="bow")
+    assert only_bow.order.tolist() == list(range(10))
+
+
+def test_bad_parameters():
+    q = np.zeros((2, 4), np.uint64)
+    with pytest.raises(ValueError, match="n .* must be <= N"):
+        rerank(q, q, np.array([0, 2]), 256, np.array([0]), N=2, n=3, k=1)
+    with pytest.raises(ValueError, match="mode"):
+        rerank(q, q, np.array([0, 2]), 256, np.array([0]), N=2, n=1, k=1, mode="nope")
+    with pytest.raises(ValueError, match="k must be an integer >= 1"):
+        rerank(q, q, np.array([0, 2]), 256, np.array([0]), N=2, n=1, k=0)
+    with pytest.raises(ValueError, match="fusion"):
+        rerank(q, q, np.array([0, 2]), 256, np.array([0]), N=2, n=1, k=1, fusion=2.0, bow_scores=np.ones(1))
