@@ -75,8 +75,10 @@ def pool_rois(fmap: torch.Tensor, rois: torch.Tensor, mode: str = "max") -> torc
     to whole cells, ``x2``/``y2`` exclusive, clipped to the map). Returns ``(R, D)``
     float32. An RoI with no cell inside the map pools to zeros.
 
-    ``max`` uses :func:`torchvision.ops.roi_pool` (1×1 output, exact on whole cells);
-    ``sum`` reads a float64 integral image at the four corners.
+    ``max`` answers range-maximum queries from a sparse table over the rows (log2 H
+    levels of pairwise maxima; two lookups give the max over any row range) and then masks
+    the columns; ``sum`` contracts the map with 0/1 row and column masks (two small
+    matrix products per image). Both are vectorised over the RoIs and run on any device.
     """
     if mode not in ("max", "sum"):
         raise ValueError(f"mode must be 'max' or 'sum', got {mode!r}")
@@ -96,23 +98,55 @@ def pool_rois(fmap: torch.Tensor, rois: torch.Tensor, mode: str = "max") -> torc
     y2 = r[:, 4].round().clamp(0, H).long()
     empty = (x2 <= x1) | (y2 <= y1)
     if mode == "sum":
-        ii = F.pad(f.double().cumsum(2).cumsum(3), (1, 0, 1, 0))  # (B, D, H+1, W+1)
-        flat = ii.flatten(2)  # (B, D, (H+1)(W+1))
-        Wp = W + 1
-
-        def at(y, x):  # (R, D)
-            return flat[b, :, y * Wp + x]
-
-        out = at(y2, x2) - at(y1, x2) - at(y2, x1) + at(y1, x1)
-        out = out.float()
+        out = _box_sums(f, b, x1, y1, x2, y2)
     else:
-        from torchvision.ops import roi_pool
-
-        # roi_pool bins are inclusive of their rounded end cell: pass x2-1 / y2-1
-        boxes = torch.stack([b.float(), x1.float(), y1.float(),
-                             (x2 - 1).clamp(min=0).float(), (y2 - 1).clamp(min=0).float()], 1)
-        out = roi_pool(f, boxes, output_size=(1, 1), spatial_scale=1.0).view(R, D)
+        out = _range_max(f, b, x1, y1, x2, y2)
     return out.masked_fill(empty.unsqueeze(1), 0.0)
+
+
+def _box_sums(f: torch.Tensor, b, x1, y1, x2, y2) -> torch.Tensor:
+    """Sum of ``f[b, :, y1:y2, x1:x2]`` per RoI → ``(R, D)``: per image, the map times
+    0/1 column masks (one matmul), then the row masks."""
+    B, D, H, W = f.shape
+    R = b.shape[0]
+    ar_h = torch.arange(H, device=f.device)
+    ar_w = torch.arange(W, device=f.device)
+    rmask = ((ar_h >= y1.unsqueeze(1)) & (ar_h < y2.unsqueeze(1))).to(f.dtype)  # (R, H)
+    cmask = ((ar_w >= x1.unsqueeze(1)) & (ar_w < x2.unsqueeze(1))).to(f.dtype)  # (R, W)
+    out = f.new_empty((R, D))
+    for img in torch.unique(b).tolist():
+        sel = (b == img).nonzero().squeeze(1)
+        t = f[img].reshape(D * H, W) @ cmask[sel].T  # (D*H, r)
+        out[sel] = torch.einsum("dhr,rh->rd", t.view(D, H, -1), rmask[sel])
+    return out
+
+
+def _range_max(f: torch.Tensor, b, x1, y1, x2, y2) -> torch.Tensor:
+    """Max of ``f[b, :, y1:y2, x1:x2]`` per RoI → ``(R, D)`` (garbage for empty RoIs,
+    which the caller masks)."""
+    B, D, H, W = f.shape
+    R = b.shape[0]
+    length = (y2 - y1).clamp(min=1, max=H)
+    floor_log2 = torch.tensor([0] + [n.bit_length() - 1 for n in range(1, H + 1)],
+                              device=f.device)
+    lvl = floor_log2[length]  # 2**lvl <= length < 2**(lvl + 1)
+    ya = y1.clamp(min=0, max=H - 1)
+    rows = f.new_empty((R, D, W))
+    level = f  # level[:, :, y] = max(f[:, :, y : y + 2**l]), H - 2**l + 1 rows
+    for l in range(int(lvl.max()) + 1 if R else 0):
+        if l:
+            span = 1 << (l - 1)
+            level = torch.maximum(level[:, :, :-span], level[:, :, span:])
+        sel = (lvl == l).nonzero().squeeze(1)
+        if sel.numel() == 0:
+            continue
+        top = ya[sel].clamp(max=level.shape[2] - 1)
+        bottom = (y2[sel] - (1 << l)).clamp(min=0, max=level.shape[2] - 1)
+        bs = b[sel]
+        rows[sel] = torch.maximum(level[bs, :, top, :], level[bs, :, bottom, :])
+    ar = torch.arange(W, device=f.device)
+    inside = (ar >= x1.unsqueeze(1)) & (ar < x2.unsqueeze(1))  # (R, W)
+    return rows.masked_fill_(~inside.unsqueeze(1), float("-inf")).amax(dim=2)
 
 
 class ConvPool(nn.Module):

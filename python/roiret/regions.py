@@ -101,6 +101,16 @@ def _check_mode(mode: str, threshold: float) -> None:
         raise ValueError(f"threshold must be finite, got {threshold}")
 
 
+def _channel_thresholds(f: torch.Tensor, mode: str, threshold: float) -> torch.Tensor:
+    """Per (image, channel) threshold ``(B, D, 1, 1)`` (or a scalar tensor)."""
+    t = float(threshold)
+    if mode == "absolute":
+        return f.new_tensor(t)
+    if mode == "relative":
+        return t * f.amax(dim=(2, 3), keepdim=True)
+    return t * f.mean(dim=(2, 3), keepdim=True)
+
+
 def binarize(
     fmap: torch.Tensor, mode: str = DEFAULT_THRESHOLD_MODE, threshold: float = DEFAULT_THRESHOLD
 ) -> torch.Tensor:
@@ -109,14 +119,7 @@ def binarize(
     _check_fmap(fmap)
     _check_mode(mode, threshold)
     f = fmap.float()
-    t = float(threshold)
-    if mode == "absolute":
-        return f > t
-    if mode == "relative":
-        ref = f.amax(dim=(2, 3), keepdim=True)
-    else:
-        ref = f.mean(dim=(2, 3), keepdim=True)
-    return f > t * ref
+    return f > _channel_thresholds(f, mode, threshold)
 
 
 def base_regions(
@@ -130,26 +133,32 @@ def base_regions(
     (``x1, y1, x2, y2``, ``x2``/``y2`` exclusive; all zeros for a channel with no surviving
     cell), ``scores`` float32 ``(B, D)`` = sum of the channel's activations inside its box
     (0 for empty boxes). On the device of ``fmap``.
+
+    The binary map is never built: a row (column) has a surviving cell iff its maximum
+    passes the threshold, so two max-reductions give the box extents.
     """
-    mask = binarize(fmap, threshold_mode, threshold)
-    B, D, H, W = mask.shape
-    rows = mask.any(dim=3)  # (B, D, H)
-    cols = mask.any(dim=2)  # (B, D, W)
+    _check_fmap(fmap)
+    _check_mode(threshold_mode, threshold)
+    f = fmap.float()
+    B, D, H, W = f.shape
+    t = _channel_thresholds(f, threshold_mode, threshold)
+    t_rows = t.squeeze(-1) if t.dim() else t  # (B, D, 1)
+    rows = f.amax(dim=3) > t_rows  # (B, D, H): row y has a cell > threshold
+    cols = f.amax(dim=2) > t_rows  # (B, D, W)
     nonempty = rows.any(dim=2)  # (B, D)
-    # first / last True index: argmax of a bool (as int) gives the first maximum
-    y1 = rows.to(torch.uint8).argmax(dim=2)
-    y2 = H - rows.flip(2).to(torch.uint8).argmax(dim=2)
-    x1 = cols.to(torch.uint8).argmax(dim=2)
-    x2 = W - cols.flip(2).to(torch.uint8).argmax(dim=2)
+    ar_h = torch.arange(H, device=f.device)
+    ar_w = torch.arange(W, device=f.device)
+    y1 = torch.where(rows, ar_h, H).amin(dim=2)
+    y2 = torch.where(rows, ar_h, -1).amax(dim=2) + 1
+    x1 = torch.where(cols, ar_w, W).amin(dim=2)
+    x2 = torch.where(cols, ar_w, -1).amax(dim=2) + 1
     boxes = torch.stack([x1, y1, x2, y2], dim=2).to(torch.float32)
     boxes = boxes * nonempty.unsqueeze(2)
-    # activation sum inside each channel's own box: separable 0/1 masks, one einsum
-    ar_h = torch.arange(H, device=fmap.device)
-    ar_w = torch.arange(W, device=fmap.device)
+    # activation sum inside each channel's own box: separable 0/1 masks, one contraction
     in_rows = ((ar_h >= y1.unsqueeze(2)) & (ar_h < y2.unsqueeze(2))).to(torch.float32)
     in_cols = ((ar_w >= x1.unsqueeze(2)) & (ar_w < x2.unsqueeze(2))).to(torch.float32)
-    scores = torch.einsum("bdh,bdhw,bdw->bd", in_rows, fmap.float(), in_cols)
-    scores = scores * nonempty
+    per_row = torch.matmul(f.reshape(B * D, H, W), in_cols.reshape(B * D, W, 1)).reshape(B, D, H)
+    scores = (per_row * in_rows).sum(dim=2) * nonempty
     return boxes, scores
 
 
