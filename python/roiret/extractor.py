@@ -271,10 +271,9 @@ class RoIExtractor:
         if self.feature in ("conv-max", "conv-sum"):
             mode = self.feature[5:]
             desc = pool_rois(fmap, flatten_rois(rois.cells, rois.valid), mode)
-            fh, fw = fmap.shape[2:]
-            full_cells = torch.tensor([[b, 0.0, 0.0, fw, fh] for b in range(B)],
-                                      dtype=torch.float32, device=self.device)
-            glob = pool_rois(fmap, full_cells, mode) if self.with_global else None
+            glob = None
+            if self.with_global:  # the whole map: a plain reduction
+                glob = fmap.amax(dim=(2, 3)) if mode == "max" else fmap.sum(dim=(2, 3))
         elif self.feature == "fc7":
             flat = flatten_rois(rois.boxes, rois.valid)
             if self.with_global:
