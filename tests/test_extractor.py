@@ -216,3 +216,16 @@ def test_devices_agree(kernels, device):
         for a, b in zip(cpu, amp):
             g = float(np.dot(a.global_descriptor, b.global_descriptor))
             assert g > 0.99
+
+
+def test_small_ops_threads(kernels, alex):
+    n = torch.get_num_threads()
+    imgs = _photos()[:2]
+    a = _ex(alex, small_ops_threads=1).extract(imgs)
+    assert torch.get_num_threads() == n  # restored
+    b = _ex(alex, small_ops_threads=None).extract(imgs)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.boxes, y.boxes)
+        np.testing.assert_allclose(x.descriptors, y.descriptors, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="small_ops_threads"):
+        _ex(alex, small_ops_threads=0)

@@ -18,8 +18,10 @@ trunk runs once per batch (under fp16 autocast on CUDA when ``amp``).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,6 +49,9 @@ from .whitening import PCAWhitening, l2_normalize
 __all__ = ["RoIExtractor", "RoIResult", "prepare_image"]
 
 BoxLike = Optional[Sequence[float]]
+
+# torch.set_num_threads is process-wide: extractors change it one at a time
+_THREADS_LOCK = threading.Lock()
 
 
 @dataclass
@@ -153,6 +158,13 @@ class RoIExtractor:
         tqdm progress bar: ``True``, ``False``, or ``None`` (only on a terminal).
     num_workers:
         Threads decoding images ahead of the network (0: decode inline).
+    small_ops_threads:
+        On CPU, torch intra-op threads for the light work after the trunk (regions,
+        conv pooling, whitening): these ops are small and memory-bound, and with several
+        threads each one waits at an OpenMP barrier — badly so when another process holds a
+        core (measured on the 2-core dev machine with one core busy: the stage cost 1.9× the
+        trunk with 2 threads, 0.1× with 1). ``None`` keeps torch's setting. Implemented with
+        ``torch.set_num_threads`` around the stage (restored afterwards, under a lock).
 
     Thread safety: one extractor may be used from one thread at a time.
     """
@@ -182,6 +194,7 @@ class RoIExtractor:
         crop_chunk: int = 64,
         progress: Optional[bool] = None,
         num_workers: int = 2,
+        small_ops_threads: Optional[int] = 1,
     ):
         if feature not in FEATURES:
             raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
@@ -222,6 +235,9 @@ class RoIExtractor:
         self.amp = bool(amp)
         self.progress = progress
         self.num_workers = int(num_workers)
+        if small_ops_threads is not None and int(small_ops_threads) < 1:
+            raise ValueError(f"small_ops_threads must be >= 1 or None, got {small_ops_threads}")
+        self.small_ops_threads = None if small_ops_threads is None else int(small_ops_threads)
         self._min_side = self.backbone.min_input_size()
 
     # -- properties ------------------------------------------------------------------
@@ -250,12 +266,29 @@ class RoIExtractor:
             return torch.autocast(device_type="cuda", dtype=torch.float16)
         return torch.autocast(device_type="cpu", enabled=False)
 
+    @contextlib.contextmanager
+    def _small_ops(self):
+        n = self.small_ops_threads
+        if n is None or self.device.type != "cpu":
+            yield
+            return
+        with _THREADS_LOCK:
+            old = torch.get_num_threads()
+            if old != n:
+                torch.set_num_threads(n)
+            try:
+                yield
+            finally:
+                if old != n:
+                    torch.set_num_threads(old)
+
     @torch.no_grad()
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised ``(B, 3, H, W)`` → float32 feature maps ``(B, D, H', W')``."""
         with self._autocast():
             f = self.backbone(x.to(self.device))
-        return f.float()
+        # the region and pooling code reads rows and columns: plain NCHW layout is faster
+        return f.float().contiguous()
 
     @torch.no_grad()
     def _describe_batch(self, imgs: List[np.ndarray]):
@@ -265,15 +298,17 @@ class RoIExtractor:
         B, _, H, W = x.shape
         fmap = self.trunk(x)
         sizes = torch.tensor([[W, H]] * B, dtype=torch.float32)
-        rois = self.detector(fmap, sizes)
+        with self._small_ops():
+            rois = self.detector(fmap, sizes)
         full_px = torch.tensor([[b, 0.0, 0.0, W, H] for b in range(B)],
                                dtype=torch.float32, device=self.device)
         if self.feature in ("conv-max", "conv-sum"):
             mode = self.feature[5:]
-            desc = pool_rois(fmap, flatten_rois(rois.cells, rois.valid), mode)
-            glob = None
-            if self.with_global:  # the whole map: a plain reduction
-                glob = fmap.amax(dim=(2, 3)) if mode == "max" else fmap.sum(dim=(2, 3))
+            with self._small_ops():
+                desc = pool_rois(fmap, flatten_rois(rois.cells, rois.valid), mode)
+                glob = None
+                if self.with_global:  # the whole map: a plain reduction
+                    glob = fmap.amax(dim=(2, 3)) if mode == "max" else fmap.sum(dim=(2, 3))
         elif self.feature == "fc7":
             flat = flatten_rois(rois.boxes, rois.valid)
             if self.with_global:
@@ -372,7 +407,8 @@ class RoIExtractor:
                 s += c
             return out
         allrows = desc if glob is None else torch.cat([desc, glob], 0)
-        fin = self._finish(allrows)
+        with self._small_ops():
+            fin = self._finish(allrows)
         codes = _regions._kernels_module().pack_codes(fin) if fin.shape[0] else np.zeros((0, (fin.shape[1] + 63) // 64), np.uint64)
         codes = np.asarray(codes)
         R = desc.shape[0]
