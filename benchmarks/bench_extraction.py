@@ -17,6 +17,11 @@ Groups (pytest-benchmark ``group``), each call handling one batch of 8 images of
   The fc layers have random weights here (no torchvision checkpoint offline); speed does
   not depend on the values.
 
+On a shared machine the two groups drift apart between tests; for the ratio, the script
+mode interleaves the two cases call by call and reports the median of the per-pair ratios::
+
+    python benchmarks/bench_extraction.py --rounds 20 [--threads 1]
+
 ``extra_info.images_per_s`` is recorded for each case. Threads: torch's default (all cores;
 set ``OMP_NUM_THREADS`` to pin). ``ROIRET_BENCH_DEVICE=cuda`` runs the same cases on a GPU
 (fp16 autocast on; every timed call ends with the results on the host, or a synchronize).
@@ -41,10 +46,9 @@ K = 20
 DEVICE = os.environ.get("ROIRET_BENCH_DEVICE", "cpu")
 
 
-@pytest.fixture(scope="module")
-def images():
-    names = ["astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "immunohistochemistry",
-             "hubble_deep_field", "page"]
+def _make_images():
+    names = ["astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "camera",
+             "hubble_deep_field", "coins"]  # all bundled with scikit-image
     out = []
     for n in names:
         f = getattr(skdata, n, None)
@@ -52,7 +56,7 @@ def images():
             continue
         try:
             im = f()
-        except Exception:  # some need pooch downloads
+        except Exception:  # a data file missing from this install
             continue
         if im.ndim == 2:
             im = np.repeat(im[:, :, None], 3, axis=2)
@@ -62,15 +66,24 @@ def images():
     return out[:BATCH]
 
 
-@pytest.fixture(scope="module")
-def backbone():
-    if DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        pytest.skip("ROIRET_BENCH_DEVICE=cuda but no CUDA device")
+def _make_backbone():
     try:
         return build_backbone("alexnet", "auto", device=DEVICE)
     except WeightsNotFoundError:
         torch.manual_seed(0)
         return build_backbone("alexnet", "random", device=DEVICE)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return _make_images()
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    if DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip("ROIRET_BENCH_DEVICE=cuda but no CUDA device")
+    return _make_backbone()
 
 
 def _run(benchmark, fn, info):
@@ -118,3 +131,63 @@ def test_fc_features(benchmark, images, backbone, feature):
     ex = RoIExtractor(backbone, feature, k=K, max_side=500, batch_size=BATCH,
                       head_weights="random", progress=False, num_workers=0, device=DEVICE)
     _run(benchmark, lambda: ex.extract(images), {"case": feature, "k": K})
+
+
+def _interleaved(rounds: int, feature_rounds: int):
+    """Trunk and trunk+regions+codes timed alternately (same conditions for both)."""
+    import statistics
+    import time
+
+    imgs = _make_images()
+    bb = _make_backbone()
+    dev = torch.device(DEVICE)
+    ex = RoIExtractor(bb, "conv-max", k=K, max_side=500, batch_size=BATCH, progress=False,
+                      num_workers=0, device=DEVICE)
+
+    def trunk():
+        with torch.no_grad():
+            bb(images_to_tensor(imgs, bb.mean, bb.std, dev))
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def full():
+        ex.extract(imgs)
+
+    def timed(fn):
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
+    trunk(), full()
+    ta, tb = [], []
+    for _ in range(rounds):
+        ta.append(timed(trunk))
+        tb.append(timed(full))
+    ratios = [b / a for a, b in zip(ta, tb)]
+    med_a, med_b = statistics.median(ta), statistics.median(tb)
+    print(f"device={DEVICE} threads={torch.get_num_threads()} weights={bb.weights_source}")
+    print(f"AlexNet, {BATCH} images of 500x375 per call, K={K}, {rounds} interleaved rounds")
+    print(f"trunk                   : {BATCH / med_a:6.2f} images/s (median {1e3 * med_a:.1f} ms)")
+    print(f"trunk+regions+conv-max  : {BATCH / med_b:6.2f} images/s (median {1e3 * med_b:.1f} ms)")
+    print(f"ratio (median of pairs) : {statistics.median(ratios):.3f}  "
+          f"[quartiles {statistics.quantiles(ratios, n=4)[0]:.3f} .. {statistics.quantiles(ratios, n=4)[2]:.3f}]")
+    for feature in ("roialign-fc", "fc7"):
+        torch.manual_seed(0)
+        fx = RoIExtractor(bb, feature, k=K, max_side=500, batch_size=BATCH, head_weights="random",
+                          progress=False, num_workers=0, device=DEVICE)
+        fx.extract(imgs)
+        tf = statistics.median(timed(lambda: fx.extract(imgs)) for _ in range(feature_rounds))
+        print(f"{feature:<24}: {BATCH / tf:6.2f} images/s (median {1e3 * tf:.1f} ms, random fc weights)")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="interleaved trunk vs trunk+regions+codes timing")
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--feature-rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    _interleaved(a.rounds, a.feature_rounds)
