@@ -47,6 +47,7 @@ from .errors import WeightsError, WeightsNotFoundError
 
 __all__ = [
     "ARCH_CONV_LAYERS",
+    "RefusedPickleError",
     "RestrictedUnpickler",
     "ResolvedWeights",
     "TORCHVISION_FILES",
@@ -141,7 +142,7 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     """What pickle protocol <= 2 uses to rebuild ``bytes`` (array buffers):
     ``_codecs.encode(text, "latin1")``, and nothing else."""
     if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
-        raise WeightsError(f"refusing _codecs.encode with encoding {encoding!r}")
+        raise RefusedPickleError(f"refusing _codecs.encode with encoding {encoding!r}")
     return text.encode("latin1")
 
 
@@ -162,6 +163,11 @@ _ALLOWED_GLOBALS = {
 }
 
 
+class RefusedPickleError(WeightsError):
+    """The pickle asked for something other than NumPy arrays (never falls back to
+    another loader)."""
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """A :class:`pickle.Unpickler` that only rebuilds NumPy arrays (plus plain dicts,
     lists, tuples, strings and numbers, which need no globals).
@@ -174,14 +180,14 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         getter = _ALLOWED_GLOBALS.get((module, name))
         if getter is None:
-            raise WeightsError(
+            raise RefusedPickleError(
                 f"refusing to unpickle global {module}.{name}: weight files may only "
                 "contain NumPy arrays in nested dicts"
             )
         return getter()
 
     def persistent_load(self, pid: Any) -> Any:
-        raise WeightsError("refusing to unpickle a persistent id: not a plain NumPy pickle")
+        raise RefusedPickleError("refusing to unpickle a persistent id: not a plain NumPy pickle")
 
 
 def _validate_tree(obj: Any, where: str = "") -> None:
@@ -218,7 +224,7 @@ def load_flax_pickle(path: PathLike) -> Dict[str, Any]:
     try:
         tree = RestrictedUnpickler(io.BytesIO(data)).load()
     except WeightsError as e:
-        raise WeightsError(f"{path}: {e}") from None
+        raise type(e)(f"{path}: {e}") from None
     except Exception as e:  # pickle raises many types on garbage input
         raise WeightsError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
     if not isinstance(tree, dict):
@@ -374,9 +380,9 @@ def load_weights_file(path: PathLike, arch: str) -> Tuple[Dict[str, Any], Option
     else:
         try:
             tree = load_flax_pickle(path)
+        except RefusedPickleError:
+            raise
         except WeightsError as flax_err:
-            if "refusing" in str(flax_err):
-                raise
             # maybe torch's legacy (non-zip) format: torch's own safe loader decides
             try:
                 sd = _torch_load(path)
@@ -463,7 +469,9 @@ def _download(arch: str) -> Path:
     except Exception:  # pragma: no cover
         pass
     dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.hub.download_url_to_file(url, str(dst), hash_prefix=None, progress=True)
+    # torchvision names its files <name>-<first 8 hex digits of the SHA-256>.pth
+    hash_prefix = Path(url).stem.rsplit("-", 1)[-1]
+    torch.hub.download_url_to_file(url, str(dst), hash_prefix=hash_prefix, progress=True)
     return dst
 
 
