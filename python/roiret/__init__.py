@@ -33,6 +33,22 @@ _LAZY = {
     "WeightsNotFoundError": "errors",
     # images
     "load_image": "imageio",
+    # CNN RoI extraction
+    "RoIExtractor": "extractor",
+    "RoIResult": "extractor",
+    "PCAWhitening": "whitening",
+    "build_backbone": "backbones",
+    "detect_rois": "regions",
+    # bag of words
+    "BowIndex": "bow",
+    "Vocabulary": "bow",
+    "LocalFeatureExtractor": "bow",
+    # the retriever
+    "Retriever": "retriever",
+    "RetrieverConfig": "retriever",
+    "SearchResult": "retriever",
+    "Hit": "retriever",
+    "rerank": "rerank",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
@@ -69,3 +85,10 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .errors import ImageError, IndexFormatError, WeightsError, WeightsNotFoundError  # noqa: F401
     from .imageio import load_image  # noqa: F401
+    from .backbones import build_backbone  # noqa: F401
+    from .bow import BowIndex, LocalFeatureExtractor, Vocabulary  # noqa: F401
+    from .extractor import RoIExtractor, RoIResult  # noqa: F401
+    from .regions import detect_rois  # noqa: F401
+    from .rerank import rerank  # noqa: F401
+    from .retriever import Hit, Retriever, RetrieverConfig, SearchResult  # noqa: F401
+    from .whitening import PCAWhitening  # noqa: F401
