@@ -248,3 +248,28 @@ def _saved(r, tmp_path):
     if not (p / "manifest.json").exists():
         r.save(p)
     return p
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device")
+def test_cuda_index_and_cross_device_queries(built, collection, tmp_path):
+    """The whole pipeline on CUDA (fp16 autocast): quality floor as on CPU, and an index
+    built on the CPU answers CUDA queries with nearly the same ranking."""
+    r_cpu, ids = built
+    r = Retriever(weights=WEIGHTS, device="cuda", **PARAMS)
+    r.train(collection.database)
+    r.add(collection.database, names=collection.names)
+    aps = []
+    for name, photo, box in collection.queries:
+        pos = {int(ids[i]) for i in collection.positives[name]}
+        aps.append(average_precision(r.search(photo, box, top=len(r)).ids.tolist(), pos))
+    if HAVE_WEIGHTS:
+        assert np.mean(aps) > 0.35, aps
+    r_cpu.save(tmp_path / "cpu")
+    r_gpu = Retriever.load(tmp_path / "cpu", device="cuda", weights=WEIGHTS)
+    overlap = []
+    for name, photo, box in collection.queries:
+        a = r_cpu.search(photo, box, top=5).ids.tolist()
+        b = r_gpu.search(photo, box, top=5).ids.tolist()
+        overlap.append(len(set(a) & set(b)) / 5)
+    assert np.mean(overlap) >= 0.7, overlap
