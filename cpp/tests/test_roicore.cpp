@@ -11,6 +11,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "roicore/checksum.h"
@@ -18,6 +19,7 @@
 #include "roicore/cpu.h"
 #include "roicore/hamming.h"
 #include "roicore/inverted_file.h"
+#include "roicore/parallel.h"
 #include "roicore/roi_select.h"
 
 namespace {
@@ -235,6 +237,141 @@ void test_inverted_file(std::mt19937_64& rng) {
   CHECK(ivf.remove(rm, 2) == 2 && ivf.size() == N - 2 && !ivf.contains(101) && ivf.contains(102));
 }
 
+
+// Edge cases found while hardening: absurd thread counts (clamped, never millions of
+// threads or per-thread buffers), k far beyond the data (padded output, no k-sized
+// reservation), empty inputs, concurrent searches and additions, a crafted header that
+// announces an enormous file.
+void test_edge_cases(std::mt19937_64& rng) {
+  CHECK(roicore::resolve_threads(1 << 30) == roicore::kMaxThreads);
+  CHECK(roicore::resolve_threads(0) >= 1 && roicore::resolve_threads(-5) >= 1);
+  {
+    const std::size_t w = 2, nq = 3000, ndb = 40, k = 5;
+    auto q = random_codes(rng, nq, w), db = random_codes(rng, ndb, w);
+    std::vector<std::uint32_t> d1(nq * k), d2(nq * k);
+    std::vector<std::int64_t> i1(nq * k), i2(nq * k);
+    roicore::hamming_knn(q.data(), nq, db.data(), ndb, 128, k, d1.data(), i1.data(), 1);
+    roicore::hamming_knn(q.data(), nq, db.data(), ndb, 128, k, d2.data(), i2.data(), 1 << 30);
+    CHECK(d1 == d2 && i1 == i2);
+    std::vector<std::uint32_t> m1(nq * ndb), m2(nq * ndb);
+    roicore::hamming_matrix(q.data(), nq, db.data(), ndb, 128, m1.data(), 1);
+    roicore::hamming_matrix(q.data(), nq, db.data(), ndb, 128, m2.data(), 1 << 30);
+    CHECK(m1 == m2);
+  }
+  {  // k much larger than the database: padded, and no k-sized allocation per query
+    const std::size_t k = std::size_t{1} << 20;
+    auto db = random_codes(rng, 3, 1);
+    std::vector<std::uint32_t> d(k);
+    std::vector<std::int64_t> idx(k);
+    roicore::hamming_knn(db.data(), 1, db.data(), 3, 64, k, d.data(), idx.data(), 4);
+    CHECK(idx[0] == 0 && d[0] == 0 && idx[3] == -1 && idx[k - 1] == -1 &&
+          d[k - 1] == std::numeric_limits<std::uint32_t>::max());
+    roicore::hamming_knn(db.data(), 0, db.data(), 3, 64, k, d.data(), idx.data(), 4);  // no queries
+    roicore::hamming_knn(db.data(), 1, db.data(), 0, 64, 2, d.data(), idx.data(), 4);  // empty database
+    CHECK(idx[0] == -1 && idx[1] == -1);
+  }
+  {  // select_rois with k >> D, and with no boxes
+    const float boxes[] = {0, 0, 10, 10};
+    const float scores[] = {1};
+    const float sizes[] = {10, 10};
+    const std::size_t k = 100000;
+    std::vector<std::int64_t> out(k, 7);
+    roicore::select_rois(boxes, scores, sizes, 1, 1, k, 0.0, 3.0, 0.95, out.data(), 1 << 30);
+    CHECK(out[0] == 0 && out[1] == -1 && out[k - 1] == -1);
+    roicore::select_rois(boxes, scores, sizes, 1, 0, 3, 0.0, 3.0, 0.95, out.data(), 1);
+    CHECK(out[0] == -1 && out[2] == -1);
+  }
+  {  // cross_match: no groups, empty groups, threads clamped
+    auto q = random_codes(rng, 4, 1);
+    const std::int64_t off[3] = {0, 0, 0};
+    float score[2];
+    std::int64_t bq[2], bd[2], votes[4];
+    roicore::cross_match(q.data(), 4, q.data(), off, 2, nullptr, 2, 64, nullptr, score, bq, bd, votes, 1 << 30);
+    CHECK(std::isinf(score[0]) && bq[1] == -1 && bd[1] == -1 && votes[0] == 0);
+    roicore::cross_match(q.data(), 4, q.data(), off, 0, nullptr, 0, 64, nullptr, score, bq, bd, votes, 2);
+  }
+  {  // parallel_for: every chunk runs exactly once whatever the thread request
+    for (int t : {1, 2, 7, roicore::kMaxThreads, 1 << 30}) {
+      std::vector<int> seen(5000, 0);
+      roicore::parallel_for(seen.size(), t, 1, [&](std::size_t b, std::size_t e, int) {
+        for (std::size_t i = b; i < e; ++i) ++seen[i];
+      });
+      bool ok = true;
+      for (int v : seen) ok &= v == 1;
+      CHECK(ok);
+    }
+    CHECK(throws<roicore::InvalidArgument>([] {
+      roicore::parallel_for(100, 4, 1, [](std::size_t b, std::size_t, int) {
+        if (b > 0) throw roicore::InvalidArgument("x");
+      });
+    }));
+  }
+  {  // inverted file: empty, concurrent searches while adding, crafted huge header
+    roicore::InvertedFile ivf(30);
+    std::vector<std::int64_t> ids;
+    std::vector<float> sc;
+    const std::int64_t w0 = 3;
+    const float c0 = 1.0f;
+    ivf.search(&w0, &c0, 1, 5, ids, sc);
+    CHECK(ids.empty());
+    const std::string path = "roicore_edge.ivf";
+    ivf.save(path);
+    CHECK(roicore::InvertedFile::load(path)->size() == 0);
+
+    std::thread adder([&] {
+      std::mt19937_64 r2(7);
+      for (std::int64_t d = 0; d < 300; ++d) {
+        std::int64_t words[4];
+        for (auto& x : words) x = static_cast<std::int64_t>(r2() % 30);
+        const std::int64_t off[2] = {0, 4};
+        const float counts[4] = {1.0f, 1.0f, 2.0f, 1.0f};
+        ivf.add(&d, 1, off, words, counts, 4);
+      }
+    });
+    bool sane = true;
+    std::vector<std::thread> searchers;
+    std::vector<int> ok(3, 1);
+    for (int s = 0; s < 3; ++s)
+      searchers.emplace_back([&, s] {
+        std::vector<std::int64_t> oi;
+        std::vector<float> os;
+        for (int it = 0; it < 200; ++it) {
+          const std::int64_t w[2] = {it % 30, (it * 7) % 30};
+          const float c[2] = {1.0f, 2.0f};
+          ivf.search(w, c, 2, 10, oi, os);
+          for (std::size_t j = 1; j < os.size(); ++j) ok[static_cast<std::size_t>(s)] &= os[j] <= os[j - 1];
+          ok[static_cast<std::size_t>(s)] &= oi.size() <= 10;
+        }
+      });
+    adder.join();
+    for (auto& t : searchers) t.join();
+    for (int v : ok) sane &= v == 1;
+    CHECK(sane && ivf.size() == 300);
+
+    // a header with valid checksums announcing 2**32 words and 2**40 postings, in a
+    // 64-byte file: refused as truncated before anything is allocated
+    ivf.save(path);
+    std::ifstream in(path, std::ios::binary);
+    std::vector<unsigned char> h(64);
+    in.read(reinterpret_cast<char*>(h.data()), 64);
+    in.close();
+    const std::uint64_t V = std::uint64_t{1} << 32, nnz = std::uint64_t{1} << 40;
+    std::memcpy(&h[16], &V, 8);
+    std::memcpy(&h[32], &nnz, 8);
+    const std::uint32_t crc = roicore::crc32_update(0, h.data(), 60);
+    std::memcpy(&h[60], &crc, 4);
+    std::ofstream(path, std::ios::binary | std::ios::trunc).write(reinterpret_cast<const char*>(h.data()), 64);
+    bool truncated = false;
+    try {
+      roicore::InvertedFile::load(path);
+    } catch (const roicore::FormatError& e) {
+      truncated = std::string(e.what()).find("truncated") != std::string::npos;
+    }
+    CHECK(truncated);
+    std::remove(path.c_str());
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -250,6 +387,7 @@ int main() {
   test_select_rois();
   test_crc();
   test_inverted_file(rng);
+  test_edge_cases(rng);
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;
 }

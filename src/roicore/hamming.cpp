@@ -69,7 +69,9 @@ inline float similarity(std::uint32_t dist, std::size_t nbits) {
 struct TopK {
   std::vector<std::pair<std::uint32_t, std::int64_t>> h;
   std::size_t k;
-  explicit TopK(std::size_t k_) : k(k_) { h.reserve(k_); }
+  // `expected`: how many entries can arrive at most (the database size), so that a k far
+  // beyond the database (the output is padded) does not reserve k entries.
+  TopK(std::size_t k_, std::size_t expected) : k(k_) { h.reserve(std::min(k_, expected)); }
   // Candidates arrive in increasing index order, so an equal distance never displaces.
   inline void push(std::uint32_t d, std::int64_t i) {
     if (h.size() < k) {
@@ -177,7 +179,7 @@ void hamming_knn(const std::uint64_t* q, std::size_t nq, const std::uint64_t* db
   if (static_cast<std::size_t>(T) <= 1 || nq >= static_cast<std::size_t>(T) ||
       ndb < static_cast<std::size_t>(T) * block) {
     parallel_for(nq, T, 1, [&](std::size_t qb, std::size_t qe, int) {
-      std::vector<TopK> heaps(qe - qb, TopK(k));
+      std::vector<TopK> heaps(qe - qb, TopK(k, ndb));
       scan(qb, qe, 0, ndb, heaps);
       for (std::size_t i = qb; i < qe; ++i) emit(i, heaps[i - qb]);
     });
@@ -186,11 +188,11 @@ void hamming_knn(const std::uint64_t* q, std::size_t nq, const std::uint64_t* db
   // Few queries, large database: split the database, then merge the per-chunk heaps.
   std::vector<std::vector<TopK>> parts(static_cast<std::size_t>(T));
   parallel_for(ndb, T, block, [&](std::size_t lo, std::size_t hi, int w) {
-    parts[static_cast<std::size_t>(w)].assign(nq, TopK(k));
+    parts[static_cast<std::size_t>(w)].assign(nq, TopK(k, hi - lo));
     scan(0, nq, lo, hi, parts[static_cast<std::size_t>(w)]);
   });
   for (std::size_t i = 0; i < nq; ++i) {
-    TopK merged(k);
+    TopK merged(k, ndb);
     for (auto& p : parts) {  // chunks are in increasing index order
       if (p.empty()) continue;
       std::sort(p[i].h.begin(), p[i].h.end(),

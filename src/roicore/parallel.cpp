@@ -1,5 +1,6 @@
 #include "roicore/parallel.h"
 
+#include <algorithm>
 #include <atomic>
 
 namespace roicore {
@@ -14,7 +15,7 @@ std::atomic<int> g_threads{0};  // 0: hardware default
 
 int default_num_threads() {
   const int n = g_threads.load(std::memory_order_relaxed);
-  return n > 0 ? n : hardware_threads();
+  return std::min(n > 0 ? n : hardware_threads(), kMaxThreads);
 }
 
 void set_default_num_threads(int n) { g_threads.store(n > 0 ? n : 0, std::memory_order_relaxed); }

@@ -18,7 +18,7 @@ void select_rois(const float* boxes, const float* scores, const float* sizes, st
     std::vector<std::uint32_t> order;
     std::vector<double> kept;  // x1, y1, x2, y2, area of kept boxes
     order.reserve(D);
-    kept.reserve(5 * k);
+    kept.reserve(5 * std::min(k, D));  // k may exceed D: the output is padded
     for (std::size_t b = bb; b < be; ++b) {
       const float* bx = boxes + b * D * 4;
       const float* sc = scores + b * D;
