@@ -45,6 +45,16 @@ std::string type_name(const py::handle& h) { return py::str(py::type::of(h).attr
 
 bool c_contiguous(const py::array& a) { return (a.flags() & py::array::c_style) != 0; }
 
+bool aligned(const py::array& a) { return (a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_) != 0; }
+
+// Same element type as T: numpy's notion of equivalence, so that e.g. np.ulonglong arrays
+// are accepted as uint64 on platforms where both are 8-byte unsigned, while byte-swapped
+// ('>u8') arrays are refused.
+template <class T>
+bool same_dtype(const py::array& a) {
+  return py::detail::npy_api::get().PyArray_EquivTypes_(a.dtype().ptr(), py::dtype::of<T>().ptr());
+}
+
 // A numpy array of exactly dtype T, `ndim` dimensions, C-contiguous. `what` describes the
 // expected shape, e.g. "(n, words)". Raises TypeError / ValueError with what came instead.
 template <class T>
@@ -53,7 +63,7 @@ py::array_t<T, py::array::c_style> strict(const py::handle& obj, const char* nam
   if (!py::isinstance<py::array>(obj))
     throw py::type_error(std::string(name) + ": expected a numpy " + want + ", got " + type_name(obj));
   py::array a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(py::dtype::of<T>()))
+  if (!same_dtype<T>(a))
     throw py::type_error(std::string(name) + ": expected " + want + ", got " + dtype_str(a) + " " + shape_str(a) +
                          " (convert explicitly, e.g. x.astype(np." + py::str(py::dtype::of<T>()).cast<std::string>() +
                          "))");
@@ -63,6 +73,9 @@ py::array_t<T, py::array::c_style> strict(const py::handle& obj, const char* nam
   if (!c_contiguous(a))
     throw py::value_error(std::string(name) + ": expected a C-contiguous " + want +
                           ", got a strided view; use np.ascontiguousarray(" + name + ")");
+  if (!aligned(a))
+    throw py::value_error(std::string(name) + ": expected an aligned " + want + ", got an unaligned view of a buffer; use " +
+                          name + ".copy()");
   return py::reinterpret_borrow<py::array_t<T, py::array::c_style>>(a);
 }
 
@@ -83,7 +96,7 @@ py::array_t<std::int64_t, py::array::c_style> as_int64(const py::handle& obj, co
     if (mx > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
       throw py::value_error(std::string(name) + ": value " + std::to_string(mx) + " does not fit in int64");
   }
-  return py::array_t<std::int64_t, py::array::c_style>(np.attr("ascontiguousarray")(a, "int64"));
+  return py::array_t<std::int64_t, py::array::c_style>(np.attr("require")(a, "int64", py::make_tuple("C", "A")));
 }
 
 // Weights (counts): any integer or float array converts to float32.
@@ -95,14 +108,21 @@ py::array_t<float, py::array::c_style> as_f32(const py::handle& obj, const char*
   else if (kind != 'i' && kind != 'u' && kind != 'f')
     throw py::type_error(std::string(name) + ": expected a numeric array, got " + dtype_str(a) + " " + shape_str(a));
   if (a.ndim() != 1) throw py::value_error(std::string(name) + ": expected a 1-d array, got shape " + shape_str(a));
-  return py::array_t<float, py::array::c_style>(np.attr("ascontiguousarray")(a, "float32"));
+  return py::array_t<float, py::array::c_style>(np.attr("require")(a, "float32", py::make_tuple("C", "A")));
 }
 
 std::size_t code_bits(const py::array& codes, const py::object& nbits_obj, const char* name) {
   const auto words = static_cast<std::size_t>(codes.shape(1));
   if (words == 0) throw py::value_error(std::string(name) + ": codes have 0 words (shape " + shape_str(codes) + ")");
   if (nbits_obj.is_none()) return words * 64;
-  const long long nb = nbits_obj.cast<long long>();
+  if (!PyLong_Check(nbits_obj.ptr()) && !PyIndex_Check(nbits_obj.ptr()))
+    throw py::type_error("nbits: expected an integer or None, got " + type_name(nbits_obj));
+  int overflow = 0;
+  const py::object as_int = py::reinterpret_steal<py::object>(PyNumber_Index(nbits_obj.ptr()));
+  if (!as_int) throw py::error_already_set();
+  const long long nb = PyLong_AsLongLongAndOverflow(as_int.ptr(), &overflow);
+  if (overflow != 0 || (nb == -1 && PyErr_Occurred()))
+    throw py::value_error("nbits = " + py::str(as_int).cast<std::string>() + " is out of range");
   if (nb < 1) throw py::value_error("nbits must be >= 1, got " + std::to_string(nb));
   const auto nbits = static_cast<std::size_t>(nb);
   if (roicore::words_for_bits(nbits) != words)
@@ -121,9 +141,11 @@ py::object g_index_format_error;  // roiret.errors.IndexFormatError (a ValueErro
 
 std::string fspath(const py::object& p) {
   py::object s = py::module_::import("os").attr("fspath")(p);
-  if (py::isinstance<py::bytes>(s)) return s.cast<std::string>();
-  if (!py::isinstance<py::str>(s)) throw py::type_error("path: expected str or os.PathLike");
-  return s.cast<std::string>();
+  if (!py::isinstance<py::bytes>(s) && !py::isinstance<py::str>(s)) throw py::type_error("path: expected str or os.PathLike");
+  const std::string out = s.cast<std::string>();
+  // the C library would stop at the NUL and open another file than the one named
+  if (out.find('\0') != std::string::npos) throw py::value_error("path: embedded null byte");
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -133,11 +155,12 @@ py::array_t<std::uint64_t> pack_codes(const py::object& x_obj, int threads) {
   if (!py::isinstance<py::array>(x_obj))
     throw py::type_error("x: expected a numpy float32 or float64 array of shape (n, d), got " + type_name(x_obj));
   py::array x = py::reinterpret_borrow<py::array>(x_obj);
-  const bool f32 = x.dtype().is(py::dtype::of<float>()), f64 = x.dtype().is(py::dtype::of<double>());
+  const bool f32 = same_dtype<float>(x), f64 = same_dtype<double>(x);
   if (!f32 && !f64)
     throw py::type_error("x: expected float32 or float64 array of shape (n, d), got " + dtype_str(x) + " " + shape_str(x));
   if (x.ndim() != 2) throw py::value_error("x: expected a 2-d array (n, d), got shape " + shape_str(x));
   if (!c_contiguous(x)) throw py::value_error("x: expected a C-contiguous array; use np.ascontiguousarray(x)");
+  if (!aligned(x)) throw py::value_error("x: expected an aligned array, got an unaligned view of a buffer; use x.copy()");
   const auto n = static_cast<std::size_t>(x.shape(0)), d = static_cast<std::size_t>(x.shape(1));
   if (d == 0) throw py::value_error("x: descriptors have 0 dimensions (shape " + shape_str(x) + ")");
   const std::size_t words = roicore::words_for_bits(d);
@@ -208,7 +231,7 @@ py::tuple cross_match(const py::object& q_obj, const py::object& db_obj, const p
     if (!py::isinstance<py::array>(mask_obj))
       throw py::type_error("query_mask: expected a numpy bool array of shape (nq,), got " + type_name(mask_obj));
     py::array m = py::reinterpret_borrow<py::array>(mask_obj);
-    if (!m.dtype().is(py::dtype::of<bool>()) && !m.dtype().is(py::dtype::of<std::uint8_t>()))
+    if (!same_dtype<bool>(m) && !same_dtype<std::uint8_t>(m))
       throw py::type_error("query_mask: expected a bool array of shape (nq,), got " + dtype_str(m) + " " + shape_str(m));
     if (m.ndim() != 1 || static_cast<std::size_t>(m.shape(0)) != nq)
       throw py::value_error("query_mask: expected shape (" + std::to_string(nq) + ",), got " + shape_str(m));
