@@ -4,9 +4,12 @@ Every reader in roiret goes through :func:`load_image`, so every stage sees the 
 pixels and the same errors:
 
 * files are read as bytes and their header is checked *before* decoding: an empty file,
-  a file that is not an image, or an image whose declared size exceeds ``max_pixels``
-  (a "decompression bomb") is refused with :class:`roiret.errors.ImageError` naming
-  the file, without handing the data to a decoder;
+  a file that is not an image, a header whose image size cannot be found (truncated or
+  corrupt), or an image whose declared size exceeds ``max_pixels`` (a "decompression
+  bomb") is refused with :class:`roiret.errors.ImageError` naming the file, without
+  handing the data to a decoder. Directories, devices, FIFOs and sockets are refused
+  without being read, and so are files larger than any image of ``max_pixels`` pixels
+  could be (:func:`max_file_bytes`);
 * EXIF orientation is applied (a photo taken in portrait comes out upright);
 * 16-bit, gray, RGBA/alpha and CMYK inputs are converted to 8-bit RGB (or gray);
 * ``max_side`` shrinks the longest side (never enlarges) with area interpolation.
@@ -17,7 +20,9 @@ Arrays are taken as they are (``H×W`` gray, ``H×W×3`` RGB, ``H×W×4`` RGBA; 
 from __future__ import annotations
 
 import os
+import stat
 import struct
+import warnings
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
@@ -29,6 +34,7 @@ __all__ = [
     "ImageSource",
     "DEFAULT_MAX_PIXELS",
     "load_image",
+    "max_file_bytes",
     "probe_image_size",
     "resize_max_side",
     "to_uint8_rgb",
@@ -36,9 +42,33 @@ __all__ = [
 
 ImageSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray]
 
+
+def _env_max_pixels(default: int = 100_000_000) -> int:
+    raw = os.environ.get("ROIRET_MAX_PIXELS")
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw.strip().replace("_", ""))
+        if value < 1:
+            raise ValueError
+    except ValueError:
+        warnings.warn(f"ignoring ROIRET_MAX_PIXELS={raw!r}: expected a positive integer; using {default:,}",
+                      RuntimeWarning, stacklevel=2)
+        return default
+    return value
+
+
 #: Largest image (width × height, as declared in the file header) that is decoded.
-#: 100 megapixels ≈ 300 MB of decoded RGB. Override per call or with ROIRET_MAX_PIXELS.
-DEFAULT_MAX_PIXELS = int(os.environ.get("ROIRET_MAX_PIXELS", 100_000_000))
+#: 100 megapixels ≈ 300 MB of decoded RGB. Override per call or with ROIRET_MAX_PIXELS
+#: (read at import; a value that is not a positive integer is ignored with a warning).
+DEFAULT_MAX_PIXELS = _env_max_pixels()
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """Largest file :func:`load_image` reads for a pixel limit: an uncompressed image of
+    ``max_pixels`` pixels at 16-bit RGBA (8 bytes a pixel) plus 64 MiB of metadata
+    (EXIF, ICC profiles, thumbnails). Larger files are refused unread."""
+    return 8 * int(max_pixels) + (64 << 20)
 
 
 def _cv2():
@@ -53,8 +83,12 @@ def _cv2():
 def _probe_jpeg(b: bytes) -> Optional[Tuple[int, int]]:
     i, n = 2, len(b)
     while i + 4 <= n:
-        if b[i] != 0xFF:
-            return None
+        if b[i] != 0xFF:  # garbage between segments: libjpeg skips to the next 0xFF too
+            j = b.find(b"\xff", i)
+            if j < 0:
+                return None
+            i = j
+            continue
         marker = b[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
@@ -199,7 +233,9 @@ def probe_image_size(data: bytes) -> Tuple[str, Optional[Tuple[int, int]]]:
         head = " ".join(f"{x:02x}" for x in bytes(data[:8]))
         raise ImageError(f"not a supported image format (first bytes: {head or 'none'})")
     try:
-        size = probe(bytes(data[: 1 << 20]))  # headers live in the first MiB
+        # the whole file: a TIFF's IFD may sit at its end, a JPEG's frame header after
+        # megabytes of EXIF / ICC / thumbnail segments (the walk jumps from segment to segment)
+        size = probe(data if isinstance(data, bytes) else bytes(data))
     except struct.error:
         size = None
     return fmt, size
@@ -259,12 +295,23 @@ def resize_max_side(img: np.ndarray, max_side: Optional[int]) -> Tuple[np.ndarra
     return np.ascontiguousarray(out), scale
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except IsADirectoryError:
-        raise ImageError("is a directory, not an image file", path) from None
+def _read_bytes(path: Path, limit: int) -> bytes:
+    """The file's bytes; refuses directories, devices, FIFOs and sockets (reading them
+    would never end or block) and files larger than :func:`max_file_bytes`."""
+    st = os.stat(path)  # FileNotFoundError / PermissionError name the path
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError("is a directory, not an image file", path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError("is not a regular file (a device, FIFO or socket)", path)
+    cap = max_file_bytes(limit)
+    if st.st_size > cap:
+        raise ImageError(f"file has {st.st_size:,} bytes, more than an image within the pixel limit of "
+                         f"{limit:,} can have ({cap:,} bytes)", path)
+    with open(path, "rb") as f:
+        data = f.read(cap + 1)
+    if len(data) > cap:  # grew while being read
+        raise ImageError(f"file has more than {cap:,} bytes", path)
+    return data
 
 
 def load_image(
@@ -291,11 +338,17 @@ def load_image(
     Raises
     ------
     roiret.errors.ImageError
-        The file is empty, truncated, not an image, or too large.
-    FileNotFoundError
-        The path does not exist.
+        The file is empty, truncated, corrupt, not an image, not a regular file, or too
+        large (declared pixels or file size); ``.path`` names it.
+    FileNotFoundError, PermissionError
+        The path does not exist or cannot be read (the message names it).
     """
-    limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    if max_pixels is None:
+        limit = DEFAULT_MAX_PIXELS
+    else:
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+            raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+        limit = int(max_pixels)
     if isinstance(src, np.ndarray):
         img = to_uint8_rgb(src)
         path = None
@@ -304,7 +357,7 @@ def load_image(
             data, path = bytes(src), None
         elif isinstance(src, (str, os.PathLike)):
             path = Path(src)
-            data = _read_bytes(path)
+            data = _read_bytes(path, limit)
         else:
             raise TypeError(
                 f"expected a path, bytes or a numpy array, got {type(src).__name__}"
@@ -334,13 +387,15 @@ def _decode(data: bytes, path: Optional[Path], limit: int) -> np.ndarray:
                 f"{limit:,} (pass max_pixels= or set ROIRET_MAX_PIXELS to allow it)",
                 path,
             )
+    else:  # never hand a decoder an image whose size was not checked
+        raise ImageError(f"{fmt} header is truncated or corrupt (no image size found)", path)
     buf = np.frombuffer(data, dtype=np.uint8)
     # IMREAD_COLOR: 8-bit BGR whatever the source (gray, 16-bit, alpha, CMYK), with the
     # EXIF orientation applied.
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if img is None or img.size == 0:
         raise ImageError(f"{fmt} data could not be decoded (truncated or corrupt)", path)
-    if size is None and img.shape[0] * img.shape[1] > limit:
+    if img.shape[0] * img.shape[1] > limit:  # a header that understated the size
         raise ImageError(
             f"image has {img.shape[1]}x{img.shape[0]} pixels, more than the limit of {limit:,}",
             path,
