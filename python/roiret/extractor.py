@@ -95,9 +95,16 @@ def prepare_image(
     src: ImageSource, max_side: Optional[int], min_side: int = 1, box: BoxLike = None
 ) -> Tuple[np.ndarray, float, Tuple[int, int]]:
     """Read ``src``, crop ``box`` (pixels of the image as given, clipped), shrink to
-    ``max_side`` and enlarge to at least ``min_side`` on the shorter side. Returns
+    ``max_side`` and bring the shorter side to at least ``min_side``. Returns
     ``(uint8 RGB image, scale, (width, height) before resizing)``; ``scale`` maps
-    given-image pixels (after the crop) to network-input pixels."""
+    given-image pixels (after the crop) to network-input pixels.
+
+    A small image is enlarged, but its longer side never beyond ``max(max_side,
+    min_side)`` (its own length when ``max_side`` is None): an extreme strip such as
+    10000×10 would otherwise become 15500×31 after the shrink (31000×31 without it).
+    Whatever enlarging cannot reach is padded at the bottom / right by repeating the last
+    row / column, so image coordinates are unchanged (RoIs lying wholly in the padding
+    come back clipped to the image's edge)."""
     img = load_image(src)
     if box is not None:
         b = np.asarray(box, dtype=np.float64).ravel()
@@ -115,10 +122,18 @@ def prepare_image(
     if min(h, w) < min_side:
         import cv2
 
-        f = min_side / min(h, w)
-        nw, nh = max(min_side, int(math.ceil(w * f))), max(min_side, int(math.ceil(h * f)))
-        img = np.ascontiguousarray(cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR))
-        scale = scale * (nw / w)
+        cap = max(int(min_side), int(max_side) if max_side is not None else max(h, w))
+        f = min(min_side / min(h, w), cap / max(h, w))
+        if f > 1.0:
+            # 1e-9: f * side lands on min_side (or cap) up to rounding, not one pixel past it
+            nw = min(cap, max(w, int(math.ceil(w * f - 1e-9))))
+            nh = min(cap, max(h, int(math.ceil(h * f - 1e-9))))
+            img = np.ascontiguousarray(cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR))
+            scale = scale * (nw / w)
+            h, w = nh, nw
+        pad_h, pad_w = max(0, min_side - h), max(0, min_side - w)
+        if pad_h or pad_w:
+            img = np.ascontiguousarray(cv2.copyMakeBorder(img, 0, pad_h, 0, pad_w, cv2.BORDER_REPLICATE))
     return img, float(scale), (W, H)
 
 
