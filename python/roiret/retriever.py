@@ -19,10 +19,16 @@ files get fresh names on every save and the manifest is replaced atomically last
 crash during ``save`` leaves the previous index loadable; unreferenced files are removed
 afterwards.
 
-Thread safety: :meth:`Retriever.search` may be called from several threads (CNN and SIFT
-extraction of queries are serialised by an internal lock; the native kernels run in
-parallel). :meth:`add`, :meth:`remove` and :meth:`save` take an exclusive lock: searches
-started meanwhile wait for them to finish.
+Thread safety: :meth:`Retriever.search` (and :meth:`prepare_query` / :meth:`rank`) may be
+called from any number of threads and gives exactly the results of the same searches made
+one after another (CNN and SIFT extraction are serialised by an internal lock; ranking runs
+in parallel under a shared lock). Adding while searching is safe: :meth:`add` makes each
+batch of ``batch_size`` images visible at once (inverted file and RoI codes together,
+under an exclusive lock), so a concurrent search sees the index as it was before or after
+each batch, never half a batch. Concurrent :meth:`add` / :meth:`remove` calls are
+serialised. :meth:`save` runs under the shared lock (changes wait for it) and saves to one
+folder are serialised across processes (``flock``). A :meth:`with_K` view must not be
+used while the retriever it came from changes.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ import json
 import os
 import threading
 import time
+import re
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -259,7 +266,8 @@ class Retriever:
         self._bow = None
         self._store: Optional[RoIStore] = None
         self._fingerprint: Optional[str] = None
-        self._query_lock = threading.Lock()
+        self._query_lock = threading.Lock()  # the CNN / SIFT extractors: one user at a time
+        self._change_lock = threading.RLock()  # add / remove: one at a time
         self._rw = _RWLock()
         self.last_failures: List[Tuple[int, str, str]] = []
 
@@ -340,7 +348,7 @@ class Retriever:
             for i, src in enumerate(images):
                 try:
                     item = self._prepare(src)
-                except (ImageError, OSError) as e:
+                except (ImageError, OSError, ValueError, TypeError) as e:  # this image only
                     if on_error == "raise":
                         raise
                     item = e
@@ -421,16 +429,22 @@ class Retriever:
         ``ids``: new unique int64 ids (default: consecutive after the largest so far).
         ``names``: labels shown in results (default: the path, or ``image-<id>``).
         ``on_error``: ``"raise"`` stops at the first unreadable image (raising
-        :class:`~roiret.errors.ImageError` naming it; the batches before it stay added and
-        the exception's ``added_ids`` lists them), ``"skip"`` goes on and reports every
-        failure at the end (a warning, and :attr:`last_failures`).
+        :class:`~roiret.errors.ImageError` naming it — or ``FileNotFoundError`` /
+        ``PermissionError``, or ``TypeError`` / ``ValueError`` for an unusable array; the
+        batches before it stay added and the exception's ``added_ids`` lists them),
+        ``"skip"`` goes on and reports every failure at the end (a warning, and
+        :attr:`last_failures`: ``(position, name, reason)`` tuples). Either way the index
+        stays consistent: a batch is added whole or not at all.
         Returns the ids of the images added.
         """
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if not self.trained:
             raise RuntimeError("the retriever is not trained: call train(images) or load(path) first")
-        images = list(images)
+        with self._change_lock:  # ids are chosen from the current contents
+            return self._add(list(images), ids, names, on_error)
+
+    def _add(self, images, ids, names, on_error: str) -> np.ndarray:
         if ids is not None:
             ids = np.asarray(ids)
             if ids.dtype.kind not in "iu" or ids.shape != (len(images),):
@@ -459,34 +473,43 @@ class Retriever:
                     batch = []
             if batch:
                 added += self._add_batch(batch, ids, names)
-        except (ImageError, OSError) as e:
+        except (ImageError, OSError, ValueError, TypeError) as e:
             e.added_ids = np.asarray(added, np.int64)  # type: ignore[attr-defined]
             raise
         if self.last_failures:
             lines = "\n".join(f"  {name}: {msg}" for _, name, msg in self.last_failures)
             warnings.warn(f"{len(self.last_failures)} of {len(images)} images skipped:\n{lines}",
-                          RuntimeWarning, stacklevel=2)
+                          RuntimeWarning, stacklevel=3)
         return np.asarray(added, np.int64)
 
     def _add_batch(self, batch, ids, names) -> List[int]:
         from .bow import bags_to_csr
 
         smalls = [item[0] for _, _, item in batch]
-        bags = [self._bow.encode(s) for s in smalls]
-        rois = self.extractor.extract(smalls, progress=False)
+        with self._query_lock:  # the extractors are shared with concurrent searches
+            bags = [self._bow.encode(s) for s in smalls]
+            rois = self.extractor.extract(smalls, progress=False)
         batch_ids = [int(ids[i]) for i, _, _ in batch]
         with self._rw.write():
             self._bow.add_bags(np.asarray(batch_ids, np.int64), *bags_to_csr(bags))
-            for (i, src, (small, scale, size)), r, image_id in zip(batch, rois, batch_ids):
-                name = names[i] if names is not None else _source_name(src, f"image-{image_id}")
-                self._store.add(image_id, r.codes, r.boxes / scale, r.scores, r.global_code, size, name)
+            done: List[int] = []
+            try:
+                for (i, src, (small, scale, size)), r, image_id in zip(batch, rois, batch_ids):
+                    name = names[i] if names is not None else _source_name(src, f"image-{image_id}")
+                    self._store.add(image_id, r.codes, r.boxes / scale, r.scores, r.global_code, size, name)
+                    done.append(image_id)
+            except BaseException:  # all of the batch or none of it: the two parts stay in step
+                if done:
+                    self._store.remove(done)
+                self._bow.remove(np.asarray(batch_ids, np.int64))
+                raise
         return batch_ids
 
     def remove(self, ids: Iterable[int]) -> int:
         """Remove images by id (all or nothing: an unknown id raises KeyError). Returns the
         number removed."""
         ids = np.unique(np.asarray(list(ids), np.int64))
-        with self._rw.write():
+        with self._change_lock, self._rw.write():
             self._store.indices_of(ids)  # validates before anything changes
             self._bow.remove(ids)
             return self._store.remove(ids)
@@ -614,13 +637,20 @@ class Retriever:
     # -- persistence ---------------------------------------------------------------------
     def save(self, path: PathLike) -> None:
         """Save to a folder (created if needed; see the module docstring for the layout).
-        Atomic: the manifest is replaced last; a crash leaves the previous index intact."""
-        from .bow._io import atomic_write, sha256_file
-
+        Atomic: the manifest is replaced last; a crash (or SIGKILL) at any moment leaves
+        the previous index intact, and the next save removes what the interrupted one
+        left. Saves to one folder are serialised (an exclusive ``flock`` on the folder,
+        across threads and processes)."""
         if not self.trained:
             raise RuntimeError("nothing to save: the retriever is not trained")
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
+        with _folder_lock(folder):
+            self._save_into(folder)
+
+    def _save_into(self, folder: Path) -> None:
+        from .bow._io import atomic_write, sha256_file
+
         tag = uuid.uuid4().hex[:12]
         written: List[str] = []
         old = _manifest_files(folder)
@@ -631,6 +661,7 @@ class Retriever:
                 def put(role: str, name: str, writer) -> None:
                     written.append(name)
                     writer(folder / name)
+                    _fsync_path(folder / name)  # on disk before the manifest names it
                     files[role] = name
 
                 put("vocabulary", f"vocabulary-{tag}.npz", self._bow.vocabulary.save)
@@ -653,7 +684,9 @@ class Retriever:
                                      "sha256": sha256_file(folder / name)} for role, name in files.items()},
                 }
                 text = json.dumps(manifest, indent=2, sort_keys=True)
+                _fsync_path(folder, directory=True)  # the data files' names are durable ...
                 atomic_write(folder / _MANIFEST, lambda f: f.write(text.encode("utf-8")))
+                _fsync_path(folder, directory=True)  # ... and so is the new manifest, before old files go
             except BaseException:
                 for name in written:
                     try:
@@ -661,7 +694,10 @@ class Retriever:
                     except FileNotFoundError:
                         pass
                 raise
-        for name in old:
+        # the previous save's files, and what saves killed midway left behind
+        stale = set(old) | {p.name for p in folder.iterdir()
+                            if _DATA_NAME.match(p.name) or _MANIFEST_TMP.match(p.name)}
+        for name in stale:
             if name not in written:
                 try:
                     os.unlink(folder / name)
@@ -689,8 +725,8 @@ class Retriever:
             raise IndexFormatError(f"{folder}: no {_MANIFEST}; not a roiret index")
         try:
             m = json.loads(mpath.read_text("utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise IndexFormatError(f"{mpath}: not valid JSON ({e})") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise IndexFormatError(f"{mpath}: not valid JSON ({type(e).__name__}: {e})") from None
         if not isinstance(m, dict) or m.get("format") != _FORMAT:
             raise IndexFormatError(f"{mpath}: not a roiret index manifest (format {m.get('format') if isinstance(m, dict) else None!r})")
         ver = m.get("version")
@@ -717,7 +753,9 @@ class Retriever:
             nbits = int(m["nbits"])
             lf_config = m["local_features"]
             fingerprint = m.get("backbone_fingerprint")
-        except (KeyError, TypeError, ValueError) as e:
+            if not isinstance(lf_config, dict) or not (fingerprint is None or isinstance(fingerprint, str)):
+                raise ValueError("local_features must be an object and backbone_fingerprint a string")
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             if isinstance(e, IndexFormatError):
                 raise
             raise IndexFormatError(f"{mpath}: incomplete or invalid manifest ({e})") from None
@@ -726,24 +764,32 @@ class Retriever:
                 raise IndexFormatError(f"{mpath}: no {role} file listed")
         r = cls(config, device=device, weights=weights, head_weights=head_weights,
                 allow_download=allow_download, **kwargs)
-        try:
+        # Every file is untrusted input: whatever a damaged one makes a parser raise
+        # (BadZipFile, EOFError, a tokenizer error in an .npy header, ...) is reported as
+        # IndexFormatError naming it. Nothing is unpickled (allow_pickle=False everywhere).
+        with _as_format_error(paths["vocabulary"]):
             voc = Vocabulary.load(paths["vocabulary"])
+        with _as_format_error(mpath):
             lfe = LocalFeatureExtractor.from_config(lf_config)
-            whitening = PCAWhitening.load(paths["whitening"]) if "whitening" in paths else None
-        except IndexFormatError:
-            raise
-        except (ValueError, KeyError, OSError) as e:
-            raise IndexFormatError(f"{folder}: {e}") from None
-        ivf = InvertedFile.load(str(paths["inverted_file"]))
+        whitening = None
+        if "whitening" in paths:
+            with _as_format_error(paths["whitening"]):
+                whitening = PCAWhitening.load(paths["whitening"])
+        with _as_format_error(paths["inverted_file"]):
+            ivf = InvertedFile.load(str(paths["inverted_file"]))
         words = (nbits + 63) // 64
+        if words < 1:
+            raise IndexFormatError(f"{mpath}: nbits must be >= 1, got {nbits}")
         arrays = {}
         for key in RoIStore.FILES:
-            try:
+            with _as_format_error(paths[f"rois.{key}"], "not a valid .npy array"):
                 arrays[key] = np.load(paths[f"rois.{key}"], mmap_mode="r" if mmap and key != "names" else None,
                                       allow_pickle=False)
-            except ValueError as e:
-                raise IndexFormatError(f"{paths[f'rois.{key}']}: not a valid .npy array ({e})") from None
-        store = RoIStore.from_arrays(words, arrays, where=str(folder))
+        with _as_format_error(folder, "inconsistent RoI arrays"):
+            store = RoIStore.from_arrays(words, arrays, where=str(folder))
+        if m.get("images", len(store)) != len(store) or m.get("rois", store.num_rois) != store.num_rois:
+            raise IndexFormatError(f"{mpath}: the manifest lists {m.get('images')} images / {m.get('rois')} RoIs, "
+                                   f"the arrays hold {len(store)} / {store.num_rois}")
         if len(store) != len(ivf) or not np.array_equal(np.sort(store.ids), np.sort(ivf.ids())):
             raise IndexFormatError(f"{folder}: the inverted file and the RoI arrays hold different images")
         r._bow = BowIndex(voc, lfe, inverted_file=ivf)
@@ -762,6 +808,69 @@ class Retriever:
                 f"(fingerprint {fp[:12]} != {fingerprint[:12]}): query codes would not be comparable; "
                 "pass the weights= used when indexing")
         return r
+
+
+class _as_format_error:
+    """Re-raise what parsing a damaged file raises as IndexFormatError naming it (not
+    FileNotFoundError / OSError with an errno, MemoryError or KeyboardInterrupt)."""
+
+    def __init__(self, path, what: str = "corrupt or not the expected kind of file"):
+        self.path, self.what = path, what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, e, tb):
+        if e is None or isinstance(e, (IndexFormatError, MemoryError)) or not isinstance(e, Exception):
+            return False
+        if isinstance(e, OSError) and e.errno is not None:
+            return False
+        raise IndexFormatError(f"{self.path}: {self.what} ({type(e).__name__}: {e})") from None
+
+
+class _folder_lock:
+    """Exclusive advisory lock on a folder (``flock`` on its descriptor; released when the
+    process dies). A no-op where ``fcntl`` does not exist."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.fd = folder, None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return self
+        self.fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock: go on unlocked
+            os.close(self.fd)
+            self.fd = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+            self.fd = None
+        return False
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a directory
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
+
+
+#: names that save() writes (data files and their temporaries): what is left of a save
+#: that was killed midway matches these and is removed by the next successful save
+_DATA_NAME = re.compile(r"^\.?(vocabulary|inverted_file|whitening|rois-[a-z_]+)-[0-9a-f]{12}\.(npz|bin|npy)"
+                        r"(\.tmp-\d+-\d+|\.tmp|\.[A-Za-z0-9_]+\.tmp)?$")
+_MANIFEST_TMP = re.compile(r"^\.manifest\.json\.[A-Za-z0-9_]+\.tmp$")
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
