@@ -825,7 +825,10 @@ class _as_format_error:
             return False
         if isinstance(e, OSError) and e.errno is not None:
             return False
-        raise IndexFormatError(f"{self.path}: {self.what} ({type(e).__name__}: {e})") from None
+        msg = str(e)
+        if msg.startswith(str(self.path)):  # already names the file
+            raise IndexFormatError(msg) from None
+        raise IndexFormatError(f"{self.path}: {self.what} ({type(e).__name__}: {msg})") from None
 
 
 class _folder_lock:
