@@ -49,6 +49,11 @@ _LAZY = {
     "SearchResult": "retriever",
     "Hit": "retriever",
     "rerank": "rerank",
+    # evaluation
+    "load_gnd": "eval",
+    "average_precision": "eval",
+    "mean_average_precision": "eval",
+    "ukbench_score": "eval",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
@@ -92,3 +97,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .rerank import rerank  # noqa: F401
     from .retriever import Hit, Retriever, RetrieverConfig, SearchResult  # noqa: F401
     from .whitening import PCAWhitening  # noqa: F401
+    from .eval import average_precision, load_gnd, mean_average_precision, ukbench_score  # noqa: F401
