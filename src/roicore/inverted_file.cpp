@@ -349,52 +349,71 @@ void InvertedFile::search_one(const std::int64_t* words, const float* counts, st
     qn2 += v * v;
   }
 
-  thread_local std::vector<double> acc;
-  acc.assign(N, 0.0);
+  // Term at a time into dense float accumulators (N floats stay in L2 up to ~500k images).
+  thread_local std::vector<float> acc;
+  acc.assign(N, 0.0f);
   if (qn2 > 0.0) {
     const double inv_qn = 1.0 / std::sqrt(qn2);
+    float* a = acc.data();
     for (const auto& e : q) {
       const auto w = static_cast<std::size_t>(e.first);
       const double idf = idf_[w];
       if (idf == 0.0) continue;
-      const double f = e.second * idf * idf * inv_qn;
+      const auto f = static_cast<float>(e.second * idf * idf * inv_qn);
       const Posting* p = postings_ + word_offsets_[w];
       const Posting* end = postings_ + word_offsets_[w + 1];
-      for (; p != end; ++p) acc[p->doc] += f * static_cast<double>(p->weight);
+      // Documents within a list are distinct: the four updates never alias.
+      for (; p + 4 <= end; p += 4) {
+        const std::uint32_t d0 = p[0].doc, d1 = p[1].doc, d2 = p[2].doc, d3 = p[3].doc;
+        const float v0 = a[d0] + f * p[0].weight, v1 = a[d1] + f * p[1].weight;
+        const float v2 = a[d2] + f * p[2].weight, v3 = a[d3] + f * p[3].weight;
+        a[d0] = v0;
+        a[d1] = v1;
+        a[d2] = v2;
+        a[d3] = v3;
+      }
+      for (; p != end; ++p) a[p->doc] += f * p->weight;
     }
   }
-  thread_local std::vector<std::uint32_t> hit;
-  hit.clear();
-  for (std::size_t d = 0; d < N; ++d) {
-    if (acc[d] != 0.0) {
-      acc[d] *= inv_norm_[d];
-      hit.push_back(static_cast<std::uint32_t>(d));
-    }
-  }
+  // One pass keeps the best `top` (score descending, then lower index): a bounded heap
+  // whose root is the worst kept entry. Documents arrive in increasing index order, so an
+  // equal score never displaces a kept one.
   const std::size_t top = std::min(top_n, N);
-  auto better = [](const std::pair<double, std::uint32_t>& a, const std::pair<double, std::uint32_t>& b) {
-    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  using Entry = std::pair<double, std::uint32_t>;
+  auto better = [](const Entry& x, const Entry& y) {
+    return x.first > y.first || (x.first == y.first && x.second < y.second);
   };
-  std::vector<std::pair<double, std::uint32_t>> cand;
-  cand.reserve(hit.size());
-  for (const std::uint32_t d : hit) cand.emplace_back(acc[d], d);
-  if (cand.size() > top) {
-    std::nth_element(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(top), cand.end(), better);
-    cand.resize(top);
+  thread_local std::vector<Entry> heap;
+  heap.clear();
+  std::size_t touched = 0;
+  for (std::size_t d = 0; d < N; ++d) {
+    if (acc[d] == 0.0f) continue;
+    ++touched;
+    const double sc = static_cast<double>(acc[d]) * inv_norm_[d];
+    if (heap.size() < top) {
+      heap.emplace_back(sc, static_cast<std::uint32_t>(d));
+      std::push_heap(heap.begin(), heap.end(), better);
+    } else if (top > 0 && sc > heap.front().first) {
+      std::pop_heap(heap.begin(), heap.end(), better);
+      heap.back() = {sc, static_cast<std::uint32_t>(d)};
+      std::push_heap(heap.begin(), heap.end(), better);
+    }
   }
-  std::sort(cand.begin(), cand.end(), better);
+  std::sort(heap.begin(), heap.end(), better);
   n_out = 0;
-  for (const auto& c : cand) {
+  for (const auto& c : heap) {
     out_ids[n_out] = ids_[c.second];
     out_scores[n_out] = static_cast<float>(c.first);
     ++n_out;
   }
   // Documents sharing no word with the query: score 0, in insertion order.
-  for (std::size_t d = 0; d < N && n_out < top; ++d) {
-    if (acc[d] == 0.0) {
-      out_ids[n_out] = ids_[d];
-      out_scores[n_out] = 0.0f;
-      ++n_out;
+  if (n_out < top && touched < N) {
+    for (std::size_t d = 0; d < N && n_out < top; ++d) {
+      if (acc[d] == 0.0f) {
+        out_ids[n_out] = ids_[d];
+        out_scores[n_out] = 0.0f;
+        ++n_out;
+      }
     }
   }
 }
