@@ -37,16 +37,19 @@ def main(paths):
         if "roiret" not in entries:
             continue
         t, info = entries["roiret"]
-        peer = info.get("peer")
-        if peer not in entries:
-            continue
-        tp, pinfo = entries[peer]
-        notes = []
-        if "simd" in info:
-            notes.append(f"SIMD {info['simd']}")
-        if "bytes_per_posting" in info:
-            notes.append(f"bytes/posting {info['bytes_per_posting']:.2f} vs {pinfo['bytes_per_posting']:.2f}")
-        print(f"| {group} | {fmt_time(t)} | {peer} | {fmt_time(tp)} | **{tp / t:.2f}x** | {'; '.join(notes)} |")
+        peers = info.get("peer")
+        for peer in ([peers] if isinstance(peers, str) else peers or []):
+            if peer not in entries:
+                continue
+            tp, pinfo = entries[peer]
+            notes = []
+            if "simd" in info:
+                notes.append(f"SIMD {info['simd']}")
+            if "bytes_per_posting" in info:
+                notes.append(f"bytes/posting {info['bytes_per_posting']:.2f} vs {pinfo['bytes_per_posting']:.2f}")
+            if "postings_scanned" in info:
+                notes.append(f"{info['postings_scanned']:,} postings scanned")
+            print(f"| {group} | {fmt_time(t)} | {peer} | {fmt_time(tp)} | **{tp / t:.2f}x** | {'; '.join(notes)} |")
     if machine:
         cpu = machine.get("cpu", {}).get("brand_raw", "?")
         print(f"\nMachine: {cpu}, {machine.get('cpu', {}).get('count', '?')} logical CPUs; medians.")
