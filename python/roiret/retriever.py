@@ -74,7 +74,8 @@ class RetrieverConfig:
     with ``whitening_dims`` output dimensions (``None``: all).
 
     BoW: ``vocab_size`` visual words, ``local_features`` (``"rootsift"``, ``"sift"``,
-    ``"surf"``), ``max_keypoints`` per image, ``max_train_descriptors`` for k-means.
+    ``"surf"``), ``max_keypoints`` per image, ``max_train_descriptors`` (a seeded sample)
+    and ``kmeans_iterations`` for k-means.
 
     Re-ranking: ``N`` BoW candidates re-ranked, ``n`` of them matched exhaustively, ``k``
     query RoIs kept for the others, ``mode`` (``"fast"``, ``"exhaustive"``, ``"global"``
@@ -98,6 +99,7 @@ class RetrieverConfig:
     local_features: str = "rootsift"
     max_keypoints: Optional[int] = 2000
     max_train_descriptors: Optional[int] = 500_000
+    kmeans_iterations: int = 10
     N: int = 100
     n: int = 10
     k: int = 5
@@ -117,7 +119,7 @@ class RetrieverConfig:
             self.threshold_mode = regions.DEFAULT_THRESHOLD_MODE
         if self.threshold is None:
             self.threshold = regions.DEFAULT_THRESHOLD
-        for name in ("K", "N", "n", "k", "vocab_size", "max_side"):
+        for name in ("K", "N", "n", "k", "vocab_size", "max_side", "kmeans_iterations"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -406,6 +408,7 @@ class Retriever:
         voc = vocabulary
         if voc is None:
             voc = Vocabulary.fit(feats, c.vocab_size, seed=c.seed, max_train=c.max_train_descriptors,
+                                 n_iter=c.kmeans_iterations,
                                  descriptor=lfe.kind, progress=bool(self.progress))
         with self._rw.write():
             if c.whitening:
