@@ -137,6 +137,18 @@ void same_width(const py::array& a, const char* an, const py::array& b, const ch
                           " words per code, " + bn + " has " + std::to_string(b.shape(1)));
 }
 
+// An (rows, cols) output of `itemsize`-byte elements must be addressable: refuse sizes whose
+// byte count or row stride overflows (pybind11 computes the strides in signed arithmetic,
+// even when the other dimension is 0).
+void check_output(std::size_t rows, std::size_t cols, std::size_t itemsize, const char* what) {
+  const auto max = static_cast<std::size_t>(std::numeric_limits<std::ptrdiff_t>::max());
+  std::size_t n = 0, bytes = 0, row_bytes = 0;
+  if (__builtin_mul_overflow(cols, itemsize, &row_bytes) || row_bytes > max || rows > max ||
+      __builtin_mul_overflow(rows, cols, &n) || __builtin_mul_overflow(n, itemsize, &bytes) || bytes > max)
+    throw py::value_error(std::string("the output (") + std::to_string(rows) + " x " + std::to_string(cols) +
+                          ") is too large: " + what);
+}
+
 py::object g_index_format_error;  // roiret.errors.IndexFormatError (a ValueError subclass)
 
 std::string fspath(const py::object& p) {
@@ -182,6 +194,7 @@ py::array_t<std::uint32_t> hamming_matrix(const py::object& a_obj, const py::obj
   same_width(a, "a", b, "b");
   const std::size_t nbits = code_bits(a, nbits_obj, "a");
   const auto na = static_cast<std::size_t>(a.shape(0)), nb = static_cast<std::size_t>(b.shape(0));
+  check_output(na, nb, 8, "na x nb distances");
   py::array_t<std::uint32_t> out({na, nb});
   std::uint32_t* o = out.mutable_data();
   const std::uint64_t *pa = a.data(), *pb = b.data();
@@ -201,6 +214,7 @@ py::tuple hamming_knn(const py::object& q_obj, const py::object& db_obj, long lo
   if (k < 1) throw py::value_error("k must be >= 1, got " + std::to_string(k));
   const auto nq = static_cast<std::size_t>(q.shape(0)), ndb = static_cast<std::size_t>(db.shape(0));
   const auto kk = static_cast<std::size_t>(k);
+  check_output(nq, kk, 12, "reduce k (larger than the database only pads)");
   py::array_t<std::uint32_t> dist({nq, kk});
   py::array_t<std::int64_t> idx({nq, kk});
   std::uint32_t* pd = dist.mutable_data();
@@ -285,6 +299,7 @@ py::array_t<std::int64_t> select_rois(const py::object& boxes_obj, const py::obj
   if (std::isnan(t_iou) || t_iou <= 0.0 || t_iou > 1.0)
     throw py::value_error("t_iou (IoU above which a box is suppressed) must be in (0, 1], got " + std::to_string(t_iou));
   const auto kk = static_cast<std::size_t>(k);
+  check_output(B, kk, 8, "reduce k (more than D boxes only pads)");
   py::array_t<std::int64_t> out({B, kk});
   std::int64_t* o = out.mutable_data();
   const float *pb = boxes.data(), *ps = scores.data(), *pz = sizes.data();
@@ -367,6 +382,7 @@ py::tuple ivf_search_batch(const InvertedFile& self, const py::object& offsets_o
   auto qa = query_arrays(words_obj, counts_obj);
   const auto nq = static_cast<std::size_t>(offsets.shape(0) - 1);
   const auto tn = static_cast<std::size_t>(top_n);
+  check_output(nq, tn, 12, "reduce top_n (more than len(self) only pads)");
   py::array_t<std::int64_t> oi({nq, tn});
   py::array_t<float> os({nq, tn});
   std::int64_t* pi = oi.mutable_data();
