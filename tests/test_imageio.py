@@ -460,3 +460,18 @@ def test_failed_batch_is_rolled_back(tmp_path, tmp_path_factory, monkeypatch):
     check_consistent(r, n0)
     assert r.add(RI.photos()[6:8]).tolist() == [n0, n0 + 1]
     check_consistent(r, n0 + 2)
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_VALID))
+def test_hostile_images_as_queries(name, retriever):
+    res = retriever.search(HOSTILE_VALID[name](), top=len(retriever))
+    assert sorted(res.ids.tolist()) == sorted(retriever._store.ids.tolist())
+    assert all(np.isfinite(h.bow_score) for h in res.hits)
+
+
+def test_bad_query_files_name_the_file(retriever, tmp_path):
+    bad = bad_files(tmp_path)
+    with pytest.raises(ImageError, match="bomb.png"):
+        retriever.search(bad["bomb.png"])
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        retriever.search(bad["missing.jpg"])
