@@ -92,8 +92,15 @@ def test_fusion_and_bow_mode():
     cand = np.arange(10)
     bow = np.linspace(1, 0.1, 10).astype(np.float32)
     pure = rerank(q, db, offsets, 256, cand, N=10, n=10, k=4)
-    fused = rerank(q, db, offsets, 256, cand, N=10, n=10, k=4, bow_scores=bow, fusion=0.5)
-    np.testing.assert_allclose(fused.score, 0.5 * pure.roi_score + 0.5 * bow, rtol=1e-6)
+    fused = rerank(q, db, offsets, 256, cand, N=10, n=10, k=4, bow_scores=bow, fusion=0.25)
+    z = lambda x: (x - x.mean()) / x.std()  # noqa: E731
+    expected = 0.75 * z(pure.roi_score.astype(np.float64)) + 0.25 * z(bow.astype(np.float64))
+    np.testing.assert_allclose(fused.score, expected, rtol=1e-5, atol=1e-6)
+    assert fused.order.tolist() == np.argsort(-expected, kind="stable").tolist()
+    zero = rerank(q, db, offsets, 256, cand, N=10, n=10, k=4, bow_scores=bow, fusion=0.0)
+    assert zero.order.tolist() == pure.order.tolist()
+    only = rerank(q, db, offsets, 256, cand, N=10, n=10, k=4, bow_scores=bow, fusion=1.0)
+    assert only.order.tolist() == list(range(10))  # BoW scores are decreasing here
     only_bow = rerank(q, db, offsets, 256, cand, N=10, n=2, k=1, mode="bow")
     assert only_bow.order.tolist() == list(range(10))
 

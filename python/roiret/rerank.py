@@ -12,8 +12,13 @@ Given the query's RoI codes and the BoW top-N candidates (image rows of a
 * ``"global"``: one whole-image code per image (the paper's "baseline").
 
 The top N are re-ordered by that score (stable: equal scores keep BoW order; candidates
-without RoIs go last); the others keep their BoW order. ``fusion`` (optional, in [0, 1])
-ranks the top N by ``(1 − fusion) · roi_score + fusion · bow_score`` instead.
+without RoIs go last); the others keep their BoW order.
+
+``fusion`` (beyond the paper; a weight w in [0, 1], ``None`` or 0 = the RoI score alone)
+ranks the top N by ``(1 − w) · z(roi_score) + w · z(bow_score)``, where ``z`` standardises
+a score over the N candidates (mean 0, standard deviation 1; a constant score gives 0).
+Standardising makes the mix independent of the two scores' scales, which differ by an
+order of magnitude and from one collection to another.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import numpy as np
 
 from ._kernels import cross_match
 
-__all__ = ["MODES", "RerankResult", "rerank"]
+__all__ = ["MODES", "RerankResult", "rerank", "standardize"]
 
 MODES = ("fast", "exhaustive", "global", "bow")
 
@@ -43,6 +48,15 @@ class RerankResult:
     best_query: np.ndarray
     best_db: np.ndarray
     query_mask: np.ndarray
+
+
+def standardize(x: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """(x − mean) / std over the entries selected by ``where`` (0 where std is 0)."""
+    if not where.any():
+        return np.zeros_like(x)
+    v = x[where]
+    sd = v.std()
+    return (x - v.mean()) / sd if sd > 0 else np.zeros_like(x)
 
 
 def _check(name, v, lo=1):
@@ -104,14 +118,17 @@ def rerank(
     bd[:top] = np.concatenate([p.best_db for p in parts])
 
     s = roi_score[:top].astype(np.float64)
-    if fusion is not None:
+    if fusion is not None and float(fusion) != 0.0:
         f = float(fusion)
         if not 0.0 <= f <= 1.0:
             raise ValueError(f"fusion must be in [0, 1], got {fusion}")
-        if bow_scores is None:
-            raise ValueError("fusion needs bow_scores")
+        if bow_scores is None or len(bow_scores) < top:
+            raise ValueError("fusion needs the BoW score of every re-ranked candidate (bow_scores)")
         b = np.asarray(bow_scores, np.float64)[:top]
-        s = np.where(np.isfinite(s), (1 - f) * s + f * b, -np.inf)
+        ok = np.isfinite(s)
+        s = np.where(ok, (1 - f) * standardize(s, ok) + f * standardize(b, ok), -np.inf)
+    elif fusion is not None and not 0.0 <= float(fusion) <= 1.0:
+        raise ValueError(f"fusion must be in [0, 1], got {fusion}")
     score[:top] = s
     head_order = np.argsort(-np.where(np.isfinite(s), s, -np.inf), kind="stable")
     order = np.concatenate([head_order, np.arange(top, m)]).astype(np.int64)
