@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("dataset", help="dataset root with gnd.json and jpg/ (e.g. ../shared/datasets/oxford5k-dev)")
     p.add_argument("--features", default="conv-max,conv-sum", help="RoI descriptors (comma-separated)")
+    p.add_argument("--variants", default="paper,roiret",
+                   help="paper: whitened 256-bit codes, RoI score alone; roiret: the library defaults")
     p.add_argument("--Ks", type=_int_list, default=[5, 10, 15, 20], help="values of K (comma-separated)")
     p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="visual words")
     p.add_argument("--max-keypoints", type=int, default=d.max_keypoints, help="SIFT keypoints per image")
@@ -133,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default=d.backbone, choices=["alexnet", "vgg16", "efficientnet-lite0"])
     p.add_argument("--cache", help="folder to cache extracted features between runs")
     p.add_argument("-o", "--output", help="also write the markdown table to this file")
+    p.add_argument("--json", help="also write every number as JSON to this file")
     _add_weights(p)
     _add_common(p)
 
@@ -229,7 +232,8 @@ def cmd_show(args) -> int:
 def cmd_eval(args) -> int:
     from .experiments import oxford_table
 
-    table = oxford_table(args.dataset, features=[f for f in args.features.split(",") if f], Ks=args.Ks,
+    table = oxford_table(args.dataset, features=[f for f in args.features.split(",") if f],
+                         variants=[v for v in args.variants.split(",") if v], Ks=args.Ks,
                          vocab_size=args.vocab_size, max_keypoints=args.max_keypoints, N=args.N, n=args.n,
                          k=args.k, backbone=args.backbone, device=args.device, weights=args.weights,
                          allow_download=args.allow_download, cache=args.cache, progress=args.progress)
@@ -237,6 +241,8 @@ def cmd_eval(args) -> int:
     print(text)
     if args.output:
         Path(args.output).write_text(text + "\n", encoding="utf-8")
+    if args.json:
+        Path(args.json).write_text(table.to_json() + "\n", encoding="utf-8")
     return 0
 
 

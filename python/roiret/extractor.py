@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 import os
 import threading
 import warnings
@@ -250,6 +251,9 @@ class RoIExtractor:
         self.amp = bool(amp)
         self.progress = progress
         self.num_workers = int(num_workers)
+        #: seconds spent in the trunk and in whole extract calls, and images described
+        #: (regions + descriptors + codes = total - trunk); reset freely
+        self.timings = {"trunk": 0.0, "total": 0.0, "images": 0}
         if small_ops_threads is not None and int(small_ops_threads) < 1:
             raise ValueError(f"small_ops_threads must be >= 1 or None, got {small_ops_threads}")
         self.small_ops_threads = None if small_ops_threads is None else int(small_ops_threads)
@@ -300,10 +304,15 @@ class RoIExtractor:
     @torch.no_grad()
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised ``(B, 3, H, W)`` → float32 feature maps ``(B, D, H', W')``."""
+        t0 = time.perf_counter()
         with self._autocast():
             f = self.backbone(x.to(self.device))
         # the region and pooling code reads rows and columns: plain NCHW layout is faster
-        return f.float().contiguous()
+        f = f.float().contiguous()
+        if f.is_cuda:
+            torch.cuda.synchronize(f.device)
+        self.timings["trunk"] += time.perf_counter() - t0
+        return f
 
     @torch.no_grad()
     def _describe_batch(self, imgs: List[np.ndarray]):
@@ -377,6 +386,15 @@ class RoIExtractor:
                 yield [(i, safe_load(items[i])) for i in idx]
 
     def _run(self, sources, boxes, progress, errors, raw: bool):
+        t0 = time.perf_counter()
+        try:
+            out = self._run_impl(sources, boxes, progress, errors, raw)
+        finally:
+            self.timings["total"] += time.perf_counter() - t0
+        self.timings["images"] += sum(r is not None for r in out)
+        return out
+
+    def _run_impl(self, sources, boxes, progress, errors, raw: bool):
         if isinstance(sources, (str, bytes, bytearray, os.PathLike, np.ndarray)):
             raise TypeError("expected a sequence of images (paths, bytes or arrays); "
                             "for one image use extract_one()")

@@ -294,6 +294,8 @@ class Retriever:
         self._store: Optional[RoIStore] = None
         self._fingerprint: Optional[str] = None
         self._projection: Optional[np.ndarray] = None
+        #: seconds spent per indexing stage by add() (accumulated; reset freely)
+        self.add_timings = {"sift": 0.0, "quantize": 0.0, "cnn_trunk": 0.0, "regions_codes": 0.0, "images": 0}
         self._query_lock = threading.Lock()  # the CNN / SIFT extractors: one user at a time
         self._change_lock = threading.RLock()  # add / remove: one at a time
         self._rw = _RWLock()
@@ -536,9 +538,22 @@ class Retriever:
         from .bow import bags_to_csr
 
         smalls = [item[0] for _, _, item in batch]
+        t = self.add_timings
         with self._query_lock:  # the extractors are shared with concurrent searches
-            bags = [self._bow.encode(s) for s in smalls]
+            t0 = time.perf_counter()
+            feats = [self._bow.extractor.extract(s) for s in smalls]
+            t1 = time.perf_counter()
+            bags = [self._bow.encode_features(f) for f in feats]
+            t2 = time.perf_counter()
+            trunk0 = self.extractor.timings["trunk"]
             rois = self.extractor.extract(smalls, progress=False)
+            t3 = time.perf_counter()
+        trunk = self.extractor.timings["trunk"] - trunk0
+        t["sift"] += t1 - t0
+        t["quantize"] += t2 - t1
+        t["cnn_trunk"] += trunk
+        t["regions_codes"] += (t3 - t2) - trunk
+        t["images"] += len(smalls)
         batch_ids = [int(ids[i]) for i, _, _ in batch]
         with self._rw.write():
             self._bow.add_bags(np.asarray(batch_ids, np.int64), *bags_to_csr(bags))
