@@ -88,7 +88,7 @@ def roles(base):
 def test_the_base_index_loads_and_equals_the_original(base, folder):
     r = RI.load(folder)
     assert RI.same_index(r, base[2])
-    assert set(roles(base)) == {"vocabulary", "inverted_file", "whitening"} | {
+    assert set(roles(base)) == {"vocabulary", "inverted_file", "whitening", "projection"} | {
         f"rois.{k}" for k in ("codes", "boxes", "scores", "offsets", "ids", "sizes", "global_codes", "names")}
 
 
@@ -149,7 +149,7 @@ def test_flipped_bytes_without_verification(base, folder):
             try:
                 loads_consistently(folder, base, verify=False)
                 outcomes["loaded"] += 1
-                assert role.startswith("rois.") or role in ("vocabulary", "whitening"), role
+                assert role.startswith("rois.") or role in ("vocabulary", "whitening", "projection"), role
             except IndexFormatError:
                 outcomes["refused"] += 1
         p.write_bytes(blob)
@@ -297,6 +297,7 @@ def test_pickles_are_refused_and_never_executed(base, folder, tmp_path):
         "rois.names": pickle.dumps(Payload(marker)),             # a bare pickle
         "vocabulary": npz_bytes(__header__=evil, centroids=evil),  # object arrays in the .npz
         "whitening": npz_bytes(meta=evil, mean=evil, projection=evil, eigenvalues=evil),
+        "projection": npy_bytes(evil),
     }
     for role, data in attacks.items():
         p = file_of(folder, role)
