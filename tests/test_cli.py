@@ -68,6 +68,17 @@ def test_search_json_and_table(index, folder, capsys):
     assert main(["search", str(index), str(q), "--top", "3", "--weights", WEIGHTS]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["rank", "id", "score"] and len(table) == 4
+    # --fusion overrides the index's: none = the RoI score alone (the paper), a number = that BoW weight
+    weights = {}
+    for f in ("none", "0.3", "adaptive"):
+        assert main(["search", str(index), str(q), "--box", ",".join(map(str, box)), "--top", "4", "--json",
+                     "--fusion", f, "--weights", WEIGHTS]) == 0
+        weights[f] = json.loads(capsys.readouterr().out)["bow_weight"]
+    assert weights["none"] == 0.0 and weights["0.3"] == pytest.approx(0.3) and 0.0 <= weights["adaptive"] <= 1.0
+    for bad in ("1.5", "sometimes"):
+        with pytest.raises(SystemExit):
+            main(["search", str(index), str(q), "--fusion", bad])
+        assert "--fusion" in capsys.readouterr().err
 
 
 def test_info_and_show(index, folder, tmp_path, capsys):

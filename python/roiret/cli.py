@@ -33,6 +33,20 @@ def _int_list(text: str) -> List[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _fusion(text: str):
+    """--fusion: 'adaptive', 'none' (the RoI score alone) or a BoW weight in [0, 1]."""
+    t = text.strip().lower()
+    if t in ("adaptive", "none"):
+        return None if t == "none" else t
+    try:
+        f = float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'adaptive', 'none' or a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= f <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a BoW weight in [0, 1], got {text!r}")
+    return f
+
+
 def collect_images(source: str) -> List[str]:
     """A folder (searched recursively for image files, sorted) or a text file listing one
     path per line (relative paths are relative to the list file; '#' starts a comment)."""
@@ -90,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-N", type=int, default=d.N, help="BoW candidates re-ranked at search time")
     p.add_argument("-n", type=int, default=d.n, help="candidates matched exhaustively (fast re-ranking)")
     p.add_argument("-k", type=int, default=d.k, help="query RoIs kept for the other N - n candidates")
+    p.add_argument("--fusion", type=_fusion, default=d.fusion,
+                   help="BoW score in the final score: adaptive (per query), none (RoI score alone, the paper) "
+                        "or a weight in [0, 1]")
     p.add_argument("--max-side", type=int, default=d.max_side, help="longest image side for both stages")
     p.add_argument("--train-max", type=int, default=5000, help="images sampled (seeded) to learn vocabulary and whitening")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch")
@@ -105,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", type=_box, help="x1,y1,x2,y2 in the query image's pixels")
     p.add_argument("--top", type=int, default=10, help="results to print")
     p.add_argument("--mode", choices=["fast", "exhaustive", "global", "bow"], help="re-ranking (default: the index's)")
+    p.add_argument("--fusion", type=_fusion, default=argparse.SUPPRESS,
+                   help="adaptive, none or a BoW weight in [0, 1] (default: the index's)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_weights(p)
     _add_common(p)
@@ -165,6 +184,7 @@ def cmd_index(args) -> int:
     print(f"{len(images)} images from {args.source}", file=sys.stderr)
     r = Retriever(backbone=args.backbone, feature=args.feature, K=args.K, vocab_size=args.vocab_size,
                   max_keypoints=args.max_keypoints, N=args.N, n=args.n, k=args.k, max_side=args.max_side,
+                  fusion=args.fusion,
                   device=args.device, weights=args.weights, allow_download=args.allow_download,
                   batch_size=args.batch_size, progress=args.progress)
     r.train(images, max_images=args.train_max)
@@ -180,7 +200,9 @@ def cmd_index(args) -> int:
 
 def cmd_search(args) -> int:
     r = _load(args)
-    res = r.search(args.image, args.box, top=args.top, mode=args.mode)
+    fusion = getattr(args, "fusion", None)
+    res = r.search(args.image, args.box, top=args.top, mode=args.mode, fusion=0.0 if fusion is None and
+                   hasattr(args, "fusion") else fusion)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
         return 0

@@ -171,7 +171,7 @@ def run_demo(out: str = "roiret-demo", *, device: str = "cpu", K: int = 20, seed
         "global": ("global baseline: whole-image codes re-rank the top N", "global", 0.0),
         "paper": ("RoI re-ranking, fast (the paper)", "fast", 0.0),
         "exhaustive": ("RoI re-ranking, exhaustive", "exhaustive", 0.0),
-        "roiret": (f"roiret default: fast RoI re-ranking + BoW fusion {r.config.fusion}", "fast", None),
+        "roiret": (f"roiret default: fast RoI re-ranking + {r.config.fusion} BoW fusion", "fast", None),
     }
     labels = {key: v[0] for key, v in modes.items()}
     aps: Dict[str, List[float]] = {m: [] for m in modes}

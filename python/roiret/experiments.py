@@ -15,7 +15,8 @@ evaluated:
 
 Variants: ``paper`` — :meth:`RetrieverConfig.paper` (PCA-whitened descriptors binarised
 against their mean, the RoI score alone); ``roiret`` — the library's defaults (no
-whitening, 512 projected bits, standardised BoW/RoI fusion).
+whitening, 512 projected bits, query-adaptive fusion of the standardised BoW and RoI
+scores).
 
 mAP follows :mod:`roiret.eval` (classic: good + ok positive, junk ignored; revisited:
 Medium and Hard). Rankings are restricted to each protocol's database; the query is the
@@ -34,6 +35,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 __all__ = ["EvalTable", "VARIANTS", "oxford_table"]
+
+# settings that only matter at search time: left out of the cache key, taken from the
+# current configuration when a cached index is loaded
+SEARCH_TIME = {"N": 0, "n": 0, "k": 0, "fusion": None, "mode": "fast"}
 
 #: configuration overrides of each variant (see the module docstring)
 VARIANTS = {
@@ -159,13 +164,14 @@ def oxford_table(
                                      max_keypoints=max_keypoints, N=N, n=n, k=k, seed=seed, **over)
             cpath = None
             if cache:
-                key = hashlib.sha256(json.dumps({**config.to_dict(), "N": 0, "n": 0, "k": 0}, sort_keys=True)
+                key = hashlib.sha256(json.dumps({**config.to_dict(), **SEARCH_TIME}, sort_keys=True)
                                      .encode()).hexdigest()[:10]
                 cpath = Path(cache) / f"{root.name}-{feat}-{variant}-{key}"
             t0 = time.perf_counter()
             if cpath is not None and (cpath / "manifest.json").exists():
                 r = Retriever.load(cpath, device=device, weights=weights, progress=progress)
-                r.config = RetrieverConfig.from_dict({**r.config.to_dict(), "N": N, "n": n, "k": k})
+                r.config = RetrieverConfig.from_dict({**r.config.to_dict(), **{
+                    key: getattr(config, key) for key in SEARCH_TIME}})
                 index_rate = float("nan")
                 print_fn(f"[{name}] loaded cached index {cpath}")
             else:

@@ -14,11 +14,23 @@ Given the query's RoI codes and the BoW top-N candidates (image rows of a
 The top N are re-ordered by that score (stable: equal scores keep BoW order; candidates
 without RoIs go last); the others keep their BoW order.
 
-``fusion`` (beyond the paper; a weight w in [0, 1], ``None`` or 0 = the RoI score alone)
-ranks the top N by ``(1 − w) · z(roi_score) + w · z(bow_score)``, where ``z`` standardises
-a score over the N candidates (mean 0, standard deviation 1; a constant score gives 0).
-Standardising makes the mix independent of the two scores' scales, which differ by an
-order of magnitude and from one collection to another.
+``fusion`` (beyond the paper; ``None`` or 0 = the RoI score alone) ranks the top N by
+``(1 − w) · z(roi_score) + w · z(bow_score)``, where ``z`` standardises a score over the N
+candidates (mean 0, standard deviation 1; a constant score gives 0). Standardising makes
+the mix independent of the two scores' scales, which differ by an order of magnitude and
+from one collection to another. ``w`` is either a fixed weight in [0, 1] or, with
+``fusion="adaptive"``, chosen per query from the shape of the two score lists (query-
+adaptive late fusion, in the spirit of Zheng et al., CVPR 2015: a stage whose best
+candidates stand out from the rest is trusted more):
+
+    w = gap(bow) / (gap(bow) + gap(roi)),   gap(x) = z(x)₍₁₎ − z(x)₍₁₊ADAPTIVE_DEPTH₎
+
+with ``z(x)₍ᵢ₎`` the i-th largest standardised score over the N candidates (the last one
+when there are fewer; both gaps 0 → w = ½). :func:`adaptive_weight` computes it. Why
+this rule: on Oxford5k-dev the BoW stage is the stronger one and a fixed w = ½ already
+beats both stages, but on the demo collection (small objects on textured backgrounds)
+BoW fails and a fixed weight drags the RoI ranking down; the adaptive weight beat w = ½
+on every measured column of both (``benchmarks/fusion_study.py``, docs/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -29,9 +41,10 @@ import numpy as np
 
 from ._kernels import cross_match
 
-__all__ = ["MODES", "RerankResult", "rerank", "standardize"]
+__all__ = ["ADAPTIVE_DEPTH", "MODES", "RerankResult", "adaptive_weight", "check_fusion", "rerank", "standardize"]
 
 MODES = ("fast", "exhaustive", "global", "bow")
+ADAPTIVE_DEPTH = 4
 
 
 @dataclass
@@ -48,6 +61,38 @@ class RerankResult:
     best_query: np.ndarray
     best_db: np.ndarray
     query_mask: np.ndarray
+    bow_weight: float = 0.0  # the fusion weight w used (0: the RoI score alone)
+
+
+def check_fusion(fusion):
+    """``None``, ``"adaptive"`` or a number in [0, 1] (returned as float); else ValueError."""
+    if fusion is None or (isinstance(fusion, str) and fusion == "adaptive"):
+        return fusion
+    if isinstance(fusion, (bool, str)) or not isinstance(fusion, (int, float, np.integer, np.floating)):
+        raise ValueError(f"fusion must be None, 'adaptive' or a weight in [0, 1], got {fusion!r}")
+    f = float(fusion)
+    if not 0.0 <= f <= 1.0:  # NaN fails too
+        raise ValueError(f"fusion must be None, 'adaptive' or a weight in [0, 1], got {fusion!r}")
+    return f
+
+
+def _gap(z: np.ndarray, depth: int) -> float:
+    v = np.sort(z)[::-1]
+    return float(v[0] - v[min(len(v) - 1, depth)]) if len(v) else 0.0
+
+
+def adaptive_weight(roi_scores: np.ndarray, bow_scores: np.ndarray, depth: int = ADAPTIVE_DEPTH) -> float:
+    """The BoW weight of ``fusion="adaptive"`` for one query (module docstring), from the
+    two scores of the re-ranked candidates (entries where the RoI score is not finite are
+    left out)."""
+    r = np.asarray(roi_scores, np.float64)
+    b = np.asarray(bow_scores, np.float64)
+    if r.shape != b.shape or r.ndim != 1:
+        raise ValueError(f"expected two 1-D score arrays of one length, got {r.shape} and {b.shape}")
+    ok = np.isfinite(r) & np.isfinite(b)
+    gr = _gap(standardize(r, ok)[ok], depth)
+    gb = _gap(standardize(b, ok)[ok], depth)
+    return 0.5 if gr + gb <= 0 else gb / (gr + gb)
 
 
 def standardize(x: np.ndarray, where: np.ndarray) -> np.ndarray:
@@ -77,7 +122,7 @@ def rerank(
     k: int,
     mode: str = "fast",
     bow_scores: Optional[np.ndarray] = None,
-    fusion: Optional[float] = None,
+    fusion=None,
     threads: Optional[int] = None,
 ) -> RerankResult:
     """Re-rank ``candidates`` (int64 image rows, BoW order) — see the module docstring.
@@ -88,6 +133,7 @@ def rerank(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    fusion = check_fusion(fusion)
     N, n, k = _check("N", N), _check("n", n), _check("k", k)
     if n > N:
         raise ValueError(f"n (exhaustively matched candidates) must be <= N, got n={n}, N={N}")
@@ -118,18 +164,15 @@ def rerank(
     bd[:top] = np.concatenate([p.best_db for p in parts])
 
     s = roi_score[:top].astype(np.float64)
-    if fusion is not None and float(fusion) != 0.0:
-        f = float(fusion)
-        if not 0.0 <= f <= 1.0:
-            raise ValueError(f"fusion must be in [0, 1], got {fusion}")
+    f = 0.0
+    if fusion is not None and fusion != 0.0:
         if bow_scores is None or len(bow_scores) < top:
             raise ValueError("fusion needs the BoW score of every re-ranked candidate (bow_scores)")
         b = np.asarray(bow_scores, np.float64)[:top]
         ok = np.isfinite(s)
+        f = adaptive_weight(s, b) if fusion == "adaptive" else fusion
         s = np.where(ok, (1 - f) * standardize(s, ok) + f * standardize(b, ok), -np.inf)
-    elif fusion is not None and not 0.0 <= float(fusion) <= 1.0:
-        raise ValueError(f"fusion must be in [0, 1], got {fusion}")
     score[:top] = s
     head_order = np.argsort(-np.where(np.isfinite(s), s, -np.inf), kind="stable")
     order = np.concatenate([head_order, np.arange(top, m)]).astype(np.int64)
-    return RerankResult(order, score, roi_score, bq, bd, mask)
+    return RerankResult(order, score, roi_score, bq, bd, mask, float(f))

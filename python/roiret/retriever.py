@@ -50,7 +50,7 @@ import numpy as np
 from . import __version__
 from .errors import ImageError, IndexFormatError
 from .imageio import ImageSource, load_image, resize_max_side
-from .rerank import MODES, rerank
+from .rerank import MODES, check_fusion, rerank
 from .store import RoIStore
 
 __all__ = ["Hit", "PreparedQuery", "Retriever", "RetrieverConfig", "SearchResult"]
@@ -82,20 +82,22 @@ class RetrieverConfig:
 
     Re-ranking: ``N`` BoW candidates re-ranked, ``n`` of them matched exhaustively, ``k``
     query RoIs kept for the others, ``mode`` (``"fast"``, ``"exhaustive"``, ``"global"``
-    — the whole-image baseline —, ``"bow"``), ``fusion`` (the weight in [0, 1] of the BoW
-    score, standardised over the N candidates, in the final score of the top N — see
-    :func:`roiret.rerank.rerank`; ``None`` or 0: the RoI score alone, the paper).
+    — the whole-image baseline —, ``"bow"``), ``fusion`` (how the BoW score enters the
+    final score of the top N: ``"adaptive"``, a query-adaptive weight; a fixed weight in
+    [0, 1] of the BoW score, both scores standardised over the N candidates; ``None`` or
+    0: the RoI score alone, the paper — see :mod:`roiret.rerank`).
 
     Images: ``max_side`` (500, the paper's) for both stages.
 
     Defaults. The RoI thresholds come from :mod:`roiret.regions`. ``whitening=False``,
-    ``code_bits=512`` and ``fusion=0.5`` were chosen by measurement (docs/RESULTS.md):
-    on Oxford5k-dev, PCA-whitening learned on the collection's own RoIs (~15k descriptors)
-    amplified noisy directions (classic mAP of the RoI re-ranking 47.7 with it, 59.7
-    without), 512 projected bits beat the 256 paper bits, and the RoI score alone (AlexNet
-    conv5) ranks worse than 50k-word RootSIFT BoW there, while on the demo collection it is
-    far better: standardised equal-weight fusion beats BoW on both. :meth:`paper` gives
-    the paper's own settings.
+    ``code_bits=512`` and ``fusion="adaptive"`` were chosen by measurement
+    (docs/RESULTS.md): on Oxford5k-dev, PCA-whitening learned on the collection's own RoIs
+    (~15k descriptors) amplified noisy directions (classic mAP of the RoI re-ranking 47.7
+    with it, 59.7 without), 512 projected bits beat the 256 paper bits, and the RoI score
+    alone (AlexNet conv5) ranks slightly worse than 50k-word RootSIFT BoW there, while on
+    the demo collection (small objects on textured backgrounds) it is far better than BoW;
+    fusing both beats BoW on Oxford5k-dev, and choosing the weight per query beat every
+    fixed weight that does so, on both. :meth:`paper` gives the paper's own settings.
     """
 
     backbone: str = "alexnet"
@@ -118,7 +120,7 @@ class RetrieverConfig:
     n: int = 10
     k: int = 5
     mode: str = "fast"
-    fusion: Optional[float] = 0.5
+    fusion: Union[float, str, None] = "adaptive"
     max_side: int = 500
     seed: int = 0
 
@@ -143,8 +145,7 @@ class RetrieverConfig:
             raise ValueError(f"n must be <= N (n of the N candidates are matched exhaustively), got n={self.n}, N={self.N}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.fusion is not None and not 0.0 <= float(self.fusion) <= 1.0:
-            raise ValueError(f"fusion must be None or in [0, 1], got {self.fusion!r}")
+        self.fusion = check_fusion(self.fusion)
 
     @classmethod
     def paper(cls, **overrides) -> "RetrieverConfig":
@@ -202,6 +203,7 @@ class SearchResult:
     query_mask: np.ndarray            # (r,) RoIs used for the N − n candidates
     mode: str
     timings: Dict[str, float] = field(default_factory=dict)
+    bow_weight: float = 0.0           # the BoW weight the fusion used for this query (0: RoI score alone)
 
     def __len__(self) -> int:
         return len(self.hits)
@@ -223,6 +225,7 @@ class SearchResult:
     def to_dict(self) -> Dict[str, Any]:
         return {
             "mode": self.mode,
+            "bow_weight": self.bow_weight,
             "query_boxes": self.query_boxes.tolist(),
             "timings_ms": {k: 1000 * v for k, v in self.timings.items()},
             "hits": [h.to_dict() for h in self.hits],
@@ -618,7 +621,7 @@ class Retriever:
 
     def search(self, image: ImageSource, box: Optional[Sequence[float]] = None, *, top: Optional[int] = None,
                mode: Optional[str] = None, N: Optional[int] = None, n: Optional[int] = None,
-               k: Optional[int] = None, fusion: Optional[float] = None) -> SearchResult:
+               k: Optional[int] = None, fusion: Union[float, str, None] = None) -> SearchResult:
         """Rank the database for a query image, or for ``box = (x1, y1, x2, y2)`` (pixels of
         the query image) inside it. ``top``: hits returned (default N); the other
         arguments override the configuration for this call."""
@@ -630,7 +633,7 @@ class Retriever:
 
     def rank(self, query: "PreparedQuery", *, top: Optional[int] = None, mode: Optional[str] = None,
              N: Optional[int] = None, n: Optional[int] = None, k: Optional[int] = None,
-             fusion: Optional[float] = None) -> SearchResult:
+             fusion: Union[float, str, None] = None) -> SearchResult:
         """Rank the database for a :class:`PreparedQuery` (see :meth:`search`). The query's
         RoIs are cut to this retriever's K (RoIs are in selection order)."""
         c = self.config
@@ -687,7 +690,7 @@ class Retriever:
         timings = dict(query.timings)
         timings.update(bow_search=t4 - t3, rerank=t5 - t4)
         timings["total"] = sum(timings.values())
-        return SearchResult(out, q_boxes, rr.query_mask, mode, timings)
+        return SearchResult(out, q_boxes, rr.query_mask, mode, timings, rr.bow_weight)
 
     def with_K(self, K: int) -> "Retriever":
         """A view of this retriever keeping only the first ``K`` RoIs of every image (and
