@@ -240,6 +240,14 @@ def test_untrained_and_bad_arguments():
     for bad in (1.5, "often", float("nan")):
         with pytest.raises(ValueError, match="fusion must be None, 'adaptive' or a weight"):
             Retriever(fusion=bad)
+    for kw, match in ((dict(threshold_mode="relatiwe"), "threshold_mode must be one of"),
+                      (dict(threshold=float("inf")), "threshold must be a finite number"),
+                      (dict(t_min=1.5), "t_min"), (dict(t_rate=0.5), "t_rate"), (dict(t_iou=0.0), "t_iou"),
+                      (dict(backbone="resnet"), "backbone must be one of"),
+                      (dict(feature="fc8"), "feature must be one of"),
+                      (dict(local_features="orb"), "local_features must be one of")):
+        with pytest.raises(ValueError, match=match):  # at construction, not when the CNN is built
+            RetrieverConfig(**kw)
     assert RetrieverConfig().fusion == "adaptive" and RetrieverConfig.paper().fusion is None
     assert RetrieverConfig.from_dict(RetrieverConfig(fusion=0.25).to_dict()).fusion == 0.25
 

@@ -135,6 +135,27 @@ class RetrieverConfig:
             self.threshold_mode = regions.DEFAULT_THRESHOLD_MODE
         if self.threshold is None:
             self.threshold = regions.DEFAULT_THRESHOLD
+        from .backbones import BACKBONES
+        from .bow.features import FEATURE_KINDS
+        from .descriptors import FEATURES
+
+        # every choice is checked here, so that a bad value (or a damaged manifest) fails
+        # when the configuration is made, not later when the CNN is first built
+        if not isinstance(self.backbone, str) or self.backbone.lower().replace("_", "-") not in BACKBONES:
+            raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {self.backbone!r}")
+        if self.feature not in FEATURES:
+            raise ValueError(f"feature must be one of {FEATURES}, got {self.feature!r}")
+        if self.local_features not in FEATURE_KINDS:
+            raise ValueError(f"local_features must be one of {FEATURE_KINDS}, got {self.local_features!r}")
+        if self.threshold_mode not in regions.THRESHOLD_MODES:
+            raise ValueError(f"threshold_mode must be one of {regions.THRESHOLD_MODES}, got {self.threshold_mode!r}")
+        for name in ("threshold", "t_min", "t_rate", "t_iou"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+        if not 0.0 <= self.t_min <= 1.0 or self.t_rate < 1.0 or not 0.0 < self.t_iou <= 1.0:
+            raise ValueError(f"expected 0 <= t_min <= 1, t_rate >= 1 and 0 < t_iou <= 1, got t_min={self.t_min}, "
+                             f"t_rate={self.t_rate}, t_iou={self.t_iou}")
         if self.code_bits is not None and (isinstance(self.code_bits, bool) or int(self.code_bits) < 1):
             raise ValueError(f"code_bits must be None or a positive integer, got {self.code_bits!r}")
         for name in ("K", "N", "n", "k", "vocab_size", "max_side", "kmeans_iterations"):
