@@ -11,7 +11,6 @@ from _reference import pack_codes_ref
 from roiret.backbones import build_backbone
 from roiret.errors import ImageError, WeightsNotFoundError
 from roiret.extractor import RoIExtractor, prepare_image
-from roiret.whitening import PCAWhitening
 
 
 def _photos(side=160):

@@ -10,7 +10,6 @@ and must be refused before any allocation (e.g. ``k = 2**62``).
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import textwrap

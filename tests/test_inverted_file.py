@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import roiret
 from roiret import IndexFormatError, InvertedFile, _core
 
 

@@ -741,7 +741,7 @@ class Retriever:
             self._save_into(folder)
 
     def _save_into(self, folder: Path) -> None:
-        from .bow._io import atomic_write, sha256_file
+        from .bow._io import atomic_write, remove_files, sha256_file
 
         tag = uuid.uuid4().hex[:12]
         written: List[str] = []
@@ -782,21 +782,12 @@ class Retriever:
                 atomic_write(folder / _MANIFEST, lambda f: f.write(text.encode("utf-8")))
                 _fsync_path(folder, directory=True)  # ... and so is the new manifest, before old files go
             except BaseException:
-                for name in written:
-                    try:
-                        os.unlink(folder / name)
-                    except FileNotFoundError:
-                        pass
+                remove_files(folder, written)
                 raise
         # the previous save's files, and what saves killed midway left behind
         stale = set(old) | {p.name for p in folder.iterdir()
                             if _DATA_NAME.match(p.name) or _MANIFEST_TMP.match(p.name)}
-        for name in stale:
-            if name not in written:
-                try:
-                    os.unlink(folder / name)
-                except FileNotFoundError:
-                    pass
+        remove_files(folder, stale - set(written))
 
     @classmethod
     def load(cls, path: PathLike, *, device="cpu", verify: bool = True, mmap: bool = True,

@@ -60,6 +60,15 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], *, binary: bool =
         raise
 
 
+def remove_files(folder: PathLike, names) -> None:
+    """Delete ``folder/name`` for each name; names already gone are fine."""
+    for name in names:
+        try:
+            os.unlink(Path(folder) / name)
+        except FileNotFoundError:
+            pass
+
+
 def save_arrays(path: PathLike, fmt: str, version: int, header: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> None:
     """Write ``arrays`` and ``header`` to ``path`` atomically (see the module docstring)."""
     hdr = dict(header)

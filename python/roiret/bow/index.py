@@ -7,7 +7,6 @@ computed on the whole query image and only those whose centre lies in the box ar
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
 from typing import Any, Iterable, List, NamedTuple, Optional, Sequence, Tuple
@@ -16,7 +15,7 @@ import numpy as np
 
 from ..errors import IndexFormatError
 from ..imageio import ImageSource
-from ._io import PathLike, atomic_write, sha256_file
+from ._io import PathLike, atomic_write, remove_files, sha256_file
 from .encode import bag_of_words, bags_to_csr
 from .features import Box, LocalFeatureExtractor, LocalFeatures
 from .vocabulary import Vocabulary
@@ -359,18 +358,9 @@ class BowIndex:
             text = json.dumps(manifest, indent=2, sort_keys=True)
             atomic_write(folder / _MANIFEST, lambda f: f.write(text.encode("utf-8")))
         except BaseException:
-            for name in written:
-                try:
-                    os.unlink(folder / name)
-                except FileNotFoundError:
-                    pass
+            remove_files(folder, written)
             raise
-        for name in old:
-            if name not in (voc_name, ivf_name):
-                try:
-                    os.unlink(folder / name)
-                except FileNotFoundError:
-                    pass
+        remove_files(folder, [name for name in old if name not in (voc_name, ivf_name)])
 
     @staticmethod
     def _manifest_files(folder: Path) -> List[str]:
