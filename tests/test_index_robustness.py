@@ -192,7 +192,11 @@ def test_damaged_manifest(base, folder):
     for cut in sorted({0, 1, len(text) // 2, len(text) - 1} | set(rng.integers(1, len(text), 6).tolist())):
         write_manifest(folder, text[:cut])
         refused(folder, "not valid JSON")
-    for pos in sorted(set(rng.integers(0, len(text), 30).tolist())):
+    # every byte of the configuration (where a flipped letter once escaped as a plain
+    # ValueError from the CNN builder), plus random positions elsewhere
+    start = text.index('"config": {')
+    config_span = range(start, text.index("}", start) + 1)
+    for pos in sorted(set(config_span) | set(rng.integers(0, len(text), 30).tolist())):
         b = bytearray(text.encode())
         b[pos] ^= 0x01
         (folder / "manifest.json").write_bytes(bytes(b))
