@@ -83,7 +83,8 @@ def test_search_json_and_table(index, folder, capsys):
 def test_info_and_show(index, folder, tmp_path, capsys):
     _, q, box = folder
     assert main(["info", str(index)]) == 0
-    assert "images: 9" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "images: 9" in out and "fusion=adaptive" in out and "512-bit random projection" in out
     out = tmp_path / "show"
     assert main(["show", str(index), str(q), "--box", ",".join(map(str, box)), "-o", str(out), "--top", "3",
                  "--positives", "0,1", "--weights", WEIGHTS]) == 0

@@ -277,7 +277,9 @@ def cmd_info(args) -> int:
           f"({size / max(1, m['images']):.0f} bytes per image)")
     print(f"  {c['backbone']} {c['feature']}, K={c['K']}, T_min={c['t_min']}, T_rate={c['t_rate']}, T_iou={c['t_iou']}")
     print(f"  BoW: {c['vocab_size']} words ({m['local_features']['kind']}); re-ranking: N={c['N']}, n={c['n']}, "
-          f"k={c['k']}, mode={c['mode']}")
+          f"k={c['k']}, mode={c['mode']}, fusion={'none' if c.get('fusion') is None else c['fusion']}")
+    print(f"  codes: {'PCA-whitened, ' if c.get('whitening') else ''}"
+          + (f"{c['code_bits']}-bit random projection" if c.get("code_bits") else "bit i = x_i > mean(x) (the paper's)"))
     return 0
 
 
