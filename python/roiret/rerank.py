@@ -76,23 +76,30 @@ def check_fusion(fusion):
     return f
 
 
-def _gap(z: np.ndarray, depth: int) -> float:
-    v = np.sort(z)[::-1]
-    return float(v[0] - v[min(len(v) - 1, depth)]) if len(v) else 0.0
+def _stats(r: np.ndarray, b: np.ndarray, ok: np.ndarray, depth: int):
+    """Means, standard deviations and adaptive BoW weight of the two score lists over
+    ``ok`` — one vectorised pass (this runs once per query)."""
+    v = np.stack([r[ok], b[ok]])
+    m = v.shape[1]
+    if m == 0:
+        return np.zeros(2), np.zeros(2), 0.5
+    mean, sd = v.mean(axis=1), v.std(axis=1)
+    v.sort(axis=1)
+    spread = v[:, -1] - v[:, -1 - min(m - 1, depth)]  # best minus the (1 + depth)-th best
+    gap = np.divide(spread, sd, out=np.zeros(2), where=sd > 0)  # the same gap in z units
+    total = gap[0] + gap[1]
+    return mean, sd, (0.5 if total <= 0 else float(gap[1] / total))
 
 
 def adaptive_weight(roi_scores: np.ndarray, bow_scores: np.ndarray, depth: int = ADAPTIVE_DEPTH) -> float:
     """The BoW weight of ``fusion="adaptive"`` for one query (module docstring), from the
-    two scores of the re-ranked candidates (entries where the RoI score is not finite are
+    two scores of the re-ranked candidates (entries where either score is not finite are
     left out)."""
     r = np.asarray(roi_scores, np.float64)
     b = np.asarray(bow_scores, np.float64)
     if r.shape != b.shape or r.ndim != 1:
         raise ValueError(f"expected two 1-D score arrays of one length, got {r.shape} and {b.shape}")
-    ok = np.isfinite(r) & np.isfinite(b)
-    gr = _gap(standardize(r, ok)[ok], depth)
-    gb = _gap(standardize(b, ok)[ok], depth)
-    return 0.5 if gr + gb <= 0 else gb / (gr + gb)
+    return _stats(r, b, np.isfinite(r) & np.isfinite(b), int(depth))[2]
 
 
 def standardize(x: np.ndarray, where: np.ndarray) -> np.ndarray:
@@ -169,9 +176,13 @@ def rerank(
         if bow_scores is None or len(bow_scores) < top:
             raise ValueError("fusion needs the BoW score of every re-ranked candidate (bow_scores)")
         b = np.asarray(bow_scores, np.float64)[:top]
-        ok = np.isfinite(s)
-        f = adaptive_weight(s, b) if fusion == "adaptive" else fusion
-        s = np.where(ok, (1 - f) * standardize(s, ok) + f * standardize(b, ok), -np.inf)
+        ok = np.isfinite(s) & np.isfinite(b)
+        mean, sd, w = _stats(s, b, ok, ADAPTIVE_DEPTH)
+        f = w if fusion == "adaptive" else fusion
+        # (1 - f) z(roi) + f z(bow); a constant score (sd 0) contributes 0, as in standardize()
+        cr = (1 - f) / sd[0] if sd[0] > 0 else 0.0
+        cb = f / sd[1] if sd[1] > 0 else 0.0
+        s = np.where(ok, cr * (s - mean[0]) + cb * (b - mean[1]), -np.inf)
     score[:top] = s
     head_order = np.argsort(-np.where(np.isfinite(s), s, -np.inf), kind="stable")
     order = np.concatenate([head_order, np.arange(top, m)]).astype(np.int64)
