@@ -218,16 +218,19 @@ def ivf_case(request):
     return f"{n_images // 1000}kx{per_image // 1000}k", ivf, ref, q_words, q_counts
 
 
-@pytest.mark.parametrize("lib", ["roiret", "scipy-product", "scipy-gather"])
+@pytest.mark.parametrize("lib", ["roiret", "roiret-2threads", "scipy-product", "scipy-gather"])
 def test_ivf_search(benchmark, ivf_case, lib):
+    """roiret single-threaded (like scipy), and the same search split over 2 threads."""
     name, ivf, ref, qw, qc = ivf_case
     benchmark.group = f"ivf-{name}"
     nnz = ivf.num_postings
     peers = ["scipy-product", "scipy-gather"]
-    if lib == "roiret":
+    if lib.startswith("roiret"):
+        threads = 2 if lib == "roiret-2threads" else 1
         benchmark.extra_info.update(lib=lib, peer=peers, bytes_per_posting=ivf.memory_bytes() / nnz,
-                                    postings_scanned=int(np.asarray(ivf.document_frequencies())[qw].sum()))
-        ids, scores = benchmark(ivf.search, qw, qc, 100)
+                                    postings_scanned=int(np.asarray(ivf.document_frequencies())[qw].sum()),
+                                    threads=threads)
+        ids, scores = benchmark(ivf.search, qw, qc, 100, threads)
         top, s = ref.search_gather(qw, qc, 100)
         np.testing.assert_allclose(scores[:10], s[top[:10]], rtol=1e-4)
     else:

@@ -34,25 +34,28 @@ def main(paths):
     print("|---|---|---|---|---|---|")
     for group in sorted(groups):
         entries = groups[group]
-        if "roiret" not in entries:
-            continue
-        t, info = entries["roiret"]
-        peers = info.get("peer")
-        for peer in ([peers] if isinstance(peers, str) else peers or []):
-            if peer not in entries:
-                continue
-            tp, pinfo = entries[peer]
-            notes = []
-            if "simd" in info:
-                notes.append(f"SIMD {info['simd']}")
-            if "bytes_per_posting" in info:
-                notes.append(f"bytes/posting {info['bytes_per_posting']:.2f} vs {pinfo['bytes_per_posting']:.2f}")
-            if "postings_scanned" in info:
-                notes.append(f"{info['postings_scanned']:,} postings scanned")
-            print(f"| {group} | {fmt_time(t)} | {peer} | {fmt_time(tp)} | **{tp / t:.2f}x** | {'; '.join(notes)} |")
+        for lib in sorted(k for k in entries if k.startswith("roiret")):  # roiret, roiret-2threads, ...
+            print_rows(group, lib, entries)
     if machine:
         cpu = machine.get("cpu", {}).get("brand_raw", "?")
         print(f"\nMachine: {cpu}, {machine.get('cpu', {}).get('count', '?')} logical CPUs; medians.")
+
+
+def print_rows(group, lib, entries):
+    t, info = entries[lib]
+    peers = info.get("peer")
+    for peer in ([peers] if isinstance(peers, str) else peers or []):
+        if peer not in entries:
+            continue
+        tp, pinfo = entries[peer]
+        notes = [] if lib == "roiret" else [lib]
+        if "simd" in info:
+            notes.append(f"SIMD {info['simd']}")
+        if "bytes_per_posting" in info:
+            notes.append(f"bytes/posting {info['bytes_per_posting']:.2f} vs {pinfo['bytes_per_posting']:.2f}")
+        if "postings_scanned" in info:
+            notes.append(f"{info['postings_scanned']:,} postings scanned")
+        print(f"| {group} | {fmt_time(t)} | {peer} | {fmt_time(tp)} | **{tp / t:.2f}x** | {'; '.join(notes)} |")
 
 
 if __name__ == "__main__":

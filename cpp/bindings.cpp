@@ -355,7 +355,8 @@ std::pair<py::array_t<std::int64_t, py::array::c_style>, py::array_t<float, py::
   return {words, counts};
 }
 
-py::tuple ivf_search(const InvertedFile& self, const py::object& words_obj, const py::object& counts_obj, long long top_n) {
+py::tuple ivf_search(const InvertedFile& self, const py::object& words_obj, const py::object& counts_obj, long long top_n,
+                     int threads) {
   if (top_n < 1) throw py::value_error("top_n must be >= 1, got " + std::to_string(top_n));
   auto qa = query_arrays(words_obj, counts_obj);
   std::vector<std::int64_t> ids;
@@ -365,7 +366,7 @@ py::tuple ivf_search(const InvertedFile& self, const py::object& words_obj, cons
   const auto m = static_cast<std::size_t>(qa.first.shape(0));
   {
     py::gil_scoped_release nogil;
-    self.search(pw, pc, m, static_cast<std::size_t>(top_n), ids, scores);
+    self.search(pw, pc, m, static_cast<std::size_t>(top_n), ids, scores, threads);
   }
   py::array_t<std::int64_t> oi(ids.size());
   py::array_t<float> os(scores.size());
@@ -497,9 +498,11 @@ words[offsets[i]:offsets[i+1]] with weights counts[...] (default 1). Repeated wo
 image are summed, zero weights dropped. Ids must be new and unique; word ids in range;
 weights finite and >= 0. Everything is checked before anything changes (ValueError).)doc")
       .def("search", &ivf_search, py::arg("words"), py::arg("counts") = py::none(), py::arg("top_n") = 100,
+           py::arg("threads") = 0,
            R"doc(Top min(top_n, len(self)) images for a bag of words -> (ids int64, scores float32),
 by descending score; ties, and images sharing no word with the query (score 0), in
-insertion order.)doc")
+insertion order. A large search (>= 2**20 postings scanned) splits the images over up to
+`threads` threads (0: roiret.get_num_threads()); results are identical for every count.)doc")
       .def("search_batch", &ivf_search_batch, py::arg("offsets"), py::arg("words"), py::arg("counts") = py::none(),
            py::arg("top_n") = 100, py::arg("threads") = 0,
            R"doc(Many queries in CSR form, searched in parallel -> (ids (nq, top_n), scores (nq, top_n)),

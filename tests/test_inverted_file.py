@@ -432,3 +432,55 @@ def test_bytes_per_posting():
     assert n2 > 3 * n1
     assert (m2 - m1) / (n2 - n1) <= 8.0
     assert m2 <= 8 * n2 + 17 * (vocab + 1) + 40 * 2000  # postings + O(vocabulary) + O(images)
+
+
+# ---------------------------------------------------------------------------------------
+# one large search split over threads (by document range)
+# ---------------------------------------------------------------------------------------
+def test_threaded_search_is_bit_identical_and_matches_scipy():
+    """Searches scanning >= 2**20 postings split the documents over threads; every thread
+    count gives exactly the single-threaded ids and scores (same per-document summation
+    order), and those equal the scipy reference. Skewed words (all postings in the first
+    or last few documents, or in one block) put the interpolated split points far off, so
+    the galloping search runs in both directions."""
+    rng = np.random.default_rng(11)
+    n_docs, vocab = 8000, 3000
+    offsets, words, counts = random_bags(rng, n_docs, vocab - 5, mean_words=160)
+    # skewed words 2995..2999: only in the first 50 / last 50 / a middle block of documents,
+    # the first and last document, the two around the middle
+    doc_of = np.repeat(np.arange(n_docs), np.diff(offsets))
+    extra_docs, extra_words = [doc_of], [words]
+    for w, docs in ((2995, range(50)), (2996, range(n_docs - 50, n_docs)), (2997, range(3900, 4100)),
+                    (2998, [0, n_docs - 1]), (2999, [n_docs // 2 - 1, n_docs // 2])):
+        extra_docs.append(np.asarray(docs))
+        extra_words.append(np.full(len(docs), w))
+    d = np.concatenate(extra_docs)
+    order = np.argsort(d, kind="stable")
+    words = np.concatenate(extra_words)[order].astype(np.int64)
+    counts = rng.integers(1, 4, size=len(words)).astype(np.float32)
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(d, minlength=n_docs))]).astype(np.int64)
+    ids = np.arange(n_docs, dtype=np.int64) * 3 + 1
+    ivf = InvertedFile(vocab)
+    ivf.add(ids, offsets, words, counts)
+    df = np.asarray(ivf.document_frequencies())
+    for q_words in (np.arange(vocab, dtype=np.int64),                    # everything
+                    np.array([0, 1, 2, 2995, 2996, 2997, 2998, 2999], np.int64),
+                    np.array([2995, 2996, 2997, 2998, 2999], np.int64)):  # skewed words only
+        q_counts = rng.integers(1, 5, size=len(q_words)).astype(np.float32)
+        big = df[q_words].sum() >= 2**20
+        base_ids, base_scores = ivf.search(q_words, q_counts, top_n=n_docs, threads=1)
+        for threads in (2, 3, 4, 7, 64):
+            t_ids, t_scores = ivf.search(q_words, q_counts, top_n=n_docs, threads=threads)
+            assert np.array_equal(t_ids, base_ids) and np.array_equal(t_scores, base_scores), (threads, big)
+            t_ids, t_scores = ivf.search(q_words, q_counts, top_n=37, threads=threads)
+            assert np.array_equal(t_ids, base_ids[:37]) and np.array_equal(t_scores, base_scores[:37])
+        ref = tfidf_reference(offsets, words, counts, vocab, q_words, q_counts)
+        np.testing.assert_allclose(np.sort(base_scores)[::-1], np.sort(ref)[::-1], rtol=1e-4, atol=1e-6)
+        r_ids, _ = ranking_ref(ref, ids, 50)
+        assert len(set(r_ids.tolist()) ^ set(base_ids[:50].tolist())) <= 2  # float32 vs float64 at the edge
+    assert df.sum() >= 2**20  # the first query really took the threaded path
+    # a batch smaller than the thread count splits each search too: same results
+    q = np.arange(vocab, dtype=np.int64)
+    b_ids, b_scores = ivf.search_batch(np.array([0, vocab]), q, None, top_n=100, threads=4)
+    s_ids, s_scores = ivf.search(q, None, top_n=100, threads=1)
+    assert np.array_equal(b_ids[0], s_ids) and np.array_equal(b_scores[0], s_scores)

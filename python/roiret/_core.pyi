@@ -59,7 +59,7 @@ class InvertedFile:
         counts: Optional[_NumArray] = None,
     ) -> None: ...
     def search(
-        self, words: _IntArray, counts: Optional[_NumArray] = None, top_n: int = 100
+        self, words: _IntArray, counts: Optional[_NumArray] = None, top_n: int = 100, threads: int = 0
     ) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
     def search_batch(
         self,

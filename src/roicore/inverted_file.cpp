@@ -325,9 +325,50 @@ std::size_t InvertedFile::remove(const std::int64_t* ids, std::size_t n) {
   return removed;
 }
 
+namespace {
+// First posting in [b, e) (sorted by doc) whose doc is >= `doc`. Postings of a word are
+// spread over [0, n_docs) roughly uniformly, so the search starts at the interpolated
+// position and gallops outwards: a few probes instead of log2(length) far-apart ones.
+const Posting* lower_doc(const Posting* b, const Posting* e, std::uint32_t doc, std::size_t n_docs) {
+  const auto len = static_cast<std::size_t>(e - b);
+  if (len == 0 || b[0].doc >= doc) return b;
+  if (e[-1].doc < doc) return e;
+  auto less = [](const Posting& p, std::uint32_t d) { return p.doc < d; };
+  std::size_t g = static_cast<std::size_t>(static_cast<double>(len) * doc / static_cast<double>(n_docs));
+  g = std::min(g, len - 1);
+  std::size_t lo, hi;  // answer in [lo, hi]
+  if (b[g].doc < doc) {
+    lo = g + 1;
+    std::size_t step = 1;
+    hi = lo;
+    while (hi < len && b[hi].doc < doc) {
+      lo = hi + 1;
+      hi = lo + step;
+      step *= 2;
+    }
+    hi = std::min(hi, len);
+  } else {
+    hi = g;
+    std::size_t step = 1;
+    lo = g;
+    while (lo > 0 && b[lo - 1].doc >= doc) {
+      hi = lo - 1;
+      lo = hi >= step ? hi - step : 0;
+      step *= 2;
+    }
+  }
+  return std::lower_bound(b + lo, b + hi, doc, less);
+}
+
+using ScoredDoc = std::pair<double, std::uint32_t>;  // (score, document index)
+inline bool better(const ScoredDoc& x, const ScoredDoc& y) {
+  return x.first > y.first || (x.first == y.first && x.second < y.second);
+}
+}  // namespace
+
 void InvertedFile::search_one(const std::int64_t* words, const float* counts, std::size_t m,
                               std::size_t top_n, std::int64_t* out_ids, float* out_scores,
-                              std::size_t& n_out) const {
+                              std::size_t& n_out, int threads) const {
   // Caller holds the shared lock on merged state and has validated words / counts.
   const std::size_t N = ids_.size();
   std::vector<std::pair<std::int64_t, double>> q;
@@ -348,66 +389,121 @@ void InvertedFile::search_one(const std::int64_t* words, const float* counts, st
     const double v = e.second * idf_[static_cast<std::size_t>(e.first)];
     qn2 += v * v;
   }
-
-  // Term at a time into dense float accumulators (N floats stay in L2 up to ~500k images).
-  thread_local std::vector<float> acc;
-  acc.assign(N, 0.0f);
+  // (word, factor) of every query word that carries weight, and the postings to scan
+  struct Term {
+    std::size_t word;
+    float factor;
+  };
+  std::vector<Term> terms;
+  terms.reserve(q.size());
+  std::size_t scanned = 0;
   if (qn2 > 0.0) {
     const double inv_qn = 1.0 / std::sqrt(qn2);
-    float* a = acc.data();
     for (const auto& e : q) {
       const auto w = static_cast<std::size_t>(e.first);
       const double idf = idf_[w];
       if (idf == 0.0) continue;
-      const auto f = static_cast<float>(e.second * idf * idf * inv_qn);
-      const Posting* p = postings_ + word_offsets_[w];
-      const Posting* end = postings_ + word_offsets_[w + 1];
-      // Documents within a list are distinct: the four updates never alias.
-      for (; p + 4 <= end; p += 4) {
-        const std::uint32_t d0 = p[0].doc, d1 = p[1].doc, d2 = p[2].doc, d3 = p[3].doc;
-        const float v0 = a[d0] + f * p[0].weight, v1 = a[d1] + f * p[1].weight;
-        const float v2 = a[d2] + f * p[2].weight, v3 = a[d3] + f * p[3].weight;
-        a[d0] = v0;
-        a[d1] = v1;
-        a[d2] = v2;
-        a[d3] = v3;
-      }
-      for (; p != end; ++p) a[p->doc] += f * p->weight;
+      terms.push_back({w, static_cast<float>(e.second * idf * idf * inv_qn)});
+      scanned += word_offsets_[w + 1] - word_offsets_[w];
     }
   }
-  // One pass keeps the best `top` (score descending, then lower index): a bounded heap
-  // whose root is the worst kept entry. Documents arrive in increasing index order, so an
-  // equal score never displaces a kept one.
+
+  // Term at a time into dense float accumulators (N floats stay in L2 up to ~500k images).
+  // Large searches split the documents into contiguous ranges, one per thread: each
+  // thread adds every term's postings for its own documents, in the same term order, so
+  // every score is bit-identical to the single-threaded one; each range keeps its own best
+  // `top` and the merge under the same strict order gives exactly the serial result.
+  thread_local std::vector<float> acc;
+  acc.assign(N, 0.0f);
   const std::size_t top = std::min(top_n, N);
-  using Entry = std::pair<double, std::uint32_t>;
-  auto better = [](const Entry& x, const Entry& y) {
-    return x.first > y.first || (x.first == y.first && x.second < y.second);
-  };
-  thread_local std::vector<Entry> heap;
-  heap.clear();
-  std::size_t touched = 0;
-  for (std::size_t d = 0; d < N; ++d) {
-    if (acc[d] == 0.0f) continue;
-    ++touched;
-    const double sc = static_cast<double>(acc[d]) * inv_norm_[d];
-    if (heap.size() < top) {
-      heap.emplace_back(sc, static_cast<std::uint32_t>(d));
-      std::push_heap(heap.begin(), heap.end(), better);
-    } else if (top > 0 && sc > heap.front().first) {
-      std::pop_heap(heap.begin(), heap.end(), better);
-      heap.back() = {sc, static_cast<std::uint32_t>(d)};
-      std::push_heap(heap.begin(), heap.end(), better);
+  std::size_t T = 1;
+  if (threads > 1 && scanned >= kParallelSearchPostings)
+    T = std::min<std::size_t>(static_cast<std::size_t>(threads), std::max<std::size_t>(1, N / kParallelSearchDocs));
+  std::vector<std::vector<ScoredDoc>> heaps(T);
+  std::vector<std::size_t> touched(T, 0);
+  // Where each term's postings cross the range boundaries: cut[i * (T + 1) + t] is the
+  // first posting of term i with doc >= N * t / T. Found up front on this thread, after
+  // prefetching every interpolated guess, so the lookups' cache misses overlap instead of
+  // running one after another inside the workers.
+  std::vector<const Posting*> cut;
+  if (T > 1) {
+    cut.resize(terms.size() * (T + 1));
+    for (const Term& term : terms) {
+      const Posting* b = postings_ + word_offsets_[term.word];
+      const std::size_t len = word_offsets_[term.word + 1] - word_offsets_[term.word];
+      for (std::size_t t = 1; t < T && len > 0; ++t)
+        __builtin_prefetch(b + std::min(len - 1, len * t / T));
+    }
+    for (std::size_t i = 0; i < terms.size(); ++i) {
+      const Posting* b = postings_ + word_offsets_[terms[i].word];
+      const Posting* e = postings_ + word_offsets_[terms[i].word + 1];
+      const Posting** c = &cut[i * (T + 1)];
+      c[0] = b;
+      c[T] = e;
+      for (std::size_t t = 1; t < T; ++t) c[t] = lower_doc(c[t - 1], e, static_cast<std::uint32_t>(N * t / T), N);
     }
   }
-  std::sort(heap.begin(), heap.end(), better);
+  float* a = acc.data();
+  parallel_for(T, static_cast<int>(T), 1, [&](std::size_t tb, std::size_t te, int) {
+    for (std::size_t t = tb; t < te; ++t) {
+      const auto lo = static_cast<std::uint32_t>(N * t / T), hi = static_cast<std::uint32_t>(N * (t + 1) / T);
+      for (std::size_t i = 0; i < terms.size(); ++i) {
+        const Term& term = terms[i];
+        const float f = term.factor;
+        const Posting* p = postings_ + word_offsets_[term.word];
+        const Posting* end = postings_ + word_offsets_[term.word + 1];
+        if (T > 1) {
+          p = cut[i * (T + 1) + t];
+          end = cut[i * (T + 1) + t + 1];
+        }
+        // Documents within a list are distinct: the four updates never alias.
+        for (; p + 4 <= end; p += 4) {
+          const std::uint32_t d0 = p[0].doc, d1 = p[1].doc, d2 = p[2].doc, d3 = p[3].doc;
+          const float v0 = a[d0] + f * p[0].weight, v1 = a[d1] + f * p[1].weight;
+          const float v2 = a[d2] + f * p[2].weight, v3 = a[d3] + f * p[3].weight;
+          a[d0] = v0;
+          a[d1] = v1;
+          a[d2] = v2;
+          a[d3] = v3;
+        }
+        for (; p != end; ++p) a[p->doc] += f * p->weight;
+      }
+      // One pass keeps the best `top` of the range (score descending, then lower index):
+      // a bounded heap whose root is the worst kept entry. Documents arrive in increasing
+      // index order, so an equal score never displaces a kept one.
+      auto& heap = heaps[t];
+      heap.reserve(std::min<std::size_t>(top, hi - lo));
+      std::size_t n_touched = 0;
+      for (std::size_t d = lo; d < hi; ++d) {
+        if (a[d] == 0.0f) continue;
+        ++n_touched;
+        const double sc = static_cast<double>(a[d]) * inv_norm_[d];
+        if (heap.size() < top) {
+          heap.emplace_back(sc, static_cast<std::uint32_t>(d));
+          std::push_heap(heap.begin(), heap.end(), better);
+        } else if (top > 0 && sc > heap.front().first) {
+          std::pop_heap(heap.begin(), heap.end(), better);
+          heap.back() = {sc, static_cast<std::uint32_t>(d)};
+          std::push_heap(heap.begin(), heap.end(), better);
+        }
+      }
+      touched[t] = n_touched;
+    }
+  });
+  std::vector<ScoredDoc>& best = heaps[0];
+  for (std::size_t t = 1; t < T; ++t) best.insert(best.end(), heaps[t].begin(), heaps[t].end());
+  std::sort(best.begin(), best.end(), better);
+  if (best.size() > top) best.resize(top);
   n_out = 0;
-  for (const auto& c : heap) {
+  for (const auto& c : best) {
     out_ids[n_out] = ids_[c.second];
     out_scores[n_out] = static_cast<float>(c.first);
     ++n_out;
   }
+  std::size_t n_touched = 0;
+  for (std::size_t t : touched) n_touched += t;
   // Documents sharing no word with the query: score 0, in insertion order.
-  if (n_out < top && touched < N) {
+  if (n_out < top && n_touched < N) {
     for (std::size_t d = 0; d < N && n_out < top; ++d) {
       if (acc[d] == 0.0f) {
         out_ids[n_out] = ids_[d];
@@ -433,14 +529,14 @@ void validate_query(const std::int64_t* words, const float* counts, std::size_t 
 }  // namespace
 
 void InvertedFile::search(const std::int64_t* words, const float* counts, std::size_t m, std::size_t top_n,
-                          std::vector<std::int64_t>& out_ids, std::vector<float>& out_scores) const {
+                          std::vector<std::int64_t>& out_ids, std::vector<float>& out_scores, int threads) const {
   validate_query(words, counts, m, vocab_size_, "");
   with_ready([&] {
     const std::size_t top = std::min(top_n, ids_.size());
     out_ids.resize(top);
     out_scores.resize(top);
     std::size_t n_out = 0;
-    search_one(words, counts, m, top_n, out_ids.data(), out_scores.data(), n_out);
+    search_one(words, counts, m, top_n, out_ids.data(), out_scores.data(), n_out, resolve_threads(threads));
     out_ids.resize(n_out);
     out_scores.resize(n_out);
   });
@@ -458,12 +554,15 @@ void InvertedFile::search_batch(const std::int64_t* qoffsets, std::size_t nq, co
                           std::to_string(qoffsets[nq]));
   validate_query(words, counts, nnz, vocab_size_, "");
   with_ready([&] {
-    parallel_for(nq, resolve_threads(threads), 1, [&](std::size_t b, std::size_t e, int) {
+    // threads over queries; a batch smaller than the thread count also splits each search
+    const int T = resolve_threads(threads);
+    const int inner = nq > 0 && static_cast<std::size_t>(T) > nq ? T / static_cast<int>(nq) : 1;
+    parallel_for(nq, T, 1, [&](std::size_t b, std::size_t e, int) {
       for (std::size_t i = b; i < e; ++i) {
         std::size_t n_out = 0;
         const auto o = static_cast<std::size_t>(qoffsets[i]);
         search_one(words + o, counts + o, static_cast<std::size_t>(qoffsets[i + 1]) - o, top_n,
-                   out_ids + i * top_n, out_scores + i * top_n, n_out);
+                   out_ids + i * top_n, out_scores + i * top_n, n_out, inner);
         for (std::size_t t = n_out; t < top_n; ++t) {
           out_ids[i * top_n + t] = -1;
           out_scores[i * top_n + t] = -std::numeric_limits<float>::infinity();
