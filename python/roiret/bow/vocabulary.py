@@ -33,10 +33,20 @@ import numpy as np
 from ..errors import IndexFormatError
 from ._io import PathLike, load_arrays, save_arrays
 
-__all__ = ["Vocabulary", "DEFAULT_HNSW_THRESHOLD"]
+__all__ = ["Vocabulary", "DEFAULT_HNSW_THRESHOLD", "DEFAULT_HNSW_EF_SEARCH", "DEFAULT_KMEANS_EF_SEARCH"]
 
 #: Vocabulary size from which assignment (and k-means, with ``kmeans="auto"``) uses HNSW.
 DEFAULT_HNSW_THRESHOLD = 32768
+#: efSearch when assigning words with HNSW. Measured on Oxford5k-dev (50k words, 827k
+#: RootSIFT descriptors, one thread): efSearch 128 / 64 / 32 / 16 assign 5.6k / 11.9k /
+#: 23.4k / 40.3k descriptors/s with recall 1.000 / 0.998 / 0.995 / 0.981 against exact
+#: assignment, and BoW mAP (classic / medium / hard) 62.72 / 62.60 / 62.42 / 61.58,
+#: 45.68 / 45.45 / 45.51 / 45.16, 18.67 / 18.65 / 18.54 / 18.20. 32 quantises 4.2x faster
+#: than 128 for at most 0.3 mAP; set ``hnsw_ef_search`` higher for the last fraction.
+DEFAULT_HNSW_EF_SEARCH = 32
+#: efSearch inside approximate k-means (vocabulary training), where assignment quality
+#: shapes the words themselves.
+DEFAULT_KMEANS_EF_SEARCH = 128
 
 _FORMAT = "roiret.vocabulary"
 _VERSION = 1
@@ -163,7 +173,7 @@ class Vocabulary:
         hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,
         hnsw_m: int = 32,
         hnsw_ef_construction: int = 80,
-        hnsw_ef_search: int = 128,
+        hnsw_ef_search: int = DEFAULT_HNSW_EF_SEARCH,
         info: Optional[Dict[str, Any]] = None,
     ):
         c = _as_descriptors(centroids, name="centroids")
@@ -242,7 +252,7 @@ class Vocabulary:
         hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,
         hnsw_m: int = 32,
         hnsw_ef_construction: int = 80,
-        hnsw_ef_search: int = 128,
+        hnsw_ef_search: int = DEFAULT_HNSW_EF_SEARCH,
         kmeans_ef_search: Optional[int] = None,
         init_centroids: Optional[np.ndarray] = None,
         descriptor: Optional[str] = None,
@@ -273,7 +283,7 @@ class Vocabulary:
             Stored in the vocabulary for :meth:`assign` (see the class).
         kmeans_ef_search:
             efSearch of the HNSW graph during approximate k-means (default:
-            ``hnsw_ef_search``).
+            :data:`DEFAULT_KMEANS_EF_SEARCH`).
         init_centroids:
             Optional (n_words, d) starting centroids (e.g. to continue a previous run);
             default: ``n_words`` distinct training descriptors drawn with ``seed``.
@@ -308,7 +318,7 @@ class Vocabulary:
         if not np.isfinite(x).all():
             raise ValueError("descriptors: contain NaN or infinity")
         approx = kmeans == "approximate" or (kmeans == "auto" and k >= int(hnsw_threshold))
-        efs = int(kmeans_ef_search if kmeans_ef_search is not None else hnsw_ef_search)
+        efs = int(kmeans_ef_search if kmeans_ef_search is not None else DEFAULT_KMEANS_EF_SEARCH)
 
         if init_centroids is not None:
             cents = _as_descriptors(init_centroids, d, name="init_centroids").copy()
