@@ -37,7 +37,7 @@ __all__ = ["Vocabulary", "DEFAULT_HNSW_THRESHOLD", "DEFAULT_HNSW_EF_SEARCH", "DE
 
 #: Vocabulary size from which assignment (and k-means, with ``kmeans="auto"``) uses HNSW.
 DEFAULT_HNSW_THRESHOLD = 32768
-#: efSearch when assigning words with HNSW. Measured on Oxford5k-dev (50k words, 827k
+#: efSearch when assigning words with HNSW. Measured on Oxford5k-dev (50k words, 802k
 #: RootSIFT descriptors, one thread): efSearch 128 / 64 / 32 / 16 assign 5.6k / 11.9k /
 #: 23.4k / 40.3k descriptors/s with recall 1.000 / 0.998 / 0.995 / 0.981 against exact
 #: assignment, and BoW mAP (classic / medium / hard) 62.72 / 62.60 / 62.42 / 61.58,
