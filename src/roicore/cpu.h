@@ -1,7 +1,7 @@
 // roicore — CPU feature detection and SIMD level selection.
 //
 // Every Hamming kernel exists in several variants, each compiled in its own translation
-// unit with its own instruction-set flags (never -march=native). The variant that runs
+// unit with its own instruction-set flags (never a host-tuned -march flag). The variant that runs
 // is chosen once from cpuid (and XGETBV for OS support of the vector state); it can be
 // lowered for testing with set_simd_level() or the ROIRET_SIMD environment variable
 // ("generic", "popcnt", "avx2", "avx512"), read the first time a kernel runs.
