@@ -30,6 +30,7 @@ def main(argv=None) -> int:
 
     from roiret.bow.index import BowIndex
     from roiret.eval import load_gnd
+    from roiret.experiments import evaluate_oxford
     from roiret.imageio import load_image, resize_max_side
     from roiret.retriever import Retriever
 
@@ -59,18 +60,10 @@ def main(argv=None) -> int:
         bow = BowIndex(voc, ext)
         bow.add_features(feats, ids=store.ids)
         r._bow = bow
-        res = {}
-        for p in gt.protocols:
-            proto = gt.protocol(p)
-            allowed = set(proto.database)
-            rankings = {}
-            for q in proto.queries:
-                pq = r.prepare_query(gt.image_path(q.image), q.bbox, with_rois=False)
-                rankings[q.id] = [h.name for h in r.rank(pq, top=len(r), mode="bow").hits if h.name in allowed]
-            m = proto.evaluate(rankings).map
-            res.update({"classic": m["classic"]} if p == "classic" else {"medium": m["medium"], "hard": m["hard"]})
+        res = evaluate_oxford(gt, lambda q: r.rank(r.prepare_query(gt.image_path(q.image), q.bbox, with_rois=False),
+                                                   top=len(r), mode="bow").hits)
         print(f"| {ef} | {len(allx) / dt:,.0f} | {1000 * dt / len(feats):.0f} | {recall:.3f} | "
-              f"{100 * res['classic']:.2f} | {100 * res['medium']:.2f} | {100 * res['hard']:.2f} |", flush=True)
+              f"{100 * res['classic']:.2f} | {100 * res['revisited/medium']:.2f} | {100 * res['revisited/hard']:.2f} |", flush=True)
     return 0
 
 

@@ -23,25 +23,23 @@ FUSIONS = [("BoW only", "bow", None), ("RoI score alone (paper)", "fast", 0.0), 
 
 def oxford(index: str, dataset: Path):
     from roiret.eval import load_gnd
+    from roiret.experiments import evaluate_oxford
     from roiret.retriever import Retriever
 
     gt = load_gnd(dataset / "gnd.json")
     r = Retriever.load(index, progress=False)
     prepared = {}
-    cells = {label: [] for label, _, _ in FUSIONS}
-    for p in gt.protocols:
-        proto = gt.protocol(p)
-        allowed = set(proto.database)
-        for label, mode, fusion in FUSIONS:
-            rankings = {}
-            for q in proto.queries:
-                key = (q.image, q.bbox)
-                if key not in prepared:
-                    prepared[key] = r.prepare_query(gt.image_path(q.image), q.bbox)
-                hits = r.rank(prepared[key], top=len(r), mode=mode, fusion=fusion).hits
-                rankings[q.id] = [h.name for h in hits if h.name in allowed]
-            m = proto.evaluate(rankings).map
-            cells[label] += [m["classic"]] if p == "classic" else [m["medium"], m["hard"]]
+
+    def query(q):
+        key = (q.image, q.bbox)
+        if key not in prepared:
+            prepared[key] = r.prepare_query(gt.image_path(q.image), q.bbox)
+        return prepared[key]
+
+    cells = {}
+    for label, mode, fusion in FUSIONS:
+        m = evaluate_oxford(gt, lambda q: r.rank(query(q), top=len(r), mode=mode, fusion=fusion).hits)
+        cells[label] = [m[k] for k in ("classic", "revisited/medium", "revisited/hard") if k in m]
     name = f"Oxford5k-dev, {r.config.backbone} {r.config.feature} (classic / medium / hard)"
     return name, cells
 

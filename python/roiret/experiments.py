@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["EvalTable", "VARIANTS", "oxford_table"]
+__all__ = ["EvalTable", "VARIANTS", "evaluate_oxford", "oxford_table"]
 
 # settings that only matter at search time: left out of the cache key, taken from the
 # current configuration when a cached index is loaded
@@ -96,6 +96,23 @@ class EvalTable:
                           indent=2, default=float)
 
 
+def evaluate_oxford(gt, rank_fn) -> Dict[str, float]:
+    """mAP of ``rank_fn(query) -> hits`` (objects with ``.name``) on an Oxford-style ground
+    truth: ``{"classic": …, "revisited/medium": …, "revisited/hard": …}`` for the protocols
+    present (revisited Easy left out). Each ranking is restricted to its protocol's
+    database."""
+    out = {}
+    for p in gt.protocols:
+        proto = gt.protocol(p)
+        allowed = set(proto.database)
+        rankings = {q.id: [h.name for h in rank_fn(q) if h.name in allowed] for q in proto.queries}
+        for lvl, v in proto.evaluate(rankings).map.items():
+            if p == "revisited" and lvl == "easy":
+                continue
+            out["classic" if p == "classic" else f"{p}/{lvl}"] = v
+    return out
+
+
 def oxford_table(
     root,
     *,
@@ -142,16 +159,7 @@ def oxford_table(
     queries = [(p, q) for p in protocols for q in gt.protocol(p).queries]
 
     def evaluate(rank_fn) -> Dict[str, float]:
-        out = {}
-        for p in protocols:
-            proto = gt.protocol(p)
-            allowed = set(proto.database)
-            rankings = {q.id: [h.name for h in rank_fn(q) if h.name in allowed] for q in proto.queries}
-            for lvl, v in proto.evaluate(rankings).map.items():
-                if p == "revisited" and lvl == "easy":
-                    continue
-                out["classic" if p == "classic" else f"{p}/{lvl}"] = v
-        return out
+        return evaluate_oxford(gt, rank_fn)
 
     vocabulary = None
     rows, dims, speed = {}, {}, {}

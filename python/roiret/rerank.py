@@ -41,7 +41,7 @@ import numpy as np
 
 from ._kernels import cross_match
 
-__all__ = ["ADAPTIVE_DEPTH", "MODES", "RerankResult", "adaptive_weight", "check_fusion", "rerank", "standardize"]
+__all__ = ["ADAPTIVE_DEPTH", "MODES", "RerankResult", "adaptive_weight", "check_fusion", "rerank"]
 
 MODES = ("fast", "exhaustive", "global", "bow")
 ADAPTIVE_DEPTH = 4
@@ -100,15 +100,6 @@ def adaptive_weight(roi_scores: np.ndarray, bow_scores: np.ndarray, depth: int =
     if r.shape != b.shape or r.ndim != 1:
         raise ValueError(f"expected two 1-D score arrays of one length, got {r.shape} and {b.shape}")
     return _stats(r, b, np.isfinite(r) & np.isfinite(b), int(depth))[2]
-
-
-def standardize(x: np.ndarray, where: np.ndarray) -> np.ndarray:
-    """(x − mean) / std over the entries selected by ``where`` (0 where std is 0)."""
-    if not where.any():
-        return np.zeros_like(x)
-    v = x[where]
-    sd = v.std()
-    return (x - v.mean()) / sd if sd > 0 else np.zeros_like(x)
 
 
 def _check(name, v, lo=1):
@@ -179,7 +170,7 @@ def rerank(
         ok = np.isfinite(s) & np.isfinite(b)
         mean, sd, w = _stats(s, b, ok, ADAPTIVE_DEPTH)
         f = w if fusion == "adaptive" else fusion
-        # (1 - f) z(roi) + f z(bow); a constant score (sd 0) contributes 0, as in standardize()
+        # (1 - f) z(roi) + f z(bow); a constant score (sd 0) contributes 0
         cr = (1 - f) / sd[0] if sd[0] > 0 else 0.0
         cb = f / sd[1] if sd[1] > 0 else 0.0
         s = np.where(ok, cr * (s - mean[0]) + cb * (b - mean[1]), -np.inf)
