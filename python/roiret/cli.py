@@ -34,10 +34,12 @@ def _int_list(text: str) -> List[int]:
 
 
 def _fusion(text: str):
-    """--fusion: 'adaptive', 'none' (the RoI score alone) or a BoW weight in [0, 1]."""
+    """--fusion: 'adaptive', 'none' (the RoI score alone, i.e. weight 0) or a BoW weight in [0, 1]."""
     t = text.strip().lower()
-    if t in ("adaptive", "none"):
-        return None if t == "none" else t
+    if t == "adaptive":
+        return t
+    if t == "none":
+        return 0.0
     try:
         f = float(t)
     except ValueError:
@@ -200,9 +202,8 @@ def cmd_index(args) -> int:
 
 def cmd_search(args) -> int:
     r = _load(args)
-    fusion = getattr(args, "fusion", None)
-    res = r.search(args.image, args.box, top=args.top, mode=args.mode, fusion=0.0 if fusion is None and
-                   hasattr(args, "fusion") else fusion)
+    res = r.search(args.image, args.box, top=args.top, mode=args.mode,
+                   fusion=getattr(args, "fusion", None))  # absent: the index's
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
         return 0
