@@ -58,7 +58,9 @@ SimdLevel initial_level() {
     const SimdLevel want = parse_simd_level(env);
     return static_cast<int>(want) < static_cast<int>(best) ? want : best;
   } catch (const InvalidArgument&) {
-    return best;  // an unknown value never breaks the import; the binding warns
+    // An unknown value is ignored (never an error): the best level runs. The binding is
+    // silent about it; the Python package (roiret._kernels) warns at import.
+    return best;
   }
 }
 

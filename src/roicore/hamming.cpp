@@ -90,6 +90,42 @@ struct TopK {
 
 constexpr std::size_t kBlockBytes = 256 * 1024;  // database block kept in L2 while queries pass
 
+// Group of cross_match output o: images[o] when a subset is evaluated, else o itself.
+inline std::size_t group_of(const std::int64_t* images, std::size_t o) {
+  return images ? static_cast<std::size_t>(images[o]) : o;
+}
+
+// Chunks of cross_match: runs of outputs whose groups are adjacent in db, about `budget`
+// rows each (or one larger group). Chunk c covers outputs [start[c], start[c + 1]);
+// max_rows is the most rows of any chunk (at least 1).
+struct MatchChunks {
+  std::vector<std::size_t> start;
+  std::size_t max_rows = 1;
+};
+
+MatchChunks plan_chunks(const std::int64_t* offsets, const std::int64_t* images, std::size_t n_out,
+                        std::size_t budget) {
+  MatchChunks chunks;
+  std::size_t o = 0;
+  while (o < n_out) {
+    chunks.start.push_back(o);
+    const std::size_t g0 = group_of(images, o);
+    std::size_t rows = static_cast<std::size_t>(offsets[g0 + 1] - offsets[g0]);
+    std::size_t e = o + 1;
+    while (e < n_out && group_of(images, e) == group_of(images, e - 1) + 1) {
+      const std::size_t g = group_of(images, e);
+      const auto r = static_cast<std::size_t>(offsets[g + 1] - offsets[g]);
+      if (rows + r > budget) break;
+      rows += r;
+      ++e;
+    }
+    chunks.max_rows = std::max(chunks.max_rows, rows);
+    o = e;
+  }
+  chunks.start.push_back(n_out);
+  return chunks;
+}
+
 }  // namespace
 
 void validate_offsets(const std::int64_t* offsets, std::size_t n_groups, std::size_t n_rows,
@@ -220,31 +256,13 @@ void cross_match(const std::uint64_t* q, std::size_t nq, const std::uint64_t* db
   for (std::size_t i = 0; i < nq; ++i)
     if (query_mask == nullptr || query_mask[i]) active.push_back(static_cast<std::uint32_t>(i));
 
-  auto group = [&](std::size_t o) { return images ? static_cast<std::size_t>(images[o]) : o; };
-  // Chunks: runs of outputs whose groups are adjacent in db, about 32 KiB of codes each
-  // (or one larger group), so that every query streams the chunk from L1.
+  auto group = [&](std::size_t o) { return group_of(images, o); };
+  // Chunks of about 32 KiB of codes each (or one larger group), so that every query
+  // streams the chunk from L1.
   const std::size_t budget = std::max<std::size_t>(32, (32u << 10) / (words * 8));
-  std::vector<std::size_t> chunk_start;
-  std::size_t max_rows = 1;
-  {
-    std::size_t o = 0;
-    while (o < n_out) {
-      chunk_start.push_back(o);
-      const std::size_t g0 = group(o);
-      std::size_t rows = static_cast<std::size_t>(offsets[g0 + 1] - offsets[g0]);
-      std::size_t e = o + 1;
-      while (e < n_out && group(e) == group(e - 1) + 1) {
-        const std::size_t g = group(e);
-        const auto r = static_cast<std::size_t>(offsets[g + 1] - offsets[g]);
-        if (rows + r > budget) break;
-        rows += r;
-        ++e;
-      }
-      max_rows = std::max(max_rows, rows);
-      o = e;
-    }
-    chunk_start.push_back(n_out);
-  }
+  const MatchChunks chunks = plan_chunks(offsets, images, n_out, budget);
+  const std::vector<std::size_t>& chunk_start = chunks.start;
+  const std::size_t max_rows = chunks.max_rows;
   const std::size_t n_chunks = chunk_start.size() - 1;
   const int T = resolve_threads(threads);
   const std::size_t per_chunk = std::max<std::size_t>(1, active.size() * max_rows * words);

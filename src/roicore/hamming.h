@@ -29,7 +29,8 @@ void hamming_matrix(const std::uint64_t* a, std::size_t na, const std::uint64_t*
                     std::size_t nbits, std::uint32_t* out, int threads);
 
 // For each query the k nearest database codes (ascending distance; ties: lower index).
-// k is clamped to ndb by the caller. out_dist, out_idx: nq * k.
+// k may exceed ndb: each row is then padded with distance UINT32_MAX and index -1
+// (k == 0 writes nothing). out_dist, out_idx: nq * k.
 void hamming_knn(const std::uint64_t* q, std::size_t nq, const std::uint64_t* db, std::size_t ndb,
                  std::size_t nbits, std::size_t k, std::uint32_t* out_dist, std::int64_t* out_idx,
                  int threads);

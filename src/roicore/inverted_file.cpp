@@ -364,13 +364,17 @@ using ScoredDoc = std::pair<double, std::uint32_t>;  // (score, document index)
 inline bool better(const ScoredDoc& x, const ScoredDoc& y) {
   return x.first > y.first || (x.first == y.first && x.second < y.second);
 }
-}  // namespace
 
-void InvertedFile::search_one(const std::int64_t* words, const float* counts, std::size_t m,
-                              std::size_t top_n, std::int64_t* out_ids, float* out_scores,
-                              std::size_t& n_out, int threads) const {
-  // Caller holds the shared lock on merged state and has validated words / counts.
-  const std::size_t N = ids_.size();
+// A query word that carries weight: each of its postings adds factor * weight to its
+// document's accumulator (factor = query weight * idf^2 / query norm).
+struct QueryTerm {
+  std::size_t word;
+  float factor;
+};
+
+// (word, summed weight) of the query words with a positive weight, by increasing word.
+std::vector<std::pair<std::int64_t, double>> merge_query(const std::int64_t* words, const float* counts,
+                                                         std::size_t m) {
   std::vector<std::pair<std::int64_t, double>> q;
   q.reserve(m);
   for (std::size_t j = 0; j < m; ++j)
@@ -384,29 +388,140 @@ void InvertedFile::search_one(const std::int64_t* words, const float* counts, st
     q[u++] = {w, c};
   }
   q.resize(u);
+  return q;
+}
+
+// The terms of a merged query, in its (increasing word) order, leaving out words of idf 0;
+// none when the query's norm is 0. `scanned`: how many postings the terms have in total.
+std::vector<QueryTerm> weigh_query(const std::vector<std::pair<std::int64_t, double>>& q,
+                                   const std::vector<double>& idf_of, const std::uint64_t* offsets,
+                                   std::size_t& scanned) {
   double qn2 = 0.0;
   for (const auto& e : q) {
-    const double v = e.second * idf_[static_cast<std::size_t>(e.first)];
+    const double v = e.second * idf_of[static_cast<std::size_t>(e.first)];
     qn2 += v * v;
   }
-  // (word, factor) of every query word that carries weight, and the postings to scan
-  struct Term {
-    std::size_t word;
-    float factor;
-  };
-  std::vector<Term> terms;
+  std::vector<QueryTerm> terms;
   terms.reserve(q.size());
-  std::size_t scanned = 0;
+  scanned = 0;
   if (qn2 > 0.0) {
     const double inv_qn = 1.0 / std::sqrt(qn2);
     for (const auto& e : q) {
       const auto w = static_cast<std::size_t>(e.first);
-      const double idf = idf_[w];
+      const double idf = idf_of[w];
       if (idf == 0.0) continue;
       terms.push_back({w, static_cast<float>(e.second * idf * idf * inv_qn)});
-      scanned += word_offsets_[w + 1] - word_offsets_[w];
+      scanned += offsets[w + 1] - offsets[w];
     }
   }
+  return terms;
+}
+
+// Threads one search uses: 1 below kParallelSearchPostings postings scanned, else up to
+// `threads` with at least kParallelSearchDocs documents each.
+std::size_t search_threads(int threads, std::size_t scanned, std::size_t n_docs) {
+  if (threads <= 1 || scanned < kParallelSearchPostings) return 1;
+  return std::min<std::size_t>(static_cast<std::size_t>(threads), std::max<std::size_t>(1, n_docs / kParallelSearchDocs));
+}
+
+// Where each term's postings cross the range boundaries: cut[i * (T + 1) + t] is the
+// first posting of term i with doc >= N * t / T. Found up front on this thread, after
+// prefetching every interpolated guess, so the lookups' cache misses overlap instead of
+// running one after another inside the workers.
+void find_range_cuts(const std::vector<QueryTerm>& terms, const Posting* postings, const std::uint64_t* offsets,
+                     std::size_t T, std::size_t N, std::vector<const Posting*>& cut) {
+  cut.resize(terms.size() * (T + 1));
+  for (const QueryTerm& term : terms) {
+    const Posting* b = postings + offsets[term.word];
+    const std::size_t len = offsets[term.word + 1] - offsets[term.word];
+    for (std::size_t t = 1; t < T && len > 0; ++t)
+      __builtin_prefetch(b + std::min(len - 1, len * t / T));
+  }
+  for (std::size_t i = 0; i < terms.size(); ++i) {
+    const Posting* b = postings + offsets[terms[i].word];
+    const Posting* e = postings + offsets[terms[i].word + 1];
+    const Posting** c = &cut[i * (T + 1)];
+    c[0] = b;
+    c[T] = e;
+    for (std::size_t t = 1; t < T; ++t) c[t] = lower_doc(c[t - 1], e, static_cast<std::uint32_t>(N * t / T), N);
+  }
+}
+
+// acc[doc] += f * weight for the postings [p, end) of one word (the hot loop).
+// Documents within a list are distinct: the four updates never alias.
+inline void add_postings(const Posting* p, const Posting* end, float f, float* acc) {
+  for (; p + 4 <= end; p += 4) {
+    const std::uint32_t d0 = p[0].doc, d1 = p[1].doc, d2 = p[2].doc, d3 = p[3].doc;
+    const float v0 = acc[d0] + f * p[0].weight, v1 = acc[d1] + f * p[1].weight;
+    const float v2 = acc[d2] + f * p[2].weight, v3 = acc[d3] + f * p[3].weight;
+    acc[d0] = v0;
+    acc[d1] = v1;
+    acc[d2] = v2;
+    acc[d3] = v3;
+  }
+  for (; p != end; ++p) acc[p->doc] += f * p->weight;
+}
+
+// One pass keeps the best `top` documents of [lo, hi) (score descending, then lower
+// index): a bounded heap whose root is the worst kept entry. Documents arrive in increasing
+// index order, so an equal score never displaces a kept one. Returns how many documents of
+// the range have a non-zero accumulator.
+std::size_t best_in_range(const float* acc, const double* inv_norm, std::size_t lo, std::size_t hi,
+                          std::size_t top, std::vector<ScoredDoc>& heap) {
+  heap.reserve(std::min<std::size_t>(top, hi - lo));
+  std::size_t n_touched = 0;
+  for (std::size_t d = lo; d < hi; ++d) {
+    if (acc[d] == 0.0f) continue;
+    ++n_touched;
+    const double sc = static_cast<double>(acc[d]) * inv_norm[d];
+    if (heap.size() < top) {
+      heap.emplace_back(sc, static_cast<std::uint32_t>(d));
+      std::push_heap(heap.begin(), heap.end(), better);
+    } else if (top > 0 && sc > heap.front().first) {
+      std::pop_heap(heap.begin(), heap.end(), better);
+      heap.back() = {sc, static_cast<std::uint32_t>(d)};
+      std::push_heap(heap.begin(), heap.end(), better);
+    }
+  }
+  return n_touched;
+}
+
+// Merges the ranges' heaps into the best `top` (the same strict order gives exactly the
+// serial result) and writes them, then fills up with the documents sharing no word with
+// the query: score 0, in insertion order. Returns the number of results written.
+std::size_t write_results(std::vector<std::vector<ScoredDoc>>& heaps, std::size_t n_touched, const float* acc,
+                          const std::int64_t* ids, std::size_t N, std::size_t top, std::int64_t* out_ids,
+                          float* out_scores) {
+  std::vector<ScoredDoc>& best = heaps[0];
+  for (std::size_t t = 1; t < heaps.size(); ++t) best.insert(best.end(), heaps[t].begin(), heaps[t].end());
+  std::sort(best.begin(), best.end(), better);
+  if (best.size() > top) best.resize(top);
+  std::size_t n_out = 0;
+  for (const auto& c : best) {
+    out_ids[n_out] = ids[c.second];
+    out_scores[n_out] = static_cast<float>(c.first);
+    ++n_out;
+  }
+  if (n_out < top && n_touched < N) {
+    for (std::size_t d = 0; d < N && n_out < top; ++d) {
+      if (acc[d] == 0.0f) {
+        out_ids[n_out] = ids[d];
+        out_scores[n_out] = 0.0f;
+        ++n_out;
+      }
+    }
+  }
+  return n_out;
+}
+}  // namespace
+
+void InvertedFile::search_one(const std::int64_t* words, const float* counts, std::size_t m,
+                              std::size_t top_n, std::int64_t* out_ids, float* out_scores,
+                              std::size_t& n_out, int threads) const {
+  // Caller holds the shared lock on merged state and has validated words / counts.
+  const std::size_t N = ids_.size();
+  std::size_t scanned = 0;
+  const std::vector<QueryTerm> terms = weigh_query(merge_query(words, counts, m), idf_, word_offsets_.data(), scanned);
 
   // Term at a time into dense float accumulators (N floats stay in L2 up to ~500k images).
   // Large searches split the documents into contiguous ranges, one per thread: each
@@ -416,102 +531,27 @@ void InvertedFile::search_one(const std::int64_t* words, const float* counts, st
   thread_local std::vector<float> acc;
   acc.assign(N, 0.0f);
   const std::size_t top = std::min(top_n, N);
-  std::size_t T = 1;
-  if (threads > 1 && scanned >= kParallelSearchPostings)
-    T = std::min<std::size_t>(static_cast<std::size_t>(threads), std::max<std::size_t>(1, N / kParallelSearchDocs));
+  const std::size_t T = search_threads(threads, scanned, N);
   std::vector<std::vector<ScoredDoc>> heaps(T);
   std::vector<std::size_t> touched(T, 0);
-  // Where each term's postings cross the range boundaries: cut[i * (T + 1) + t] is the
-  // first posting of term i with doc >= N * t / T. Found up front on this thread, after
-  // prefetching every interpolated guess, so the lookups' cache misses overlap instead of
-  // running one after another inside the workers.
-  std::vector<const Posting*> cut;
-  if (T > 1) {
-    cut.resize(terms.size() * (T + 1));
-    for (const Term& term : terms) {
-      const Posting* b = postings_ + word_offsets_[term.word];
-      const std::size_t len = word_offsets_[term.word + 1] - word_offsets_[term.word];
-      for (std::size_t t = 1; t < T && len > 0; ++t)
-        __builtin_prefetch(b + std::min(len - 1, len * t / T));
-    }
-    for (std::size_t i = 0; i < terms.size(); ++i) {
-      const Posting* b = postings_ + word_offsets_[terms[i].word];
-      const Posting* e = postings_ + word_offsets_[terms[i].word + 1];
-      const Posting** c = &cut[i * (T + 1)];
-      c[0] = b;
-      c[T] = e;
-      for (std::size_t t = 1; t < T; ++t) c[t] = lower_doc(c[t - 1], e, static_cast<std::uint32_t>(N * t / T), N);
-    }
-  }
+  std::vector<const Posting*> cut;  // range boundaries of every term's postings (T > 1)
+  if (T > 1) find_range_cuts(terms, postings_, word_offsets_.data(), T, N, cut);
   float* a = acc.data();
   parallel_for(T, static_cast<int>(T), 1, [&](std::size_t tb, std::size_t te, int) {
     for (std::size_t t = tb; t < te; ++t) {
       const auto lo = static_cast<std::uint32_t>(N * t / T), hi = static_cast<std::uint32_t>(N * (t + 1) / T);
       for (std::size_t i = 0; i < terms.size(); ++i) {
-        const Term& term = terms[i];
-        const float f = term.factor;
-        const Posting* p = postings_ + word_offsets_[term.word];
-        const Posting* end = postings_ + word_offsets_[term.word + 1];
-        if (T > 1) {
-          p = cut[i * (T + 1) + t];
-          end = cut[i * (T + 1) + t + 1];
-        }
-        // Documents within a list are distinct: the four updates never alias.
-        for (; p + 4 <= end; p += 4) {
-          const std::uint32_t d0 = p[0].doc, d1 = p[1].doc, d2 = p[2].doc, d3 = p[3].doc;
-          const float v0 = a[d0] + f * p[0].weight, v1 = a[d1] + f * p[1].weight;
-          const float v2 = a[d2] + f * p[2].weight, v3 = a[d3] + f * p[3].weight;
-          a[d0] = v0;
-          a[d1] = v1;
-          a[d2] = v2;
-          a[d3] = v3;
-        }
-        for (; p != end; ++p) a[p->doc] += f * p->weight;
+        const std::size_t w = terms[i].word;
+        const Posting* p = T > 1 ? cut[i * (T + 1) + t] : postings_ + word_offsets_[w];
+        const Posting* end = T > 1 ? cut[i * (T + 1) + t + 1] : postings_ + word_offsets_[w + 1];
+        add_postings(p, end, terms[i].factor, a);
       }
-      // One pass keeps the best `top` of the range (score descending, then lower index):
-      // a bounded heap whose root is the worst kept entry. Documents arrive in increasing
-      // index order, so an equal score never displaces a kept one.
-      auto& heap = heaps[t];
-      heap.reserve(std::min<std::size_t>(top, hi - lo));
-      std::size_t n_touched = 0;
-      for (std::size_t d = lo; d < hi; ++d) {
-        if (a[d] == 0.0f) continue;
-        ++n_touched;
-        const double sc = static_cast<double>(a[d]) * inv_norm_[d];
-        if (heap.size() < top) {
-          heap.emplace_back(sc, static_cast<std::uint32_t>(d));
-          std::push_heap(heap.begin(), heap.end(), better);
-        } else if (top > 0 && sc > heap.front().first) {
-          std::pop_heap(heap.begin(), heap.end(), better);
-          heap.back() = {sc, static_cast<std::uint32_t>(d)};
-          std::push_heap(heap.begin(), heap.end(), better);
-        }
-      }
-      touched[t] = n_touched;
+      touched[t] = best_in_range(a, inv_norm_.data(), lo, hi, top, heaps[t]);
     }
   });
-  std::vector<ScoredDoc>& best = heaps[0];
-  for (std::size_t t = 1; t < T; ++t) best.insert(best.end(), heaps[t].begin(), heaps[t].end());
-  std::sort(best.begin(), best.end(), better);
-  if (best.size() > top) best.resize(top);
-  n_out = 0;
-  for (const auto& c : best) {
-    out_ids[n_out] = ids_[c.second];
-    out_scores[n_out] = static_cast<float>(c.first);
-    ++n_out;
-  }
   std::size_t n_touched = 0;
   for (std::size_t t : touched) n_touched += t;
-  // Documents sharing no word with the query: score 0, in insertion order.
-  if (n_out < top && n_touched < N) {
-    for (std::size_t d = 0; d < N && n_out < top; ++d) {
-      if (acc[d] == 0.0f) {
-        out_ids[n_out] = ids_[d];
-        out_scores[n_out] = 0.0f;
-        ++n_out;
-      }
-    }
-  }
+  n_out = write_results(heaps, n_touched, a, ids_.data(), N, top, out_ids, out_scores);
 }
 
 namespace {
@@ -680,31 +720,43 @@ void InvertedFile::save(const std::string& path) const {
   });
 }
 
-std::unique_ptr<InvertedFile> InvertedFile::load(const std::string& path) {
-  require_little_endian();
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw IoError(errno, path, "cannot open '" + path + "': " + std::strerror(errno));
-  FdCloser closer{fd};
+namespace {
+
+// The sizes and section checksums of a file header that passed every check.
+struct FileHeader {
+  std::uint64_t vocab_size, n_docs, n_postings;
+  std::uint32_t crc_ids, crc_lengths, crc_postings;
+};
+
+// Size of the open file `path`; a directory is refused.
+std::uint64_t file_size_of(int fd, const std::string& path) {
   struct stat st;
   if (::fstat(fd, &st) != 0) throw IoError(errno, path, "cannot stat '" + path + "': " + std::strerror(errno));
   if (S_ISDIR(st.st_mode)) throw IoError(EISDIR, path, "'" + path + "' is a directory");
-  const auto file_size = static_cast<std::uint64_t>(st.st_size);
-  const std::string where = "'" + path + "': ";
-  if (file_size < kHeaderSize) {
-    if (file_size >= 8) {
-      unsigned char m[8];
-      read_exact(fd, m, 8, path, "header");
-      if (std::memcmp(m, kMagic, 8) != 0)
-        throw FormatError(where + "not a roiret inverted file (magic '" + printable_magic(m) + "')");
-    }
-    throw FormatError(where + "truncated: " + str(file_size) + " bytes, shorter than the " + str(kHeaderSize) +
-                      "-byte header");
+  return static_cast<std::uint64_t>(st.st_size);
+}
+
+// A file shorter than the header: not an index at all when its first 8 bytes are another
+// magic, else a truncated one.
+[[noreturn]] void refuse_short_file(int fd, const std::string& path, std::uint64_t file_size,
+                                    const std::string& where) {
+  if (file_size >= 8) {
+    unsigned char m[8];
+    read_exact(fd, m, 8, path, "header");
+    if (std::memcmp(m, kMagic, 8) != 0)
+      throw FormatError(where + "not a roiret inverted file (magic '" + printable_magic(m) + "')");
   }
-  unsigned char h[kHeaderSize];
-  read_exact(fd, h, kHeaderSize, path, "header");
+  throw FormatError(where + "truncated: " + str(file_size) + " bytes, shorter than the " + str(kHeaderSize) +
+                    "-byte header");
+}
+
+// Magic, header checksum, version, layout and flags. A newer version is reported as such
+// even when the checksum fails (a newer writer may lay the header out differently).
+void check_header_format(const unsigned char* h, const std::string& where) {
   if (std::memcmp(h, kMagic, 8) != 0)
     throw FormatError(where + "not a roiret inverted file (magic '" + printable_magic(h) + "', expected 'ROIRIVF\\x00')");
   const auto version = get<std::uint32_t>(h + 8);
+  constexpr std::uint32_t kFormatVersion = InvertedFile::kFormatVersion;
   if (crc32_update(0, h, 60) != get<std::uint32_t>(h + 60)) {
     if (version > kFormatVersion)
       throw FormatError(where + "written in format version " + std::to_string(version) +
@@ -717,8 +769,19 @@ std::unique_ptr<InvertedFile> InvertedFile::load(const std::string& path) {
                       std::to_string(kFormatVersion));
   if (get<std::uint32_t>(h + 12) != kHeaderSize || get<std::uint32_t>(h + 40) != 0)
     throw FormatError(where + "unsupported header layout or flags");
-  const auto V = get<std::uint64_t>(h + 16), n_docs = get<std::uint64_t>(h + 24), nnz = get<std::uint64_t>(h + 32);
-  if (V == 0 || V > (std::uint64_t{1} << 32) || n_docs > kMaxDocuments || nnz > (std::uint64_t{1} << 56))
+}
+
+// Reads and checks the header: format, plausible sizes, and a file of exactly the size
+// they announce.
+FileHeader read_header(int fd, const std::string& path, std::uint64_t file_size, const std::string& where) {
+  if (file_size < kHeaderSize) refuse_short_file(fd, path, file_size, where);
+  unsigned char h[kHeaderSize];
+  read_exact(fd, h, kHeaderSize, path, "header");
+  check_header_format(h, where);
+  const FileHeader hd{get<std::uint64_t>(h + 16), get<std::uint64_t>(h + 24), get<std::uint64_t>(h + 32),
+                      get<std::uint32_t>(h + 48), get<std::uint32_t>(h + 52), get<std::uint32_t>(h + 56)};
+  const std::uint64_t V = hd.vocab_size, n_docs = hd.n_docs, nnz = hd.n_postings;
+  if (V == 0 || V > (std::uint64_t{1} << 32) || n_docs > InvertedFile::kMaxDocuments || nnz > (std::uint64_t{1} << 56))
     throw FormatError(where + "implausible sizes in header (vocab " + str(V) + ", images " + str(n_docs) +
                       ", postings " + str(nnz) + ")");
   const std::uint64_t expected = kHeaderSize + 8 * n_docs + 4 * V + 8 * nnz;
@@ -726,35 +789,40 @@ std::unique_ptr<InvertedFile> InvertedFile::load(const std::string& path) {
     throw FormatError(where + "truncated: " + str(file_size) + " bytes, the header announces " + str(expected));
   if (file_size > expected)
     throw FormatError(where + str(file_size - expected) + " unexpected bytes after the end of the index");
+  return hd;
+}
 
-  auto ivf = std::make_unique<InvertedFile>(static_cast<std::size_t>(V));
-  ivf->ids_.resize(n_docs);
-  read_exact(fd, ivf->ids_.data(), n_docs * 8, path, "ids");
-  if (crc32_update(0, ivf->ids_.data(), n_docs * 8) != get<std::uint32_t>(h + 48))
-    throw FormatError(where + "checksum mismatch in the image-id section (file corrupt)");
-  std::vector<std::uint32_t> lens(V);
-  read_exact(fd, lens.data(), V * 4, path, "lengths");
-  if (crc32_update(0, lens.data(), V * 4) != get<std::uint32_t>(h + 52))
-    throw FormatError(where + "checksum mismatch in the posting-length section (file corrupt)");
-  ivf->reserve_postings(nnz);
-  if (nnz > 0) read_exact(fd, ivf->postings_, nnz * sizeof(Posting), path, "postings");
-  if (crc32_update(0, ivf->postings_, nnz * sizeof(Posting)) != get<std::uint32_t>(h + 56))
-    throw FormatError(where + "checksum mismatch in the postings section (file corrupt)");
+// Reads the next `len` bytes (the `section` section) and compares their CRC-32 with the
+// header's; `name` names the section in the mismatch message.
+void read_section(int fd, void* data, std::size_t len, std::uint32_t crc, const std::string& path,
+                  const char* section, const std::string& where, const char* name) {
+  read_exact(fd, data, len, path, section);
+  if (crc32_update(0, data, len) != crc)
+    throw FormatError(where + "checksum mismatch in the " + name + " section (file corrupt)");
+}
 
-  // Contents must be consistent even when checksums match (a file crafted by hand).
+// Word offsets from the per-word posting counts, which must each be at most n_docs and add
+// up to n_postings.
+void offsets_from_lengths(const std::vector<std::uint32_t>& lens, std::uint64_t n_docs, std::uint64_t n_postings,
+                          std::vector<std::uint64_t>& offsets, const std::string& where) {
   std::uint64_t total = 0;
-  for (std::size_t w = 0; w < V; ++w) {
+  for (std::size_t w = 0; w < lens.size(); ++w) {
     if (lens[w] > n_docs)
       throw FormatError(where + "word " + str(w) + " has more postings than there are images");
-    ivf->word_offsets_[w] = total;
+    offsets[w] = total;
     total += lens[w];
   }
-  ivf->word_offsets_[V] = total;
-  if (total != nnz) throw FormatError(where + "posting lengths do not add up to the posting count");
-  for (std::size_t w = 0; w < V; ++w) {
+  offsets[lens.size()] = total;
+  if (total != n_postings) throw FormatError(where + "posting lengths do not add up to the posting count");
+}
+
+// Every word's postings: documents in range and strictly increasing, weights finite and > 0.
+void check_postings(const Posting* postings, const std::vector<std::uint64_t>& offsets, std::uint64_t n_docs,
+                    const std::string& where) {
+  for (std::size_t w = 0; w + 1 < offsets.size(); ++w) {
     std::int64_t prev = -1;
-    for (std::uint64_t p = ivf->word_offsets_[w]; p < ivf->word_offsets_[w + 1]; ++p) {
-      const Posting& e = ivf->postings_[p];
+    for (std::uint64_t p = offsets[w]; p < offsets[w + 1]; ++p) {
+      const Posting& e = postings[p];
       if (e.doc >= n_docs || static_cast<std::int64_t>(e.doc) <= prev)
         throw FormatError(where + "postings of word " + str(w) + " are out of range or out of order");
       if (!std::isfinite(e.weight) || !(e.weight > 0.0f))
@@ -762,19 +830,52 @@ std::unique_ptr<InvertedFile> InvertedFile::load(const std::string& path) {
       prev = e.doc;
     }
   }
-  ivf->ids_sorted_ = true;
-  for (std::size_t d = 1; d < n_docs; ++d) {
-    if (ivf->ids_[d] <= ivf->ids_[d - 1]) {
-      ivf->ids_sorted_ = false;
+}
+
+// True when the ids are strictly increasing (looked up by binary search); otherwise fills
+// the hash index, refusing an id that appears twice.
+bool index_loaded_ids(const std::vector<std::int64_t>& ids, std::unordered_map<std::int64_t, std::uint32_t>& index,
+                      const std::string& where) {
+  bool sorted = true;
+  for (std::size_t d = 1; d < ids.size(); ++d) {
+    if (ids[d] <= ids[d - 1]) {
+      sorted = false;
       break;
     }
   }
-  if (!ivf->ids_sorted_) {
-    ivf->id_index_.reserve(n_docs * 2);
-    for (std::size_t d = 0; d < n_docs; ++d)
-      if (!ivf->id_index_.emplace(ivf->ids_[d], static_cast<std::uint32_t>(d)).second)
-        throw FormatError(where + "image id " + std::to_string(ivf->ids_[d]) + " appears twice");
+  if (!sorted) {
+    index.reserve(ids.size() * 2);
+    for (std::size_t d = 0; d < ids.size(); ++d)
+      if (!index.emplace(ids[d], static_cast<std::uint32_t>(d)).second)
+        throw FormatError(where + "image id " + std::to_string(ids[d]) + " appears twice");
   }
+  return sorted;
+}
+
+}  // namespace
+
+std::unique_ptr<InvertedFile> InvertedFile::load(const std::string& path) {
+  require_little_endian();
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw IoError(errno, path, "cannot open '" + path + "': " + std::strerror(errno));
+  FdCloser closer{fd};
+  const std::uint64_t file_size = file_size_of(fd, path);
+  const std::string where = "'" + path + "': ";
+  const FileHeader hd = read_header(fd, path, file_size, where);
+  const std::uint64_t V = hd.vocab_size, n_docs = hd.n_docs, nnz = hd.n_postings;
+
+  auto ivf = std::make_unique<InvertedFile>(static_cast<std::size_t>(V));
+  ivf->ids_.resize(n_docs);
+  read_section(fd, ivf->ids_.data(), n_docs * 8, hd.crc_ids, path, "ids", where, "image-id");
+  std::vector<std::uint32_t> lens(V);
+  read_section(fd, lens.data(), V * 4, hd.crc_lengths, path, "lengths", where, "posting-length");
+  ivf->reserve_postings(nnz);
+  read_section(fd, ivf->postings_, nnz * sizeof(Posting), hd.crc_postings, path, "postings", where, "postings");
+
+  // Contents must be consistent even when checksums match (a file crafted by hand).
+  offsets_from_lengths(lens, n_docs, nnz, ivf->word_offsets_, where);
+  check_postings(ivf->postings_, ivf->word_offsets_, n_docs, where);
+  ivf->ids_sorted_ = index_loaded_ids(ivf->ids_, ivf->id_index_, where);
   ivf->inv_norm_.assign(n_docs, 0.0);
   ivf->refresh_weights();
   ivf->dirty_ = false;
