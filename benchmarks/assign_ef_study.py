@@ -30,9 +30,9 @@ def main(argv=None) -> int:
 
     from roiret.bow.index import BowIndex
     from roiret.eval import load_gnd
-    from roiret.experiments import evaluate_oxford
-    from roiret.imageio import load_image, resize_max_side
-    from roiret.retriever import Retriever
+    from roiret.eval.table import evaluate_oxford
+    from roiret.io.images import load_image, resize_max_side
+    from roiret.search.retriever import Retriever
 
     root = Path(a.dataset)
     if not (root / "gnd.json").exists():

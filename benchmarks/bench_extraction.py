@@ -37,9 +37,9 @@ torch = pytest.importorskip("torch")
 cv2 = pytest.importorskip("cv2")
 skdata = pytest.importorskip("skimage.data")
 
-from roiret.backbones import build_backbone, images_to_tensor  # noqa: E402
+from roiret.cnn.backbones import build_backbone, images_to_tensor  # noqa: E402
 from roiret.errors import WeightsNotFoundError  # noqa: E402
-from roiret.extractor import RoIExtractor  # noqa: E402
+from roiret.cnn.extractor import RoIExtractor  # noqa: E402
 
 BATCH = 8
 K = 20

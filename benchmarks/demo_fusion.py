@@ -15,9 +15,9 @@ from rerank_study import fuse  # noqa: E402
 
 
 def main() -> int:
-    from roiret.demo import make_collection
+    from roiret.apps.demo import make_collection
     from roiret.eval import average_precision
-    from roiret.retriever import Retriever
+    from roiret.search.retriever import Retriever
 
     col = make_collection()
     r = Retriever(vocab_size=1000, K=20, N=len(col.database), n=6, k=5, max_keypoints=1500, progress=False,

@@ -1,6 +1,6 @@
 """How the BoW score should enter the final score: the RoI score alone (the paper), fixed
 fusion weights, and roiret's query-adaptive weight (``fusion="adaptive"``, see
-:mod:`roiret.rerank`), on Oxford5k-dev (saved indexes, e.g. from ``roiret eval --cache``)
+:mod:`roiret.search.rerank`), on Oxford5k-dev (saved indexes, e.g. from ``roiret eval --cache``)
 and on the demo collection (three seeds), where BoW is weak.
 
     python benchmarks/fusion_study.py --dataset ../shared/datasets/oxford5k-dev \\
@@ -23,8 +23,8 @@ FUSIONS = [("BoW only", "bow", None), ("RoI score alone (paper)", "fast", 0.0), 
 
 def oxford(index: str, dataset: Path):
     from roiret.eval import load_gnd
-    from roiret.experiments import evaluate_oxford
-    from roiret.retriever import Retriever
+    from roiret.eval.table import evaluate_oxford
+    from roiret.search.retriever import Retriever
 
     gt = load_gnd(dataset / "gnd.json")
     r = Retriever.load(index, progress=False)
@@ -45,9 +45,9 @@ def oxford(index: str, dataset: Path):
 
 
 def demo(seed: int):
-    from roiret.demo import make_collection
+    from roiret.apps.demo import make_collection
     from roiret.eval import average_precision
-    from roiret.retriever import Retriever
+    from roiret.search.retriever import Retriever
 
     col = make_collection(seed=seed)
     r = Retriever(vocab_size=1000, K=20, N=len(col.database), n=6, k=5, max_keypoints=1500, progress=False,

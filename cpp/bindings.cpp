@@ -278,7 +278,7 @@ py::tuple cross_match(const py::object& q_obj, const py::object& db_obj, const p
 }
 
 py::array_t<std::int64_t> select_rois(const py::object& boxes_obj, const py::object& scores_obj,
-                                      const py::object& sizes_obj, long long k, double t_min, double t_rate,
+                                      const py::object& sizes_obj, long long K, double t_min, double t_rate,
                                       double t_iou, int threads) {
   auto boxes = strict<float>(boxes_obj, "boxes", 3, "(B, D, 4)");
   auto scores = strict<float>(scores_obj, "scores", 2, "(B, D)");
@@ -291,15 +291,15 @@ py::array_t<std::int64_t> select_rois(const py::object& boxes_obj, const py::obj
   if (static_cast<std::size_t>(sizes.shape(0)) != B || sizes.shape(1) != 2)
     throw py::value_error("image_sizes: expected shape (" + std::to_string(B) + ", 2) as (width, height), got " +
                           shape_str(sizes));
-  if (k < 1) throw py::value_error("k (the number of RoIs to keep, K) must be >= 1, got " + std::to_string(k));
+  if (K < 1) throw py::value_error("K (the number of RoIs to keep) must be >= 1, got " + std::to_string(K));
   if (std::isnan(t_min) || t_min < 0.0 || t_min > 1.0)
     throw py::value_error("t_min (minimum box area / image area) must be in [0, 1], got " + std::to_string(t_min));
   if (std::isnan(t_rate) || t_rate < 1.0)
     throw py::value_error("t_rate (maximum aspect ratio) must be >= 1, got " + std::to_string(t_rate));
   if (std::isnan(t_iou) || t_iou <= 0.0 || t_iou > 1.0)
     throw py::value_error("t_iou (IoU above which a box is suppressed) must be in (0, 1], got " + std::to_string(t_iou));
-  const auto kk = static_cast<std::size_t>(k);
-  check_output(B, kk, 8, "reduce k (more than D boxes only pads)");
+  const auto kk = static_cast<std::size_t>(K);
+  check_output(B, kk, 8, "reduce K (more than D boxes only pads)");
   py::array_t<std::int64_t> out({B, kk});
   std::int64_t* o = out.mutable_data();
   const float *pb = boxes.data(), *ps = scores.data(), *pz = sizes.data();
@@ -355,9 +355,9 @@ std::pair<py::array_t<std::int64_t, py::array::c_style>, py::array_t<float, py::
   return {words, counts};
 }
 
-py::tuple ivf_search(const InvertedFile& self, const py::object& words_obj, const py::object& counts_obj, long long top_n,
+py::tuple ivf_search(const InvertedFile& self, const py::object& words_obj, const py::object& counts_obj, long long top,
                      int threads) {
-  if (top_n < 1) throw py::value_error("top_n must be >= 1, got " + std::to_string(top_n));
+  if (top < 1) throw py::value_error("top must be >= 1, got " + std::to_string(top));
   auto qa = query_arrays(words_obj, counts_obj);
   std::vector<std::int64_t> ids;
   std::vector<float> scores;
@@ -366,7 +366,7 @@ py::tuple ivf_search(const InvertedFile& self, const py::object& words_obj, cons
   const auto m = static_cast<std::size_t>(qa.first.shape(0));
   {
     py::gil_scoped_release nogil;
-    self.search(pw, pc, m, static_cast<std::size_t>(top_n), ids, scores, threads);
+    self.search(pw, pc, m, static_cast<std::size_t>(top), ids, scores, threads);
   }
   py::array_t<std::int64_t> oi(ids.size());
   py::array_t<float> os(scores.size());
@@ -376,14 +376,14 @@ py::tuple ivf_search(const InvertedFile& self, const py::object& words_obj, cons
 }
 
 py::tuple ivf_search_batch(const InvertedFile& self, const py::object& offsets_obj, const py::object& words_obj,
-                           const py::object& counts_obj, long long top_n, int threads) {
-  if (top_n < 1) throw py::value_error("top_n must be >= 1, got " + std::to_string(top_n));
+                           const py::object& counts_obj, long long top, int threads) {
+  if (top < 1) throw py::value_error("top must be >= 1, got " + std::to_string(top));
   auto offsets = as_int64(offsets_obj, "offsets");
   if (offsets.shape(0) < 1) throw py::value_error("offsets: expected n_queries + 1 values, got 0");
   auto qa = query_arrays(words_obj, counts_obj);
   const auto nq = static_cast<std::size_t>(offsets.shape(0) - 1);
-  const auto tn = static_cast<std::size_t>(top_n);
-  check_output(nq, tn, 12, "reduce top_n (more than len(self) only pads)");
+  const auto tn = static_cast<std::size_t>(top);
+  check_output(nq, tn, 12, "reduce top (more than len(self) only pads)");
   py::array_t<std::int64_t> oi({nq, tn});
   py::array_t<float> os({nq, tn});
   std::int64_t* pi = oi.mutable_data();
@@ -405,11 +405,12 @@ py::array_t<T> to_array(const std::vector<T>& v) {
   return a;
 }
 
-}  // namespace
-
-PYBIND11_MODULE(_core, m) {
-  m.doc() = "roiret._core: native kernels (private; use the public names in roiret).";
-
+// ---------------------------------------------------------------------------------------
+// module definition
+// ---------------------------------------------------------------------------------------
+// roicore's exceptions as Python ones: InvalidArgument -> ValueError, FormatError ->
+// roiret.errors.IndexFormatError, IoError -> OSError(errno, strerror, path).
+void register_exceptions() {
   g_index_format_error = py::module_::import("roiret.errors").attr("IndexFormatError");
   py::register_exception_translator([](std::exception_ptr p) {
     try {
@@ -424,8 +425,10 @@ PYBIND11_MODULE(_core, m) {
       if (err) PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(err.ptr())), err.ptr());
     }
   });
+}
 
-  // ---- CPU dispatch and threads ----
+// CPU dispatch, threads and the CRC-32 of index files.
+void bind_dispatch(py::module_& m) {
   m.def("simd_level", [] { return std::string(roicore::simd_level_name(roicore::active_simd_level())); },
         "Name of the SIMD kernels in use: 'generic', 'popcnt', 'avx2' or 'avx512'.");
   m.def("detected_simd_level", [] { return std::string(roicore::simd_level_name(roicore::detected_simd_level())); },
@@ -455,8 +458,10 @@ PYBIND11_MODULE(_core, m) {
           return roicore::crc32_update(crc, s.data(), s.size());
         },
         py::arg("data"), py::arg("crc") = 0, "CRC-32 as used in index files (equal to zlib.crc32).");
+}
 
-  // ---- kernels ----
+// The kernels (each checks its arguments above, then releases the GIL).
+void bind_kernels(py::module_& m) {
   m.def("pack_codes", &pack_codes, py::arg("x"), py::arg("threads") = 0);
   m.def("hamming_matrix", &hamming_matrix, py::arg("a"), py::arg("b"), py::arg("nbits") = py::none(),
         py::arg("threads") = 0);
@@ -464,11 +469,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("threads") = 0);
   m.def("cross_match", &cross_match, py::arg("q"), py::arg("db"), py::arg("offsets"), py::arg("nbits"),
         py::arg("query_mask") = py::none(), py::arg("images") = py::none(), py::arg("threads") = 0);
-  m.def("select_rois", &select_rois, py::arg("boxes"), py::arg("scores"), py::arg("image_sizes"), py::arg("k"),
+  m.def("select_rois", &select_rois, py::arg("boxes"), py::arg("scores"), py::arg("image_sizes"), py::arg("K"),
         py::arg("t_min"), py::arg("t_rate"), py::arg("t_iou"), py::arg("threads") = 0);
+}
 
-  // ---- InvertedFile ----
-  py::class_<InvertedFile>(m, "InvertedFile", R"doc(Inverted file with TF-IDF scoring (the bag-of-words first stage).
+constexpr const char* kInvertedFileDoc = R"doc(Inverted file with TF-IDF scoring (the bag-of-words first stage).
 
 Documents are images with integer ids and bags of visual words with positive weights
 (usually counts). With N images and df_t the number of images containing word t,
@@ -486,7 +491,11 @@ Parameters
 ----------
 vocab_size : int
     Number of visual words; word ids are in [0, vocab_size).
-)doc")
+)doc";
+
+// The InvertedFile class: a flat table of methods with their docstrings.
+void bind_inverted_file(py::module_& m) {
+  py::class_<InvertedFile>(m, "InvertedFile", kInvertedFileDoc)
       .def(py::init([](long long vocab_size) {
              if (vocab_size < 1) throw py::value_error("vocab_size must be >= 1, got " + std::to_string(vocab_size));
              return new InvertedFile(static_cast<std::size_t>(vocab_size));
@@ -497,16 +506,16 @@ vocab_size : int
 words[offsets[i]:offsets[i+1]] with weights counts[...] (default 1). Repeated words in an
 image are summed, zero weights dropped. Ids must be new and unique; word ids in range;
 weights finite and >= 0. Everything is checked before anything changes (ValueError).)doc")
-      .def("search", &ivf_search, py::arg("words"), py::arg("counts") = py::none(), py::arg("top_n") = 100,
+      .def("search", &ivf_search, py::arg("words"), py::arg("counts") = py::none(), py::arg("top") = 100,
            py::arg("threads") = 0,
-           R"doc(Top min(top_n, len(self)) images for a bag of words -> (ids int64, scores float32),
+           R"doc(Top min(top, len(self)) images for a bag of words -> (ids int64, scores float32),
 by descending score; ties, and images sharing no word with the query (score 0), in
 insertion order. A large search (>= 2**20 postings scanned) splits the images over up to
 `threads` threads (0: roiret.get_num_threads()); results are identical for every count.)doc")
       .def("search_batch", &ivf_search_batch, py::arg("offsets"), py::arg("words"), py::arg("counts") = py::none(),
-           py::arg("top_n") = 100, py::arg("threads") = 0,
-           R"doc(Many queries in CSR form, searched in parallel -> (ids (nq, top_n), scores (nq, top_n)),
-padded with -1 / -inf when the index holds fewer than top_n images.)doc")
+           py::arg("top") = 100, py::arg("threads") = 0,
+           R"doc(Many queries in CSR form, searched in parallel -> (ids (nq, top), scores (nq, top)),
+padded with -1 / -inf when the index holds fewer than top images.)doc")
       .def(
           "remove",
           [](InvertedFile& self, const py::object& ids_obj) {
@@ -556,5 +565,15 @@ inconsistent contents) or OSError.)doc")
         return "InvertedFile(vocab_size=" + std::to_string(self.vocab_size()) + ", images=" + std::to_string(self.size()) +
                ", postings=" + std::to_string(self.num_postings()) + ")";
       });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "roiret._core: native kernels (private; use the public names in roiret).";
+  register_exceptions();
+  bind_dispatch(m);
+  bind_kernels(m);
+  bind_inverted_file(m);
   m.attr("INVERTED_FILE_FORMAT_VERSION") = InvertedFile::kFormatVersion;
 }

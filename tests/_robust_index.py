@@ -28,7 +28,7 @@ def _seed():
 
 
 def new_retriever(**kw):
-    from roiret.retriever import Retriever
+    from roiret.search.retriever import Retriever
 
     _seed()
     r = Retriever(weights=WEIGHTS, **{**PARAMS, **kw})
@@ -37,7 +37,7 @@ def new_retriever(**kw):
 
 
 def load(path, **kw):
-    from roiret.retriever import Retriever
+    from roiret.search.retriever import Retriever
 
     _seed()
     kw.setdefault("progress", False)
@@ -47,7 +47,7 @@ def load(path, **kw):
 
 @functools.lru_cache(maxsize=None)
 def _collection():
-    from roiret.demo import make_collection
+    from roiret.apps.demo import make_collection
 
     return make_collection(scenes_per_object=1, distractors=1, seed=1)
 
@@ -81,9 +81,9 @@ def copy_index(tmp_root, dest) -> Path:
 
 def same_index(a, b) -> bool:
     """Equal contents: RoI arrays, names, inverted-file ids and postings."""
-    sa, sb = a._store.arrays(), b._store.arrays()
+    sa, sb = a.store.state_dict(), b.store.state_dict()
     if sa.keys() != sb.keys() or any(not np.array_equal(sa[k], sb[k]) for k in sa):
         return False
-    ia, ib = a._bow.inverted_file, b._bow.inverted_file
+    ia, ib = a.bow.inverted_file, b.bow.inverted_file
     return (ia.ids().tolist() == ib.ids().tolist() and ia.num_postings == ib.num_postings
             and np.array_equal(ia.document_frequencies(), ib.document_frequencies()))

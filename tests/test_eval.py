@@ -330,7 +330,7 @@ def test_oxford_dev_gnd_perfect_and_reversed_rankings():
             worst = [list(reversed(p)) for p in perfect]
             assert proto.evaluate(worst, levels=[lvl]).map[lvl] < 0.5
     # every query image exists and its box lies inside it
-    from roiret.imageio import probe_image_size
+    from roiret.io.images import probe_image_size
 
     for q in c.queries + r.queries:
         _, (w, h) = probe_image_size(gnd.image_path(q.image).read_bytes())

@@ -8,9 +8,9 @@ import torch
 
 from conftest import DEVICES
 from _reference import pack_codes_ref
-from roiret.backbones import build_backbone
+from roiret.cnn.backbones import build_backbone
 from roiret.errors import ImageError, WeightsNotFoundError
-from roiret.extractor import RoIExtractor, prepare_image
+from roiret.cnn.extractor import RoIExtractor, prepare_image
 
 
 def _photos(side=160):
@@ -33,7 +33,7 @@ def alex():
 
 
 def _ex(alex, **kw):
-    kw.setdefault("k", 8)
+    kw.setdefault("K", 8)
     kw.setdefault("max_side", 160)
     kw.setdefault("progress", False)
     kw.setdefault("num_workers", 0)
@@ -71,7 +71,7 @@ def test_descriptors_are_pooled_inside_the_boxes(kernels, alex):
     r = ex.extract_one(img)
     x = torch.from_numpy(img)
     with torch.no_grad():
-        from roiret.backbones import images_to_tensor
+        from roiret.cnn.backbones import images_to_tensor
 
         f = alex(images_to_tensor([img], alex.mean, alex.std, torch.device("cpu")))[0]
     fh, fw = f.shape[1:]
@@ -144,7 +144,7 @@ def test_errors_skip_or_raise(kernels, alex, tmp_path):
     with pytest.raises(ImageError):
         ex.extract([_photos()[0], str(bad)])
     with pytest.warns(RuntimeWarning, match="image 1 skipped"):
-        res = ex.extract([_photos()[0], str(bad)], errors="skip")
+        res = ex.extract([_photos()[0], str(bad)], on_error="skip")
     assert res[1] is None and res[0] is not None
     with pytest.raises(TypeError, match="extract_one"):
         ex.extract(_photos()[0])
@@ -154,7 +154,7 @@ def test_errors_skip_or_raise(kernels, alex, tmp_path):
 
 def test_whitening_in_the_pipeline(kernels, alex):
     imgs = _photos()
-    ex = _ex(alex, k=10)
+    ex = _ex(alex, K=10)
     raw = ex.raw_descriptors(imgs)
     assert raw.shape[1] == 256 and raw.shape[0] == sum(len(r) + 1 for r in ex.extract(imgs))
     w = ex.fit_whitening(descriptors=raw, dims=16)
@@ -174,7 +174,7 @@ def test_whitening_in_the_pipeline(kernels, alex):
 
 @pytest.mark.parametrize("feature", ["fc7", "roialign-fc"])
 def test_fc_features_random_head(kernels, alex, feature):
-    ex = _ex(alex, feature=feature, head_weights="random", k=3, crop_chunk=4)
+    ex = _ex(alex, feature=feature, head_weights="random", K=3, crop_chunk=4)
     res = ex.extract(_photos()[:2])
     for r in res:
         assert r.descriptors.shape == (len(r), 4096) and r.codes.shape == (len(r), 64)
@@ -195,9 +195,9 @@ def test_bad_arguments(alex):
     with pytest.raises(ValueError, match="max_side"):
         RoIExtractor(alex, max_side=0)
     with pytest.raises(ValueError, match="K"):
-        RoIExtractor(alex, k=0)
-    ex = RoIExtractor(alex, k=5)
-    assert "K=5" in repr(ex) and ex.k == 5 and ex.dim == 256
+        RoIExtractor(alex, K=0)
+    ex = RoIExtractor(alex, K=5)
+    assert "K=5" in repr(ex) and ex.K == 5 and ex.dim == 256
 
 
 @pytest.mark.parametrize("device", DEVICES)

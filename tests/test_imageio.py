@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-import roiret.imageio as imageio
+import roiret.io.images as imageio
 from roiret.errors import ImageError
-from roiret.extractor import prepare_image
-from roiret.imageio import load_image, max_file_bytes, probe_image_size
+from roiret.cnn.extractor import prepare_image
+from roiret.io.images import load_image, max_file_bytes, probe_image_size
 
 import _robust_index as RI
 
@@ -374,7 +374,7 @@ def test_roi_extractor_on_hostile_images(name, retriever):
     r = ex.extract_one(HOSTILE_VALID[name]())
     w, h = r.image_size
     assert r.codes.shape == (len(r), (ex.dim + 63) // 64) and r.global_code is not None
-    assert len(r) <= ex.k and np.isfinite(r.descriptors).all()
+    assert len(r) <= ex.K and np.isfinite(r.descriptors).all()
     assert (r.boxes[:, 0] >= 0).all() and (r.boxes[:, 2] <= w + 1e-3).all()
     assert (r.boxes[:, 1] >= 0).all() and (r.boxes[:, 3] <= h + 1e-3).all()
 
@@ -397,11 +397,11 @@ def bad_files(tmp_path):
 
 
 def check_consistent(r, expected_len):
-    assert len(r) == expected_len == len(r._bow.inverted_file) == len(r._store.ids)
-    assert sorted(r._store.ids.tolist()) == sorted(r._bow.inverted_file.ids().tolist())
-    assert len(r._store.offsets) == expected_len + 1 and r._store.offsets[-1] == r._store.num_rois
+    assert len(r) == expected_len == len(r.bow.inverted_file) == len(r.store.ids)
+    assert sorted(r.store.ids.tolist()) == sorted(r.bow.inverted_file.ids().tolist())
+    assert len(r.store.offsets) == expected_len + 1 and r.store.offsets[-1] == r.store.num_rois
     res = r.search(RI.photos()[0], top=expected_len)
-    assert sorted(res.ids.tolist()) == sorted(r._store.ids.tolist())
+    assert sorted(res.ids.tolist()) == sorted(r.store.ids.tolist())
 
 
 def test_add_skips_every_bad_image_and_reports_them(tmp_path, tmp_path_factory):
@@ -445,7 +445,7 @@ def test_failed_batch_is_rolled_back(tmp_path, tmp_path_factory, monkeypatch):
     neither the inverted file nor the RoI store keeps any of it."""
     r = RI.load(RI.copy_index(tmp_path_factory.getbasetemp(), tmp_path / "idx"))
     n0 = len(r)
-    real_add, calls = r._store.add, []
+    real_add, calls = r.store.add, []
 
     def flaky(*a, **k):
         calls.append(1)
@@ -453,7 +453,7 @@ def test_failed_batch_is_rolled_back(tmp_path, tmp_path_factory, monkeypatch):
             raise MemoryError("injected")
         return real_add(*a, **k)
 
-    monkeypatch.setattr(r._store, "add", flaky)
+    monkeypatch.setattr(r.store, "add", flaky)
     with pytest.raises(MemoryError):
         r.add(RI.photos()[6:8])
     monkeypatch.undo()
@@ -465,7 +465,7 @@ def test_failed_batch_is_rolled_back(tmp_path, tmp_path_factory, monkeypatch):
 @pytest.mark.parametrize("name", sorted(HOSTILE_VALID))
 def test_hostile_images_as_queries(name, retriever):
     res = retriever.search(HOSTILE_VALID[name](), top=len(retriever))
-    assert sorted(res.ids.tolist()) == sorted(retriever._store.ids.tolist())
+    assert sorted(res.ids.tolist()) == sorted(retriever.store.ids.tolist())
     assert all(np.isfinite(h.bow_score) for h in res.hits)
 
 

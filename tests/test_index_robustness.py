@@ -74,10 +74,10 @@ def loads_consistently(path: Path, base, **kw) -> None:
     """Loaded despite the edit: same images, consistent parts, a search that works."""
     _, _, original, query = base
     r = RI.load(path, **kw)
-    assert len(r) == len(original) and r._store.ids.tolist() == original._store.ids.tolist()
-    assert sorted(r._bow.inverted_file.ids().tolist()) == sorted(r._store.ids.tolist())
+    assert len(r) == len(original) and r.store.ids.tolist() == original.store.ids.tolist()
+    assert sorted(r.bow.inverted_file.ids().tolist()) == sorted(r.store.ids.tolist())
     res = r.rank(query, top=len(r))
-    assert sorted(res.ids.tolist()) == sorted(r._store.ids.tolist())
+    assert sorted(res.ids.tolist()) == sorted(r.store.ids.tolist())
 
 
 def roles(base):
@@ -250,10 +250,10 @@ def test_other_kinds_of_folders_and_files(base, tmp_path):
 
     original = base[2]
     bow_folder = tmp_path / "bow"
-    original._bow.save(bow_folder)  # a BoW index folder: a manifest of another format
+    original.bow.save(bow_folder)  # a BoW index folder: a manifest of another format
     refused(bow_folder, "not a roiret index manifest")
     ivf_file = tmp_path / "x.ivf"
-    original._bow.inverted_file.save(ivf_file)
+    original.bow.inverted_file.save(ivf_file)
     with pytest.raises(IndexFormatError, match="no manifest.json"):
         RI.load(ivf_file)  # a file, not a folder
     with pytest.raises(FileNotFoundError):
@@ -345,7 +345,7 @@ def replace_array(folder, key, arr):
     ("names", lambda a: a[:1].copy(), "array 'names'"),
 ])
 def test_consistent_checksums_inconsistent_arrays(base, folder, key, make, match):
-    arrays = base[2]._store.arrays()
+    arrays = base[2].store.state_dict()
     replace_array(folder, key, make(arrays[key]))
     refused(folder, match)
 

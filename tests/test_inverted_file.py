@@ -60,17 +60,17 @@ def build(rng, n_docs=300, vocab=500, batches=3, ids=None, **kw):
     return ivf, (offsets, words, counts, ids)
 
 
-def assert_search_matches(ivf, data, vocab, q_words, q_counts, top_n):
+def assert_search_matches(ivf, data, vocab, q_words, q_counts, top):
     offsets, words, counts, ids = data
     ref = tfidf_reference(offsets, words, counts, vocab, q_words, q_counts)
-    got_ids, got_scores = ivf.search(q_words, q_counts, top_n)
+    got_ids, got_scores = ivf.search(q_words, q_counts, top)
     assert got_ids.dtype == np.int64 and got_scores.dtype == np.float32
-    assert len(got_ids) == min(top_n, len(ids))
+    assert len(got_ids) == min(top, len(ids))
     # scores equal the reference document by document
     pos = {int(i): k for k, i in enumerate(ids)}
     np.testing.assert_allclose(got_scores, ref[[pos[int(i)] for i in got_ids]], rtol=1e-6, atol=1e-7)
     # and the ranking is the reference ranking (up to float-level near-ties)
-    ref_ids, ref_scores = ranking_ref(ref, ids, top_n)
+    ref_ids, ref_scores = ranking_ref(ref, ids, top)
     np.testing.assert_allclose(got_scores, ref_scores, rtol=1e-6, atol=1e-7)
     mismatch = got_ids != ref_ids
     if mismatch.any():
@@ -85,7 +85,7 @@ def test_search_equals_scipy_reference(zipf):
     assert len(ivf) == 300
     for t in range(10):
         qo, qw, qc = random_bags(rng, 1, vocab, mean_words=40, zipf=zipf)
-        assert_search_matches(ivf, data, vocab, qw, qc, top_n=[1, 10, 300, 1000][t % 4])
+        assert_search_matches(ivf, data, vocab, qw, qc, top=[1, 10, 300, 1000][t % 4])
 
 
 def test_search_hand_checked():
@@ -130,7 +130,7 @@ def test_idf_is_current_after_each_add():
                 counts[offsets[d] : offsets[d + 1]])
         if d % 9 == 0:  # interleave searches with single-image additions
             data = (offsets[: d + 2], words[: offsets[d + 1]], counts[: offsets[d + 1]], np.arange(d + 1))
-            assert_search_matches(ivf, data, vocab, words[:5], counts[:5], top_n=10)
+            assert_search_matches(ivf, data, vocab, words[:5], counts[:5], top=10)
     df = np.bincount(np.unique(np.stack([np.repeat(np.arange(40), np.diff(offsets)), words]), axis=1)[1],
                      minlength=vocab)
     np.testing.assert_array_equal(ivf.document_frequencies(), df)
@@ -200,7 +200,7 @@ def test_search_validation():
     ivf.add([1], [0, 2], [3, 4], [1, 1])
     with pytest.raises(ValueError, match="is not a word id"):
         ivf.search([11], None, 5)
-    with pytest.raises(ValueError, match="top_n must be >= 1"):
+    with pytest.raises(ValueError, match="top must be >= 1"):
         ivf.search([1], None, 0)
     with pytest.raises(ValueError, match="counts: expected 1 values"):
         ivf.search([1], [1, 2], 3)
@@ -216,7 +216,7 @@ def test_search_batch_equals_single_searches():
     rng = np.random.default_rng(5)
     ivf, data = build(rng, n_docs=150, vocab=200)
     qo, qw, qc = random_bags(rng, 12, 200, mean_words=10)
-    ids, scores = ivf.search_batch(qo, qw, qc, top_n=200, threads=3)
+    ids, scores = ivf.search_batch(qo, qw, qc, top=200, threads=3)
     assert ids.shape == (12, 200)
     for i in range(12):
         a, b = qo[i], qo[i + 1]
@@ -468,11 +468,11 @@ def test_threaded_search_is_bit_identical_and_matches_scipy():
                     np.array([2995, 2996, 2997, 2998, 2999], np.int64)):  # skewed words only
         q_counts = rng.integers(1, 5, size=len(q_words)).astype(np.float32)
         big = df[q_words].sum() >= 2**20
-        base_ids, base_scores = ivf.search(q_words, q_counts, top_n=n_docs, threads=1)
+        base_ids, base_scores = ivf.search(q_words, q_counts, top=n_docs, threads=1)
         for threads in (2, 3, 4, 7, 64):
-            t_ids, t_scores = ivf.search(q_words, q_counts, top_n=n_docs, threads=threads)
+            t_ids, t_scores = ivf.search(q_words, q_counts, top=n_docs, threads=threads)
             assert np.array_equal(t_ids, base_ids) and np.array_equal(t_scores, base_scores), (threads, big)
-            t_ids, t_scores = ivf.search(q_words, q_counts, top_n=37, threads=threads)
+            t_ids, t_scores = ivf.search(q_words, q_counts, top=37, threads=threads)
             assert np.array_equal(t_ids, base_ids[:37]) and np.array_equal(t_scores, base_scores[:37])
         ref = tfidf_reference(offsets, words, counts, vocab, q_words, q_counts)
         np.testing.assert_allclose(np.sort(base_scores)[::-1], np.sort(ref)[::-1], rtol=1e-4, atol=1e-6)
@@ -481,6 +481,6 @@ def test_threaded_search_is_bit_identical_and_matches_scipy():
     assert df.sum() >= 2**20  # the first query really took the threaded path
     # a batch smaller than the thread count splits each search too: same results
     q = np.arange(vocab, dtype=np.int64)
-    b_ids, b_scores = ivf.search_batch(np.array([0, vocab]), q, None, top_n=100, threads=4)
-    s_ids, s_scores = ivf.search(q, None, top_n=100, threads=1)
+    b_ids, b_scores = ivf.search_batch(np.array([0, vocab]), q, None, top=100, threads=4)
+    s_ids, s_scores = ivf.search(q, None, top=100, threads=1)
     assert np.array_equal(b_ids[0], s_ids) and np.array_equal(b_scores[0], s_scores)

@@ -437,9 +437,9 @@ def test_select_rois_threads_agree():
 def test_select_rois_rejects_bad_input():
     boxes, scores, sizes = random_boxes(np.random.default_rng(0), 2, 5)
     args = (5, 0.0, 3.0, 0.95)
-    with pytest.raises(ValueError, match="k .* must be >= 1"):
+    with pytest.raises(ValueError, match="K .* must be >= 1"):
         roiret.select_rois(boxes, scores, sizes, 0, 0.0, 3.0, 0.95)
-    with pytest.raises(ValueError, match="k .* must be >= 1"):
+    with pytest.raises(ValueError, match="K .* must be >= 1"):
         roiret.select_rois(boxes, scores, sizes, -3, 0.0, 3.0, 0.95)
     bad = boxes.copy()
     bad[1, 3, 2] = np.nan

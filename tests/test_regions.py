@@ -7,7 +7,7 @@ import torch
 
 from conftest import DEVICES
 from _reference import select_rois_ref
-from roiret import regions as R
+from roiret.cnn import regions as R
 
 
 def _naive_base_regions(f: np.ndarray, mode: str, thr: float):
@@ -146,7 +146,7 @@ def test_detect_rois_end_to_end(kernels, device):
     f = _random_maps(3).to(device)
     B, D, H, W = f.shape
     sizes = torch.tensor([[W * 16 - 5, H * 16 - 3]] * B, dtype=torch.float32)
-    r = R.detect_rois(f, sizes, stride=16, k=6, t_min=0.02, t_rate=3.0, t_iou=0.9,
+    r = R.detect_rois(f, sizes, stride=16, K=6, t_min=0.02, t_rate=3.0, t_iou=0.9,
                       threshold_mode="relative", threshold=0.4)
     assert r.channels.shape == (B, 6) and r.channels.device.type == device
     boxes, scores = R.base_regions(f.cpu(), "relative", 0.4)
@@ -172,18 +172,18 @@ def test_detect_rois_end_to_end(kernels, device):
 
 
 def test_detector_module_and_errors(kernels):
-    det = R.RoIDetector(16, k=4, t_min=0.0, t_rate=10.0)
+    det = R.RoIDetector(16, R.RegionParams(K=4, t_min=0.0, t_rate=10.0))
     assert "K=4" in repr(det)
     out = det(_random_maps(4), torch.tensor([[208.0, 144.0]] * 4))
     assert out.channels.shape == (4, 4)
-    for bad in (dict(k=0), dict(t_min=1.5), dict(t_rate=0.5), dict(t_iou=0.0)):
+    for bad in (dict(K=0), dict(t_min=1.5), dict(t_rate=0.5), dict(t_iou=0.0)):
         with pytest.raises(ValueError):
-            R.RoIDetector(16, **bad)
+            R.RoIDetector(16, R.RegionParams(**bad))
     with pytest.raises(ValueError, match="image_sizes"):
         det(_random_maps(4), torch.tensor([[208.0, 144.0]]))
 
 
 def test_all_regions_filtered(kernels):
     f = torch.zeros(2, 8, 5, 5)
-    r = R.detect_rois(f, torch.tensor([[80.0, 80.0]] * 2), stride=16, k=3)
+    r = R.detect_rois(f, torch.tensor([[80.0, 80.0]] * 2), stride=16, K=3)
     assert not r.valid.any() and (r.channels == -1).all()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from roiret.rerank import adaptive_weight, rerank
+from roiret.search.rerank import adaptive_weight, rerank
 
 
 def codes(rng, n, words=4):

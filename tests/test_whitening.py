@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from roiret.whitening import PCAWhitening, l2_normalize
+from roiret.cnn.whitening import PCAWhitening, l2_normalize
+from roiret.errors import NotTrainedError
 
 
 def _correlated(n=2000, d=12, seed=0):
@@ -95,7 +96,7 @@ def test_load_refuses_other_files(tmp_path):
 
 def test_errors():
     w = PCAWhitening()
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotTrainedError, match="PCAWhitening is not trained"):
         w.transform(np.zeros((1, 3)))
     with pytest.raises(ValueError, match="2-D"):
         w.fit(np.zeros(5))

@@ -2,11 +2,19 @@
 
 The public surface is listed in ``__all__``. Heavy parts (torch, OpenCV, faiss) are
 imported on first use, so ``import roiret`` stays fast.
+
+Sub-packages follow the data (docs/ARCHITECTURE.md): :mod:`roiret.io` (images, array
+files, index folders), :mod:`roiret.cnn` (weights, backbones, RoIs, descriptors, codes),
+:mod:`roiret.bow` (local features, vocabulary, inverted file), :mod:`roiret.search`
+(configuration, two-stage index, re-ranking, :class:`Retriever`), :mod:`roiret.eval`
+(ground truth, mAP, the paper's table) and :mod:`roiret.apps` (command line, demo,
+pictures); :mod:`roiret.params` holds the choices and parameter groups, :mod:`roiret.errors`
+the exceptions, and ``roiret._kernels`` the native kernels.
 """
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, List
 
 __version__ = "0.1.0"
 
@@ -27,28 +35,37 @@ _LAZY = {
     "get_num_threads": "_kernels",
     "set_num_threads": "_kernels",
     # errors
+    "RoiretError": "errors",
     "ImageError": "errors",
     "IndexFormatError": "errors",
+    "NotTrainedError": "errors",
     "WeightsError": "errors",
     "WeightsNotFoundError": "errors",
-    # images
-    "load_image": "imageio",
+    # parameters
+    "RegionParams": "params",
+    "CodeParams": "params",
+    "BowParams": "params",
+    "RerankParams": "params",
+    # images and index folders
+    "load_image": "io.images",
+    "IndexFolder": "io.folder",
     # CNN RoI extraction
-    "RoIExtractor": "extractor",
-    "RoIResult": "extractor",
-    "PCAWhitening": "whitening",
-    "build_backbone": "backbones",
-    "detect_rois": "regions",
+    "RoIExtractor": "cnn.extractor",
+    "RoIResult": "cnn.extractor",
+    "PCAWhitening": "cnn.whitening",
+    "build_backbone": "cnn.backbones",
+    "detect_rois": "cnn.regions",
     # bag of words
     "BowIndex": "bow",
     "Vocabulary": "bow",
     "LocalFeatureExtractor": "bow",
     # the retriever
-    "Retriever": "retriever",
-    "RetrieverConfig": "retriever",
-    "SearchResult": "retriever",
-    "Hit": "retriever",
-    "rerank": "rerank",
+    "Retriever": "search",
+    "RetrieverConfig": "search",
+    "SearchResult": "search",
+    "PreparedQuery": "search",
+    "Hit": "search",
+    "rerank": "search.rerank",
     # evaluation
     "load_gnd": "eval",
     "average_precision": "eval",
@@ -68,7 +85,7 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def __dir__():
+def __dir__() -> List[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
@@ -88,13 +105,22 @@ if TYPE_CHECKING:  # pragma: no cover
         supported_simd_levels,
         unpack_codes,
     )
-    from .errors import ImageError, IndexFormatError, WeightsError, WeightsNotFoundError  # noqa: F401
-    from .imageio import load_image  # noqa: F401
-    from .backbones import build_backbone  # noqa: F401
     from .bow import BowIndex, LocalFeatureExtractor, Vocabulary  # noqa: F401
-    from .extractor import RoIExtractor, RoIResult  # noqa: F401
-    from .regions import detect_rois  # noqa: F401
-    from .rerank import rerank  # noqa: F401
-    from .retriever import Hit, Retriever, RetrieverConfig, SearchResult  # noqa: F401
-    from .whitening import PCAWhitening  # noqa: F401
+    from .cnn.backbones import build_backbone  # noqa: F401
+    from .cnn.extractor import RoIExtractor, RoIResult  # noqa: F401
+    from .cnn.regions import detect_rois  # noqa: F401
+    from .cnn.whitening import PCAWhitening  # noqa: F401
+    from .errors import (  # noqa: F401
+        ImageError,
+        IndexFormatError,
+        NotTrainedError,
+        RoiretError,
+        WeightsError,
+        WeightsNotFoundError,
+    )
     from .eval import average_precision, load_gnd, mean_average_precision, ukbench_score  # noqa: F401
+    from .io.folder import IndexFolder  # noqa: F401
+    from .io.images import load_image  # noqa: F401
+    from .params import BowParams, CodeParams, RegionParams, RerankParams  # noqa: F401
+    from .search import Hit, PreparedQuery, Retriever, RetrieverConfig, SearchResult  # noqa: F401
+    from .search.rerank import rerank  # noqa: F401

@@ -42,7 +42,7 @@ def select_rois(
     boxes: npt.NDArray[np.float32],
     scores: npt.NDArray[np.float32],
     image_sizes: npt.NDArray[np.float32],
-    k: int,
+    K: int,
     t_min: float,
     t_rate: float,
     t_iou: float,
@@ -59,14 +59,14 @@ class InvertedFile:
         counts: Optional[_NumArray] = None,
     ) -> None: ...
     def search(
-        self, words: _IntArray, counts: Optional[_NumArray] = None, top_n: int = 100, threads: int = 0
+        self, words: _IntArray, counts: Optional[_NumArray] = None, top: int = 100, threads: int = 0
     ) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
     def search_batch(
         self,
         offsets: _IntArray,
         words: _IntArray,
         counts: Optional[_NumArray] = None,
-        top_n: int = 100,
+        top: int = 100,
         threads: int = 0,
     ) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
     def remove(self, image_ids: _IntArray) -> int: ...

@@ -207,7 +207,7 @@ def select_rois(
     boxes: np.ndarray,
     scores: np.ndarray,
     image_sizes: np.ndarray,
-    k: int,
+    K: int,
     t_min: float,
     t_rate: float,
     t_iou: float = 0.95,
@@ -220,7 +220,7 @@ def select_rois(
     ``w <= 0`` or ``h <= 0``, when ``w * h / (width * height) < t_min`` (``T_min``) or when
     ``max(w, h) / min(w, h) > t_rate`` (``T_rate``). The others are visited by descending
     score (ties: lower index first) and kept while their IoU with every kept box is
-    ``< t_iou`` (``T_IOU``), until ``k`` (``K``) are kept. Geometry is computed in float64.
+    ``< t_iou`` (``T_IOU``), until ``K`` are kept. Geometry is computed in float64.
 
     Parameters
     ----------
@@ -229,6 +229,6 @@ def select_rois(
 
     Returns
     -------
-    int64 (B, k): indices of the kept boxes in selection order, padded with -1.
+    int64 (B, K): indices of the kept boxes in selection order, padded with -1.
     """
-    return _core.select_rois(boxes, scores, image_sizes, k, t_min, t_rate, t_iou, threads=_threads(threads))
+    return _core.select_rois(boxes, scores, image_sizes, K, t_min, t_rate, t_iou, threads=_threads(threads))

@@ -11,19 +11,25 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Union
+
+from ..io.images import Box, check_box
+from ..params import BACKBONES, FEATURES, MODES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..search.config import RetrieverConfig
+    from ..search.results import Hit
+    from ..search.retriever import Retriever
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm", ".pbm", ".pnm"}
 
 
-def _box(text: str):
+def _box(text: str) -> Box:
     try:
-        v = [float(x) for x in text.replace(" ", "").split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected x1,y1,x2,y2 (numbers), got {text!r}") from None
-    if len(v) != 4 or not (v[2] > v[0] and v[3] > v[1]):
-        raise argparse.ArgumentTypeError(f"expected x1,y1,x2,y2 with x2 > x1 and y2 > y1, got {text!r}")
-    return tuple(v)
+        return check_box([float(x) for x in text.replace(" ", "").split(",")])
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"expected x1,y1,x2,y2 (numbers, x2 > x1, y2 > y1), got {text!r}: "
+                                         f"{str(e).removeprefix('box: ')}") from None
 
 
 def _int_list(text: str) -> List[int]:
@@ -33,7 +39,7 @@ def _int_list(text: str) -> List[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _fusion(text: str):
+def _fusion(text: str) -> Union[float, str]:
     """--fusion: 'adaptive', 'none' (the RoI score alone, i.e. weight 0) or a BoW weight in [0, 1]."""
     t = text.strip().lower()
     if t == "adaptive":
@@ -85,27 +91,27 @@ def _add_weights(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-download", action="store_true", help="let torchvision download weights if none are found")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .retriever import RetrieverConfig
+def _parser(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return p
 
-    d = RetrieverConfig()
-    ap = argparse.ArgumentParser(prog="roiret", description="Instance retrieval with RoI-based CNN features.",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--version", action="version", version=f"roiret {__import__('roiret').__version__}")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("index", help="build an index from a folder or a list of images",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("source", help="a folder (searched recursively) or a text file with one image path per line")
-    p.add_argument("-o", "--output", required=True, help="index folder to write")
-    p.add_argument("--backbone", default=d.backbone, choices=["alexnet", "vgg16", "efficientnet-lite0"])
-    p.add_argument("--feature", default=d.feature, choices=["conv-max", "conv-sum", "fc7", "roialign-fc"])
-    p.add_argument("-K", type=int, default=d.K, help="RoIs per image (the paper's K)")
-    p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="visual words")
-    p.add_argument("--max-keypoints", type=int, default=d.max_keypoints, help="SIFT keypoints per image")
+def _add_reranking(p: argparse.ArgumentParser, d: RetrieverConfig) -> None:
     p.add_argument("-N", type=int, default=d.N, help="BoW candidates re-ranked at search time")
     p.add_argument("-n", type=int, default=d.n, help="candidates matched exhaustively (fast re-ranking)")
     p.add_argument("-k", type=int, default=d.k, help="query RoIs kept for the other N - n candidates")
+
+
+def _add_index_parser(sub: Any, d: RetrieverConfig) -> None:
+    p = _parser(sub, "index", "build an index from a folder or a list of images")
+    p.add_argument("source", help="a folder (searched recursively) or a text file with one image path per line")
+    p.add_argument("-o", "--output", required=True, help="index folder to write")
+    p.add_argument("--backbone", default=d.backbone, choices=BACKBONES)
+    p.add_argument("--feature", default=d.feature, choices=FEATURES)
+    p.add_argument("-K", type=int, default=d.K, help="RoIs per image (the paper's K)")
+    p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="visual words")
+    p.add_argument("--max-keypoints", type=int, default=d.max_keypoints, help="SIFT keypoints per image")
+    _add_reranking(p, d)
     p.add_argument("--fusion", type=_fusion, default=d.fusion,
                    help="BoW score in the final score: adaptive (per query), none (RoI score alone, the paper) "
                         "or a weight in [0, 1]")
@@ -117,21 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_weights(p)
     _add_common(p)
 
-    p = sub.add_parser("search", help="search an index with an image (optionally a box in it)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+def _add_query_parsers(sub: Any) -> None:
+    p = _parser(sub, "search", "search an index with an image (optionally a box in it)")
     p.add_argument("index", help="index folder")
     p.add_argument("image", help="query image")
     p.add_argument("--box", type=_box, help="x1,y1,x2,y2 in the query image's pixels")
     p.add_argument("--top", type=int, default=10, help="results to print")
-    p.add_argument("--mode", choices=["fast", "exhaustive", "global", "bow"], help="re-ranking (default: the index's)")
+    p.add_argument("--mode", choices=MODES, help="re-ranking (default: the index's)")
     p.add_argument("--fusion", type=_fusion, default=argparse.SUPPRESS,
                    help="adaptive, none or a BoW weight in [0, 1] (default: the index's)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_weights(p)
     _add_common(p)
 
-    p = sub.add_parser("show", help="draw a query's RoIs and ranked results (PNG + HTML, like the paper's Fig. 6)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _parser(sub, "show", "draw a query's RoIs and ranked results (PNG + HTML, like the paper's Fig. 6)")
     p.add_argument("index", help="index folder")
     p.add_argument("image", help="query image")
     p.add_argument("--box", type=_box, help="x1,y1,x2,y2 in the query image's pixels")
@@ -141,8 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_weights(p)
     _add_common(p)
 
-    p = sub.add_parser("eval", help="the paper's Table 1/2 layout (mAP) on an Oxford-style dataset",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+def _add_eval_parser(sub: Any, d: RetrieverConfig) -> None:
+    p = _parser(sub, "eval", "the paper's Table 1/2 layout (mAP) on an Oxford-style dataset")
     p.add_argument("dataset", help="dataset root with gnd.json and jpg/ (e.g. ../shared/datasets/oxford5k-dev)")
     p.add_argument("--features", default="conv-max,conv-sum", help="RoI descriptors (comma-separated)")
     p.add_argument("--variants", default="paper,roiret",
@@ -150,21 +157,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--Ks", type=_int_list, default=[5, 10, 15, 20], help="values of K (comma-separated)")
     p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="visual words")
     p.add_argument("--max-keypoints", type=int, default=d.max_keypoints, help="SIFT keypoints per image")
-    p.add_argument("-N", type=int, default=d.N, help="BoW candidates re-ranked")
-    p.add_argument("-n", type=int, default=d.n, help="candidates matched exhaustively")
-    p.add_argument("-k", type=int, default=d.k, help="query RoIs kept for the other N - n")
-    p.add_argument("--backbone", default=d.backbone, choices=["alexnet", "vgg16", "efficientnet-lite0"])
+    _add_reranking(p, d)
+    p.add_argument("--backbone", default=d.backbone, choices=BACKBONES)
     p.add_argument("--cache", help="folder to cache extracted features between runs")
     p.add_argument("-o", "--output", help="also write the markdown table to this file")
     p.add_argument("--json", help="also write every number as JSON to this file")
     _add_weights(p)
     _add_common(p)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..search.config import RetrieverConfig
+
+    d = RetrieverConfig()
+    ap = argparse.ArgumentParser(prog="roiret", description="Instance retrieval with RoI-based CNN features.",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"roiret {__import__('roiret').__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_index_parser(sub, d)
+    _add_query_parsers(sub)
+    _add_eval_parser(sub, d)
     p = sub.add_parser("info", help="describe an index folder")
     p.add_argument("index", help="index folder")
-
-    p = sub.add_parser("demo", help="the whole pipeline on scikit-image's bundled photos (no downloads)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _parser(sub, "demo", "the whole pipeline on scikit-image's bundled photos (no downloads)")
     p.add_argument("-o", "--output", default="roiret-demo", help="folder for index.html and the PNGs")
     p.add_argument("-K", type=int, default=20, help="RoIs per image")
     p.add_argument("--seed", type=int, default=0, help="collection seed")
@@ -172,15 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _load(args):
-    from .retriever import Retriever
+def _load(args: argparse.Namespace) -> Retriever:
+    from ..search.retriever import Retriever
 
     return Retriever.load(args.index, device=args.device, weights=args.weights,
                           allow_download=args.allow_download, progress=args.progress)
 
 
-def cmd_index(args) -> int:
-    from .retriever import Retriever
+def cmd_index(args: argparse.Namespace) -> int:
+    from ..search.retriever import Retriever
 
     images = collect_images(args.source)
     print(f"{len(images)} images from {args.source}", file=sys.stderr)
@@ -200,7 +215,7 @@ def cmd_index(args) -> int:
     return 0
 
 
-def cmd_search(args) -> int:
+def cmd_search(args: argparse.Namespace) -> int:
     r = _load(args)
     res = r.search(args.image, args.box, top=args.top, mode=args.mode,
                    fusion=getattr(args, "fusion", None))  # absent: the index's
@@ -218,10 +233,10 @@ def cmd_search(args) -> int:
     return 0
 
 
-def cmd_show(args) -> int:
+def cmd_show(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .imageio import load_image
+    from ..io.images import load_image
     from .viz import result_strip, write_html, write_png
 
     r = _load(args)
@@ -229,7 +244,7 @@ def cmd_show(args) -> int:
     bow = r.search(args.image, args.box, top=args.top, mode="bow")
     query = load_image(args.image)
 
-    def load(hit):
+    def load(hit: Hit) -> np.ndarray:
         try:
             return load_image(hit.name)
         except (OSError, ValueError):
@@ -252,8 +267,8 @@ def cmd_show(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
-    from .experiments import oxford_table
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..eval.table import oxford_table
 
     table = oxford_table(args.dataset, features=[f for f in args.features.split(",") if f],
                          variants=[v for v in args.variants.split(",") if v], Ks=args.Ks,
@@ -269,10 +284,14 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_info(args) -> int:
-    m = json.loads((Path(args.index) / "manifest.json").read_text("utf-8"))
+def cmd_info(args: argparse.Namespace) -> int:
+    from ..io.folder import IndexFolder
+    from ..search import persist
+
+    saved = IndexFolder(args.index, persist.FORMAT, persist.VERSION, "roiret index").read(verify=False)
+    m = {**saved.fields, "version": saved.version}
     c = m["config"]
-    size = sum(f["bytes"] for f in m["files"].values())
+    size = sum(p.stat().st_size for p in saved.paths.values())
     print(f"roiret index (format {m['format']} v{m['version']}, written by roiret {m['roiret_version']})")
     print(f"  images: {m['images']}, RoIs: {m['rois']}, {m['nbits']}-bit codes, {size / 1e6:.1f} MB "
           f"({size / max(1, m['images']):.0f} bytes per image)")
@@ -284,7 +303,7 @@ def cmd_info(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(args.output, device=args.device, K=args.K, seed=args.seed, progress=args.progress)
@@ -296,7 +315,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     handler = {"index": cmd_index, "search": cmd_search, "show": cmd_show, "eval": cmd_eval,
                "info": cmd_info, "demo": cmd_demo}[args.command]
-    from .errors import ImageError, IndexFormatError, WeightsError
+    from ..errors import ImageError, IndexFormatError, WeightsError
 
     try:
         return handler(args)

@@ -19,9 +19,13 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..io.folder import PathLike
+    from ..search.results import SearchResult
 
 __all__ = ["DemoCollection", "make_collection", "run_demo"]
 
@@ -45,7 +49,7 @@ def _photo(name: str) -> np.ndarray:
     except ImportError as e:  # pragma: no cover - scikit-image is a dependency
         raise ImportError("roiret demo builds its collection from scikit-image's bundled photos: "
                           "pip install scikit-image") from e
-    from .imageio import to_uint8_rgb
+    from ..io.images import to_uint8_rgb
 
     x = getattr(data, name)()
     if isinstance(x, tuple):
@@ -64,7 +68,7 @@ class DemoCollection:
     positives: Dict[str, List[int]]   # query name -> database positions containing it
 
 
-def _texture(rng, h, w) -> np.ndarray:
+def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     import cv2
 
     t = _photo(TEXTURES[rng.integers(len(TEXTURES))])
@@ -78,7 +82,7 @@ def _texture(rng, h, w) -> np.ndarray:
     return np.clip(t * tint, 0, 255).astype(np.uint8)
 
 
-def _transform(obj: np.ndarray, rng, scale: float) -> np.ndarray:
+def _transform(obj: np.ndarray, rng: np.random.Generator, scale: float) -> np.ndarray:
     """Scale, rotate slightly, change lighting (gain, gamma, colour cast)."""
     import cv2
 
@@ -93,7 +97,7 @@ def _transform(obj: np.ndarray, rng, scale: float) -> np.ndarray:
     return np.clip(f * 255, 0, 255).astype(np.uint8)
 
 
-def _paste(canvas: np.ndarray, obj: np.ndarray, rng) -> None:
+def _paste(canvas: np.ndarray, obj: np.ndarray, rng: np.random.Generator) -> None:
     H, W = canvas.shape[:2]
     h, w = obj.shape[:2]
     h, w = min(h, H), min(w, W)
@@ -109,7 +113,9 @@ def make_collection(scenes_per_object: int = 4, distractors: int = 12, seed: int
     W, H = size
     crops = {name: _photo(name)[y1:y2, x1:x2] for name, (x1, y1, x2, y2) in OBJECTS}
     clutter = [_photo(n) for n in CLUTTER]
-    database, names, positives = [], [], {name: [] for name, _ in OBJECTS}
+    database: List[np.ndarray] = []
+    names: List[str] = []
+    positives: Dict[str, List[int]] = {name: [] for name, _ in OBJECTS}
 
     def scene(target: Optional[str]) -> np.ndarray:
         canvas = _texture(rng, H, W)
@@ -138,17 +144,17 @@ def make_collection(scenes_per_object: int = 4, distractors: int = 12, seed: int
     database = [database[i] for i in order]
     names = [names[i] for i in order]
     positives = {q: sorted(int(inv[i]) for i in p) for q, p in positives.items()}
-    queries = [(name, _photo(name), tuple(float(v) for v in box)) for name, box in OBJECTS]
+    queries = [(name, _photo(name), (float(x1), float(y1), float(x2), float(y2))) for name, (x1, y1, x2, y2) in OBJECTS]
     return DemoCollection(database, names, queries, positives)
 
 
 def run_demo(out: str = "roiret-demo", *, device: str = "cpu", K: int = 20, seed: int = 0,
              progress: Optional[bool] = None, top: int = 8, scenes_per_object: int = 4, distractors: int = 12,
-             weights="auto", print_fn=print) -> Dict[str, float]:
+             weights: Optional[PathLike] = "auto", print_fn: Callable[[str], None] = print) -> Dict[str, float]:
     """Build, index and query the demo collection; print mAP per mode; write
     ``<out>/index.html`` (and one PNG per query). Returns {mode: mAP}."""
-    from .eval import average_precision
-    from .retriever import Retriever
+    from ..eval.metrics import average_precision
+    from ..search.retriever import Retriever
     from .viz import result_strip, write_html, write_png
 
     t0 = time.perf_counter()
@@ -175,11 +181,11 @@ def run_demo(out: str = "roiret-demo", *, device: str = "cpu", K: int = 20, seed
     }
     labels = {key: v[0] for key, v in modes.items()}
     aps: Dict[str, List[float]] = {m: [] for m in modes}
-    sections = []
-    lat = []
+    sections: List[Dict[str, Any]] = []
+    lat: List[float] = []
     for qname, photo, box in col.queries:
         pos_ids = {int(ids[i]) for i in col.positives[qname]}
-        results = {}
+        results: Dict[str, SearchResult] = {}
         prepared = r.prepare_query(photo, box)  # features once, ranked several ways
         for key, (_, mode, fusion) in modes.items():
             res = r.rank(prepared, top=n_db, mode=mode, fusion=fusion)

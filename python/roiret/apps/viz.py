@@ -10,9 +10,17 @@ import base64
 import html
 import os
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import (
+    TYPE_CHECKING, AbstractSet, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union,
+)
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..search.results import Hit, SearchResult
+
+PathLike = Union[str, "os.PathLike[str]"]
+Color = Tuple[int, int, int]
 
 __all__ = ["draw_boxes", "encode_png", "render_strip", "result_strip", "write_html"]
 
@@ -20,17 +28,17 @@ BLUE = (40, 90, 255)
 MAGENTA = (255, 0, 255)
 GREEN = (30, 200, 60)
 RED = (230, 30, 30)
-GRAY = (150, 150, 150)
 YELLOW = (255, 210, 0)
 
 
-def _cv2():
+def _cv2() -> Any:
     import cv2
 
     return cv2
 
 
-def draw_boxes(img: np.ndarray, boxes: Iterable[Sequence[float]], color=MAGENTA, thickness: int = 2) -> np.ndarray:
+def draw_boxes(img: np.ndarray, boxes: Iterable[Sequence[float]], color: Color = MAGENTA,
+               thickness: int = 2) -> np.ndarray:
     """A copy of the RGB ``img`` with rectangles ``(x1, y1, x2, y2)`` (pixels) drawn."""
     cv2 = _cv2()
     out = np.ascontiguousarray(img.copy())
@@ -45,11 +53,11 @@ def draw_boxes(img: np.ndarray, boxes: Iterable[Sequence[float]], color=MAGENTA,
     return out
 
 
-def _thumb(img: np.ndarray, height: int, border=None, label: str = "") -> np.ndarray:
+def _thumb(img: np.ndarray, height: int, border: Optional[Color] = None, label: str = "") -> np.ndarray:
     cv2 = _cv2()
     h, w = img.shape[:2]
     nw = max(1, int(round(w * height / h)))
-    t = cv2.resize(img, (nw, height), interpolation=cv2.INTER_AREA)
+    t: np.ndarray = cv2.resize(img, (nw, height), interpolation=cv2.INTER_AREA)
     if border is not None:
         t = cv2.copyMakeBorder(t, 5, 5, 5, 5, cv2.BORDER_CONSTANT, value=border)
     else:
@@ -75,11 +83,11 @@ def render_strip(tiles: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:
 def result_strip(
     query: np.ndarray,
     query_box: Optional[Sequence[float]],
-    result,
-    load: Callable[[object], np.ndarray],
+    result: SearchResult,
+    load: Callable[[Hit], np.ndarray],
     *,
     top: int = 8,
-    positives: Optional[set] = None,
+    positives: Optional[AbstractSet[int]] = None,
     height: int = 150,
     show_query_rois: bool = True,
     reranked: bool = True,
@@ -113,14 +121,14 @@ def encode_png(img: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     if not ok:
         raise ValueError("could not encode the image as PNG")
-    return buf.tobytes()
+    return bytes(buf.tobytes())
 
 
-def write_png(path, img: np.ndarray) -> None:
+def write_png(path: PathLike, img: np.ndarray) -> None:
     Path(path).write_bytes(encode_png(img))
 
 
-def write_html(path, title: str, sections: List[Dict], intro: str = "") -> None:
+def write_html(path: PathLike, title: str, sections: List[Dict[str, Any]], intro: str = "") -> None:
     """A self-contained page. Each section: ``{"title": str, "images": [(caption, RGB
     array)], "table": [dict rows] (optional), "text": str (optional)}``."""
     parts = [
@@ -158,7 +166,7 @@ def write_html(path, title: str, sections: List[Dict], intro: str = "") -> None:
     os.replace(tmp, path)
 
 
-def _fmt(v) -> str:
+def _fmt(v: object) -> str:
     if isinstance(v, float):
         return "–" if not np.isfinite(v) else f"{v:.4f}"
     return str(v)

@@ -21,7 +21,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..imageio import ImageSource, load_image, resize_max_side
+from ..io.images import Box, ImageSource, check_box, load_image, resize_max_side
+from ..params import LOCAL_FEATURES
 
 __all__ = [
     "Box",
@@ -32,13 +33,12 @@ __all__ = [
     "surf_available",
 ]
 
-Box = Tuple[float, float, float, float]
 
 #: Descriptor kinds and their dimension (SURF: 64, or 128 with ``surf_extended=True``).
-FEATURE_KINDS = ("rootsift", "sift", "surf")
+FEATURE_KINDS = LOCAL_FEATURES
 
 
-def _cv2():
+def _cv2() -> Any:
     import cv2
 
     return cv2
@@ -70,19 +70,7 @@ def rootsift(descriptors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     if d.size and d.min() < 0:
         raise ValueError("rootsift: descriptors must be non-negative (SIFT); got negative values")
     l1 = d.sum(axis=1, keepdims=True)
-    return np.sqrt(d / np.maximum(l1, eps)).astype(np.float32, copy=False)
-
-
-def _check_box(box: Any) -> Box:
-    try:
-        x1, y1, x2, y2 = (float(v) for v in box)
-    except (TypeError, ValueError):
-        raise TypeError(f"box: expected (x1, y1, x2, y2), got {box!r}") from None
-    if not all(np.isfinite([x1, y1, x2, y2])):
-        raise ValueError(f"box: coordinates must be finite, got {box!r}")
-    if not (x2 > x1 and y2 > y1):
-        raise ValueError(f"box: expected x2 > x1 and y2 > y1, got {box!r}")
-    return (x1, y1, x2, y2)
+    return np.asarray(np.sqrt(d / np.maximum(l1, eps)), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -120,7 +108,7 @@ class LocalFeatures:
     def in_box(self, box: Box) -> "LocalFeatures":
         """The features whose centre lies inside ``box = (x1, y1, x2, y2)`` (bounds
         included), in image pixels — the Oxford protocol's query crop."""
-        x1, y1, x2, y2 = _check_box(box)
+        x1, y1, x2, y2 = check_box(box)
         x, y = self.xy[:, 0], self.xy[:, 1]
         keep = (x >= x1) & (x <= x2) & (y >= y1) & (y <= y2)
         return self.select(keep)
@@ -144,7 +132,7 @@ class LocalFeatureExtractor:
     kind:
         ``"rootsift"`` (default), ``"sift"``, or ``"surf"`` (needs an OpenCV built with the
         nonfree module; see :func:`surf_available`).
-    max_features:
+    max_keypoints:
         Keep at most this many keypoints per image, the strongest by detector response
         (``None`` or 0: no limit). Default 4000.
     max_side:
@@ -167,7 +155,7 @@ class LocalFeatureExtractor:
         self,
         kind: str = "rootsift",
         *,
-        max_features: Optional[int] = 4000,
+        max_keypoints: Optional[int] = 4000,
         max_side: Optional[int] = 1024,
         n_octave_layers: int = 3,
         contrast_threshold: float = 0.04,
@@ -186,8 +174,8 @@ class LocalFeatureExtractor:
                 "with OPENCV_ENABLE_NONFREE, which PyPI's opencv-contrib wheels do not set). "
                 "Use kind='rootsift' (the default) or build opencv-contrib with nonfree."
             )
-        if max_features is not None and (int(max_features) != max_features or max_features < 0):
-            raise ValueError(f"max_features: expected an integer >= 0 or None, got {max_features!r}")
+        if max_keypoints is not None and (int(max_keypoints) != max_keypoints or max_keypoints < 0):
+            raise ValueError(f"max_keypoints: expected an integer >= 0 or None, got {max_keypoints!r}")
         if max_side is not None and (int(max_side) != max_side or max_side < 8):
             raise ValueError(f"max_side: expected an integer >= 8 or None, got {max_side!r}")
         if int(n_octave_layers) < 1:
@@ -195,7 +183,7 @@ class LocalFeatureExtractor:
         if sigma <= 0:
             raise ValueError(f"sigma: expected > 0, got {sigma}")
         self.kind = kind
-        self.max_features = int(max_features) if max_features else None
+        self.max_keypoints = int(max_keypoints) if max_keypoints else None
         self.max_side = int(max_side) if max_side is not None else None
         self.n_octave_layers = int(n_octave_layers)
         self.contrast_threshold = float(contrast_threshold)
@@ -218,7 +206,7 @@ class LocalFeatureExtractor:
         """A JSON-serialisable description; :meth:`from_config` rebuilds the extractor."""
         return {
             "kind": self.kind,
-            "max_features": self.max_features,
+            "max_keypoints": self.max_keypoints,
             "max_side": self.max_side,
             "n_octave_layers": self.n_octave_layers,
             "contrast_threshold": self.contrast_threshold,
@@ -233,6 +221,8 @@ class LocalFeatureExtractor:
     def from_config(cls, config: Dict[str, Any]) -> "LocalFeatureExtractor":
         cfg = dict(config)
         kind = cfg.pop("kind", "rootsift")
+        if "max_features" in cfg:  # the name before 0.2 (saved indexes keep it)
+            cfg.setdefault("max_keypoints", cfg.pop("max_features"))
         try:
             return cls(kind, **cfg)
         except TypeError as e:
@@ -240,7 +230,7 @@ class LocalFeatureExtractor:
 
     def __repr__(self) -> str:
         return (
-            f"LocalFeatureExtractor(kind={self.kind!r}, max_features={self.max_features}, "
+            f"LocalFeatureExtractor(kind={self.kind!r}, max_keypoints={self.max_keypoints}, "
             f"max_side={self.max_side})"
         )
 
@@ -251,7 +241,7 @@ class LocalFeatureExtractor:
         return hash(tuple(sorted(self.config().items())))
 
     # -- extraction ---------------------------------------------------------------------
-    def _detector(self):
+    def _detector(self) -> Any:
         det = getattr(self._tls, "det", None)
         if det is None:
             cv2 = _cv2()
@@ -263,7 +253,7 @@ class LocalFeatureExtractor:
                 )
             else:
                 det = cv2.SIFT_create(
-                    nfeatures=self.max_features or 0,
+                    nfeatures=self.max_keypoints or 0,
                     nOctaveLayers=self.n_octave_layers,
                     contrastThreshold=self.contrast_threshold,
                     edgeThreshold=self.edge_threshold,
@@ -297,7 +287,7 @@ class LocalFeatureExtractor:
             From :func:`roiret.imageio.load_image`, or a bad ``box``.
         """
         if box is not None:
-            box = _check_box(box)
+            box = check_box(box)
         gray = load_image(image, gray=True)
         h0, w0 = gray.shape[:2]
         small, scale = resize_max_side(gray, self.max_side)
@@ -315,10 +305,10 @@ class LocalFeatureExtractor:
         xy = np.array([kp.pt for kp in kps], dtype=np.float32).reshape(n, 2)
         sizes = np.array([kp.size for kp in kps], dtype=np.float32)
         desc = np.asarray(desc, dtype=np.float32).reshape(n, -1)
-        if self.max_features and n > self.max_features:
+        if self.max_keypoints and n > self.max_keypoints:
             # strongest first; stable so equal responses keep the detector's order
             resp = np.array([kp.response for kp in kps], dtype=np.float32)
-            keep = np.sort(np.argsort(-resp, kind="stable")[: self.max_features])
+            keep = np.sort(np.argsort(-resp, kind="stable")[: self.max_keypoints])
             xy, sizes, desc = xy[keep], sizes[keep], desc[keep]
         if scale != 1.0:
             # OpenCV's pixel centres are at integer coordinates in both images

@@ -6,16 +6,12 @@ computed on the whole query image and only those whose centre lies in the box ar
 """
 from __future__ import annotations
 
-import json
-import uuid
-from pathlib import Path
-from typing import Any, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import IndexFormatError
-from ..imageio import ImageSource
-from ._io import PathLike, atomic_write, remove_files, sha256_file
+from ..io.folder import IndexFolder, IndexWriter, PathLike, as_format_error
+from ..io.images import ImageSource
 from .encode import bag_of_words, bags_to_csr
 from .features import Box, LocalFeatureExtractor, LocalFeatures
 from .vocabulary import Vocabulary
@@ -24,10 +20,10 @@ __all__ = ["BowHits", "BowIndex"]
 
 _FORMAT = "roiret.bow_index"
 _VERSION = 1
-_MANIFEST = "manifest.json"
+_WHAT = "roiret BoW index"
 
 
-def _inverted_file_class():
+def _inverted_file_class() -> Any:
     from .._kernels import InvertedFile  # native core; imported on first use
 
     return InvertedFile
@@ -55,10 +51,10 @@ def _as_ids(ids: Any, n: int) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _check_top_n(top_n: int) -> int:
-    if isinstance(top_n, bool) or int(top_n) != top_n or top_n < 1:
-        raise ValueError(f"top_n: expected a positive integer, got {top_n!r}")
-    return int(top_n)
+def _check_top(top: int) -> int:
+    if isinstance(top, bool) or int(top) != top or top < 1:
+        raise ValueError(f"top: expected a positive integer, got {top!r}")
+    return int(top)
 
 
 class BowIndex:
@@ -75,6 +71,9 @@ class BowIndex:
     inverted_file:
         An existing :class:`roiret.InvertedFile` of the same vocabulary size (default: a new
         empty one).
+    next_id:
+        The id given to the next image added without ids (default: one more than the
+        largest id in ``inverted_file``, or 0).
 
     TF-IDF (computed by the native inverted file): ``idf_t = ln(N / df_t)``; image and query
     vectors ``count · idf`` L2-normalised; score = their dot product (cosine).
@@ -92,6 +91,7 @@ class BowIndex:
         extractor: Optional[LocalFeatureExtractor] = None,
         *,
         inverted_file: Any = None,
+        next_id: Optional[int] = None,
     ):
         if not isinstance(vocabulary, Vocabulary):
             raise TypeError(f"vocabulary: expected a roiret.bow.Vocabulary, got {type(vocabulary).__name__}")
@@ -115,19 +115,23 @@ class BowIndex:
         self.vocabulary = vocabulary
         self.extractor = extractor
         self.inverted_file = inverted_file
-        self._next_id = 0
+        ids = inverted_file.ids()
+        #: the id the next image added without an explicit id gets
+        self._next_id = int(ids.max()) + 1 if len(ids) else 0
+        if next_id is not None:
+            self._next_id = max(self._next_id, int(next_id))
 
     # -- training -------------------------------------------------------------------------
     @classmethod
     def train(
         cls,
         images: Iterable[ImageSource],
-        n_words: int,
+        vocab_size: int,
         *,
         extractor: Optional[LocalFeatureExtractor] = None,
         seed: int = 0,
-        max_train: Optional[int] = None,
-        n_iter: int = 20,
+        max_train_descriptors: Optional[int] = None,
+        kmeans_iterations: int = 20,
         kmeans: str = "auto",
         progress: bool = True,
         **vocabulary_options: Any,
@@ -135,7 +139,7 @@ class BowIndex:
         """Learn a vocabulary from the local features of ``images`` and return an empty
         index using it (the training images are *not* added; call :meth:`add`).
 
-        ``seed``, ``max_train``, ``n_iter``, ``kmeans`` and ``vocabulary_options`` (HNSW
+        ``seed``, ``max_train_descriptors``, ``kmeans_iterations``, ``kmeans`` and ``vocabulary_options`` (HNSW
         settings) go to :meth:`Vocabulary.fit`. Train on database images (or other images),
         never on ground-truth labels.
         """
@@ -143,10 +147,10 @@ class BowIndex:
         feats = extractor.extract_many(images, progress=progress, desc="features for k-means")
         voc = Vocabulary.fit(
             feats,
-            n_words,
+            vocab_size,
             seed=seed,
-            max_train=max_train,
-            n_iter=n_iter,
+            max_train_descriptors=max_train_descriptors,
+            kmeans_iterations=kmeans_iterations,
             kmeans=kmeans,
             descriptor=extractor.kind,
             progress=progress,
@@ -186,16 +190,16 @@ class BowIndex:
         Returns the ids."""
         offsets = np.ascontiguousarray(offsets, dtype=np.int64)
         n = offsets.shape[0] - 1
-        ids = self._new_ids(ids, n)
+        new = self._new_ids(ids, n)
         self.inverted_file.add(
-            ids,
+            new,
             offsets,
             np.ascontiguousarray(words, dtype=np.int64),
             np.ascontiguousarray(counts, dtype=np.float32),
         )
         if n:
-            self._next_id = max(self._next_id, int(ids.max()) + 1)
-        return ids
+            self._next_id = max(self._next_id, int(new.max()) + 1)
+        return new
 
     def add_features(self, features: Sequence[LocalFeatures], ids: Any = None) -> np.ndarray:
         """Add images given by their local features. Returns the ids (``ids`` or, when
@@ -234,7 +238,7 @@ class BowIndex:
             The ids, int64.
         """
         imgs = list(images)
-        ids = self._new_ids(ids, len(imgs))
+        new = self._new_ids(ids, len(imgs))
         if int(batch_size) < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
         it: Iterable[Any] = imgs
@@ -247,12 +251,12 @@ class BowIndex:
         for img in it:
             bags.append(self.encode(img))
             if len(bags) == batch_size:
-                self.add_bags(ids[start : start + len(bags)], *bags_to_csr(bags))
+                self.add_bags(new[start : start + len(bags)], *bags_to_csr(bags))
                 start += len(bags)
                 bags = []
         if bags:
-            self.add_bags(ids[start : start + len(bags)], *bags_to_csr(bags))
-        return ids
+            self.add_bags(new[start : start + len(bags)], *bags_to_csr(bags))
+        return new
 
     def remove(self, ids: Any) -> None:
         """Remove images by id (see :meth:`roiret.InvertedFile.remove`)."""
@@ -262,6 +266,11 @@ class BowIndex:
     def __len__(self) -> int:
         return len(self.inverted_file)
 
+    @property
+    def next_id(self) -> int:
+        """The id the next image added without explicit ids gets."""
+        return self._next_id
+
     def __repr__(self) -> str:
         return (
             f"BowIndex(images={len(self)}, vocabulary={self.vocabulary.size} words, "
@@ -269,22 +278,22 @@ class BowIndex:
         )
 
     # -- search ---------------------------------------------------------------------------
-    def search_bag(self, words: np.ndarray, counts: np.ndarray, top_n: int = 100) -> BowHits:
+    def search_bag(self, words: np.ndarray, counts: np.ndarray, top: int = 100) -> BowHits:
         """Top-N images for an encoded query (words, counts)."""
-        top_n = _check_top_n(top_n)
+        top = _check_top(top)
         words = np.ascontiguousarray(words, dtype=np.int64)
         counts = np.ascontiguousarray(counts, dtype=np.float32)
         if words.size == 0:
             return BowHits(np.zeros(0, np.int64), np.zeros(0, np.float32))
-        ids, scores = self.inverted_file.search(words, counts, top_n)
+        ids, scores = self.inverted_file.search(words, counts, top)
         return BowHits(np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32))
 
     def search_bags(
-        self, bags: Sequence[Tuple[np.ndarray, np.ndarray]], top_n: int = 100
+        self, bags: Sequence[Tuple[np.ndarray, np.ndarray]], top: int = 100
     ) -> List[BowHits]:
         """Top-N images for many encoded queries at once (the native batch search, run on
         several threads). Returns one :class:`BowHits` per query, as :meth:`search_bag`."""
-        top_n = _check_top_n(top_n)
+        top = _check_top(top)
         bags = list(bags)
         out: List[Optional[BowHits]] = [None] * len(bags)
         nonempty = [i for i, (w, _) in enumerate(bags) if len(w)]
@@ -293,7 +302,7 @@ class BowIndex:
                 out[i] = BowHits(np.zeros(0, np.int64), np.zeros(0, np.float32))
         if nonempty:
             off, w, c = bags_to_csr([bags[i] for i in nonempty])
-            ids, scores = self.inverted_file.search_batch(off, w, c, top_n)
+            ids, scores = self.inverted_file.search_batch(off, w, c, top)
             ids = np.asarray(ids, dtype=np.int64).reshape(len(nonempty), -1)
             scores = np.asarray(scores, dtype=np.float32).reshape(len(nonempty), -1)
             for row, i in enumerate(nonempty):
@@ -304,119 +313,58 @@ class BowIndex:
         return out  # type: ignore[return-value]
 
     def search_features(
-        self, features: LocalFeatures, *, box: Optional[Box] = None, top_n: int = 100
+        self, features: LocalFeatures, *, box: Optional[Box] = None, top: int = 100
     ) -> BowHits:
         """Top-N images for a query given by its local features (optionally a box)."""
-        return self.search_bag(*self.encode_features(features, box=box), top_n=top_n)
+        return self.search_bag(*self.encode_features(features, box=box), top=top)
 
-    def search(self, image: ImageSource, *, box: Optional[Box] = None, top_n: int = 100) -> BowHits:
+    def search(self, image: ImageSource, *, box: Optional[Box] = None, top: int = 100) -> BowHits:
         """Top-N database images for a query image, or for the box ``(x1, y1, x2, y2)``
         (image pixels) inside it.
 
         Returns
         -------
         BowHits
-            ``(ids, scores)`` best first; fewer than ``top_n`` when fewer images share a
+            ``(ids, scores)`` best first; fewer than ``top`` when fewer images share a
             word with the query; empty when the query has no keypoint (in the box).
         """
-        return self.search_bag(*self.encode(image, box=box), top_n=top_n)
+        return self.search_bag(*self.encode(image, box=box), top=top)
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, folder: PathLike) -> None:
-        """Save to ``folder`` (created if needed): ``manifest.json`` (format version,
-        feature settings, file names, sizes and SHA-256), the vocabulary (``.npz``, no
-        pickle) and the inverted file (native format). New data files get fresh names and
-        the manifest is replaced atomically last, so a reader sees the old index or the new
-        one, never a mix; files of the previous save are removed afterwards."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tag = uuid.uuid4().hex[:12]
-        voc_name, ivf_name = f"vocabulary-{tag}.npz", f"inverted_file-{tag}.bin"
-        old = self._manifest_files(folder)
-        written = []
-        try:
-            self.vocabulary.save(folder / voc_name)
-            written.append(voc_name)
-            self.inverted_file.save(str(folder / ivf_name))
-            written.append(ivf_name)
-            manifest = {
-                "format": _FORMAT,
-                "version": _VERSION,
-                "extractor": self.extractor.config(),
-                "next_id": self._next_id,
-                "vocabulary_size": self.vocabulary.size,
-                "images": len(self),
-                "files": {
-                    role: {
-                        "name": name,
-                        "bytes": (folder / name).stat().st_size,
-                        "sha256": sha256_file(folder / name),
-                    }
-                    for role, name in (("vocabulary", voc_name), ("inverted_file", ivf_name))
-                },
-            }
-            text = json.dumps(manifest, indent=2, sort_keys=True)
-            atomic_write(folder / _MANIFEST, lambda f: f.write(text.encode("utf-8")))
-        except BaseException:
-            remove_files(folder, written)
-            raise
-        remove_files(folder, [name for name in old if name not in (voc_name, ivf_name)])
+        """Save to ``folder`` (created if needed) as an index folder (:mod:`roiret.io.folder`:
+        ``manifest.json`` with format version, feature settings, file names, sizes and
+        SHA-256; the vocabulary as ``.npz``, no pickle; the inverted file in its native
+        format). Atomic and locked: a reader sees the old index or the new one, never a
+        mix; files of the previous save are removed afterwards."""
 
-    @staticmethod
-    def _manifest_files(folder: Path) -> List[str]:
-        try:
-            m = json.loads((folder / _MANIFEST).read_text("utf-8"))
-            return [f["name"] for f in m.get("files", {}).values() if "/" not in f["name"]]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return []
+        def write(w: IndexWriter) -> Dict[str, Any]:
+            w.put("vocabulary", "vocabulary", "npz", self.vocabulary.save)
+            w.put("inverted_file", "inverted_file", "bin", lambda p: self.inverted_file.save(str(p)))
+            return {"extractor": self.extractor.config(), "next_id": self._next_id,
+                    "vocabulary_size": self.vocabulary.size, "images": len(self)}
+
+        IndexFolder(folder, _FORMAT, _VERSION, _WHAT).save(write)
 
     @classmethod
-    def load(cls, folder: PathLike) -> "BowIndex":
-        """Load an index saved by :meth:`save`.
+    def load(cls, folder: PathLike, *, verify: bool = True) -> "BowIndex":
+        """Load an index saved by :meth:`save` (``verify``: check every file's SHA-256).
 
         Raises
         ------
         FileNotFoundError
-            No such folder or manifest.
+            No such folder.
         roiret.errors.IndexFormatError
-            Wrong kind, newer version, or a data file that is missing, truncated or does
-            not match its checksum.
+            No manifest, wrong kind, newer version, or a data file that is missing,
+            truncated, corrupt or does not match its checksum.
         """
-        folder = Path(folder)
-        mpath = folder / _MANIFEST
-        if not mpath.exists():
-            raise FileNotFoundError(f"{folder}: no {_MANIFEST} (not a saved BowIndex)")
-        try:
-            m = json.loads(mpath.read_text("utf-8"))
-        except ValueError as e:
-            raise IndexFormatError(f"{mpath}: not valid JSON ({e})") from None
-        if not isinstance(m, dict) or m.get("format") != _FORMAT:
-            raise IndexFormatError(f"{mpath}: not a roiret BoW index manifest")
-        ver = m.get("version")
-        if not isinstance(ver, int) or not 1 <= ver <= _VERSION:
-            raise IndexFormatError(
-                f"{mpath}: format version {ver!r}; this roiret reads versions 1 to {_VERSION}"
-            )
-        try:
-            files = m["files"]
-            paths = {}
-            for role in ("vocabulary", "inverted_file"):
-                spec = files[role]
-                name = spec["name"]
-                if "/" in name or "\\" in name or name.startswith(".."):
-                    raise IndexFormatError(f"{mpath}: bad file name {name!r}")
-                p = folder / name
-                if not p.exists():
-                    raise IndexFormatError(f"{mpath}: {role} file {name!r} is missing")
-                if p.stat().st_size != spec["bytes"] or sha256_file(p) != spec["sha256"]:
-                    raise IndexFormatError(f"{mpath}: {role} file {name!r} is truncated or corrupt")
-                paths[role] = p
-            extractor = LocalFeatureExtractor.from_config(m["extractor"])
-            next_id = int(m["next_id"])
-        except (KeyError, TypeError) as e:
-            raise IndexFormatError(f"{mpath}: incomplete manifest ({e})") from None
-        voc = Vocabulary.load(paths["vocabulary"])
-        ivf = _inverted_file_class().load(str(paths["inverted_file"]))
-        out = cls(voc, extractor, inverted_file=ivf)
-        out._next_id = next_id
-        return out
+        m = IndexFolder(folder, _FORMAT, _VERSION, _WHAT).read(verify=verify,
+                                                               required=("vocabulary", "inverted_file"))
+        with as_format_error(m.path, "incomplete or invalid manifest"):
+            extractor = LocalFeatureExtractor.from_config(m.fields["extractor"])
+            next_id = int(m.fields["next_id"])
+        with m.parsing("vocabulary"):
+            voc = Vocabulary.load(m.paths["vocabulary"])
+        with m.parsing("inverted_file"):
+            ivf = _inverted_file_class().load(str(m.paths["inverted_file"]))
+        return cls(voc, extractor, inverted_file=ivf, next_id=next_id)

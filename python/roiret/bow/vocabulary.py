@@ -1,7 +1,7 @@
 """Visual vocabulary: k-means centroids of local descriptors, and word assignment (faiss).
 
 Training (:meth:`Vocabulary.fit`) draws a seeded random sample of the descriptors, starts
-from ``n_words`` distinct sample points chosen with the same seed, and runs Lloyd
+from ``vocab_size`` distinct sample points chosen with the same seed, and runs Lloyd
 iterations:
 
 * ``kmeans="exact"``: each iteration is one ``faiss.Kmeans`` step (exact nearest centroid
@@ -11,7 +11,7 @@ iterations:
   brute force; the update and empty-cluster split follow faiss's rule. The graph is built
   single-threaded (so that results do not depend on thread timing) and searched with all
   of faiss's threads.
-* ``kmeans="auto"`` (default): approximate when ``n_words >= hnsw_threshold``.
+* ``kmeans="auto"`` (default): approximate when ``vocab_size >= hnsw_threshold``.
 
 Both are deterministic for a given seed and input.
 
@@ -26,12 +26,12 @@ Building an HNSW graph temporarily sets faiss to one thread, process-wide.
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..errors import IndexFormatError
-from ._io import PathLike, load_arrays, save_arrays
+from ..io.arrays import PathLike, load_arrays, save_arrays
 
 __all__ = ["Vocabulary", "DEFAULT_HNSW_THRESHOLD", "DEFAULT_HNSW_EF_SEARCH", "DEFAULT_KMEANS_EF_SEARCH"]
 
@@ -53,7 +53,7 @@ _VERSION = 1
 _EPS = 1.0 / 1024.0  # faiss's symmetric perturbation when splitting a cluster
 
 
-def _faiss():
+def _faiss() -> Any:
     import faiss
 
     return faiss
@@ -104,7 +104,7 @@ def _stack_sample(
     return out
 
 
-def _build_hnsw(centroids: np.ndarray, m: int, ef_construction: int, ef_search: int):
+def _build_hnsw(centroids: np.ndarray, m: int, ef_construction: int, ef_search: int) -> Any:
     faiss = _faiss()
     index = faiss.IndexHNSWFlat(centroids.shape[1], int(m))
     index.hnsw.efConstruction = int(ef_construction)
@@ -138,6 +138,70 @@ def _split_empty(centroids: np.ndarray, counts: np.ndarray, rng: np.random.Gener
         counts[ci] = counts[cj] // 2
         counts[cj] -= counts[ci]
     return int(empty.size)
+
+
+def _check_fit_args(vocab_size: Any, kmeans_iterations: Any, max_train_descriptors: Any, kmeans: str) -> int:
+    k = int(vocab_size)
+    if isinstance(vocab_size, bool) or k != vocab_size or k < 1:
+        raise ValueError(f"vocab_size: expected a positive integer, got {vocab_size!r}")
+    if int(kmeans_iterations) < 1:
+        raise ValueError(f"kmeans_iterations: expected >= 1, got {kmeans_iterations}")
+    if max_train_descriptors is not None and int(max_train_descriptors) < k:
+        raise ValueError(f"max_train_descriptors ({max_train_descriptors}) must be at least vocab_size ({k})")
+    if kmeans not in ("auto", "exact", "approximate"):
+        raise ValueError(f"kmeans: expected 'auto', 'exact' or 'approximate', got {kmeans!r}")
+    return k
+
+
+def _initial_centroids(x: np.ndarray, k: int, init: Optional[np.ndarray], seed: int) -> np.ndarray:
+    """``init`` checked, or ``k`` distinct rows of ``x`` drawn with ``seed``."""
+    if init is None:
+        rng = np.random.default_rng([int(seed), 1])
+        return np.ascontiguousarray(x[np.sort(rng.choice(len(x), size=k, replace=False))])
+    cents = np.array(_as_descriptors(init, x.shape[1], name="init_centroids"), dtype=np.float32)
+    if cents.shape[0] != k:
+        raise ValueError(f"init_centroids: expected {k} rows (vocab_size), got {cents.shape[0]}")
+    if not np.isfinite(cents).all():
+        raise ValueError("init_centroids: contain NaN or infinity")
+    return cents
+
+
+def _lloyd_step_exact(x: np.ndarray, cents: np.ndarray, seed: int, i: int) -> Tuple[np.ndarray, float, int]:
+    """One Lloyd iteration with faiss's exact k-means: (centroids, mean squared error, splits)."""
+    n, d = x.shape
+    k = len(cents)
+    km = _faiss().Kmeans(d, k, niter=1, seed=int(seed) * 1000003 + i, max_points_per_centroid=n // k + 2,
+                         min_points_per_centroid=1, verbose=False)
+    km.train(x, init_centroids=cents)
+    return (np.ascontiguousarray(km.centroids, dtype=np.float32), float(km.obj[-1]) / n,
+            int(km.iteration_stats[-1]["nsplit"]))
+
+
+def _lloyd_step_hnsw(x: np.ndarray, cents: np.ndarray, seed: int, i: int, m: int, ef_construction: int,
+                     ef_search: int) -> Tuple[np.ndarray, float, int]:
+    """One Lloyd iteration with HNSW assignment: (centroids, mean squared error, splits)."""
+    n, d = x.shape
+    k = len(cents)
+    index = _build_hnsw(cents, m, ef_construction, ef_search)
+    dist, lab = index.search(x, 1)
+    lab = lab[:, 0]
+    bad = lab < 0
+    if bad.any():  # unreachable node: fall back to brute force for those rows
+        flat = _faiss().IndexFlatL2(d)
+        flat.add(cents)
+        dist[bad], lab2 = flat.search(x[bad], 1)
+        lab[bad] = lab2[:, 0]
+    del index
+    obj = float(dist.sum(dtype=np.float64)) / n
+    counts = np.bincount(lab, minlength=k).astype(np.int64)
+    order = np.argsort(lab, kind="stable")
+    used = np.flatnonzero(counts)
+    starts = np.concatenate([[0], np.cumsum(counts[used])[:-1]])
+    sums = np.add.reduceat(x[order], starts, axis=0, dtype=np.float64)
+    new = cents.copy()
+    new[used] = (sums / counts[used, None]).astype(np.float32)
+    split = _split_empty(new, counts, np.random.default_rng([int(seed), 2, i]))
+    return np.ascontiguousarray(new), obj, split
 
 
 class Vocabulary:
@@ -190,7 +254,7 @@ class Vocabulary:
             )
         c = c.copy()
         c.setflags(write=False)
-        self._centroids = c
+        self._centroids: np.ndarray = c
         self.hnsw_threshold = int(hnsw_threshold)
         self.hnsw_m = int(hnsw_m)
         self.hnsw_ef_construction = int(hnsw_ef_construction)
@@ -223,6 +287,11 @@ class Vocabulary:
         return self.size >= self.hnsw_threshold
 
     @property
+    def graph_built(self) -> bool:
+        """Whether the HNSW graph is in memory (built, or read from the file it was saved in)."""
+        return self._hnsw is not None
+
+    @property
     def hnsw_ef_search(self) -> int:
         return self._hnsw_ef_search
 
@@ -243,11 +312,11 @@ class Vocabulary:
     def fit(
         cls,
         descriptors: Union[np.ndarray, Sequence[Any]],
-        n_words: int,
+        vocab_size: int,
         *,
         seed: int = 0,
-        n_iter: int = 20,
-        max_train: Optional[int] = None,
+        kmeans_iterations: int = 20,
+        max_train_descriptors: Optional[int] = None,
         kmeans: str = "auto",
         hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,
         hnsw_m: int = 32,
@@ -258,7 +327,7 @@ class Vocabulary:
         descriptor: Optional[str] = None,
         progress: bool = True,
     ) -> "Vocabulary":
-        """Learn a vocabulary of ``n_words`` words by k-means.
+        """Learn a vocabulary of ``vocab_size`` words by k-means.
 
         Parameters
         ----------
@@ -266,27 +335,27 @@ class Vocabulary:
             An (n, d) float array, or a sequence of them (one per image), or a sequence of
             :class:`~roiret.bow.LocalFeatures`. Learn from database images, never from
             ground-truth labels.
-        n_words:
-            Vocabulary size (typically 1k to 1M). Needs at least that many training
+        vocab_size:
+            Number of words (typically 1k to 1M). Needs at least that many training
             descriptors.
         seed:
             Seeds the training sample, the initial centroids and empty-cluster splits.
-        n_iter:
+        kmeans_iterations:
             Lloyd iterations (default 20).
-        max_train:
+        max_train_descriptors:
             Train on a seeded random sample of at most this many descriptors (default: all
             of them, capped at 256 per word as faiss does).
         kmeans:
             ``"exact"``, ``"approximate"`` (HNSW assignment inside k-means, for large
-            vocabularies) or ``"auto"`` (approximate when ``n_words >= hnsw_threshold``).
+            vocabularies) or ``"auto"`` (approximate when ``vocab_size >= hnsw_threshold``).
         hnsw_threshold, hnsw_m, hnsw_ef_construction, hnsw_ef_search:
             Stored in the vocabulary for :meth:`assign` (see the class).
         kmeans_ef_search:
             efSearch of the HNSW graph during approximate k-means (default:
             :data:`DEFAULT_KMEANS_EF_SEARCH`).
         init_centroids:
-            Optional (n_words, d) starting centroids (e.g. to continue a previous run);
-            default: ``n_words`` distinct training descriptors drawn with ``seed``.
+            Optional (vocab_size, d) starting centroids (e.g. to continue a previous run);
+            default: ``vocab_size`` distinct training descriptors drawn with ``seed``.
         descriptor:
             Name of the descriptor kind (e.g. ``"rootsift"``), recorded in :attr:`info`.
         progress:
@@ -297,18 +366,8 @@ class Vocabulary:
         ValueError
             Fewer training descriptors than words, non-finite descriptors, bad parameters.
         """
-        faiss = _faiss()
-        k = int(n_words)
-        if k != n_words or k < 1:
-            raise ValueError(f"n_words: expected a positive integer, got {n_words!r}")
-        if int(n_iter) < 1:
-            raise ValueError(f"n_iter: expected >= 1, got {n_iter}")
-        if max_train is not None and int(max_train) < k:
-            raise ValueError(f"max_train ({max_train}) must be at least n_words ({k})")
-        if kmeans not in ("auto", "exact", "approximate"):
-            raise ValueError(f"kmeans: expected 'auto', 'exact' or 'approximate', got {kmeans!r}")
-        cap = 256 * k if max_train is None else int(max_train)
-        x = _stack_sample(descriptors, cap, seed)
+        k = _check_fit_args(vocab_size, kmeans_iterations, max_train_descriptors, kmeans)
+        x = _stack_sample(descriptors, 256 * k if max_train_descriptors is None else int(max_train_descriptors), seed)
         n, d = x.shape
         if n < k:
             raise ValueError(
@@ -319,70 +378,29 @@ class Vocabulary:
             raise ValueError("descriptors: contain NaN or infinity")
         approx = kmeans == "approximate" or (kmeans == "auto" and k >= int(hnsw_threshold))
         efs = int(kmeans_ef_search if kmeans_ef_search is not None else DEFAULT_KMEANS_EF_SEARCH)
-
-        if init_centroids is not None:
-            cents = _as_descriptors(init_centroids, d, name="init_centroids").copy()
-            if cents.shape[0] != k:
-                raise ValueError(f"init_centroids: expected {k} rows (n_words), got {cents.shape[0]}")
-            if not np.isfinite(cents).all():
-                raise ValueError("init_centroids: contain NaN or infinity")
-        else:
-            rng = np.random.default_rng([int(seed), 1])
-            cents = np.ascontiguousarray(x[np.sort(rng.choice(n, size=k, replace=False))])
+        cents = _initial_centroids(x, k, init_centroids, seed)
         objective: List[float] = []
         n_split = 0
-        it = range(int(n_iter))
-        bar = None
+        it: Any = range(int(kmeans_iterations))
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(it, desc=f"k-means {k} words ({'hnsw' if approx else 'exact'})", unit="it")
-            it = bar
+            it = tqdm(it, desc=f"k-means {k} words ({'hnsw' if approx else 'exact'})", unit="it")
         for i in it:
-            if not approx:
-                km = faiss.Kmeans(
-                    d,
-                    k,
-                    niter=1,
-                    seed=int(seed) * 1000003 + i,
-                    max_points_per_centroid=n // k + 2,
-                    min_points_per_centroid=1,
-                    verbose=False,
-                )
-                km.train(x, init_centroids=cents)
-                cents = np.ascontiguousarray(km.centroids, dtype=np.float32)
-                obj = float(km.obj[-1]) / n
-                n_split += int(km.iteration_stats[-1]["nsplit"])
+            if approx:
+                cents, obj, split = _lloyd_step_hnsw(x, cents, seed, i, hnsw_m, hnsw_ef_construction, efs)
             else:
-                index = _build_hnsw(cents, hnsw_m, hnsw_ef_construction, efs)
-                dist, lab = index.search(x, 1)
-                lab = lab[:, 0]
-                bad = lab < 0
-                if bad.any():  # unreachable node: fall back to brute force for those rows
-                    flat = faiss.IndexFlatL2(d)
-                    flat.add(cents)
-                    dist[bad], lab2 = flat.search(x[bad], 1)
-                    lab[bad] = lab2[:, 0]
-                del index
-                obj = float(dist.sum(dtype=np.float64)) / n
-                counts = np.bincount(lab, minlength=k).astype(np.int64)
-                order = np.argsort(lab, kind="stable")
-                used = np.flatnonzero(counts)
-                starts = np.concatenate([[0], np.cumsum(counts[used])[:-1]])
-                sums = np.add.reduceat(x[order], starts, axis=0, dtype=np.float64)
-                new = cents.copy()
-                new[used] = (sums / counts[used, None]).astype(np.float32)
-                n_split += _split_empty(new, counts, np.random.default_rng([int(seed), 2, i]))
-                cents = np.ascontiguousarray(new)
+                cents, obj, split = _lloyd_step_exact(x, cents, seed, i)
             objective.append(obj)
-            if bar is not None:
-                bar.set_postfix(mse=f"{obj:.4g}")
-        if bar is not None:
-            bar.close()
+            n_split += split
+            if progress:
+                it.set_postfix(mse=f"{obj:.4g}")
+        if progress:
+            it.close()
         info = {
             "descriptor": descriptor,
             "seed": int(seed),
-            "n_iter": int(n_iter),
+            "n_iter": int(kmeans_iterations),
             "n_train": int(n),
             "kmeans": "approximate" if approx else "exact",
             "kmeans_ef_search": efs if approx else None,
@@ -399,7 +417,7 @@ class Vocabulary:
         )
 
     # -- assignment -----------------------------------------------------------------------
-    def _flat_index(self):
+    def _flat_index(self) -> Any:
         with self._lock:
             if self._flat is None:
                 idx = _faiss().IndexFlatL2(self.dim)
@@ -407,7 +425,7 @@ class Vocabulary:
                 self._flat = idx
             return self._flat
 
-    def _hnsw_index(self):
+    def _hnsw_index(self) -> Any:
         with self._lock:
             if self._hnsw is None:
                 self._hnsw = _build_hnsw(

@@ -27,13 +27,13 @@ import importlib.util
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, TypeVar, Union, cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import WeightsError, WeightsNotFoundError
+from ..errors import WeightsError, WeightsNotFoundError
 from .weights import (
     ResolvedWeights,
     resolve_head_weights,
@@ -52,6 +52,7 @@ __all__ = [
 
 DeviceLike = Union[str, torch.device, None]
 PathLike = Union[str, "os.PathLike[str]"]
+_ModuleT = TypeVar("_ModuleT", bound=nn.Module)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -126,6 +127,10 @@ class Backbone(nn.Module):
     when there is an fc head for it, else ``None``).
     """
 
+    #: the resolved weights of a torchvision file (its classifier part serves build_fc_head);
+    #: set by :func:`build_backbone`
+    _resolved: Optional[ResolvedWeights]
+
     def __init__(
         self,
         name: str,
@@ -153,7 +158,7 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
-        return self.trunk(x)
+        return cast(torch.Tensor, self.trunk(x))
 
     def train(self, mode: bool = True) -> "Backbone":  # always frozen / eval
         return super().train(False)
@@ -173,7 +178,8 @@ class Backbone(nn.Module):
             if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
                 k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,) * 2
                 s = m.stride if isinstance(m.stride, tuple) else (m.stride,) * 2
-                p = m.padding if isinstance(m.padding, tuple) else (m.padding,) * 2
+                # int paddings only in these trunks (a Conv2d could also say 'same' / 'valid')
+                p = cast(Tuple[int, ...], m.padding if isinstance(m.padding, tuple) else (m.padding,) * 2)
                 ceil = bool(getattr(m, "ceil_mode", False))
                 h = _conv_out(h, k[0], s[0], p[0], ceil=ceil)
                 w = _conv_out(w, k[1], s[1], p[1], ceil=ceil)
@@ -200,10 +206,11 @@ def _torchvision_model_on_meta(arch: str) -> nn.Module:
     import torchvision.models as tvm
 
     with torch.device("meta"):
-        return tvm.alexnet(weights=None) if arch == "alexnet" else tvm.vgg16(weights=None)
+        model: nn.Module = tvm.alexnet(weights=None) if arch == "alexnet" else tvm.vgg16(weights=None)
+        return model
 
 
-def _materialize(module: nn.Module, arch: str, state_dict: Optional[Dict[str, Any]], what: str) -> nn.Module:
+def _materialize(module: _ModuleT, arch: str, state_dict: Optional[Dict[str, Any]], what: str) -> _ModuleT:
     """Move a meta-device part to the CPU and fill it: from ``state_dict``, or with
     torchvision's own initialisation for ``arch`` (random init)."""
     module = module.to_empty(device="cpu")
@@ -220,23 +227,26 @@ def _materialize(module: nn.Module, arch: str, state_dict: Optional[Dict[str, An
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 else:
                     nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.constant_(m.bias, 0)
+                nn.init.constant_(cast(torch.Tensor, m.bias), 0)  # torchvision's layers all have a bias
             else:  # AlexNet keeps PyTorch's default layer initialisation
                 m.reset_parameters()
     return module
 
 
-def _torchvision_trunk(arch: str, weights, allow_download: bool):
+def _torchvision_trunk(
+    arch: str, weights: Optional[PathLike], allow_download: bool
+) -> Tuple[nn.Sequential, nn.Module, ResolvedWeights]:
     model = _torchvision_model_on_meta(arch)
     resolved = resolve_trunk_weights(arch, weights, allow_download=allow_download)
-    features = _materialize(model.features, arch, resolved.state_dict, f"{resolved.source}: conv")
+    features = _materialize(cast(nn.Sequential, model.features), arch, resolved.state_dict,
+                            f"{resolved.source}: conv")
     last = 12 if arch == "alexnet" else 30  # relu5 / relu5_3 included, pool5 excluded
     trunk = nn.Sequential(*list(features.children())[:last])
     pool5 = features[last]
     return trunk, pool5, resolved
 
 
-def _efficientnet_lite0(weights, allow_download: bool):
+def _efficientnet_lite0(weights: Optional[PathLike], allow_download: bool) -> Tuple[nn.Module, str]:
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as e:
@@ -294,12 +304,14 @@ def _efficientnet_lite0(weights, allow_download: bool):
         source = f"file {path}"
 
     class _Trunk(nn.Module):
-        def __init__(self, net):
+        net: Any  # an EfficientNet of the untyped efficientnet_lite_pytorch package
+
+        def __init__(self, net: nn.Module) -> None:
             super().__init__()
             self.net = net
 
-        def forward(self, x):
-            return self.net.extract_features(x)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return cast(torch.Tensor, self.net.extract_features(x))
 
     return _Trunk(model), source
 
@@ -335,6 +347,7 @@ def build_backbone(
         raise TypeError(f"backbone name must be a str, got {type(name).__name__}")
     key = name.lower().replace("_", "-")
     dev = resolve_device(device)
+    trunk: nn.Module
     if key in ("alexnet", "vgg16"):
         trunk, pool5, resolved = _torchvision_trunk(key, weights, allow_download)
         bb = Backbone(key, trunk, *BACKBONES[key], IMAGENET_MEAN, IMAGENET_STD,
@@ -379,7 +392,7 @@ class FCHead(nn.Module):
         c, p = self.in_channels, self.pool_size
         if x.dim() != 4 or tuple(x.shape[1:]) != (c, p, p):
             raise ValueError(f"FCHead({self.arch}): expected (N, {c}, {p}, {p}), got {tuple(x.shape)}")
-        return self.fc(torch.flatten(x, 1))
+        return cast(torch.Tensor, self.fc(torch.flatten(x, 1)))
 
     def extra_repr(self) -> str:
         return f"arch={self.arch!r}, out_dim=4096, weights={self.weights_source!r}"
@@ -400,7 +413,7 @@ def build_fc_head(
         raise ValueError(f"fc7 head exists for 'alexnet' and 'vgg16', not {arch!r}")
     model = _torchvision_model_on_meta(arch)
     upto = 6 if arch == "alexnet" else 5  # through the ReLU after fc7
-    classifier = nn.Sequential(*list(model.classifier.children())[:upto])
+    classifier = nn.Sequential(*list(cast(nn.Sequential, model.classifier).children())[:upto])
     trunk_res: Optional[ResolvedWeights] = getattr(backbone, "_resolved", None) if backbone else None
     resolved = resolve_head_weights(arch, weights, allow_download=allow_download, trunk=trunk_res)
     classifier = _materialize(classifier, arch, resolved.state_dict, f"{resolved.source}: fc6/fc7")

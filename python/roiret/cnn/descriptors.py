@@ -20,11 +20,16 @@ pixel ``i`` covers ``[i, i+1)``).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, cast
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
+
+from ..params import FEATURES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .backbones import Backbone, FCHead
 
 __all__ = [
     "FEATURES",
@@ -38,7 +43,6 @@ __all__ = [
     "roialign_fc",
 ]
 
-FEATURES = ("conv-max", "conv-sum", "fc7", "roialign-fc")
 
 
 def _check_rois(rois: torch.Tensor, batch: int, name: str = "rois") -> None:
@@ -104,7 +108,8 @@ def pool_rois(fmap: torch.Tensor, rois: torch.Tensor, mode: str = "max") -> torc
     return out.masked_fill(empty.unsqueeze(1), 0.0)
 
 
-def _box_sums(f: torch.Tensor, b, x1, y1, x2, y2) -> torch.Tensor:
+def _box_sums(f: torch.Tensor, b: torch.Tensor, x1: torch.Tensor, y1: torch.Tensor, x2: torch.Tensor,
+              y2: torch.Tensor) -> torch.Tensor:
     """Sum of ``f[b, :, y1:y2, x1:x2]`` per RoI → ``(R, D)``: per image, the map times
     0/1 column masks (one matmul), then the row masks."""
     B, D, H, W = f.shape
@@ -121,7 +126,8 @@ def _box_sums(f: torch.Tensor, b, x1, y1, x2, y2) -> torch.Tensor:
     return out
 
 
-def _range_max(f: torch.Tensor, b, x1, y1, x2, y2) -> torch.Tensor:
+def _range_max(f: torch.Tensor, b: torch.Tensor, x1: torch.Tensor, y1: torch.Tensor, x2: torch.Tensor,
+               y2: torch.Tensor) -> torch.Tensor:
     """Max of ``f[b, :, y1:y2, x1:x2]`` per RoI → ``(R, D)`` (garbage for empty RoIs,
     which the caller masks)."""
     B, D, H, W = f.shape
@@ -189,22 +195,22 @@ def crop_rois(
         raise ValueError(f"size must be >= 1, got {size}")
     x = images.float()
     r = rois.to(device=x.device, dtype=torch.float32)
-    return roi_align(x, r, output_size=(int(size), int(size)), spatial_scale=1.0,
-                     sampling_ratio=int(sampling_ratio), aligned=True)
+    return cast(torch.Tensor, roi_align(x, r, output_size=(int(size), int(size)), spatial_scale=1.0,
+                                        sampling_ratio=int(sampling_ratio), aligned=True))
 
 
-def fc7_from_crops(backbone, head, crops: torch.Tensor) -> torch.Tensor:
+def fc7_from_crops(backbone: Backbone, head: FCHead, crops: torch.Tensor) -> torch.Tensor:
     """Run ``(N, 3, S, S)`` normalised crops through trunk → pool5 → (adaptive average
     pool to the head's input size, as torchvision does) → fc6/fc7. Returns ``(N, 4096)``."""
     f = backbone.trunk(crops)
-    f = backbone.pool5(f)
+    f = cast(nn.Module, backbone.pool5)(f)  # AlexNet / VGG16 backbones have a pool5
     p = head.pool_size
     if f.shape[-2:] != (p, p):
         f = F.adaptive_avg_pool2d(f, (p, p))
-    return head(f)
+    return cast(torch.Tensor, head(f))
 
 
-def _autocast(device: torch.device, enabled: bool):
+def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
     if enabled and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.float16)
     return torch.autocast(device_type="cpu", enabled=False)
@@ -215,7 +221,7 @@ class CropFC7(nn.Module):
     ``crop_size``², and run AlexNet (or VGG16) through fc7 — all crops of a batch together,
     in chunks of ``chunk`` crops. ``forward(images, rois) -> (R, 4096)``."""
 
-    def __init__(self, backbone, head, crop_size: int = 224, chunk: int = 64,
+    def __init__(self, backbone: Backbone, head: FCHead, crop_size: int = 224, chunk: int = 64,
                  sampling_ratio: int = 0, amp: bool = True):
         super().__init__()
         if getattr(backbone, "pool5", None) is None:
@@ -242,16 +248,17 @@ class CropFC7(nn.Module):
 # ----------------------------------------------------------------------------------------
 # roialign-fc
 # ----------------------------------------------------------------------------------------
-def _prepool_size(backbone, head) -> int:
+def _prepool_size(backbone: Backbone, head: FCHead) -> int:
     """Side that backbone.pool5 turns into head.pool_size (AlexNet 13 → 6, VGG16 14 → 7)."""
     p = head.pool_size
+    pool5 = cast(nn.Module, backbone.pool5)  # AlexNet / VGG16 backbones have a pool5
     for n in range(p, 4 * p + 4):
-        if backbone.pool5(torch.zeros(1, 1, n, n)).shape[-1] == p:
+        if pool5(torch.zeros(1, 1, n, n)).shape[-1] == p:
             return n
     raise ValueError("cannot find the pool5 input size")  # pragma: no cover
 
 
-def roialign_fc(fmap: torch.Tensor, rois: torch.Tensor, backbone, head,
+def roialign_fc(fmap: torch.Tensor, rois: torch.Tensor, backbone: Backbone, head: FCHead,
                 sampling_ratio: int = 2) -> torch.Tensor:
     """RoIAlign the conv5 map ``fmap`` inside each RoI (pixels; ``spatial_scale =
     1/stride``, ``aligned=True``) to the size that the network's own pool5 turns into the
@@ -264,13 +271,14 @@ def roialign_fc(fmap: torch.Tensor, rois: torch.Tensor, backbone, head,
     a = roi_align(fmap.float(), rois.to(fmap.device, torch.float32), output_size=(n, n),
                   spatial_scale=1.0 / backbone.stride, sampling_ratio=int(sampling_ratio),
                   aligned=True)
-    return head(backbone.pool5(a))
+    return cast(torch.Tensor, head(cast(nn.Module, backbone.pool5)(a)))  # AlexNet / VGG16: pool5 is set
 
 
 class RoIAlignFC(nn.Module):
     """``roialign-fc`` as a module: ``forward(fmap, rois) -> (R, 4096)``."""
 
-    def __init__(self, backbone, head, sampling_ratio: int = 2, chunk: int = 256, amp: bool = True):
+    def __init__(self, backbone: Backbone, head: FCHead, sampling_ratio: int = 2, chunk: int = 256,
+                 amp: bool = True):
         super().__init__()
         if getattr(backbone, "pool5", None) is None:
             raise ValueError(f"roialign-fc needs an AlexNet/VGG16 backbone, got {backbone.name!r}")

@@ -1,6 +1,6 @@
 """One call from images to RoI results: stages 1–5 of DESIGN.md.
 
->>> ex = RoIExtractor("alexnet", feature="conv-max", k=20, device="cpu")  # doctest: +SKIP
+>>> ex = RoIExtractor("alexnet", feature="conv-max", K=20, device="cpu")  # doctest: +SKIP
 >>> res = ex.extract(["a.jpg", "b.jpg"])                                   # doctest: +SKIP
 >>> res[0].boxes.shape, res[0].codes.dtype                                 # doctest: +SKIP
 ((20, 4), dtype('uint64'))
@@ -20,36 +20,47 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 import os
 import threading
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Union, cast, overload
 
 import numpy as np
 import torch
 
-from .backbones import Backbone, FCHead, build_backbone, build_fc_head, images_to_tensor, resolve_device
-from .descriptors import FEATURES, CropFC7, RoIAlignFC, flatten_rois, pool_rois
-from .errors import ImageError
-from .imageio import ImageSource, load_image, resize_max_side
-from .regions import (
+from ..errors import ImageError
+from ..io.images import ImageSource, check_box, load_image, resize_max_side
+from ..params import (
     DEFAULT_K,
     DEFAULT_T_IOU,
     DEFAULT_T_MIN,
     DEFAULT_T_RATE,
     DEFAULT_THRESHOLD,
     DEFAULT_THRESHOLD_MODE,
-    RoIDetector,
+    RegionParams,
 )
-from . import regions as _regions
+from .backbones import Backbone, FCHead, build_backbone, build_fc_head, images_to_tensor, resolve_device
+from .descriptors import FEATURES, CropFC7, RoIAlignFC, flatten_rois, pool_rois
+from .regions import RoIDetector, RoIs
+from .weights import PathLike
 from .whitening import PCAWhitening, l2_normalize
 
 __all__ = ["RoIExtractor", "RoIResult", "prepare_image"]
 
+
+def _pack_codes(x: np.ndarray) -> np.ndarray:
+    from . import regions  # regions._kernels_module: the one place the native core is looked up
+
+    return np.asarray(regions._kernels_module().pack_codes(x))
+
 BoxLike = Optional[Sequence[float]]
+#: :func:`prepare_image`'s result: (uint8 RGB image, scale, (width, height) before resizing)
+Prepared = Tuple[np.ndarray, float, Tuple[int, int]]
+#: ``raw=True`` result of one image: (raw RoI descriptors, raw global descriptor or None)
+RawRows = Tuple[np.ndarray, Optional[np.ndarray]]
 
 # torch.set_num_threads is process-wide: extractors change it one at a time
 _THREADS_LOCK = threading.Lock()
@@ -94,7 +105,7 @@ class RoIResult:
 
 def prepare_image(
     src: ImageSource, max_side: Optional[int], min_side: int = 1, box: BoxLike = None
-) -> Tuple[np.ndarray, float, Tuple[int, int]]:
+) -> Prepared:
     """Read ``src``, crop ``box`` (pixels of the image as given, clipped), shrink to
     ``max_side`` and bring the shorter side to at least ``min_side``. Returns
     ``(uint8 RGB image, scale, (width, height) before resizing)``; ``scale`` maps
@@ -108,9 +119,7 @@ def prepare_image(
     come back clipped to the image's edge)."""
     img = load_image(src)
     if box is not None:
-        b = np.asarray(box, dtype=np.float64).ravel()
-        if b.shape != (4,) or not np.isfinite(b).all():
-            raise ValueError(f"box: expected 4 finite numbers x1, y1, x2, y2, got {box!r}")
+        b = check_box(box)
         H, W = img.shape[:2]
         x1, y1 = int(np.floor(max(b[0], 0))), int(np.floor(max(b[1], 0)))
         x2, y2 = int(np.ceil(min(b[2], W))), int(np.ceil(min(b[3], H)))
@@ -148,10 +157,13 @@ class RoIExtractor:
     feature:
         ``"conv-max"``, ``"conv-sum"``, ``"fc7"`` (crop + resize to ``crop_size``² + fc7,
         the paper's best) or ``"roialign-fc"`` (RoIAlign on conv5 + fc6/fc7).
-    k, t_min, t_rate, t_iou:
-        The paper's K, T_min, T_rate, T_IOU (see :mod:`roiret.regions`).
+    K, t_min, t_rate, t_iou:
+        The paper's K, T_min, T_rate, T_IOU (see :mod:`roiret.cnn.regions`).
     threshold_mode, threshold:
         Binarisation rule of the base regions.
+    regions:
+        All of the above as one :class:`~roiret.params.RegionParams` (then those keywords
+        are ignored).
     max_side:
         Longest side of the network input (500, the paper's); ``None`` keeps the size.
     whitening:
@@ -190,20 +202,21 @@ class RoIExtractor:
         backbone: Union[str, Backbone] = "alexnet",
         feature: str = "conv-max",
         *,
-        k: int = DEFAULT_K,
+        K: int = DEFAULT_K,
         t_min: float = DEFAULT_T_MIN,
         t_rate: float = DEFAULT_T_RATE,
         t_iou: float = DEFAULT_T_IOU,
         threshold_mode: str = DEFAULT_THRESHOLD_MODE,
         threshold: float = DEFAULT_THRESHOLD,
+        regions: Optional[RegionParams] = None,
         max_side: Optional[int] = 500,
         whitening: Optional[PCAWhitening] = None,
         with_global: bool = True,
         device: Union[str, torch.device, None] = "cpu",
         batch_size: int = 8,
         chunk_size: int = 64,
-        weights="auto",
-        head_weights="auto",
+        weights: Optional[PathLike] = "auto",
+        head_weights: Optional[PathLike] = "auto",
         allow_download: bool = False,
         amp: bool = True,
         crop_size: int = 224,
@@ -229,10 +242,11 @@ class RoIExtractor:
             self.backbone = build_backbone(backbone, weights, device=self.device,
                                            allow_download=allow_download)
         self.feature = feature
-        self.detector = RoIDetector(self.backbone.stride, k, t_min, t_rate, t_iou,
-                                    threshold_mode, threshold)
+        if regions is None:
+            regions = RegionParams(K, t_min, t_rate, t_iou, threshold_mode, threshold)
+        self.detector = RoIDetector(self.backbone.stride, regions)
         self.head: Optional[FCHead] = None
-        self._fc = None
+        self._fc: Optional[Union[CropFC7, RoIAlignFC]] = None
         if feature in ("fc7", "roialign-fc"):
             if self.backbone.arch is None:
                 raise ValueError(f"feature {feature!r} needs an AlexNet or VGG16 backbone, "
@@ -271,8 +285,9 @@ class RoIExtractor:
         return self.whitening.out_dim if self.whitening is not None else self.raw_dim
 
     @property
-    def k(self) -> int:
-        return self.detector.k
+    def K(self) -> int:
+        """RoIs per image (the paper's K)."""
+        return self.detector.K
 
     def __repr__(self) -> str:
         return (f"RoIExtractor(backbone={self.backbone.name!r}, feature={self.feature!r}, "
@@ -280,13 +295,13 @@ class RoIExtractor:
                 f"whitening={self.whitening!r}, device={str(self.device)!r})")
 
     # -- the network part --------------------------------------------------------------
-    def _autocast(self):
+    def _autocast(self) -> torch.autocast:
         if self.amp and self.device.type == "cuda":
             return torch.autocast(device_type="cuda", dtype=torch.float16)
         return torch.autocast(device_type="cpu", enabled=False)
 
     @contextlib.contextmanager
-    def _small_ops(self):
+    def _small_ops(self) -> Iterator[None]:
         n = self.small_ops_threads
         if n is None or self.device.type != "cpu":
             yield
@@ -306,7 +321,7 @@ class RoIExtractor:
         """Normalised ``(B, 3, H, W)`` → float32 feature maps ``(B, D, H', W')``."""
         t0 = time.perf_counter()
         with self._autocast():
-            f = self.backbone(x.to(self.device))
+            f: torch.Tensor = self.backbone(x.to(self.device))
         # the region and pooling code reads rows and columns: plain NCHW layout is faster
         f = f.float().contiguous()
         if f.is_cuda:
@@ -315,7 +330,9 @@ class RoIExtractor:
         return f
 
     @torch.no_grad()
-    def _describe_batch(self, imgs: List[np.ndarray]):
+    def _describe_batch(
+        self, imgs: List[np.ndarray]
+    ) -> Tuple[RoIs, torch.Tensor, Optional[torch.Tensor], Tuple[int, ...]]:
         """Same-size uint8 images → (rois, raw RoI descriptors (R, dim) on device,
         raw global descriptors (B, dim) or None)."""
         x = images_to_tensor(imgs, self.backbone.mean, self.backbone.std, self.device)
@@ -323,7 +340,7 @@ class RoIExtractor:
         fmap = self.trunk(x)
         sizes = torch.tensor([[W, H]] * B, dtype=torch.float32)
         with self._small_ops():
-            rois = self.detector(fmap, sizes)
+            rois: RoIs = self.detector(fmap, sizes)
         full_px = torch.tensor([[b, 0.0, 0.0, W, H] for b in range(B)],
                                dtype=torch.float32, device=self.device)
         if self.feature in ("conv-max", "conv-sum"):
@@ -335,18 +352,20 @@ class RoIExtractor:
                     glob = fmap.amax(dim=(2, 3)) if mode == "max" else fmap.sum(dim=(2, 3))
         elif self.feature == "fc7":
             flat = flatten_rois(rois.boxes, rois.valid)
+            crop_fc = cast(CropFC7, self._fc)  # set in __init__ for this feature
             if self.with_global:
-                both = self._fc(x, torch.cat([flat, full_px], 0))
+                both = crop_fc(x, torch.cat([flat, full_px], 0))
                 desc, glob = both[: flat.shape[0]], both[flat.shape[0]:]
             else:
-                desc, glob = self._fc(x, flat), None
+                desc, glob = crop_fc(x, flat), None
         else:  # roialign-fc
             flat = flatten_rois(rois.boxes, rois.valid)
+            align_fc = cast(RoIAlignFC, self._fc)  # set in __init__ for this feature
             if self.with_global:
-                both = self._fc(fmap, torch.cat([flat, full_px], 0))
+                both = align_fc(fmap, torch.cat([flat, full_px], 0))
                 desc, glob = both[: flat.shape[0]], both[flat.shape[0]:]
             else:
-                desc, glob = self._fc(fmap, flat), None
+                desc, glob = align_fc(fmap, flat), None
         return rois, desc, glob, tuple(fmap.shape[2:])
 
     def _finish(self, desc: torch.Tensor) -> np.ndarray:
@@ -357,21 +376,23 @@ class RoIExtractor:
         return np.ascontiguousarray(out.detach().to("cpu", torch.float32).numpy())
 
     # -- iteration over inputs ---------------------------------------------------------
-    def _load(self, item):
+    def _load(self, item: Tuple[ImageSource, BoxLike]) -> Prepared:
         src, box = item
         return prepare_image(src, self.max_side, self._min_side, box)
 
-    def _iter_chunks(self, sources: Sequence, boxes: Optional[Sequence[BoxLike]], errors: str):
+    def _iter_chunks(
+        self, sources: Sequence[ImageSource], boxes: Optional[Sequence[BoxLike]], on_error: str
+    ) -> Iterator[List[Tuple[int, Union[Prepared, Exception]]]]:
         """Yield lists of (index, prepared image or exception) of ``chunk_size`` items,
         decoded by a thread pool when ``num_workers`` > 0."""
         n = len(sources)
         items = [(sources[i], None if boxes is None else boxes[i]) for i in range(n)]
 
-        def safe_load(item):
+        def safe_load(item: Tuple[ImageSource, BoxLike]) -> Union[Prepared, Exception]:
             try:
                 return self._load(item)
             except (ImageError, OSError, ValueError, TypeError) as e:
-                if errors == "raise":
+                if on_error == "raise":
                     raise
                 return e
 
@@ -385,16 +406,28 @@ class RoIExtractor:
                 idx = list(range(s, min(n, s + self.chunk_size)))
                 yield [(i, safe_load(items[i])) for i in idx]
 
-    def _run(self, sources, boxes, progress, errors, raw: bool):
+    @overload
+    def _run(self, sources: Sequence[ImageSource], boxes: Optional[Sequence[BoxLike]], progress: Optional[bool],
+             on_error: str, raw: Literal[False]) -> List[Optional[RoIResult]]: ...
+    @overload
+    def _run(self, sources: Sequence[ImageSource], boxes: Optional[Sequence[BoxLike]], progress: Optional[bool],
+             on_error: str, raw: Literal[True]) -> List[Optional[RawRows]]: ...
+    def _run(
+        self, sources: Sequence[ImageSource], boxes: Optional[Sequence[BoxLike]], progress: Optional[bool],
+        on_error: str, raw: bool,
+    ) -> Union[List[Optional[RoIResult]], List[Optional[RawRows]]]:
         t0 = time.perf_counter()
         try:
-            out = self._run_impl(sources, boxes, progress, errors, raw)
+            out = self._run_impl(sources, boxes, progress, on_error, raw)
         finally:
             self.timings["total"] += time.perf_counter() - t0
         self.timings["images"] += sum(r is not None for r in out)
         return out
 
-    def _run_impl(self, sources, boxes, progress, errors, raw: bool):
+    def _run_impl(
+        self, sources: Sequence[ImageSource], boxes: Optional[Sequence[BoxLike]], progress: Optional[bool],
+        on_error: str, raw: bool,
+    ) -> Union[List[Optional[RoIResult]], List[Optional[RawRows]]]:
         if isinstance(sources, (str, bytes, bytearray, os.PathLike, np.ndarray)):
             raise TypeError("expected a sequence of images (paths, bytes or arrays); "
                             "for one image use extract_one()")
@@ -403,16 +436,16 @@ class RoIExtractor:
             boxes = list(boxes)
             if len(boxes) != len(sources):
                 raise ValueError(f"boxes: {len(boxes)} given for {len(sources)} images")
-        if errors not in ("raise", "skip"):
-            raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         from tqdm.auto import tqdm
 
         show = self.progress if progress is None else progress
         results: List = [None] * len(sources)
         with tqdm(total=len(sources), disable=None if show is None else not show,
                   desc=f"RoIs ({self.backbone.name}, {self.feature})", unit="img") as bar:
-            for chunk in self._iter_chunks(sources, boxes, errors):
-                groups = {}
+            for chunk in self._iter_chunks(sources, boxes, on_error):
+                groups: Dict[Tuple[int, ...], List[Tuple[int, Prepared]]] = {}
                 for i, item in chunk:
                     if isinstance(item, Exception):
                         warnings.warn(f"image {i} skipped: {item}", RuntimeWarning, stacklevel=3)
@@ -427,22 +460,24 @@ class RoIExtractor:
                         bar.update(len(part))
         return results
 
-    def _process(self, part, raw: bool):
+    def _process(
+        self, part: List[Tuple[int, Prepared]], raw: bool
+    ) -> Union[List[RoIResult], List[RawRows]]:
         imgs = [p[1][0] for p in part]
         rois, desc, glob, fsize = self._describe_batch(imgs)
         counts = rois.counts().tolist()
         if raw:
             d = desc.detach().cpu()
             g = None if glob is None else glob.detach().cpu()
-            out, s = [], 0
+            raw_out, s = [], 0
             for j, c in enumerate(counts):
-                out.append((d[s: s + c].numpy(), None if g is None else g[j].numpy()))
+                raw_out.append((d[s: s + c].numpy(), None if g is None else g[j].numpy()))
                 s += c
-            return out
+            return raw_out
         allrows = desc if glob is None else torch.cat([desc, glob], 0)
         with self._small_ops():
             fin = self._finish(allrows)
-        codes = _regions._kernels_module().pack_codes(fin) if fin.shape[0] else np.zeros((0, (fin.shape[1] + 63) // 64), np.uint64)
+        codes = _pack_codes(fin) if fin.shape[0] else np.zeros((0, (fin.shape[1] + 63) // 64), np.uint64)
         codes = np.asarray(codes)
         R = desc.shape[0]
         boxes = rois.boxes.detach().cpu().numpy()
@@ -476,33 +511,34 @@ class RoIExtractor:
         *,
         boxes: Optional[Sequence[BoxLike]] = None,
         progress: Optional[bool] = None,
-        errors: str = "raise",
+        on_error: str = "raise",
     ) -> List[Optional[RoIResult]]:
         """Extract RoIs, descriptors and codes for every image.
 
         ``boxes``: optional per-image crop box ``(x1, y1, x2, y2)`` in the image's pixels
         (e.g. a query's bounding box), or ``None`` entries; the crop is described as an
         image of its own and the result's boxes are in the crop's pixels.
-        ``errors="skip"``: unreadable images give ``None`` (with a warning) instead of
+        ``on_error="skip"``: unreadable images give ``None`` (with a warning) instead of
         raising :class:`~roiret.errors.ImageError`.
         """
-        return self._run(images, boxes, progress, errors, raw=False)
+        return self._run(images, boxes, progress, on_error, raw=False)
 
     __call__ = extract
 
     def extract_one(self, image: ImageSource, box: BoxLike = None) -> RoIResult:
         """:meth:`extract` for a single image."""
-        return self._run([image], None if box is None else [box], False, "raise", raw=False)[0]
+        # on_error="raise": every image gives a result (or raises), never None
+        return cast(RoIResult, self._run([image], None if box is None else [box], False, "raise", raw=False)[0])
 
     def raw_descriptors(
         self, images: Sequence[ImageSource], *, progress: Optional[bool] = None,
-        include_global: bool = True, errors: str = "raise",
+        include_global: bool = True, on_error: str = "raise",
     ) -> np.ndarray:
         """All RoI descriptors (and whole-image ones when ``include_global`` and
         ``with_global``) of ``images`` before whitening and normalisation, stacked
         ``(N, raw_dim)`` float32 — the training data of :meth:`fit_whitening`."""
         rows = []
-        for r in self._run(images, None, progress, errors, raw=True):
+        for r in self._run(images, None, progress, on_error, raw=True):
             if r is None:
                 continue
             d, g = r
@@ -527,10 +563,23 @@ class RoIExtractor:
         it from now on. Returns it."""
         if (images is None) == (descriptors is None):
             raise ValueError("pass exactly one of images= or descriptors=")
-        x = self.raw_descriptors(images, progress=progress) if descriptors is None else descriptors
+        x = self.raw_descriptors(images, progress=progress) if images is not None else descriptors
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.raw_dim:
             raise ValueError(f"descriptors: expected (N, {self.raw_dim}), got {x.shape}")
         w = PCAWhitening(dims=dims, eps=eps).fit(x)
         self.whitening = w
         return w
+
+    def weights_fingerprint(self) -> str:
+        """SHA-256 of the trunk (and head) weights: codes made with different weights do
+        not mix, so a saved index records this and checks it when loaded."""
+        import hashlib
+
+        h = hashlib.sha256()
+        mods = [self.backbone] + ([self.head] if self.head is not None else [])
+        for mod in mods:
+            for name, t in sorted(mod.state_dict().items()):
+                h.update(name.encode())
+                h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()

@@ -47,11 +47,23 @@ below about one point are within noise.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple, Union
+from types import ModuleType
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
+
+from ..params import (
+    DEFAULT_K,
+    DEFAULT_T_IOU,
+    DEFAULT_T_MIN,
+    DEFAULT_T_RATE,
+    DEFAULT_THRESHOLD,
+    DEFAULT_THRESHOLD_MODE,
+    THRESHOLD_MODES,
+    RegionParams,
+)
 
 __all__ = [
     "DEFAULT_K",
@@ -62,6 +74,7 @@ __all__ = [
     "DEFAULT_T_RATE",
     "RoIDetector",
     "RoIs",
+    "RegionParams",
     "THRESHOLD_MODES",
     "base_regions",
     "binarize",
@@ -71,22 +84,11 @@ __all__ = [
     "select_regions",
 ]
 
-THRESHOLD_MODES = ("absolute", "relative", "mean")
-
-# Chosen on Oxford5k-dev by benchmarks/tune_regions.py (see the module docstring).
-DEFAULT_THRESHOLD_MODE = "relative"
-DEFAULT_THRESHOLD = 0.3
-DEFAULT_T_MIN = 0.1
-DEFAULT_T_RATE = 3.0
-#: the paper's value
-DEFAULT_T_IOU = 0.95
-#: the largest K of the paper's tables
-DEFAULT_K = 20
 
 
-def _kernels_module():
+def _kernels_module() -> ModuleType:
     """The native kernels (``roiret._kernels``), imported on first use."""
-    from . import _kernels
+    from .. import _kernels
 
     return _kernels
 
@@ -103,10 +105,7 @@ def _check_fmap(fmap: torch.Tensor, name: str = "fmap") -> None:
 
 
 def _check_mode(mode: str, threshold: float) -> None:
-    if mode not in THRESHOLD_MODES:
-        raise ValueError(f"threshold_mode must be one of {THRESHOLD_MODES}, got {mode!r}")
-    if not np.isfinite(float(threshold)):
-        raise ValueError(f"threshold must be finite, got {threshold}")
+    RegionParams(threshold_mode=mode, threshold=threshold)  # validates the rule
 
 
 def _channel_thresholds(f: torch.Tensor, mode: str, threshold: float) -> torch.Tensor:
@@ -197,35 +196,28 @@ def boxes_to_pixels(
     return torch.minimum(px.clamp(min=0), lim)
 
 
-def _check_selection_params(k: int, t_min: float, t_rate: float, t_iou: float) -> None:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"K must be a positive int, got {k!r}")
-    if not 0.0 <= float(t_min) <= 1.0:
-        raise ValueError(f"T_min is a fraction of the image area in [0, 1], got {t_min}")
-    if not float(t_rate) >= 1.0:
-        raise ValueError(f"T_rate is a max aspect ratio >= 1, got {t_rate}")
-    if not 0.0 < float(t_iou) <= 1.0:
-        raise ValueError(f"T_iou must be in (0, 1], got {t_iou}")
-
-
 def select_regions(
     boxes: torch.Tensor,
     scores: torch.Tensor,
     feature_sizes: torch.Tensor,
-    k: int = DEFAULT_K,
+    K: int = DEFAULT_K,
     t_min: float = DEFAULT_T_MIN,
     t_rate: float = DEFAULT_T_RATE,
     t_iou: float = DEFAULT_T_IOU,
 ) -> torch.Tensor:
     """Run the native RoI selection (``roiret.select_rois``) on ``(B, D, 4)`` boxes and
     ``(B, D)`` scores in feature cells; ``feature_sizes`` ``(B, 2)`` = (W', H') cells.
-    Returns kept channel indices ``(B, k)`` int64 on the boxes' device, padded with -1.
+    Returns kept channel indices ``(B, K)`` int64 on the boxes' device, padded with -1.
     The arrays are small (B·D·5 floats); they go to the CPU for the kernel and back."""
-    _check_selection_params(k, t_min, t_rate, t_iou)
+    p = RegionParams(K, t_min, t_rate, t_iou)
+    return _select(boxes, scores, feature_sizes, p)
+
+
+def _select(boxes: torch.Tensor, scores: torch.Tensor, feature_sizes: torch.Tensor, p: RegionParams) -> torch.Tensor:
     b = np.ascontiguousarray(boxes.detach().to("cpu", torch.float32).numpy())
     s = np.ascontiguousarray(scores.detach().to("cpu", torch.float32).numpy())
     sz = np.ascontiguousarray(torch.as_tensor(feature_sizes).detach().to("cpu", torch.float32).numpy())
-    idx = _kernels_module().select_rois(b, s, sz, int(k), float(t_min), float(t_rate), float(t_iou))
+    idx = _kernels_module().select_rois(b, s, sz, p.K, p.t_min, p.t_rate, p.t_iou)
     return torch.from_numpy(np.asarray(idx, dtype=np.int64)).to(boxes.device)
 
 
@@ -258,12 +250,13 @@ def detect_rois(
     image_sizes: Union[torch.Tensor, Sequence[Sequence[float]]],
     *,
     stride: float,
-    k: int = DEFAULT_K,
+    K: int = DEFAULT_K,
     t_min: float = DEFAULT_T_MIN,
     t_rate: float = DEFAULT_T_RATE,
     t_iou: float = DEFAULT_T_IOU,
     threshold_mode: str = DEFAULT_THRESHOLD_MODE,
     threshold: float = DEFAULT_THRESHOLD,
+    params: Optional[RegionParams] = None,
 ) -> RoIs:
     """Base regions → selection → pixels for a batch of same-size feature maps.
 
@@ -275,19 +268,29 @@ def detect_rois(
         ``(B, 2)`` (width, height) in pixels of the images the maps came from.
     stride:
         pixels per feature cell (16 for AlexNet/VGG16).
-    k, t_min, t_rate, t_iou:
+    K, t_min, t_rate, t_iou:
         the paper's K, T_min, T_rate, T_IOU (areas / aspect in feature cells).
     threshold_mode, threshold:
         binarisation rule (see :func:`binarize`).
+    params:
+        all of the above as one :class:`~roiret.params.RegionParams` (then the keywords
+        are ignored).
     """
+    if params is None:
+        params = RegionParams(K, t_min, t_rate, t_iou, threshold_mode, threshold)
+    return _detect(fmap, image_sizes, float(stride), params)
+
+
+def _detect(fmap: torch.Tensor, image_sizes: Union[torch.Tensor, Sequence[Sequence[float]]], stride: float,
+            p: RegionParams) -> RoIs:
     _check_fmap(fmap)
     B, D, H, W = fmap.shape
     sizes = torch.as_tensor(image_sizes, dtype=torch.float32)
     if sizes.shape != (B, 2):
         raise ValueError(f"image_sizes: expected ({B}, 2) (width, height), got {tuple(sizes.shape)}")
-    boxes, scores = base_regions(fmap, threshold_mode, threshold)
+    boxes, scores = base_regions(fmap, p.threshold_mode, p.threshold)
     fsizes = torch.tensor([[W, H]] * B, dtype=torch.float32)
-    idx = select_regions(boxes, scores, fsizes, k, t_min, t_rate, t_iou)
+    idx = _select(boxes, scores, fsizes, p)
     valid = idx >= 0
     safe = idx.clamp(min=0)
     cells = torch.gather(boxes, 1, safe.unsqueeze(2).expand(-1, -1, 4)) * valid.unsqueeze(2)
@@ -297,33 +300,25 @@ def detect_rois(
 
 
 class RoIDetector(nn.Module):
-    """``nn.Module`` form of :func:`detect_rois` holding the parameters
-    (K, T_min, T_rate, T_iou, binarisation rule); ``forward(fmap, image_sizes) -> RoIs``."""
+    """``nn.Module`` form of :func:`detect_rois` holding its
+    :class:`~roiret.params.RegionParams` (K, T_min, T_rate, T_iou, binarisation rule);
+    ``forward(fmap, image_sizes) -> RoIs``."""
 
-    def __init__(
-        self,
-        stride: float,
-        k: int = DEFAULT_K,
-        t_min: float = DEFAULT_T_MIN,
-        t_rate: float = DEFAULT_T_RATE,
-        t_iou: float = DEFAULT_T_IOU,
-        threshold_mode: str = DEFAULT_THRESHOLD_MODE,
-        threshold: float = DEFAULT_THRESHOLD,
-    ):
+    def __init__(self, stride: float, params: Optional[RegionParams] = None):
         super().__init__()
-        _check_selection_params(k, t_min, t_rate, t_iou)
-        _check_mode(threshold_mode, threshold)
         self.stride = float(stride)
-        self.k, self.t_min, self.t_rate, self.t_iou = int(k), float(t_min), float(t_rate), float(t_iou)
-        self.threshold_mode, self.threshold = threshold_mode, float(threshold)
+        self.params = RegionParams() if params is None else params
+        if not isinstance(self.params, RegionParams):
+            raise TypeError(f"params: expected a RegionParams, got {type(self.params).__name__}")
 
-    def forward(self, fmap: torch.Tensor, image_sizes) -> RoIs:
-        return detect_rois(
-            fmap, image_sizes, stride=self.stride, k=self.k, t_min=self.t_min,
-            t_rate=self.t_rate, t_iou=self.t_iou, threshold_mode=self.threshold_mode,
-            threshold=self.threshold,
-        )
+    @property
+    def K(self) -> int:
+        return self.params.K
+
+    def forward(self, fmap: torch.Tensor, image_sizes: Union[torch.Tensor, Sequence[Sequence[float]]]) -> RoIs:
+        return _detect(fmap, image_sizes, self.stride, self.params)
 
     def extra_repr(self) -> str:
-        return (f"K={self.k}, T_min={self.t_min}, T_rate={self.t_rate}, T_iou={self.t_iou}, "
-                f"threshold={self.threshold_mode}:{self.threshold}, stride={self.stride}")
+        p = self.params
+        return (f"K={p.K}, T_min={p.t_min}, T_rate={p.t_rate}, T_iou={p.t_iou}, "
+                f"threshold={p.threshold_mode}:{p.threshold}, stride={self.stride}")

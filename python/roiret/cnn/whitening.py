@@ -20,9 +20,15 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Union, cast, overload
 
 import numpy as np
+
+from ..errors import NotTrainedError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from numpy.typing import ArrayLike
 
 __all__ = ["PCAWhitening", "l2_normalize"]
 
@@ -31,21 +37,25 @@ _FORMAT = "roiret.PCAWhitening"
 _VERSION = 1
 
 
-def l2_normalize(x, eps: float = 1e-12):
+@overload
+def l2_normalize(x: torch.Tensor, eps: float = ...) -> torch.Tensor: ...
+@overload
+def l2_normalize(x: ArrayLike, eps: float = ...) -> np.ndarray: ...
+def l2_normalize(x: Union[torch.Tensor, ArrayLike], eps: float = 1e-12) -> Union[torch.Tensor, np.ndarray]:
     """Rows divided by their L2 norm (rows of zeros stay zero). NumPy or torch."""
     try:
         import torch
 
         if isinstance(x, torch.Tensor):
-            return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+            return cast(torch.Tensor, x / x.norm(dim=-1, keepdim=True).clamp_min(eps))
     except ImportError:  # pragma: no cover
         pass
     x = np.asarray(x)
     n = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(n, eps)
+    return np.asarray(x / np.maximum(n, eps))
 
 
-def _as_2d_float(x, name: str) -> np.ndarray:
+def _as_2d_float(x: ArrayLike, name: str) -> np.ndarray:
     a = np.asarray(x)
     if a.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D (N, D) array, got shape {a.shape}")
@@ -92,7 +102,7 @@ class PCAWhitening:
         self.n_samples_: int = 0
 
     # -- learning --------------------------------------------------------------------
-    def fit(self, x) -> "PCAWhitening":
+    def fit(self, x: Union[torch.Tensor, ArrayLike]) -> "PCAWhitening":
         """Learn mean and projection from ``(N, D)`` descriptors (no labels)."""
         a = _as_2d_float(_to_numpy(x), "x")
         n, d = a.shape
@@ -129,19 +139,27 @@ class PCAWhitening:
     @property
     def in_dim(self) -> int:
         self._check_fitted()
+        assert self.projection_ is not None  # _check_fitted raised otherwise
         return int(self.projection_.shape[1])
 
     @property
     def out_dim(self) -> int:
         self._check_fitted()
+        assert self.projection_ is not None  # _check_fitted raised otherwise
         return int(self.projection_.shape[0])
 
     def _check_fitted(self) -> None:
         if self.projection_ is None:
-            raise RuntimeError("PCAWhitening is not fitted: call fit() or load() first")
+            raise NotTrainedError("PCAWhitening", "call fit() or load() first")
 
     # -- applying --------------------------------------------------------------------
-    def transform(self, x, normalize: Optional[bool] = None):
+    @overload
+    def transform(self, x: torch.Tensor, normalize: Optional[bool] = ...) -> torch.Tensor: ...
+    @overload
+    def transform(self, x: ArrayLike, normalize: Optional[bool] = ...) -> np.ndarray: ...
+    def transform(
+        self, x: Union[torch.Tensor, ArrayLike], normalize: Optional[bool] = None
+    ) -> Union[torch.Tensor, np.ndarray]:
         """Whiten ``(N, D)`` descriptors → ``(N, out_dim)`` (then L2 unless
         ``normalize=False``). NumPy in → float32 NumPy out; torch in → float32 torch out
         on the same device."""
@@ -150,7 +168,7 @@ class PCAWhitening:
         try:
             import torch
         except ImportError:  # pragma: no cover
-            torch = None
+            torch = None  # type: ignore[assignment]  # torch is optional: NumPy input needs no torch
         if torch is not None and isinstance(x, torch.Tensor):
             if x.dim() != 2 or x.shape[1] != self.in_dim:
                 raise ValueError(f"x: expected (N, {self.in_dim}), got {tuple(x.shape)}")
@@ -164,6 +182,7 @@ class PCAWhitening:
         a = _as_2d_float(x, "x")
         if a.shape[1] != self.in_dim:
             raise ValueError(f"x: expected (N, {self.in_dim}), got {a.shape}")
+        assert self.projection_ is not None  # _check_fitted raised otherwise
         y = (a - self.mean_) @ self.projection_.T
         if norm:
             y = l2_normalize(y)
@@ -171,18 +190,17 @@ class PCAWhitening:
 
     __call__ = transform
 
-    def fit_transform(self, x, normalize: Optional[bool] = None):
-        return self.fit(x).transform(x, normalize=normalize)
-
     # -- persistence -----------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
         self._check_fitted()
+        assert self.projection_ is not None  # _check_fitted raised otherwise
         return {
             "format": _FORMAT, "version": _VERSION,
             "dims": self.dims, "eps": self.eps, "rank_tol": self.rank_tol,
             "normalize": self.normalize, "n_samples": self.n_samples_,
-            "mean": self.mean_.copy(), "projection": self.projection_.copy(),
-            "eigenvalues": self.eigenvalues_.copy(),
+            # mean_ / eigenvalues_ are set together with projection_ (fit, from_state)
+            "mean": cast(np.ndarray, self.mean_).copy(), "projection": self.projection_.copy(),
+            "eigenvalues": cast(np.ndarray, self.eigenvalues_).copy(),
         }
 
     @classmethod
@@ -236,7 +254,7 @@ class PCAWhitening:
                 f"n_samples={self.n_samples_})")
 
 
-def _to_numpy(x) -> np.ndarray:
+def _to_numpy(x: Union[torch.Tensor, ArrayLike]) -> np.ndarray:
     try:
         import torch
 

@@ -18,7 +18,7 @@ against their mean, the RoI score alone); ``roiret`` — the library's defaults 
 whitening, 512 projected bits, query-adaptive fusion of the standardised BoW and RoI
 scores).
 
-mAP follows :mod:`roiret.eval` (classic: good + ok positive, junk ignored; revisited:
+mAP follows :mod:`roiret.eval.metrics` (classic: good + ok positive, junk ignored; revisited:
 Medium and Hard). Rankings are restricted to each protocol's database; the query is the
 crop of its box. Indexing throughput (with its breakdown), query latency and memory per
 image are measured on the way.
@@ -30,9 +30,18 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..bow import Vocabulary
+    from ..io.images import Box
+    from ..search.config import RetrieverConfig
+    from ..search.results import Hit, PreparedQuery
+    from ..search.retriever import Retriever
+    from .groundtruth import OxfordGroundTruth, Query
+    from .metrics import PathLike
 
 __all__ = ["EvalTable", "VARIANTS", "evaluate_oxford", "oxford_table"]
 
@@ -41,7 +50,7 @@ __all__ = ["EvalTable", "VARIANTS", "evaluate_oxford", "oxford_table"]
 SEARCH_TIME = {"N": 0, "n": 0, "k": 0, "fusion": None, "mode": "fast"}
 
 #: configuration overrides of each variant (see the module docstring)
-VARIANTS = {
+VARIANTS: Dict[str, Dict[str, Any]] = {
     "paper": {"whitening": True, "code_bits": None, "fusion": None},
     "roiret": {},
 }
@@ -96,7 +105,7 @@ class EvalTable:
                           indent=2, default=float)
 
 
-def evaluate_oxford(gt, rank_fn) -> Dict[str, float]:
+def evaluate_oxford(gt: OxfordGroundTruth, rank_fn: Callable[[Query], Iterable[Hit]]) -> Dict[str, float]:
     """mAP of ``rank_fn(query) -> hits`` (objects with ``.name``) on an Oxford-style ground
     truth: ``{"classic": …, "revisited/medium": …, "revisited/hard": …}`` for the protocols
     present (revisited Easy left out). Each ranking is restricted to its protocol's
@@ -113,8 +122,88 @@ def evaluate_oxford(gt, rank_fn) -> Dict[str, float]:
     return out
 
 
+def _levels(gt: OxfordGroundTruth, protocols: Sequence[str]) -> List[str]:
+    out = []
+    for p in protocols:
+        for lvl in gt.protocol(p).levels:
+            if p == "revisited" and lvl == "easy":
+                continue
+            out.append("classic" if p == "classic" else f"{p}/{lvl}")
+    return out
+
+
+def _build_or_load(config: RetrieverConfig, paths: List[str], stems: List[str], cpath: Optional[Path],
+                   vocabulary: Optional[Vocabulary], name: str, opts: Dict[str, Any],
+                   print_fn: Callable[[str], None]) -> Tuple[Retriever, float]:
+    """A retriever of ``config`` over ``paths`` — loaded from the cache folder ``cpath`` when it
+    holds one (search-time settings taken from ``config``), else built (and cached) — and its
+    indexing rate (NaN when loaded)."""
+    from ..search.retriever import Retriever
+
+    t0 = time.perf_counter()
+    if cpath is not None and (cpath / "manifest.json").exists():
+        r = Retriever.load(cpath, device=opts["device"], weights=opts["weights"], progress=opts["progress"])
+        r.config = r.config.replace(**{key: getattr(config, key) for key in SEARCH_TIME})
+        print_fn(f"[{name}] loaded cached index {cpath}")
+        return r, float("nan")
+    r = Retriever(config, **opts)
+    r.train(paths, vocabulary=vocabulary)
+    t1 = time.perf_counter()
+    r.add(paths, names=stems)
+    rate = len(paths) / (time.perf_counter() - t1)
+    print_fn(f"[{name}] trained in {t1 - t0:.0f} s, indexed {len(r)} images at {rate:.2f} img/s")
+    if cpath is not None:
+        r.save(cpath)
+    return r, rate
+
+
+def _evaluate_row(r: Retriever, gt: OxfordGroundTruth, queries: Sequence[Tuple[str, Query]], Ks: List[int],
+                  with_bow: bool) -> Tuple[Dict[str, Dict[str, float]], Dict[str, float],
+                                           Dict[Tuple[str, Optional[Box]], PreparedQuery], List[float]]:
+    """(row: column -> level -> mAP, BoW-only mAPs if ``with_bow`` (else empty), prepared
+    queries, query latencies)."""
+    prepared, lat = {}, []
+    for _, q in queries:
+        key = (q.image, q.bbox)
+        if key not in prepared:
+            t = time.perf_counter()
+            prepared[key] = r.prepare_query(gt.image_path(q.image), q.bbox)
+            r.rank(prepared[key], top=len(r))
+            lat.append(time.perf_counter() - t)
+
+    def ranker(mode: str, view: Retriever) -> Callable[[Query], List[Hit]]:
+        return lambda q: view.rank(prepared[(q.image, q.bbox)], top=len(view), mode=mode).hits
+
+    Kmax = Ks[-1]
+    row = {"baseline": evaluate_oxford(gt, ranker("global", r))}
+    for K in Ks:
+        row[f"K={K}"] = evaluate_oxford(gt, ranker("fast", r.with_K(K) if K < Kmax else r))
+    row["exhaustive"] = evaluate_oxford(gt, ranker("exhaustive", r))
+    return row, evaluate_oxford(gt, ranker("bow", r)) if with_bow else {}, prepared, lat
+
+
+def _speed(r: Retriever, index_rate: float, prepared: Dict[Tuple[str, Optional[Box]], PreparedQuery],
+           lat: List[float], N: int) -> Dict[str, float]:
+    rank_t: Dict[str, List[float]] = {"fast": [], "exhaustive": []}
+    for pq in prepared.values():  # the re-ranking step alone (cross-matching the top N)
+        for mode in rank_t:
+            rank_t[mode].append(min(r.rank(pq, top=N, mode=mode).timings["rerank"] for _ in range(3)))
+    at = r.add_timings
+    per = max(1, at["images"])
+    return {
+        "index_img_s": index_rate,
+        "sift": at["sift"] / per, "quantize": at["quantize"] / per,
+        "cnn_trunk": at["cnn_trunk"] / per, "regions_codes": at["regions_codes"] / per,
+        "query_p50_ms": 1000 * float(np.percentile(lat, 50)),
+        "query_p95_ms": 1000 * float(np.percentile(lat, 95)),
+        "rank_fast_p50_ms": 1000 * float(np.percentile(rank_t["fast"], 50)),
+        "rank_exhaustive_p50_ms": 1000 * float(np.percentile(rank_t["exhaustive"], 50)),
+        "bytes_per_image": r.index.nbytes() / max(1, len(r)),
+    }
+
+
 def oxford_table(
-    root,
+    root: PathLike,
     *,
     features: Sequence[str] = ("conv-max", "conv-sum"),
     variants: Sequence[str] = ("paper", "roiret"),
@@ -126,110 +215,52 @@ def oxford_table(
     k: int = 5,
     backbone: str = "alexnet",
     device: str = "cpu",
-    weights="auto",
+    weights: Optional[PathLike] = "auto",
     allow_download: bool = False,
     cache: Optional[str] = None,
     progress: Optional[bool] = None,
     seed: int = 0,
-    print_fn=print,
+    print_fn: Callable[[str], None] = print,
 ) -> EvalTable:
     """Build the table (see the module docstring). ``cache``: a folder where the indexes
     are saved and reused by later runs with the same settings."""
-    from .eval import load_gnd
-    from .retriever import Retriever, RetrieverConfig
+    from ..search.config import RetrieverConfig
+    from .groundtruth import OxfordGroundTruth, load_gnd
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; expected some of {sorted(VARIANTS)}")
     root = Path(root)
     gt = load_gnd(root / "gnd.json")
+    if not isinstance(gt, OxfordGroundTruth):
+        raise ValueError(f"{root / 'gnd.json'}: UKBench-style groups; the table needs Oxford-style protocols")
     stems = list(gt.images)
     paths = [str(gt.image_path(s)) for s in stems]
     Ks = sorted(int(x) for x in Ks)
-    Kmax = Ks[-1]
     protocols = [p for p in ("classic", "revisited") if p in gt.protocols]
-    levels = []
-    for p in protocols:
-        for lvl in gt.protocol(p).levels:
-            if p == "revisited" and lvl == "easy":
-                continue
-            levels.append("classic" if p == "classic" else f"{p}/{lvl}")
     settings = {"backbone": backbone, "vocab_size": vocab_size, "max_keypoints": max_keypoints, "N": N, "n": n,
                 "k": k, "images": len(stems), "seed": seed}
     queries = [(p, q) for p in protocols for q in gt.protocol(p).queries]
-
-    def evaluate(rank_fn) -> Dict[str, float]:
-        return evaluate_oxford(gt, rank_fn)
-
+    opts = {"device": device, "weights": weights, "allow_download": allow_download, "progress": progress}
     vocabulary = None
     rows, dims, speed = {}, {}, {}
-    bow_map = None
+    bow_map: Dict[str, float] = {}
     for variant in variants:
         for feat in features:
             name = f"{feat} ({variant})"
-            over = dict(VARIANTS[variant])
-            config = RetrieverConfig(backbone=backbone, feature=feat, K=Kmax, vocab_size=vocab_size,
-                                     max_keypoints=max_keypoints, N=N, n=n, k=k, seed=seed, **over)
+            config = RetrieverConfig(backbone=backbone, feature=feat, K=Ks[-1], vocab_size=vocab_size,
+                                     max_keypoints=max_keypoints, N=N, n=n, k=k, seed=seed, **VARIANTS[variant])
             cpath = None
             if cache:
                 key = hashlib.sha256(json.dumps({**config.to_dict(), **SEARCH_TIME}, sort_keys=True)
                                      .encode()).hexdigest()[:10]
                 cpath = Path(cache) / f"{root.name}-{feat}-{variant}-{key}"
-            t0 = time.perf_counter()
-            if cpath is not None and (cpath / "manifest.json").exists():
-                r = Retriever.load(cpath, device=device, weights=weights, progress=progress)
-                r.config = RetrieverConfig.from_dict({**r.config.to_dict(), **{
-                    key: getattr(config, key) for key in SEARCH_TIME}})
-                index_rate = float("nan")
-                print_fn(f"[{name}] loaded cached index {cpath}")
-            else:
-                r = Retriever(config, device=device, weights=weights, allow_download=allow_download,
-                              progress=progress)
-                r.train(paths, vocabulary=vocabulary)
-                t1 = time.perf_counter()
-                r.add(paths, names=stems)
-                index_rate = len(paths) / (time.perf_counter() - t1)
-                print_fn(f"[{name}] trained in {t1 - t0:.0f} s, indexed {len(r)} images at {index_rate:.2f} img/s")
-                if cpath is not None:
-                    r.save(cpath)
+            r, index_rate = _build_or_load(config, paths, stems, cpath, vocabulary, name, opts, print_fn)
             vocabulary = r.bow.vocabulary
             dims[name] = r.nbits
-
-            prepared, lat = {}, []
-            for p, q in queries:
-                key = (q.image, q.bbox)
-                if key not in prepared:
-                    t = time.perf_counter()
-                    prepared[key] = r.prepare_query(gt.image_path(q.image), q.bbox)
-                    r.rank(prepared[key], top=len(r))
-                    lat.append(time.perf_counter() - t)
-
-            def ranker(mode, view):
-                return lambda q: view.rank(prepared[(q.image, q.bbox)], top=len(view), mode=mode).hits
-
-            row = {"baseline": evaluate(ranker("global", r))}
-            for K in Ks:
-                row[f"K={K}"] = evaluate(ranker("fast", r.with_K(K) if K < Kmax else r))
-            row["exhaustive"] = evaluate(ranker("exhaustive", r))
-            if bow_map is None:
-                bow_map = evaluate(ranker("bow", r))
-            rows[name] = row
-            rank_t = {"fast": [], "exhaustive": []}
-            for pq in prepared.values():  # the re-ranking step alone (cross-matching the top N)
-                for mode in rank_t:
-                    rank_t[mode].append(min(r.rank(pq, top=N, mode=mode).timings["rerank"] for _ in range(3)))
-            at = r.add_timings
-            per = max(1, at["images"])
-            speed[name] = {
-                "index_img_s": index_rate,
-                "sift": at["sift"] / per, "quantize": at["quantize"] / per,
-                "cnn_trunk": at["cnn_trunk"] / per, "regions_codes": at["regions_codes"] / per,
-                "query_p50_ms": 1000 * float(np.percentile(lat, 50)),
-                "query_p95_ms": 1000 * float(np.percentile(lat, 95)),
-                "rank_fast_p50_ms": 1000 * float(np.percentile(rank_t["fast"], 50)),
-                "rank_exhaustive_p50_ms": 1000 * float(np.percentile(rank_t["exhaustive"], 50)),
-                "bytes_per_image": (r._store.nbytes() + r.bow.inverted_file.memory_bytes()) / max(1, len(r)),
-            }
-            print_fn(f"[{name}] classic: " + ", ".join(f"{c} {100 * v['classic']:.2f}" for c, v in row.items())
+            rows[name], bow, prepared, lat = _evaluate_row(r, gt, queries, Ks, with_bow=not bow_map)
+            bow_map = bow_map or bow
+            speed[name] = _speed(r, index_rate, prepared, lat, N)
+            print_fn(f"[{name}] classic: " + ", ".join(f"{c} {100 * v['classic']:.2f}" for c, v in rows[name].items())
                      + f"; BoW {100 * bow_map['classic']:.2f}")
-    return EvalTable(root.name, levels, Ks, bow_map, rows, dims, settings, speed)
+    return EvalTable(root.name, _levels(gt, protocols), Ks, bow_map, rows, dims, settings, speed)

@@ -11,14 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Tuple, Union
+from typing import Any, Dict, Tuple, Union
 
 import numpy as np
 
 from ..errors import IndexFormatError
+from .folder import atomic_write
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -27,46 +27,6 @@ _HEADER = "__header__"
 
 def sha256_of(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr).view(np.uint8).reshape(-1).data).hexdigest()
-
-
-def sha256_file(path: PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
-def atomic_write(path: PathLike, write: Callable[[Any], None], *, binary: bool = True) -> None:
-    """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it
-    over ``path``. On any error the temporary file is removed and ``path`` is untouched."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def remove_files(folder: PathLike, names) -> None:
-    """Delete ``folder/name`` for each name; names already gone are fine."""
-    for name in names:
-        try:
-            os.unlink(Path(folder) / name)
-        except FileNotFoundError:
-            pass
 
 
 def save_arrays(path: PathLike, fmt: str, version: int, header: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> None:
@@ -81,8 +41,8 @@ def save_arrays(path: PathLike, fmt: str, version: int, header: Dict[str, Any], 
     blob = np.frombuffer(json.dumps(hdr, sort_keys=True).encode("utf-8"), dtype=np.uint8)
     payload = {_HEADER: blob, **{k: np.ascontiguousarray(v) for k, v in arrays.items()}}
 
-    def write(f):
-        np.savez(f, **payload)
+    def write(f: Any) -> None:
+        np.savez(f, **payload)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
 
     atomic_write(path, write)
 
@@ -135,3 +95,11 @@ def load_arrays(path: PathLike, fmt: str, max_version: int) -> Tuple[Dict[str, A
             raise
         raise IndexFormatError(f"{path}: not a readable {fmt} file ({type(e).__name__}: {e})") from None
     return hdr, arrays
+
+
+def save_npy(path: PathLike, arr: np.ndarray) -> None:
+    """Write one array as ``.npy`` (no pickle), flushed and fsync'ed."""
+    with open(path, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())

@@ -24,16 +24,23 @@ import stat
 import struct
 import warnings
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import ImageError
+from ..errors import ImageError
 
 __all__ = [
+    "Box",
     "ImageSource",
+    "check_box",
     "DEFAULT_MAX_PIXELS",
+    "PreparedImage",
+    "error_reason",
+    "iter_prepared",
     "load_image",
+    "load_shrunk",
+    "source_name",
     "max_file_bytes",
     "probe_image_size",
     "resize_max_side",
@@ -41,6 +48,8 @@ __all__ = [
 ]
 
 ImageSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray]
+#: ``(x1, y1, x2, y2)`` in pixels of an image, x2 / y2 exclusive
+Box = Tuple[float, float, float, float]
 
 
 def _env_max_pixels(default: int = 100_000_000) -> int:
@@ -71,7 +80,7 @@ def max_file_bytes(max_pixels: int) -> int:
     return 8 * int(max_pixels) + (64 << 20)
 
 
-def _cv2():
+def _cv2() -> Any:
     import cv2  # local import: importing roiret should not pay for OpenCV
 
     return cv2
@@ -157,7 +166,7 @@ def _probe_webp(b: bytes) -> Optional[Tuple[int, int]]:
 
 def _probe_pnm(b: bytes) -> Optional[Tuple[int, int]]:
     # P1..P6: magic, then whitespace/comment separated width and height
-    fields = []
+    fields: List[int] = []
     i, n = 2, min(len(b), 4096)
     while len(fields) < 2 and i < n:
         c = b[i : i + 1]
@@ -213,7 +222,7 @@ _SIGNATURES = (
 )
 
 
-def _identify(b: bytes):
+def _identify(b: bytes) -> Tuple[Optional[str], Optional[Callable[[bytes], Optional[Tuple[int, int]]]]]:
     for sig, name, probe in _SIGNATURES:
         if b.startswith(sig):
             return name, probe
@@ -229,7 +238,7 @@ def probe_image_size(data: bytes) -> Tuple[str, Optional[Tuple[int, int]]]:
     without decoding it. Raises :class:`ImageError` when the bytes are not an image
     format roiret reads (JPEG, PNG, GIF, BMP, TIFF, WebP, PNM)."""
     fmt, probe = _identify(bytes(data[:16]))
-    if fmt is None:
+    if fmt is None or probe is None:
         head = " ".join(f"{x:02x}" for x in bytes(data[:8]))
         raise ImageError(f"not a supported image format (first bytes: {head or 'none'})")
     try:
@@ -401,3 +410,78 @@ def _decode(data: bytes, path: Optional[Path], limit: int) -> np.ndarray:
             path,
         )
     return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+
+
+class PreparedImage(NamedTuple):
+    """An image read once and shrunk for both stages: ``image`` (uint8 RGB, longest side
+    at most ``max_side``), ``scale`` (its size / the original's) and the original ``size``
+    (width, height)."""
+
+    image: np.ndarray
+    scale: float
+    size: Tuple[int, int]
+
+
+def load_shrunk(src: ImageSource, max_side: Optional[int]) -> PreparedImage:
+    """Read ``src`` (:func:`load_image`) and shrink it to ``max_side``."""
+    img = load_image(src)
+    h, w = img.shape[:2]
+    small, scale = resize_max_side(img, max_side)
+    return PreparedImage(small, scale, (w, h))
+
+
+def source_name(src: Any, fallback: str) -> str:
+    """The path of an image source, or ``fallback`` for bytes and arrays."""
+    if isinstance(src, (str, os.PathLike)):
+        return os.fspath(src)
+    return fallback
+
+
+def error_reason(e: BaseException) -> str:
+    """The message of an error without the file name (shown next to it already)."""
+    return getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
+
+
+#: what reading one image may raise without the others being affected
+IMAGE_ERRORS = (ImageError, OSError, ValueError, TypeError)
+
+
+def iter_prepared(images: Sequence[ImageSource], max_side: Optional[int], *, on_error: str = "raise",
+                  progress: Optional[bool] = None, desc: str = "images"
+                  ) -> Iterator[Tuple[int, ImageSource, Union[PreparedImage, Exception]]]:
+    """Yield ``(position, source, prepared image or the exception it raised)`` for each
+    image, with a progress bar (``progress``: True, False, or None for a terminal only).
+    ``on_error="raise"`` lets the first error propagate instead."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(images), desc=desc, unit="img", disable=None if progress is None else not progress)
+    try:
+        for i, src in enumerate(images):
+            item: Union[PreparedImage, Exception]
+            try:
+                item = load_shrunk(src, max_side)
+            except IMAGE_ERRORS as e:  # this image only
+                if on_error == "raise":
+                    raise
+                item = e
+            yield i, src, item
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+def check_box(box: Any, name: str = "box") -> Box:
+    """``box`` as four floats ``(x1, y1, x2, y2)``: TypeError unless it is four numbers,
+    ValueError unless they are finite with x2 > x1 and y2 > y1. (Whether it overlaps a
+    given image is for the caller to check.)"""
+    try:
+        x1, y1, x2, y2 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected four numbers (x1, y1, x2, y2), got {box!r}") from None
+    if not all(np.isfinite([x1, y1, x2, y2])):
+        raise ValueError(f"{name}: coordinates must be finite, got {box!r}")
+    if not (x2 > x1 and y2 > y1):
+        raise ValueError(f"{name}: expected x2 > x1 and y2 > y1 (a non-empty box), got {box!r}")
+    return (x1, y1, x2, y2)

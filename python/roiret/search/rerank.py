@@ -35,15 +35,15 @@ on every measured column of both (``benchmarks/fusion_study.py``, docs/RESULTS.m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from ._kernels import cross_match
+from .._kernels import cross_match
+from ..params import MODES, Fusion, check_fusion
 
 __all__ = ["ADAPTIVE_DEPTH", "MODES", "RerankResult", "adaptive_weight", "check_fusion", "rerank"]
 
-MODES = ("fast", "exhaustive", "global", "bow")
 ADAPTIVE_DEPTH = 4
 
 
@@ -64,19 +64,7 @@ class RerankResult:
     bow_weight: float = 0.0  # the fusion weight w used (0: the RoI score alone)
 
 
-def check_fusion(fusion):
-    """``None``, ``"adaptive"`` or a number in [0, 1] (returned as float); else ValueError."""
-    if fusion is None or (isinstance(fusion, str) and fusion == "adaptive"):
-        return fusion
-    if isinstance(fusion, (bool, str)) or not isinstance(fusion, (int, float, np.integer, np.floating)):
-        raise ValueError(f"fusion must be None, 'adaptive' or a weight in [0, 1], got {fusion!r}")
-    f = float(fusion)
-    if not 0.0 <= f <= 1.0:  # NaN fails too
-        raise ValueError(f"fusion must be None, 'adaptive' or a weight in [0, 1], got {fusion!r}")
-    return f
-
-
-def _stats(r: np.ndarray, b: np.ndarray, ok: np.ndarray, depth: int):
+def _stats(r: np.ndarray, b: np.ndarray, ok: np.ndarray, depth: int) -> Tuple[np.ndarray, np.ndarray, float]:
     """Means, standard deviations and adaptive BoW weight of the two score lists over
     ``ok`` — one vectorised pass (this runs once per query)."""
     v = np.stack([r[ok], b[ok]])
@@ -99,10 +87,10 @@ def adaptive_weight(roi_scores: np.ndarray, bow_scores: np.ndarray, depth: int =
     b = np.asarray(bow_scores, np.float64)
     if r.shape != b.shape or r.ndim != 1:
         raise ValueError(f"expected two 1-D score arrays of one length, got {r.shape} and {b.shape}")
-    return _stats(r, b, np.isfinite(r) & np.isfinite(b), int(depth))[2]
+    return float(_stats(r, b, np.isfinite(r) & np.isfinite(b), int(depth))[2])
 
 
-def _check(name, v, lo=1):
+def _check(name: str, v: Any, lo: int = 1) -> int:
     if isinstance(v, bool) or int(v) != v or v < lo:
         raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
     return int(v)
@@ -120,7 +108,7 @@ def rerank(
     k: int,
     mode: str = "fast",
     bow_scores: Optional[np.ndarray] = None,
-    fusion=None,
+    fusion: Fusion = None,
     threads: Optional[int] = None,
 ) -> RerankResult:
     """Re-rank ``candidates`` (int64 image rows, BoW order) — see the module docstring.
@@ -169,7 +157,7 @@ def rerank(
         b = np.asarray(bow_scores, np.float64)[:top]
         ok = np.isfinite(s) & np.isfinite(b)
         mean, sd, w = _stats(s, b, ok, ADAPTIVE_DEPTH)
-        f = w if fusion == "adaptive" else fusion
+        f = w if isinstance(fusion, str) else float(fusion)  # "adaptive" (check_fusion) or a weight
         # (1 - f) z(roi) + f z(bow); a constant score (sd 0) contributes 0
         cr = (1 - f) / sd[0] if sd[0] > 0 else 0.0
         cb = f / sd[1] if sd[1] > 0 else 0.0

@@ -11,9 +11,11 @@ from disk is memory-mapped read-only; the first change copies it into memory.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from ..errors import IndexFormatError
 
 __all__ = ["RoIStore"]
 
@@ -21,7 +23,7 @@ __all__ = ["RoIStore"]
 class _Growable:
     """A numpy array with a logical length and doubling capacity along axis 0."""
 
-    def __init__(self, shape_tail, dtype, data: Optional[np.ndarray] = None):
+    def __init__(self, shape_tail: Tuple[int, ...], dtype: Any, data: Optional[np.ndarray] = None):
         self.tail = tuple(shape_tail)
         self.dtype = np.dtype(dtype)
         if data is None:
@@ -114,6 +116,12 @@ class RoIStore:
         return sum(a.nbytes for a in (self.codes, self.boxes, self.scores, self.offsets, self.ids,
                                       self.sizes, self.global_codes))
 
+    def capacity_bytes(self) -> int:
+        """Bytes held by the arrays including the spare capacity of the doubling arrays
+        (:meth:`nbytes` counts only the used part; names and the id index are not counted)."""
+        return sum(g.buf.nbytes for g in (self._codes, self._boxes, self._scores, self._offsets, self._ids,
+                                          self._sizes, self._global))
+
     def _id_index(self) -> Dict[int, int]:
         if self._index is None:
             self._index = {int(i): k for k, i in enumerate(self.ids)}
@@ -133,7 +141,7 @@ class RoIStore:
     def __contains__(self, image_id: int) -> bool:
         return int(image_id) in self._id_index()
 
-    def rois_of(self, index: int):
+    def rois_of(self, index: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(codes, boxes, scores) of the image at row ``index``."""
         a, b = self.offsets[index], self.offsets[index + 1]
         return self.codes[a:b], self.boxes[a:b], self.scores[a:b]
@@ -160,13 +168,13 @@ class RoIStore:
         self._sizes.extend(np.asarray(size, np.int32).reshape(1, 2))
         self._global.extend(np.asarray(global_code, np.uint64).reshape(1, self.words))
         self._names.append(str(name))
-        self._index[image_id] = len(self) - 1
+        self._id_index()[image_id] = len(self) - 1
 
-    def truncated(self, k: int) -> "RoIStore":
-        """A copy keeping the first ``k`` RoIs of every image (RoIs are stored in selection
-        order, so this equals selecting with K = k)."""
+    def truncated(self, K: int) -> "RoIStore":
+        """A copy keeping the first ``K`` RoIs of every image (RoIs are stored in selection
+        order, so this equals selecting with that K)."""
         out = RoIStore(self.words)
-        counts = np.minimum(np.diff(self.offsets), int(k))
+        counts = np.minimum(np.diff(self.offsets), int(K))
         rows = np.concatenate([np.arange(a, a + c) for a, c in zip(self.offsets[:-1], counts)]
                               or [np.zeros(0, np.int64)]).astype(np.int64)
         out._codes.replace(self.codes[rows])
@@ -201,8 +209,8 @@ class RoIStore:
         return len(rows)
 
     # -- persistence -------------------------------------------------------------------
-    def arrays(self) -> Dict[str, np.ndarray]:
-        """The arrays written to disk (names as .npy files; no object arrays)."""
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        """The arrays that make up the store (saved as .npy files; no object arrays)."""
         names = np.array(self._names, dtype=np.str_) if self._names else np.zeros(0, "<U1")
         return {
             "codes": np.ascontiguousarray(self.codes),
@@ -216,14 +224,14 @@ class RoIStore:
         }
 
     @classmethod
-    def from_arrays(cls, words: int, arrays: Dict[str, np.ndarray], where: str = "") -> "RoIStore":
-        """Build from (possibly memory-mapped) arrays, checking their consistency."""
-        from .errors import IndexFormatError
+    def from_state(cls, words: int, state: Dict[str, np.ndarray], where: str = "") -> "RoIStore":
+        """Build from :meth:`state_dict` arrays (possibly memory-mapped), checking their
+        consistency (IndexFormatError naming ``where``)."""
 
-        def bad(msg):
+        def bad(msg: str) -> IndexFormatError:
             return IndexFormatError(f"{where}: {msg}" if where else msg)
 
-        a = arrays
+        a = state
         n = len(a["ids"])
         expect = {
             "codes": (np.uint64, (None, words)), "boxes": (np.float32, (None, 4)),
@@ -237,7 +245,7 @@ class RoIStore:
                 raise bad(f"array {key!r} is {arr.dtype} {arr.shape}, expected {np.dtype(dt)} {shape}")
         R = len(a["codes"])
         off = a["offsets"]
-        if n >= 0 and (off[0] != 0 or off[-1] != R or (np.diff(off) < 0).any()):
+        if (off[0] != 0 or off[-1] != R or (np.diff(off) < 0).any()):
             raise bad("RoI offsets are inconsistent with the number of RoIs")
         if len(a["boxes"]) != R or len(a["scores"]) != R:
             raise bad("codes, boxes and scores have different lengths")

@@ -1,0 +1,224 @@
+"""The pipeline's choices, defaults and parameter groups, validated once.
+
+Every stage takes its parameters from one of these frozen groups, so a value is checked in
+exactly one place (here) whether it comes from Python, the command line or a saved
+manifest. The names are the paper's (Chen et al.): K RoIs per image, T_min, T_rate, T_iou
+for the RoI selection; N BoW candidates re-ranked, n of them matched exhaustively, k query
+RoIs kept for the other N − n.
+
+This module imports NumPy only (no torch, OpenCV or the native core), so that the command
+line can build its ``--help`` from these constants quickly.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple, TypeVar, Union
+
+import numpy as np
+
+__all__ = [
+    "BACKBONES",
+    "BowParams",
+    "CodeParams",
+    "DEFAULT_K",
+    "DEFAULT_THRESHOLD",
+    "DEFAULT_THRESHOLD_MODE",
+    "DEFAULT_T_IOU",
+    "DEFAULT_T_MIN",
+    "DEFAULT_T_RATE",
+    "FEATURES",
+    "Fusion",
+    "LOCAL_FEATURES",
+    "MODES",
+    "RegionParams",
+    "RerankParams",
+    "THRESHOLD_MODES",
+    "check_fusion",
+    "normalize_backbone",
+]
+
+#: CNN backbones (:mod:`roiret.cnn.backbones` holds their strides and channels)
+BACKBONES: Tuple[str, ...] = ("alexnet", "vgg16", "efficientnet-lite0")
+#: RoI descriptors (:mod:`roiret.cnn.descriptors`)
+FEATURES: Tuple[str, ...] = ("conv-max", "conv-sum", "fc7", "roialign-fc")
+#: local features of the BoW stage (:mod:`roiret.bow.features`)
+LOCAL_FEATURES: Tuple[str, ...] = ("rootsift", "sift", "surf")
+#: base-region binarisation rules (:func:`roiret.cnn.regions.binarize`)
+THRESHOLD_MODES: Tuple[str, ...] = ("absolute", "relative", "mean")
+#: re-ranking modes (:mod:`roiret.search.rerank`)
+MODES: Tuple[str, ...] = ("fast", "exhaustive", "global", "bow")
+
+# Chosen on Oxford5k-dev by benchmarks/tune_regions.py (see roiret.cnn.regions).
+DEFAULT_THRESHOLD_MODE = "relative"
+DEFAULT_THRESHOLD = 0.3
+DEFAULT_T_MIN = 0.1
+DEFAULT_T_RATE = 3.0
+#: the paper's value
+DEFAULT_T_IOU = 0.95
+#: the largest K of the paper's tables
+DEFAULT_K = 20
+
+#: how the BoW score enters the final score: ``"adaptive"``, a weight in [0, 1], or
+#: ``None`` (the RoI score alone)
+Fusion = Union[float, str, None]
+
+_G = TypeVar("_G")
+
+
+def positive_int(name: str, v: Any) -> int:
+    """``v`` as an int if it is an integer >= 1 (not a bool), else ValueError naming it."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def finite_number(name: str, v: Any) -> float:
+    """``v`` as a float if it is a finite real number (not a bool), else ValueError."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {v!r}")
+    return float(v)
+
+
+def _choice(name: str, v: Any, choices: Tuple[str, ...]) -> str:
+    if not isinstance(v, str) or v not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {v!r}")
+    return v
+
+
+def normalize_backbone(name: Any) -> str:
+    """A backbone name in canonical form (``"EfficientNet_Lite0"`` → ``"efficientnet-lite0"``)."""
+    if not isinstance(name, str):
+        raise ValueError(f"backbone must be one of {list(BACKBONES)}, got {name!r}")
+    return _choice("backbone", name.lower().replace("_", "-"), BACKBONES)
+
+
+def check_fusion(fusion: Any) -> Fusion:
+    """``None``, ``"adaptive"`` or a number in [0, 1] (returned as float); else ValueError."""
+    if fusion is None or (isinstance(fusion, str) and fusion == "adaptive"):
+        return fusion
+    if isinstance(fusion, (bool, str)) or not isinstance(fusion, (int, float, np.integer, np.floating)):
+        raise ValueError(f"fusion must be None, 'adaptive' or a weight in [0, 1], got {fusion!r}")
+    f = float(fusion)
+    if not 0.0 <= f <= 1.0:  # NaN fails too
+        raise ValueError(f"fusion must be None, 'adaptive' or a weight in [0, 1], got {fusion!r}")
+    return f
+
+
+class _Group:
+    """Shared helpers of the parameter groups (frozen dataclasses)."""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    def replace(self: _G, **changes: Any) -> _G:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)  # normalise a field of a frozen instance
+
+
+@dataclass(frozen=True)
+class RegionParams(_Group):
+    """RoI detection on a conv feature map (the paper's 3.2.1–3.2.2).
+
+    ``K`` RoIs per image; ``t_min``: minimum box area as a fraction of the image (T_min);
+    ``t_rate``: maximum aspect ratio (T_rate); ``t_iou``: the IoU above which a box is a
+    duplicate of a kept one (T_iou); ``threshold_mode`` / ``threshold``: how each channel
+    is binarised into base regions (:func:`roiret.cnn.regions.binarize`).
+    """
+
+    K: int = DEFAULT_K
+    t_min: float = DEFAULT_T_MIN
+    t_rate: float = DEFAULT_T_RATE
+    t_iou: float = DEFAULT_T_IOU
+    threshold_mode: str = DEFAULT_THRESHOLD_MODE
+    threshold: float = DEFAULT_THRESHOLD
+
+    def __post_init__(self) -> None:
+        self._set("K", positive_int("K", self.K))
+        for name in ("threshold", "t_min", "t_rate", "t_iou"):
+            self._set(name, finite_number(name, getattr(self, name)))
+        _choice("threshold_mode", self.threshold_mode, THRESHOLD_MODES)
+        if not 0.0 <= self.t_min <= 1.0:
+            raise ValueError(f"t_min (T_min) is a fraction of the image area in [0, 1], got {self.t_min}")
+        if not self.t_rate >= 1.0:
+            raise ValueError(f"t_rate (T_rate) is a maximum aspect ratio >= 1, got {self.t_rate}")
+        if not 0.0 < self.t_iou <= 1.0:
+            raise ValueError(f"t_iou (T_iou) must be in (0, 1], got {self.t_iou}")
+
+
+@dataclass(frozen=True)
+class CodeParams(_Group):
+    """How RoI descriptors become binary codes.
+
+    ``whitening``: learn PCA-whitening of the RoI descriptors at training time, keeping
+    ``whitening_dims`` dimensions (``None``: all). ``code_bits``: ``None`` for the paper's
+    codes (bit i = f_i > mean(f), as many bits as dimensions), or that many bits from a
+    fixed random projection seeded by ``seed`` (Hamming distance then estimates the angle
+    between descriptors).
+    """
+
+    whitening: bool = False
+    whitening_dims: Optional[int] = None
+    code_bits: Optional[int] = 512
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.whitening, (bool, np.bool_)):
+            raise ValueError(f"whitening must be True or False, got {self.whitening!r}")
+        self._set("whitening", bool(self.whitening))
+        if self.whitening_dims is not None:
+            self._set("whitening_dims", positive_int("whitening_dims", self.whitening_dims))
+        if self.code_bits is not None:
+            self._set("code_bits", positive_int("code_bits", self.code_bits))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        self._set("seed", int(self.seed))
+
+
+@dataclass(frozen=True)
+class BowParams(_Group):
+    """The bag-of-words first stage: ``vocab_size`` visual words learned by k-means
+    (``kmeans_iterations`` iterations on at most ``max_train_descriptors`` descriptors, a
+    seeded sample; ``None``: all) over ``local_features`` (at most ``max_keypoints`` per
+    image; ``None``: all)."""
+
+    vocab_size: int = 50_000
+    local_features: str = "rootsift"
+    max_keypoints: Optional[int] = 2000
+    max_train_descriptors: Optional[int] = 500_000
+    kmeans_iterations: int = 10
+
+    def __post_init__(self) -> None:
+        _choice("local_features", self.local_features, LOCAL_FEATURES)
+        for name in ("vocab_size", "kmeans_iterations"):
+            self._set(name, positive_int(name, getattr(self, name)))
+        for name in ("max_keypoints", "max_train_descriptors"):
+            v = getattr(self, name)
+            if v is not None:
+                self._set(name, positive_int(name, v))
+
+
+@dataclass(frozen=True)
+class RerankParams(_Group):
+    """Re-ranking the BoW top ``N`` with RoI codes (the paper's 3.2.4): ``mode`` (``"fast"``:
+    the ``n`` best candidates matched with every query RoI, the other N − n with the ``k``
+    most frequently matched query RoIs; ``"exhaustive"``; ``"global"``: whole-image codes;
+    ``"bow"``: no re-ranking) and ``fusion`` (:func:`check_fusion`)."""
+
+    N: int = 100
+    n: int = 10
+    k: int = 5
+    mode: str = "fast"
+    fusion: Fusion = "adaptive"
+
+    def __post_init__(self) -> None:
+        for name in ("N", "n", "k"):
+            self._set(name, positive_int(name, getattr(self, name)))
+        if self.n > self.N:
+            raise ValueError(f"n must be <= N (n of the N candidates are matched exhaustively), "
+                             f"got n={self.n}, N={self.N}")
+        _choice("mode", self.mode, MODES)
+        self._set("fusion", check_fusion(self.fusion))

@@ -1,0 +1,136 @@
+"""The retriever's index folder (format ``roiret-index``, version 1), on
+:class:`roiret.io.folder.IndexFolder` — the guarantees (atomic save, checksums, locking,
+damage → :class:`~roiret.errors.IndexFormatError` naming the file) are that module's.
+
+Manifest fields: ``roiret_version``, ``config`` (:class:`RetrieverConfig` as a dict),
+``local_features`` (the extractor's settings), ``backbone_fingerprint`` (SHA-256 of the CNN
+weights), ``nbits``, ``images``, ``rois``. Data files by role: ``vocabulary`` (``.npz``),
+``inverted_file`` (native format with CRCs), ``whitening`` (``.npz``, when learned),
+``projection`` (``.npy``, for projected codes) and ``rois.<array>`` (``.npy``, one per
+:class:`RoIStore` array, memory-mapped on load). No pickle anywhere.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from .. import __version__
+from ..bow import BowIndex, LocalFeatureExtractor, Vocabulary
+from ..errors import IndexFormatError
+from ..io.arrays import save_npy
+from ..io.folder import IndexFolder, IndexWriter, Manifest, PathLike, as_format_error
+from .config import RetrieverConfig
+from .index import TwoStageIndex
+from .store import RoIStore
+
+__all__ = ["FORMAT", "SavedIndex", "VERSION", "load_index", "save_index"]
+
+FORMAT = "roiret-index"
+VERSION = 1
+_WHAT = "roiret index"
+
+
+@dataclass
+class SavedIndex:
+    """What an index folder holds, parsed and checked (the CNN side is checked by the
+    :class:`~roiret.Retriever` that loads it: weights fingerprint, code length)."""
+
+    config: RetrieverConfig
+    index: TwoStageIndex
+    nbits: int
+    fingerprint: Optional[str]
+    whitening: Any  # Optional[PCAWhitening]
+    code_state: Dict[str, np.ndarray]
+    manifest: Manifest
+
+
+def save_index(folder: PathLike, *, config: RetrieverConfig, index: TwoStageIndex, nbits: int,
+               fingerprint: Optional[str], whitening: Any, code_state: Dict[str, np.ndarray]) -> None:
+    """Write an index folder (atomic, locked; see :mod:`roiret.io.folder`)."""
+
+    def write(w: IndexWriter) -> Dict[str, Any]:
+        w.put("vocabulary", "vocabulary", "npz", index.bow.vocabulary.save)
+        w.put("inverted_file", "inverted_file", "bin", lambda p: index.bow.inverted_file.save(str(p)))
+        if whitening is not None:
+            w.put("whitening", "whitening", "npz", whitening.save)
+        for key, arr in code_state.items():
+            w.put(key, key, "npy", functools.partial(save_npy, arr=arr))
+        for key, arr in index.store.state_dict().items():
+            w.put(f"rois.{key}", f"rois-{key}", "npy", functools.partial(save_npy, arr=arr))
+        return {"roiret_version": __version__, "config": config.to_dict(),
+                "local_features": index.bow.extractor.config(), "backbone_fingerprint": fingerprint,
+                "nbits": nbits, "images": len(index), "rois": index.store.num_rois}
+
+    IndexFolder(folder, FORMAT, VERSION, _WHAT).save(write)
+
+
+def _fields(m: Manifest) -> Tuple[RetrieverConfig, int, Dict[str, Any], Optional[str]]:
+    """(configuration, bits per code, local feature settings, weights fingerprint)."""
+    with as_format_error(m.path, "incomplete or invalid manifest"):
+        # keys added after format version 1 was first written keep the old behaviour
+        config = RetrieverConfig.from_dict({"code_bits": None, **m.fields["config"]})
+        nbits = int(m.fields["nbits"])
+        lf_config = m.fields["local_features"]
+        fingerprint = m.fields.get("backbone_fingerprint")
+        if not isinstance(lf_config, dict) or not (fingerprint is None or isinstance(fingerprint, str)):
+            raise ValueError("local_features must be an object and backbone_fingerprint a string")
+    if nbits < 1:
+        raise m.invalid(f"nbits must be >= 1, got {nbits}")
+    return config, nbits, lf_config, fingerprint
+
+
+def _store(m: Manifest, words: int, mmap: bool) -> RoIStore:
+    state = {}
+    for key in RoIStore.FILES:
+        with m.parsing(f"rois.{key}", "not a valid .npy array"):
+            state[key] = np.load(m.paths[f"rois.{key}"], mmap_mode="r" if mmap and key != "names" else None,
+                                 allow_pickle=False)
+    with as_format_error(m.folder, "inconsistent RoI arrays"):
+        store = RoIStore.from_state(words, state, where=str(m.folder))
+    images, rois = m.fields.get("images", len(store)), m.fields.get("rois", store.num_rois)
+    if images != len(store) or rois != store.num_rois:
+        raise m.invalid(f"the manifest lists {images} images / {rois} RoIs, "
+                        f"the arrays hold {len(store)} / {store.num_rois}")
+    return store
+
+
+def load_index(folder: PathLike, *, verify: bool = True, mmap: bool = True) -> SavedIndex:
+    """Read and check an index folder written by :func:`save_index`."""
+    from .._kernels import InvertedFile
+    from ..cnn.whitening import PCAWhitening
+
+    m = IndexFolder(folder, FORMAT, VERSION, _WHAT).read(
+        verify=verify, required=("vocabulary", "inverted_file") + tuple(f"rois.{k}" for k in RoIStore.FILES))
+    config, nbits, lf_config, fingerprint = _fields(m)
+    # Every file is untrusted input: whatever a damaged one makes a parser raise is
+    # reported as IndexFormatError naming it. Nothing is unpickled.
+    with m.parsing("vocabulary"):
+        voc = Vocabulary.load(m.paths["vocabulary"])
+    with as_format_error(m.path):
+        lfe = LocalFeatureExtractor.from_config(lf_config)
+    whitening = None
+    if "whitening" in m.paths:
+        with m.parsing("whitening"):
+            whitening = PCAWhitening.load(m.paths["whitening"])
+    with m.parsing("inverted_file"):
+        ivf = InvertedFile.load(str(m.paths["inverted_file"]))
+    code_state = {}
+    if config.code_bits:
+        if "projection" not in m.paths:
+            raise m.invalid(f"no projection file listed for {config.code_bits}-bit codes")
+        with m.parsing("projection", "not a valid .npy array"):
+            code_state["projection"] = np.load(m.paths["projection"], allow_pickle=False)
+    store = _store(m, (nbits + 63) // 64, mmap)
+    with as_format_error(m.path):
+        bow = BowIndex(voc, lfe, inverted_file=ivf)
+    index = TwoStageIndex(bow, store)
+    index.check_consistent(str(m.folder))
+    return SavedIndex(config, index, nbits, fingerprint, whitening, code_state, m)
+
+
+def refuse(saved: SavedIndex, message: str) -> IndexFormatError:
+    """An IndexFormatError about the folder of ``saved``."""
+    return IndexFormatError(f"{saved.manifest.folder}: {message}")

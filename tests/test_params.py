@@ -1,0 +1,127 @@
+"""Parameter groups validated once (roiret.params), the immutable configuration made of them,
+and NotTrainedError from every public method of an untrained retriever."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import roiret
+from roiret import NotTrainedError, RoiretError
+from roiret.params import BowParams, CodeParams, RegionParams, RerankParams
+from roiret.search.config import RetrieverConfig
+
+# (field, bad value, part of the message) — each must be refused wherever it is given
+BAD = [
+    ("K", 0, "K must be a positive integer"),
+    ("K", 2.5, "K must be a positive integer"),
+    ("K", True, "K must be a positive integer"),
+    ("t_min", 1.5, "t_min"),
+    ("t_min", float("nan"), "t_min must be a finite number"),
+    ("t_rate", 0.5, "t_rate"),
+    ("t_iou", 0.0, "t_iou"),
+    ("threshold_mode", "median", "threshold_mode must be one of"),
+    ("threshold", float("inf"), "threshold must be a finite number"),
+    ("code_bits", 0, "code_bits must be a positive integer"),
+    ("whitening", "yes", "whitening must be True or False"),
+    ("whitening_dims", -3, "whitening_dims must be a positive integer"),
+    ("vocab_size", 0, "vocab_size must be a positive integer"),
+    ("local_features", "orb", "local_features must be one of"),
+    ("max_keypoints", 0, "max_keypoints must be a positive integer"),
+    ("kmeans_iterations", -1, "kmeans_iterations must be a positive integer"),
+    ("N", 0, "N must be a positive integer"),
+    ("n", 200, "n must be <= N"),
+    ("k", 0, "k must be a positive integer"),
+    ("mode", "fastest", "mode must be one of"),
+    ("fusion", 1.5, "fusion must be None, 'adaptive' or a weight"),
+    ("fusion", "sometimes", "fusion must be None, 'adaptive' or a weight"),
+    ("backbone", "resnet", "backbone must be one of"),
+    ("feature", "conv-avg", "feature must be one of"),
+    ("max_side", 0, "max_side must be a positive integer"),
+    ("seed", -1, "seed must be a non-negative integer"),
+]
+GROUP_OF = {f.name: g for g in (RegionParams, CodeParams, BowParams, RerankParams) for f in dataclasses.fields(g)}
+
+
+@pytest.mark.parametrize("name, value, message", BAD)
+def test_config_refuses_bad_values(name, value, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        RetrieverConfig(**{name: value})
+
+
+@pytest.mark.parametrize("name, value, message", [b for b in BAD if b[0] in GROUP_OF])
+def test_the_group_gives_the_same_message(name, value, message):
+    """The configuration's check is its group's: one message, from one place."""
+    with pytest.raises(ValueError) as from_group:
+        GROUP_OF[name](**{name: value})
+    with pytest.raises(ValueError) as from_config:
+        RetrieverConfig(**{name: value})
+    assert str(from_group.value) == str(from_config.value)
+
+
+def test_region_params_are_checked_once_for_every_entry_point(kernels):
+    import torch
+
+    from roiret.cnn import regions
+
+    fmap = torch.rand(1, 8, 6, 6)
+    with pytest.raises(ValueError) as a:
+        regions.detect_rois(fmap, [[96.0, 96.0]], stride=16, t_iou=1.5)
+    with pytest.raises(ValueError) as b:
+        RetrieverConfig(t_iou=1.5)
+    with pytest.raises(ValueError) as c:
+        regions.select_regions(torch.zeros(1, 8, 4), torch.zeros(1, 8), torch.tensor([[6.0, 6.0]]), t_iou=1.5)
+    assert str(a.value) == str(b.value) == str(c.value)
+
+
+def test_config_is_immutable_and_replace_validates():
+    c = RetrieverConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.K = 5  # type: ignore[misc]
+    d = c.replace(K=5, fusion=0.25)
+    assert (c.K, d.K, d.fusion) == (20, 5, 0.25) and d.regions.K == 5 and d.rerank.fusion == 0.25
+    with pytest.raises(ValueError, match="K must be a positive integer"):
+        c.replace(K=-1)
+    with pytest.raises(ValueError, match="unknown configuration keys"):
+        c.replace(k_rois=3)
+
+
+def test_groups_and_defaults():
+    c = RetrieverConfig(backbone="VGG16", t_min=None, N=50, n=5)
+    assert c.backbone == "vgg16"  # normalised once
+    assert c.regions == RegionParams()  # None: the measured defaults
+    assert (c.rerank.N, c.rerank.n, c.rerank.k) == (50, 5, 5)
+    assert c.codes == CodeParams() and c.bow == BowParams()
+    assert RetrieverConfig.from_dict(c.to_dict()) == c
+    p = RetrieverConfig.paper()
+    assert (p.whitening, p.code_bits, p.fusion) == (True, None, None)
+    assert isinstance(c.regions.t_min, float) and isinstance(RegionParams(K=np.int64(7)).K, int)
+
+
+def test_untrained_retriever_says_so_from_every_public_method(tmp_path):
+    r = roiret.Retriever(weights="random")
+    assert not r.trained and len(r) == 0 and r.ids.tolist() == []
+    img = np.zeros((32, 32, 3), np.uint8)
+    calls = {
+        "add": lambda: r.add([img]),
+        "remove": lambda: r.remove([0]),
+        "prepare_query": lambda: r.prepare_query(img),
+        "search": lambda: r.search(img),
+        "with_K": lambda: r.with_K(5),
+        "save": lambda: r.save(tmp_path / "idx"),
+        "index": lambda: r.index,
+        "bow": lambda: r.bow,
+        "store": lambda: r.store,
+    }
+    for name, call in calls.items():
+        with pytest.raises(NotTrainedError, match="not trained: call train"):
+            call()
+    assert not (tmp_path / "idx").exists()  # nothing was written
+    with pytest.raises(NotTrainedError):
+        r.rank(roiret.PreparedQuery(np.zeros(0, np.int64), np.zeros(0, np.float32), None,
+                                    np.zeros((0, 4), np.float32), {}), mode="bow")
+    # one base class for every deliberate error, and the built-in a caller would catch
+    assert issubclass(NotTrainedError, RuntimeError) and issubclass(NotTrainedError, RoiretError)
+    for e in (roiret.ImageError, roiret.IndexFormatError, roiret.WeightsError, roiret.WeightsNotFoundError):
+        assert issubclass(e, RoiretError)
