@@ -8,6 +8,7 @@ evaluates BoW-only mAP (classic / revisited medium / hard) with the query boxes.
     python benchmarks/assign_ef_study.py --index /tmp/roiret-eval/oxford5k-dev-conv-max-roiret-* \\
         --dataset ../shared/datasets/oxford5k-dev --ef 128 64 32 16
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,7 @@ def main(argv=None) -> int:
     faiss.omp_set_num_threads(1)
     ext, voc, store = r.bow.extractor, r.bow.vocabulary, r._store
     t0 = time.time()
-    feats = [ext.extract(resize_max_side(load_image(str(gt.image_path(n))), r.config.max_side)[0])
-             for n in store.names]
+    feats = [ext.extract(resize_max_side(load_image(str(gt.image_path(n))), r.config.max_side)[0]) for n in store.names]
     allx = np.concatenate([f.descriptors for f in feats])
     print(f"{len(allx)} descriptors of {len(feats)} images in {time.time() - t0:.0f} s", flush=True)
     sample = allx[: a.recall_sample]
@@ -60,10 +60,17 @@ def main(argv=None) -> int:
         bow = BowIndex(voc, ext)
         bow.add_features(feats, ids=store.ids)
         r._bow = bow
-        res = evaluate_oxford(gt, lambda q: r.rank(r.prepare_query(gt.image_path(q.image), q.bbox, with_rois=False),
-                                                   top=len(r), mode="bow").hits)
-        print(f"| {ef} | {len(allx) / dt:,.0f} | {1000 * dt / len(feats):.0f} | {recall:.3f} | "
-              f"{100 * res['classic']:.2f} | {100 * res['revisited/medium']:.2f} | {100 * res['revisited/hard']:.2f} |", flush=True)
+        res = evaluate_oxford(
+            gt,
+            lambda q: (
+                r.rank(r.prepare_query(gt.image_path(q.image), q.bbox, with_rois=False), top=len(r), mode="bow").hits
+            ),
+        )
+        print(
+            f"| {ef} | {len(allx) / dt:,.0f} | {1000 * dt / len(feats):.0f} | {recall:.3f} | "
+            f"{100 * res['classic']:.2f} | {100 * res['revisited/medium']:.2f} | {100 * res['revisited/hard']:.2f} |",
+            flush=True,
+        )
     return 0
 
 

@@ -13,6 +13,7 @@ Run::
 
 All data are bundled scikit-image photos or seeded synthetic arrays.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -82,7 +83,7 @@ def test_assign(benchmark, descriptors, k, method):
         if method == "roiret_hnsw":
             benchmark.extra_info["recall_vs_exact"] = voc.assignment_recall(x)
             benchmark.extra_info["ef_search"] = voc.hnsw_ef_search
-        run = (lambda f: (lambda: f(x)))(run)
+        run = (lambda f: lambda: f(x))(run)
     benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
     benchmark.extra_info["descriptors_per_s"] = len(x) / benchmark.stats.stats.median
 

@@ -26,6 +26,7 @@ mode interleaves the two cases call by call and reports the median of the per-pa
 set ``OMP_NUM_THREADS`` to pin). ``ROIRET_BENCH_DEVICE=cuda`` runs the same cases on a GPU
 (fp16 autocast on; every timed call ends with the results on the host, or a synchronize).
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,8 @@ cv2 = pytest.importorskip("cv2")
 skdata = pytest.importorskip("skimage.data")
 
 from roiret.cnn.backbones import build_backbone, images_to_tensor  # noqa: E402
-from roiret.errors import WeightsNotFoundError  # noqa: E402
 from roiret.cnn.extractor import RoIExtractor  # noqa: E402
+from roiret.errors import WeightsNotFoundError  # noqa: E402
 
 BATCH = 8
 K = 20
@@ -47,8 +48,16 @@ DEVICE = os.environ.get("ROIRET_BENCH_DEVICE", "cpu")
 
 
 def _make_images():
-    names = ["astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "camera",
-             "hubble_deep_field", "coins"]  # all bundled with scikit-image
+    names = [
+        "astronaut",
+        "chelsea",
+        "coffee",
+        "rocket",
+        "immunohistochemistry",
+        "camera",
+        "hubble_deep_field",
+        "coins",
+    ]  # all bundled with scikit-image
     out = []
     for n in names:
         f = getattr(skdata, n, None)
@@ -113,8 +122,9 @@ def test_trunk(benchmark, images, backbone):
 
 @pytest.mark.benchmark(group="extract-alexnet-500")
 def test_trunk_regions_convmax(benchmark, images, backbone):
-    ex = RoIExtractor(backbone, "conv-max", k=K, max_side=500, batch_size=BATCH,
-                      progress=False, num_workers=0, device=DEVICE)
+    ex = RoIExtractor(
+        backbone, "conv-max", k=K, max_side=500, batch_size=BATCH, progress=False, num_workers=0, device=DEVICE
+    )
 
     def fn():
         res = ex.extract(images)
@@ -128,8 +138,17 @@ def test_trunk_regions_convmax(benchmark, images, backbone):
 @pytest.mark.parametrize("feature", ["fc7", "roialign-fc"])
 def test_fc_features(benchmark, images, backbone, feature):
     torch.manual_seed(0)
-    ex = RoIExtractor(backbone, feature, k=K, max_side=500, batch_size=BATCH,
-                      head_weights="random", progress=False, num_workers=0, device=DEVICE)
+    ex = RoIExtractor(
+        backbone,
+        feature,
+        k=K,
+        max_side=500,
+        batch_size=BATCH,
+        head_weights="random",
+        progress=False,
+        num_workers=0,
+        device=DEVICE,
+    )
     _run(benchmark, lambda: ex.extract(images), {"case": feature, "k": K})
 
 
@@ -141,8 +160,7 @@ def _interleaved(rounds: int, feature_rounds: int):
     imgs = _make_images()
     bb = _make_backbone()
     dev = torch.device(DEVICE)
-    ex = RoIExtractor(bb, "conv-max", k=K, max_side=500, batch_size=BATCH, progress=False,
-                      num_workers=0, device=DEVICE)
+    ex = RoIExtractor(bb, "conv-max", k=K, max_side=500, batch_size=BATCH, progress=False, num_workers=0, device=DEVICE)
 
     def trunk():
         with torch.no_grad():
@@ -169,14 +187,25 @@ def _interleaved(rounds: int, feature_rounds: int):
     print(f"AlexNet, {BATCH} images of 500x375 per call, K={K}, {rounds} interleaved rounds")
     print(f"trunk                   : {BATCH / med_a:6.2f} images/s (median {1e3 * med_a:.1f} ms)")
     print(f"trunk+regions+conv-max  : {BATCH / med_b:6.2f} images/s (median {1e3 * med_b:.1f} ms)")
-    print(f"ratio (median of pairs) : {statistics.median(ratios):.3f}  "
-          f"[quartiles {statistics.quantiles(ratios, n=4)[0]:.3f} .. {statistics.quantiles(ratios, n=4)[2]:.3f}]")
+    print(
+        f"ratio (median of pairs) : {statistics.median(ratios):.3f}  "
+        f"[quartiles {statistics.quantiles(ratios, n=4)[0]:.3f} .. {statistics.quantiles(ratios, n=4)[2]:.3f}]"
+    )
     for feature in ("roialign-fc", "fc7"):
         torch.manual_seed(0)
-        fx = RoIExtractor(bb, feature, k=K, max_side=500, batch_size=BATCH, head_weights="random",
-                          progress=False, num_workers=0, device=DEVICE)
+        fx = RoIExtractor(
+            bb,
+            feature,
+            k=K,
+            max_side=500,
+            batch_size=BATCH,
+            head_weights="random",
+            progress=False,
+            num_workers=0,
+            device=DEVICE,
+        )
         fx.extract(imgs)
-        tf = statistics.median(timed(lambda: fx.extract(imgs)) for _ in range(feature_rounds))
+        tf = statistics.median(timed(lambda fx=fx: fx.extract(imgs)) for _ in range(feature_rounds))
         print(f"{feature:<24}: {BATCH / tf:6.2f} images/s (median {1e3 * tf:.1f} ms, random fc weights)")
 
 

@@ -16,6 +16,7 @@ Groups (pytest-benchmark ``group``) pair roiret with its peer on identical data:
 * ``ivf-<images>x<words>``: TF-IDF top-100 on Zipf-distributed postings: ``InvertedFile``
   vs a ``scipy.sparse`` inverted matrix (words x images CSR) product + ``argpartition``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -198,8 +199,7 @@ class ScipyTfidf:
         return self.W.data.nbytes + self.W.indices.nbytes + self.W.indptr.nbytes
 
 
-@pytest.fixture(scope="module", params=[(5_000, 2_000, 100_000), (100_000, 1_000, 100_000)],
-                ids=["5kx2k", "100kx1k"])
+@pytest.fixture(scope="module", params=[(5_000, 2_000, 100_000), (100_000, 1_000, 100_000)], ids=["5kx2k", "100kx1k"])
 def ivf_case(request):
     import scipy.sparse.linalg  # noqa: F401  (sp.linalg.norm)
 
@@ -227,9 +227,13 @@ def test_ivf_search(benchmark, ivf_case, lib):
     peers = ["scipy-product", "scipy-gather"]
     if lib.startswith("roiret"):
         threads = 2 if lib == "roiret-2threads" else 1
-        benchmark.extra_info.update(lib=lib, peer=peers, bytes_per_posting=ivf.memory_bytes() / nnz,
-                                    postings_scanned=int(np.asarray(ivf.document_frequencies())[qw].sum()),
-                                    threads=threads)
+        benchmark.extra_info.update(
+            lib=lib,
+            peer=peers,
+            bytes_per_posting=ivf.memory_bytes() / nnz,
+            postings_scanned=int(np.asarray(ivf.document_frequencies())[qw].sum()),
+            threads=threads,
+        )
         ids, scores = benchmark(ivf.search, qw, qc, 100, threads)
         top, s = ref.search_gather(qw, qc, 100)
         np.testing.assert_allclose(scores[:10], s[top[:10]], rtol=1e-4)

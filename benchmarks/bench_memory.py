@@ -27,6 +27,7 @@ Then 500 searches, and five rounds of removing and re-adding 5 % of the images, 
 grow the resident set beyond the allocator's noise. ``tests/test_memory.py`` does not run
 this script: it asserts the same bounds with its own smaller measurement (20 000 images).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,8 +82,8 @@ def settle() -> int:
 class IvfRow:
     images: int
     postings: int
-    accounted: int   # InvertedFile.memory_bytes()
-    rss: int         # RSS growth since the empty inverted file
+    accounted: int  # InvertedFile.memory_bytes()
+    rss: int  # RSS growth since the empty inverted file
 
     @property
     def per_posting(self) -> float:
@@ -97,9 +98,9 @@ class IvfRow:
 class StoreRow:
     images: int
     rois: int
-    accounted: int   # RoIStore.nbytes(): the arrays' used part
-    capacity: int    # including the spare capacity of the doubling arrays
-    rss: int         # RSS growth since the empty store
+    accounted: int  # RoIStore.nbytes(): the arrays' used part
+    capacity: int  # including the spare capacity of the doubling arrays
+    rss: int  # RSS growth since the empty store
 
     @property
     def per_roi(self) -> float:
@@ -120,14 +121,22 @@ class Result:
     store_rows: List[StoreRow]
     vocab: int
     words_per_code: int
-    search_growth: int      # RSS growth over 500 searches (bytes)
-    churn_growth: int       # RSS growth over 5 rounds of removing and re-adding 5 % (bytes),
-    churn_accounted: int    # and the change of InvertedFile.memory_bytes() (after a first round)
+    search_growth: int  # RSS growth over 500 searches (bytes)
+    churn_growth: int  # RSS growth over 5 rounds of removing and re-adding 5 % (bytes),
+    churn_accounted: int  # and the change of InvertedFile.memory_bytes() (after a first round)
     seconds: float
 
 
-def run(images: int = 100_000, batches: int = 20, vocab: int = 100_000, words: int = 300, K: int = 20,
-        bits: int = 256, seed: int = 0, report: Optional[Callable[[str], None]] = print) -> Result:
+def run(
+    images: int = 100_000,
+    batches: int = 20,
+    vocab: int = 100_000,
+    words: int = 300,
+    K: int = 20,
+    bits: int = 256,
+    seed: int = 0,
+    report: Optional[Callable[[str], None]] = print,
+) -> Result:
     from roiret import InvertedFile
     from roiret.search.store import RoIStore
 
@@ -137,8 +146,10 @@ def run(images: int = 100_000, batches: int = 20, vocab: int = 100_000, words: i
     per = -(-images // batches)
     spans = [(lo, min(images, lo + per)) for lo in range(0, images, per)]
     say = report or (lambda s: None)
-    say(f"{images:,} images in {len(spans)} batches; vocabulary {vocab:,}, {words} Zipf draws per image; "
-        f"K = {K} RoI codes of {bits} bits per image")
+    say(
+        f"{images:,} images in {len(spans)} batches; vocabulary {vocab:,}, {words} Zipf draws per image; "
+        f"K = {K} RoI codes of {bits} bits per image"
+    )
 
     # -- the inverted file ------------------------------------------------------------------
     ivf = InvertedFile(vocab)
@@ -201,21 +212,30 @@ def run(images: int = 100_000, batches: int = 20, vocab: int = 100_000, words: i
         del codes, boxes, scores, gcodes
         row = StoreRow(hi, store.num_rois, store.nbytes(), store.capacity_bytes(), settle() - base)
         store_rows.append(row)
-        say(f"| {row.images:,} | {row.rois:,} | {row.per_roi:.2f} | {row.capacity_per_roi:.2f} | "
-            f"{row.rss_per_roi:.2f} |")
+        say(
+            f"| {row.images:,} | {row.rois:,} | {row.per_roi:.2f} | {row.capacity_per_roi:.2f} | "
+            f"{row.rss_per_roi:.2f} |"
+        )
 
-    res = Result(ivf_rows, store_rows, vocab, wpc, search_growth, churn_growth, churn_accounted,
-                 time.perf_counter() - t0)
+    res = Result(
+        ivf_rows, store_rows, vocab, wpc, search_growth, churn_growth, churn_accounted, time.perf_counter() - t0
+    )
     li, ls = ivf_rows[-1], store_rows[-1]
     say("")
-    say(f"Inverted file: {li.per_posting:.2f} B per posting = 8 + (16 B x {vocab:,} words + 16 B x "
-        f"{images:,} images) / {li.postings:,} postings; resident {li.rss_per_posting:.2f} B.")
-    say(f"RoI store: {ls.per_roi:.2f} B per RoI = {8 * wpc} code + 16 box + 4 score + "
-        f"{8 * 3 + 8 * wpc} B per image / K; resident {ls.rss_per_roi:.2f} B (with the id index and names).")
-    say(f"RSS growth over 500 searches: {search_growth / 2**20:+.2f} MiB. Removing and re-adding "
+    say(
+        f"Inverted file: {li.per_posting:.2f} B per posting = 8 + (16 B x {vocab:,} words + 16 B x "
+        f"{images:,} images) / {li.postings:,} postings; resident {li.rss_per_posting:.2f} B."
+    )
+    say(
+        f"RoI store: {ls.per_roi:.2f} B per RoI = {8 * wpc} code + 16 box + 4 score + "
+        f"{8 * 3 + 8 * wpc} B per image / K; resident {ls.rss_per_roi:.2f} B (with the id index and names)."
+    )
+    say(
+        f"RSS growth over 500 searches: {search_growth / 2**20:+.2f} MiB. Removing and re-adding "
         f"{churn:,} images: the first round adds the id hash index ({switch / 2**20:+.2f} MiB, "
         f"{switch / len(ivf):.0f} B per image); 5 more rounds: RSS {churn_growth / 2**20:+.2f} MiB, "
-        f"memory_bytes {churn_accounted:+,} B. Total {res.seconds:.1f} s.")
+        f"memory_bytes {churn_accounted:+,} B. Total {res.seconds:.1f} s."
+    )
     return res
 
 

@@ -20,6 +20,7 @@ Extracted features and vocabularies are cached under ``--cache`` (outside the re
 so re-running, or adding a vocabulary size, does not redo earlier work. Exits cleanly
 (status 0, with a message) when the data set folder is absent.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -195,23 +196,45 @@ def _assignment_speed(voc, descs, results: Dict, k: int, n: int, seed: int, held
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("datasets", type=Path, help="folder holding oxford5k-dev/ and ukbench-56/")
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/roiret-bow-cache"),
-                    help="cache folder for features and vocabularies (default: %(default)s)")
-    ap.add_argument("--vocab", type=int, nargs="+", default=[10_000, 50_000, 200_000],
-                    help="vocabulary sizes (default: %(default)s)")
-    ap.add_argument("--max-train", type=int, nargs="+", default=None,
-                    help="k-means sample size: one value for all vocabularies or one per --vocab "
-                         "entry; 0 = all (default: all database descriptors, at most 256/word)")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=Path("/tmp/roiret-bow-cache"),
+        help="cache folder for features and vocabularies (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--vocab",
+        type=int,
+        nargs="+",
+        default=[10_000, 50_000, 200_000],
+        help="vocabulary sizes (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--max-train",
+        type=int,
+        nargs="+",
+        default=None,
+        help="k-means sample size: one value for all vocabularies or one per --vocab "
+        "entry; 0 = all (default: all database descriptors, at most 256/word)",
+    )
     ap.add_argument("--n-iter", type=int, default=20, help="k-means iterations (default: %(default)s)")
-    ap.add_argument("--kmeans", default="auto", choices=["auto", "exact", "approximate"],
-                    help="k-means assignment (default: %(default)s = HNSW from 32768 words)")
-    ap.add_argument("--kmeans-ef-search", type=int, default=None,
-                    help="HNSW efSearch inside approximate k-means (default: the vocabulary's)")
+    ap.add_argument(
+        "--kmeans",
+        default="auto",
+        choices=["auto", "exact", "approximate"],
+        help="k-means assignment (default: %(default)s = HNSW from 32768 words)",
+    )
+    ap.add_argument(
+        "--kmeans-ef-search",
+        type=int,
+        default=None,
+        help="HNSW efSearch inside approximate k-means (default: the vocabulary's)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed of sample and init (default: %(default)s)")
-    ap.add_argument("--max-features", type=int, default=4000,
-                    help="keypoints per image (default: %(default)s)")
-    ap.add_argument("--speed-sample", type=int, default=20_000,
-                    help="descriptors used to time assignment (default: %(default)s)")
+    ap.add_argument("--max-features", type=int, default=4000, help="keypoints per image (default: %(default)s)")
+    ap.add_argument(
+        "--speed-sample", type=int, default=20_000, help="descriptors used to time assignment (default: %(default)s)"
+    )
     ap.add_argument("--out", type=Path, default=None, help="write results as JSON here")
     args = ap.parse_args(argv)
     mt = args.max_train or [0]
@@ -241,12 +264,11 @@ def main(argv=None) -> int:
     gnd = load_gnd(oxf)
     names = list(gnd.images)
     extractor = LocalFeatureExtractor("rootsift", max_features=args.max_features)
-    feats, descs, secs = _features_cache(args.cache, "oxford5k-dev", extractor,
-                                         [gnd.image_path(n) for n in names])
+    feats, descs, secs = _features_cache(args.cache, "oxford5k-dev", extractor, [gnd.image_path(n) for n in names])
     n_desc = descs.shape[0]
     summary = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-                   f"faiss threads {faiss.omp_get_max_threads()}",
+        f"faiss threads {faiss.omp_get_max_threads()}",
         "extractor": extractor.config(),
         "oxford_images": len(names),
         "oxford_descriptors": int(n_desc),
@@ -255,16 +277,17 @@ def main(argv=None) -> int:
         "extract_img_per_s": len(names) / secs,
         "vocabularies": {},
     }
-    _log(f"Oxford5k-dev: {len(names)} images, {n_desc} RootSIFT descriptors "
-         f"({n_desc / len(names):.0f}/image), extraction {n_desc / secs:.0f} desc/s")
+    _log(
+        f"Oxford5k-dev: {len(names)} images, {n_desc} RootSIFT descriptors "
+        f"({n_desc / len(names):.0f}/image), extraction {n_desc / secs:.0f} desc/s"
+    )
     feats_key = hashlib.sha256(descs[:: max(1, n_desc // 1000)].tobytes()).hexdigest()[:10]
 
     ukb = args.datasets / "ukbench-56"
     ugnd = ufeats = None
     if (ukb / "gnd.json").exists():
         ugnd = load_gnd(ukb)
-        ufeats, _, _ = _features_cache(args.cache, "ukbench-56", extractor,
-                                       [ugnd.image_path(n) for n in ugnd.images])
+        ufeats, _, _ = _features_cache(args.cache, "ukbench-56", extractor, [ugnd.image_path(n) for n in ugnd.images])
 
     for k, max_train in zip(args.vocab, max_trains):
         res: Dict = {}
@@ -286,8 +309,9 @@ def main(argv=None) -> int:
         if ufeats is not None:
             held_out = np.concatenate([f.descriptors for f in ufeats])
             rng = np.random.default_rng(args.seed)
-            held_out = held_out[np.sort(rng.choice(len(held_out), min(len(held_out), args.speed_sample),
-                                                   replace=False))]
+            held_out = held_out[
+                np.sort(rng.choice(len(held_out), min(len(held_out), args.speed_sample), replace=False))
+            ]
         _assignment_speed(voc, descs, res, k, args.speed_sample, args.seed, held_out)
         summary["vocabularies"][str(k)] = res
         if args.out:
@@ -295,20 +319,32 @@ def main(argv=None) -> int:
 
     # table
     print()
-    print("| words | k-means (sample, iters, time) | classic mAP | R-Easy | R-Medium | R-Hard | "
-          "UKB-56 N-S | assign desc/s | query assign / search (ms) |")
+    print(
+        "| words | k-means (sample, iters, time) | classic mAP | R-Easy | R-Medium | R-Hard | "
+        "UKB-56 N-S | assign desc/s | query assign / search (ms) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for k, r in summary["vocabularies"].items():
-        km = f"{r['kmeans']}, {r['n_train']:,}, {r['n_iter']}, {r['kmeans_seconds'] / 60:.1f} min" \
-            if r.get("kmeans_seconds") else f"{r['kmeans']}, {r['n_train']:,}, {r['n_iter']}"
-        assign = (f"{r['assign_hnsw_per_s']:,.0f} HNSW (recall {r['hnsw_recall']:.4f} db, "
-                  f"{r.get('hnsw_recall_held_out', float('nan')):.4f} held-out); "
-                  f"{r['assign_exact_per_s']:,.0f} exact") if "assign_hnsw_per_s" in r \
+        km = (
+            f"{r['kmeans']}, {r['n_train']:,}, {r['n_iter']}, {r['kmeans_seconds'] / 60:.1f} min"
+            if r.get("kmeans_seconds")
+            else f"{r['kmeans']}, {r['n_train']:,}, {r['n_iter']}"
+        )
+        assign = (
+            (
+                f"{r['assign_hnsw_per_s']:,.0f} HNSW (recall {r['hnsw_recall']:.4f} db, "
+                f"{r.get('hnsw_recall_held_out', float('nan')):.4f} held-out); "
+                f"{r['assign_exact_per_s']:,.0f} exact"
+            )
+            if "assign_hnsw_per_s" in r
             else f"{r['assign_exact_per_s']:,.0f} exact"
-        print(f"| {int(k):,} | {km} | {100 * r['map_classic']:.2f} | {100 * r['map_easy']:.2f} | "
-              f"{100 * r['map_medium']:.2f} | {100 * r['map_hard']:.2f} | "
-              f"{r.get('ukbench_ns', float('nan')):.3f} | {assign} | "
-              f"{r['query_assign_ms_median']:.1f} / {r['query_search_top100_ms_median']:.2f} |")
+        )
+        print(
+            f"| {int(k):,} | {km} | {100 * r['map_classic']:.2f} | {100 * r['map_easy']:.2f} | "
+            f"{100 * r['map_medium']:.2f} | {100 * r['map_hard']:.2f} | "
+            f"{r.get('ukbench_ns', float('nan')):.3f} | {assign} | "
+            f"{r['query_assign_ms_median']:.1f} / {r['query_search_top100_ms_median']:.2f} |"
+        )
     if args.out:
         args.out.write_text(json.dumps(summary, indent=2))
         print(f"\nresults written to {args.out}")

@@ -3,6 +3,7 @@ where BoW is weak and RoIs are strong — the opposite of Oxford5k-dev.
 
     python benchmarks/demo_fusion.py
 """
+
 from __future__ import annotations
 
 import sys
@@ -20,8 +21,9 @@ def main() -> int:
     from roiret.search.retriever import Retriever
 
     col = make_collection()
-    r = Retriever(vocab_size=1000, K=20, N=len(col.database), n=6, k=5, max_keypoints=1500, progress=False,
-                  batch_size=8)
+    r = Retriever(
+        vocab_size=1000, K=20, N=len(col.database), n=6, k=5, max_keypoints=1500, progress=False, batch_size=8
+    )
     r.train(col.database)
     ids = r.add(col.database, names=col.names)
     variants = [("roi", 0), ("linear", 0.7), ("z", 0.3), ("z", 0.5), ("minmax", 0.5), ("rrf", 60)]

@@ -9,6 +9,7 @@ and on the demo collection (three seeds), where BoW is weak.
 Every number comes from ``Retriever.rank`` itself (the same prepared query ranked with
 each ``fusion`` value), evaluated with :mod:`roiret.eval` as ``roiret eval`` does.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-FUSIONS = [("BoW only", "bow", None), ("RoI score alone (paper)", "fast", 0.0), ("w = 0.3", "fast", 0.3),
-           ("w = 0.5", "fast", 0.5), ("w = 0.7", "fast", 0.7), ("adaptive (default)", "fast", "adaptive")]
+FUSIONS = [
+    ("BoW only", "bow", None),
+    ("RoI score alone (paper)", "fast", 0.0),
+    ("w = 0.3", "fast", 0.3),
+    ("w = 0.5", "fast", 0.5),
+    ("w = 0.7", "fast", 0.7),
+    ("adaptive (default)", "fast", "adaptive"),
+]
 
 
 def oxford(index: str, dataset: Path):
@@ -38,7 +45,9 @@ def oxford(index: str, dataset: Path):
 
     cells = {}
     for label, mode, fusion in FUSIONS:
-        m = evaluate_oxford(gt, lambda q: r.rank(query(q), top=len(r), mode=mode, fusion=fusion).hits)
+        m = evaluate_oxford(
+            gt, lambda q, mode=mode, fusion=fusion: r.rank(query(q), top=len(r), mode=mode, fusion=fusion).hits
+        )
         cells[label] = [m[k] for k in ("classic", "revisited/medium", "revisited/hard") if k in m]
     name = f"Oxford5k-dev, {r.config.backbone} {r.config.feature} (classic / medium / hard)"
     return name, cells
@@ -50,8 +59,9 @@ def demo(seed: int):
     from roiret.search.retriever import Retriever
 
     col = make_collection(seed=seed)
-    r = Retriever(vocab_size=1000, K=20, N=len(col.database), n=6, k=5, max_keypoints=1500, progress=False,
-                  batch_size=8)
+    r = Retriever(
+        vocab_size=1000, K=20, N=len(col.database), n=6, k=5, max_keypoints=1500, progress=False, batch_size=8
+    )
     r.train(col.database)
     ids = r.add(col.database, names=col.names)
     cells = {label: [] for label, _, _ in FUSIONS}
@@ -85,8 +95,9 @@ def main(argv=None) -> int:
             table[label].append(" / ".join(f"{100 * x:.2f}" for x in v))
     if a.demo_seeds:
         per_seed, mean_w = zip(*(demo(s) for s in a.demo_seeds))
-        columns.append(f"demo collection, seeds {', '.join(map(str, a.demo_seeds))} (mean adaptive w "
-                       f"{np.mean(mean_w):.2f})")
+        columns.append(
+            f"demo collection, seeds {', '.join(map(str, a.demo_seeds))} (mean adaptive w {np.mean(mean_w):.2f})"
+        )
         for label in table:
             table[label].append(" / ".join(f"{100 * d[label][0]:.2f}" for d in per_seed))
     print("| fusion | " + " | ".join(columns) + " |")

@@ -5,6 +5,7 @@
 For every benchmark group it pairs the ``roiret`` entry with its peer (``extra_info.lib``)
 and prints median times and the speed ratio peer / roiret (> 1: roiret is faster).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,7 @@ def main(paths):
 def print_rows(group, lib, entries):
     t, info = entries[lib]
     peers = info.get("peer")
-    for peer in ([peers] if isinstance(peers, str) else peers or []):
+    for peer in [peers] if isinstance(peers, str) else peers or []:
         if peer not in entries:
             continue
         tp, pinfo = entries[peer]

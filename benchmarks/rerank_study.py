@@ -16,6 +16,7 @@ second stage, all from the same descriptors and the same candidate lists:
 
 Prints mAP (%) classic / revisited Medium / Hard, and BoW recall@N.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,11 @@ def fuse(roi, bow, how, w):
     elif how == "z":
         s = (1 - w) * standardize(r, ok) + w * standardize(bow, ok)
     elif how == "minmax":
+
         def mm(x):
             v = x[ok]
             return (x - v.min()) / (v.max() - v.min()) if len(v) and v.max() > v.min() else np.zeros_like(x)
+
         s = (1 - w) * mm(r) + w * mm(bow)
     elif how == "rrf":
         rank = np.empty(len(r))
@@ -57,13 +60,15 @@ def fuse(roi, bow, how, w):
 
 def main(argv=None):
     import roiret
+    from roiret.cnn.whitening import PCAWhitening
     from roiret.eval import load_gnd
     from roiret.search.retriever import Retriever
-    from roiret.cnn.whitening import PCAWhitening
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dataset")
-    ap.add_argument("--index", required=True, help="a saved roiret index of the dataset (e.g. from roiret eval --cache)")
+    ap.add_argument(
+        "--index", required=True, help="a saved roiret index of the dataset (e.g. from roiret eval --cache)"
+    )
     ap.add_argument("--cache", default="/tmp/roiret-rerank-study.pkl")
     ap.add_argument("-N", type=int, nargs="+", default=[30, 100])
     a = ap.parse_args(argv)
@@ -83,8 +88,10 @@ def main(argv=None):
     if cache.exists():
         db, qs, cands = pickle.load(open(cache, "rb"))
     else:
-        db = [(x.descriptors, x.global_descriptor)
-              for x in ex.extract([str(gt.image_path(s)) for s in stems], progress=True)]
+        db = [
+            (x.descriptors, x.global_descriptor)
+            for x in ex.extract([str(gt.image_path(s)) for s in stems], progress=True)
+        ]
         qs, cands = {}, {}
         for key in keys:
             x = ex.extract([gt.image_path(key[0])], boxes=[key[1]], progress=False)[0]
@@ -104,11 +111,12 @@ def main(argv=None):
     codes = {"paper bits (256)": lambda x: x}
     for dims in (None, 128, 64):
         w = PCAWhitening(dims=dims).fit(train)
-        codes[f"whitened{'' if dims is None else f' to {dims}'} + paper bits"] = \
-            (lambda x, w=w: np.asarray(w.transform(x)))
+        codes[f"whitened{'' if dims is None else f' to {dims}'} + paper bits"] = lambda x, w=w: np.asarray(
+            w.transform(x)
+        )
     for bits in (256, 512, 1024):
         P = rng.standard_normal((dim, bits)).astype(np.float32)
-        codes[f"projected {bits} bits"] = (lambda x, P=P: l2(x) @ P)
+        codes[f"projected {bits} bits"] = lambda x, P=P: l2(x) @ P
 
     def scorer(tf):
         if tf is None:  # float cosine
@@ -118,8 +126,9 @@ def main(argv=None):
         D = [roiret.pack_codes(np.ascontiguousarray(tf(d), np.float32)) if len(d) else None for d, _ in db]
         Q = {k: roiret.pack_codes(np.ascontiguousarray(tf(v[0]), np.float32)) for k, v in qs.items()}
         nb = tf(train[:1]).shape[1]
-        return lambda key, i: (1 - roiret.hamming_matrix(Q[key], D[i], nb).min() / nb
-                               if D[i] is not None and len(Q[key]) else -np.inf)
+        return lambda key, i: (
+            1 - roiret.hamming_matrix(Q[key], D[i], nb).min() / nb if D[i] is not None and len(Q[key]) else -np.inf
+        )
 
     def evaluate(score, N, how, w):
         out = []
@@ -142,14 +151,17 @@ def main(argv=None):
     for p in ("classic", "revisited"):
         proto = gt.protocol(p)
         allowed = set(proto.database)
-        m = proto.evaluate({q.id: [n for n in cands[(q.image, tuple(q.bbox))][0] if n in allowed]
-                            for q in proto.queries}).map
+        m = proto.evaluate(
+            {q.id: [n for n in cands[(q.image, tuple(q.bbox))][0] if n in allowed] for q in proto.queries}
+        ).map
         bow += [m["classic"]] if p == "classic" else [m["medium"], m["hard"]]
     print(f"BoW only: {' / '.join(f'{100 * v:.2f}' for v in bow)}  (classic / medium / hard)")
     proto = gt.protocol("classic")
     for N in (10, 20, 50, 100, 200):
-        rec = [len(q.positives("classic") & set(cands[(q.image, tuple(q.bbox))][0][:N])) / len(q.positives("classic"))
-               for q in proto.queries]
+        rec = [
+            len(q.positives("classic") & set(cands[(q.image, tuple(q.bbox))][0][:N])) / len(q.positives("classic"))
+            for q in proto.queries
+        ]
         print(f"BoW recall@{N} (classic): {np.mean(rec):.3f}")
     print("\n| codes | N | RoI score alone (paper) | linear 0.7 | z 0.3 | z 0.5 | min-max 0.5 | RRF 60 |")
     print("|---|---|---|---|---|---|---|---|")

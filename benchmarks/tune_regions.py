@@ -21,6 +21,7 @@ Usage::
 
 The table printed at the end (markdown) is the one in benchmarks/README.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,15 +35,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import roiret
 from roiret.cnn.backbones import build_backbone, images_to_tensor
 from roiret.cnn.descriptors import flatten_rois, pool_rois
-from roiret.eval import load_gnd
 from roiret.cnn.extractor import prepare_image
 from roiret.cnn.regions import detect_rois
+from roiret.eval import load_gnd
 
-MODES = [("absolute", 0.0), ("relative", 0.1), ("relative", 0.3), ("relative", 0.5),
-         ("relative", 0.7), ("mean", 1.0), ("mean", 2.0)]
+MODES = [
+    ("absolute", 0.0),
+    ("relative", 0.1),
+    ("relative", 0.3),
+    ("relative", 0.5),
+    ("relative", 0.7),
+    ("mean", 1.0),
+    ("mean", 2.0),
+]
 T_MINS = [0.0, 0.01, 0.05, 0.1, 0.2]
 T_RATES = [2.0, 3.0, 4.0, math.inf]
 
@@ -69,8 +76,15 @@ def compute_features(gt, backbone, device, max_side):
     q, q_sizes = run([(gt.image_path(qq.image), qq.bbox) for qq in proto.queries])
     dt = time.perf_counter() - t0
     print(f"trunk features of {len(db) + len(q)} images in {dt:.1f} s", file=sys.stderr)
-    return {"db": db, "db_sizes": db_sizes, "q": q, "q_sizes": q_sizes,
-            "backbone": backbone.name, "weights": backbone.weights_source, "max_side": max_side}
+    return {
+        "db": db,
+        "db_sizes": db_sizes,
+        "q": q,
+        "q_sizes": q_sizes,
+        "backbone": backbone.name,
+        "weights": backbone.weights_source,
+        "max_side": max_side,
+    }
 
 
 def group_maps(maps, sizes, batch=64):
@@ -81,9 +95,14 @@ def group_maps(maps, sizes, batch=64):
     out = []
     for idx in groups.values():
         for s in range(0, len(idx), batch):
-            part = idx[s: s + batch]
-            out.append((part, torch.stack([maps[i] for i in part]).float(),
-                        torch.tensor([sizes[i] for i in part], dtype=torch.float32)))
+            part = idx[s : s + batch]
+            out.append(
+                (
+                    part,
+                    torch.stack([maps[i] for i in part]).float(),
+                    torch.tensor([sizes[i] for i in part], dtype=torch.float32),
+                )
+            )
     return out
 
 
@@ -92,13 +111,14 @@ def rois_bits(groups, n, stride, k, mode, thr, t_min, t_rate, t_iou=0.95, featur
     that roiret.pack_codes packs)."""
     out = [None] * n
     for part, fmap, sz in groups:
-        r = detect_rois(fmap, sz, stride=stride, k=k, t_min=t_min, t_rate=t_rate,
-                        t_iou=t_iou, threshold_mode=mode, threshold=thr)
+        r = detect_rois(
+            fmap, sz, stride=stride, k=k, t_min=t_min, t_rate=t_rate, t_iou=t_iou, threshold_mode=mode, threshold=thr
+        )
         d = pool_rois(fmap, flatten_rois(r.cells, r.valid), feature).numpy()
         bits = d > d.mean(axis=1, keepdims=True)
         o = 0
         for i, c in zip(part, r.counts().tolist()):
-            out[i] = bits[o: o + c]
+            out[i] = bits[o : o + c]
             o += c
     return out
 
@@ -157,8 +177,11 @@ def main(argv=None):
     feats = None
     if args.cache and Path(args.cache).is_file():
         feats = torch.load(args.cache, weights_only=True)
-        if (feats.get("backbone"), feats.get("weights"), feats.get("max_side")) != \
-                (backbone.name, backbone.weights_source, args.max_side):
+        if (feats.get("backbone"), feats.get("weights"), feats.get("max_side")) != (
+            backbone.name,
+            backbone.weights_source,
+            args.max_side,
+        ):
             print("cache is for another backbone/weights/size; recomputing", file=sys.stderr)
             feats = None
     if feats is None:
@@ -167,8 +190,10 @@ def main(argv=None):
             torch.save(feats, args.cache)
     stride = backbone.stride
     D = backbone.out_channels
-    print(f"# {args.backbone} ({backbone.weights_source}), K={args.k}, "
-          f"{len(feats['db'])} db images, {len(feats['q'])} queries")
+    print(
+        f"# {args.backbone} ({backbone.weights_source}), K={args.k}, "
+        f"{len(feats['db'])} db images, {len(feats['q'])} queries"
+    )
 
     base = evaluate(proto, cross_match(global_bits(feats["q"]), global_bits(feats["db"]), D))
     print(f"global conv-max code baseline: mAP {100 * base:.2f}")
@@ -183,20 +208,20 @@ def main(argv=None):
         db = rois_bits(dg, ndb, stride, args.k, mode, thr, t_min, t_rate)
         m = evaluate(proto, cross_match(qb, db, D))
         avg_rois = float(np.mean([b.shape[0] for b in db]))
-        rows.append({"mode": mode, "threshold": thr, "t_min": t_min, "t_rate": t_rate,
-                     "map": m, "avg_rois": avg_rois})
-        print(f"{mode:>8} {thr:4.2f} T_min={t_min:<5} T_rate={t_rate:<4} mAP {100 * m:6.2f} "
-              f"(avg {avg_rois:4.1f} RoIs/img)", flush=True)
+        rows.append({"mode": mode, "threshold": thr, "t_min": t_min, "t_rate": t_rate, "map": m, "avg_rois": avg_rois})
+        print(
+            f"{mode:>8} {thr:4.2f} T_min={t_min:<5} T_rate={t_rate:<4} mAP {100 * m:6.2f} "
+            f"(avg {avg_rois:4.1f} RoIs/img)",
+            flush=True,
+        )
     print(f"grid of {len(rows)} settings in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
     best = max(rows, key=lambda r: r["map"])
     print(f"\nbest: {best}")
     ks = {}
     for k in (5, 10, 15, 20):
-        qb = rois_bits(qg, nq, stride, k, best["mode"], best["threshold"],
-                       best["t_min"], best["t_rate"])
-        db = rois_bits(dg, ndb, stride, k, best["mode"], best["threshold"],
-                       best["t_min"], best["t_rate"])
+        qb = rois_bits(qg, nq, stride, k, best["mode"], best["threshold"], best["t_min"], best["t_rate"])
+        db = rois_bits(dg, ndb, stride, k, best["mode"], best["threshold"], best["t_min"], best["t_rate"])
         ks[k] = evaluate(proto, cross_match(qb, db, D))
     print("best setting by K: " + ", ".join(f"K={k}: {100 * v:.2f}" for k, v in ks.items()))
 
@@ -214,16 +239,31 @@ def main(argv=None):
     print("|---|" + "---|" * len(T_RATES))
     cells = []
     for t in T_RATES:
-        r = [x for x in rows if x["mode"] == best["mode"] and x["threshold"] == best["threshold"]
-             and x["t_min"] == best["t_min"] and x["t_rate"] == t][0]
+        r = [
+            x
+            for x in rows
+            if x["mode"] == best["mode"]
+            and x["threshold"] == best["threshold"]
+            and x["t_min"] == best["t_min"]
+            and x["t_rate"] == t
+        ][0]
         cells.append(f"{100 * r['map']:.2f}")
-    print(f"| mAP at best rule/T_min | " + " | ".join(cells) + " |")
+    print("| mAP at best rule/T_min | " + " | ".join(cells) + " |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"baseline": base, "rows": rows, "best": best,
-                       "by_k": {str(k): v for k, v in ks.items()},
-                       "backbone": backbone.name, "weights": backbone.weights_source}, f,
-                      indent=1, default=lambda v: None if isinstance(v, float) and math.isinf(v) else v)
+            json.dump(
+                {
+                    "baseline": base,
+                    "rows": rows,
+                    "best": best,
+                    "by_k": {str(k): v for k, v in ks.items()},
+                    "backbone": backbone.name,
+                    "weights": backbone.weights_source,
+                },
+                f,
+                indent=1,
+                default=lambda v: None if isinstance(v, float) and math.isinf(v) else v,
+            )
     return 0
 
 

@@ -4,6 +4,7 @@ They are oracles for tests (and a stand-in while the native module is being buil
 ``ROIRET_TEST_REFERENCE_KERNELS=1``); the package itself ships no Python fallback.
 Written from the contract in the kernels' docstrings, as plainly as possible.
 """
+
 from __future__ import annotations
 
 import numpy as np

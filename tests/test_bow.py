@@ -4,6 +4,7 @@ TF-IDF first stage on the native InvertedFile (checked against a scipy.sparse or
 Only bundled scikit-image photos and synthetic arrays are used, except the UKBench test,
 which reads ROIRET_DATASETS (default: <repo>/../shared/datasets) and skips when absent.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,9 +31,7 @@ skimage_data = pytest.importorskip("skimage.data")
 sp = pytest.importorskip("scipy.sparse")
 cv2 = pytest.importorskip("cv2")
 
-DATASETS = Path(
-    os.environ.get("ROIRET_DATASETS", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets")
-)
+DATASETS = Path(os.environ.get("ROIRET_DATASETS", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"))
 
 
 def _photo(name):
@@ -40,8 +39,21 @@ def _photo(name):
 
 
 # photos with texture (many keypoints), colour and gray
-TRAIN_PHOTOS = ["astronaut", "camera", "coffee", "chelsea", "rocket", "brick", "coins",
-                "moon", "grass", "gravel", "cell", "clock", "immunohistochemistry"]
+TRAIN_PHOTOS = [
+    "astronaut",
+    "camera",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "brick",
+    "coins",
+    "moon",
+    "grass",
+    "gravel",
+    "cell",
+    "clock",
+    "immunohistochemistry",
+]
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +69,9 @@ def train_feats(extractor):
 @pytest.fixture(scope="module")
 def vocab(train_feats):
     # 300 words from ~9000 RootSIFT descriptors: exact assignment
-    return Vocabulary.fit(list(train_feats.values()), 300, seed=0, kmeans_iterations=8,
-                          descriptor="rootsift", progress=False)
+    return Vocabulary.fit(
+        list(train_feats.values()), 300, seed=0, kmeans_iterations=8, descriptor="rootsift", progress=False
+    )
 
 
 def _kernels_available():
@@ -118,8 +131,12 @@ def test_gray_colour_float_rgba_inputs_agree(extractor):
     rgb = _photo("coffee")
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     ref = extractor.extract(rgb)
-    for variant in (gray, gray[:, :, None], rgb.astype(np.float32) / 255.0,
-                    np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])):
+    for variant in (
+        gray,
+        gray[:, :, None],
+        rgb.astype(np.float32) / 255.0,
+        np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]),
+    ):
         f = extractor.extract(variant)
         np.testing.assert_array_equal(f.descriptors, ref.descriptors)
     # encoded bytes and a path give the same as the decoded array (PNG is lossless)
@@ -269,8 +286,9 @@ def test_kmeans_equals_numpy_lloyd(kmeans):
     centers = rng.standard_normal((12, 16)) * 5
     x = (centers[rng.integers(0, 12, 3000)] + rng.standard_normal((3000, 16))).astype(np.float32)
     init = x[:12].copy()
-    v = Vocabulary.fit(x, 12, kmeans_iterations=4, init_centroids=init, kmeans=kmeans,
-                       hnsw_ef_search=256, progress=False)
+    v = Vocabulary.fit(
+        x, 12, kmeans_iterations=4, init_centroids=init, kmeans=kmeans, hnsw_ef_search=256, progress=False
+    )
     assert v.info["kmeans"] == kmeans and v.info["n_train"] == 3000
     np.testing.assert_allclose(v.centroids, _numpy_lloyd(x, init, 4), atol=1e-4)
     obj = v.info["objective"]
@@ -280,9 +298,15 @@ def test_kmeans_equals_numpy_lloyd(kmeans):
 @pytest.mark.parametrize("kmeans", ["exact", "approximate"])
 def test_fit_deterministic_for_seed(train_feats, kmeans):
     feats = list(train_feats.values())
-    a = Vocabulary.fit(feats, 200, seed=5, kmeans_iterations=3, max_train_descriptors=4000, kmeans=kmeans, progress=False)
-    b = Vocabulary.fit(feats, 200, seed=5, kmeans_iterations=3, max_train_descriptors=4000, kmeans=kmeans, progress=False)
-    c = Vocabulary.fit(feats, 200, seed=6, kmeans_iterations=3, max_train_descriptors=4000, kmeans=kmeans, progress=False)
+    a = Vocabulary.fit(
+        feats, 200, seed=5, kmeans_iterations=3, max_train_descriptors=4000, kmeans=kmeans, progress=False
+    )
+    b = Vocabulary.fit(
+        feats, 200, seed=5, kmeans_iterations=3, max_train_descriptors=4000, kmeans=kmeans, progress=False
+    )
+    c = Vocabulary.fit(
+        feats, 200, seed=6, kmeans_iterations=3, max_train_descriptors=4000, kmeans=kmeans, progress=False
+    )
     np.testing.assert_array_equal(a.centroids, b.centroids)
     assert not np.array_equal(a.centroids, c.centroids)
     assert a.info["n_train"] == 4000
@@ -351,8 +375,16 @@ def test_fit_errors():
 @pytest.mark.parametrize("approximate", [False, True])
 def test_vocabulary_save_load_round_trip(tmp_path, train_feats, approximate):
     feats = list(train_feats.values())
-    v = Vocabulary.fit(feats, 150, seed=2, kmeans_iterations=3, max_train_descriptors=3000, descriptor="rootsift",
-                       hnsw_threshold=100 if approximate else 10_000, progress=False)
+    v = Vocabulary.fit(
+        feats,
+        150,
+        seed=2,
+        kmeans_iterations=3,
+        max_train_descriptors=3000,
+        descriptor="rootsift",
+        hnsw_threshold=100 if approximate else 10_000,
+        progress=False,
+    )
     x = train_feats["coffee"].descriptors
     w = v.assign(x)
     p = tmp_path / "voc.npz"
@@ -560,8 +592,7 @@ def test_inverted_file_duplicates_remove_and_save_load(tmp_path):
     with pytest.raises(ValueError):
         ivf.add(np.array([1], np.int64), np.array([0, 1]), np.array([0]), np.array([1.0], np.float32))
     with pytest.raises(ValueError):
-        ivf.add(np.array([5000], np.int64), np.array([0, 1]), np.array([vocab]),
-                np.array([1.0], np.float32))
+        ivf.add(np.array([5000], np.int64), np.array([0, 1]), np.array([vocab]), np.array([1.0], np.float32))
 
 
 def bag_of_words_counts(bag):
@@ -575,15 +606,26 @@ def bag_of_words_counts(bag):
 # ========================================================================================
 # BowIndex: the first stage end to end
 # ========================================================================================
-INDEX_PHOTOS = ["astronaut", "camera", "coffee", "chelsea", "rocket", "brick", "coins",
-                "moon", "cell", "clock", "immunohistochemistry", "hubble_deep_field"]
+INDEX_PHOTOS = [
+    "astronaut",
+    "camera",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "brick",
+    "coins",
+    "moon",
+    "cell",
+    "clock",
+    "immunohistochemistry",
+    "hubble_deep_field",
+]
 
 
 @pytest.fixture(scope="module")
 def bow_index(vocab):
     idx = BowIndex(vocab, LocalFeatureExtractor(max_keypoints=800))
-    ids = idx.add([_photo(n) for n in INDEX_PHOTOS], ids=np.arange(100, 100 + len(INDEX_PHOTOS)),
-                  progress=False)
+    ids = idx.add([_photo(n) for n in INDEX_PHOTOS], ids=np.arange(100, 100 + len(INDEX_PHOTOS)), progress=False)
     assert ids.tolist() == list(range(100, 100 + len(INDEX_PHOTOS)))
     return idx
 
@@ -721,8 +763,9 @@ def test_ukbench_other_views_come_first():
     gnd = load_gnd(UKB)
     fe = LocalFeatureExtractor(max_keypoints=1000)
     feats = fe.extract_many([gnd.image_path(n) for n in gnd.images], progress=False)
-    voc = Vocabulary.fit(feats, 1000, seed=0, kmeans_iterations=8, max_train_descriptors=20_000, descriptor="rootsift",
-                         progress=False)
+    voc = Vocabulary.fit(
+        feats, 1000, seed=0, kmeans_iterations=8, max_train_descriptors=20_000, descriptor="rootsift", progress=False
+    )
     idx = BowIndex(voc, fe)
     idx.add_features(feats)
     rankings = {}

@@ -1,4 +1,5 @@
 """The ``roiret`` command line on a tiny folder of images."""
+
 from __future__ import annotations
 
 import contextlib
@@ -39,8 +40,29 @@ def index(folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("index") / "idx"
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        rc = main(["index", str(d), "-o", str(out), "--vocab-size", "200", "-K", "8", "-N", "6", "-n", "3",
-                   "-k", "2", "--max-keypoints", "500", "--weights", WEIGHTS, "--no-progress"])
+        rc = main(
+            [
+                "index",
+                str(d),
+                "-o",
+                str(out),
+                "--vocab-size",
+                "200",
+                "-K",
+                "8",
+                "-N",
+                "6",
+                "-n",
+                "3",
+                "-k",
+                "2",
+                "--max-keypoints",
+                "500",
+                "--weights",
+                WEIGHTS,
+                "--no-progress",
+            ]
+        )
     assert rc == 0, err.getvalue()
     return out, err.getvalue()
 
@@ -65,7 +87,7 @@ def test_index_skips_broken_images_and_reports(index, folder):
     lines = report.splitlines()
     assert lines[0] == f"10 images from {d}", report
     assert f"indexed 9 images into {path}; 1 skipped:" in lines, report
-    skipped = lines[lines.index(f"indexed 9 images into {path}; 1 skipped:") + 1:]
+    skipped = lines[lines.index(f"indexed 9 images into {path}; 1 skipped:") + 1 :]
     assert len(skipped) == 1, report  # one line per skipped image: its name and why
     assert skipped[0].startswith(f"  {d / 'broken.jpg'}: "), report
     assert re.search(r"truncated or corrupt", skipped[0]), report
@@ -74,8 +96,23 @@ def test_index_skips_broken_images_and_reports(index, folder):
 def test_search_json_and_table(index, folder, capsys):
     _, q, box = folder
     index, _ = index
-    assert main(["search", str(index), str(q), "--box", ",".join(map(str, box)), "--top", "4", "--json",
-                 "--weights", WEIGHTS]) == 0
+    assert (
+        main(
+            [
+                "search",
+                str(index),
+                str(q),
+                "--box",
+                ",".join(map(str, box)),
+                "--top",
+                "4",
+                "--json",
+                "--weights",
+                WEIGHTS,
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert len(out["hits"]) == 4 and out["hits"][0]["rank"] == 0
     assert {"id", "name", "score", "bow_score", "query_box", "db_box"} <= set(out["hits"][0])
@@ -85,8 +122,25 @@ def test_search_json_and_table(index, folder, capsys):
     # --fusion overrides the index's: none = the RoI score alone (the paper), a number = that BoW weight
     weights = {}
     for f in ("none", "0.3", "adaptive"):
-        assert main(["search", str(index), str(q), "--box", ",".join(map(str, box)), "--top", "4", "--json",
-                     "--fusion", f, "--weights", WEIGHTS]) == 0
+        assert (
+            main(
+                [
+                    "search",
+                    str(index),
+                    str(q),
+                    "--box",
+                    ",".join(map(str, box)),
+                    "--top",
+                    "4",
+                    "--json",
+                    "--fusion",
+                    f,
+                    "--weights",
+                    WEIGHTS,
+                ]
+            )
+            == 0
+        )
         weights[f] = json.loads(capsys.readouterr().out)["bow_weight"]
     assert weights["none"] == 0.0 and weights["0.3"] == pytest.approx(0.3) and 0.0 <= weights["adaptive"] <= 1.0
     for bad in ("1.5", "sometimes"):
@@ -102,8 +156,26 @@ def test_info_and_show(index, folder, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "images: 9" in out and "fusion=adaptive" in out and "512-bit random projection" in out
     out = tmp_path / "show"
-    assert main(["show", str(index), str(q), "--box", ",".join(map(str, box)), "-o", str(out), "--top", "3",
-                 "--positives", "0,1", "--weights", WEIGHTS]) == 0
+    assert (
+        main(
+            [
+                "show",
+                str(index),
+                str(q),
+                "--box",
+                ",".join(map(str, box)),
+                "-o",
+                str(out),
+                "--top",
+                "3",
+                "--positives",
+                "0,1",
+                "--weights",
+                WEIGHTS,
+            ]
+        )
+        == 0
+    )
     assert (out / "result.png").stat().st_size > 1000
     html = (out / "index.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "<table>" in html

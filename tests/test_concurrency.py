@@ -3,6 +3,7 @@ searching give exactly the serial results; searching while images are added (and
 and the index saved) is safe: every result equals the serial result on the index as it
 was before or after some batch — never a half-added batch — and nothing raises.
 """
+
 from __future__ import annotations
 
 import random
@@ -12,9 +13,8 @@ import warnings
 import numpy as np
 import pytest
 
-from roiret import InvertedFile
-
 import _robust_index as RI
+from roiret import InvertedFile
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -96,8 +96,7 @@ def test_adding_removing_and_saving_while_searching(base_path, queries, tmp_path
 
     def record(r):
         ids = frozenset(r.store.ids.tolist())
-        expected[ids] = {(q, m): key(r.rank(prepared[q], mode=m, top=100))
-                         for q in range(len(queries)) for m in MODES}
+        expected[ids] = {(q, m): key(r.rank(prepared[q], mode=m, top=100)) for q in range(len(queries)) for m in MODES}
         expected[ids]["search"] = key(r.search(queries[0][0], queries[0][1], top=100))
 
     with warnings.catch_warnings():
@@ -240,7 +239,7 @@ def test_inverted_file_threads_give_serial_results_while_documents_come_and_go()
         for op in ops():
             with lock:  # let at least one search finish between two changes (so that the
                 n = len(seen)  # searches see many states), without relying on timing
-                lock.wait_for(lambda: len(seen) > n, timeout=10)
+                lock.wait_for(lambda n=n: len(seen) > n, timeout=10)
             apply(ivf, op)
     finally:
         stop.set()

@@ -1,11 +1,11 @@
 """`roiret demo` — the README's first command — end to end, and its collection."""
+
 from __future__ import annotations
 
 import importlib.util
 import re
 
 import numpy as np
-import pytest
 
 from roiret.apps.cli import main
 from roiret.apps.demo import OBJECTS, make_collection

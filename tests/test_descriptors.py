@@ -1,4 +1,5 @@
 """RoI descriptors: pooling vs loops, crops vs a reference crop+resize, fc7 paths."""
+
 from __future__ import annotations
 
 import cv2
@@ -27,15 +28,18 @@ def _naive_pool(f: np.ndarray, rois: np.ndarray, mode: str) -> np.ndarray:
 
 
 def _rois():
-    return np.array([
-        [0, 0, 0, 11, 7],     # whole map
-        [0, 2, 1, 5, 4],
-        [1, 10, 6, 11, 7],    # bottom-right cell
-        [1, 0, 0, 1, 1],      # top-left cell
-        [2, 3, 2, 3, 5],      # empty (x2 == x1)
-        [2, -2, -1, 4, 30],   # clipped
-        [1, 4, 0, 9, 7],
-    ], np.float32)
+    return np.array(
+        [
+            [0, 0, 0, 11, 7],  # whole map
+            [0, 2, 1, 5, 4],
+            [1, 10, 6, 11, 7],  # bottom-right cell
+            [1, 0, 0, 1, 1],  # top-left cell
+            [2, 3, 2, 3, 5],  # empty (x2 == x1)
+            [2, -2, -1, 4, 30],  # clipped
+            [1, 4, 0, 9, 7],
+        ],
+        np.float32,
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -47,8 +51,7 @@ def test_pooling_equals_loop(device, mode):
     got = Dm.pool_rois(f.to(device), torch.from_numpy(rois).to(device), mode)
     assert got.shape == (len(rois), 5) and got.dtype == torch.float32
     assert got.device.type == device
-    np.testing.assert_allclose(got.cpu().numpy(), _naive_pool(f.numpy(), rois, mode),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got.cpu().numpy(), _naive_pool(f.numpy(), rois, mode), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["max", "sum"])
@@ -57,8 +60,9 @@ def test_pooling_random_boxes(mode):
     f = torch.from_numpy(rng.standard_normal((2, 3, 13, 9)).astype(np.float32))
     x1 = rng.integers(0, 9, 40)
     y1 = rng.integers(0, 13, 40)
-    rois = np.stack([rng.integers(0, 2, 40), x1, y1, x1 + rng.integers(1, 9, 40),
-                     y1 + rng.integers(1, 13, 40)], 1).astype(np.float32)
+    rois = np.stack(
+        [rng.integers(0, 2, 40), x1, y1, x1 + rng.integers(1, 9, 40), y1 + rng.integers(1, 13, 40)], 1
+    ).astype(np.float32)
     got = Dm.pool_rois(f, torch.from_numpy(rois), mode)
     np.testing.assert_allclose(got.numpy(), _naive_pool(f.numpy(), rois, mode), rtol=1e-5, atol=1e-5)
 
@@ -101,8 +105,12 @@ def _bilinear_ref(img: np.ndarray, box, size: int) -> np.ndarray:
             y0, x0 = int(np.floor(yy)), int(np.floor(xx))
             y1_, x1_ = min(y0 + 1, H - 1), min(x0 + 1, W - 1)
             ly, lx = yy - y0, xx - x0
-            out[:, i, j] = (img[:, y0, x0] * (1 - ly) * (1 - lx) + img[:, y0, x1_] * (1 - ly) * lx
-                            + img[:, y1_, x0] * ly * (1 - lx) + img[:, y1_, x1_] * ly * lx)
+            out[:, i, j] = (
+                img[:, y0, x0] * (1 - ly) * (1 - lx)
+                + img[:, y0, x1_] * (1 - ly) * lx
+                + img[:, y1_, x0] * ly * (1 - lx)
+                + img[:, y1_, x1_] * ly * lx
+            )
     return out
 
 
@@ -113,8 +121,7 @@ def test_crop_of_whole_image_equals_resize(device):
     x = torch.from_numpy(img)[None].to(device)
     rois = torch.tensor([[0.0, 0, 0, 30, 20]], device=device)
     got = Dm.crop_rois(x, rois, size=45, sampling_ratio=1)[0].cpu().numpy()
-    ref = F.interpolate(torch.from_numpy(img)[None], size=(45, 45), mode="bilinear",
-                        align_corners=False)[0].numpy()
+    ref = F.interpolate(torch.from_numpy(img)[None], size=(45, 45), mode="bilinear", align_corners=False)[0].numpy()
     np.testing.assert_allclose(got, ref, atol=1e-5)
     cv = cv2.resize(img.transpose(1, 2, 0), (45, 45), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
     np.testing.assert_allclose(got, cv, atol=1e-4)
@@ -134,8 +141,11 @@ def test_crops_equal_reference_crop_resize(device):
     x1, y1, x2, y2 = 4, 3, 20, 19
     crop = imgs[0][:, y1:y2, x1:x2].transpose(1, 2, 0)
     cv = cv2.resize(np.ascontiguousarray(crop), (16 * 2, 16 * 2), interpolation=cv2.INTER_LINEAR)
-    up = Dm.crop_rois(torch.from_numpy(imgs), torch.tensor([[0.0, x1, y1, x2, y2]]), size=32,
-                      sampling_ratio=1)[0].numpy().transpose(1, 2, 0)
+    up = (
+        Dm.crop_rois(torch.from_numpy(imgs), torch.tensor([[0.0, x1, y1, x2, y2]]), size=32, sampling_ratio=1)[0]
+        .numpy()
+        .transpose(1, 2, 0)
+    )
     np.testing.assert_allclose(up[1:-1, 1:-1], cv[1:-1, 1:-1], atol=1e-5)
 
 
@@ -182,8 +192,7 @@ def test_crop_fc7_equals_torchvision_per_crop(alex):
     got = fc(imgs, rois)
     assert got.shape == (3, 4096)
     crops = Dm.crop_rois(imgs, rois, 224)
-    np.testing.assert_allclose(got.numpy(), _torchvision_fc7(bb, head, crops).numpy(),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got.numpy(), _torchvision_fc7(bb, head, crops).numpy(), rtol=1e-4, atol=1e-5)
     # a crop computed alone equals the batched one
     one = fc(imgs, rois[1:2])
     np.testing.assert_allclose(one.numpy(), got[1:2].numpy(), rtol=1e-4, atol=1e-5)

@@ -1,4 +1,5 @@
 """Tests for roiret.eval: AP (Oxford compute_ap.cpp trapezoid rule), mAP, protocols, N-S."""
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,7 @@ from roiret.eval import (
     ukbench_score,
 )
 
-DATASETS = Path(
-    os.environ.get("ROIRET_DATASETS", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets")
-)
+DATASETS = Path(os.environ.get("ROIRET_DATASETS", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"))
 
 
 # ----------------------------------------------------------------------------------------
@@ -58,9 +57,7 @@ def test_ap_three_positives_hand_computed():
     # r4 b: R 2/3, P 1/2 ; (1/3)(1/3 + 1/2)/2 = 5/36
     # r5 c: R 1,   P 3/5 ; (1/3)(1/2 + 3/5)/2 = 11/60
     expected = 1 / 12 + 5 / 36 + 11 / 60
-    assert average_precision(["x", "a", "y", "b", "c"], {"a", "b", "c"}) == pytest.approx(
-        expected, abs=1e-12
-    )
+    assert average_precision(["x", "a", "y", "b", "c"], {"a", "b", "c"}) == pytest.approx(expected, abs=1e-12)
 
 
 def test_ap_junk_is_skipped():
@@ -136,9 +133,7 @@ def test_ap_matches_revisitop_formulation(ranking, pos, junk):
     pos = pos - junk  # revisitop's lists are disjoint
     if not pos:
         return
-    assert average_precision(ranking, pos, junk) == pytest.approx(
-        _ap_revisitop(ranking, pos, junk), abs=1e-12
-    )
+    assert average_precision(ranking, pos, junk) == pytest.approx(_ap_revisitop(ranking, pos, junk), abs=1e-12)
 
 
 # ----------------------------------------------------------------------------------------
@@ -176,19 +171,31 @@ def _toy_gnd(tmp_path: Path) -> Path:
             "classic": {
                 "database": db,
                 "queries": [
-                    {"id": "Q1", "landmark": "l", "image": "q1", "bbox": [1, 2, 30, 40],
-                     "good": ["q1", "a"], "ok": ["b"], "junk": ["c"]},
-                    {"id": "Q2", "landmark": "l", "image": "d", "bbox": [0, 0, 10, 10],
-                     "good": ["d"], "ok": [], "junk": []},
+                    {
+                        "id": "Q1",
+                        "landmark": "l",
+                        "image": "q1",
+                        "bbox": [1, 2, 30, 40],
+                        "good": ["q1", "a"],
+                        "ok": ["b"],
+                        "junk": ["c"],
+                    },
+                    {
+                        "id": "Q2",
+                        "landmark": "l",
+                        "image": "d",
+                        "bbox": [0, 0, 10, 10],
+                        "good": ["d"],
+                        "ok": [],
+                        "junk": [],
+                    },
                 ],
             },
             "revisited": {
                 "database": ["a", "b", "c", "d", "e"],
                 "queries": [
-                    {"id": "R1", "image": "q1", "bbox": [1, 2, 30, 40],
-                     "easy": ["a"], "hard": ["b"], "junk": ["c"]},
-                    {"id": "R2", "image": "q1", "bbox": [1, 2, 30, 40],
-                     "easy": ["d"], "hard": [], "junk": []},
+                    {"id": "R1", "image": "q1", "bbox": [1, 2, 30, 40], "easy": ["a"], "hard": ["b"], "junk": ["c"]},
+                    {"id": "R2", "image": "q1", "bbox": [1, 2, 30, 40], "easy": ["d"], "hard": [], "junk": []},
                 ],
             },
         },
@@ -265,8 +272,18 @@ def test_load_gnd_errors(tmp_path):
     bad.write_text(json.dumps({"images": []}))
     with pytest.raises(ValueError, match="neither"):
         load_gnd(bad)
-    bad.write_text(json.dumps({"protocols": {"classic": {"database": ["a"], "queries": [
-        {"id": "q", "image": "a", "bbox": [5, 5, 1, 1], "good": ["a"]}]}}}))
+    bad.write_text(
+        json.dumps(
+            {
+                "protocols": {
+                    "classic": {
+                        "database": ["a"],
+                        "queries": [{"id": "q", "image": "a", "bbox": [5, 5, 1, 1], "good": ["a"]}],
+                    }
+                }
+            }
+        )
+    )
     with pytest.raises(ValueError, match="empty"):
         load_gnd(bad)
     bad.write_text(json.dumps({"protocols": {"other": {"database": ["a"], "queries": []}}}))

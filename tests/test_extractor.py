@@ -1,4 +1,5 @@
 """The one-call extractor: images in, per-image boxes / scores / descriptors / codes out."""
+
 from __future__ import annotations
 
 import cv2
@@ -6,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DEVICES
 from _reference import pack_codes_ref
+from conftest import DEVICES
 from roiret.cnn.backbones import build_backbone
-from roiret.errors import ImageError, WeightsNotFoundError
 from roiret.cnn.extractor import RoIExtractor, prepare_image
+from roiret.errors import ImageError, WeightsNotFoundError
 
 
 def _photos(side=160):
@@ -21,8 +22,7 @@ def _photos(side=160):
         im = getattr(skimage.data, name)()
         h, w = im.shape[:2]
         f = side / max(h, w)
-        out.append(np.ascontiguousarray(cv2.resize(im, (round(w * f), round(h * f)),
-                                                   interpolation=cv2.INTER_AREA)))
+        out.append(np.ascontiguousarray(cv2.resize(im, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)))
     return out
 
 

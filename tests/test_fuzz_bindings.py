@@ -7,6 +7,7 @@ Bounded (``max_examples`` per test, derandomized) so the whole file stays around
 on two cores. Sizes that would make the *output* huge are drawn only where they overflow
 and must be refused before any allocation (e.g. ``k = 2**62``).
 """
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,10 @@ ALLOWED = (TypeError, ValueError, OverflowError, IndexFormatError, OSError)
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 
 settings.register_profile(
-    "roiret-fuzz", deadline=None, derandomize=True, print_blob=True,
+    "roiret-fuzz",
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 FUZZ = settings.get_profile("roiret-fuzz")
@@ -41,12 +45,60 @@ def examples(n):
 # ---------------------------------------------------------------------------------------
 # strategies
 # ---------------------------------------------------------------------------------------
-DTYPES = [np.uint64, np.ulonglong, np.int64, np.uint32, np.int32, np.uint8, np.int8, np.float32, np.float64,
-          np.float16, np.bool_, np.complex64, ">u8", ">i8", ">f4", "<U3", object]
-HUGE_INTS = [0, 1, -1, 2, 3, 7, 64, 2**31 - 1, 2**31, -2**31, 2**32, 2**32 + 1, 2**62, 2**63 - 1, 2**63, -2**63,
-             2**64, 10**30]
-SPECIAL_FLOATS = [0.0, -0.0, 1.0, -1.0, 0.5, 1e-45, 1e38, 3.5e38, -3.5e38, 1e308, float("nan"), float("inf"),
-                  float("-inf")]
+DTYPES = [
+    np.uint64,
+    np.ulonglong,
+    np.int64,
+    np.uint32,
+    np.int32,
+    np.uint8,
+    np.int8,
+    np.float32,
+    np.float64,
+    np.float16,
+    np.bool_,
+    np.complex64,
+    ">u8",
+    ">i8",
+    ">f4",
+    "<U3",
+    object,
+]
+HUGE_INTS = [
+    0,
+    1,
+    -1,
+    2,
+    3,
+    7,
+    64,
+    2**31 - 1,
+    2**31,
+    -(2**31),
+    2**32,
+    2**32 + 1,
+    2**62,
+    2**63 - 1,
+    2**63,
+    -(2**63),
+    2**64,
+    10**30,
+]
+SPECIAL_FLOATS = [
+    0.0,
+    -0.0,
+    1.0,
+    -1.0,
+    0.5,
+    1e-45,
+    1e38,
+    3.5e38,
+    -3.5e38,
+    1e308,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+]
 
 
 def _representable(dt, v):
@@ -100,11 +152,17 @@ def arrays(draw, dtypes=DTYPES, max_dims=3, max_side=7):
 
 
 junk = st.one_of(
-    st.none(), st.sampled_from(HUGE_INTS), st.sampled_from(SPECIAL_FLOATS), st.booleans(),
-    st.text(max_size=4), st.binary(max_size=8),
+    st.none(),
+    st.sampled_from(HUGE_INTS),
+    st.sampled_from(SPECIAL_FLOATS),
+    st.booleans(),
+    st.text(max_size=4),
+    st.binary(max_size=8),
     st.lists(st.one_of(st.integers(-5, 50), st.floats(allow_nan=True)), max_size=6),
     st.lists(st.lists(st.integers(0, 3), max_size=3), max_size=3),
-    st.just([[1, 2], [3]]), st.just({"a": 1}), st.just(object()),
+    st.just([[1, 2], [3]]),
+    st.just({"a": 1}),
+    st.just(object()),
     arrays(),
 )
 
@@ -154,20 +212,30 @@ def codes(words=None):
 
 
 # junk that cannot name a file (no str / bytes: the fuzzer must not write into the cwd)
-not_a_path = st.one_of(st.none(), st.sampled_from(HUGE_INTS), st.sampled_from(SPECIAL_FLOATS),
-                       st.just([1, 2]), st.just(object()), arrays(max_dims=1))
+not_a_path = st.one_of(
+    st.none(),
+    st.sampled_from(HUGE_INTS),
+    st.sampled_from(SPECIAL_FLOATS),
+    st.just([1, 2]),
+    st.just(object()),
+    arrays(max_dims=1),
+)
 
 small_int = mostly(st.integers(-3, 12), st.sampled_from(HUGE_INTS), 0.3)
 # k / top_n: small, or so large that the (n, k) output cannot exist and must be refused;
 # never sizes in between that a test machine could actually try to allocate.
-big_k = mostly(st.integers(1, 12), st.sampled_from([0, -1, -3, 2**62, 2**63 - 1, 2**63, 2**64, -2**63, 1.5, None]))
-threads = mostly(st.sampled_from([None, 0, 1, 2, 3]),
-                 st.sampled_from([-1, 2**31 - 1, -2**31, 2**31, 10**20, 4096, 2.0, "2"]), 0.3)
+big_k = mostly(st.integers(1, 12), st.sampled_from([0, -1, -3, 2**62, 2**63 - 1, 2**63, 2**64, -(2**63), 1.5, None]))
+threads = mostly(
+    st.sampled_from([None, 0, 1, 2, 3]), st.sampled_from([-1, 2**31 - 1, -(2**31), 2**31, 10**20, 4096, 2.0, "2"]), 0.3
+)
 
 
 def nbits_for(words):
-    return mostly(st.one_of(st.none(), st.integers(64 * max(words, 1) - 70, 64 * max(words, 1))),
-                  st.one_of(st.integers(-2, 64 * max(words, 1) + 2), st.sampled_from(HUGE_INTS), junk), 0.3)
+    return mostly(
+        st.one_of(st.none(), st.integers(64 * max(words, 1) - 70, 64 * max(words, 1))),
+        st.one_of(st.integers(-2, 64 * max(words, 1) + 2), st.sampled_from(HUGE_INTS), junk),
+        0.3,
+    )
 
 
 def thread_kw(t):
@@ -203,10 +271,16 @@ def descriptors(draw):
 
 
 @examples(600)
-@given(x=mostly(descriptors(), st.one_of(
-           arrays(dtypes=[np.float32, np.float64, np.float16, np.int64, ">f8", ">f4"], max_dims=3, max_side=9),
-           junk), 0.4),
-       threads=threads)
+@given(
+    x=mostly(
+        descriptors(),
+        st.one_of(
+            arrays(dtypes=[np.float32, np.float64, np.float16, np.int64, ">f8", ">f4"], max_dims=3, max_side=9), junk
+        ),
+        0.4,
+    ),
+    threads=threads,
+)
 def test_pack_codes(x, threads):
     ok, out = attempt(_core.pack_codes, x, **thread_kw(threads))
     if ok:
@@ -244,18 +318,39 @@ def test_cross_match(data):
     ndb = db.shape[0] if isinstance(db, np.ndarray) and db.ndim >= 1 else 3
     cuts = sorted(data.draw(st.lists(st.integers(0, ndb), min_size=0, max_size=6)))
     good_offsets = np.array([data.draw(st.integers(0, cuts[0])) if cuts else 0] + cuts, np.int64)
-    offsets = data.draw(mostly(st.just(good_offsets), st.one_of(
-        st.just(good_offsets[::-1].copy()), st.just(good_offsets + 1), st.just(good_offsets - 1),
-        st.just(good_offsets.astype(np.int32)), st.just(good_offsets.astype(np.float64)),
-        junk, arrays(dtypes=[np.int64, np.int32, np.uint64, np.float64], max_dims=2))))
-    nbits = data.draw(mostly(st.integers(64 * w - 63, 64 * w), st.one_of(
-        st.integers(-2, 64 * w + 2), st.sampled_from(HUGE_INTS), junk)))
+    offsets = data.draw(
+        mostly(
+            st.just(good_offsets),
+            st.one_of(
+                st.just(good_offsets[::-1].copy()),
+                st.just(good_offsets + 1),
+                st.just(good_offsets - 1),
+                st.just(good_offsets.astype(np.int32)),
+                st.just(good_offsets.astype(np.float64)),
+                junk,
+                arrays(dtypes=[np.int64, np.int32, np.uint64, np.float64], max_dims=2),
+            ),
+        )
+    )
+    nbits = data.draw(
+        mostly(
+            st.integers(64 * w - 63, 64 * w), st.one_of(st.integers(-2, 64 * w + 2), st.sampled_from(HUGE_INTS), junk)
+        )
+    )
     nq = q.shape[0] if isinstance(q, np.ndarray) and q.ndim >= 1 else 2
     n_groups = len(good_offsets) - 1
-    mask = data.draw(mostly(st.one_of(st.none(), hnp.arrays(np.bool_, (nq,)), hnp.arrays(np.uint8, (nq,))),
-                            st.one_of(junk, arrays(dtypes=[np.bool_, np.uint8, np.int64], max_dims=2))))
-    images = data.draw(mostly(st.one_of(st.none(), st.lists(st.integers(0, max(n_groups - 1, 0)), max_size=5)),
-                              st.one_of(st.lists(st.integers(-2, n_groups + 2), max_size=5), junk)))
+    mask = data.draw(
+        mostly(
+            st.one_of(st.none(), hnp.arrays(np.bool_, (nq,)), hnp.arrays(np.uint8, (nq,))),
+            st.one_of(junk, arrays(dtypes=[np.bool_, np.uint8, np.int64], max_dims=2)),
+        )
+    )
+    images = data.draw(
+        mostly(
+            st.one_of(st.none(), st.lists(st.integers(0, max(n_groups - 1, 0)), max_size=5)),
+            st.one_of(st.lists(st.integers(-2, n_groups + 2), max_size=5), junk),
+        )
+    )
     res = call(_core.cross_match, q, db, offsets, nbits, mask, images, **thread_kw(data.draw(threads)))
     if res is not None:
         score, bq, bd, votes = res
@@ -272,12 +367,27 @@ def test_select_rois(data):
     B = data.draw(st.integers(0, 4))
     D = data.draw(st.integers(0, 8))
     coords = mostly(st.floats(-20, 120, width=32), _values_for(np.float32), 0.1)
-    boxes = data.draw(mostly(hnp.arrays(np.float32, (B, D, 4), elements=coords), st.one_of(
-        junk, arrays(dtypes=[np.float32, np.float64], max_dims=3), st.just(np.zeros((B, D, 4), np.float32)[:, ::-1]))))
-    scores = data.draw(mostly(hnp.arrays(np.float32, (B, D), elements=coords), st.one_of(
-        junk, arrays(dtypes=[np.float32, np.float64], max_dims=2))))
-    sizes = data.draw(mostly(st.just(np.full((B, 2), 100, np.float32)), st.one_of(
-        hnp.arrays(np.float32, (B, 2), elements=coords), junk)))
+    boxes = data.draw(
+        mostly(
+            hnp.arrays(np.float32, (B, D, 4), elements=coords),
+            st.one_of(
+                junk,
+                arrays(dtypes=[np.float32, np.float64], max_dims=3),
+                st.just(np.zeros((B, D, 4), np.float32)[:, ::-1]),
+            ),
+        )
+    )
+    scores = data.draw(
+        mostly(
+            hnp.arrays(np.float32, (B, D), elements=coords),
+            st.one_of(junk, arrays(dtypes=[np.float32, np.float64], max_dims=2)),
+        )
+    )
+    sizes = data.draw(
+        mostly(
+            st.just(np.full((B, 2), 100, np.float32)), st.one_of(hnp.arrays(np.float32, (B, 2), elements=coords), junk)
+        )
+    )
     k = data.draw(big_k)
     unit = mostly(st.floats(0, 1), st.sampled_from(SPECIAL_FLOATS + [2.0, -0.5]), 0.2)
     t_min, t_iou = data.draw(unit), data.draw(unit)
@@ -292,9 +402,12 @@ def test_select_rois(data):
 
 
 @examples(200)
-@given(level=mostly(st.sampled_from(["generic", "popcnt", "avx2", "avx512", "AVX2", "", "sse"]), junk, 0.3),
-       n=mostly(small_int, junk, 0.3), data=mostly(st.binary(max_size=40), junk, 0.3),
-       crc=mostly(st.integers(0, 2**32 - 1), st.one_of(small_int, junk), 0.3))
+@given(
+    level=mostly(st.sampled_from(["generic", "popcnt", "avx2", "avx512", "AVX2", "", "sse"]), junk, 0.3),
+    n=mostly(small_int, junk, 0.3),
+    data=mostly(st.binary(max_size=40), junk, 0.3),
+    crc=mostly(st.integers(0, 2**32 - 1), st.one_of(small_int, junk), 0.3),
+)
 def test_dispatch_threads_and_crc(level, n, data, crc):
     before_level, before_n = _core.simd_level(), _core.get_num_threads()
     try:
@@ -320,8 +433,9 @@ def test_dispatch_threads_and_crc(level, n, data, crc):
 # ---------------------------------------------------------------------------------------
 # InvertedFile
 # ---------------------------------------------------------------------------------------
-int_arrays = arrays(dtypes=[np.int64, np.int32, np.uint64, np.uint8, np.float64, np.bool_, object, ">i8"],
-                    max_dims=2, max_side=6)
+int_arrays = arrays(
+    dtypes=[np.int64, np.int32, np.uint64, np.uint8, np.float64, np.bool_, object, ">i8"], max_dims=2, max_side=6
+)
 num_arrays = arrays(dtypes=[np.float32, np.float64, np.int64, np.float16, np.bool_, object], max_dims=2, max_side=6)
 
 
@@ -332,10 +446,20 @@ def bags(draw, vocab):
     lens = draw(st.lists(st.integers(0, 5), min_size=n, max_size=n))
     offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
     words = draw(hnp.arrays(np.int64, (int(offsets[-1]),), elements=st.integers(0, max(vocab - 1, 0))))
-    counts = draw(st.one_of(st.none(), hnp.arrays(np.float32, (int(offsets[-1]),), elements=st.one_of(
-        st.floats(0, 10, width=32), _values_for(np.float32)))))
-    ids = draw(st.one_of(st.lists(st.integers(0, 30), min_size=n, max_size=n, unique=True),
-                         st.lists(st.sampled_from(HUGE_INTS[:14]), min_size=n, max_size=n)))
+    counts = draw(
+        st.one_of(
+            st.none(),
+            hnp.arrays(
+                np.float32, (int(offsets[-1]),), elements=st.one_of(st.floats(0, 10, width=32), _values_for(np.float32))
+            ),
+        )
+    )
+    ids = draw(
+        st.one_of(
+            st.lists(st.integers(0, 30), min_size=n, max_size=n, unique=True),
+            st.lists(st.sampled_from(HUGE_INTS[:14]), min_size=n, max_size=n),
+        )
+    )
     spoil = draw(st.integers(0, 6))
     if spoil == 1:
         ids = draw(st.one_of(junk, int_arrays))
@@ -351,8 +475,11 @@ def bags(draw, vocab):
 @examples(400)
 @given(data=st.data())
 def test_inverted_file_methods(data, tmp_path_factory):
-    vocab = data.draw(mostly(st.integers(1, 40), st.one_of(
-        st.sampled_from([0, -1, 2**32 + 1, 2**63, -2**63, 2**64, 2.0]), junk), 0.1))
+    vocab = data.draw(
+        mostly(
+            st.integers(1, 40), st.one_of(st.sampled_from([0, -1, 2**32 + 1, 2**63, -(2**63), 2**64, 2.0]), junk), 0.1
+        )
+    )
     ivf = call(_core.InvertedFile, vocab)
     if ivf is None:
         return
@@ -370,10 +497,18 @@ def test_inverted_file_methods(data, tmp_path_factory):
                 assert (ivf.ids().tolist(), ivf.num_postings) == before
         elif op == "search":
             m = data.draw(st.integers(0, 6))
-            words = data.draw(mostly(hnp.arrays(np.int64, (m,), elements=st.integers(0, V - 1)), st.one_of(
-                hnp.arrays(np.int64, (m,), elements=st.integers(-1, V)), junk, int_arrays)))
-            counts = data.draw(mostly(st.one_of(st.none(), hnp.arrays(np.float32, (m,), elements=st.floats(0, 5, width=32))),
-                                      st.one_of(junk, num_arrays, hnp.arrays(np.float32, (m,), elements=_values_for(np.float32)))))
+            words = data.draw(
+                mostly(
+                    hnp.arrays(np.int64, (m,), elements=st.integers(0, V - 1)),
+                    st.one_of(hnp.arrays(np.int64, (m,), elements=st.integers(-1, V)), junk, int_arrays),
+                )
+            )
+            counts = data.draw(
+                mostly(
+                    st.one_of(st.none(), hnp.arrays(np.float32, (m,), elements=st.floats(0, 5, width=32))),
+                    st.one_of(junk, num_arrays, hnp.arrays(np.float32, (m,), elements=_values_for(np.float32))),
+                )
+            )
             top = data.draw(big_k)
             res = call(ivf.search, words, counts, top)
             if res is not None:
@@ -384,15 +519,26 @@ def test_inverted_file_methods(data, tmp_path_factory):
             lens = data.draw(st.lists(st.integers(0, 4), max_size=4))
             off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
             off = data.draw(mostly(st.just(off), st.one_of(st.just(off[::-1].copy()), junk, int_arrays)))
-            words = data.draw(mostly(hnp.arrays(np.int64, (sum(lens),), elements=st.integers(0, V - 1)),
-                                     st.one_of(junk, int_arrays)))
-            res = call(ivf.search_batch, off, words, data.draw(mostly(st.none(), st.one_of(junk, num_arrays))),
-                       data.draw(big_k), **thread_kw(data.draw(threads)))
+            words = data.draw(
+                mostly(hnp.arrays(np.int64, (sum(lens),), elements=st.integers(0, V - 1)), st.one_of(junk, int_arrays))
+            )
+            res = call(
+                ivf.search_batch,
+                off,
+                words,
+                data.draw(mostly(st.none(), st.one_of(junk, num_arrays))),
+                data.draw(big_k),
+                **thread_kw(data.draw(threads)),
+            )
             if res is not None:
                 assert res[0].shape == res[1].shape and res[0].ndim == 2
         elif op == "remove":
-            ids = data.draw(mostly(st.lists(st.sampled_from(ivf.ids().tolist() or [0]), max_size=3),
-                                   st.one_of(st.lists(st.integers(0, 30), max_size=4), junk, int_arrays)))
+            ids = data.draw(
+                mostly(
+                    st.lists(st.sampled_from(ivf.ids().tolist() or [0]), max_size=3),
+                    st.one_of(st.lists(st.integers(0, 30), max_size=4), junk, int_arrays),
+                )
+            )
             before = ivf.ids().tolist()
             got = call(ivf.remove, ids)
             if got is None:
@@ -410,8 +556,13 @@ def test_inverted_file_methods(data, tmp_path_factory):
         else:
             folder = tmp_path_factory.mktemp("ivf")
             target = data.draw(st.sampled_from(["file", "missing_dir", "dir", "bytes", "junk"]))
-            path = {"file": folder / "x.ivf", "missing_dir": folder / "no" / "x.ivf", "dir": folder,
-                    "bytes": os.fsencode(folder / "y.ivf"), "junk": data.draw(not_a_path)}[target]
+            path = {
+                "file": folder / "x.ivf",
+                "missing_dir": folder / "no" / "x.ivf",
+                "dir": folder,
+                "bytes": os.fsencode(folder / "y.ivf"),
+                "junk": data.draw(not_a_path),
+            }[target]
             ok, _ = attempt(ivf.save, path)
             assert ok == (target in ("file", "bytes"))
             if ok:
@@ -445,8 +596,9 @@ def test_inverted_file_load_random_files(data, valid_ivf_bytes, tmp_path_factory
         import struct
         import zlib
 
-        fields = data.draw(st.tuples(*(st.sampled_from([0, 1, 20, 12, 60, 2**32, 2**40, 2**63, 2**64 - 1])
-                                       for _ in range(3))))
+        fields = data.draw(
+            st.tuples(*(st.sampled_from([0, 1, 20, 12, 60, 2**32, 2**40, 2**63, 2**64 - 1]) for _ in range(3)))
+        )
         blob[16:40] = struct.pack("<QQQ", *fields)
         blob[60:64] = struct.pack("<I", zlib.crc32(bytes(blob[:60])))
     else:
@@ -541,10 +693,20 @@ def test_regressions_found_by_fuzzing(tmp_path):
     np.testing.assert_array_equal(ref[1], got[1])
     # an output whose row stride overflows, even with 0 rows: was signed overflow inside
     # pybind11 (UBSan, found by running this file against a sanitized build), now refused
-    for call_ in (lambda: _core.hamming_knn(a[:0], a, 2**62), lambda: _core.hamming_knn(a, a, 2**61),
-                  lambda: _core.select_rois(np.zeros((0, 3, 4), np.float32), np.zeros((0, 3), np.float32),
-                                            np.zeros((0, 2), np.float32), 2**62, 0.0, 3.0, 0.95),
-                  lambda: ivf.search_batch([0], [], None, 2**62)):
+    for call_ in (
+        lambda: _core.hamming_knn(a[:0], a, 2**62),
+        lambda: _core.hamming_knn(a, a, 2**61),
+        lambda: _core.select_rois(
+            np.zeros((0, 3, 4), np.float32),
+            np.zeros((0, 3), np.float32),
+            np.zeros((0, 2), np.float32),
+            2**62,
+            0.0,
+            3.0,
+            0.95,
+        ),
+        lambda: ivf.search_batch([0], [], None, 2**62),
+    ):
         with pytest.raises(ValueError, match="too large"):
             call_()
     _core.set_num_threads(2**31 - 1)

@@ -5,6 +5,7 @@ Every refusal must be a typed error naming the file (ImageError with .path, or
 FileNotFoundError), decided before a decoder sees the data where the header says enough;
 nothing may crash, hang or allocate more than the image warrants.
 """
+
 from __future__ import annotations
 
 import io
@@ -17,12 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-import roiret.io.images as imageio
-from roiret.errors import ImageError
-from roiret.cnn.extractor import prepare_image
-from roiret.io.images import load_image, max_file_bytes, probe_image_size
-
 import _robust_index as RI
+import roiret.io.images as imageio
+from roiret.cnn.extractor import prepare_image
+from roiret.errors import ImageError
+from roiret.io.images import load_image, max_file_bytes, probe_image_size
 
 # OpenCV logs every refused buffer on stderr; the tests check the exceptions instead
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -35,9 +35,9 @@ def upright(h=40, w=60):
     """Four coloured quadrants: any rotation or flip is visible."""
     a = np.zeros((h, w, 3), np.uint8)
     a[: h // 2, : w // 2] = (255, 0, 0)
-    a[: h // 2, w // 2:] = (0, 255, 0)
-    a[h // 2:, : w // 2] = (0, 0, 255)
-    a[h // 2:, w // 2:] = (255, 255, 0)
+    a[: h // 2, w // 2 :] = (0, 255, 0)
+    a[h // 2 :, : w // 2] = (0, 0, 255)
+    a[h // 2 :, w // 2 :] = (255, 255, 0)
     return a
 
 
@@ -71,15 +71,19 @@ def png_chunk(kind, payload):
 def png_header_only(w, h):
     """A PNG whose IHDR declares w x h, followed by a tiny (invalid) IDAT and IEND."""
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def jpeg_with_size(w, h):
     """A real small JPEG whose SOF0 frame header is rewritten to declare w x h."""
     b = bytearray(cv_encode(upright(16, 16), ".jpg"))
     i = b.index(b"\xff\xc0")
-    b[i + 5: i + 9] = struct.pack(">HH", h, w)
+    b[i + 5 : i + 9] = struct.pack(">HH", h, w)
     return bytes(b)
 
 
@@ -87,13 +91,26 @@ BOMBS = {  # format -> header declaring far more than 100 megapixels
     "PNG 100000x100000": lambda: png_header_only(100_000, 100_000),
     "JPEG 65535x65535": lambda: jpeg_with_size(65535, 65535),
     "GIF 65535x65535": lambda: b"GIF89a" + struct.pack("<HH", 65535, 65535) + b"\0\0\0" + b"," + b"\0" * 9 + b";",
-    "BMP 100000x100000": lambda: (b"BM" + b"\0" * 12 + struct.pack("<Iii", 40, 100_000, -100_000)
-                                  + struct.pack("<HHI", 1, 24, 0) + b"\0" * 20),
-    "TIFF 100000x100000": lambda: (b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", 2)
-                                   + struct.pack("<HHII", 256, 4, 1, 100_000) + struct.pack("<HHII", 257, 4, 1, 100_000)
-                                   + b"\0\0\0\0"),
-    "WebP 16384x16384": lambda: (b"RIFF" + struct.pack("<I", 30) + b"WEBPVP8X" + struct.pack("<I", 10) + b"\0" * 4
-                                 + (16383).to_bytes(3, "little") + (16383).to_bytes(3, "little")),
+    "BMP 100000x100000": lambda: (
+        b"BM" + b"\0" * 12 + struct.pack("<Iii", 40, 100_000, -100_000) + struct.pack("<HHI", 1, 24, 0) + b"\0" * 20
+    ),
+    "TIFF 100000x100000": lambda: (
+        b"II*\0"
+        + struct.pack("<I", 8)
+        + struct.pack("<H", 2)
+        + struct.pack("<HHII", 256, 4, 1, 100_000)
+        + struct.pack("<HHII", 257, 4, 1, 100_000)
+        + b"\0\0\0\0"
+    ),
+    "WebP 16384x16384": lambda: (
+        b"RIFF"
+        + struct.pack("<I", 30)
+        + b"WEBPVP8X"
+        + struct.pack("<I", 10)
+        + b"\0" * 4
+        + (16383).to_bytes(3, "little")
+        + (16383).to_bytes(3, "little")
+    ),
     "PNM 100000x100000": lambda: b"P6\n# a comment\n100000 100000\n255\n" + b"\0" * 30,
 }
 
@@ -101,6 +118,7 @@ BOMBS = {  # format -> header declaring far more than 100 megapixels
 @pytest.fixture
 def no_decoder(monkeypatch):
     """Fail the test if anything reaches OpenCV's decoder."""
+
     def refuse(*a, **k):
         raise AssertionError("the decoder was called")
 
@@ -113,13 +131,13 @@ def no_decoder(monkeypatch):
 # stored pixels for each EXIF orientation, so that applying the orientation gives `upright`
 STORED = {
     1: lambda a: a,
-    2: lambda a: a[:, ::-1],                     # mirrored horizontally
-    3: lambda a: a[::-1, ::-1],                  # rotated 180
-    4: lambda a: a[::-1],                        # mirrored vertically
-    5: lambda a: a.transpose(1, 0, 2),           # transposed
-    6: lambda a: np.rot90(a, 1),                 # needs 90 clockwise
+    2: lambda a: a[:, ::-1],  # mirrored horizontally
+    3: lambda a: a[::-1, ::-1],  # rotated 180
+    4: lambda a: a[::-1],  # mirrored vertically
+    5: lambda a: a.transpose(1, 0, 2),  # transposed
+    6: lambda a: np.rot90(a, 1),  # needs 90 clockwise
     7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),  # transversed
-    8: lambda a: np.rot90(a, -1),                # needs 90 counter-clockwise
+    8: lambda a: np.rot90(a, -1),  # needs 90 counter-clockwise
 }
 
 
@@ -206,8 +224,10 @@ def test_truncated_files_are_refused_at_every_sampled_point(fmt, tmp_path):
     img = rng.integers(0, 256, size=(40, 60, 3), dtype=np.uint8)
     data = pil_encode(img, fmt)
     whole = load_image(data)
-    cuts = sorted({1, 2, 3, 8, 16, 24, 40, len(data) // 3, len(data) // 2, len(data) - 3, len(data) - 1}
-                  | set(rng.integers(1, len(data), 12).tolist()))
+    cuts = sorted(
+        {1, 2, 3, 8, 16, 24, 40, len(data) // 3, len(data) // 2, len(data) - 3, len(data) - 1}
+        | set(rng.integers(1, len(data), 12).tolist())
+    )
     for cut in cuts:
         p = write(tmp_path, f"cut.{fmt.lower()}", data[:cut])
         if fmt == "JPEG" and cut >= len(data) - 2:
@@ -218,13 +238,16 @@ def test_truncated_files_are_refused_at_every_sampled_point(fmt, tmp_path):
         refused(p, "not a supported|truncated|could not be decoded|no image size")
 
 
-@pytest.mark.parametrize("content, name", [
-    (b"<!DOCTYPE html><html><body>Not Found</body></html>", "page.jpg"),
-    (b"just some text\n", "notes.png"),
-    (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", "doc.jpeg"),
-    (b"\x00" * 1000, "zeros.tif"),
-    (b"PK\x03\x04" + b"\x00" * 40, "archive.webp"),
-])
+@pytest.mark.parametrize(
+    "content, name",
+    [
+        (b"<!DOCTYPE html><html><body>Not Found</body></html>", "page.jpg"),
+        (b"just some text\n", "notes.png"),
+        (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", "doc.jpeg"),
+        (b"\x00" * 1000, "zeros.tif"),
+        (b"PK\x03\x04" + b"\x00" * 40, "archive.webp"),
+    ],
+)
 def test_not_an_image(content, name, tmp_path):
     refused(write(tmp_path, name, content), "not a supported image format")
 
@@ -268,8 +291,16 @@ def test_sizes_found_far_into_the_file(tmp_path, no_decoder):
 
 
 def test_headers_without_a_size_are_refused(tmp_path, no_decoder):
-    refused(write(tmp_path, "nosof.jpg", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
-                  + b"\xff\xda\x00\x08" + b"\x00" * 40), "no image size found")
+    refused(
+        write(
+            tmp_path,
+            "nosof.jpg",
+            b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+            + b"\xff\xda\x00\x08"
+            + b"\x00" * 40,
+        ),
+        "no image size found",
+    )
     refused(write(tmp_path, "noifd.tif", b"II*\x00" + struct.pack("<I", 10**6)), "no image size found")
     refused(write(tmp_path, "zero.png", png_header_only(0, 10)), "empty image")
 
@@ -364,8 +395,8 @@ def test_prepare_image_bounds_the_network_input(shape, max_side):
     out, scale, _ = prepare_image(np.repeat(img.astype(np.uint8)[:, :, None], 3, 2), max_side, min_side)
     hc = min(out.shape[0], max(1, round(shape[0] * scale)))  # rows / columns of image content
     wc = min(out.shape[1], max(1, round(shape[1] * scale)))
-    np.testing.assert_array_equal(out[hc:], np.broadcast_to(out[hc - 1: hc], out[hc:].shape))
-    np.testing.assert_array_equal(out[:, wc:], np.broadcast_to(out[:, wc - 1: wc], out[:, wc:].shape))
+    np.testing.assert_array_equal(out[hc:], np.broadcast_to(out[hc - 1 : hc], out[hc:].shape))
+    np.testing.assert_array_equal(out[:, wc:], np.broadcast_to(out[:, wc - 1 : wc], out[:, wc:].shape))
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_VALID))
@@ -409,8 +440,20 @@ def test_add_skips_every_bad_image_and_reports_them(tmp_path, tmp_path_factory):
     n0 = len(r)
     bad = bad_files(tmp_path)
     good = [HOSTILE_VALID[k]() for k in ("1x1", "10000x10", "16-bit png", "cmyk jpeg")]
-    items = [good[0], bad["empty.jpg"], bad["truncated.jpg"], good[1], bad["page.jpg"], bad["bomb.png"],
-             good[2], bad["dir.jpg"], None, np.zeros((5, 5, 2), np.uint8), bad["missing.jpg"], good[3]]
+    items = [
+        good[0],
+        bad["empty.jpg"],
+        bad["truncated.jpg"],
+        good[1],
+        bad["page.jpg"],
+        bad["bomb.png"],
+        good[2],
+        bad["dir.jpg"],
+        None,
+        np.zeros((5, 5, 2), np.uint8),
+        bad["missing.jpg"],
+        good[3],
+    ]
     with pytest.warns(RuntimeWarning, match=r"8 of 12 images skipped") as w:
         ids = r.add(items, on_error="skip")
     assert ids.tolist() == [n0 + 0, n0 + 3, n0 + 6, n0 + 11]  # default ids follow the positions

@@ -8,6 +8,7 @@ FileNotFoundError), returns no object, changes nothing on disk — or, where the
 only in array *values* and ``verify=False`` skipped the checksums, returns a consistent
 index that searches without error.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from roiret.errors import IndexFormatError
-
 import _robust_index as RI
+from roiret.errors import IndexFormatError
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -88,7 +88,8 @@ def test_the_base_index_loads_and_equals_the_original(base, folder):
     r = RI.load(folder)
     assert RI.same_index(r, base[2])
     assert set(roles(base)) == {"vocabulary", "inverted_file", "whitening", "projection"} | {
-        f"rois.{k}" for k in ("codes", "boxes", "scores", "offsets", "ids", "sizes", "global_codes", "names")}
+        f"rois.{k}" for k in ("codes", "boxes", "scores", "offsets", "ids", "sizes", "global_codes", "names")
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -107,8 +108,8 @@ def test_every_file_truncated_at_several_points(base, folder):
             if cut >= len(blob):
                 continue
             p.write_bytes(blob[:cut])
-            refused(folder, "truncated or altered")        # the manifest's size check
-            for verify in (True, False):                  # and the parsers themselves
+            refused(folder, "truncated or altered")  # the manifest's size check
+            for verify in (True, False):  # and the parsers themselves
                 fix_manifest(folder, role, size_only=not verify)
                 e = refused(folder, verify=verify)
                 assert p.name in str(e) or str(folder) in str(e), str(e)
@@ -213,33 +214,45 @@ def test_damaged_manifest(base, folder):
     RI.load(folder)
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda m: {**m, "format": "roiret.bow_index"}, "not a roiret index manifest"),
-    (lambda m: {**m, "format": None}, "not a roiret index manifest"),
-    (lambda m: [m], "not a roiret index manifest"),
-    (lambda m: {**m, "version": 2}, "version 2.*upgrade roiret"),
-    (lambda m: {**m, "version": 99}, "version 99"),
-    (lambda m: {**m, "version": "1"}, "version '1'"),
-    (lambda m: {**m, "version": 0}, "version 0"),
-    (lambda m: {k: v for k, v in m.items() if k != "files"}, "incomplete or invalid manifest"),
-    (lambda m: {**m, "files": []}, "incomplete or invalid manifest"),
-    (lambda m: {**m, "files": {k: v for k, v in m["files"].items() if k != "rois.codes"}}, "no rois.codes file"),
-    (lambda m: {**m, "config": {**m["config"], "K": "twenty"}}, "incomplete or invalid manifest"),
-    (lambda m: {**m, "config": {**m["config"], "surprise": 1}}, "unknown configuration keys"),
-    (lambda m: {**m, "local_features": "rootsift"}, "incomplete or invalid manifest"),
-    (lambda m: {**m, "local_features": {"kind": "magic"}}, "kind"),
-    (lambda m: {**m, "nbits": "many"}, "incomplete or invalid manifest"),
-    (lambda m: {**m, "nbits": 12345}, "12345-bit codes|array 'codes'"),
-    (lambda m: {**m, "images": 999}, "999 images"),
-    (lambda m: {**m, "backbone_fingerprint": "0" * 64}, "weights"),
-    (lambda m: {**m, "files": {**m["files"], "vocabulary": {**m["files"]["vocabulary"], "name": "../../etc/passwd"}}},
-     "bad file name"),
-    (lambda m: {**m, "files": {**m["files"], "vocabulary": {**m["files"]["vocabulary"], "name": ".hidden"}}},
-     "bad file name"),
-    (lambda m: {**m, "files": {**m["files"], "vocabulary": {**m["files"]["vocabulary"], "bytes": "12"}}},
-     "truncated or altered|incomplete"),
-    (lambda m: {**m, "files": {**m["files"], "vocabulary": m["files"]["whitening"]}}, "vocabulary"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda m: {**m, "format": "roiret.bow_index"}, "not a roiret index manifest"),
+        (lambda m: {**m, "format": None}, "not a roiret index manifest"),
+        (lambda m: [m], "not a roiret index manifest"),
+        (lambda m: {**m, "version": 2}, "version 2.*upgrade roiret"),
+        (lambda m: {**m, "version": 99}, "version 99"),
+        (lambda m: {**m, "version": "1"}, "version '1'"),
+        (lambda m: {**m, "version": 0}, "version 0"),
+        (lambda m: {k: v for k, v in m.items() if k != "files"}, "incomplete or invalid manifest"),
+        (lambda m: {**m, "files": []}, "incomplete or invalid manifest"),
+        (lambda m: {**m, "files": {k: v for k, v in m["files"].items() if k != "rois.codes"}}, "no rois.codes file"),
+        (lambda m: {**m, "config": {**m["config"], "K": "twenty"}}, "incomplete or invalid manifest"),
+        (lambda m: {**m, "config": {**m["config"], "surprise": 1}}, "unknown configuration keys"),
+        (lambda m: {**m, "local_features": "rootsift"}, "incomplete or invalid manifest"),
+        (lambda m: {**m, "local_features": {"kind": "magic"}}, "kind"),
+        (lambda m: {**m, "nbits": "many"}, "incomplete or invalid manifest"),
+        (lambda m: {**m, "nbits": 12345}, "12345-bit codes|array 'codes'"),
+        (lambda m: {**m, "images": 999}, "999 images"),
+        (lambda m: {**m, "backbone_fingerprint": "0" * 64}, "weights"),
+        (
+            lambda m: {
+                **m,
+                "files": {**m["files"], "vocabulary": {**m["files"]["vocabulary"], "name": "../../etc/passwd"}},
+            },
+            "bad file name",
+        ),
+        (
+            lambda m: {**m, "files": {**m["files"], "vocabulary": {**m["files"]["vocabulary"], "name": ".hidden"}}},
+            "bad file name",
+        ),
+        (
+            lambda m: {**m, "files": {**m["files"], "vocabulary": {**m["files"]["vocabulary"], "bytes": "12"}}},
+            "truncated or altered|incomplete",
+        ),
+        (lambda m: {**m, "files": {**m["files"], "vocabulary": m["files"]["whitening"]}}, "vocabulary"),
+    ],
+)
 def test_manifest_of_another_kind_version_or_content(base, folder, edit, match):
     write_manifest(folder, edit(base[1]))
     refused(folder, match)
@@ -296,8 +309,8 @@ def test_pickles_are_refused_and_never_executed(base, folder, tmp_path):
     marker.unlink()
 
     attacks = {
-        "rois.codes": npy_bytes(evil),                           # an object array .npy
-        "rois.names": pickle.dumps(Payload(marker)),             # a bare pickle
+        "rois.codes": npy_bytes(evil),  # an object array .npy
+        "rois.names": pickle.dumps(Payload(marker)),  # a bare pickle
         "vocabulary": npz_bytes(__header__=evil, centroids=evil),  # object arrays in the .npz
         "whitening": npz_bytes(meta=evil, mean=evil, projection=evil, eigenvalues=evil),
         "projection": npy_bytes(evil),
@@ -329,21 +342,24 @@ def replace_array(folder, key, arr):
     fix_manifest(folder, role)
 
 
-@pytest.mark.parametrize("key, make, match", [
-    ("offsets", lambda a: a[::-1].copy(), "offsets are inconsistent"),
-    ("offsets", lambda a: a + 1, "offsets are inconsistent"),
-    ("offsets", lambda a: a[:-1].copy(), "array 'offsets'"),
-    ("ids", lambda a: np.zeros_like(a), "not unique"),
-    ("ids", lambda a: a + 1000, "different images"),
-    ("ids", lambda a: np.int64(a[0]), "inconsistent RoI arrays|array 'ids'"),   # a 0-d array
-    ("codes", lambda a: a[:, :1].copy() if a.shape[1] > 1 else a.astype(np.int64), "array 'codes'"),
-    ("codes", lambda a: a[:-1].copy(), "offsets are inconsistent|different lengths"),
-    ("boxes", lambda a: a.astype(np.float64), "array 'boxes'"),
-    ("sizes", lambda a: a[:, :1].copy(), "array 'sizes'"),
-    ("global_codes", lambda a: a[:1].copy(), "array 'global_codes'"),
-    ("names", lambda a: np.arange(len(a)), "array 'names'"),
-    ("names", lambda a: a[:1].copy(), "array 'names'"),
-])
+@pytest.mark.parametrize(
+    "key, make, match",
+    [
+        ("offsets", lambda a: a[::-1].copy(), "offsets are inconsistent"),
+        ("offsets", lambda a: a + 1, "offsets are inconsistent"),
+        ("offsets", lambda a: a[:-1].copy(), "array 'offsets'"),
+        ("ids", lambda a: np.zeros_like(a), "not unique"),
+        ("ids", lambda a: a + 1000, "different images"),
+        ("ids", lambda a: np.int64(a[0]), "inconsistent RoI arrays|array 'ids'"),  # a 0-d array
+        ("codes", lambda a: a[:, :1].copy() if a.shape[1] > 1 else a.astype(np.int64), "array 'codes'"),
+        ("codes", lambda a: a[:-1].copy(), "offsets are inconsistent|different lengths"),
+        ("boxes", lambda a: a.astype(np.float64), "array 'boxes'"),
+        ("sizes", lambda a: a[:, :1].copy(), "array 'sizes'"),
+        ("global_codes", lambda a: a[:1].copy(), "array 'global_codes'"),
+        ("names", lambda a: np.arange(len(a)), "array 'names'"),
+        ("names", lambda a: a[:1].copy(), "array 'names'"),
+    ],
+)
 def test_consistent_checksums_inconsistent_arrays(base, folder, key, make, match):
     arrays = base[2].store.state_dict()
     replace_array(folder, key, make(arrays[key]))

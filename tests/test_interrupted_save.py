@@ -6,6 +6,7 @@ must leave no leftovers of the killed ones.
 The child is a fork of the test process (no new interpreter to start, so many kills stay
 cheap); it only runs numpy, file and native-save code, never torch.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,8 @@ import warnings
 import numpy as np
 import pytest
 
-from roiret import InvertedFile
-
 import _robust_index as RI
+from roiret import InvertedFile
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "win32", reason="needs fork and SIGKILL"),
@@ -72,8 +72,10 @@ def test_killed_retriever_saves_leave_the_old_or_the_new_index(tmp_path, tmp_pat
     target = tmp_path / "idx"
 
     def check():
-        listed = set(json.loads((target / "manifest.json").read_text())["files"][k]["name"]
-                     for k in json.loads((target / "manifest.json").read_text())["files"])
+        listed = set(
+            json.loads((target / "manifest.json").read_text())["files"][k]["name"]
+            for k in json.loads((target / "manifest.json").read_text())["files"]
+        )
         leftovers = {p.name for p in target.iterdir()} - listed - {"manifest.json"}
         r = RI.load(target)  # verifies every file's checksum
         same_a, same_b = RI.same_index(r, a), RI.same_index(r, b)

@@ -1,4 +1,5 @@
 """InvertedFile: TF-IDF scores against a scipy.sparse reference, persistence, validation."""
+
 from __future__ import annotations
 
 import os
@@ -126,13 +127,18 @@ def test_idf_is_current_after_each_add():
     offsets, words, counts = random_bags(rng, 40, vocab, mean_words=8)
     ivf = InvertedFile(vocab)
     for d in range(40):
-        ivf.add([d], [0, offsets[d + 1] - offsets[d]], words[offsets[d] : offsets[d + 1]],
-                counts[offsets[d] : offsets[d + 1]])
+        ivf.add(
+            [d],
+            [0, offsets[d + 1] - offsets[d]],
+            words[offsets[d] : offsets[d + 1]],
+            counts[offsets[d] : offsets[d + 1]],
+        )
         if d % 9 == 0:  # interleave searches with single-image additions
             data = (offsets[: d + 2], words[: offsets[d + 1]], counts[: offsets[d + 1]], np.arange(d + 1))
             assert_search_matches(ivf, data, vocab, words[:5], counts[:5], top=10)
-    df = np.bincount(np.unique(np.stack([np.repeat(np.arange(40), np.diff(offsets)), words]), axis=1)[1],
-                     minlength=vocab)
+    df = np.bincount(
+        np.unique(np.stack([np.repeat(np.arange(40), np.diff(offsets)), words]), axis=1)[1], minlength=vocab
+    )
     np.testing.assert_array_equal(ivf.document_frequencies(), df)
     np.testing.assert_allclose(ivf.idf(), np.where(df > 0, np.log(40 / np.maximum(df, 1)), 0))
 
@@ -236,7 +242,9 @@ def test_save_load_roundtrip_and_format(tmp_path):
     ivf.save(path)
     blob = path.read_bytes()
     # the documented layout, checked with an independent reader
-    magic, version, hsize, V, N, nnz, flags, _, c_ids, c_len, c_post, c_head = struct.unpack("<8sIIQQQIIIIII", blob[:64])
+    magic, version, hsize, V, N, nnz, flags, _, c_ids, c_len, c_post, c_head = struct.unpack(
+        "<8sIIQQQIIIIII", blob[:64]
+    )
     assert (magic, version, hsize, V, N, nnz, flags) == (b"ROIRIVF\0", 1, 64, 64, 100, ivf.num_postings, 0)
     assert len(blob) == 64 + 8 * N + 4 * V + 8 * nnz
     assert c_head == zlib.crc32(blob[:60])
@@ -249,7 +257,7 @@ def test_save_load_roundtrip_and_format(tmp_path):
 
     loaded = InvertedFile.load(str(path))
     assert len(loaded) == 100 and loaded.vocab_size == 64
-    for t in range(5):
+    for _ in range(5):
         q = rng.integers(0, 64, size=12)
         a, b = ivf.search(q, None, 30), loaded.search(q, None, 30)
         np.testing.assert_array_equal(a[0], b[0])
@@ -450,8 +458,13 @@ def test_threaded_search_is_bit_identical_and_matches_scipy():
     # the first and last document, the two around the middle
     doc_of = np.repeat(np.arange(n_docs), np.diff(offsets))
     extra_docs, extra_words = [doc_of], [words]
-    for w, docs in ((2995, range(50)), (2996, range(n_docs - 50, n_docs)), (2997, range(3900, 4100)),
-                    (2998, [0, n_docs - 1]), (2999, [n_docs // 2 - 1, n_docs // 2])):
+    for w, docs in (
+        (2995, range(50)),
+        (2996, range(n_docs - 50, n_docs)),
+        (2997, range(3900, 4100)),
+        (2998, [0, n_docs - 1]),
+        (2999, [n_docs // 2 - 1, n_docs // 2]),
+    ):
         extra_docs.append(np.asarray(docs))
         extra_words.append(np.full(len(docs), w))
     d = np.concatenate(extra_docs)
@@ -463,9 +476,11 @@ def test_threaded_search_is_bit_identical_and_matches_scipy():
     ivf = InvertedFile(vocab)
     ivf.add(ids, offsets, words, counts)
     df = np.asarray(ivf.document_frequencies())
-    for q_words in (np.arange(vocab, dtype=np.int64),                    # everything
-                    np.array([0, 1, 2, 2995, 2996, 2997, 2998, 2999], np.int64),
-                    np.array([2995, 2996, 2997, 2998, 2999], np.int64)):  # skewed words only
+    for q_words in (
+        np.arange(vocab, dtype=np.int64),  # everything
+        np.array([0, 1, 2, 2995, 2996, 2997, 2998, 2999], np.int64),
+        np.array([2995, 2996, 2997, 2998, 2999], np.int64),
+    ):  # skewed words only
         q_counts = rng.integers(1, 5, size=len(q_words)).astype(np.float32)
         big = df[q_words].sum() >= 2**20
         base_ids, base_scores = ivf.search(q_words, q_counts, top=n_docs, threads=1)

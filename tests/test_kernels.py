@@ -1,4 +1,5 @@
 """Oracle tests of the native kernels against NumPy references, at every SIMD level."""
+
 from __future__ import annotations
 
 import math
@@ -9,9 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import roiret
-from roiret import _core
-
 from _reference import select_rois_ref
+from roiret import _core
 
 LEVELS = roiret.supported_simd_levels()
 NBITS = list(range(1, 131)) + [191, 192, 255, 256, 257, 511, 512, 513, 1000, 1024, 2048, 4095, 4096]
@@ -76,8 +76,11 @@ def test_env_variable_lowers_the_level(tmp_path):
 
     code = "import roiret; print(roiret.simd_level())"
     out = subprocess.run(
-        [sys.executable, "-c", code], env={**__import__("os").environ, "ROIRET_SIMD": "generic"},
-        capture_output=True, text=True, check=True,
+        [sys.executable, "-c", code],
+        env={**__import__("os").environ, "ROIRET_SIMD": "generic"},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout.strip() == "generic"
 
@@ -313,8 +316,9 @@ def test_cross_match_threads_agree():
     offsets = np.arange(0, 20 * 3000 + 1, 20, dtype=np.int64)
     db = random_codes(rng, int(offsets[-1]), 256)
     q = random_codes(rng, 20, 256)
-    assert_cross_equal(roiret.cross_match(q, db, offsets, 256, threads=1),
-                       roiret.cross_match(q, db, offsets, 256, threads=4))
+    assert_cross_equal(
+        roiret.cross_match(q, db, offsets, 256, threads=1), roiret.cross_match(q, db, offsets, 256, threads=4)
+    )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -339,7 +343,7 @@ def test_cross_match_property(nbits, sizes, nq, seed, low_entropy):
     sims = 1.0 - hamming_ref(q, db, nbits) / nbits
     for g in range(len(sizes)):
         if sizes[g]:
-            assert got.score[g] == np.float32(sims[:, offsets[g]:offsets[g + 1]].max())
+            assert got.score[g] == np.float32(sims[:, offsets[g] : offsets[g + 1]].max())
 
 
 def test_cross_match_rejects_bad_input():
@@ -385,8 +389,9 @@ def random_boxes(rng, B, D, size=40.0, quantised=False):
 
 
 @pytest.mark.parametrize("quantised", [False, True])
-@pytest.mark.parametrize("k,t_min,t_rate,t_iou", [(5, 0.0, np.inf, 0.95), (20, 0.01, 3.0, 0.95),
-                                                  (10, 0.05, 2.0, 0.5), (3, 0.0, 1.5, 1.0)])
+@pytest.mark.parametrize(
+    "k,t_min,t_rate,t_iou", [(5, 0.0, np.inf, 0.95), (20, 0.01, 3.0, 0.95), (10, 0.05, 2.0, 0.5), (3, 0.0, 1.5, 1.0)]
+)
 def test_select_rois_equals_numpy_reference(quantised, k, t_min, t_rate, t_iou):
     rng = np.random.default_rng(k)
     boxes, scores, sizes = random_boxes(rng, 16, 64, quantised=quantised)
@@ -395,13 +400,19 @@ def test_select_rois_equals_numpy_reference(quantised, k, t_min, t_rate, t_iou):
 
 
 def test_select_rois_hand_checked():
-    boxes = np.array([[[0, 0, 10, 10],     # 0: area 100, score 1
-                       [0, 0, 10, 10.2],   # 1: IoU with 0 = 100/102 > 0.95, score 2
-                       [0, 0, 1, 1],       # 2: too small for t_min 0.01 on 100x100
-                       [0, 0, 50, 5],      # 3: aspect 10 > t_rate 3
-                       [50, 50, 60, 60],   # 4: disjoint, score 0.5
-                       [5, 5, 5, 9]]],     # 5: zero width
-                     np.float32)
+    boxes = np.array(
+        [
+            [
+                [0, 0, 10, 10],  # 0: area 100, score 1
+                [0, 0, 10, 10.2],  # 1: IoU with 0 = 100/102 > 0.95, score 2
+                [0, 0, 1, 1],  # 2: too small for t_min 0.01 on 100x100
+                [0, 0, 50, 5],  # 3: aspect 10 > t_rate 3
+                [50, 50, 60, 60],  # 4: disjoint, score 0.5
+                [5, 5, 5, 9],
+            ]
+        ],  # 5: zero width
+        np.float32,
+    )
     scores = np.array([[1, 2, 9, 9, 0.5, 9]], np.float32)
     sizes = np.array([[100, 100]], np.float32)
     out = roiret.select_rois(boxes, scores, sizes, 4, 0.01, 3.0, 0.95)
@@ -411,9 +422,16 @@ def test_select_rois_hand_checked():
 
 
 @settings(max_examples=150, deadline=None)
-@given(B=st.integers(1, 4), D=st.integers(0, 40), k=st.integers(1, 12),
-       t_min=st.sampled_from([0.0, 0.001, 0.05, 0.3]), t_rate=st.sampled_from([1.0, 1.5, 3.0, np.inf]),
-       t_iou=st.sampled_from([0.3, 0.7, 0.95, 1.0]), seed=st.integers(0, 2**32 - 1), quantised=st.booleans())
+@given(
+    B=st.integers(1, 4),
+    D=st.integers(0, 40),
+    k=st.integers(1, 12),
+    t_min=st.sampled_from([0.0, 0.001, 0.05, 0.3]),
+    t_rate=st.sampled_from([1.0, 1.5, 3.0, np.inf]),
+    t_iou=st.sampled_from([0.3, 0.7, 0.95, 1.0]),
+    seed=st.integers(0, 2**32 - 1),
+    quantised=st.booleans(),
+)
 def test_select_rois_property(B, D, k, t_min, t_rate, t_iou, seed, quantised):
     rng = np.random.default_rng(seed)
     boxes, scores, sizes = random_boxes(rng, B, D, quantised=quantised)
@@ -422,9 +440,9 @@ def test_select_rois_property(B, D, k, t_min, t_rate, t_iou, seed, quantised):
     for b in range(B):
         kept = got[b][got[b] >= 0]
         assert len(set(kept.tolist())) == len(kept)  # no duplicates
-        assert (got[b][len(kept):] == -1).all()       # padding at the end only
+        assert (got[b][len(kept) :] == -1).all()  # padding at the end only
         s = scores[b, kept]
-        assert (np.diff(s) <= 0).all()                # selection order = descending score
+        assert (np.diff(s) <= 0).all()  # selection order = descending score
 
 
 def test_select_rois_threads_agree():
@@ -498,8 +516,9 @@ def _big_call(name):
     return lambda: ivf.search_batch(np.arange(0, 1501, 300), np.concatenate(queries), None, 10, threads=1)
 
 
-@pytest.mark.parametrize("name", ["hamming_matrix", "hamming_knn", "cross_match", "select_rois", "pack_codes",
-                                  "ivf_search"])
+@pytest.mark.parametrize(
+    "name", ["hamming_matrix", "hamming_knn", "cross_match", "select_rois", "pack_codes", "ivf_search"]
+)
 def test_kernels_release_the_gil(name):
     """Another Python thread makes progress while the kernel runs: the count it makes while
     the main thread is inside the kernel would stay near zero if the GIL were held."""

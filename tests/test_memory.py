@@ -12,6 +12,7 @@ dev machine (x86-64 Linux, glibc) with margin:
 * 500 searches: +0.00 MiB; 5 rounds of removing and re-adding 5 %: +0.03 MiB resident,
   +11.7 kB memory_bytes; asserted: <= 1 MiB, <= 2 MiB, <= 64 kB.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -76,8 +77,9 @@ def result():
         ivf.add(np.arange(lo, hi), offsets, w, c)
         ivf.search([0], None, 1)
         del offsets, w, c
-        ivf_rows.append(SimpleNamespace(images=hi, postings=ivf.num_postings, accounted=ivf.memory_bytes(),
-                                        rss=settle() - base))
+        ivf_rows.append(
+            SimpleNamespace(images=hi, postings=ivf.num_postings, accounted=ivf.memory_bytes(), rss=settle() - base)
+        )
 
     # searches
     queries = [zipf_bags(rng, 1, words=200)[1] for _ in range(20)]
@@ -120,10 +122,22 @@ def result():
             s = slice(i * K, (i + 1) * K)
             store.add(lo + i, codes[s], boxes[s], scores[s], gcodes[i], (500, 375), "")
         del codes, boxes, scores, gcodes
-        store_rows.append(SimpleNamespace(images=hi, rois=store.num_rois, accounted=store.nbytes(),
-                                          capacity=store.capacity_bytes(), rss=settle() - base))
-    return SimpleNamespace(ivf_rows=ivf_rows, store_rows=store_rows, search_growth=search_growth,
-                           churn_growth=churn_growth, churn_accounted=churn_accounted)
+        store_rows.append(
+            SimpleNamespace(
+                images=hi,
+                rois=store.num_rois,
+                accounted=store.nbytes(),
+                capacity=store.capacity_bytes(),
+                rss=settle() - base,
+            )
+        )
+    return SimpleNamespace(
+        ivf_rows=ivf_rows,
+        store_rows=store_rows,
+        search_growth=search_growth,
+        churn_growth=churn_growth,
+        churn_accounted=churn_accounted,
+    )
 
 
 def test_bytes_per_posting(result):

@@ -1,5 +1,6 @@
 """Parameter groups validated once (roiret.params), the immutable configuration made of them,
 and NotTrainedError from every public method of an untrained retriever."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -114,13 +115,17 @@ def test_untrained_retriever_says_so_from_every_public_method(tmp_path):
         "bow": lambda: r.bow,
         "store": lambda: r.store,
     }
-    for name, call in calls.items():
+    for call in calls.values():
         with pytest.raises(NotTrainedError, match="not trained: call train"):
             call()
     assert not (tmp_path / "idx").exists()  # nothing was written
     with pytest.raises(NotTrainedError):
-        r.rank(roiret.PreparedQuery(np.zeros(0, np.int64), np.zeros(0, np.float32), None,
-                                    np.zeros((0, 4), np.float32), {}), mode="bow")
+        r.rank(
+            roiret.PreparedQuery(
+                np.zeros(0, np.int64), np.zeros(0, np.float32), None, np.zeros((0, 4), np.float32), {}
+            ),
+            mode="bow",
+        )
     # one base class for every deliberate error, and the built-in a caller would catch
     assert issubclass(NotTrainedError, RuntimeError) and issubclass(NotTrainedError, RoiretError)
     for e in (roiret.ImageError, roiret.IndexFormatError, roiret.WeightsError, roiret.WeightsNotFoundError):

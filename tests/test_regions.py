@@ -1,12 +1,13 @@
 """Base regions, selection and pixel mapping (the paper's 3.2.1–3.2.2)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import DEVICES
 from _reference import select_rois_ref
+from conftest import DEVICES
 from roiret.cnn import regions as R
 
 
@@ -73,8 +74,10 @@ def test_relative_two_blobs_kept():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("mode,thr", [("absolute", 0.0), ("absolute", 0.8), ("relative", 0.3),
-                                      ("relative", 0.9), ("mean", 1.0), ("mean", 2.5)])
+@pytest.mark.parametrize(
+    "mode,thr",
+    [("absolute", 0.0), ("absolute", 0.8), ("relative", 0.3), ("relative", 0.9), ("mean", 1.0), ("mean", 2.5)],
+)
 def test_base_regions_equal_loop(device, mode, thr):
     g = torch.Generator().manual_seed(7)
     f = torch.relu(torch.randn(3, 16, 7, 11, generator=g) - 0.8)  # sparse, some empty channels
@@ -104,11 +107,11 @@ def test_binarize_rules():
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_boxes_to_pixels(device):
-    cells = torch.tensor([[[0, 0, 1, 1], [2, 3, 5, 4], [28, 20, 30, 22]]], dtype=torch.float32,
-                         device=device)
+    cells = torch.tensor([[[0, 0, 1, 1], [2, 3, 5, 4], [28, 20, 30, 22]]], dtype=torch.float32, device=device)
     px = R.boxes_to_pixels(cells, 16, torch.tensor([[470.0, 340.0]]))
-    np.testing.assert_array_equal(px.cpu().numpy()[0], [[0, 0, 16, 16], [32, 48, 80, 64],
-                                                        [448, 320, 470, 340]])  # clipped
+    np.testing.assert_array_equal(
+        px.cpu().numpy()[0], [[0, 0, 16, 16], [32, 48, 80, 64], [448, 320, 470, 340]]
+    )  # clipped
     with pytest.raises(ValueError, match="stride"):
         R.boxes_to_pixels(cells, 0, torch.tensor([[470.0, 340.0]]))
     with pytest.raises(ValueError, match="image_sizes"):
@@ -126,8 +129,9 @@ def _random_maps(seed, B=4, D=64, H=9, W=13):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("params", [(5, 0.0, 1e9, 0.95), (10, 0.05, 3.0, 0.95),
-                                    (20, 0.1, 2.0, 0.5), (3, 0.2, 4.0, 0.95)])
+@pytest.mark.parametrize(
+    "params", [(5, 0.0, 1e9, 0.95), (10, 0.05, 3.0, 0.95), (20, 0.1, 2.0, 0.5), (3, 0.2, 4.0, 0.95)]
+)
 def test_selection_equals_numpy_reference(seed, params):
     K = pytest.importorskip("roiret._kernels")  # the native kernel against the oracle
     k, t_min, t_rate, t_iou = params
@@ -146,12 +150,12 @@ def test_detect_rois_end_to_end(kernels, device):
     f = _random_maps(3).to(device)
     B, D, H, W = f.shape
     sizes = torch.tensor([[W * 16 - 5, H * 16 - 3]] * B, dtype=torch.float32)
-    r = R.detect_rois(f, sizes, stride=16, K=6, t_min=0.02, t_rate=3.0, t_iou=0.9,
-                      threshold_mode="relative", threshold=0.4)
+    r = R.detect_rois(
+        f, sizes, stride=16, K=6, t_min=0.02, t_rate=3.0, t_iou=0.9, threshold_mode="relative", threshold=0.4
+    )
     assert r.channels.shape == (B, 6) and r.channels.device.type == device
     boxes, scores = R.base_regions(f.cpu(), "relative", 0.4)
-    want = select_rois_ref(boxes.numpy(), scores.numpy(), np.array([[W, H]] * B, np.float32),
-                           6, 0.02, 3.0, 0.9)
+    want = select_rois_ref(boxes.numpy(), scores.numpy(), np.array([[W, H]] * B, np.float32), 6, 0.02, 3.0, 0.9)
     np.testing.assert_array_equal(r.channels.cpu().numpy(), want)
     for b in range(B):
         for j in range(6):

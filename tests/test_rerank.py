@@ -1,4 +1,5 @@
 """The paper's fast re-ranking (3.2.4) against a direct NumPy transcription."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,7 +33,7 @@ def reference(q, db, offsets, nbits, cand, N, n, k, mode):
         # matching frequency of each query RoI over the top n candidates
         freq = np.zeros(len(q), int)
         for g in top[:n]:
-            block = S[:, offsets[g]:offsets[g + 1]]
+            block = S[:, offsets[g] : offsets[g + 1]]
             if block.size:
                 # the best pair: lowest db row, then lowest query row, among the maxima
                 j, i = np.unravel_index(np.argmax(block.T), block.T.shape)
@@ -120,8 +121,8 @@ def test_bad_parameters():
 
 def test_adaptive_weight_hand_checked():
     # BoW: one candidate far ahead; RoI: flat. z(bow) = (3, -1, -1, -1) / sqrt(3)... computed below by hand
-    bow = np.array([4.0, 0.0, 0.0, 0.0])      # mean 1, std sqrt(3): z = (sqrt 3, -1/sqrt 3, ...)
-    roi = np.array([3.0, 2.0, 1.0, 0.0])      # mean 1.5, std sqrt(1.25): z = (1.5, .5, -.5, -1.5) / sqrt(1.25)
+    bow = np.array([4.0, 0.0, 0.0, 0.0])  # mean 1, std sqrt(3): z = (sqrt 3, -1/sqrt 3, ...)
+    roi = np.array([3.0, 2.0, 1.0, 0.0])  # mean 1.5, std sqrt(1.25): z = (1.5, .5, -.5, -1.5) / sqrt(1.25)
     # depth 4 > 3 candidates after the first: the gap runs to the last (smallest) score
     g_bow = np.sqrt(3) + 1 / np.sqrt(3)
     g_roi = 3 / np.sqrt(1.25)

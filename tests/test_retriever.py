@@ -1,5 +1,6 @@
 """The Retriever end to end on a small embedded collection: ranking quality, modes,
 persistence (new process, corruption, weights), add / remove, bad images."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -10,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from roiret import IndexFormatError, ImageError
+from roiret import ImageError, IndexFormatError
 from roiret.apps.demo import make_collection
 from roiret.eval import average_precision
 from roiret.search.retriever import Retriever, RetrieverConfig
@@ -77,8 +78,12 @@ def test_objects_are_found(built, collection):
     for name, photo, box in collection.queries:
         pos = {int(ids[i]) for i in collection.positives[name]}
         q = r.prepare_query(photo, box)
-        for key, mode, fusion in (("bow", "bow", None), ("roi", "fast", 0.0), ("global", "global", 0.0),
-                                  ("default", None, None)):
+        for key, mode, fusion in (
+            ("bow", "bow", None),
+            ("roi", "fast", 0.0),
+            ("global", "global", 0.0),
+            ("default", None, None),
+        ):
             aps[key].append(average_precision(r.rank(q, top=len(r), mode=mode, fusion=fusion).ids.tolist(), pos))
     m = {key: np.mean(v) for key, v in aps.items()}
     assert m["roi"] > 0.35 and m["global"] > 0.35, m
@@ -131,8 +136,9 @@ def test_with_K_equals_truncated_index(built, built_K4, collection):
             np.testing.assert_array_equal(a.ids, b.ids, err_msg=where)
             np.testing.assert_array_equal(a.query_boxes, b.query_boxes, err_msg=where)
             for key in ("score", "bow_score", "roi_score"):  # NaN (not re-ranked) equals NaN here
-                np.testing.assert_array_equal([getattr(h, key) for h in a.hits], [getattr(h, key) for h in b.hits],
-                                              err_msg=f"{where}: {key}")
+                np.testing.assert_array_equal(
+                    [getattr(h, key) for h in a.hits], [getattr(h, key) for h in b.hits], err_msg=f"{where}: {key}"
+                )
             assert a.bow_weight == b.bow_weight, where
             assert _hit_rows(a) == _hit_rows(b), where
 
@@ -265,12 +271,16 @@ def test_untrained_and_bad_arguments():
     for bad in (1.5, "often", float("nan")):
         with pytest.raises(ValueError, match="fusion must be None, 'adaptive' or a weight"):
             Retriever(fusion=bad)
-    for kw, match in ((dict(threshold_mode="relatiwe"), "threshold_mode must be one of"),
-                      (dict(threshold=float("inf")), "threshold must be a finite number"),
-                      (dict(t_min=1.5), "t_min"), (dict(t_rate=0.5), "t_rate"), (dict(t_iou=0.0), "t_iou"),
-                      (dict(backbone="resnet"), "backbone must be one of"),
-                      (dict(feature="fc8"), "feature must be one of"),
-                      (dict(local_features="orb"), "local_features must be one of")):
+    for kw, match in (
+        (dict(threshold_mode="relatiwe"), "threshold_mode must be one of"),
+        (dict(threshold=float("inf")), "threshold must be a finite number"),
+        (dict(t_min=1.5), "t_min"),
+        (dict(t_rate=0.5), "t_rate"),
+        (dict(t_iou=0.0), "t_iou"),
+        (dict(backbone="resnet"), "backbone must be one of"),
+        (dict(feature="fc8"), "feature must be one of"),
+        (dict(local_features="orb"), "local_features must be one of"),
+    ):
         with pytest.raises(ValueError, match=match):  # at construction, not when the CNN is built
             RetrieverConfig(**kw)
     assert RetrieverConfig().fusion == "adaptive" and RetrieverConfig.paper().fusion is None
@@ -309,7 +319,7 @@ def test_cuda_index_and_cross_device_queries(built, collection, tmp_path):
     r_cpu.save(tmp_path / "cpu")
     r_gpu = Retriever.load(tmp_path / "cpu", device="cuda", weights=WEIGHTS)
     overlap = []
-    for name, photo, box in collection.queries:
+    for _, photo, box in collection.queries:
         a = r_cpu.search(photo, box, top=5).ids.tolist()
         b = r_gpu.search(photo, box, top=5).ids.tolist()
         overlap.append(len(set(a) & set(b)) / 5)

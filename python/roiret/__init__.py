@@ -11,6 +11,7 @@ files, index folders), :mod:`roiret.cnn` (weights, backbones, RoIs, descriptors,
 pictures); :mod:`roiret.params` holds the choices and parameter groups, :mod:`roiret.errors`
 the exceptions, and ``roiret._kernels`` the native kernels.
 """
+
 from __future__ import annotations
 
 import importlib

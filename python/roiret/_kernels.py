@@ -20,6 +20,7 @@ Kernels exist for several instruction sets and the best one this CPU supports is
 import (:func:`simd_level`). :func:`set_simd_level` or the environment variable
 ``ROIRET_SIMD=generic|popcnt|avx2|avx512`` lower it, e.g. to test the portable path.
 """
+
 from __future__ import annotations
 
 import os

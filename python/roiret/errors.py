@@ -6,6 +6,7 @@ bad data, ``FileNotFoundError`` for missing files, ``RuntimeError`` for a call m
 early), so ``except ValueError`` keeps working; the subclasses let callers tell cases apart.
 The native core raises :class:`IndexFormatError` itself (it looks the class up here).
 """
+
 from __future__ import annotations
 
 import os

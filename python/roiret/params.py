@@ -9,6 +9,7 @@ RoIs kept for the other N − n.
 This module imports NumPy only (no torch, OpenCV or the native core), so that the command
 line can build its ``--help`` from these constants quickly.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -218,7 +219,8 @@ class RerankParams(_Group):
         for name in ("N", "n", "k"):
             self._set(name, positive_int(name, getattr(self, name)))
         if self.n > self.N:
-            raise ValueError(f"n must be <= N (n of the N candidates are matched exhaustively), "
-                             f"got n={self.n}, N={self.N}")
+            raise ValueError(
+                f"n must be <= N (n of the N candidates are matched exhaustively), got n={self.n}, N={self.N}"
+            )
         _choice("mode", self.mode, MODES)
         self._set("fusion", check_fusion(self.fusion))

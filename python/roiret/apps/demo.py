@@ -13,6 +13,7 @@ collection itself, K RoIs per image. Every query is searched BoW-only, with the 
 (whole-image) baseline, and with RoI re-ranking (fast and exhaustive); mAP is printed and an
 HTML page like the paper's Figure 6 is written.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,8 +48,9 @@ def _photo(name: str) -> np.ndarray:
     try:
         import skimage.data as data
     except ImportError as e:  # pragma: no cover - scikit-image is a dependency
-        raise ImportError("roiret demo builds its collection from scikit-image's bundled photos: "
-                          "pip install scikit-image") from e
+        raise ImportError(
+            "roiret demo builds its collection from scikit-image's bundled photos: pip install scikit-image"
+        ) from e
     from ..io.images import to_uint8_rgb
 
     x = getattr(data, name)()
@@ -62,10 +64,10 @@ def _photo(name: str) -> np.ndarray:
 
 @dataclass
 class DemoCollection:
-    database: List[np.ndarray]        # RGB scenes
+    database: List[np.ndarray]  # RGB scenes
     names: List[str]
     queries: List[Tuple[str, np.ndarray, Tuple[float, float, float, float]]]  # (name, photo, box)
-    positives: Dict[str, List[int]]   # query name -> database positions containing it
+    positives: Dict[str, List[int]]  # query name -> database positions containing it
 
 
 def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -77,7 +79,7 @@ def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     t = cv2.resize(t, (int(math.ceil(tw * s)), int(math.ceil(th * s))), interpolation=cv2.INTER_AREA)
     y = rng.integers(0, t.shape[0] - h + 1)
     x = rng.integers(0, t.shape[1] - w + 1)
-    t = t[y:y + h, x:x + w].astype(np.float32)
+    t = t[y : y + h, x : x + w].astype(np.float32)
     tint = rng.uniform(0.6, 1.2, size=3)
     return np.clip(t * tint, 0, 255).astype(np.uint8)
 
@@ -103,11 +105,12 @@ def _paste(canvas: np.ndarray, obj: np.ndarray, rng: np.random.Generator) -> Non
     h, w = min(h, H), min(w, W)
     y = rng.integers(0, H - h + 1)
     x = rng.integers(0, W - w + 1)
-    canvas[y:y + h, x:x + w] = obj[:h, :w]
+    canvas[y : y + h, x : x + w] = obj[:h, :w]
 
 
-def make_collection(scenes_per_object: int = 4, distractors: int = 12, seed: int = 0,
-                    size: Tuple[int, int] = (500, 375)) -> DemoCollection:
+def make_collection(
+    scenes_per_object: int = 4, distractors: int = 12, seed: int = 0, size: Tuple[int, int] = (500, 375)
+) -> DemoCollection:
     """Build the demo collection (deterministic for a seed)."""
     rng = np.random.default_rng(seed)
     W, H = size
@@ -123,7 +126,7 @@ def make_collection(scenes_per_object: int = 4, distractors: int = 12, seed: int
             c = clutter[rng.integers(len(clutter))]
             ch, cw = c.shape[:2]
             y0, x0 = rng.integers(0, ch // 2), rng.integers(0, cw // 2)
-            piece = c[y0:y0 + ch // 2, x0:x0 + cw // 2]
+            piece = c[y0 : y0 + ch // 2, x0 : x0 + cw // 2]
             _paste(canvas, _transform(piece, rng, rng.uniform(0.3, 0.6)), rng)
         if target is not None:
             obj = crops[target]
@@ -148,9 +151,19 @@ def make_collection(scenes_per_object: int = 4, distractors: int = 12, seed: int
     return DemoCollection(database, names, queries, positives)
 
 
-def run_demo(out: str = "roiret-demo", *, device: str = "cpu", K: int = 20, seed: int = 0,
-             progress: Optional[bool] = None, top: int = 8, scenes_per_object: int = 4, distractors: int = 12,
-             weights: Optional[PathLike] = "auto", print_fn: Callable[[str], None] = print) -> Dict[str, float]:
+def run_demo(
+    out: str = "roiret-demo",
+    *,
+    device: str = "cpu",
+    K: int = 20,
+    seed: int = 0,
+    progress: Optional[bool] = None,
+    top: int = 8,
+    scenes_per_object: int = 4,
+    distractors: int = 12,
+    weights: Optional[PathLike] = "auto",
+    print_fn: Callable[[str], None] = print,
+) -> Dict[str, float]:
     """Build, index and query the demo collection; print mAP per mode; write
     ``<out>/index.html`` (and one PNG per query). Returns {mode: mAP}."""
     from ..eval.metrics import average_precision
@@ -159,17 +172,32 @@ def run_demo(out: str = "roiret-demo", *, device: str = "cpu", K: int = 20, seed
 
     t0 = time.perf_counter()
     col = make_collection(scenes_per_object, distractors, seed=seed)
-    print_fn(f"collection: {len(col.database)} scenes, {len(col.queries)} query objects "
-             f"(built from scikit-image's photos in {time.perf_counter() - t0:.1f} s)")
+    print_fn(
+        f"collection: {len(col.database)} scenes, {len(col.queries)} query objects "
+        f"(built from scikit-image's photos in {time.perf_counter() - t0:.1f} s)"
+    )
     n_db = len(col.database)
-    r = Retriever(vocab_size=1000, K=K, N=n_db, n=min(6, n_db), k=5, max_keypoints=1500, device=device,
-                  progress=progress, seed=seed, batch_size=8, weights=weights)
+    r = Retriever(
+        vocab_size=1000,
+        K=K,
+        N=n_db,
+        n=min(6, n_db),
+        k=5,
+        max_keypoints=1500,
+        device=device,
+        progress=progress,
+        seed=seed,
+        batch_size=8,
+        weights=weights,
+    )
     t1 = time.perf_counter()
     r.train(col.database)
     ids = r.add(col.database, names=col.names)
     t_index = time.perf_counter() - t1
-    print_fn(f"indexed {len(r)} images in {t_index:.1f} s ({r.config.backbone} {r.config.feature}, K={K}, "
-             f"{r.nbits}-bit codes, {r.config.vocab_size}-word RootSIFT vocabulary)")
+    print_fn(
+        f"indexed {len(r)} images in {t_index:.1f} s ({r.config.backbone} {r.config.feature}, K={K}, "
+        f"{r.nbits}-bit codes, {r.config.vocab_size}-word RootSIFT vocabulary)"
+    )
 
     # (label, mode, fusion): the paper's re-ranking uses the RoI score alone (fusion 0)
     modes = {
@@ -197,25 +225,39 @@ def run_demo(out: str = "roiret-demo", *, device: str = "cpu", K: int = 20, seed
         before = result_strip(photo, box, results["bow"], load, top=top, positives=pos_ids, reranked=False)
         after = result_strip(photo, box, results["roiret"], load, top=top, positives=pos_ids)
         Path(out).mkdir(parents=True, exist_ok=True)
-        write_png(Path(out) / f"{qname}.png", np.concatenate([before, np.full((8, before.shape[1], 3), 255, np.uint8),
-                                                              _pad_to(after, before.shape[1])], 0))
-        sections.append({
-            "title": f"query: {qname}",
-            "images": [(f"before re-ranking (BoW), AP {100 * aps['bow'][-1]:.1f}", before),
-                       (f"after RoI re-ranking (roiret default), AP {100 * aps['roiret'][-1]:.1f}", after)],
-        })
+        write_png(
+            Path(out) / f"{qname}.png",
+            np.concatenate(
+                [before, np.full((8, before.shape[1], 3), 255, np.uint8), _pad_to(after, before.shape[1])], 0
+            ),
+        )
+        sections.append(
+            {
+                "title": f"query: {qname}",
+                "images": [
+                    (f"before re-ranking (BoW), AP {100 * aps['bow'][-1]:.1f}", before),
+                    (f"after RoI re-ranking (roiret default), AP {100 * aps['roiret'][-1]:.1f}", after),
+                ],
+            }
+        )
     maps = {m: float(np.mean(v)) for m, v in aps.items()}
     table = [{"method": labels[m], "mAP (%)": round(100 * maps[m], 2)} for m in modes]
     print_fn("\n| method | mAP (%) |\n|---|---|")
     for row in table:
         print_fn(f"| {row['method']} | {row['mAP (%)']:.2f} |")
-    print_fn(f"\nquery latency (roiret default, CPU feature extraction included): "
-             f"median {1000 * float(np.median(lat)):.0f} ms")
+    print_fn(
+        f"\nquery latency (roiret default, CPU feature extraction included): "
+        f"median {1000 * float(np.median(lat)):.0f} ms"
+    )
     page = Path(out) / "index.html"
-    write_html(page, "roiret demo", [{"title": "mAP", "table": table}] + sections,
-               intro=f"{len(col.database)} cluttered scenes built from scikit-image's photos; "
-                     f"{len(col.queries)} queries (the object's box in its original photo). "
-                     f"Indexed in {t_index:.1f} s.")
+    write_html(
+        page,
+        "roiret demo",
+        [{"title": "mAP", "table": table}] + sections,
+        intro=f"{len(col.database)} cluttered scenes built from scikit-image's photos; "
+        f"{len(col.queries)} queries (the object's box in its original photo). "
+        f"Indexed in {t_index:.1f} s.",
+    )
     print_fn(f"wrote {page}")
     return maps
 

@@ -4,6 +4,7 @@ with the best-matching RoI drawn in magenta and, when the ground truth is known,
 (positive) or red (negative) border. PNG strips and a self-contained HTML page (images
 embedded as data URIs: one file to open or send).
 """
+
 from __future__ import annotations
 
 import base64
@@ -11,7 +12,17 @@ import html
 import os
 from pathlib import Path
 from typing import (
-    TYPE_CHECKING, AbstractSet, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union,
+    TYPE_CHECKING,
+    AbstractSet,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
 )
 
 import numpy as np
@@ -37,8 +48,9 @@ def _cv2() -> Any:
     return cv2
 
 
-def draw_boxes(img: np.ndarray, boxes: Iterable[Sequence[float]], color: Color = MAGENTA,
-               thickness: int = 2) -> np.ndarray:
+def draw_boxes(
+    img: np.ndarray, boxes: Iterable[Sequence[float]], color: Color = MAGENTA, thickness: int = 2
+) -> np.ndarray:
     """A copy of the RGB ``img`` with rectangles ``(x1, y1, x2, y2)`` (pixels) drawn."""
     cv2 = _cv2()
     out = np.ascontiguousarray(img.copy())
@@ -64,8 +76,9 @@ def _thumb(img: np.ndarray, height: int, border: Optional[Color] = None, label: 
         t = cv2.copyMakeBorder(t, 5, 5, 5, 5, cv2.BORDER_CONSTANT, value=(255, 255, 255))
     if label:
         cap = np.full((22, t.shape[1], 3), 255, np.uint8)
-        cv2.putText(cap, label[: max(4, t.shape[1] // 8)], (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+        cv2.putText(
+            cap, label[: max(4, t.shape[1] // 8)], (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA
+        )
         t = np.concatenate([t, cap], 0)
     return t
 

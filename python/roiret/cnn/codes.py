@@ -8,6 +8,7 @@ Two kinds (:class:`~roiret.params.CodeParams`):
   times a seeded Gaussian ``(dim, b)`` matrix, then the sign (random hyperplanes: the
   Hamming distance of two codes estimates the angle between the descriptors).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict, Optional, Tuple, cast
@@ -39,10 +40,15 @@ class CodeProjector:
             rng = np.random.default_rng(params.seed)
             self.projection = rng.standard_normal((self.dim, params.code_bits)).astype(np.float32)
         else:
-            if projection.dtype != np.float32 or projection.shape != (self.dim, params.code_bits) \
-                    or not np.isfinite(projection).all():
-                raise ValueError(f"expected a finite float32 ({self.dim}, {params.code_bits}) projection, "
-                                 f"got {projection.dtype} {projection.shape}")
+            if (
+                projection.dtype != np.float32
+                or projection.shape != (self.dim, params.code_bits)
+                or not np.isfinite(projection).all()
+            ):
+                raise ValueError(
+                    f"expected a finite float32 ({self.dim}, {params.code_bits}) projection, "
+                    f"got {projection.dtype} {projection.shape}"
+                )
             self.projection = np.ascontiguousarray(projection)
 
     @property

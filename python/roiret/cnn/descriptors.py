@@ -18,6 +18,7 @@ For ``conv-*`` the boxes are in feature cells (``x2``/``y2`` exclusive, rounded 
 cells); for ``fc7`` / ``roialign-fc`` they are in image pixels (continuous coordinates,
 pixel ``i`` covers ``[i, i+1)``).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional, cast
@@ -44,16 +45,15 @@ __all__ = [
 ]
 
 
-
 def _check_rois(rois: torch.Tensor, batch: int, name: str = "rois") -> None:
     if not isinstance(rois, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor (R, 5), got {type(rois).__name__}")
     if rois.dim() != 2 or rois.shape[1] != 5:
-        raise ValueError(f"{name}: expected shape (R, 5) [batch_index, x1, y1, x2, y2], "
-                         f"got {tuple(rois.shape)}")
+        raise ValueError(f"{name}: expected shape (R, 5) [batch_index, x1, y1, x2, y2], got {tuple(rois.shape)}")
     if rois.numel() and (rois[:, 0].min() < 0 or rois[:, 0].max() >= batch):
-        raise ValueError(f"{name}: batch indices must be in [0, {batch}), got "
-                         f"[{int(rois[:, 0].min())}, {int(rois[:, 0].max())}]")
+        raise ValueError(
+            f"{name}: batch indices must be in [0, {batch}), got [{int(rois[:, 0].min())}, {int(rois[:, 0].max())}]"
+        )
 
 
 def flatten_rois(boxes: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -108,8 +108,9 @@ def pool_rois(fmap: torch.Tensor, rois: torch.Tensor, mode: str = "max") -> torc
     return out.masked_fill(empty.unsqueeze(1), 0.0)
 
 
-def _box_sums(f: torch.Tensor, b: torch.Tensor, x1: torch.Tensor, y1: torch.Tensor, x2: torch.Tensor,
-              y2: torch.Tensor) -> torch.Tensor:
+def _box_sums(
+    f: torch.Tensor, b: torch.Tensor, x1: torch.Tensor, y1: torch.Tensor, x2: torch.Tensor, y2: torch.Tensor
+) -> torch.Tensor:
     """Sum of ``f[b, :, y1:y2, x1:x2]`` per RoI → ``(R, D)``: per image, the map times
     0/1 column masks (one matmul), then the row masks."""
     B, D, H, W = f.shape
@@ -126,28 +127,28 @@ def _box_sums(f: torch.Tensor, b: torch.Tensor, x1: torch.Tensor, y1: torch.Tens
     return out
 
 
-def _range_max(f: torch.Tensor, b: torch.Tensor, x1: torch.Tensor, y1: torch.Tensor, x2: torch.Tensor,
-               y2: torch.Tensor) -> torch.Tensor:
+def _range_max(
+    f: torch.Tensor, b: torch.Tensor, x1: torch.Tensor, y1: torch.Tensor, x2: torch.Tensor, y2: torch.Tensor
+) -> torch.Tensor:
     """Max of ``f[b, :, y1:y2, x1:x2]`` per RoI → ``(R, D)`` (garbage for empty RoIs,
     which the caller masks)."""
     B, D, H, W = f.shape
     R = b.shape[0]
     length = (y2 - y1).clamp(min=1, max=H)
-    floor_log2 = torch.tensor([0] + [n.bit_length() - 1 for n in range(1, H + 1)],
-                              device=f.device)
+    floor_log2 = torch.tensor([0] + [n.bit_length() - 1 for n in range(1, H + 1)], device=f.device)
     lvl = floor_log2[length]  # 2**lvl <= length < 2**(lvl + 1)
     ya = y1.clamp(min=0, max=H - 1)
     rows = f.new_empty((R, D, W))
-    level = f  # level[:, :, y] = max(f[:, :, y : y + 2**l]), H - 2**l + 1 rows
-    for l in range(int(lvl.max()) + 1 if R else 0):
-        if l:
-            span = 1 << (l - 1)
+    level = f  # level[:, :, y] = max(f[:, :, y : y + 2**j]), H - 2**j + 1 rows
+    for j in range(int(lvl.max()) + 1 if R else 0):
+        if j:
+            span = 1 << (j - 1)
             level = torch.maximum(level[:, :, :-span], level[:, :, span:])
-        sel = (lvl == l).nonzero().squeeze(1)
+        sel = (lvl == j).nonzero().squeeze(1)
         if sel.numel() == 0:
             continue
         top = ya[sel].clamp(max=level.shape[2] - 1)
-        bottom = (y2[sel] - (1 << l)).clamp(min=0, max=level.shape[2] - 1)
+        bottom = (y2[sel] - (1 << j)).clamp(min=0, max=level.shape[2] - 1)
         bs = b[sel]
         rows[sel] = torch.maximum(level[bs, :, top, :], level[bs, :, bottom, :])
     ar = torch.arange(W, device=f.device)
@@ -174,9 +175,7 @@ class ConvPool(nn.Module):
 # ----------------------------------------------------------------------------------------
 # fc7 on image crops
 # ----------------------------------------------------------------------------------------
-def crop_rois(
-    images: torch.Tensor, rois: torch.Tensor, size: int = 224, sampling_ratio: int = 0
-) -> torch.Tensor:
+def crop_rois(images: torch.Tensor, rois: torch.Tensor, size: int = 224, sampling_ratio: int = 0) -> torch.Tensor:
     """Crop each RoI (pixels) from ``images`` ``(B, C, H, W)`` and resize it to
     ``size × size`` in one :func:`torchvision.ops.roi_align` call (``aligned=True``).
 
@@ -195,8 +194,17 @@ def crop_rois(
         raise ValueError(f"size must be >= 1, got {size}")
     x = images.float()
     r = rois.to(device=x.device, dtype=torch.float32)
-    return cast(torch.Tensor, roi_align(x, r, output_size=(int(size), int(size)), spatial_scale=1.0,
-                                        sampling_ratio=int(sampling_ratio), aligned=True))
+    return cast(
+        torch.Tensor,
+        roi_align(
+            x,
+            r,
+            output_size=(int(size), int(size)),
+            spatial_scale=1.0,
+            sampling_ratio=int(sampling_ratio),
+            aligned=True,
+        ),
+    )
 
 
 def fc7_from_crops(backbone: Backbone, head: FCHead, crops: torch.Tensor) -> torch.Tensor:
@@ -221,15 +229,27 @@ class CropFC7(nn.Module):
     ``crop_size``², and run AlexNet (or VGG16) through fc7 — all crops of a batch together,
     in chunks of ``chunk`` crops. ``forward(images, rois) -> (R, 4096)``."""
 
-    def __init__(self, backbone: Backbone, head: FCHead, crop_size: int = 224, chunk: int = 64,
-                 sampling_ratio: int = 0, amp: bool = True):
+    def __init__(
+        self,
+        backbone: Backbone,
+        head: FCHead,
+        crop_size: int = 224,
+        chunk: int = 64,
+        sampling_ratio: int = 0,
+        amp: bool = True,
+    ):
         super().__init__()
         if getattr(backbone, "pool5", None) is None:
             raise ValueError(f"fc7 needs an AlexNet/VGG16 backbone, got {backbone.name!r}")
         if backbone.arch != head.arch:
             raise ValueError(f"backbone {backbone.arch!r} and head {head.arch!r} differ")
         self.backbone, self.head = backbone, head
-        self.crop_size, self.chunk, self.sampling_ratio, self.amp = int(crop_size), int(chunk), int(sampling_ratio), bool(amp)
+        self.crop_size, self.chunk, self.sampling_ratio, self.amp = (
+            int(crop_size),
+            int(chunk),
+            int(sampling_ratio),
+            bool(amp),
+        )
         if self.chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
 
@@ -237,7 +257,7 @@ class CropFC7(nn.Module):
     def forward(self, images: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         outs = []
         for s in range(0, rois.shape[0], self.chunk):
-            crops = crop_rois(images, rois[s: s + self.chunk], self.crop_size, self.sampling_ratio)
+            crops = crop_rois(images, rois[s : s + self.chunk], self.crop_size, self.sampling_ratio)
             with _autocast(crops.device, self.amp):
                 outs.append(fc7_from_crops(self.backbone, self.head, crops).float())
         if not outs:
@@ -258,8 +278,9 @@ def _prepool_size(backbone: Backbone, head: FCHead) -> int:
     raise ValueError("cannot find the pool5 input size")  # pragma: no cover
 
 
-def roialign_fc(fmap: torch.Tensor, rois: torch.Tensor, backbone: Backbone, head: FCHead,
-                sampling_ratio: int = 2) -> torch.Tensor:
+def roialign_fc(
+    fmap: torch.Tensor, rois: torch.Tensor, backbone: Backbone, head: FCHead, sampling_ratio: int = 2
+) -> torch.Tensor:
     """RoIAlign the conv5 map ``fmap`` inside each RoI (pixels; ``spatial_scale =
     1/stride``, ``aligned=True``) to the size that the network's own pool5 turns into the
     fc6 input (AlexNet 13×13 → 6×6), apply pool5, then fc6/fc7: the crop-and-fc7 feature
@@ -268,17 +289,21 @@ def roialign_fc(fmap: torch.Tensor, rois: torch.Tensor, backbone: Backbone, head
 
     _check_rois(rois, fmap.shape[0])
     n = _prepool_size(backbone, head)
-    a = roi_align(fmap.float(), rois.to(fmap.device, torch.float32), output_size=(n, n),
-                  spatial_scale=1.0 / backbone.stride, sampling_ratio=int(sampling_ratio),
-                  aligned=True)
+    a = roi_align(
+        fmap.float(),
+        rois.to(fmap.device, torch.float32),
+        output_size=(n, n),
+        spatial_scale=1.0 / backbone.stride,
+        sampling_ratio=int(sampling_ratio),
+        aligned=True,
+    )
     return cast(torch.Tensor, head(cast(nn.Module, backbone.pool5)(a)))  # AlexNet / VGG16: pool5 is set
 
 
 class RoIAlignFC(nn.Module):
     """``roialign-fc`` as a module: ``forward(fmap, rois) -> (R, 4096)``."""
 
-    def __init__(self, backbone: Backbone, head: FCHead, sampling_ratio: int = 2, chunk: int = 256,
-                 amp: bool = True):
+    def __init__(self, backbone: Backbone, head: FCHead, sampling_ratio: int = 2, chunk: int = 256, amp: bool = True):
         super().__init__()
         if getattr(backbone, "pool5", None) is None:
             raise ValueError(f"roialign-fc needs an AlexNet/VGG16 backbone, got {backbone.name!r}")
@@ -292,8 +317,9 @@ class RoIAlignFC(nn.Module):
         outs = []
         for s in range(0, rois.shape[0], self.chunk):
             with _autocast(fmap.device, self.amp):
-                outs.append(roialign_fc(fmap, rois[s: s + self.chunk], self.backbone,
-                                        self.head, self.sampling_ratio).float())
+                outs.append(
+                    roialign_fc(fmap, rois[s : s + self.chunk], self.backbone, self.head, self.sampling_ratio).float()
+                )
         if not outs:
             return fmap.new_zeros((0, self.head.out_dim), dtype=torch.float32)
         return torch.cat(outs, 0)

@@ -16,6 +16,7 @@ enlarged if smaller than the network's minimum input. Images of the same size ar
 together (``batch_size``), in chunks of ``chunk_size`` images so memory stays bounded; the
 trunk runs once per batch (under fp16 autocast on CUDA when ``amp``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -55,6 +56,7 @@ def _pack_codes(x: np.ndarray) -> np.ndarray:
     from . import regions  # regions._kernels_module: the one place the native core is looked up
 
     return np.asarray(regions._kernels_module().pack_codes(x))
+
 
 BoxLike = Optional[Sequence[float]]
 #: :func:`prepare_image`'s result: (uint8 RGB image, scale, (width, height) before resizing)
@@ -103,9 +105,7 @@ class RoIResult:
         return int(self.boxes.shape[0])
 
 
-def prepare_image(
-    src: ImageSource, max_side: Optional[int], min_side: int = 1, box: BoxLike = None
-) -> Prepared:
+def prepare_image(src: ImageSource, max_side: Optional[int], min_side: int = 1, box: BoxLike = None) -> Prepared:
     """Read ``src``, crop ``box`` (pixels of the image as given, clipped), shrink to
     ``max_side`` and bring the shorter side to at least ``min_side``. Returns
     ``(uint8 RGB image, scale, (width, height) before resizing)``; ``scale`` maps
@@ -227,8 +227,12 @@ class RoIExtractor:
     ):
         if feature not in FEATURES:
             raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
-        for name, v in (("batch_size", batch_size), ("chunk_size", chunk_size),
-                        ("crop_size", crop_size), ("crop_chunk", crop_chunk)):
+        for name, v in (
+            ("batch_size", batch_size),
+            ("chunk_size", chunk_size),
+            ("crop_size", crop_size),
+            ("crop_chunk", crop_chunk),
+        ):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if max_side is not None and int(max_side) < 1:
@@ -239,8 +243,7 @@ class RoIExtractor:
         if isinstance(backbone, Backbone):
             self.backbone = backbone.to(self.device).eval()
         else:
-            self.backbone = build_backbone(backbone, weights, device=self.device,
-                                           allow_download=allow_download)
+            self.backbone = build_backbone(backbone, weights, device=self.device, allow_download=allow_download)
         self.feature = feature
         if regions is None:
             regions = RegionParams(K, t_min, t_rate, t_iou, threshold_mode, threshold)
@@ -249,10 +252,14 @@ class RoIExtractor:
         self._fc: Optional[Union[CropFC7, RoIAlignFC]] = None
         if feature in ("fc7", "roialign-fc"):
             if self.backbone.arch is None:
-                raise ValueError(f"feature {feature!r} needs an AlexNet or VGG16 backbone, "
-                                 f"not {self.backbone.name!r}")
-            self.head = build_fc_head(self.backbone.arch, head_weights, device=self.device,
-                                      allow_download=allow_download, backbone=self.backbone)
+                raise ValueError(f"feature {feature!r} needs an AlexNet or VGG16 backbone, not {self.backbone.name!r}")
+            self.head = build_fc_head(
+                self.backbone.arch,
+                head_weights,
+                device=self.device,
+                allow_download=allow_download,
+                backbone=self.backbone,
+            )
             if feature == "fc7":
                 self._fc = CropFC7(self.backbone, self.head, crop_size, crop_chunk, amp=amp)
             else:
@@ -290,9 +297,11 @@ class RoIExtractor:
         return self.detector.K
 
     def __repr__(self) -> str:
-        return (f"RoIExtractor(backbone={self.backbone.name!r}, feature={self.feature!r}, "
-                f"{self.detector.extra_repr()}, max_side={self.max_side}, dim={self.dim}, "
-                f"whitening={self.whitening!r}, device={str(self.device)!r})")
+        return (
+            f"RoIExtractor(backbone={self.backbone.name!r}, feature={self.feature!r}, "
+            f"{self.detector.extra_repr()}, max_side={self.max_side}, dim={self.dim}, "
+            f"whitening={self.whitening!r}, device={str(self.device)!r})"
+        )
 
     # -- the network part --------------------------------------------------------------
     def _autocast(self) -> torch.autocast:
@@ -341,8 +350,7 @@ class RoIExtractor:
         sizes = torch.tensor([[W, H]] * B, dtype=torch.float32)
         with self._small_ops():
             rois: RoIs = self.detector(fmap, sizes)
-        full_px = torch.tensor([[b, 0.0, 0.0, W, H] for b in range(B)],
-                               dtype=torch.float32, device=self.device)
+        full_px = torch.tensor([[b, 0.0, 0.0, W, H] for b in range(B)], dtype=torch.float32, device=self.device)
         if self.feature in ("conv-max", "conv-sum"):
             mode = self.feature[5:]
             with self._small_ops():
@@ -355,7 +363,7 @@ class RoIExtractor:
             crop_fc = cast(CropFC7, self._fc)  # set in __init__ for this feature
             if self.with_global:
                 both = crop_fc(x, torch.cat([flat, full_px], 0))
-                desc, glob = both[: flat.shape[0]], both[flat.shape[0]:]
+                desc, glob = both[: flat.shape[0]], both[flat.shape[0] :]
             else:
                 desc, glob = crop_fc(x, flat), None
         else:  # roialign-fc
@@ -363,7 +371,7 @@ class RoIExtractor:
             align_fc = cast(RoIAlignFC, self._fc)  # set in __init__ for this feature
             if self.with_global:
                 both = align_fc(fmap, torch.cat([flat, full_px], 0))
-                desc, glob = both[: flat.shape[0]], both[flat.shape[0]:]
+                desc, glob = both[: flat.shape[0]], both[flat.shape[0] :]
             else:
                 desc, glob = align_fc(fmap, flat), None
         return rois, desc, glob, tuple(fmap.shape[2:])
@@ -407,14 +415,30 @@ class RoIExtractor:
                 yield [(i, safe_load(items[i])) for i in idx]
 
     @overload
-    def _run(self, sources: Sequence[ImageSource], boxes: Optional[Sequence[BoxLike]], progress: Optional[bool],
-             on_error: str, raw: Literal[False]) -> List[Optional[RoIResult]]: ...
-    @overload
-    def _run(self, sources: Sequence[ImageSource], boxes: Optional[Sequence[BoxLike]], progress: Optional[bool],
-             on_error: str, raw: Literal[True]) -> List[Optional[RawRows]]: ...
     def _run(
-        self, sources: Sequence[ImageSource], boxes: Optional[Sequence[BoxLike]], progress: Optional[bool],
-        on_error: str, raw: bool,
+        self,
+        sources: Sequence[ImageSource],
+        boxes: Optional[Sequence[BoxLike]],
+        progress: Optional[bool],
+        on_error: str,
+        raw: Literal[False],
+    ) -> List[Optional[RoIResult]]: ...
+    @overload
+    def _run(
+        self,
+        sources: Sequence[ImageSource],
+        boxes: Optional[Sequence[BoxLike]],
+        progress: Optional[bool],
+        on_error: str,
+        raw: Literal[True],
+    ) -> List[Optional[RawRows]]: ...
+    def _run(
+        self,
+        sources: Sequence[ImageSource],
+        boxes: Optional[Sequence[BoxLike]],
+        progress: Optional[bool],
+        on_error: str,
+        raw: bool,
     ) -> Union[List[Optional[RoIResult]], List[Optional[RawRows]]]:
         t0 = time.perf_counter()
         try:
@@ -425,12 +449,15 @@ class RoIExtractor:
         return out
 
     def _run_impl(
-        self, sources: Sequence[ImageSource], boxes: Optional[Sequence[BoxLike]], progress: Optional[bool],
-        on_error: str, raw: bool,
+        self,
+        sources: Sequence[ImageSource],
+        boxes: Optional[Sequence[BoxLike]],
+        progress: Optional[bool],
+        on_error: str,
+        raw: bool,
     ) -> Union[List[Optional[RoIResult]], List[Optional[RawRows]]]:
         if isinstance(sources, (str, bytes, bytearray, os.PathLike, np.ndarray)):
-            raise TypeError("expected a sequence of images (paths, bytes or arrays); "
-                            "for one image use extract_one()")
+            raise TypeError("expected a sequence of images (paths, bytes or arrays); for one image use extract_one()")
         sources = list(sources)
         if boxes is not None:
             boxes = list(boxes)
@@ -442,8 +469,12 @@ class RoIExtractor:
 
         show = self.progress if progress is None else progress
         results: List = [None] * len(sources)
-        with tqdm(total=len(sources), disable=None if show is None else not show,
-                  desc=f"RoIs ({self.backbone.name}, {self.feature})", unit="img") as bar:
+        with tqdm(
+            total=len(sources),
+            disable=None if show is None else not show,
+            desc=f"RoIs ({self.backbone.name}, {self.feature})",
+            unit="img",
+        ) as bar:
             for chunk in self._iter_chunks(sources, boxes, on_error):
                 groups: Dict[Tuple[int, ...], List[Tuple[int, Prepared]]] = {}
                 for i, item in chunk:
@@ -454,15 +485,13 @@ class RoIExtractor:
                     groups.setdefault(item[0].shape, []).append((i, item))
                 for members in groups.values():
                     for s in range(0, len(members), self.batch_size):
-                        part = members[s: s + self.batch_size]
+                        part = members[s : s + self.batch_size]
                         for i, r in zip([p[0] for p in part], self._process(part, raw)):
                             results[i] = r
                         bar.update(len(part))
         return results
 
-    def _process(
-        self, part: List[Tuple[int, Prepared]], raw: bool
-    ) -> Union[List[RoIResult], List[RawRows]]:
+    def _process(self, part: List[Tuple[int, Prepared]], raw: bool) -> Union[List[RoIResult], List[RawRows]]:
         imgs = [p[1][0] for p in part]
         rois, desc, glob, fsize = self._describe_batch(imgs)
         counts = rois.counts().tolist()
@@ -471,7 +500,7 @@ class RoIExtractor:
             g = None if glob is None else glob.detach().cpu()
             raw_out, s = [], 0
             for j, c in enumerate(counts):
-                raw_out.append((d[s: s + c].numpy(), None if g is None else g[j].numpy()))
+                raw_out.append((d[s : s + c].numpy(), None if g is None else g[j].numpy()))
                 s += c
             return raw_out
         allrows = desc if glob is None else torch.cat([desc, glob], 0)
@@ -489,18 +518,20 @@ class RoIExtractor:
             b = (boxes[j, :c] / scale).astype(np.float32)
             b[:, 0::2] = np.clip(b[:, 0::2], 0, size[0])
             b[:, 1::2] = np.clip(b[:, 1::2], 0, size[1])
-            out.append(RoIResult(
-                boxes=b,
-                scores=scores[j, :c].astype(np.float32),
-                descriptors=fin[s: s + c],
-                codes=codes[s: s + c],
-                channels=chans[j, :c].astype(np.int64),
-                global_descriptor=None if glob is None else fin[R + j],
-                global_code=None if glob is None else codes[R + j],
-                image_size=(int(size[0]), int(size[1])),
-                scale=float(scale),
-                feature_size=(int(fsize[1]), int(fsize[0])),
-            ))
+            out.append(
+                RoIResult(
+                    boxes=b,
+                    scores=scores[j, :c].astype(np.float32),
+                    descriptors=fin[s : s + c],
+                    codes=codes[s : s + c],
+                    channels=chans[j, :c].astype(np.int64),
+                    global_descriptor=None if glob is None else fin[R + j],
+                    global_code=None if glob is None else codes[R + j],
+                    image_size=(int(size[0]), int(size[1])),
+                    scale=float(scale),
+                    feature_size=(int(fsize[1]), int(fsize[0])),
+                )
+            )
             s += c
         return out
 
@@ -531,8 +562,12 @@ class RoIExtractor:
         return cast(RoIResult, self._run([image], None if box is None else [box], False, "raise", raw=False)[0])
 
     def raw_descriptors(
-        self, images: Sequence[ImageSource], *, progress: Optional[bool] = None,
-        include_global: bool = True, on_error: str = "raise",
+        self,
+        images: Sequence[ImageSource],
+        *,
+        progress: Optional[bool] = None,
+        include_global: bool = True,
+        on_error: str = "raise",
     ) -> np.ndarray:
         """All RoI descriptors (and whole-image ones when ``include_global`` and
         ``with_global``) of ``images`` before whitening and normalisation, stacked

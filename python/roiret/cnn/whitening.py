@@ -14,6 +14,7 @@ amplify rounding noise. ``dims=None`` keeps all the others.
 Computation is float64 NumPy; ``transform`` also accepts torch tensors (on any device)
 and returns the same kind it was given.
 """
+
 from __future__ import annotations
 
 import json
@@ -86,8 +87,7 @@ class PCAWhitening:
     concurrently with anything else on the same object.
     """
 
-    def __init__(self, dims: Optional[int] = None, eps: float = 0.0, rank_tol: float = 1e-9,
-                 normalize: bool = True):
+    def __init__(self, dims: Optional[int] = None, eps: float = 0.0, rank_tol: float = 1e-9, normalize: bool = True):
         if dims is not None and (isinstance(dims, bool) or int(dims) < 1):
             raise ValueError(f"dims must be a positive int or None, got {dims!r}")
         if not float(eps) >= 0:
@@ -123,7 +123,8 @@ class PCAWhitening:
             warnings.warn(
                 f"PCAWhitening: dims={self.dims} requested but the data has only {rank} "
                 f"non-degenerate components ({n} samples, {d} dims); keeping {rank}",
-                RuntimeWarning, stacklevel=2,
+                RuntimeWarning,
+                stacklevel=2,
             )
         lam, vec = lam[:keep], vec[:, :keep]
         self.mean_ = mean
@@ -195,11 +196,16 @@ class PCAWhitening:
         self._check_fitted()
         assert self.projection_ is not None  # _check_fitted raised otherwise
         return {
-            "format": _FORMAT, "version": _VERSION,
-            "dims": self.dims, "eps": self.eps, "rank_tol": self.rank_tol,
-            "normalize": self.normalize, "n_samples": self.n_samples_,
+            "format": _FORMAT,
+            "version": _VERSION,
+            "dims": self.dims,
+            "eps": self.eps,
+            "rank_tol": self.rank_tol,
+            "normalize": self.normalize,
+            "n_samples": self.n_samples_,
             # mean_ / eigenvalues_ are set together with projection_ (fit, from_state)
-            "mean": cast(np.ndarray, self.mean_).copy(), "projection": self.projection_.copy(),
+            "mean": cast(np.ndarray, self.mean_).copy(),
+            "projection": self.projection_.copy(),
             "eigenvalues": cast(np.ndarray, self.eigenvalues_).copy(),
         }
 
@@ -208,16 +214,17 @@ class PCAWhitening:
         if state.get("format") != _FORMAT:
             raise ValueError(f"not a PCAWhitening state (format={state.get('format')!r})")
         if int(state.get("version", -1)) > _VERSION:
-            raise ValueError(f"PCAWhitening state version {state['version']} is newer than "
-                             f"this roiret reads ({_VERSION})")
-        w = cls(dims=state["dims"], eps=state["eps"], rank_tol=state["rank_tol"],
-                normalize=state["normalize"])
+            raise ValueError(
+                f"PCAWhitening state version {state['version']} is newer than this roiret reads ({_VERSION})"
+            )
+        w = cls(dims=state["dims"], eps=state["eps"], rank_tol=state["rank_tol"], normalize=state["normalize"])
         mean = np.asarray(state["mean"], dtype=np.float64)
         proj = np.asarray(state["projection"], dtype=np.float64)
         lam = np.asarray(state["eigenvalues"], dtype=np.float64)
         if mean.ndim != 1 or proj.ndim != 2 or proj.shape[1] != mean.shape[0] or lam.shape != (proj.shape[0],):
-            raise ValueError(f"inconsistent PCAWhitening state: mean {mean.shape}, "
-                             f"projection {proj.shape}, eigenvalues {lam.shape}")
+            raise ValueError(
+                f"inconsistent PCAWhitening state: mean {mean.shape}, projection {proj.shape}, eigenvalues {lam.shape}"
+            )
         w.mean_, w.projection_, w.eigenvalues_ = mean, proj, lam
         w.n_samples_ = int(state.get("n_samples", 0))
         return w
@@ -229,8 +236,13 @@ class PCAWhitening:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
-            np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-                     mean=st["mean"], projection=st["projection"], eigenvalues=st["eigenvalues"])
+            np.savez(
+                f,
+                meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                mean=st["mean"],
+                projection=st["projection"],
+                eigenvalues=st["eigenvalues"],
+            )
         os.replace(tmp, path)
 
     @classmethod
@@ -239,8 +251,7 @@ class PCAWhitening:
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(bytes(z["meta"]).decode())
-                state = dict(meta, mean=z["mean"], projection=z["projection"],
-                             eigenvalues=z["eigenvalues"])
+                state = dict(meta, mean=z["mean"], projection=z["projection"], eigenvalues=z["eigenvalues"])
         except FileNotFoundError:
             raise
         except (OSError, KeyError, ValueError) as e:
@@ -250,8 +261,7 @@ class PCAWhitening:
     def __repr__(self) -> str:
         if not self.fitted:
             return f"PCAWhitening(dims={self.dims}, eps={self.eps}, not fitted)"
-        return (f"PCAWhitening({self.in_dim} -> {self.out_dim}, eps={self.eps}, "
-                f"n_samples={self.n_samples_})")
+        return f"PCAWhitening({self.in_dim} -> {self.out_dim}, eps={self.eps}, n_samples={self.n_samples_})"
 
 
 def _to_numpy(x: Union[torch.Tensor, ArrayLike]) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Evaluation: scores (:mod:`.metrics`), ground truth of retrieval data sets
 (:mod:`.groundtruth`) and the paper's table on an Oxford-style data set (:mod:`.table`,
 imported on first use: it builds retrievers)."""
+
 from .groundtruth import (
     DEFAULT_LEVELS,
     EvalResult,

@@ -1,6 +1,7 @@
 """Ground truth of retrieval data sets (:func:`load_gnd`): Oxford / Paris protocols with
 their levels, and UKBench groups. Scores come from :mod:`roiret.eval.metrics`; the layout
 of ``gnd.json`` is described there."""
+
 from __future__ import annotations
 
 import json
@@ -102,10 +103,7 @@ class Protocol:
             n = len(self.database)
             bad = [v for v in positions if v < 0 or v >= n]
             if bad:
-                raise ValueError(
-                    f"ranking of query {qid!r}: position {bad[0]} outside the database "
-                    f"(0..{n - 1})"
-                )
+                raise ValueError(f"ranking of query {qid!r}: position {bad[0]} outside the database (0..{n - 1})")
             return [self.database[v] for v in positions]
         if not all(isinstance(v, str) for v in items):
             kinds = sorted({type(v).__name__ for v in items})
@@ -141,17 +139,13 @@ class Protocol:
             missing = [q.id for q in self.queries if q.id not in rankings]
             if missing:
                 raise ValueError(
-                    f"protocol {self.name!r}: no ranking for {len(missing)} queries "
-                    f"(first: {missing[0]!r})"
+                    f"protocol {self.name!r}: no ranking for {len(missing)} queries (first: {missing[0]!r})"
                 )
             ordered = [rankings[q.id] for q in self.queries]
         else:
             ordered = list(rankings)
             if len(ordered) != len(self.queries):
-                raise ValueError(
-                    f"protocol {self.name!r}: got {len(ordered)} rankings for "
-                    f"{len(self.queries)} queries"
-                )
+                raise ValueError(f"protocol {self.name!r}: got {len(ordered)} rankings for {len(self.queries)} queries")
         names = [self._names(r, q.id) for r, q in zip(ordered, self.queries)]
         lvls = list(self.levels if levels is None else levels)
         out_map: Dict[str, float] = {}
@@ -162,9 +156,7 @@ class Protocol:
             junk = [q.junk(lvl) for q in self.queries]
             m, aps = mean_average_precision(names, pos, junk)
             out_map[lvl] = m
-            out_aps[lvl] = {
-                q.id: float(a) for q, a in zip(self.queries, aps) if not math.isnan(a)
-            }
+            out_aps[lvl] = {q.id: float(a) for q, a in zip(self.queries, aps) if not math.isnan(a)}
             out_skip[lvl] = tuple(q.id for q, a in zip(self.queries, aps) if math.isnan(a))
         return EvalResult(self.name, out_map, out_aps, out_skip)
 
@@ -179,15 +171,15 @@ def _str_list(v: Any, what: str, path: Optional[Path]) -> Tuple[str, ...]:
     return tuple(v)
 
 
-def _parse_levels(pname: str, pdata: Mapping[str, Any], path: Optional[Path]
-                  ) -> Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]]:
+def _parse_levels(
+    pname: str, pdata: Mapping[str, Any], path: Optional[Path]
+) -> Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]]:
     pos, ign = pdata.get("positives"), pdata.get("ignore")
     if pos is None and ign is None:
         if pname not in DEFAULT_LEVELS:
             raise _bad(
                 path,
-                f"protocol {pname!r} does not say which lists are positives "
-                "(add 'positives' and 'ignore')",
+                f"protocol {pname!r} does not say which lists are positives (add 'positives' and 'ignore')",
             )
         return dict(DEFAULT_LEVELS[pname])
     # single level: lists of list names; several: {level: list of list names}
@@ -232,9 +224,7 @@ def _parse_protocol(pname: str, pdata: Any, path: Optional[Path]) -> Protocol:
         if not isinstance(qd, dict) or "image" not in qd:
             raise _bad(path, f"protocol {pname!r}: query #{i} has no 'image'")
         qid = str(qd.get("id", f"{pname}_{i}"))
-        lists = {
-            k: _str_list(qd[k], f"query {qid!r} {k}", path) for k in _LIST_KEYS if k in qd
-        }
+        lists = {k: _str_list(qd[k], f"query {qid!r} {k}", path) for k in _LIST_KEYS if k in qd}
         for k in {k for lv in levels.values() for grp in lv for k in grp}:
             lists.setdefault(k, ())
         queries.append(
@@ -270,9 +260,7 @@ class OxfordGroundTruth:
         try:
             return self.protocols[name]
         except KeyError:
-            raise ValueError(
-                f"{self.name}: no protocol {name!r}; available: {sorted(self.protocols)}"
-            ) from None
+            raise ValueError(f"{self.name}: no protocol {name!r}; available: {sorted(self.protocols)}") from None
 
     def image_path(self, stem: str) -> Path:
         """Path of the image file for the name ``stem``."""

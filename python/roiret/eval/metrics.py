@@ -48,6 +48,7 @@ Everywhere a *ranking* is a sequence (list, tuple, 1-D array) of database items,
 either image names (``str``) or integer positions in the protocol's ``database`` list. It may
 be a prefix of the database (a top-N list); items must not repeat.
 """
+
 from __future__ import annotations
 
 import os
@@ -71,7 +72,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 Ranking = Union[Sequence[Hashable], np.ndarray]
 
 
-
 # ----------------------------------------------------------------------------------------
 # AP / mAP / N-S
 # ----------------------------------------------------------------------------------------
@@ -85,9 +85,7 @@ def _as_item_list(ranking: Ranking, name: str = "ranking") -> List[Hashable]:
             return [int(v) for v in ranking]
         if ranking.dtype.kind in "UO":
             return [v.item() if isinstance(v, np.generic) else v for v in ranking]
-        raise TypeError(
-            f"{name}: expected an array of integer positions or names, got dtype {ranking.dtype}"
-        )
+        raise TypeError(f"{name}: expected an array of integer positions or names, got dtype {ranking.dtype}")
     try:
         items = list(ranking)
     except TypeError:
@@ -97,9 +95,7 @@ def _as_item_list(ranking: Ranking, name: str = "ranking") -> List[Hashable]:
     return [int(v) if isinstance(v, np.integer) else v for v in items]
 
 
-def average_precision(
-    ranking: Ranking, positives: Collection[Hashable], junk: Collection[Hashable] = ()
-) -> float:
+def average_precision(ranking: Ranking, positives: Collection[Hashable], junk: Collection[Hashable] = ()) -> float:
     """Average precision of one ranking, exactly as the official Oxford ``compute_ap.cpp``.
 
     Parameters

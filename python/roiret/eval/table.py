@@ -23,6 +23,7 @@ Medium and Hard). Rankings are restricted to each protocol's database; the query
 crop of its box. Indexing throughput (with its breakdown), query latency and memory per
 image are measured on the way.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,32 +60,37 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
 @dataclass
 class EvalTable:
     dataset: str
-    levels: List[str]                                  # "classic", "revisited/medium", ...
+    levels: List[str]  # "classic", "revisited/medium", ...
     Ks: List[int]
-    bow: Dict[str, float]                              # level -> mAP
-    rows: Dict[str, Dict[str, Dict[str, float]]]       # row -> column -> level -> mAP
-    dims: Dict[str, int]                               # row -> code bits
+    bow: Dict[str, float]  # level -> mAP
+    rows: Dict[str, Dict[str, Dict[str, float]]]  # row -> column -> level -> mAP
+    dims: Dict[str, int]  # row -> code bits
     settings: Dict[str, object]
     speed: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
     def markdown(self) -> str:
         s = self.settings
-        out = [f"### {self.dataset}: mAP (%)", "",
-               "Settings: " + ", ".join(f"{k}={v}" for k, v in s.items()), ""]
+        out = [f"### {self.dataset}: mAP (%)", "", "Settings: " + ", ".join(f"{k}={v}" for k, v in s.items()), ""]
         cols = ["Baseline"] + [f"K={k}" for k in self.Ks] + [f"K={max(self.Ks)} exhaustive"]
         for lvl in self.levels:
             out += [f"**{lvl}**", "", "| Feature | Bits | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
-            out.append(f"| BoW only (RootSIFT, {s['vocab_size']} words) | – | "
-                       + " | ".join([f"{100 * self.bow[lvl]:.2f}"] + ["–"] * (len(cols) - 1)) + " |")
+            out.append(
+                f"| BoW only (RootSIFT, {s['vocab_size']} words) | – | "
+                + " | ".join([f"{100 * self.bow[lvl]:.2f}"] + ["–"] * (len(cols) - 1))
+                + " |"
+            )
             for name, row in self.rows.items():
                 vals = [row["baseline"][lvl]] + [row[f"K={k}"][lvl] for k in self.Ks] + [row["exhaustive"][lvl]]
                 out.append(f"| {name} | {self.dims[name]} | " + " | ".join(f"{100 * v:.2f}" for v in vals) + " |")
             out.append("")
         if self.speed:
-            out += ["**Speed and size** (this machine, CPU)", "",
-                    "| Row | index img/s | SIFT | quantise | CNN trunk | regions+codes | query p50 / p95 ms "
-                    "| re-ranking p50 ms, fast / exhaustive | bytes / image |",
-                    "|---|---|---|---|---|---|---|---|---|"]
+            out += [
+                "**Speed and size** (this machine, CPU)",
+                "",
+                "| Row | index img/s | SIFT | quantise | CNN trunk | regions+codes | query p50 / p95 ms "
+                "| re-ranking p50 ms, fast / exhaustive | bytes / image |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
             for name, sp in self.speed.items():
                 if not np.isfinite(sp.get("index_img_s", np.nan)):
                     idx = "cached"
@@ -92,17 +98,31 @@ class EvalTable:
                 else:
                     idx = f"{sp['index_img_s']:.2f}"
                     parts = [f"{1000 * sp[k]:.0f} ms/img" for k in ("sift", "quantize", "cnn_trunk", "regions_codes")]
-                out.append(f"| {name} | {idx} | " + " | ".join(parts) +
-                           f" | {sp['query_p50_ms']:.0f} / {sp['query_p95_ms']:.0f} | "
-                           f"{sp['rank_fast_p50_ms']:.3f} / {sp['rank_exhaustive_p50_ms']:.3f} | "
-                           f"{sp['bytes_per_image']:.0f} |")
+                out.append(
+                    f"| {name} | {idx} | "
+                    + " | ".join(parts)
+                    + f" | {sp['query_p50_ms']:.0f} / {sp['query_p95_ms']:.0f} | "
+                    f"{sp['rank_fast_p50_ms']:.3f} / {sp['rank_exhaustive_p50_ms']:.3f} | "
+                    f"{sp['bytes_per_image']:.0f} |"
+                )
             out.append("")
         return "\n".join(out)
 
     def to_json(self) -> str:
-        return json.dumps({"dataset": self.dataset, "levels": self.levels, "Ks": self.Ks, "bow": self.bow,
-                           "rows": self.rows, "dims": self.dims, "settings": self.settings, "speed": self.speed},
-                          indent=2, default=float)
+        return json.dumps(
+            {
+                "dataset": self.dataset,
+                "levels": self.levels,
+                "Ks": self.Ks,
+                "bow": self.bow,
+                "rows": self.rows,
+                "dims": self.dims,
+                "settings": self.settings,
+                "speed": self.speed,
+            },
+            indent=2,
+            default=float,
+        )
 
 
 def evaluate_oxford(gt: OxfordGroundTruth, rank_fn: Callable[[Query], Iterable[Hit]]) -> Dict[str, float]:
@@ -132,9 +152,16 @@ def _levels(gt: OxfordGroundTruth, protocols: Sequence[str]) -> List[str]:
     return out
 
 
-def _build_or_load(config: RetrieverConfig, paths: List[str], stems: List[str], cpath: Optional[Path],
-                   vocabulary: Optional[Vocabulary], name: str, opts: Dict[str, Any],
-                   print_fn: Callable[[str], None]) -> Tuple[Retriever, float]:
+def _build_or_load(
+    config: RetrieverConfig,
+    paths: List[str],
+    stems: List[str],
+    cpath: Optional[Path],
+    vocabulary: Optional[Vocabulary],
+    name: str,
+    opts: Dict[str, Any],
+    print_fn: Callable[[str], None],
+) -> Tuple[Retriever, float]:
     """A retriever of ``config`` over ``paths`` — loaded from the cache folder ``cpath`` when it
     holds one (search-time settings taken from ``config``), else built (and cached) — and its
     indexing rate (NaN when loaded)."""
@@ -157,9 +184,9 @@ def _build_or_load(config: RetrieverConfig, paths: List[str], stems: List[str], 
     return r, rate
 
 
-def _evaluate_row(r: Retriever, gt: OxfordGroundTruth, queries: Sequence[Tuple[str, Query]], Ks: List[int],
-                  with_bow: bool) -> Tuple[Dict[str, Dict[str, float]], Dict[str, float],
-                                           Dict[Tuple[str, Optional[Box]], PreparedQuery], List[float]]:
+def _evaluate_row(
+    r: Retriever, gt: OxfordGroundTruth, queries: Sequence[Tuple[str, Query]], Ks: List[int], with_bow: bool
+) -> Tuple[Dict[str, Dict[str, float]], Dict[str, float], Dict[Tuple[str, Optional[Box]], PreparedQuery], List[float]]:
     """(row: column -> level -> mAP, BoW-only mAPs if ``with_bow`` (else empty), prepared
     queries, query latencies)."""
     prepared, lat = {}, []
@@ -182,8 +209,9 @@ def _evaluate_row(r: Retriever, gt: OxfordGroundTruth, queries: Sequence[Tuple[s
     return row, evaluate_oxford(gt, ranker("bow", r)) if with_bow else {}, prepared, lat
 
 
-def _speed(r: Retriever, index_rate: float, prepared: Dict[Tuple[str, Optional[Box]], PreparedQuery],
-           lat: List[float], N: int) -> Dict[str, float]:
+def _speed(
+    r: Retriever, index_rate: float, prepared: Dict[Tuple[str, Optional[Box]], PreparedQuery], lat: List[float], N: int
+) -> Dict[str, float]:
     rank_t: Dict[str, List[float]] = {"fast": [], "exhaustive": []}
     for pq in prepared.values():  # the re-ranking step alone (cross-matching the top N)
         for mode in rank_t:
@@ -192,8 +220,10 @@ def _speed(r: Retriever, index_rate: float, prepared: Dict[Tuple[str, Optional[B
     per = max(1, at["images"])
     return {
         "index_img_s": index_rate,
-        "sift": at["sift"] / per, "quantize": at["quantize"] / per,
-        "cnn_trunk": at["cnn_trunk"] / per, "regions_codes": at["regions_codes"] / per,
+        "sift": at["sift"] / per,
+        "quantize": at["quantize"] / per,
+        "cnn_trunk": at["cnn_trunk"] / per,
+        "regions_codes": at["regions_codes"] / per,
         "query_p50_ms": 1000 * float(np.percentile(lat, 50)),
         "query_p95_ms": 1000 * float(np.percentile(lat, 95)),
         "rank_fast_p50_ms": 1000 * float(np.percentile(rank_t["fast"], 50)),
@@ -238,8 +268,16 @@ def oxford_table(
     paths = [str(gt.image_path(s)) for s in stems]
     Ks = sorted(int(x) for x in Ks)
     protocols = [p for p in ("classic", "revisited") if p in gt.protocols]
-    settings = {"backbone": backbone, "vocab_size": vocab_size, "max_keypoints": max_keypoints, "N": N, "n": n,
-                "k": k, "images": len(stems), "seed": seed}
+    settings = {
+        "backbone": backbone,
+        "vocab_size": vocab_size,
+        "max_keypoints": max_keypoints,
+        "N": N,
+        "n": n,
+        "k": k,
+        "images": len(stems),
+        "seed": seed,
+    }
     queries = [(p, q) for p in protocols for q in gt.protocol(p).queries]
     opts = {"device": device, "weights": weights, "allow_download": allow_download, "progress": progress}
     vocabulary = None
@@ -248,12 +286,23 @@ def oxford_table(
     for variant in variants:
         for feat in features:
             name = f"{feat} ({variant})"
-            config = RetrieverConfig(backbone=backbone, feature=feat, K=Ks[-1], vocab_size=vocab_size,
-                                     max_keypoints=max_keypoints, N=N, n=n, k=k, seed=seed, **VARIANTS[variant])
+            config = RetrieverConfig(
+                backbone=backbone,
+                feature=feat,
+                K=Ks[-1],
+                vocab_size=vocab_size,
+                max_keypoints=max_keypoints,
+                N=N,
+                n=n,
+                k=k,
+                seed=seed,
+                **VARIANTS[variant],
+            )
             cpath = None
             if cache:
-                key = hashlib.sha256(json.dumps({**config.to_dict(), **SEARCH_TIME}, sort_keys=True)
-                                     .encode()).hexdigest()[:10]
+                key = hashlib.sha256(
+                    json.dumps({**config.to_dict(), **SEARCH_TIME}, sort_keys=True).encode()
+                ).hexdigest()[:10]
                 cpath = Path(cache) / f"{root.name}-{feat}-{variant}-{key}"
             r, index_rate = _build_or_load(config, paths, stems, cpath, vocabulary, name, opts, print_fn)
             vocabulary = r.bow.vocabulary
@@ -261,6 +310,9 @@ def oxford_table(
             rows[name], bow, prepared, lat = _evaluate_row(r, gt, queries, Ks, with_bow=not bow_map)
             bow_map = bow_map or bow
             speed[name] = _speed(r, index_rate, prepared, lat, N)
-            print_fn(f"[{name}] classic: " + ", ".join(f"{c} {100 * v['classic']:.2f}" for c, v in rows[name].items())
-                     + f"; BoW {100 * bow_map['classic']:.2f}")
+            print_fn(
+                f"[{name}] classic: "
+                + ", ".join(f"{c} {100 * v['classic']:.2f}" for c, v in rows[name].items())
+                + f"; BoW {100 * bow_map['classic']:.2f}"
+            )
     return EvalTable(root.name, _levels(gt, protocols), Ks, bow_map, rows, dims, settings, speed)

@@ -6,6 +6,7 @@ Files are written to a temporary name in the target folder, flushed, fsync'ed an
 over the target (``os.replace``), so a reader never sees a half-written file; they are read
 with ``allow_pickle=False`` and every checksum is verified before anything is returned.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,8 +36,7 @@ def save_arrays(path: PathLike, fmt: str, version: int, header: Dict[str, Any], 
     hdr["format"] = fmt
     hdr["version"] = int(version)
     hdr["arrays"] = {
-        k: {"dtype": str(v.dtype), "shape": list(v.shape), "sha256": sha256_of(v)}
-        for k, v in arrays.items()
+        k: {"dtype": str(v.dtype), "shape": list(v.shape), "sha256": sha256_of(v)} for k, v in arrays.items()
     }
     blob = np.frombuffer(json.dumps(hdr, sort_keys=True).encode("utf-8"), dtype=np.uint8)
     payload = {_HEADER: blob, **{k: np.ascontiguousarray(v) for k, v in arrays.items()}}

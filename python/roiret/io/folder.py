@@ -20,6 +20,7 @@ The guarantees, the same for every kind of index (:class:`~roiret.Retriever`,
   ``FileNotFoundError``). :meth:`Manifest.parsing` maps what a parser raises on a damaged
   file to the same error.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,8 +35,16 @@ from typing import Any, Callable, Dict, Iterable, List, Literal, Optional, Seque
 
 from ..errors import IndexFormatError
 
-__all__ = ["IndexFolder", "IndexWriter", "Manifest", "as_format_error", "atomic_write", "fsync_path",
-           "remove_files", "sha256_file"]
+__all__ = [
+    "IndexFolder",
+    "IndexWriter",
+    "Manifest",
+    "as_format_error",
+    "atomic_write",
+    "fsync_path",
+    "remove_files",
+    "sha256_file",
+]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -43,8 +52,10 @@ MANIFEST = "manifest.json"
 
 #: names of data files and of their temporaries: what an interrupted save left behind
 #: matches this and is removed by the next successful save
-_DATA_NAME = re.compile(r"^\.?[a-z][a-z_]*(-[a-z_]+)?-[0-9a-f]{12}\.(npz|bin|npy)"
-                        r"(\.tmp-\d+-\d+|\.tmp|\.[A-Za-z0-9_]+\.tmp)?$")
+_DATA_NAME = re.compile(
+    r"^\.?[a-z][a-z_]*(-[a-z_]+)?-[0-9a-f]{12}\.(npz|bin|npy)"
+    r"(\.tmp-\d+-\d+|\.tmp|\.[A-Za-z0-9_]+\.tmp)?$"
+)
 _MANIFEST_TMP = re.compile(r"^\.manifest\.json\.[A-Za-z0-9_]+\.tmp$")
 _STEM = re.compile(r"^[a-z][a-z_]*(-[a-z_]+)?$")
 
@@ -110,8 +121,9 @@ class as_format_error:
     def __enter__(self) -> "as_format_error":
         return self
 
-    def __exit__(self, typ: Optional[Type[BaseException]], e: Optional[BaseException],
-                 tb: Optional[TracebackType]) -> Literal[False]:
+    def __exit__(
+        self, typ: Optional[Type[BaseException]], e: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> Literal[False]:
         if e is None or isinstance(e, (IndexFormatError, MemoryError)) or not isinstance(e, Exception):
             return False
         if isinstance(e, OSError) and e.errno is not None:
@@ -203,9 +215,19 @@ class IndexWriter:
     def commit(self, fields: Dict[str, Any]) -> None:
         """Write the manifest (``fields`` + format, version and the files' sizes and
         checksums) atomically, making this save the folder's index."""
-        manifest = {**fields, "format": self.fmt, "version": self.version, "files": {
-            role: {"name": name, "bytes": (self.folder / name).stat().st_size,
-                   "sha256": sha256_file(self.folder / name)} for role, name in self.files.items()}}
+        manifest = {
+            **fields,
+            "format": self.fmt,
+            "version": self.version,
+            "files": {
+                role: {
+                    "name": name,
+                    "bytes": (self.folder / name).stat().st_size,
+                    "sha256": sha256_file(self.folder / name),
+                }
+                for role, name in self.files.items()
+            },
+        }
         text = json.dumps(manifest, indent=2, sort_keys=True)
         fsync_path(self.folder, directory=True)  # the data files' names are durable ...
         atomic_write(self.folder / MANIFEST, lambda f: f.write(text.encode("utf-8")))
@@ -244,8 +266,9 @@ class IndexFolder:
             except BaseException:
                 remove_files(self.path, w.written)
                 raise
-            stale = set(old) | {p.name for p in self.path.iterdir()
-                                if _DATA_NAME.match(p.name) or _MANIFEST_TMP.match(p.name)}
+            stale = set(old) | {
+                p.name for p in self.path.iterdir() if _DATA_NAME.match(p.name) or _MANIFEST_TMP.match(p.name)
+            }
             remove_files(self.path, stale - set(w.written))
 
     def _listed_files(self) -> List[str]:
@@ -274,8 +297,10 @@ class IndexFolder:
         if not isinstance(ver, int) or isinstance(ver, bool) or not 1 <= ver <= self.version:
             from .. import __version__
 
-            raise IndexFormatError(f"{mpath}: {self.what} format version {ver!r}, this roiret {__version__} "
-                                   f"reads versions 1 to {self.version}; upgrade roiret")
+            raise IndexFormatError(
+                f"{mpath}: {self.what} format version {ver!r}, this roiret {__version__} "
+                f"reads versions 1 to {self.version}; upgrade roiret"
+            )
         try:
             paths = {role: self._check_file(role, spec, verify) for role, spec in m["files"].items()}
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -297,8 +322,9 @@ class IndexFolder:
             raise IndexFormatError(f"{mpath}: {role} file {name!r} is missing")
         size = p.stat().st_size
         if size != spec["bytes"]:
-            raise IndexFormatError(f"{mpath}: {role} file {name!r} is truncated or altered "
-                                   f"({size} bytes, expected {spec['bytes']})")
+            raise IndexFormatError(
+                f"{mpath}: {role} file {name!r} is truncated or altered ({size} bytes, expected {spec['bytes']})"
+            )
         if verify and sha256_file(p) != spec["sha256"]:
             raise IndexFormatError(f"{mpath}: {role} file {name!r} does not match its checksum (corrupt)")
         return p

@@ -17,6 +17,7 @@ pixels and the same errors:
 Arrays are taken as they are (``H×W`` gray, ``H×W×3`` RGB, ``H×W×4`` RGBA; ``uint8``,
 ``uint16`` or floats in [0, 1]).
 """
+
 from __future__ import annotations
 
 import os
@@ -61,8 +62,11 @@ def _env_max_pixels(default: int = 100_000_000) -> int:
         if value < 1:
             raise ValueError
     except ValueError:
-        warnings.warn(f"ignoring ROIRET_MAX_PIXELS={raw!r}: expected a positive integer; using {default:,}",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"ignoring ROIRET_MAX_PIXELS={raw!r}: expected a positive integer; using {default:,}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return default
     return value
 
@@ -261,9 +265,7 @@ def to_uint8_rgb(img: np.ndarray, *, name: str = "image") -> np.ndarray:
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)):
-        raise ValueError(
-            f"{name}: expected an array of shape (H, W), (H, W, 3) or (H, W, 4), got {img.shape}"
-        )
+        raise ValueError(f"{name}: expected an array of shape (H, W), (H, W, 3) or (H, W, 4), got {img.shape}")
     if img.shape[0] < 1 or img.shape[1] < 1:
         raise ValueError(f"{name}: empty image of shape {img.shape}")
     if img.dtype == np.uint8:
@@ -277,9 +279,7 @@ def to_uint8_rgb(img: np.ndarray, *, name: str = "image") -> np.ndarray:
     elif img.dtype == np.bool_:
         out = img.astype(np.uint8) * 255
     else:
-        raise TypeError(
-            f"{name}: expected dtype uint8, uint16 or float in [0, 1], got {img.dtype}"
-        )
+        raise TypeError(f"{name}: expected dtype uint8, uint16 or float in [0, 1], got {img.dtype}")
     if out.ndim == 2:
         out = np.repeat(out[:, :, None], 3, axis=2)
     elif out.shape[2] == 4:
@@ -314,8 +314,11 @@ def _read_bytes(path: Path, limit: int) -> bytes:
         raise ImageError("is not a regular file (a device, FIFO or socket)", path)
     cap = max_file_bytes(limit)
     if st.st_size > cap:
-        raise ImageError(f"file has {st.st_size:,} bytes, more than an image within the pixel limit of "
-                         f"{limit:,} can have ({cap:,} bytes)", path)
+        raise ImageError(
+            f"file has {st.st_size:,} bytes, more than an image within the pixel limit of "
+            f"{limit:,} can have ({cap:,} bytes)",
+            path,
+        )
     with open(path, "rb") as f:
         data = f.read(cap + 1)
     if len(data) > cap:  # grew while being read
@@ -368,9 +371,7 @@ def load_image(
             path = Path(src)
             data = _read_bytes(path, limit)
         else:
-            raise TypeError(
-                f"expected a path, bytes or a numpy array, got {type(src).__name__}"
-            )
+            raise TypeError(f"expected a path, bytes or a numpy array, got {type(src).__name__}")
         img = _decode(data, path, limit)
     img, _ = resize_max_side(img, max_side)
     if gray:
@@ -446,9 +447,14 @@ def error_reason(e: BaseException) -> str:
 IMAGE_ERRORS = (ImageError, OSError, ValueError, TypeError)
 
 
-def iter_prepared(images: Sequence[ImageSource], max_side: Optional[int], *, on_error: str = "raise",
-                  progress: Optional[bool] = None, desc: str = "images"
-                  ) -> Iterator[Tuple[int, ImageSource, Union[PreparedImage, Exception]]]:
+def iter_prepared(
+    images: Sequence[ImageSource],
+    max_side: Optional[int],
+    *,
+    on_error: str = "raise",
+    progress: Optional[bool] = None,
+    desc: str = "images",
+) -> Iterator[Tuple[int, ImageSource, Union[PreparedImage, Exception]]]:
     """Yield ``(position, source, prepared image or the exception it raised)`` for each
     image, with a progress bar (``progress``: True, False, or None for a terminal only).
     ``on_error="raise"`` lets the first error propagate instead."""

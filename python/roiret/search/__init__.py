@@ -12,6 +12,7 @@
 * :mod:`.locks` — the in-process reader/writer lock;
 * :mod:`.retriever` — :class:`~.retriever.Retriever`, the facade over all of these.
 """
+
 from .config import RetrieverConfig
 from .results import Hit, PreparedQuery, SearchResult
 from .retriever import Retriever

@@ -3,11 +3,12 @@ pass as keywords), made of the validated parameter groups of :mod:`roiret.params
 
 Imports NumPy only, so the command line can show its defaults quickly.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, ClassVar, Dict, Optional, Tuple
 
 from ..params import (
     DEFAULT_T_MIN,
@@ -91,6 +92,9 @@ class RetrieverConfig:
     fusion: Fusion = "adaptive"
     max_side: int = 500
     seed: int = 0
+    # The validated groups, set per instance by __post_init__. Declared ClassVar so that the
+    # dataclass does not make it a field: it stays out of to_dict, ==, repr and __init__.
+    _groups: ClassVar[Tuple[RegionParams, CodeParams, BowParams, RerankParams]]
 
     def __post_init__(self) -> None:
         # Every value is checked here, by the group it belongs to, so that a bad value (or
@@ -103,41 +107,44 @@ class RetrieverConfig:
         if self.feature not in FEATURES:
             raise ValueError(f"feature must be one of {list(FEATURES)}, got {self.feature!r}")
         regions = RegionParams(
-            self.K, DEFAULT_T_MIN if self.t_min is None else self.t_min,
-            DEFAULT_T_RATE if self.t_rate is None else self.t_rate, self.t_iou,
+            self.K,
+            DEFAULT_T_MIN if self.t_min is None else self.t_min,
+            DEFAULT_T_RATE if self.t_rate is None else self.t_rate,
+            self.t_iou,
             DEFAULT_THRESHOLD_MODE if self.threshold_mode is None else self.threshold_mode,
-            DEFAULT_THRESHOLD if self.threshold is None else self.threshold)
+            DEFAULT_THRESHOLD if self.threshold is None else self.threshold,
+        )
         codes = CodeParams(self.whitening, self.whitening_dims, self.code_bits, self.seed)
-        bow = BowParams(self.vocab_size, self.local_features, self.max_keypoints,
-                        self.max_train_descriptors, self.kmeans_iterations)
+        bow = BowParams(
+            self.vocab_size, self.local_features, self.max_keypoints, self.max_train_descriptors, self.kmeans_iterations
+        )
         rerank = RerankParams(self.N, self.n, self.k, self.mode, self.fusion)
         for group in (regions, codes, bow, rerank):
             for name, value in group.to_dict().items():
                 put(name, value)
         put("max_side", positive_int("max_side", self.max_side))
+        put("_groups", (regions, codes, bow, rerank))  # not a field: rebuilt by every __init__
 
     # -- the groups ------------------------------------------------------------------------
     @property
     def regions(self) -> RegionParams:
         """K, T_min, T_rate, T_iou and the binarisation rule."""
-        return RegionParams(self.K, self.t_min, self.t_rate, self.t_iou,  # type: ignore[arg-type]
-                            self.threshold_mode, self.threshold)  # type: ignore[arg-type]
+        return self._groups[0]
 
     @property
     def codes(self) -> CodeParams:
         """Whitening and code length."""
-        return CodeParams(self.whitening, self.whitening_dims, self.code_bits, self.seed)
+        return self._groups[1]
 
     @property
     def bow(self) -> BowParams:
         """Vocabulary and local features."""
-        return BowParams(self.vocab_size, self.local_features, self.max_keypoints,
-                         self.max_train_descriptors, self.kmeans_iterations)
+        return self._groups[2]
 
     @property
     def rerank(self) -> RerankParams:
         """N, n, k, mode and fusion."""
-        return RerankParams(self.N, self.n, self.k, self.mode, self.fusion)
+        return self._groups[3]
 
     # -- construction ----------------------------------------------------------------------
     @classmethod

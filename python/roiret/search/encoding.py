@@ -2,6 +2,7 @@
 what a query needs (:func:`encode_query`: the bag of the keypoints in the box, the RoIs of
 the crop). The extractors are shared with concurrent searches: callers pass the lock that
 serialises them."""
+
 from __future__ import annotations
 
 import time
@@ -22,10 +23,17 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["encode_images", "encode_query"]
 
 
-def encode_images(batch: Sequence[Tuple[int, ImageSource, PreparedImage]], ids: np.ndarray,
-                  names: Optional[Sequence[str]], *, bow: "BowIndex", extractor: "RoIExtractor",
-                  coder: "CodeProjector", lock: "AbstractContextManager[object]", timings: Dict[str, float]
-                  ) -> List[IndexedImage]:
+def encode_images(
+    batch: Sequence[Tuple[int, ImageSource, PreparedImage]],
+    ids: np.ndarray,
+    names: Optional[Sequence[str]],
+    *,
+    bow: "BowIndex",
+    extractor: "RoIExtractor",
+    coder: "CodeProjector",
+    lock: "AbstractContextManager[object]",
+    timings: Dict[str, float],
+) -> List[IndexedImage]:
     """The index entries of a batch of ``(position, source, prepared image)``: ids and names
     are taken at each position (a name defaults to the path, or ``image-<id>``). Adds the
     seconds spent per stage to ``timings`` (sift, quantize, cnn_trunk, regions_codes, images)."""
@@ -40,8 +48,13 @@ def encode_images(batch: Sequence[Tuple[int, ImageSource, PreparedImage]], ids: 
         rois = extractor.extract(smalls, progress=False)
         t3 = time.perf_counter()
     trunk = extractor.timings["trunk"] - trunk0
-    for key, dt in (("sift", t1 - t0), ("quantize", t2 - t1), ("cnn_trunk", trunk),
-                    ("regions_codes", (t3 - t2) - trunk), ("images", len(smalls))):
+    for key, dt in (
+        ("sift", t1 - t0),
+        ("quantize", t2 - t1),
+        ("cnn_trunk", trunk),
+        ("regions_codes", (t3 - t2) - trunk),
+        ("images", len(smalls)),
+    ):
         timings[key] += dt
     entries = []
     for (i, src, item), (words, counts), r in zip(batch, bags, rois):
@@ -49,14 +62,23 @@ def encode_images(batch: Sequence[Tuple[int, ImageSource, PreparedImage]], ids: 
         image_id = int(ids[i])
         codes, global_code = coder(r)
         name = names[i] if names is not None else source_name(src, f"image-{image_id}")
-        entries.append(IndexedImage(image_id, words, counts, codes, r.boxes / item.scale, r.scores, global_code,
-                                    item.size, name))
+        entries.append(
+            IndexedImage(image_id, words, counts, codes, r.boxes / item.scale, r.scores, global_code, item.size, name)
+        )
     return entries
 
 
-def encode_query(image: ImageSource, box: Optional[Sequence[float]], *, max_side: int, with_rois: bool,
-                 bow: "BowIndex", extractor: "RoIExtractor", coder: "CodeProjector",
-                 lock: "AbstractContextManager[object]") -> PreparedQuery:
+def encode_query(
+    image: ImageSource,
+    box: Optional[Sequence[float]],
+    *,
+    max_side: int,
+    with_rois: bool,
+    bow: "BowIndex",
+    extractor: "RoIExtractor",
+    coder: "CodeProjector",
+    lock: "AbstractContextManager[object]",
+) -> PreparedQuery:
     """A query's BoW words (keypoints in ``box``) and RoIs (of the crop), boxes in pixels of
     the query image as given."""
     t0 = time.perf_counter()
@@ -81,5 +103,6 @@ def encode_query(image: ImageSource, box: Optional[Sequence[float]], *, max_side
             qb[:, 0::2] += np.floor(max(sbox[0], 0.0))
             qb[:, 1::2] += np.floor(max(sbox[1], 0.0))
         q_boxes = (qb / scale).astype(np.float32)
-    return PreparedQuery(words, counts, rois, q_boxes, {"load": t1 - t0, "bow_features": t2 - t1, "cnn": t3 - t2},
-                         codes, global_code)
+    return PreparedQuery(
+        words, counts, rois, q_boxes, {"load": t1 - t0, "bow_features": t2 - t1, "cnn": t3 - t2}, codes, global_code
+    )

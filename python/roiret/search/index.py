@@ -1,5 +1,6 @@
 """The two-stage index: the BoW inverted file and the RoI store of the same images, kept in
 step (an image is in both or in neither)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,5 +1,6 @@
 """Locks of the search side: many readers or one writer, in one process. (Saves to one
 folder are serialised across processes by :class:`roiret.io.folder.FolderLock`.)"""
+
 from __future__ import annotations
 
 import threading

@@ -9,6 +9,7 @@ weights), ``nbits``, ``images``, ``rois``. Data files by role: ``vocabulary`` (`
 ``projection`` (``.npy``, for projected codes) and ``rois.<array>`` (``.npy``, one per
 :class:`RoIStore` array, memory-mapped on load). No pickle anywhere.
 """
+
 from __future__ import annotations
 
 import functools
@@ -47,8 +48,16 @@ class SavedIndex:
     manifest: Manifest
 
 
-def save_index(folder: PathLike, *, config: RetrieverConfig, index: TwoStageIndex, nbits: int,
-               fingerprint: Optional[str], whitening: Any, code_state: Dict[str, np.ndarray]) -> None:
+def save_index(
+    folder: PathLike,
+    *,
+    config: RetrieverConfig,
+    index: TwoStageIndex,
+    nbits: int,
+    fingerprint: Optional[str],
+    whitening: Any,
+    code_state: Dict[str, np.ndarray],
+) -> None:
     """Write an index folder (atomic, locked; see :mod:`roiret.io.folder`)."""
 
     def write(w: IndexWriter) -> Dict[str, Any]:
@@ -60,9 +69,15 @@ def save_index(folder: PathLike, *, config: RetrieverConfig, index: TwoStageInde
             w.put(key, key, "npy", functools.partial(save_npy, arr=arr))
         for key, arr in index.store.state_dict().items():
             w.put(f"rois.{key}", f"rois-{key}", "npy", functools.partial(save_npy, arr=arr))
-        return {"roiret_version": __version__, "config": config.to_dict(),
-                "local_features": index.bow.extractor.config(), "backbone_fingerprint": fingerprint,
-                "nbits": nbits, "images": len(index), "rois": index.store.num_rois}
+        return {
+            "roiret_version": __version__,
+            "config": config.to_dict(),
+            "local_features": index.bow.extractor.config(),
+            "backbone_fingerprint": fingerprint,
+            "nbits": nbits,
+            "images": len(index),
+            "rois": index.store.num_rois,
+        }
 
     IndexFolder(folder, FORMAT, VERSION, _WHAT).save(write)
 
@@ -86,14 +101,16 @@ def _store(m: Manifest, words: int, mmap: bool) -> RoIStore:
     state = {}
     for key in RoIStore.FILES:
         with m.parsing(f"rois.{key}", "not a valid .npy array"):
-            state[key] = np.load(m.paths[f"rois.{key}"], mmap_mode="r" if mmap and key != "names" else None,
-                                 allow_pickle=False)
+            state[key] = np.load(
+                m.paths[f"rois.{key}"], mmap_mode="r" if mmap and key != "names" else None, allow_pickle=False
+            )
     with as_format_error(m.folder, "inconsistent RoI arrays"):
         store = RoIStore.from_state(words, state, where=str(m.folder))
     images, rois = m.fields.get("images", len(store)), m.fields.get("rois", store.num_rois)
     if images != len(store) or rois != store.num_rois:
-        raise m.invalid(f"the manifest lists {images} images / {rois} RoIs, "
-                        f"the arrays hold {len(store)} / {store.num_rois}")
+        raise m.invalid(
+            f"the manifest lists {images} images / {rois} RoIs, the arrays hold {len(store)} / {store.num_rois}"
+        )
     return store
 
 
@@ -103,7 +120,8 @@ def load_index(folder: PathLike, *, verify: bool = True, mmap: bool = True) -> S
     from ..cnn.whitening import PCAWhitening
 
     m = IndexFolder(folder, FORMAT, VERSION, _WHAT).read(
-        verify=verify, required=("vocabulary", "inverted_file") + tuple(f"rois.{k}" for k in RoIStore.FILES))
+        verify=verify, required=("vocabulary", "inverted_file") + tuple(f"rois.{k}" for k in RoIStore.FILES)
+    )
     config, nbits, lf_config, fingerprint = _fields(m)
     # Every file is untrusted input: whatever a damaged one makes a parser raise is
     # reported as IndexFormatError naming it. Nothing is unpickled.

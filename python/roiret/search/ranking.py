@@ -1,6 +1,7 @@
 """Ranking, as a pure function of (prepared query, index, parameters): the BoW top N from
 the inverted file, re-ranked with RoI codes (:func:`roiret.search.rerank.rerank`), as
 :class:`~roiret.search.results.Hit` objects."""
+
 from __future__ import annotations
 
 import time
@@ -8,6 +9,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from ..io.images import Box
 from ..params import RerankParams
 from .index import TwoStageIndex
 from .rerank import RerankResult, rerank
@@ -27,22 +29,74 @@ def _candidates(query: PreparedQuery, index: TwoStageIndex, depth: int) -> Tuple
     return ids, bow_scores
 
 
-def _rerank(query: PreparedQuery, index: TwoStageIndex, nbits: int, rows: np.ndarray, bow_scores: np.ndarray,
-            p: RerankParams, K: int, threads: Optional[int]) -> RerankResult:
+def _rerank(
+    query: PreparedQuery,
+    index: TwoStageIndex,
+    nbits: int,
+    rows: np.ndarray,
+    bow_scores: np.ndarray,
+    p: RerankParams,
+    K: int,
+    threads: Optional[int],
+) -> RerankResult:
     store = index.store
     if p.mode == "global":
-        return rerank(np.asarray(query.global_code).reshape(1, -1), store.global_codes,
-                      np.arange(len(store) + 1, dtype=np.int64), nbits, rows, N=p.N, n=p.n, k=1,
-                      mode="exhaustive", bow_scores=bow_scores, fusion=p.fusion, threads=threads)
+        return rerank(
+            np.asarray(query.global_code).reshape(1, -1),
+            store.global_codes,
+            np.arange(len(store) + 1, dtype=np.int64),
+            nbits,
+            rows,
+            N=p.N,
+            n=p.n,
+            k=1,
+            mode="exhaustive",
+            bow_scores=bow_scores,
+            fusion=p.fusion,
+            threads=threads,
+        )
     if p.mode == "bow":
-        return rerank(np.zeros((0, store.words), np.uint64), store.codes, store.offsets, nbits, rows,
-                      N=p.N, n=p.n, k=p.k, mode="bow")
-    return rerank(np.asarray(query.codes)[:K], store.codes, store.offsets, nbits, rows, N=p.N, n=p.n, k=p.k,
-                  mode=p.mode, bow_scores=bow_scores, fusion=p.fusion, threads=threads)
+        return rerank(
+            np.zeros((0, store.words), np.uint64),
+            store.codes,
+            store.offsets,
+            nbits,
+            rows,
+            N=p.N,
+            n=p.n,
+            k=p.k,
+            mode="bow",
+        )
+    return rerank(
+        np.asarray(query.codes)[:K],
+        store.codes,
+        store.offsets,
+        nbits,
+        rows,
+        N=p.N,
+        n=p.n,
+        k=p.k,
+        mode=p.mode,
+        bow_scores=bow_scores,
+        fusion=p.fusion,
+        threads=threads,
+    )
 
 
-def rank(query: PreparedQuery, index: TwoStageIndex, nbits: int, params: RerankParams, *, K: int, top: int,
-         threads: Optional[int] = None) -> SearchResult:
+def _box(b: np.ndarray) -> Box:
+    return (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
+
+
+def rank(
+    query: PreparedQuery,
+    index: TwoStageIndex,
+    nbits: int,
+    params: RerankParams,
+    *,
+    K: int,
+    top: int,
+    threads: Optional[int] = None,
+) -> SearchResult:
     """Rank ``index`` for ``query`` with ``params`` (N, n, k, mode, fusion); the query's
     RoIs are cut to ``K`` (they are in selection order). Returns the first ``top`` hits.
     The caller holds whatever lock keeps ``index`` still."""
@@ -65,11 +119,20 @@ def rank(query: PreparedQuery, index: TwoStageIndex, nbits: int, params: RerankP
         reranked = params.mode != "bow" and bool(np.isfinite(rr.roi_score[p]))
         qb = db = None
         if reranked and params.mode != "global" and rr.best_db[p] >= 0:
-            qb = tuple(float(v) for v in q_boxes[rr.best_query[p]])
-            db = tuple(float(v) for v in store.boxes[rr.best_db[p]])
-        hits.append(Hit(rank=position, id=int(ids[p]), name=store.names[row], score=float(rr.score[p]),
-                        bow_score=float(bow_scores[p]), roi_score=float(rr.roi_score[p]),
-                        query_box=qb, db_box=db, reranked=reranked))  # type: ignore[arg-type]
+            qb, db = _box(q_boxes[rr.best_query[p]]), _box(store.boxes[rr.best_db[p]])
+        hits.append(
+            Hit(
+                rank=position,
+                id=int(ids[p]),
+                name=store.names[row],
+                score=float(rr.score[p]),
+                bow_score=float(bow_scores[p]),
+                roi_score=float(rr.roi_score[p]),
+                query_box=qb,
+                db_box=db,
+                reranked=reranked,
+            )
+        )
     timings = dict(query.timings)
     timings.update(bow_search=t1 - t0, rerank=t2 - t1)
     timings["total"] = sum(timings.values())

@@ -32,6 +32,7 @@ beats both stages, but on the demo collection (small objects on textured backgro
 BoW fails and a fixed weight drags the RoI ranking down; the adaptive weight beat w = ½
 on every measured column of both (``benchmarks/fusion_study.py``, docs/RESULTS.md).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,6 +1,7 @@
 """What a search returns: :class:`Hit` (one ranked image), :class:`SearchResult` (the
 ranking with the query's RoIs and timings), and :class:`PreparedQuery` (a query's features,
 extracted once and ranked in several ways)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,11 +49,11 @@ class SearchResult:
     """Ranked hits plus what the query looked like and where the time went."""
 
     hits: List[Hit]
-    query_boxes: np.ndarray           # (r, 4) RoIs of the query, pixels of the query image
-    query_mask: np.ndarray            # (r,) RoIs used for the N − n candidates
+    query_boxes: np.ndarray  # (r, 4) RoIs of the query, pixels of the query image
+    query_mask: np.ndarray  # (r,) RoIs used for the N − n candidates
     mode: str
     timings: Dict[str, float] = field(default_factory=dict)
-    bow_weight: float = 0.0           # the BoW weight the fusion used for this query (0: RoI score alone)
+    bow_weight: float = 0.0  # the BoW weight the fusion used for this query (0: RoI score alone)
 
     def __len__(self) -> int:
         return len(self.hits)
@@ -92,5 +93,5 @@ class PreparedQuery:
     rois: Optional["RoIResult"]
     boxes: np.ndarray
     timings: Dict[str, float]
-    codes: Optional[np.ndarray] = None        # (r, words) RoI codes as indexed
+    codes: Optional[np.ndarray] = None  # (r, words) RoI codes as indexed
     global_code: Optional[np.ndarray] = None  # (words,) whole-image code

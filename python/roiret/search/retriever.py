@@ -25,6 +25,7 @@ serialised. :meth:`save` runs under the shared lock (changes wait for it) and sa
 folder are serialised across processes (``flock``). A :meth:`with_K` view must not be
 used while the retriever it came from changes.
 """
+
 from __future__ import annotations
 
 import threading
@@ -72,9 +73,19 @@ class Retriever:
         Threads of the native kernels (``None``: all cores).
     """
 
-    def __init__(self, config: Optional[RetrieverConfig] = None, *, device: Any = "cpu", weights: Any = "auto",
-                 head_weights: Any = "auto", allow_download: bool = False, batch_size: int = 16,
-                 progress: Optional[bool] = None, threads: Optional[int] = None, **params: Any):
+    def __init__(
+        self,
+        config: Optional[RetrieverConfig] = None,
+        *,
+        device: Any = "cpu",
+        weights: Any = "auto",
+        head_weights: Any = "auto",
+        allow_download: bool = False,
+        batch_size: int = 16,
+        progress: Optional[bool] = None,
+        threads: Optional[int] = None,
+        **params: Any,
+    ):
         self.config = RetrieverConfig(**params) if config is None else config.replace(**params)
         self.device = device
         if isinstance(batch_size, bool) or int(batch_size) < 1:
@@ -88,8 +99,13 @@ class Retriever:
         self._coder: Optional["CodeProjector"] = None
         self._fingerprint: Optional[str] = None
         #: seconds spent per indexing stage by add() (accumulated; reset freely)
-        self.add_timings: Dict[str, float] = {"sift": 0.0, "quantize": 0.0, "cnn_trunk": 0.0,
-                                              "regions_codes": 0.0, "images": 0}
+        self.add_timings: Dict[str, float] = {
+            "sift": 0.0,
+            "quantize": 0.0,
+            "cnn_trunk": 0.0,
+            "regions_codes": 0.0,
+            "images": 0,
+        }
         self._query_lock = threading.Lock()  # the CNN / SIFT extractors: one user at a time
         self._change_lock = threading.RLock()  # add / remove: one at a time
         self._rw = RWLock()
@@ -105,9 +121,18 @@ class Retriever:
 
             c = self.config
             self._extractor = RoIExtractor(
-                c.backbone, c.feature, regions=c.regions, max_side=c.max_side, device=self.device,
-                batch_size=self.batch_size, weights=self._weights, head_weights=self._head_weights,
-                allow_download=self._allow_download, progress=False, num_workers=0)
+                c.backbone,
+                c.feature,
+                regions=c.regions,
+                max_side=c.max_side,
+                device=self.device,
+                batch_size=self.batch_size,
+                weights=self._weights,
+                head_weights=self._head_weights,
+                allow_download=self._allow_download,
+                progress=False,
+                num_workers=0,
+            )
         return self._extractor
 
     @property
@@ -146,13 +171,20 @@ class Retriever:
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"Retriever({len(self)} images, backbone={c.backbone!r}, feature={c.feature!r}, K={c.K}, "
-                f"vocab_size={c.vocab_size}, N={c.N}, n={c.n}, k={c.k}, mode={c.mode!r}, "
-                f"trained={self.trained})")
+        return (
+            f"Retriever({len(self)} images, backbone={c.backbone!r}, feature={c.feature!r}, K={c.K}, "
+            f"vocab_size={c.vocab_size}, N={c.N}, n={c.n}, k={c.k}, mode={c.mode!r}, "
+            f"trained={self.trained})"
+        )
 
     # -- training ------------------------------------------------------------------------
-    def train(self, images: Sequence[ImageSource], *, max_images: Optional[int] = None,
-              vocabulary: Optional["Vocabulary"] = None) -> "Retriever":
+    def train(
+        self,
+        images: Sequence[ImageSource],
+        *,
+        max_images: Optional[int] = None,
+        vocabulary: Optional["Vocabulary"] = None,
+    ) -> "Retriever":
         """Learn the visual vocabulary (k-means on local descriptors) and, if configured,
         the PCA-whitening of RoI descriptors — from ``images`` (typically the database
         itself), without labels. ``max_images`` takes a seeded random sample.
@@ -165,8 +197,15 @@ class Retriever:
         feats, raw, lfe = training_features(self, images, max_images, vocabulary)
         voc = vocabulary
         if voc is None:
-            voc = Vocabulary.fit(feats, c.vocab_size, seed=c.seed, max_train_descriptors=c.max_train_descriptors,
-                                 kmeans_iterations=c.kmeans_iterations, descriptor=lfe.kind, progress=bool(self.progress))
+            voc = Vocabulary.fit(
+                feats,
+                c.vocab_size,
+                seed=c.seed,
+                max_train_descriptors=c.max_train_descriptors,
+                kmeans_iterations=c.kmeans_iterations,
+                descriptor=lfe.kind,
+                progress=bool(self.progress),
+            )
         with self._rw.write():
             if c.whitening:
                 from ..cnn.whitening import PCAWhitening
@@ -181,8 +220,14 @@ class Retriever:
         return self
 
     # -- adding --------------------------------------------------------------------------
-    def add(self, images: Sequence[ImageSource], ids: Optional[Sequence[int]] = None, *,
-            names: Optional[Sequence[str]] = None, on_error: str = "raise") -> np.ndarray:
+    def add(
+        self,
+        images: Sequence[ImageSource],
+        ids: Optional[Sequence[int]] = None,
+        *,
+        names: Optional[Sequence[str]] = None,
+        on_error: str = "raise",
+    ) -> np.ndarray:
         """Index images (paths, bytes or arrays) in batches, with a progress bar.
 
         ``ids``: new unique int64 ids (default: consecutive after the largest so far).
@@ -208,8 +253,9 @@ class Retriever:
             self.last_failures = []
             batch: List[Tuple[int, ImageSource, PreparedImage]] = []
             try:
-                for i, src, item in iter_prepared(images, self.config.max_side, on_error=on_error,
-                                                  progress=self.progress, desc="indexing"):
+                for i, src, item in iter_prepared(
+                    images, self.config.max_side, on_error=on_error, progress=self.progress, desc="indexing"
+                ):
                     if isinstance(item, Exception):
                         self.last_failures.append((i, source_name(src, f"image {i}"), error_reason(item)))
                         continue
@@ -224,15 +270,25 @@ class Retriever:
                 raise
         if self.last_failures:
             lines = "\n".join(f"  {name}: {msg}" for _, name, msg in self.last_failures)
-            warnings.warn(f"{len(self.last_failures)} of {len(images)} images skipped:\n{lines}",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"{len(self.last_failures)} of {len(images)} images skipped:\n{lines}", RuntimeWarning, stacklevel=2
+            )
         return np.asarray(added, np.int64)
 
-    def _add_batch(self, batch: List[Tuple[int, ImageSource, PreparedImage]], ids: np.ndarray,
-                   names: Optional[Sequence[str]]) -> List[int]:
+    def _add_batch(
+        self, batch: List[Tuple[int, ImageSource, PreparedImage]], ids: np.ndarray, names: Optional[Sequence[str]]
+    ) -> List[int]:
         assert self._coder is not None  # set together with the index
-        entries = encode_images(batch, ids, names, bow=self.index.bow, extractor=self.extractor, coder=self._coder,
-                                lock=self._query_lock, timings=self.add_timings)
+        entries = encode_images(
+            batch,
+            ids,
+            names,
+            bow=self.index.bow,
+            extractor=self.extractor,
+            coder=self._coder,
+            lock=self._query_lock,
+            timings=self.add_timings,
+        )
         with self._rw.write():
             return self.index.add(entries)
 
@@ -244,18 +300,36 @@ class Retriever:
             return index.remove(ids)
 
     # -- search --------------------------------------------------------------------------
-    def prepare_query(self, image: ImageSource, box: Optional[Sequence[float]] = None, *,
-                      with_rois: bool = True) -> PreparedQuery:
+    def prepare_query(
+        self, image: ImageSource, box: Optional[Sequence[float]] = None, *, with_rois: bool = True
+    ) -> PreparedQuery:
         """Extract a query's features once (BoW words of the keypoints in ``box``, RoIs of
         the crop), to rank with :meth:`rank` in several ways."""
         bow = self.index.bow
         assert self._coder is not None  # set together with the index
-        return encode_query(image, box, max_side=self.config.max_side, with_rois=with_rois, bow=bow,
-                            extractor=self.extractor, coder=self._coder, lock=self._query_lock)
+        return encode_query(
+            image,
+            box,
+            max_side=self.config.max_side,
+            with_rois=with_rois,
+            bow=bow,
+            extractor=self.extractor,
+            coder=self._coder,
+            lock=self._query_lock,
+        )
 
-    def search(self, image: ImageSource, box: Optional[Sequence[float]] = None, *, top: Optional[int] = None,
-               mode: Optional[str] = None, N: Optional[int] = None, n: Optional[int] = None,
-               k: Optional[int] = None, fusion: Fusion = None) -> SearchResult:
+    def search(
+        self,
+        image: ImageSource,
+        box: Optional[Sequence[float]] = None,
+        *,
+        top: Optional[int] = None,
+        mode: Optional[str] = None,
+        N: Optional[int] = None,
+        n: Optional[int] = None,
+        k: Optional[int] = None,
+        fusion: Fusion = None,
+    ) -> SearchResult:
         """Rank the database for a query image, or for ``box = (x1, y1, x2, y2)`` (pixels of
         the query image) inside it. ``top``: hits returned (default N); the other
         arguments override the configuration for this call."""
@@ -263,16 +337,25 @@ class Retriever:
         q = self.prepare_query(image, box, with_rois=params.mode != "bow")
         return self.rank(q, top=top, mode=params.mode, N=N, n=n, k=k, fusion=fusion)
 
-    def _rerank_params(self, mode: Optional[str], N: Optional[int], n: Optional[int], k: Optional[int],
-                       fusion: Fusion) -> RerankParams:
+    def _rerank_params(
+        self, mode: Optional[str], N: Optional[int], n: Optional[int], k: Optional[int], fusion: Fusion
+    ) -> RerankParams:
         p = self.config.rerank
         N = p.N if N is None else N
         changes = {"mode": mode, "N": N, "n": min(p.n if n is None else n, N), "k": k, "fusion": fusion}
         return p.replace(**{key: v for key, v in changes.items() if v is not None})
 
-    def rank(self, query: PreparedQuery, *, top: Optional[int] = None, mode: Optional[str] = None,
-             N: Optional[int] = None, n: Optional[int] = None, k: Optional[int] = None,
-             fusion: Fusion = None) -> SearchResult:
+    def rank(
+        self,
+        query: PreparedQuery,
+        *,
+        top: Optional[int] = None,
+        mode: Optional[str] = None,
+        N: Optional[int] = None,
+        n: Optional[int] = None,
+        k: Optional[int] = None,
+        fusion: Fusion = None,
+    ) -> SearchResult:
         """Rank the database for a :class:`PreparedQuery` (see :meth:`search`). The query's
         RoIs are cut to this retriever's K (RoIs are in selection order)."""
         params = self._rerank_params(mode, N, n, k, fusion)
@@ -307,14 +390,29 @@ class Retriever:
         index = self.index
         assert self._coder is not None
         with self._rw.read():
-            persist.save_index(path, config=self.config, index=index, nbits=self.nbits,
-                               fingerprint=self._fingerprint, whitening=self.extractor.whitening,
-                               code_state=self._coder.state_dict())
+            persist.save_index(
+                path,
+                config=self.config,
+                index=index,
+                nbits=self.nbits,
+                fingerprint=self._fingerprint,
+                whitening=self.extractor.whitening,
+                code_state=self._coder.state_dict(),
+            )
 
     @classmethod
-    def load(cls, path: PathLike, *, device: Any = "cpu", verify: bool = True, mmap: bool = True,
-             weights: Any = "auto", head_weights: Any = "auto", allow_download: bool = False,
-             **kwargs: Any) -> "Retriever":
+    def load(
+        cls,
+        path: PathLike,
+        *,
+        device: Any = "cpu",
+        verify: bool = True,
+        mmap: bool = True,
+        weights: Any = "auto",
+        head_weights: Any = "auto",
+        allow_download: bool = False,
+        **kwargs: Any,
+    ) -> "Retriever":
         """Load a folder written by :meth:`save`. ``verify`` checks every file's SHA-256;
         ``mmap`` maps the RoI arrays instead of reading them (the first :meth:`add` copies
         them into memory). Raises :class:`~roiret.errors.IndexFormatError` (not an index,
@@ -323,18 +421,29 @@ class Retriever:
         from ..cnn.codes import CodeProjector
 
         saved = persist.load_index(path, verify=verify, mmap=mmap)
-        r = cls(saved.config, device=device, weights=weights, head_weights=head_weights,
-                allow_download=allow_download, **kwargs)
+        r = cls(
+            saved.config,
+            device=device,
+            weights=weights,
+            head_weights=head_weights,
+            allow_download=allow_download,
+            **kwargs,
+        )
         # Build the CNN side now, so that a weight mismatch is reported at load time.
         r.extractor.whitening = saved.whitening
         r._coder = CodeProjector.from_state(r.extractor.dim, saved.config.codes, saved.code_state)
         if r._coder.nbits != saved.nbits:
-            raise persist.refuse(saved, f"the index holds {saved.nbits}-bit codes but its configuration "
-                                        f"now makes {r._coder.nbits}-bit codes")
+            raise persist.refuse(
+                saved,
+                f"the index holds {saved.nbits}-bit codes but its configuration now makes {r._coder.nbits}-bit codes",
+            )
         fp = r.extractor.weights_fingerprint()
         if saved.fingerprint is not None and fp != saved.fingerprint:
-            raise persist.refuse(saved, f"the CNN weights found now differ from those the index was built with "
-                                        f"(fingerprint {fp[:12]} != {saved.fingerprint[:12]}): query codes "
-                                        "would not be comparable; pass the weights= used when indexing")
+            raise persist.refuse(
+                saved,
+                f"the CNN weights found now differ from those the index was built with "
+                f"(fingerprint {fp[:12]} != {saved.fingerprint[:12]}): query codes "
+                "would not be comparable; pass the weights= used when indexing",
+            )
         r._index, r._fingerprint = saved.index, saved.fingerprint
         return r

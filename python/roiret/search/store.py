@@ -9,6 +9,7 @@ came from, or a caller-given label), its ``size`` (width, height) and its ``glob
 Arrays grow by doubling, so adding in batches is amortised O(1) per RoI. A store loaded
 from disk is memory-mapped read-only; the first change copies it into memory.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -113,14 +114,18 @@ class RoIStore:
         return self._codes.n
 
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.codes, self.boxes, self.scores, self.offsets, self.ids,
-                                      self.sizes, self.global_codes))
+        return sum(
+            a.nbytes
+            for a in (self.codes, self.boxes, self.scores, self.offsets, self.ids, self.sizes, self.global_codes)
+        )
 
     def capacity_bytes(self) -> int:
         """Bytes held by the arrays including the spare capacity of the doubling arrays
         (:meth:`nbytes` counts only the used part; names and the id index are not counted)."""
-        return sum(g.buf.nbytes for g in (self._codes, self._boxes, self._scores, self._offsets, self._ids,
-                                          self._sizes, self._global))
+        return sum(
+            g.buf.nbytes
+            for g in (self._codes, self._boxes, self._scores, self._offsets, self._ids, self._sizes, self._global)
+        )
 
     def _id_index(self) -> Dict[int, int]:
         if self._index is None:
@@ -147,8 +152,16 @@ class RoIStore:
         return self.codes[a:b], self.boxes[a:b], self.scores[a:b]
 
     # -- changes -----------------------------------------------------------------------
-    def add(self, image_id: int, codes: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-            global_code: np.ndarray, size: Sequence[int], name: str = "") -> None:
+    def add(
+        self,
+        image_id: int,
+        codes: np.ndarray,
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        global_code: np.ndarray,
+        size: Sequence[int],
+        name: str = "",
+    ) -> None:
         """Append one image. ``codes`` (r, words) uint64, ``boxes`` (r, 4), ``scores`` (r,)."""
         image_id = int(image_id)
         if image_id in self._id_index():
@@ -175,8 +188,9 @@ class RoIStore:
         order, so this equals selecting with that K)."""
         out = RoIStore(self.words)
         counts = np.minimum(np.diff(self.offsets), int(K))
-        rows = np.concatenate([np.arange(a, a + c) for a, c in zip(self.offsets[:-1], counts)]
-                              or [np.zeros(0, np.int64)]).astype(np.int64)
+        rows = np.concatenate(
+            [np.arange(a, a + c) for a, c in zip(self.offsets[:-1], counts)] or [np.zeros(0, np.int64)]
+        ).astype(np.int64)
         out._codes.replace(self.codes[rows])
         out._boxes.replace(self.boxes[rows])
         out._scores.replace(self.scores[rows])
@@ -234,18 +248,25 @@ class RoIStore:
         a = state
         n = len(a["ids"])
         expect = {
-            "codes": (np.uint64, (None, words)), "boxes": (np.float32, (None, 4)),
-            "scores": (np.float32, (None,)), "offsets": (np.int64, (n + 1,)),
-            "ids": (np.int64, (n,)), "sizes": (np.int32, (n, 2)),
+            "codes": (np.uint64, (None, words)),
+            "boxes": (np.float32, (None, 4)),
+            "scores": (np.float32, (None,)),
+            "offsets": (np.int64, (n + 1,)),
+            "ids": (np.int64, (n,)),
+            "sizes": (np.int32, (n, 2)),
             "global_codes": (np.uint64, (n, words)),
         }
         for key, (dt, shape) in expect.items():
             arr = a[key]
-            if arr.dtype != dt or arr.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, arr.shape)):
+            if (
+                arr.dtype != dt
+                or arr.ndim != len(shape)
+                or any(s is not None and s != t for s, t in zip(shape, arr.shape))
+            ):
                 raise bad(f"array {key!r} is {arr.dtype} {arr.shape}, expected {np.dtype(dt)} {shape}")
         R = len(a["codes"])
         off = a["offsets"]
-        if (off[0] != 0 or off[-1] != R or (np.diff(off) < 0).any()):
+        if off[0] != 0 or off[-1] != R or (np.diff(off) < 0).any():
             raise bad("RoI offsets are inconsistent with the number of RoIs")
         if len(a["boxes"]) != R or len(a["scores"]) != R:
             raise bad("codes, boxes and scores have different lengths")

@@ -1,6 +1,7 @@
 """What :meth:`Retriever.train <roiret.Retriever.train>` learns from: the local features of
 the training images (for the vocabulary) and their raw RoI descriptors (for the whitening),
 read once per image."""
+
 from __future__ import annotations
 
 import warnings
@@ -33,13 +34,15 @@ def _check_vocabulary(vocabulary: "Vocabulary", lfe: "LocalFeatureExtractor") ->
     if not isinstance(vocabulary, Vocabulary):
         raise TypeError(f"vocabulary: expected a roiret.bow.Vocabulary, got {type(vocabulary).__name__}")
     if vocabulary.dim != lfe.dim or vocabulary.info.get("descriptor", lfe.kind) != lfe.kind:
-        raise ValueError(f"vocabulary: {vocabulary.dim}-d {vocabulary.info.get('descriptor')!r} words, "
-                         f"this retriever uses {lfe.dim}-d {lfe.kind!r} features")
+        raise ValueError(
+            f"vocabulary: {vocabulary.dim}-d {vocabulary.info.get('descriptor')!r} words, "
+            f"this retriever uses {lfe.dim}-d {lfe.kind!r} features"
+        )
 
 
-def training_features(r: "Retriever", images: Sequence[ImageSource], max_images: Optional[int],
-                      vocabulary: Optional["Vocabulary"]
-                      ) -> Tuple[List["LocalFeatures"], np.ndarray, "LocalFeatureExtractor"]:
+def training_features(
+    r: "Retriever", images: Sequence[ImageSource], max_images: Optional[int], vocabulary: Optional["Vocabulary"]
+) -> Tuple[List["LocalFeatures"], np.ndarray, "LocalFeatureExtractor"]:
     """``(local features per image — none when a vocabulary is given —, raw RoI descriptors
     (n, raw_dim) — none unless whitening is learned —, the local feature extractor)``.
     Unreadable images are skipped with a warning; none readable is a ValueError."""
@@ -59,11 +62,11 @@ def training_features(r: "Retriever", images: Sequence[ImageSource], max_images:
             raw.append(r.extractor.raw_descriptors(pending, progress=False))
             pending.clear()
 
-    for i, src, item in iter_prepared(images, c.max_side, on_error="skip", progress=r.progress,
-                                      desc="train: features"):
+    for i, src, item in iter_prepared(images, c.max_side, on_error="skip", progress=r.progress, desc="train: features"):
         if isinstance(item, Exception):
-            warnings.warn(f"train: skipping {source_name(src, f'image {i}')}: {error_reason(item)}",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"train: skipping {source_name(src, f'image {i}')}: {error_reason(item)}", RuntimeWarning, stacklevel=3
+            )
             continue
         if vocabulary is None:
             feats.append(lfe.extract(item.image))
