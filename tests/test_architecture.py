@@ -120,3 +120,23 @@ def test_help_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _code_lines(node: ast.AST) -> int:
+    """Lines of a function without its docstring."""
+    body = node.body  # type: ignore[attr-defined]
+    doc = body[0] if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) else None
+    skip = doc.end_lineno - doc.lineno + 1 if doc is not None and isinstance(doc.value.value, str) else 0
+    return node.end_lineno - node.lineno + 1 - skip  # type: ignore[attr-defined]
+
+
+def test_no_function_is_over_80_lines_of_code():
+    long = []
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _code_lines(node) > 80:
+                long.append(f"{path.relative_to(PKG)}:{node.lineno} {node.name} ({_code_lines(node)} lines)")
+    assert not long, long
+    # the measure itself: a 3-line docstring is not counted, the body is
+    src = 'def f():\n    """a\n    b\n    c"""\n' + "    x = 1\n" * 81
+    assert _code_lines(ast.parse(src).body[0]) == 82

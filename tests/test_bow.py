@@ -390,6 +390,9 @@ def test_vocabulary_save_load_round_trip(tmp_path, train_feats, approximate):
     p = tmp_path / "voc.npz"
     v.save(p)
     assert [q.name for q in tmp_path.iterdir()] == ["voc.npz"]  # no temporary left behind
+    w2 = Vocabulary.from_state(v.state_dict())  # the same state without a file
+    assert w2 == v and w2.graph_built == approximate
+    np.testing.assert_array_equal(w2.assign(x), w)
     u = Vocabulary.load(p)
     assert u == v and u.approximate == approximate
     assert u.info == v.info and u.info["descriptor"] == "rootsift"

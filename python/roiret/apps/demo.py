@@ -26,7 +26,10 @@ import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..io.folder import PathLike
+    from ..io.images import Box
+    from ..params import Fusion
     from ..search.results import SearchResult
+    from ..search.retriever import Retriever
 
 __all__ = ["DemoCollection", "make_collection", "run_demo"]
 
@@ -151,31 +154,18 @@ def make_collection(
     return DemoCollection(database, names, queries, positives)
 
 
-def run_demo(
-    out: str = "roiret-demo",
-    *,
-    device: str = "cpu",
-    K: int = 20,
-    seed: int = 0,
-    progress: Optional[bool] = None,
-    top: int = 8,
-    scenes_per_object: int = 4,
-    distractors: int = 12,
-    weights: Optional[PathLike] = "auto",
-    print_fn: Callable[[str], None] = print,
-) -> Dict[str, float]:
-    """Build, index and query the demo collection; print mAP per mode; write
-    ``<out>/index.html`` (and one PNG per query). Returns {mode: mAP}."""
-    from ..eval.metrics import average_precision
+def _build(
+    col: DemoCollection,
+    K: int,
+    seed: int,
+    device: str,
+    progress: Optional[bool],
+    weights: Optional[PathLike],
+    print_fn: Callable[[str], None],
+) -> Tuple["Retriever", np.ndarray, float]:
+    """The demo's retriever over ``col``: (retriever, ids, indexing seconds)."""
     from ..search.retriever import Retriever
-    from .viz import result_strip, write_html, write_png
 
-    t0 = time.perf_counter()
-    col = make_collection(scenes_per_object, distractors, seed=seed)
-    print_fn(
-        f"collection: {len(col.database)} scenes, {len(col.queries)} query objects "
-        f"(built from scikit-image's photos in {time.perf_counter() - t0:.1f} s)"
-    )
     n_db = len(col.database)
     r = Retriever(
         vocab_size=1000,
@@ -198,50 +188,90 @@ def run_demo(
         f"indexed {len(r)} images in {t_index:.1f} s ({r.config.backbone} {r.config.feature}, K={K}, "
         f"{r.nbits}-bit codes, {r.config.vocab_size}-word RootSIFT vocabulary)"
     )
+    return r, ids, t_index
 
+
+def _query_section(
+    r: "Retriever",
+    col: DemoCollection,
+    ids: np.ndarray,
+    qname: str,
+    photo: np.ndarray,
+    box: Box,
+    modes: Dict[str, Tuple[str, str, Fusion]],
+    aps: Dict[str, List[float]],
+    lat: List[float],
+    out: str,
+    top: int,
+) -> Dict[str, Any]:
+    """Rank one query every way (AP into ``aps``, latency into ``lat``), write its PNG and
+    return its page section."""
+    from ..eval.metrics import average_precision
+    from .viz import result_strip, write_png
+
+    pos_ids = {int(ids[i]) for i in col.positives[qname]}
+    results: Dict[str, SearchResult] = {}
+    prepared = r.prepare_query(photo, box)  # features once, ranked several ways
+    for key, (_, mode, fusion) in modes.items():
+        res = r.rank(prepared, top=len(r), mode=mode, fusion=fusion)
+        results[key] = res
+        if key == "roiret":
+            lat.append(res.timings["total"])
+        aps[key].append(average_precision([h.id for h in res.hits], pos_ids))
+    load = lambda h: col.database[int(np.flatnonzero(ids == h.id)[0])]  # noqa: E731
+    before = result_strip(photo, box, results["bow"], load, top=top, positives=pos_ids, reranked=False)
+    after = result_strip(photo, box, results["roiret"], load, top=top, positives=pos_ids)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    gap = np.full((8, before.shape[1], 3), 255, np.uint8)
+    write_png(Path(out) / f"{qname}.png", np.concatenate([before, gap, _pad_to(after, before.shape[1])], 0))
+    return {
+        "title": f"query: {qname}",
+        "images": [
+            (f"before re-ranking (BoW), AP {100 * aps['bow'][-1]:.1f}", before),
+            (f"after RoI re-ranking (roiret default), AP {100 * aps['roiret'][-1]:.1f}", after),
+        ],
+    }
+
+
+def run_demo(
+    out: str = "roiret-demo",
+    *,
+    device: str = "cpu",
+    K: int = 20,
+    seed: int = 0,
+    progress: Optional[bool] = None,
+    top: int = 8,
+    scenes_per_object: int = 4,
+    distractors: int = 12,
+    weights: Optional[PathLike] = "auto",
+    print_fn: Callable[[str], None] = print,
+) -> Dict[str, float]:
+    """Build, index and query the demo collection; print mAP per mode; write
+    ``<out>/index.html`` (and one PNG per query). Returns {mode: mAP}."""
+    from .viz import write_html
+
+    t0 = time.perf_counter()
+    col = make_collection(scenes_per_object, distractors, seed=seed)
+    print_fn(
+        f"collection: {len(col.database)} scenes, {len(col.queries)} query objects "
+        f"(built from scikit-image's photos in {time.perf_counter() - t0:.1f} s)"
+    )
+    r, ids, t_index = _build(col, K, seed, device, progress, weights, print_fn)
     # (label, mode, fusion): the paper's re-ranking uses the RoI score alone (fusion 0)
-    modes = {
+    modes: Dict[str, Tuple[str, str, Fusion]] = {
         "bow": ("BoW only (first stage)", "bow", None),
         "global": ("global baseline: whole-image codes re-rank the top N", "global", 0.0),
         "paper": ("RoI re-ranking, fast (the paper)", "fast", 0.0),
         "exhaustive": ("RoI re-ranking, exhaustive", "exhaustive", 0.0),
         "roiret": (f"roiret default: fast RoI re-ranking + {r.config.fusion} BoW fusion", "fast", None),
     }
-    labels = {key: v[0] for key, v in modes.items()}
     aps: Dict[str, List[float]] = {m: [] for m in modes}
-    sections: List[Dict[str, Any]] = []
     lat: List[float] = []
-    for qname, photo, box in col.queries:
-        pos_ids = {int(ids[i]) for i in col.positives[qname]}
-        results: Dict[str, SearchResult] = {}
-        prepared = r.prepare_query(photo, box)  # features once, ranked several ways
-        for key, (_, mode, fusion) in modes.items():
-            res = r.rank(prepared, top=n_db, mode=mode, fusion=fusion)
-            results[key] = res
-            if key == "roiret":
-                lat.append(res.timings["total"])
-            aps[key].append(average_precision([h.id for h in res.hits], pos_ids))
-        load = lambda h: col.database[int(np.flatnonzero(ids == h.id)[0])]  # noqa: E731
-        before = result_strip(photo, box, results["bow"], load, top=top, positives=pos_ids, reranked=False)
-        after = result_strip(photo, box, results["roiret"], load, top=top, positives=pos_ids)
-        Path(out).mkdir(parents=True, exist_ok=True)
-        write_png(
-            Path(out) / f"{qname}.png",
-            np.concatenate(
-                [before, np.full((8, before.shape[1], 3), 255, np.uint8), _pad_to(after, before.shape[1])], 0
-            ),
-        )
-        sections.append(
-            {
-                "title": f"query: {qname}",
-                "images": [
-                    (f"before re-ranking (BoW), AP {100 * aps['bow'][-1]:.1f}", before),
-                    (f"after RoI re-ranking (roiret default), AP {100 * aps['roiret'][-1]:.1f}", after),
-                ],
-            }
-        )
+    sections = [
+        _query_section(r, col, ids, qname, photo, box, modes, aps, lat, out, top) for qname, photo, box in col.queries
+    ]
     maps = {m: float(np.mean(v)) for m, v in aps.items()}
-    table = [{"method": labels[m], "mAP (%)": round(100 * maps[m], 2)} for m in modes]
+    table = [{"method": modes[m][0], "mAP (%)": round(100 * maps[m], 2)} for m in modes]
     print_fn("\n| method | mAP (%) |\n|---|---|")
     for row in table:
         print_fn(f"| {row['method']} | {row['mAP (%)']:.2f} |")

@@ -473,26 +473,55 @@ class Vocabulary:
         return float(np.mean(self.assign(x) == self.assign_exact(x)))
 
     # -- persistence ----------------------------------------------------------------------
-    def save(self, path: PathLike, *, include_graph: bool = True) -> None:
-        """Write the vocabulary to ``path`` (an ``.npz`` without pickles, with a JSON header,
-        checksums and a format version; written atomically).
-
-        With ``include_graph`` and an approximate vocabulary, the HNSW graph is stored too
-        (built now if needed), so that :meth:`load` does not rebuild it.
-        """
-        header = {
-            "size": self.size,
-            "dim": self.dim,
+    def state_dict(self, *, include_graph: bool = True) -> Dict[str, Any]:
+        """What defines the vocabulary: ``centroids``, the HNSW settings, ``info`` and, with
+        ``include_graph`` and an approximate vocabulary, ``hnsw`` (the serialised graph, built
+        now if needed, so that :meth:`from_state` does not rebuild it)."""
+        state: Dict[str, Any] = {
+            "centroids": self._centroids,
             "hnsw_threshold": self.hnsw_threshold,
             "hnsw_m": self.hnsw_m,
             "hnsw_ef_construction": self.hnsw_ef_construction,
             "hnsw_ef_search": self._hnsw_ef_search,
             "info": self.info,
         }
-        arrays = {"centroids": self._centroids}
         if include_graph and self.approximate:
-            arrays["hnsw"] = np.asarray(_faiss().serialize_index(self._hnsw_index()), dtype=np.uint8)
-        save_arrays(path, _FORMAT, _VERSION, header, arrays)
+            state["hnsw"] = np.asarray(_faiss().serialize_index(self._hnsw_index()), dtype=np.uint8)
+        return state
+
+    @classmethod
+    def from_state(cls, state: Dict[str, Any]) -> "Vocabulary":
+        """Rebuild from :meth:`state_dict` (ValueError when it does not hold together)."""
+        try:
+            voc = cls(
+                state["centroids"],
+                hnsw_threshold=state["hnsw_threshold"],
+                hnsw_m=state["hnsw_m"],
+                hnsw_ef_construction=state["hnsw_ef_construction"],
+                hnsw_ef_search=state["hnsw_ef_search"],
+                info=state.get("info") or {},
+            )
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"invalid vocabulary state ({type(e).__name__}: {e})") from None
+        if "hnsw" in state:
+            faiss = _faiss()
+            try:
+                idx = faiss.deserialize_index(np.ascontiguousarray(state["hnsw"]))
+            except RuntimeError as e:
+                raise ValueError(f"the HNSW graph cannot be read ({e})") from None
+            if not isinstance(idx, faiss.IndexHNSWFlat) or idx.ntotal != voc.size or idx.d != voc.dim:
+                raise ValueError("the stored HNSW graph does not match the centroids")
+            idx.hnsw.efSearch = voc.hnsw_ef_search
+            voc._hnsw = idx
+        return voc
+
+    def save(self, path: PathLike, *, include_graph: bool = True) -> None:
+        """Write the vocabulary to ``path`` (an ``.npz`` without pickles, with a JSON header,
+        checksums and a format version; written atomically): :meth:`state_dict`, its arrays
+        as arrays and the rest in the header."""
+        state = self.state_dict(include_graph=include_graph)
+        arrays: Dict[str, np.ndarray] = {k: state.pop(k) for k in ("centroids", "hnsw") if k in state}
+        save_arrays(path, _FORMAT, _VERSION, {"size": self.size, "dim": self.dim, **state}, arrays)
 
     @classmethod
     def load(cls, path: PathLike) -> "Vocabulary":
@@ -507,28 +536,11 @@ class Vocabulary:
         """
         hdr, arrays = load_arrays(path, _FORMAT, _VERSION)
         try:
-            voc = cls(
-                arrays["centroids"],
-                hnsw_threshold=hdr["hnsw_threshold"],
-                hnsw_m=hdr["hnsw_m"],
-                hnsw_ef_construction=hdr["hnsw_ef_construction"],
-                hnsw_ef_search=hdr["hnsw_ef_search"],
-                info=hdr.get("info") or {},
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise IndexFormatError(f"{path}: invalid vocabulary header or centroids ({e})") from None
+            voc = cls.from_state({**hdr, **arrays})
+        except ValueError as e:
+            raise IndexFormatError(f"{path}: invalid vocabulary header or arrays ({e})") from None
         if voc.size != hdr.get("size") or voc.dim != hdr.get("dim"):
             raise IndexFormatError(f"{path}: centroids do not match the header's size/dim")
-        if "hnsw" in arrays:
-            faiss = _faiss()
-            try:
-                idx = faiss.deserialize_index(np.ascontiguousarray(arrays["hnsw"]))
-            except RuntimeError as e:
-                raise IndexFormatError(f"{path}: the HNSW graph cannot be read ({e})") from None
-            if not isinstance(idx, faiss.IndexHNSWFlat) or idx.ntotal != voc.size or idx.d != voc.dim:
-                raise IndexFormatError(f"{path}: the stored HNSW graph does not match the centroids")
-            idx.hnsw.efSearch = voc.hnsw_ef_search
-            voc._hnsw = idx
         return voc
 
     def __eq__(self, other: object) -> bool:

@@ -147,6 +147,31 @@ def prepare_image(src: ImageSource, max_side: Optional[int], min_side: int = 1, 
     return img, float(scale), (W, H)
 
 
+def _check_options(
+    feature: str,
+    batch_size: int,
+    chunk_size: int,
+    crop_size: int,
+    crop_chunk: int,
+    max_side: Optional[int],
+    whitening: Optional[PCAWhitening],
+) -> None:
+    if feature not in FEATURES:
+        raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
+    for name, v in (
+        ("batch_size", batch_size),
+        ("chunk_size", chunk_size),
+        ("crop_size", crop_size),
+        ("crop_chunk", crop_chunk),
+    ):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if max_side is not None and int(max_side) < 1:
+        raise ValueError(f"max_side must be >= 1 or None, got {max_side}")
+    if whitening is not None and not isinstance(whitening, PCAWhitening):
+        raise TypeError(f"whitening: expected a PCAWhitening or None, got {type(whitening).__name__}")
+
+
 class RoIExtractor:
     """Images → per-image RoIs, descriptors and binary codes.
 
@@ -225,20 +250,7 @@ class RoIExtractor:
         num_workers: int = 2,
         small_ops_threads: Optional[int] = 1,
     ):
-        if feature not in FEATURES:
-            raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
-        for name, v in (
-            ("batch_size", batch_size),
-            ("chunk_size", chunk_size),
-            ("crop_size", crop_size),
-            ("crop_chunk", crop_chunk),
-        ):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if max_side is not None and int(max_side) < 1:
-            raise ValueError(f"max_side must be >= 1 or None, got {max_side}")
-        if whitening is not None and not isinstance(whitening, PCAWhitening):
-            raise TypeError(f"whitening: expected a PCAWhitening or None, got {type(whitening).__name__}")
+        _check_options(feature, batch_size, chunk_size, crop_size, crop_chunk, max_side, whitening)
         self.device = resolve_device(device)
         if isinstance(backbone, Backbone):
             self.backbone = backbone.to(self.device).eval()
@@ -251,19 +263,7 @@ class RoIExtractor:
         self.head: Optional[FCHead] = None
         self._fc: Optional[Union[CropFC7, RoIAlignFC]] = None
         if feature in ("fc7", "roialign-fc"):
-            if self.backbone.arch is None:
-                raise ValueError(f"feature {feature!r} needs an AlexNet or VGG16 backbone, not {self.backbone.name!r}")
-            self.head = build_fc_head(
-                self.backbone.arch,
-                head_weights,
-                device=self.device,
-                allow_download=allow_download,
-                backbone=self.backbone,
-            )
-            if feature == "fc7":
-                self._fc = CropFC7(self.backbone, self.head, crop_size, crop_chunk, amp=amp)
-            else:
-                self._fc = RoIAlignFC(self.backbone, self.head, amp=amp)
+            self._build_fc_head(head_weights, allow_download, crop_size, crop_chunk, amp)
         self.max_side = None if max_side is None else int(max_side)
         self.whitening = whitening
         self.with_global = bool(with_global)
@@ -279,6 +279,20 @@ class RoIExtractor:
             raise ValueError(f"small_ops_threads must be >= 1 or None, got {small_ops_threads}")
         self.small_ops_threads = None if small_ops_threads is None else int(small_ops_threads)
         self._min_side = self.backbone.min_input_size()
+
+    def _build_fc_head(
+        self, head_weights: Optional[PathLike], allow_download: bool, crop_size: int, crop_chunk: int, amp: bool
+    ) -> None:
+        """The fc6/fc7 head of ``fc7`` (crops) or ``roialign-fc`` (RoIAlign on the trunk's map)."""
+        if self.backbone.arch is None:
+            raise ValueError(f"feature {self.feature!r} needs an AlexNet or VGG16 backbone, not {self.backbone.name!r}")
+        self.head = build_fc_head(
+            self.backbone.arch, head_weights, device=self.device, allow_download=allow_download, backbone=self.backbone
+        )
+        if self.feature == "fc7":
+            self._fc = CropFC7(self.backbone, self.head, crop_size, crop_chunk, amp=amp)
+        else:
+            self._fc = RoIAlignFC(self.backbone, self.head, amp=amp)
 
     # -- properties ------------------------------------------------------------------
     @property

@@ -232,6 +232,14 @@ def _speed(
     }
 
 
+def _cache_path(cache: Optional[str], dataset: str, feat: str, variant: str, config: RetrieverConfig) -> Optional[Path]:
+    """Where the index of ``config`` is cached (the key leaves out search-time settings)."""
+    if not cache:
+        return None
+    key = hashlib.sha256(json.dumps({**config.to_dict(), **SEARCH_TIME}, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(cache) / f"{dataset}-{feat}-{variant}-{key}"
+
+
 def oxford_table(
     root: PathLike,
     *,
@@ -268,16 +276,8 @@ def oxford_table(
     paths = [str(gt.image_path(s)) for s in stems]
     Ks = sorted(int(x) for x in Ks)
     protocols = [p for p in ("classic", "revisited") if p in gt.protocols]
-    settings = {
-        "backbone": backbone,
-        "vocab_size": vocab_size,
-        "max_keypoints": max_keypoints,
-        "N": N,
-        "n": n,
-        "k": k,
-        "images": len(stems),
-        "seed": seed,
-    }
+    settings = dict(backbone=backbone, vocab_size=vocab_size, max_keypoints=max_keypoints, N=N, n=n, k=k)
+    settings.update(images=len(stems), seed=seed)
     queries = [(p, q) for p in protocols for q in gt.protocol(p).queries]
     opts = {"device": device, "weights": weights, "allow_download": allow_download, "progress": progress}
     vocabulary = None
@@ -298,12 +298,7 @@ def oxford_table(
                 seed=seed,
                 **VARIANTS[variant],
             )
-            cpath = None
-            if cache:
-                key = hashlib.sha256(
-                    json.dumps({**config.to_dict(), **SEARCH_TIME}, sort_keys=True).encode()
-                ).hexdigest()[:10]
-                cpath = Path(cache) / f"{root.name}-{feat}-{variant}-{key}"
+            cpath = _cache_path(cache, root.name, feat, variant, config)
             r, index_rate = _build_or_load(config, paths, stems, cpath, vocabulary, name, opts, print_fn)
             vocabulary = r.bow.vocabulary
             dims[name] = r.nbits

@@ -40,43 +40,22 @@ def _rerank(
     threads: Optional[int],
 ) -> RerankResult:
     store = index.store
-    if p.mode == "global":
-        return rerank(
-            np.asarray(query.global_code).reshape(1, -1),
-            store.global_codes,
-            np.arange(len(store) + 1, dtype=np.int64),
-            nbits,
-            rows,
-            N=p.N,
-            n=p.n,
-            k=1,
-            mode="exhaustive",
-            bow_scores=bow_scores,
-            fusion=p.fusion,
-            threads=threads,
-        )
-    if p.mode == "bow":
-        return rerank(
-            np.zeros((0, store.words), np.uint64),
-            store.codes,
-            store.offsets,
-            nbits,
-            rows,
-            N=p.N,
-            n=p.n,
-            k=p.k,
-            mode="bow",
-        )
+    if p.mode == "global":  # one whole-image code per image: every candidate matched exhaustively
+        q, db, offsets = np.asarray(query.global_code).reshape(1, -1), store.global_codes, np.arange(len(store) + 1)
+        mode, k = "exhaustive", 1
+    else:
+        q = np.zeros((0, store.words), np.uint64) if p.mode == "bow" else np.asarray(query.codes)[:K]
+        db, offsets, mode, k = store.codes, store.offsets, p.mode, p.k
     return rerank(
-        np.asarray(query.codes)[:K],
-        store.codes,
-        store.offsets,
+        q,
+        db,
+        offsets.astype(np.int64, copy=False),
         nbits,
         rows,
         N=p.N,
         n=p.n,
-        k=p.k,
-        mode=p.mode,
+        k=k,
+        mode=mode,
         bow_scores=bow_scores,
         fusion=p.fusion,
         threads=threads,
