@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..io.folder import PathLike
+    from ..io import PathLike
     from ..io.images import Box
     from ..params import Fusion
     from ..search.results import SearchResult

@@ -22,15 +22,15 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
-    Union,
 )
 
 import numpy as np
 
+from ..io import PathLike
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..search.results import Hit, SearchResult
 
-PathLike = Union[str, "os.PathLike[str]"]
 Color = Tuple[int, int, int]
 
 __all__ = ["draw_boxes", "encode_png", "render_strip", "result_strip", "write_html"]

@@ -7,17 +7,24 @@ computed on the whole query image and only those whose centre lies in the box ar
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..io.folder import IndexFolder, IndexWriter, PathLike, as_format_error
+from ..io import PathLike
+from ..io.folder import IndexFolder, IndexWriter, as_format_error
 from ..io.images import ImageSource
 from .encode import bag_of_words, bags_to_csr
 from .features import Box, LocalFeatureExtractor, LocalFeatures
 from .vocabulary import Vocabulary
 
-__all__ = ["BowHits", "BowIndex"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .._core import InvertedFile
+
+__all__ = ["BowHits", "BowIndex", "IdsLike"]
+
+#: image ids: a sequence or 1-D array of integers
+IdsLike = Union[Sequence[int], np.ndarray]
 
 _FORMAT = "roiret.bow_index"
 _VERSION = 1
@@ -38,7 +45,7 @@ class BowHits(NamedTuple):
     scores: np.ndarray
 
 
-def _as_ids(ids: Any, n: int) -> np.ndarray:
+def _as_ids(ids: IdsLike, n: int) -> np.ndarray:
     a = np.asarray(ids)
     if a.ndim != 1:
         raise ValueError(f"ids: expected a 1-D array of integers, got shape {a.shape}")
@@ -91,7 +98,7 @@ class BowIndex:
         vocabulary: Vocabulary,
         extractor: Optional[LocalFeatureExtractor] = None,
         *,
-        inverted_file: Any = None,
+        inverted_file: Optional[InvertedFile] = None,
         next_id: Optional[int] = None,
     ):
         if not isinstance(vocabulary, Vocabulary):
@@ -178,12 +185,14 @@ class BowIndex:
         return self.encode_features(self.extractor.extract(image, box=box))
 
     # -- adding ---------------------------------------------------------------------------
-    def _new_ids(self, ids: Any, n: int) -> np.ndarray:
+    def _new_ids(self, ids: Optional[IdsLike], n: int) -> np.ndarray:
         if ids is None:
             return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
         return _as_ids(ids, n)
 
-    def add_bags(self, ids: Any, offsets: np.ndarray, words: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    def add_bags(
+        self, ids: Optional[IdsLike], offsets: np.ndarray, words: np.ndarray, counts: np.ndarray
+    ) -> np.ndarray:
         """Add already-encoded images (CSR, as :func:`~roiret.bow.bags_to_csr` makes them).
         Returns the ids."""
         offsets = np.ascontiguousarray(offsets, dtype=np.int64)
@@ -199,7 +208,7 @@ class BowIndex:
             self._next_id = max(self._next_id, int(new.max()) + 1)
         return new
 
-    def add_features(self, features: Sequence[LocalFeatures], ids: Any = None) -> np.ndarray:
+    def add_features(self, features: Sequence[LocalFeatures], ids: Optional[IdsLike] = None) -> np.ndarray:
         """Add images given by their local features. Returns the ids (``ids`` or, when
         ``None``, consecutive integers after the largest id added so far)."""
         feats = list(features)
@@ -210,7 +219,7 @@ class BowIndex:
     def add(
         self,
         images: Iterable[ImageSource],
-        ids: Any = None,
+        ids: Optional[IdsLike] = None,
         *,
         progress: bool = True,
         batch_size: int = 256,
@@ -256,7 +265,7 @@ class BowIndex:
             self.add_bags(new[start : start + len(bags)], *bags_to_csr(bags))
         return new
 
-    def remove(self, ids: Any) -> None:
+    def remove(self, ids: IdsLike) -> None:
         """Remove images by id (see :meth:`roiret.InvertedFile.remove`)."""
         a = np.ascontiguousarray(np.asarray(ids), dtype=np.int64).reshape(-1)
         self.inverted_file.remove(a)

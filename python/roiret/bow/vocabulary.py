@@ -32,7 +32,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import IndexFormatError
-from ..io.arrays import PathLike, load_arrays, save_arrays
+from ..io import PathLike
+from ..io.arrays import load_arrays, save_arrays
 
 __all__ = ["Vocabulary", "DEFAULT_HNSW_THRESHOLD", "DEFAULT_HNSW_EF_SEARCH", "DEFAULT_KMEANS_EF_SEARCH"]
 

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError, WeightsNotFoundError
+from ..io import PathLike
 from .weights import (
     ResolvedWeights,
     resolve_head_weights,
@@ -52,7 +53,6 @@ __all__ = [
 ]
 
 DeviceLike = Union[str, torch.device, None]
-PathLike = Union[str, "os.PathLike[str]"]
 _ModuleT = TypeVar("_ModuleT", bound=nn.Module)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

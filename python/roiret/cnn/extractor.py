@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import ImageError
+from ..io import PathLike
 from ..io.images import ImageSource, check_box, load_image, resize_max_side
 from ..params import (
     DEFAULT_K,
@@ -46,7 +47,6 @@ from ..params import (
 from .backbones import Backbone, FCHead, build_backbone, build_fc_head, images_to_tensor, resolve_device
 from .descriptors import FEATURES, CropFC7, RoIAlignFC, flatten_rois, pool_rois
 from .regions import RoIDetector, RoIs
-from .weights import PathLike
 from .whitening import PCAWhitening, l2_normalize
 
 __all__ = ["RoIExtractor", "RoIResult", "prepare_image"]

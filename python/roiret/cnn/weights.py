@@ -40,11 +40,12 @@ import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union, cast
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, cast
 
 import numpy as np
 
 from ..errors import WeightsError, WeightsNotFoundError
+from ..io import PathLike
 
 __all__ = [
     "ARCH_CONV_LAYERS",
@@ -61,7 +62,6 @@ __all__ = [
     "resolve_trunk_weights",
 ]
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 #: torchvision's standard checkpoint file name per architecture (IMAGENET1K_V1).
 TORCHVISION_FILES: Dict[str, str] = {

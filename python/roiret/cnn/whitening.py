@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Union, cast, overload
 import numpy as np
 
 from ..errors import NotTrainedError
+from ..io import PathLike
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -33,7 +34,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["PCAWhitening", "l2_normalize"]
 
-PathLike = Union[str, "os.PathLike[str]"]
 _FORMAT = "roiret.PCAWhitening"
 _VERSION = 1
 

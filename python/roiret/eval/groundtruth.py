@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .metrics import PathLike, Ranking, _as_item_list, mean_average_precision, ukbench_score
+from ..io import PathLike
+from .metrics import Ranking, _as_item_list, mean_average_precision, ukbench_score
 
 __all__ = ["DEFAULT_LEVELS", "EvalResult", "OxfordGroundTruth", "Protocol", "Query", "UKBenchGroundTruth", "load_gnd"]
 

@@ -51,7 +51,6 @@ be a prefix of the database (a top-N list); items must not repeat.
 
 from __future__ import annotations
 
-import os
 from typing import (
     Collection,
     Dict,
@@ -68,7 +67,6 @@ import numpy as np
 
 __all__ = ["average_precision", "mean_average_precision", "ukbench_score"]
 
-PathLike = Union[str, "os.PathLike[str]"]
 Ranking = Union[Sequence[Hashable], np.ndarray]
 
 

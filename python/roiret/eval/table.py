@@ -37,12 +37,12 @@ import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..bow import Vocabulary
+    from ..io import PathLike
     from ..io.images import Box
     from ..search.config import RetrieverConfig
     from ..search.results import Hit, PreparedQuery
     from ..search.retriever import Retriever
     from .groundtruth import OxfordGroundTruth, Query
-    from .metrics import PathLike
 
 __all__ = ["EvalTable", "VARIANTS", "evaluate_oxford", "oxford_table"]
 

@@ -14,14 +14,13 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, Tuple
 
 import numpy as np
 
 from ..errors import IndexFormatError
+from . import PathLike
 from .folder import atomic_write
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 _HEADER = "__header__"
 

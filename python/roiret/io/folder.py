@@ -31,9 +31,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Dict, Iterable, List, Literal, Optional, Sequence, Type, Union
+from typing import Any, Callable, Dict, Iterable, List, Literal, Optional, Sequence, Type
 
 from ..errors import IndexFormatError
+from . import PathLike
 
 __all__ = [
     "IndexFolder",
@@ -46,7 +47,6 @@ __all__ = [
     "sha256_file",
 ]
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 MANIFEST = "manifest.json"
 

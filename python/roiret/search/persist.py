@@ -21,8 +21,9 @@ import numpy as np
 from .. import __version__
 from ..bow import BowIndex, LocalFeatureExtractor, Vocabulary
 from ..errors import IndexFormatError
+from ..io import PathLike
 from ..io.arrays import save_npy
-from ..io.folder import IndexFolder, IndexWriter, Manifest, PathLike, as_format_error
+from ..io.folder import IndexFolder, IndexWriter, Manifest, as_format_error
 from .config import RetrieverConfig
 from .index import TwoStageIndex
 from .store import RoIStore

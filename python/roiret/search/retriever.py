@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence,
 import numpy as np
 
 from ..errors import NotTrainedError
-from ..io.folder import PathLike
+from ..io import PathLike
 from ..io.images import ImageSource, PreparedImage, error_reason, iter_prepared, source_name
 from ..params import Fusion, RerankParams
 from . import persist
@@ -50,6 +50,7 @@ from .training import training_features
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..bow import BowIndex, Vocabulary
+    from ..cnn.backbones import DeviceLike
     from ..cnn.codes import CodeProjector
     from ..cnn.extractor import RoIExtractor
 
@@ -77,9 +78,9 @@ class Retriever:
         self,
         config: Optional[RetrieverConfig] = None,
         *,
-        device: Any = "cpu",
-        weights: Any = "auto",
-        head_weights: Any = "auto",
+        device: "DeviceLike" = "cpu",
+        weights: Optional[PathLike] = "auto",
+        head_weights: Optional[PathLike] = "auto",
         allow_download: bool = False,
         batch_size: int = 16,
         progress: Optional[bool] = None,
@@ -405,11 +406,11 @@ class Retriever:
         cls,
         path: PathLike,
         *,
-        device: Any = "cpu",
+        device: "DeviceLike" = "cpu",
         verify: bool = True,
         mmap: bool = True,
-        weights: Any = "auto",
-        head_weights: Any = "auto",
+        weights: Optional[PathLike] = "auto",
+        head_weights: Optional[PathLike] = "auto",
         allow_download: bool = False,
         **kwargs: Any,
     ) -> "Retriever":

@@ -53,6 +53,8 @@ def training_features(
     lfe = LocalFeatureExtractor(c.local_features, max_keypoints=c.max_keypoints, max_side=None)
     if vocabulary is not None:
         _check_vocabulary(vocabulary, lfe)
+        if not c.whitening:  # nothing to learn from the images: don't read them
+            return [], np.zeros((0, 0), np.float32), lfe
     feats: List["LocalFeatures"] = []
     raw: List[np.ndarray] = []
     pending: List[np.ndarray] = []
