@@ -33,6 +33,8 @@ def main(argv=None) -> int:
     from roiret.eval import load_gnd
     from roiret.eval.table import evaluate_oxford
     from roiret.io.images import load_image, resize_max_side
+    from roiret.search.index import TwoStageIndex
+    from roiret.search.ranking import rank
     from roiret.search.retriever import Retriever
 
     root = Path(a.dataset)
@@ -42,7 +44,7 @@ def main(argv=None) -> int:
     gt = load_gnd(root / "gnd.json")
     r = Retriever.load(a.index, progress=False)
     faiss.omp_set_num_threads(1)
-    ext, voc, store = r.bow.extractor, r.bow.vocabulary, r._store
+    ext, voc, store = r.bow.extractor, r.bow.vocabulary, r.store
     t0 = time.time()
     feats = [ext.extract(resize_max_side(load_image(str(gt.image_path(n))), r.config.max_side)[0]) for n in store.names]
     allx = np.concatenate([f.descriptors for f in feats])
@@ -59,11 +61,19 @@ def main(argv=None) -> int:
         recall = float((voc.assign(sample) == exact).mean())
         bow = BowIndex(voc, ext)
         bow.add_features(feats, ids=store.ids)
-        r._bow = bow
+        index = TwoStageIndex(bow, store)  # the new inverted file with the saved RoIs
+        params = r.config.rerank.replace(mode="bow")
         res = evaluate_oxford(
             gt,
-            lambda q: (
-                r.rank(r.prepare_query(gt.image_path(q.image), q.bbox, with_rois=False), top=len(r), mode="bow").hits
+            lambda q, index=index, params=params: (
+                rank(
+                    r.prepare_query(gt.image_path(q.image), q.bbox, with_rois=False),  # voc: the ef being measured
+                    index,
+                    r.nbits,
+                    params,
+                    K=r.config.K,
+                    top=len(r),
+                ).hits
             ),
         )
         print(

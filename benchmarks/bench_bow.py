@@ -34,7 +34,7 @@ def photos():
 
 @pytest.fixture(scope="module")
 def descriptors(photos):
-    fe = LocalFeatureExtractor(max_features=None)
+    fe = LocalFeatureExtractor(max_keypoints=None)
     return np.concatenate([fe.extract(p).descriptors for p in photos])
 
 
@@ -52,7 +52,7 @@ def _fake_vocab(descriptors, k, seed=0):
 
 @pytest.mark.parametrize("kind", ["rootsift", "sift"])
 def test_extract(benchmark, photos, kind):
-    fe = LocalFeatureExtractor(kind, max_features=None)
+    fe = LocalFeatureExtractor(kind, max_keypoints=None)
     n = sum(len(fe.extract(p)) for p in photos)
 
     def run():

@@ -123,7 +123,7 @@ def test_trunk(benchmark, images, backbone):
 @pytest.mark.benchmark(group="extract-alexnet-500")
 def test_trunk_regions_convmax(benchmark, images, backbone):
     ex = RoIExtractor(
-        backbone, "conv-max", k=K, max_side=500, batch_size=BATCH, progress=False, num_workers=0, device=DEVICE
+        backbone, "conv-max", K=K, max_side=500, batch_size=BATCH, progress=False, num_workers=0, device=DEVICE
     )
 
     def fn():
@@ -141,7 +141,7 @@ def test_fc_features(benchmark, images, backbone, feature):
     ex = RoIExtractor(
         backbone,
         feature,
-        k=K,
+        K=K,
         max_side=500,
         batch_size=BATCH,
         head_weights="random",
@@ -160,7 +160,7 @@ def _interleaved(rounds: int, feature_rounds: int):
     imgs = _make_images()
     bb = _make_backbone()
     dev = torch.device(DEVICE)
-    ex = RoIExtractor(bb, "conv-max", k=K, max_side=500, batch_size=BATCH, progress=False, num_workers=0, device=DEVICE)
+    ex = RoIExtractor(bb, "conv-max", K=K, max_side=500, batch_size=BATCH, progress=False, num_workers=0, device=DEVICE)
 
     def trunk():
         with torch.no_grad():
@@ -196,7 +196,7 @@ def _interleaved(rounds: int, feature_rounds: int):
         fx = RoIExtractor(
             bb,
             feature,
-            k=K,
+            K=K,
             max_side=500,
             batch_size=BATCH,
             head_weights="random",

@@ -87,8 +87,8 @@ def _vocabulary(cache: Path, feats_key: str, descs, k: int, max_train, args):
         descs,
         k,
         seed=args.seed,
-        n_iter=args.n_iter,
-        max_train=max_train,
+        kmeans_iterations=args.n_iter,
+        max_train_descriptors=max_train,
         kmeans=args.kmeans,
         kmeans_ef_search=args.kmeans_ef_search,
         descriptor="rootsift",
@@ -263,7 +263,7 @@ def main(argv=None) -> int:
 
     gnd = load_gnd(oxf)
     names = list(gnd.images)
-    extractor = LocalFeatureExtractor("rootsift", max_features=args.max_features)
+    extractor = LocalFeatureExtractor("rootsift", max_keypoints=args.max_features)
     feats, descs, secs = _features_cache(args.cache, "oxford5k-dev", extractor, [gnd.image_path(n) for n in names])
     n_desc = descs.shape[0]
     summary = {

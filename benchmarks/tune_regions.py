@@ -112,7 +112,7 @@ def rois_bits(groups, n, stride, k, mode, thr, t_min, t_rate, t_iou=0.95, featur
     out = [None] * n
     for part, fmap, sz in groups:
         r = detect_rois(
-            fmap, sz, stride=stride, k=k, t_min=t_min, t_rate=t_rate, t_iou=t_iou, threshold_mode=mode, threshold=thr
+            fmap, sz, stride=stride, K=k, t_min=t_min, t_rate=t_rate, t_iou=t_iou, threshold_mode=mode, threshold=thr
         )
         d = pool_rois(fmap, flatten_rois(r.cells, r.valid), feature).numpy()
         bits = d > d.mean(axis=1, keepdims=True)
