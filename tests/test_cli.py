@@ -155,6 +155,12 @@ def test_info_and_show(index, folder, tmp_path, capsys):
     assert main(["info", str(index)]) == 0
     out = capsys.readouterr().out
     assert "images: 9" in out and "fusion=adaptive" in out and "512-bit random projection" in out
+    # per-image bytes and the fixed part apart (a small index is mostly vocabulary + projection)
+    files = json.loads((index / "manifest.json").read_text())["files"]
+    fixed = sum(f["bytes"] for role, f in files.items() if role in ("vocabulary", "projection", "whitening"))
+    grows = sum(f["bytes"] for f in files.values()) - fixed
+    assert f"{grows / 9:,.0f} bytes per image (RoI arrays, inverted file)" in out
+    assert f"+ {fixed / 1e3:.1f} kB that does not grow" in out or f"+ {fixed / 1e6:.1f} MB that does not grow" in out
     out = tmp_path / "show"
     assert (
         main(
@@ -192,9 +198,56 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert "x1,y1,x2,y2" in capsys.readouterr().err
 
 
+def test_query_boxes_as_a_person_types_them(index, folder, tmp_path, capsys):
+    """Negative coordinates parse; boxes outside, like fractions, tiny or clipped say so in
+    one line each, with plain numbers; missing files read as a person would write it."""
+    _, q, box = folder
+    index, _ = index
+    w, h = 0, 0
+    from roiret.io.images import probe_image_size
+
+    _, (w, h) = probe_image_size(q.read_bytes())
+    args = ["search", str(index), str(q), "--top", "3", "--weights", WEIGHTS, "--json"]
+    assert main(args + ["--box", "-50,-50,100,100"]) == 0  # argparse alone takes it for an option
+    err = capsys.readouterr().err
+    assert (
+        err.strip() == f"roiret: warning: box (-50, -50, 100, 100) is partly outside the {w}x{h} image; "
+        "clipped to (0, 0, 100, 100)"
+    )
+    assert main(args + ["--box", "0.2,0.1,0.8,0.9"]) == 0
+    err = capsys.readouterr().err
+    assert "looks like fractions of the image; boxes are in pixels" in err and err.count("roiret: warning:") >= 1
+    assert main(args + ["--box", "10,10,12,12"]) == 0
+    err = capsys.readouterr().err
+    assert "is 2x2 pixels: too small to describe" in err
+    assert "np.float64" not in err and "Traceback" not in err and "/roiret/" not in err
+    assert main(args + ["--box", f"{w + 10},{h + 10},{w + 50},{h + 50}"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        f"roiret: error: box ({w + 10}, {h + 10}, {w + 50}, {h + 50}) lies outside the "
+        f"{w}x{h} image (boxes are in pixels)"
+    )
+    assert main(["search", str(index), str(tmp_path / "nosuch.jpg"), "--weights", WEIGHTS]) == 2
+    assert capsys.readouterr().err.strip() == f"roiret: error: {tmp_path / 'nosuch.jpg'}: No such file or directory"
+
+
 def test_help_lists_defaults():
     out = subprocess.run([sys.executable, "-m", "roiret.apps.cli", "index", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "(default: 20)" in out.stdout and "--vocab-size" in out.stdout
     out = subprocess.run([sys.executable, "-m", "roiret.apps.cli", "--help"], capture_output=True, text=True)
     for cmd in ("index", "search", "show", "eval", "info", "demo"):
         assert cmd in out.stdout
+    # only real defaults, written as one types them; n / k told apart from N / K
+    for cmd in ("index", "search", "show", "eval", "demo"):
+        text = subprocess.run(
+            [sys.executable, "-m", "roiret.apps.cli", cmd, "--help"], capture_output=True, text=True, check=True
+        ).stdout
+        flat = " ".join(text.split())
+        for wrong in ("(default: None)", "(default: True)", "(default: False)", "(default: the index's) (default"):
+            assert wrong not in flat, (cmd, wrong)
+    flat = " ".join(
+        subprocess.run(
+            [sys.executable, "-m", "roiret.apps.cli", "eval", "--help"], capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
+    assert "(default: 5,10,15,20)" in flat and "-n n" in flat and "-N N" in flat and "(paper's k)" in flat

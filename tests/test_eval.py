@@ -256,6 +256,11 @@ def test_protocol_errors(tmp_path):
         c.evaluate([[0.5], [1]])
     with pytest.raises(ValueError, match="unknown level"):
         c.query("Q1").positives("hard")
+    # a name outside the protocol's database is refused, not silently counted as a negative
+    ok = c.evaluate([list(c.database), list(c.database)])
+    with pytest.raises(ValueError, match=r"1 names are not in protocol 'classic'.*first: 'stranger'"):
+        c.evaluate([["stranger"] + list(c.database), list(c.database)])
+    assert c.evaluate([list(c.database), list(c.database)]) == ok
     with pytest.raises(ValueError, match="no protocol"):
         gnd.protocol("paris")
     with pytest.raises(KeyError):
@@ -343,6 +348,9 @@ def test_oxford_dev_gnd_perfect_and_reversed_rankings():
                 perfect.append(pos + [n for n in proto.database if n not in set(pos)])
             res = proto.evaluate(perfect, levels=[lvl])
             assert res.map[lvl] == pytest.approx(1.0)
+            if proto is r:  # the query images are not in the revisited database: ranking them is refused
+                with pytest.raises(ValueError, match="not in protocol 'revisited'"):
+                    proto.evaluate([[q.image] + p for q, p in zip(proto.queries, perfect)], levels=[lvl])
             # a ranking that puts every positive last scores far below 1
             worst = [list(reversed(p)) for p in perfect]
             assert proto.evaluate(worst, levels=[lvl]).map[lvl] < 0.5

@@ -178,8 +178,9 @@ def test_add_and_remove_after_load(built, collection, tmp_path):
     assert len(r2) == len(r)
     res = r2.search(*collection.queries[0][1:], top=len(r2))
     assert 0 not in res.ids and int(new[0]) not in res.ids and int(new[1]) in res.ids
-    with pytest.raises(KeyError, match="not in the index"):
+    with pytest.raises(KeyError, match="not in the index") as e:
         r2.remove([10**9])
+    assert str(e.value) == "image id 1000000000 is not in the index"  # a sentence, not a quoted repr
     assert len(r2) == len(r)
     r2.save(tmp_path / "idx")  # overwrite in place
     r3 = Retriever.load(tmp_path / "idx", weights=WEIGHTS)

@@ -40,6 +40,7 @@ _LAZY = {
     "ImageError": "errors",
     "IndexFormatError": "errors",
     "NotTrainedError": "errors",
+    "UnknownIdError": "errors",
     "WeightsError": "errors",
     "WeightsNotFoundError": "errors",
     # parameters
@@ -116,6 +117,7 @@ if TYPE_CHECKING:  # pragma: no cover
         IndexFormatError,
         NotTrainedError,
         RoiretError,
+        UnknownIdError,
         WeightsError,
         WeightsNotFoundError,
     )

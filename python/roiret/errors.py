@@ -12,7 +12,15 @@ from __future__ import annotations
 import os
 from typing import Optional, Union
 
-__all__ = ["ImageError", "IndexFormatError", "NotTrainedError", "RoiretError", "WeightsError", "WeightsNotFoundError"]
+__all__ = [
+    "ImageError",
+    "IndexFormatError",
+    "NotTrainedError",
+    "RoiretError",
+    "UnknownIdError",
+    "WeightsError",
+    "WeightsNotFoundError",
+]
 
 
 class RoiretError(Exception):
@@ -48,3 +56,11 @@ class NotTrainedError(RoiretError, RuntimeError):
 
     def __init__(self, what: str = "the retriever", how: str = "call train(images) or load(path) first"):
         super().__init__(f"{what} is not trained: {how}")
+
+
+class UnknownIdError(RoiretError, KeyError):
+    """An image id (or other key) that is not in the index. A ``KeyError`` whose message reads
+    as a sentence (``KeyError`` itself shows its argument in quotes)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Union
 
-from ..io.images import Box, check_box
+from ..io.images import Box, SkippedImageWarning, check_box
 from ..params import BACKBONES, FEATURES, MODES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -95,24 +97,39 @@ def _add_weights(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-download", action="store_true", help="let torchvision download weights if none are found")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: ...)" only where there is one to show: not for flags, required
+    arguments, ``None`` / suppressed defaults or help that already says it; lists as
+    ``5,10,15,20`` (what one types)."""
+
+    def _get_help_string(self, action: argparse.Action) -> Optional[str]:
+        text = action.help or ""
+        d = action.default
+        if "default" in text or action.required or action.nargs == 0 or d is None or d == argparse.SUPPRESS:
+            return text
+        if isinstance(d, (list, tuple)):
+            return f"{text} (default: {','.join(str(v) for v in d)})"
+        return text + " (default: %(default)s)"
+
+
 def _parser(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(name, help=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help, formatter_class=_HelpFormatter)
     return p
 
 
 def _add_reranking(p: argparse.ArgumentParser, d: RetrieverConfig) -> None:
-    p.add_argument("-N", type=int, default=d.N, help="BoW candidates re-ranked at search time")
-    p.add_argument("-n", type=int, default=d.n, help="candidates matched exhaustively (fast re-ranking)")
-    p.add_argument("-k", type=int, default=d.k, help="query RoIs kept for the other N - n candidates")
+    p.add_argument("-N", type=int, default=d.N, metavar="N", help="BoW candidates re-ranked (the paper's N)")
+    p.add_argument("-n", type=int, default=d.n, metavar="n", help="of the N, matched with every query RoI (paper's n)")
+    p.add_argument("-k", type=int, default=d.k, metavar="k", help="query RoIs kept for the other N - n (paper's k)")
 
 
 def _add_index_parser(sub: Any, d: RetrieverConfig) -> None:
     p = _parser(sub, "index", "build an index from a folder or a list of images")
     p.add_argument("source", help="a folder (searched recursively) or a text file with one image path per line")
     p.add_argument("-o", "--output", required=True, help="index folder to write")
-    p.add_argument("--backbone", default=d.backbone, choices=BACKBONES)
-    p.add_argument("--feature", default=d.feature, choices=FEATURES)
-    p.add_argument("-K", type=int, default=d.K, help="RoIs per image (the paper's K)")
+    p.add_argument("--backbone", default=d.backbone, choices=BACKBONES, help="CNN trunk for the RoIs")
+    p.add_argument("--feature", default=d.feature, choices=FEATURES, help="RoI descriptor")
+    p.add_argument("-K", type=int, default=d.K, metavar="K", help="RoIs per image (the paper's K)")
     p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="visual words")
     p.add_argument("--max-keypoints", type=int, default=d.max_keypoints, help="SIFT keypoints per image")
     _add_reranking(p, d)
@@ -179,7 +196,7 @@ def _add_eval_parser(sub: Any, d: RetrieverConfig) -> None:
     p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="visual words")
     p.add_argument("--max-keypoints", type=int, default=d.max_keypoints, help="SIFT keypoints per image")
     _add_reranking(p, d)
-    p.add_argument("--backbone", default=d.backbone, choices=BACKBONES)
+    p.add_argument("--backbone", default=d.backbone, choices=BACKBONES, help="CNN trunk for the RoIs")
     p.add_argument("--cache", help="folder to cache extracted features between runs")
     p.add_argument("-o", "--output", help="also write the markdown table to this file")
     p.add_argument("--json", help="also write every number as JSON to this file")
@@ -194,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="roiret",
         description="Instance retrieval with RoI-based CNN features.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     ap.add_argument("--version", action="version", version=f"roiret {__import__('roiret').__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -205,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index", help="index folder")
     p = _parser(sub, "demo", "the whole pipeline on scikit-image's bundled photos (no downloads)")
     p.add_argument("-o", "--output", default="roiret-demo", help="folder for index.html and the PNGs")
-    p.add_argument("-K", type=int, default=20, help="RoIs per image")
+    p.add_argument("-K", type=int, default=20, metavar="K", help="RoIs per image (the paper's K)")
     p.add_argument("--seed", type=int, default=0, help="collection seed")
     _add_common(p)
     return ap
@@ -241,8 +258,11 @@ def cmd_index(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=args.progress,
     )
-    r.train(images, max_images=args.train_max)
-    ids = r.add(images, on_error=args.on_error)
+    with warnings.catch_warnings():
+        # every unreadable image is listed once, below (not also as warnings from train and add)
+        warnings.simplefilter("ignore", SkippedImageWarning)
+        r.train(images, max_images=args.train_max)
+        ids = r.add(images, on_error=args.on_error)
     r.save(args.output)
     failed = r.last_failures
     print(
@@ -346,6 +366,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _human(n: int) -> str:
+    """Bytes as a short number with a unit (``"840 bytes"``, ``"12.3 kB"``, ``"65.3 MB"``)."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+#: index files whose size does not depend on the number of images
+_FIXED_ROLES = ("vocabulary", "whitening", "projection")
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from ..io.folder import IndexFolder
     from ..search import persist
@@ -353,11 +385,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     saved = IndexFolder(args.index, persist.FORMAT, persist.VERSION, "roiret index").read(verify=False)
     m = {**saved.fields, "version": saved.version}
     c = m["config"]
-    size = sum(p.stat().st_size for p in saved.paths.values())
+    sizes = {role: p.stat().st_size for role, p in saved.paths.items()}
+    fixed = sum(v for role, v in sizes.items() if role in _FIXED_ROLES)
+    grows = sum(sizes.values()) - fixed
     print(f"roiret index (format {m['format']} v{m['version']}, written by roiret {m['roiret_version']})")
     print(
-        f"  images: {m['images']}, RoIs: {m['rois']}, {m['nbits']}-bit codes, {size / 1e6:.1f} MB "
-        f"({size / max(1, m['images']):.0f} bytes per image)"
+        f"  images: {m['images']}, RoIs: {m['rois']}, {m['nbits']}-bit codes, {_human(sum(sizes.values()))}: "
+        f"{grows / max(1, m['images']):,.0f} bytes per image (RoI arrays, inverted file) + "
+        f"{_human(fixed)} that does not grow with the images "
+        f"({', '.join(r for r in sizes if r in _FIXED_ROLES)})"
     )
     print(f"  {c['backbone']} {c['feature']}, K={c['K']}, T_min={c['t_min']}, T_rate={c['t_rate']}, T_iou={c['t_iou']}")
     print(
@@ -378,9 +414,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: an option value that is a list of numbers (argparse takes "-50,-50,100,100" for an option)
+_NUMBERS = re.compile(r"^-?(\d+\.?\d*|\.\d+)(,\s*-?(\d+\.?\d*|\.\d+))*$")
+
+
+def _glue_negative_values(argv: Sequence[str]) -> List[str]:
+    """``--box -50,-50,100,100`` → ``--box=-50,-50,100,100``, so that argparse reads it."""
+    out: List[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in ("--box", "--fusion") and i + 1 < len(argv) and _NUMBERS.match(argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def _show_warning(
+    message: Union[Warning, str],
+    category: type,
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: Optional[str] = None,
+) -> None:
+    """Warnings as one ``roiret: warning: ...`` line each (no source lines of the library)."""
+    print(f"roiret: warning: {message}", file=sys.stderr)
+
+
+def _message(e: BaseException) -> str:
+    """An error for a person: ``nosuch.jpg: No such file or directory``, not ``[Errno 2] ...``;
+    a KeyError's text without quotes."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename is not None else e.strerror
+    if isinstance(e, KeyError) and e.args:
+        return str(e.args[0])
+    return str(e)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_glue_negative_values(sys.argv[1:] if argv is None else list(argv)))
     handler = {
         "index": cmd_index,
         "search": cmd_search,
@@ -391,17 +467,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     }[args.command]
     from ..errors import ImageError, IndexFormatError, WeightsError
 
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         return handler(args)
     except (ImageError, IndexFormatError, WeightsError, ValueError, FileNotFoundError, KeyError) as e:
-        print(f"roiret: error: {e}", file=sys.stderr)
+        print(f"roiret: error: {_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("roiret: interrupted", file=sys.stderr)
         return 130
     except (OSError, RuntimeError) as e:
-        print(f"roiret: error: {e}", file=sys.stderr)
+        print(f"roiret: error: {_message(e)}", file=sys.stderr)
         return 1
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,7 +34,7 @@ import torch
 
 from ..errors import ImageError
 from ..io import PathLike
-from ..io.images import ImageSource, check_box, load_image, resize_max_side
+from ..io.images import ImageSource, SkippedImageWarning, check_box, load_image, resize_max_side
 from ..params import (
     DEFAULT_K,
     DEFAULT_T_IOU,
@@ -493,7 +493,7 @@ class RoIExtractor:
                 groups: Dict[Tuple[int, ...], List[Tuple[int, Prepared]]] = {}
                 for i, item in chunk:
                     if isinstance(item, Exception):
-                        warnings.warn(f"image {i} skipped: {item}", RuntimeWarning, stacklevel=3)
+                        warnings.warn(f"image {i} skipped: {item}", SkippedImageWarning, stacklevel=3)
                         bar.update(1)
                         continue
                     groups.setdefault(item[0].shape, []).append((i, item))

@@ -4,6 +4,7 @@ of ``gnd.json`` is described there."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -112,7 +113,18 @@ class Protocol:
                 f"ranking of query {qid!r}: expected image names (str) or integer positions in "
                 f"the database, got items of type {', '.join(kinds)}"
             )
+        unknown = [v for v in items if v not in self._database_set]
+        if unknown:  # counting them as negatives would lower AP without saying why
+            raise ValueError(
+                f"ranking of query {qid!r}: {len(unknown)} names are not in protocol {self.name!r}'s database "
+                f"(first: {unknown[0]!r}); rank only Protocol.database (e.g. drop the query images for the "
+                "revisited protocol)"
+            )
         return items
+
+    @functools.cached_property
+    def _database_set(self) -> FrozenSet[str]:
+        return frozenset(self.database)
 
     def evaluate(
         self,

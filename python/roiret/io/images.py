@@ -34,7 +34,10 @@ from ..errors import ImageError
 __all__ = [
     "Box",
     "ImageSource",
+    "BoxWarning",
+    "SkippedImageWarning",
     "check_box",
+    "check_query_box",
     "DEFAULT_MAX_PIXELS",
     "PreparedImage",
     "error_reason",
@@ -478,16 +481,81 @@ def iter_prepared(
         bar.close()
 
 
+def _plain(box: Any) -> str:
+    """A box as plain numbers for messages (``(400, 10.5, 500, 20)``, not ``np.float64(400.0)``)."""
+    try:
+        return "(" + ", ".join(f"{float(v):g}" for v in box) + ")"
+    except (TypeError, ValueError):
+        return repr(box)
+
+
 def check_box(box: Any, name: str = "box") -> Box:
     """``box`` as four floats ``(x1, y1, x2, y2)``: TypeError unless it is four numbers,
     ValueError unless they are finite with x2 > x1 and y2 > y1. (Whether it overlaps a
-    given image is for the caller to check.)"""
+    given image is :func:`check_query_box`'s business.)"""
     try:
         x1, y1, x2, y2 = (float(v) for v in box)
     except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected four numbers (x1, y1, x2, y2), got {box!r}") from None
+        raise TypeError(f"{name}: expected four numbers (x1, y1, x2, y2), got {_plain(box)}") from None
     if not all(np.isfinite([x1, y1, x2, y2])):
-        raise ValueError(f"{name}: coordinates must be finite, got {box!r}")
+        raise ValueError(f"{name}: coordinates must be finite, got {_plain(box)}")
     if not (x2 > x1 and y2 > y1):
-        raise ValueError(f"{name}: expected x2 > x1 and y2 > y1 (a non-empty box), got {box!r}")
+        raise ValueError(f"{name}: expected x2 > x1 and y2 > y1 (a non-empty box), got {_plain(box)}")
     return (x1, y1, x2, y2)
+
+
+def warn_caller(message: str, category: type = UserWarning) -> None:
+    """``warnings.warn`` pointing at the first frame outside roiret (the user's call)."""
+    import sys
+    import warnings
+
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    level, frame = 2, sys._getframe(1)  # stacklevel 2: the caller of warn_caller
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(pkg + os.sep):
+        level, frame = level + 1, frame.f_back  # type: ignore[assignment]
+    warnings.warn(message, category, stacklevel=level)
+
+
+class SkippedImageWarning(RuntimeWarning):
+    """Images that could not be read were skipped (``on_error="skip"``, or while training);
+    the message names each one and why."""
+
+
+class BoxWarning(UserWarning):
+    """A query box that is probably not what was meant (fractions instead of pixels, a few
+    pixels wide, partly outside the image). The search still runs."""
+
+
+#: boxes narrower or lower than this (pixels of the image as given) describe almost nothing
+MIN_BOX_SIDE = 16
+
+
+def check_query_box(box: Any, width: int, height: int) -> Box:
+    """:func:`check_box`, then against a ``width`` × ``height`` image: a box wholly outside
+    it is a ValueError; a box partly outside is clipped (with a warning when by more than a
+    pixel); a box that looks like fractions of
+    the image (every coordinate in [0, 1] on an image larger than 2 px) or is under
+    :data:`MIN_BOX_SIDE` pixels on a side gives a :class:`BoxWarning`. Returns the box
+    clipped to the image."""
+    x1, y1, x2, y2 = check_box(box)
+    cx1, cy1, cx2, cy2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))
+    if cx2 <= cx1 or cy2 <= cy1:
+        raise ValueError(f"box {_plain(box)} lies outside the {width}x{height} image (boxes are in pixels)")
+    if max(x1, y1, x2, y2) <= 1.0 and min(width, height) > 2:
+        warn_caller(
+            f"box {_plain(box)} looks like fractions of the image; boxes are in pixels of the {width}x{height} image",
+            BoxWarning,
+        )
+    elif max(cx1 - x1, cy1 - y1, x2 - cx2, y2 - cy2) > 1.0:  # within a pixel: rounding, not a mistake
+        warn_caller(
+            f"box {_plain(box)} is partly outside the {width}x{height} image; clipped to "
+            f"{_plain((cx1, cy1, cx2, cy2))}",
+            BoxWarning,
+        )
+    if min(cx2 - cx1, cy2 - cy1) < MIN_BOX_SIDE:
+        warn_caller(
+            f"box {_plain((cx1, cy1, cx2, cy2))} is {cx2 - cx1:g}x{cy2 - cy1:g} pixels: too small to "
+            f"describe (under {MIN_BOX_SIDE} px on a side)",
+            BoxWarning,
+        )
+    return (cx1, cy1, cx2, cy2)

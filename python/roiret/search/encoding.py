@@ -11,7 +11,16 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..io.images import ImageSource, PreparedImage, check_box, load_shrunk, source_name
+from ..io.images import (
+    BoxWarning,
+    ImageSource,
+    PreparedImage,
+    check_box,
+    check_query_box,
+    load_shrunk,
+    source_name,
+    warn_caller,
+)
 from .index import IndexedImage
 from .results import PreparedQuery
 
@@ -20,7 +29,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..cnn.codes import CodeProjector
     from ..cnn.extractor import RoIExtractor
 
-__all__ = ["encode_images", "encode_query"]
+__all__ = ["MIN_QUERY_FEATURES", "encode_images", "encode_query"]
+
+#: a query with fewer local features than this gets a BoxWarning (BoW has next to nothing to match)
+MIN_QUERY_FEATURES = 5
 
 
 def encode_images(
@@ -82,10 +94,13 @@ def encode_query(
     """A query's BoW words (keypoints in ``box``) and RoIs (of the crop), boxes in pixels of
     the query image as given."""
     t0 = time.perf_counter()
-    sbox = None if box is None else check_box(box)
-    small, scale, _ = load_shrunk(image, max_side)
-    if sbox is not None:
-        sbox = (sbox[0] * scale, sbox[1] * scale, sbox[2] * scale, sbox[3] * scale)
+    if box is not None:
+        check_box(box)  # a malformed box fails before the image is read
+    small, scale, (width, height) = load_shrunk(image, max_side)
+    sbox = None
+    if box is not None:
+        b = check_query_box(box, width, height)
+        sbox = (b[0] * scale, b[1] * scale, b[2] * scale, b[3] * scale)
     t1 = time.perf_counter()
     with lock:
         words, counts = bow.encode(small, box=sbox)
@@ -94,6 +109,12 @@ def encode_query(
         if with_rois:
             rois = extractor.extract([small], boxes=None if sbox is None else [sbox], progress=False)[0]
         t3 = time.perf_counter()
+    if float(np.sum(counts)) < MIN_QUERY_FEATURES:
+        warn_caller(
+            f"the query{'' if box is None else ' box'} has {int(np.sum(counts))} local features: the "
+            "first stage has next to nothing to match",
+            BoxWarning,
+        )
     codes = global_code = None
     q_boxes = np.zeros((0, 4), np.float32)
     if rois is not None:

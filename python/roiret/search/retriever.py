@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import NotTrainedError
 from ..io import PathLike
-from ..io.images import ImageSource, PreparedImage, error_reason, iter_prepared, source_name
+from ..io.images import ImageSource, PreparedImage, SkippedImageWarning, error_reason, iter_prepared, source_name
 from ..params import Fusion, RerankParams
 from . import persist
 from .config import RetrieverConfig
@@ -272,7 +272,9 @@ class Retriever:
         if self.last_failures:
             lines = "\n".join(f"  {name}: {msg}" for _, name, msg in self.last_failures)
             warnings.warn(
-                f"{len(self.last_failures)} of {len(images)} images skipped:\n{lines}", RuntimeWarning, stacklevel=2
+                f"{len(self.last_failures)} of {len(images)} images skipped:\n{lines}",
+                SkippedImageWarning,
+                stacklevel=2,
             )
         return np.asarray(added, np.int64)
 

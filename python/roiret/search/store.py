@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import IndexFormatError
+from ..errors import IndexFormatError, UnknownIdError
 
 __all__ = ["RoIStore"]
 
@@ -140,7 +140,7 @@ class RoIStore:
             try:
                 out.append(index[int(i)])
             except KeyError:
-                raise KeyError(f"image id {int(i)} is not in the index") from None
+                raise UnknownIdError(f"image id {int(i)} is not in the index") from None
         return np.asarray(out, dtype=np.int64)
 
     def __contains__(self, image_id: int) -> bool:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..io.images import ImageSource, error_reason, iter_prepared, source_name
+from ..io.images import ImageSource, SkippedImageWarning, error_reason, iter_prepared, source_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..bow import LocalFeatureExtractor, LocalFeatures, Vocabulary
@@ -67,7 +67,9 @@ def training_features(
     for i, src, item in iter_prepared(images, c.max_side, on_error="skip", progress=r.progress, desc="train: features"):
         if isinstance(item, Exception):
             warnings.warn(
-                f"train: skipping {source_name(src, f'image {i}')}: {error_reason(item)}", RuntimeWarning, stacklevel=3
+                f"train: skipping {source_name(src, f'image {i}')}: {error_reason(item)}",
+                SkippedImageWarning,
+                stacklevel=3,
             )
             continue
         if vocabulary is None:
