@@ -778,3 +778,21 @@ def test_ukbench_other_views_come_first():
         rankings[name] = [gnd.images[j] for j in hits.ids]
     score = gnd.score(rankings)
     assert score >= 3.6, score
+
+
+def test_kmeans_states_an_estimate_and_shows_progress(monkeypatch, capsys):
+    import roiret.bow.vocabulary as V
+
+    # the model behind the estimate, at the two measured points (2-core machine)
+    assert 40 < V._estimate_seconds(300_000, 10_000, 128, False) < 60
+    assert 60 < V._estimate_seconds(827_000, 50_000, 128, True) < 90
+    x = np.random.default_rng(1).random((400, 8), dtype=np.float32)
+    V.Vocabulary.fit(x, 20, kmeans_iterations=2, progress=True)
+    err = capsys.readouterr().err
+    assert "k-means 20 words (exact)" in err and "estimated" not in err  # short: a bar, no estimate
+    monkeypatch.setattr(V, "_estimate_seconds", lambda n, k, d, approx: 100.0)
+    V.Vocabulary.fit(x, 20, kmeans_iterations=3, progress=True)
+    err = capsys.readouterr().err
+    assert "k-means: 400 descriptors into 20 words, 3 iterations: about 5 min (estimated" in err
+    V.Vocabulary.fit(x, 20, kmeans_iterations=3, progress=None)  # None: only on a terminal (pytest's is not)
+    assert capsys.readouterr().err == ""

@@ -212,6 +212,8 @@ def test_search_validation():
         ivf.search([1], [1, 2], 3)
     with pytest.raises(ValueError, match="vocab_size must be >= 1"):
         InvertedFile(0)
+    with pytest.raises(ValueError, match=r"vocab_size must be <= 2\*\*26 \(67108864 words"):
+        InvertedFile(2**31 - 1)  # would need 32 GiB of per-word tables before the first image
     ids, scores = InvertedFile(5).search([1, 2], None, 10)  # empty index
     assert len(ids) == 0 and len(scores) == 0
     ids, scores = ivf.search([], None, 10)  # empty query: everything scores 0

@@ -130,3 +130,33 @@ def test_untrained_retriever_says_so_from_every_public_method(tmp_path):
     assert issubclass(NotTrainedError, RuntimeError) and issubclass(NotTrainedError, RoiretError)
     for e in (roiret.ImageError, roiret.IndexFormatError, roiret.WeightsError, roiret.WeightsNotFoundError):
         assert issubclass(e, RoiretError)
+
+
+def test_auto_vocabulary_size_rule():
+    from roiret.params import AUTO_MAX_WORDS, auto_vocab_size
+
+    # hand-checked: one word per 4 descriptors, two significant digits, at most 50 000
+    assert auto_vocab_size(59_774) == 15_000  # ukbench-56's RootSIFT descriptors
+    assert auto_vocab_size(13_341) == 3_300  # 11 photos (the issue's failing case)
+    assert auto_vocab_size(802_000) == AUTO_MAX_WORDS == 50_000  # Oxford5k-dev keeps today's size
+    assert auto_vocab_size(10**9) == 50_000 and auto_vocab_size(7) == 2 and auto_vocab_size(1) == 1
+    sizes = [auto_vocab_size(n) for n in range(1, 400_000, 997)]
+    assert sizes == sorted(sizes)  # never fewer words for more descriptors
+    assert RetrieverConfig().vocab_size == "auto" and RetrieverConfig(vocab_size=2000).bow.vocab_size == 2000
+    with pytest.raises(ValueError, match="vocab_size must be a positive integer"):
+        RetrieverConfig(vocab_size="big")
+
+
+def test_auto_vocabulary_fit_and_a_clear_error_when_too_large():
+    pytest.importorskip("faiss")
+    from roiret.bow import Vocabulary
+    from roiret.params import auto_vocab_size
+
+    rng = np.random.default_rng(0)
+    parts = [rng.random((n, 16), dtype=np.float32) for n in (300, 500, 401)]
+    v = Vocabulary.fit(parts, "auto", kmeans_iterations=2, progress=False)
+    assert v.size == auto_vocab_size(1201) == 300
+    with pytest.raises(ValueError) as e:
+        Vocabulary.fit(parts, 5000, kmeans_iterations=2, progress=False)
+    msg = str(e.value)
+    assert "vocab_size=5000" in msg and "use vocab_size <= 1201 (--vocab-size" in msg and "'auto' (300 words" in msg

@@ -348,14 +348,14 @@ void test_edge_cases(std::mt19937_64& rng) {
     for (int v : ok) sane &= v == 1;
     CHECK(sane && ivf.size() == 300);
 
-    // a header with valid checksums announcing 2**32 words and 2**40 postings, in a
-    // 64-byte file: refused as truncated before anything is allocated
+    // a header with valid checksums announcing 2**26 words (the most) and 2**40 postings,
+    // in a 64-byte file: refused as truncated before anything is allocated
     ivf.save(path);
     std::ifstream in(path, std::ios::binary);
     std::vector<unsigned char> h(64);
     in.read(reinterpret_cast<char*>(h.data()), 64);
     in.close();
-    const std::uint64_t V = std::uint64_t{1} << 32, nnz = std::uint64_t{1} << 40;
+    const std::uint64_t V = roicore::InvertedFile::kMaxVocabulary, nnz = std::uint64_t{1} << 40;
     std::memcpy(&h[16], &V, 8);
     std::memcpy(&h[32], &nnz, 8);
     const std::uint32_t crc = roicore::crc32_update(0, h.data(), 60);
@@ -368,6 +368,26 @@ void test_edge_cases(std::mt19937_64& rng) {
       truncated = std::string(e.what()).find("truncated") != std::string::npos;
     }
     CHECK(truncated);
+    // one word more than the most: implausible, refused from the header alone
+    const std::uint64_t V2 = roicore::InvertedFile::kMaxVocabulary + 1;
+    std::memcpy(&h[16], &V2, 8);
+    const std::uint32_t crc2 = roicore::crc32_update(0, h.data(), 60);
+    std::memcpy(&h[60], &crc2, 4);
+    std::ofstream(path, std::ios::binary | std::ios::trunc).write(reinterpret_cast<const char*>(h.data()), 64);
+    bool implausible = false;
+    try {
+      roicore::InvertedFile::load(path);
+    } catch (const roicore::FormatError& e) {
+      implausible = std::string(e.what()).find("implausible sizes") != std::string::npos;
+    }
+    CHECK(implausible);
+    bool refused = false;
+    try {
+      roicore::InvertedFile too_big(roicore::InvertedFile::kMaxVocabulary + 1);
+    } catch (const roicore::InvalidArgument& e) {
+      refused = std::string(e.what()).find("vocab_size must be <= 2**26") != std::string::npos;
+    }
+    CHECK(refused);
     std::remove(path.c_str());
   }
 }

@@ -35,6 +35,7 @@ __all__ = [
     "RegionParams",
     "RerankParams",
     "THRESHOLD_MODES",
+    "auto_vocab_size",
     "check_fusion",
     "normalize_backbone",
 ]
@@ -59,6 +60,27 @@ DEFAULT_T_RATE = 3.0
 DEFAULT_T_IOU = 0.95
 #: the largest K of the paper's tables
 DEFAULT_K = 20
+
+#: ``vocab_size="auto"``: one word per this many training descriptors, at most AUTO_MAX_WORDS.
+#: Measured (benchmarks/vocab_size_study.py, benchmarks/bow_map.py; BoW alone, vocabulary
+#: learned on the collection itself): ukbench-56 (60k descriptors) N-S 3.93 at 4 per word vs
+#: 3.89 at 16 and 3.70 at 64; the demo collection (49k) mAP 72.4 at 4 vs 30.5 at 16; Oxford5k-dev
+#: (800k) classic 62.99 at 50k words (16 per word) vs 59.57 at 200k (4 per word) and 51.09 at
+#: 10k — so 4 per word for small collections, capped at today's 50k, which large ones reach.
+AUTO_DESCRIPTORS_PER_WORD = 4
+AUTO_MAX_WORDS = 50_000
+
+
+def auto_vocab_size(n_descriptors: int) -> int:
+    """The vocabulary size ``"auto"`` picks for ``n_descriptors`` training descriptors:
+    ``n / AUTO_DESCRIPTORS_PER_WORD`` rounded to two significant digits, at most
+    ``AUTO_MAX_WORDS`` (and at most ``n``, at least 1)."""
+    raw = float(n_descriptors) / AUTO_DESCRIPTORS_PER_WORD
+    if raw >= 100:
+        step = 10 ** (len(str(int(raw))) - 2)
+        raw = round(raw / step) * step
+    return int(max(1, min(AUTO_MAX_WORDS, int(round(raw)), int(n_descriptors))))
+
 
 #: how the BoW score enters the final score: ``"adaptive"``, a weight in [0, 1], or
 #: ``None`` (the RoI score alone)
@@ -181,12 +203,13 @@ class CodeParams(_Group):
 
 @dataclass(frozen=True)
 class BowParams(_Group):
-    """The bag-of-words first stage: ``vocab_size`` visual words learned by k-means
+    """The bag-of-words first stage: ``vocab_size`` visual words (``"auto"``: from the number of
+    training descriptors, :func:`auto_vocab_size`) learned by k-means
     (``kmeans_iterations`` iterations on at most ``max_train_descriptors`` descriptors, a
     seeded sample; ``None``: all) over ``local_features`` (at most ``max_keypoints`` per
     image; ``None``: all)."""
 
-    vocab_size: int = 50_000
+    vocab_size: Union[int, str] = "auto"
     local_features: str = "rootsift"
     max_keypoints: Optional[int] = 2000
     max_train_descriptors: Optional[int] = 500_000
@@ -194,8 +217,9 @@ class BowParams(_Group):
 
     def __post_init__(self) -> None:
         _choice("local_features", self.local_features, LOCAL_FEATURES)
-        for name in ("vocab_size", "kmeans_iterations"):
-            self._set(name, positive_int(name, getattr(self, name)))
+        if self.vocab_size != "auto":
+            self._set("vocab_size", positive_int("vocab_size", self.vocab_size))
+        self._set("kmeans_iterations", positive_int("kmeans_iterations", self.kmeans_iterations))
         for name in ("max_keypoints", "max_train_descriptors"):
             v = getattr(self, name)
             if v is not None:

@@ -130,8 +130,9 @@ std::string printable_magic(const unsigned char* m) {
 
 InvertedFile::InvertedFile(std::size_t vocab_size) : vocab_size_(vocab_size) {
   if (vocab_size == 0) throw InvalidArgument("vocab_size must be >= 1, got 0");
-  if (vocab_size > (std::size_t{1} << 32))
-    throw InvalidArgument("vocab_size must be <= 2**32, got " + str(vocab_size));
+  if (vocab_size > kMaxVocabulary)
+    throw InvalidArgument("vocab_size must be <= 2**26 (" + str(kMaxVocabulary) +
+                          " words: the per-word tables take 16 bytes a word up front), got " + str(vocab_size));
   word_offsets_.assign(vocab_size + 1, 0);
   idf_.assign(vocab_size, 0.0);
 }
@@ -781,7 +782,8 @@ FileHeader read_header(int fd, const std::string& path, std::uint64_t file_size,
   const FileHeader hd{get<std::uint64_t>(h + 16), get<std::uint64_t>(h + 24), get<std::uint64_t>(h + 32),
                       get<std::uint32_t>(h + 48), get<std::uint32_t>(h + 52), get<std::uint32_t>(h + 56)};
   const std::uint64_t V = hd.vocab_size, n_docs = hd.n_docs, nnz = hd.n_postings;
-  if (V == 0 || V > (std::uint64_t{1} << 32) || n_docs > InvertedFile::kMaxDocuments || nnz > (std::uint64_t{1} << 56))
+  if (V == 0 || V > InvertedFile::kMaxVocabulary || n_docs > InvertedFile::kMaxDocuments ||
+      nnz > (std::uint64_t{1} << 56))
     throw FormatError(where + "implausible sizes in header (vocab " + str(V) + ", images " + str(n_docs) +
                       ", postings " + str(nnz) + ")");
   const std::uint64_t expected = kHeaderSize + 8 * n_docs + 4 * V + 8 * nnz;

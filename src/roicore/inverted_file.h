@@ -44,6 +44,10 @@ class InvertedFile {
  public:
   static constexpr std::uint32_t kFormatVersion = 1;
   static constexpr std::size_t kMaxDocuments = 0xFFFFFFFEu;
+  // Largest vocabulary: the per-word tables cost 16 bytes a word up front (offsets, idf), so
+  // 2^26 words (67M, beyond the largest vocabularies in use) take ~1 GiB; more is refused
+  // rather than allocated (a 2^31-word table would need 32 GiB before the first image).
+  static constexpr std::size_t kMaxVocabulary = std::size_t{1} << 26;
 
   explicit InvertedFile(std::size_t vocab_size);
   ~InvertedFile();

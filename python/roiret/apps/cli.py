@@ -36,6 +36,18 @@ def _box(text: str) -> Box:
         ) from None
 
 
+def _vocab_size(text: str) -> Union[int, str]:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of words or 'auto', got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of words or 'auto', got {text!r}")
+    return v
+
+
 def _int_list(text: str) -> List[int]:
     try:
         return [int(x) for x in text.split(",") if x]
@@ -130,7 +142,12 @@ def _add_index_parser(sub: Any, d: RetrieverConfig) -> None:
     p.add_argument("--backbone", default=d.backbone, choices=BACKBONES, help="CNN trunk for the RoIs")
     p.add_argument("--feature", default=d.feature, choices=FEATURES, help="RoI descriptor")
     p.add_argument("-K", type=int, default=d.K, metavar="K", help="RoIs per image (the paper's K)")
-    p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="visual words")
+    p.add_argument(
+        "--vocab-size",
+        type=_vocab_size,
+        default=d.vocab_size,
+        help="visual words: a number, or auto (one per 4 SIFT descriptors of the training images, at most 50000)",
+    )
     p.add_argument("--max-keypoints", type=int, default=d.max_keypoints, help="SIFT keypoints per image")
     _add_reranking(p, d)
     p.add_argument(
@@ -193,7 +210,12 @@ def _add_eval_parser(sub: Any, d: RetrieverConfig) -> None:
         help="paper: whitened 256-bit codes, RoI score alone; roiret: the library defaults",
     )
     p.add_argument("--Ks", type=_int_list, default=[5, 10, 15, 20], help="values of K (comma-separated)")
-    p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="visual words")
+    p.add_argument(
+        "--vocab-size",
+        type=_vocab_size,
+        default=50_000,
+        help="visual words (the paper table's 50000; auto: one per 4 training descriptors)",
+    )
     p.add_argument("--max-keypoints", type=int, default=d.max_keypoints, help="SIFT keypoints per image")
     _add_reranking(p, d)
     p.add_argument("--backbone", default=d.backbone, choices=BACKBONES, help="CNN trunk for the RoIs")

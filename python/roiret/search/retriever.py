@@ -205,7 +205,7 @@ class Retriever:
                 max_train_descriptors=c.max_train_descriptors,
                 kmeans_iterations=c.kmeans_iterations,
                 descriptor=lfe.kind,
-                progress=bool(self.progress),
+                progress=self.progress,
             )
         with self._rw.write():
             if c.whitening:
