@@ -47,8 +47,9 @@ def _index(fe, feats, size: int):
     from roiret.bow import BowIndex, Vocabulary
 
     t0 = time.perf_counter()
-    voc = Vocabulary.fit(feats, size, seed=0, kmeans_iterations=10, max_train_descriptors=500_000, progress=False,
-                         descriptor="rootsift")
+    voc = Vocabulary.fit(
+        feats, size, seed=0, kmeans_iterations=10, max_train_descriptors=500_000, progress=False, descriptor="rootsift"
+    )
     secs = time.perf_counter() - t0
     bow = BowIndex(voc, fe)
     bow.add_features(feats)
@@ -66,10 +67,20 @@ def ukbench(root: Path, ratios: List[float]) -> List[Dict]:
     for d in ratios:
         size = max(8, int(round(n_desc / d)))
         bow, secs = _index(fe, feats, size)
-        rankings = {names[i]: [names[j] for j in bow.search_features(f, top=len(names)).ids] for i, f in
-                    enumerate(feats)}
-        rows.append({"collection": "ukbench-56", "images": len(names), "descriptors": n_desc, "per_word": d,
-                     "words": size, "kmeans_s": secs, "score": gt.score(rankings)})
+        rankings = {
+            names[i]: [names[j] for j in bow.search_features(f, top=len(names)).ids] for i, f in enumerate(feats)
+        }
+        rows.append(
+            {
+                "collection": "ukbench-56",
+                "images": len(names),
+                "descriptors": n_desc,
+                "per_word": d,
+                "words": size,
+                "kmeans_s": secs,
+                "score": gt.score(rankings),
+            }
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -91,8 +102,17 @@ def demo(ratios: List[float]) -> List[Dict]:
             b: Tuple[float, float, float, float] = (box[0] * s, box[1] * s, box[2] * s, box[3] * s)
             ids = bow.search_features(f, box=b, top=len(feats)).ids.tolist()
             aps.append(average_precision(ids, set(col.positives[name])))
-        rows.append({"collection": "demo", "images": len(feats), "descriptors": n_desc, "per_word": d, "words": size,
-                     "kmeans_s": secs, "score": 100 * float(np.mean(aps))})
+        rows.append(
+            {
+                "collection": "demo",
+                "images": len(feats),
+                "descriptors": n_desc,
+                "per_word": d,
+                "words": size,
+                "kmeans_s": secs,
+                "score": 100 * float(np.mean(aps)),
+            }
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -113,8 +133,10 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         score = f"{r['score']:.3f}" if r["collection"] == "ukbench-56" else f"{r['score']:.2f}"
-        print(f"| {r['collection']} | {r['images']} | {r['descriptors']:,} | {r['per_word']:g} | {r['words']:,} | "
-              f"{r['kmeans_s']:.1f} | {score} |")
+        print(
+            f"| {r['collection']} | {r['images']} | {r['descriptors']:,} | {r['per_word']:g} | {r['words']:,} | "
+            f"{r['kmeans_s']:.1f} | {score} |"
+        )
     if a.out:
         Path(a.out).write_text(json.dumps(rows, indent=1))
     return 0

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from _browser import chromium, inspect_page
 from roiret.apps.cli import collect_images, main
 from roiret.apps.demo import make_collection
 from roiret.apps.viz import encode_png
@@ -114,11 +115,12 @@ def test_search_json_and_table(index, folder, capsys):
         == 0
     )
     out = json.loads(capsys.readouterr().out)
-    assert len(out["hits"]) == 4 and out["hits"][0]["rank"] == 0
+    assert len(out["hits"]) == 4 and [h["rank"] for h in out["hits"]] == [1, 2, 3, 4]  # as the table prints
     assert {"id", "name", "score", "bow_score", "query_box", "db_box"} <= set(out["hits"][0])
     assert main(["search", str(index), str(q), "--top", "3", "--weights", WEIGHTS]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:3] == ["rank", "id", "score"] and len(table) == 4
+    assert table[0].split()[:5] == ["rank", "id", "score", "roi", "bow"] and len(table) == 4
+    assert [row.split()[0] for row in table[1:]] == ["1", "2", "3"]  # ranks as in JSON
     # --fusion overrides the index's: none = the RoI score alone (the paper), a number = that BoW weight
     weights = {}
     for f in ("none", "0.3", "adaptive"):
@@ -184,7 +186,17 @@ def test_info_and_show(index, folder, tmp_path, capsys):
     )
     assert (out / "result.png").stat().st_size > 1000
     html = (out / "index.html").read_text()
-    assert html.count("data:image/png;base64,") == 2 and "<table>" in html
+    assert html.count("data:image/jpeg;base64,") == 2 and html.count("<table>") == 2
+    capsys.readouterr()
+    args = ["search", str(index), str(q), "--box", ",".join(map(str, box)), "--top", "3", "--json"]
+    assert main(args + ["--weights", WEIGHTS]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert all(h["name"].endswith(".png") and html.count(h["name"]) >= 1 for h in hits)  # full paths, not cut
+    if chromium() is not None:
+        seen = inspect_page(out / "index.html", "show-page")
+        assert seen["images"] == 2 and seen["broken"] == [], seen
+        assert seen["headings"][1:] == ["before re-ranking (BoW)", "after re-ranking (fast)"]
+        assert seen["legend"] == ["query box", "query RoIs", "best-matching RoI pair", "positive", "negative"]
 
 
 def test_errors_are_one_line(tmp_path, capsys):

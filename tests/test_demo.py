@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 
+from _browser import chromium, inspect_page
 from roiret.apps.cli import main
 from roiret.apps.demo import OBJECTS, make_collection
 
@@ -51,8 +52,17 @@ def test_the_demo_command(tmp_path, capsys, monkeypatch):
     maps = {k: float(v) for k, v in rows.items()}
     assert all(0.0 <= v <= 100.0 for v in maps.values())
     html = (out / "index.html").read_text()
-    assert html.count("data:image/png;base64,") == 2 * len(OBJECTS)  # before / after per query
+    assert html.count("data:image/jpeg;base64,") == 3 * len(OBJECTS)  # BoW / paper / default per query
+    assert (out / "index.html").stat().st_size < 5e6  # JPEG thumbnails: ~3 MB (was 11 MB of PNG)
+    assert "19.1300" not in html and re.search(r"<td class='num'>\d+\.\d\d</td>", html)  # two decimals
+    assert "Why the default is not the best row here" in html
     assert sorted(p.stem for p in out.glob("*.png")) == sorted(name for name, _ in OBJECTS)
+    if chromium() is not None:  # as a person sees it: every picture loads, every query has its section
+        seen = inspect_page(out / "index.html", "demo-page")
+        assert seen["images"] == 3 * len(OBJECTS) and seen["broken"] == [], seen
+        assert seen["headings"] == ["roiret demo", "mAP"] + [f"query: {name}" for name, _ in OBJECTS]
+        assert seen["legend"] == ["query box", "query RoIs", "best-matching RoI pair", "positive", "negative"]
+        assert seen["screenshot"].stat().st_size > 10_000
     if HAVE_WEIGHTS:
         bow = maps["BoW only (first stage)"]
         assert maps["RoI re-ranking, fast (the paper)"] >= bow + 30, maps

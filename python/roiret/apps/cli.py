@@ -304,11 +304,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
         return 0
-    print(f"{'rank':>4}  {'id':>8}  {'score':>7}  {'bow':>7}  {'db box':<26} name")
+    print(f"{'rank':>4}  {'id':>8}  {'score':>7}  {'roi':>7}  {'bow':>7}  {'db box':<26} name")
     for h in res.hits:
         box = "" if h.db_box is None else ",".join(f"{v:.0f}" for v in h.db_box)
         score = "-" if h.score != h.score else f"{h.score:.4f}"
-        print(f"{h.rank + 1:>4}  {h.id:>8}  {score:>7}  {h.bow_score:7.4f}  {box:<26} {h.name}")
+        roi = "-" if h.roi_score != h.roi_score else f"{h.roi_score:.4f}"
+        print(f"{h.rank:>4}  {h.id:>8}  {score:>7}  {roi:>7}  {h.bow_score:7.4f}  {box:<26} {h.name}")
     t = res.timings
     features_ms = 1000 * (t["bow_features"] + t["cnn"])
     print(
@@ -323,7 +324,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..io.images import load_image
-    from .viz import result_strip, write_html, write_png
+    from .viz import hits_table, result_strip, write_html, write_png
 
     r = _load(args)
     res = r.search(args.image, args.box, top=args.top)
@@ -344,16 +345,18 @@ def cmd_show(args: argparse.Namespace) -> int:
     width = max(before.shape[1], after.shape[1])
     pad = lambda a: np.concatenate([a, np.full((a.shape[0], width - a.shape[1], 3), 255, np.uint8)], 1)  # noqa: E731
     write_png(out / "result.png", np.concatenate([pad(before), np.full((8, width, 3), 255, np.uint8), pad(after)], 0))
-    rows = [
-        {"rank": h.rank + 1, "id": h.id, "score": h.score, "BoW score": h.bow_score, "name": h.name} for h in res.hits
-    ]
+    legend = (["query_box"] if args.box is not None else []) + (["query_rois"] if len(res.query_boxes) else [])
+    legend += (["pair"] if any(h.db_box is not None for h in res.hits) else []) + (
+        ["positive", "negative"] if pos else []
+    )
     write_html(
         out / "index.html",
         f"roiret: {os.path.basename(args.image)}",
         [
-            {"title": "before re-ranking (BoW)", "images": [("", before)]},
-            {"title": f"after re-ranking ({res.mode})", "images": [("", after)], "table": rows},
+            {"title": "before re-ranking (BoW)", "images": [("", before, hits_table(bow, args.top))]},
+            {"title": f"after re-ranking ({res.mode})", "images": [("", after, hits_table(res, args.top))]},
         ],
+        legend=legend,
     )
     print(f"wrote {out / 'result.png'} and {out / 'index.html'}", file=sys.stderr)
     return 0

@@ -33,7 +33,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 Color = Tuple[int, int, int]
 
-__all__ = ["draw_boxes", "encode_png", "render_strip", "result_strip", "write_html"]
+__all__ = [
+    "LEGEND",
+    "draw_boxes",
+    "encode_jpeg",
+    "encode_png",
+    "hits_table",
+    "render_strip",
+    "result_strip",
+    "write_html",
+]
 
 BLUE = (40, 90, 255)
 MAGENTA = (255, 0, 255)
@@ -123,7 +132,8 @@ def result_strip(
         if reranked and h.db_box is not None:
             img = draw_boxes(img, [h.db_box], MAGENTA, max(2, img.shape[0] // 150))
         border = None if positives is None else (GREEN if h.id in positives else RED)
-        label = f"{h.rank + 1}. {os.path.basename(str(h.name))}"
+        s = h.score if reranked and h.score == h.score else h.bow_score
+        label = f"{h.rank}  {s:.2f}"  # full names and every score: the table under the strip
         tiles.append(_thumb(img, height, border, label))
     return render_strip(tiles)
 
@@ -141,38 +151,92 @@ def write_png(path: PathLike, img: np.ndarray) -> None:
     Path(path).write_bytes(encode_png(img))
 
 
-def write_html(path: PathLike, title: str, sections: List[Dict[str, Any]], intro: str = "") -> None:
-    """A self-contained page. Each section: ``{"title": str, "images": [(caption, RGB
-    array)], "table": [dict rows] (optional), "text": str (optional)}``."""
+def encode_jpeg(img: np.ndarray, quality: int = 85) -> bytes:
+    """RGB array → JPEG bytes (what pages embed: photos are ~10x smaller than as PNG)."""
+    cv2 = _cv2()
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("could not encode the image as JPEG")
+    return bytes(buf.tobytes())
+
+
+#: what the pictures draw, by key: (colour as CSS, what it marks)
+LEGEND = {
+    "query_box": ("#2850ff", "query box"),
+    "query_rois": ("#e6c200", "query RoIs"),
+    "pair": ("#ff00ff", "best-matching RoI pair"),
+    "positive": ("#1ec83c", "positive"),
+    "negative": ("#e61e1e", "negative"),
+}
+
+
+def hits_table(result: SearchResult, top: int) -> List[Dict[str, Any]]:
+    """The rows a page shows under a strip: full names and every score of the first ``top`` hits."""
+    return [
+        {
+            "rank": h.rank,
+            "name": str(h.name),
+            "score": h.score,
+            "RoI similarity": h.roi_score,
+            "BoW cosine": h.bow_score,
+        }
+        for h in result.hits[:top]
+    ]
+
+
+def _table(rows: List[Dict[str, Any]]) -> str:
+    cols = list(rows[0])
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in cols) + "</tr>"]
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r[c]
+            cls = "num" if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else "txt"
+            cells.append(f"<td class='{cls}'>{html.escape(_fmt(v))}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    return "\n".join(out) + "</table>"
+
+
+def write_html(
+    path: PathLike, title: str, sections: List[Dict[str, Any]], intro: str = "", legend: Sequence[str] = ()
+) -> None:
+    """A self-contained page (pictures embedded as JPEG data URIs). Each section:
+    ``{"title": str, "text": str (optional), "images": [(caption, RGB array, rows or None)],
+    "table": [dict rows] (optional)}`` — an image's rows (e.g. :func:`hits_table`) are shown
+    under it. ``legend``: keys of :data:`LEGEND` for what the pictures actually draw."""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;margin:24px;color:#222}img{max-width:100%;border:1px solid #ddd}"
-        "table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;"
-        "text-align:right}th{background:#f3f3f3}.cap{font-size:13px;color:#555;margin:10px 0 4px}"
+        "table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px}"
+        "td.num{text-align:right}td.txt{text-align:left;overflow-wrap:anywhere;max-width:40em}"
+        "th{background:#f3f3f3;text-align:left}.cap{font-size:13px;color:#555;margin:10px 0 4px}"
         ".legend span{display:inline-block;padding:1px 8px;margin-right:8px;color:#fff}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        "<p class='legend'><span style='background:#2850ff'>query box</span>"
-        "<span style='background:#ff00ff'>best-matching RoI pair</span>"
-        "<span style='background:#e6c200;color:#000'>query RoIs</span>"
-        "<span style='background:#1ec83c'>positive</span><span style='background:#e61e1e'>negative</span></p>",
     ]
+    if legend:
+        parts.append(
+            "<p class='legend'>"
+            + "".join(f"<span style='background:{LEGEND[k][0]}'>{html.escape(LEGEND[k][1])}</span>" for k in legend)
+            + "</p>"
+        )
     if intro:
         parts.append(f"<p>{intro}</p>")
     for sec in sections:
         parts.append(f"<h2>{html.escape(sec.get('title', ''))}</h2>")
         if sec.get("text"):
             parts.append(f"<p>{sec['text']}</p>")
-        for caption, img in sec.get("images", []):
-            data = base64.b64encode(encode_png(img)).decode("ascii")
-            parts.append(f"<div class='cap'>{html.escape(caption)}</div><img src='data:image/png;base64,{data}'>")
-        rows = sec.get("table")
-        if rows:
-            cols = list(rows[0])
-            parts.append("<table><tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in cols) + "</tr>")
-            for r in rows:
-                parts.append("<tr>" + "".join(f"<td>{html.escape(_fmt(r[c]))}</td>" for c in cols) + "</tr>")
-            parts.append("</table>")
+        for item in sec.get("images", []):
+            caption, img, rows = (tuple(item) + (None,))[:3]
+            data = base64.b64encode(encode_jpeg(img)).decode("ascii")
+            parts.append(
+                f"<div class='cap'>{html.escape(caption)}</div><img src='data:image/jpeg;base64,{data}' "
+                f"alt='{html.escape(caption)}'>"
+            )
+            if rows:
+                parts.append(_table(rows))
+        if sec.get("table"):
+            parts.append(_table(sec["table"]))
     parts.append("</body></html>")
     tmp = Path(str(path) + ".tmp")
     tmp.write_text("\n".join(parts), encoding="utf-8")
@@ -180,6 +244,6 @@ def write_html(path: PathLike, title: str, sections: List[Dict[str, Any]], intro
 
 
 def _fmt(v: object) -> str:
-    if isinstance(v, float):
-        return "–" if not np.isfinite(v) else f"{v:.4f}"
+    if isinstance(v, (float, np.floating)):
+        return "–" if not np.isfinite(v) else f"{v:.2f}"
     return str(v)

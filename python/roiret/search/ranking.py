@@ -101,7 +101,7 @@ def rank(
             qb, db = _box(q_boxes[rr.best_query[p]]), _box(store.boxes[rr.best_db[p]])
         hits.append(
             Hit(
-                rank=position,
+                rank=position + 1,
                 id=int(ids[p]),
                 name=store.names[row],
                 score=float(rr.score[p]),

@@ -20,8 +20,10 @@ __all__ = ["Hit", "PreparedQuery", "SearchResult"]
 class Hit:
     """One ranked database image.
 
-    ``score``: the final score (RoI similarity, or fused) for the re-ranked top N, NaN for
-    images ranked by BoW only; ``bow_score``: TF-IDF cosine; ``roi_score``: best RoI-pair
+    ``rank``: 1 for the best (as printed by the CLI, in JSON and on pages). ``score``: the
+    final score of the re-ranked top N — the RoI similarity in [0, 1] with ``fusion=None``,
+    else the fused standardised score (higher is better, not bounded) —, NaN for images
+    ranked by BoW only; ``bow_score``: TF-IDF cosine; ``roi_score``: best RoI-pair
     similarity (NaN when not re-ranked); ``query_box`` / ``db_box``: the best-matching RoI
     pair, ``(x1, y1, x2, y2)`` in pixels of the query image and of the database image as
     they were given (``None`` when not re-ranked)."""
