@@ -254,7 +254,7 @@ def detect_rois(
     t_iou: float = DEFAULT_T_IOU,
     threshold_mode: str = DEFAULT_THRESHOLD_MODE,
     threshold: float = DEFAULT_THRESHOLD,
-    params: Optional[RegionParams] = None,
+    regions: Optional[RegionParams] = None,
 ) -> RoIs:
     """Base regions → selection → pixels for a batch of same-size feature maps.
 
@@ -270,13 +270,13 @@ def detect_rois(
         the paper's K, T_min, T_rate, T_IOU (areas / aspect in feature cells).
     threshold_mode, threshold:
         binarisation rule (see :func:`binarize`).
-    params:
+    regions:
         all of the above as one :class:`~roiret.params.RegionParams` (then the keywords
         are ignored).
     """
-    if params is None:
-        params = RegionParams(K, t_min, t_rate, t_iou, threshold_mode, threshold)
-    return _detect(fmap, image_sizes, float(stride), params)
+    if regions is None:
+        regions = RegionParams(K, t_min, t_rate, t_iou, threshold_mode, threshold)
+    return _detect(fmap, image_sizes, float(stride), regions)
 
 
 def _detect(
