@@ -178,3 +178,20 @@ def test_adaptive_fusion_trusts_the_stage_whose_best_stand_out():
     assert ad.order[0] == 13
     half = rerank(q, db, offsets, 256, cand, N=20, n=20, k=4, bow_scores=bow, fusion=0.5)
     assert half.bow_weight == 0.5
+
+
+def test_explaining_pair_prefers_the_specific_region_among_equal_matches(kernels):
+    from roiret.search.explain import explaining_pair
+
+    rng = np.random.default_rng(3)
+    q = rng.integers(0, 2**63, size=(2, 8), dtype=np.uint64)  # 512-bit codes
+    db = np.stack([q[0], q[0].copy(), q[1].copy()])
+    db[1, 0] ^= np.uint64(1)  # 1 bit off: similarity 511/512, the same match
+    db[2, :4] ^= np.uint64(2**63 - 1)  # ~250 bits off: a poor match
+    q_boxes = np.array([[0, 0, 100, 100], [10, 10, 20, 20]], np.float32)
+    db_boxes = np.array([[0, 0, 500, 375], [200, 100, 260, 160], [0, 0, 10, 10]], np.float32)
+    qb, dbb, sim = explaining_pair(q, q_boxes, db, db_boxes, 512)
+    assert dbb == (200, 100, 260, 160) and qb == (0, 0, 100, 100) and sim == pytest.approx(511 / 512)
+    qb, dbb, sim = explaining_pair(q, q_boxes, db, db_boxes, 512, tolerance=0.0)  # only the exact best
+    assert dbb == (0, 0, 500, 375) and sim == 1.0
+    assert explaining_pair(q[:0], q_boxes[:0], db, db_boxes, 512) is None

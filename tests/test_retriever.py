@@ -325,3 +325,18 @@ def test_cuda_index_and_cross_device_queries(built, collection, tmp_path):
         b = r_gpu.search(photo, box, top=5).ids.tolist()
         overlap.append(len(set(a) & set(b)) / 5)
     assert np.mean(overlap) >= 0.7, overlap
+
+
+def test_explain_changes_only_the_drawn_pair(built, collection):
+    r, _ = built
+    q = r.prepare_query(*collection.queries[0][1:])
+    res = r.rank(q, top=8)
+    ex = r.explain(q, res)
+    assert ex.ids.tolist() == res.ids.tolist()
+    assert [h.score for h in ex.hits] == [h.score for h in res.hits] and ex.bow_weight == res.bow_weight
+    for h in ex.hits:
+        if h.db_box is None:
+            continue
+        row = int(np.flatnonzero(r.store.ids == h.id)[0])
+        assert any(np.allclose(h.db_box, b) for b in r.store.rois_of(row)[1])  # one of that image's RoIs
+        assert any(np.allclose(h.query_box, b) for b in q.boxes[: r.config.K])  # one of the query's

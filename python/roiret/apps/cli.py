@@ -327,8 +327,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     from .viz import hits_table, result_strip, write_html, write_png
 
     r = _load(args)
-    res = r.search(args.image, args.box, top=args.top)
-    bow = r.search(args.image, args.box, top=args.top, mode="bow")
+    prepared = r.prepare_query(args.image, args.box)  # features once, ranked both ways
+    res = r.explain(prepared, r.rank(prepared, top=args.top))
+    bow = r.rank(prepared, top=args.top, mode="bow")
     query = load_image(args.image)
 
     def load(hit: Hit) -> np.ndarray:

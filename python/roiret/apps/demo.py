@@ -220,8 +220,9 @@ def _query_section(
         aps[key].append(average_precision([h.id for h in res.hits], pos_ids))
     load = lambda h: col.database[int(np.flatnonzero(ids == h.id)[0])]  # noqa: E731
     before = result_strip(photo, box, results["bow"], load, top=top, positives=pos_ids, reranked=False)
-    paper = result_strip(photo, box, results["paper"], load, top=top, positives=pos_ids)
-    after = result_strip(photo, box, results["roiret"], load, top=top, positives=pos_ids)
+    shown = {key: r.explain(prepared, results[key]) for key in ("paper", "roiret")}  # the telling RoI pairs
+    paper = result_strip(photo, box, shown["paper"], load, top=top, positives=pos_ids)
+    after = result_strip(photo, box, shown["roiret"], load, top=top, positives=pos_ids)
     Path(out).mkdir(parents=True, exist_ok=True)
     gap = np.full((8, before.shape[1], 3), 255, np.uint8)
     write_png(Path(out) / f"{qname}.png", np.concatenate([before, gap, _pad_to(after, before.shape[1])], 0))

@@ -6,6 +6,7 @@
 * :mod:`.index` — :class:`~.index.TwoStageIndex`, inverted file + RoI store kept in step;
 * :mod:`.rerank` — re-ranking the BoW candidates with RoI codes (fast / exhaustive / global, fusion);
 * :mod:`.ranking` — :func:`~.ranking.rank`, a pure function of query, index and parameters;
+* :mod:`.explain` — the RoI pair that best explains a match, for showing results;
 * :mod:`.encoding` — images → index entries (BoW bag + RoI codes) and prepared queries;
 * :mod:`.training` — what training reads from the images;
 * :mod:`.persist` — the retriever's index folder;

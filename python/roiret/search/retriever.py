@@ -28,6 +28,7 @@ used while the retriever it came from changes.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import warnings
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -41,6 +42,7 @@ from ..params import Fusion, RerankParams
 from . import persist
 from .config import RetrieverConfig
 from .encoding import encode_images, encode_query
+from .explain import DEFAULT_TOLERANCE, explain_hits
 from .index import TwoStageIndex
 from .locks import RWLock
 from .ranking import rank
@@ -368,6 +370,16 @@ class Retriever:
         index = self.index
         with self._rw.read():
             return rank(query, index, self.nbits, params, K=self.config.K, top=top, threads=self.threads)
+
+    def explain(self, query: PreparedQuery, result: SearchResult, tolerance: float = DEFAULT_TOLERANCE) -> SearchResult:
+        """``result`` with each hit's ``query_box`` / ``db_box`` replaced by the RoI pair that
+        best explains the match (:mod:`roiret.search.explain`: among the pairs within
+        ``tolerance`` of the best similarity, the most specific regions) — for showing
+        results; scores and order are unchanged."""
+        index = self.index
+        with self._rw.read():
+            hits = explain_hits(result.hits, query, index.store, self.nbits, self.config.K, tolerance)
+        return dataclasses.replace(result, hits=hits)
 
     def with_K(self, K: int) -> "Retriever":
         """A view of this retriever keeping only the first ``K`` RoIs of every image (and
