@@ -796,3 +796,12 @@ def test_kmeans_states_an_estimate_and_shows_progress(monkeypatch, capsys):
     assert "k-means: 400 descriptors into 20 words, 3 iterations: about 5 min (estimated" in err
     V.Vocabulary.fit(x, 20, kmeans_iterations=3, progress=None)  # None: only on a terminal (pytest's is not)
     assert capsys.readouterr().err == ""
+
+
+def test_vocabulary_fit_takes_an_iterator():
+    """An iterator of descriptor arrays is counted (for "auto") and sampled from: read once."""
+    rng = np.random.default_rng(2)
+    parts = [rng.random((200, 8), dtype=np.float32) for _ in range(3)]
+    a = Vocabulary.fit(iter(parts), "auto", kmeans_iterations=2, progress=False)
+    b = Vocabulary.fit(parts, "auto", kmeans_iterations=2, progress=False)
+    assert a.size == b.size == 150 and a == b

@@ -401,6 +401,8 @@ class Vocabulary:
         ValueError
             Fewer training descriptors than words, non-finite descriptors, bad parameters.
         """
+        if not isinstance(descriptors, np.ndarray):
+            descriptors = list(descriptors)  # counted, then sampled: an iterator must not be consumed twice
         total = _count_descriptors(descriptors)
         if isinstance(vocab_size, str) and vocab_size == "auto":
             vocab_size = auto_vocab_size(total)
