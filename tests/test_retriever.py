@@ -255,6 +255,14 @@ def test_bad_images_skip_or_raise(built, collection, tmp_path):
         r2.add([good], on_error="ignore")
     with pytest.raises(ValueError, match="already in the index"):
         r2.add([good], ids=[0])
+    # one id check for both stages (roiret.bow.index.as_ids): count, repeats, dtype; nothing added
+    n = len(r2)
+    for wrong, err in (([5, 6], ValueError), ([7.5], TypeError)):
+        with pytest.raises(err, match="ids"):
+            r2.add([good], ids=wrong)
+    with pytest.raises(ValueError, match="repeats"):
+        r2.add([good, good], ids=[9, 9])
+    assert len(r2) == n
 
 
 def test_untrained_and_bad_arguments():

@@ -405,10 +405,9 @@ _FIXED_ROLES = ("vocabulary", "whitening", "projection")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from ..io.folder import IndexFolder
     from ..search import persist
 
-    saved = IndexFolder(args.index, persist.FORMAT, persist.VERSION, "roiret index").read(verify=False)
+    saved = persist.read_manifest(args.index, verify=False)
     m = {**saved.fields, "version": saved.version}
     c = m["config"]
     sizes = {role: p.stat().st_size for role, p in saved.paths.items()}

@@ -21,7 +21,7 @@ from .vocabulary import Vocabulary
 if TYPE_CHECKING:  # pragma: no cover
     from .._core import InvertedFile
 
-__all__ = ["BowHits", "BowIndex", "IdsLike"]
+__all__ = ["BowHits", "BowIndex", "IdsLike", "as_ids"]
 
 #: image ids: a sequence or 1-D array of integers
 IdsLike = Union[Sequence[int], np.ndarray]
@@ -45,7 +45,9 @@ class BowHits(NamedTuple):
     scores: np.ndarray
 
 
-def _as_ids(ids: IdsLike, n: int) -> np.ndarray:
+def as_ids(ids: IdsLike, n: int) -> np.ndarray:
+    """``ids`` as a contiguous int64 array of ``n`` distinct values (TypeError for a non-integer
+    dtype, ValueError for a wrong shape, count or repeats)."""
     a = np.asarray(ids)
     if a.ndim != 1:
         raise ValueError(f"ids: expected a 1-D array of integers, got shape {a.shape}")
@@ -188,7 +190,7 @@ class BowIndex:
     def _new_ids(self, ids: Optional[IdsLike], n: int) -> np.ndarray:
         if ids is None:
             return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
-        return _as_ids(ids, n)
+        return as_ids(ids, n)
 
     def add_bags(
         self, ids: Optional[IdsLike], offsets: np.ndarray, words: np.ndarray, counts: np.ndarray

@@ -237,9 +237,12 @@ class IndexWriter:
 class IndexFolder:
     """A folder holding one saved index of kind ``fmt`` (format versions 1 to ``version``).
 
-    >>> folder = IndexFolder(path, "roiret.bow_index", 1)             # doctest: +SKIP
-    >>> folder.save(lambda w: (w.put("vocabulary", "vocabulary", "npz", voc.save), {...}))
-    >>> m = folder.read(); voc = Vocabulary.load(m.paths["vocabulary"])  # doctest: +SKIP
+    >>> folder = IndexFolder(path, "roiret.bow_index", 1)                      # doctest: +SKIP
+    >>> def write(w):                                                           # doctest: +SKIP
+    ...     w.put("vocabulary", "vocabulary", "npz", voc.save)  # role, file stem, extension
+    ...     return {"images": n}                                # the manifest's own fields
+    >>> folder.save(write)                                                      # doctest: +SKIP
+    >>> m = folder.read(); voc = Vocabulary.load(m.paths["vocabulary"])         # doctest: +SKIP
     """
 
     def __init__(self, path: PathLike, fmt: str, version: int, what: Optional[str] = None):

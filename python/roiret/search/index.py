@@ -9,6 +9,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..bow import BowIndex, bags_to_csr
+from ..bow.index import as_ids
 from ..errors import IndexFormatError
 from .store import RoIStore
 
@@ -66,15 +67,11 @@ class TwoStageIndex:
         if ids is None:
             start = int(self.store.ids.max()) + 1 if len(self.store) else 0
             return np.arange(start, start + n, dtype=np.int64)
-        a = np.asarray(ids)
-        if a.dtype.kind not in "iu" or a.shape != (n,):
-            raise ValueError(f"ids: expected {n} integers, got {a.dtype} {a.shape}")
-        if len(np.unique(a)) != len(a):
-            raise ValueError("ids: repeated values")
+        a = as_ids(ids, n)
         clash = [int(i) for i in a if int(i) in self.store]
         if clash:
             raise ValueError(f"ids: image id {clash[0]} is already in the index")
-        return a.astype(np.int64)
+        return a
 
     # -- changes ---------------------------------------------------------------------------
     def add(self, images: Sequence[IndexedImage]) -> List[int]:

@@ -28,7 +28,7 @@ from .config import RetrieverConfig
 from .index import TwoStageIndex
 from .store import RoIStore
 
-__all__ = ["FORMAT", "SavedIndex", "VERSION", "load_index", "save_index"]
+__all__ = ["FORMAT", "SavedIndex", "VERSION", "load_index", "read_manifest", "save_index"]
 
 FORMAT = "roiret-index"
 VERSION = 1
@@ -115,14 +115,19 @@ def _store(m: Manifest, words: int, mmap: bool) -> RoIStore:
     return store
 
 
+def read_manifest(folder: PathLike, *, verify: bool = True) -> Manifest:
+    """The checked manifest of a retriever's index folder (every data file present, of the
+    listed size and, with ``verify``, checksum), without parsing the data files."""
+    required = ("vocabulary", "inverted_file") + tuple(f"rois.{k}" for k in RoIStore.FILES)
+    return IndexFolder(folder, FORMAT, VERSION, _WHAT).read(verify=verify, required=required)
+
+
 def load_index(folder: PathLike, *, verify: bool = True, mmap: bool = True) -> SavedIndex:
     """Read and check an index folder written by :func:`save_index`."""
     from .._kernels import InvertedFile
     from ..cnn.whitening import PCAWhitening
 
-    m = IndexFolder(folder, FORMAT, VERSION, _WHAT).read(
-        verify=verify, required=("vocabulary", "inverted_file") + tuple(f"rois.{k}" for k in RoIStore.FILES)
-    )
+    m = read_manifest(folder, verify=verify)
     config, nbits, lf_config, fingerprint = _fields(m)
     # Every file is untrusted input: whatever a damaged one makes a parser raise is
     # reported as IndexFormatError naming it. Nothing is unpickled.
