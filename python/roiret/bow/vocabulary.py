@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -88,11 +88,13 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
-def _count_descriptors(descriptors: Union[np.ndarray, Sequence[Any]]) -> int:
-    """How many descriptors an (n, d) array or a sequence of them (or of LocalFeatures) holds."""
+def _counted(descriptors: Union[np.ndarray, Iterable[Any]]) -> Tuple[Union[np.ndarray, List[Any]], int]:
+    """``(descriptors, how many)`` for an (n, d) array or an iterable of them (or of
+    LocalFeatures); an iterable is read once into a list, since it is counted and then sampled."""
     if isinstance(descriptors, np.ndarray):
-        return int(descriptors.shape[0]) if descriptors.ndim == 2 else 0
-    return sum(int(np.shape(getattr(p, "descriptors", p))[0]) for p in descriptors)
+        return descriptors, int(descriptors.shape[0]) if descriptors.ndim == 2 else 0
+    parts = list(descriptors)
+    return parts, sum(int(np.shape(getattr(p, "descriptors", p))[0]) for p in parts)
 
 
 def _stack_sample(descriptors: Union[np.ndarray, Sequence[Any]], max_train: Optional[int], seed: int) -> np.ndarray:
@@ -401,9 +403,7 @@ class Vocabulary:
         ValueError
             Fewer training descriptors than words, non-finite descriptors, bad parameters.
         """
-        if not isinstance(descriptors, np.ndarray):
-            descriptors = list(descriptors)  # counted, then sampled: an iterator must not be consumed twice
-        total = _count_descriptors(descriptors)
+        descriptors, total = _counted(descriptors)
         if isinstance(vocab_size, str) and vocab_size == "auto":
             vocab_size = auto_vocab_size(total)
         k = _check_fit_args(vocab_size, kmeans_iterations, max_train_descriptors, kmeans)
