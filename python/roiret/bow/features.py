@@ -91,6 +91,10 @@ class LocalFeatures:
         ``(width, height)`` of the image as given.
     kind:
         the descriptor kind (``"rootsift"``, ``"sift"`` or ``"surf"``).
+    angles:
+        float32 (n,): keypoint orientations in degrees, [0, 360) as OpenCV reports them
+        (clockwise in image coordinates, y down); zeros when not given. With ``xy`` and
+        ``sizes`` this is the geometry spatial verification uses.
     """
 
     xy: np.ndarray
@@ -98,6 +102,11 @@ class LocalFeatures:
     descriptors: np.ndarray
     image_size: Tuple[int, int]
     kind: str
+    angles: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        if self.angles is None:
+            object.__setattr__(self, "angles", np.zeros(len(self.sizes), np.float32))
 
     def __len__(self) -> int:
         return int(self.descriptors.shape[0])
@@ -122,6 +131,7 @@ class LocalFeatures:
             descriptors=np.ascontiguousarray(self.descriptors[keep]),
             image_size=self.image_size,
             kind=self.kind,
+            angles=np.ascontiguousarray(np.asarray(self.angles)[keep]),
         )
 
 
@@ -304,12 +314,13 @@ class LocalFeatureExtractor:
             return feats
         xy = np.array([kp.pt for kp in kps], dtype=np.float32).reshape(n, 2)
         sizes = np.array([kp.size for kp in kps], dtype=np.float32)
+        angles = np.array([kp.angle for kp in kps], dtype=np.float32)
         desc = np.asarray(desc, dtype=np.float32).reshape(n, -1)
         if self.max_keypoints and n > self.max_keypoints:
             # strongest first; stable so equal responses keep the detector's order
             resp = np.array([kp.response for kp in kps], dtype=np.float32)
             keep = np.sort(np.argsort(-resp, kind="stable")[: self.max_keypoints])
-            xy, sizes, desc = xy[keep], sizes[keep], desc[keep]
+            xy, sizes, desc, angles = xy[keep], sizes[keep], desc[keep], angles[keep]
         if scale != 1.0:
             # OpenCV's pixel centres are at integer coordinates in both images
             xy = (xy + 0.5) / scale - 0.5
@@ -322,6 +333,7 @@ class LocalFeatureExtractor:
             descriptors=np.ascontiguousarray(desc, dtype=np.float32),
             image_size=(int(w0), int(h0)),
             kind=self.kind,
+            angles=np.ascontiguousarray(np.mod(angles, 360.0), dtype=np.float32),
         )
         return feats.in_box(box) if box is not None else feats
 
