@@ -15,6 +15,15 @@ Groups (pytest-benchmark ``group``) pair roiret with its peer on identical data:
   ``torchvision.ops.batched_nms`` + per-image top-K (after the same area/aspect filter).
 * ``ivf-<images>x<words>``: TF-IDF top-100 on Zipf-distributed postings: ``InvertedFile``
   vs a ``scipy.sparse`` inverted matrix (words x images CSR) product + ``argpartition``.
+* ``spatial_verify``: one query of 1000 features against R = 100 candidate images of 1000
+  quantised features each, every image feature sharing a visual word with the query, 15 %
+  of them placed by a planted similarity (scale 0.6-1.0, rotation +-30 degrees, 1 px
+  noise), the rest at random: about 1000 tentative correspondences per candidate (2 per
+  word at most), 15 % inliers, threshold 0.03 x 1024 px. ``spatial_verify`` (all 100 in one
+  call: correspondences, all hypotheses, 3 LO steps) vs a loop over the candidates of
+  OpenCV ``estimateAffinePartial2D(method=RANSAC)`` (similarity, 2-point samples) and of
+  ``estimateAffine2D(method=USAC_MAGSAC)`` (``estimateAffinePartial2D`` refuses USAC
+  methods in OpenCV 5), both on the same correspondences, built outside the timed part.
 """
 
 from __future__ import annotations
@@ -23,11 +32,13 @@ import numpy as np
 import pytest
 
 import roiret
+from roiret._kernels import spatial_verify
 
 faiss = pytest.importorskip("faiss")
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 sp = pytest.importorskip("scipy.sparse")
+cv2 = pytest.importorskip("cv2")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -35,8 +46,11 @@ def single_thread():
     faiss.omp_set_num_threads(1)
     torch.set_num_threads(1)
     roiret.set_num_threads(1)
+    cv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
     yield
     roiret.set_num_threads(None)
+    cv2.setNumThreads(cv_threads)
 
 
 # ---------------------------------------------------------------------------------------
@@ -240,3 +254,93 @@ def test_ivf_search(benchmark, ivf_case, lib):
     else:
         benchmark.extra_info.update(lib=lib, peer=peers, bytes_per_posting=ref.nbytes() / nnz)
         benchmark(ref.search if lib == "scipy-product" else ref.search_gather, qw, qc, 100)
+
+
+# ---------------------------------------------------------------------------------------
+# Spatial verification
+# ---------------------------------------------------------------------------------------
+SV_FEATURES, SV_CANDIDATES, SV_SIDE, SV_INLIERS = 1000, 100, 1024.0, 0.15
+
+
+def _sv_candidate(rng, qw, qxy, qs, qa):
+    """One candidate's features: SV_INLIERS of them are query features moved by a random
+    similarity about the image centre, the others share a random query word at a random
+    place, scale and orientation."""
+    n_in = int(SV_INLIERS * SV_FEATURES)
+    s, t = rng.uniform(0.6, 1.0), np.deg2rad(rng.uniform(-30, 30))
+    lin = s * np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    c = np.array([SV_SIDE / 2, SV_SIDE * 3 / 8])
+    pick = rng.choice(SV_FEATURES, n_in, replace=False)
+    xy = (qxy[pick] - c) @ lin.T + c + rng.normal(0, 1.0, (n_in, 2))
+    xy = np.concatenate([xy, rng.uniform(0, [SV_SIDE, SV_SIDE * 3 / 4], (SV_FEATURES - n_in, 2))])
+    sizes = np.concatenate(
+        [qs[pick] * s * np.exp(rng.normal(0, 0.05, n_in)), np.exp(rng.uniform(0.5, 4, SV_FEATURES - n_in))]
+    )
+    angles = np.concatenate(
+        [qa[pick] + np.rad2deg(t) + rng.normal(0, 3, n_in), rng.uniform(0, 360, SV_FEATURES - n_in)]
+    )
+    words = np.concatenate([qw[pick], rng.choice(qw, SV_FEATURES - n_in)]).astype(np.uint32)
+    o = np.argsort(words, kind="stable")
+    xq = np.clip(np.rint(xy / SV_SIDE * 65535), 0, 65535).astype(np.uint16)
+    sq = np.clip(np.rint(16 * (np.log2(sizes) + 2)), 0, 255).astype(np.uint8)
+    aq = (np.rint(np.mod(angles, 360) * 256 / 360).astype(np.int64) % 256).astype(np.uint8)
+    return words[o], xq[o], sq[o], aq[o]
+
+
+def _sv_pairs(qw, words, P=2, max_m=1000):
+    """The kernel's tentative correspondences (query index, image index), for the peers."""
+    by_q, by_d = {}, {}
+    for i in np.argsort(qw, kind="stable").tolist():
+        by_q.setdefault(int(qw[i]), []).append(i)
+    for k, w in enumerate(words.tolist()):
+        by_d.setdefault(w, []).append(k)
+    pairs = [(i, k) for w in sorted(set(by_q) & set(by_d)) for i in by_q[w][:P] for k in by_d[w][:P]]
+    return np.array(pairs[:max_m])
+
+
+@pytest.fixture(scope="module")
+def sv_case():
+    rng = np.random.default_rng(11)
+    qw = rng.choice(1_000_000, SV_FEATURES, replace=False).astype(np.uint32)
+    qxy = rng.uniform(0, [SV_SIDE, SV_SIDE * 3 / 4], (SV_FEATURES, 2)).astype(np.float32)
+    qs = np.exp(rng.uniform(0.5, 4, SV_FEATURES)).astype(np.float32)
+    qa = rng.uniform(0, 360, SV_FEATURES).astype(np.float32)
+    cands = [_sv_candidate(rng, qw, qxy, qs, qa) for _ in range(SV_CANDIDATES)]
+    db = [np.concatenate([c[i] for c in cands]) for i in range(4)]
+    offsets = np.arange(0, SV_FEATURES * SV_CANDIDATES + 1, SV_FEATURES, dtype=np.int64)
+    sides = np.full(SV_CANDIDATES, SV_SIDE, np.float32)
+    args = (qw, qxy, qs, qa, *db, offsets, sides, np.arange(SV_CANDIDATES))
+    peer = []  # (query points, dequantised image points) per candidate
+    for words, xq, _, _ in cands:
+        pairs = _sv_pairs(qw, words)
+        peer.append((qxy[pairs[:, 0]].astype(np.float64), xq[pairs[:, 1]].astype(np.float64) / 65535 * SV_SIDE))
+    return args, peer
+
+
+def _opencv_loop(peer, estimate, method):
+    return [estimate(src, dst, method=method, ransacReprojThreshold=0.03 * SV_SIDE) for src, dst in peer]
+
+
+@pytest.mark.parametrize("lib", ["roiret", "roiret-2threads", "opencv-ransac-similarity", "opencv-magsac-affine"])
+def test_spatial_verify(benchmark, sv_case, lib):
+    args, peer = sv_case
+    benchmark.group = "spatial_verify"
+    peers = ["opencv-ransac-similarity", "opencv-magsac-affine"]
+    correspondences = int(sum(len(src) for src, _ in peer))
+    if lib.startswith("roiret"):
+        threads = 2 if lib == "roiret-2threads" else 1
+        benchmark.extra_info.update(lib=lib, peer=peers, threads=threads, correspondences=correspondences)
+        r = benchmark(spatial_verify, *args, threads=threads)
+        assert (r.inliers >= 0.8 * SV_INLIERS * SV_FEATURES).all(), r.inliers.min()
+        benchmark.extra_info.update(median_inliers=float(np.median(r.inliers)))
+    else:
+        benchmark.extra_info.update(lib=lib, peer=None, correspondences=correspondences)
+        estimate, method = (
+            (cv2.estimateAffinePartial2D, cv2.RANSAC)
+            if lib == "opencv-ransac-similarity"
+            else (cv2.estimateAffine2D, cv2.USAC_MAGSAC)
+        )
+        out = benchmark(_opencv_loop, peer, estimate, method)
+        inliers = [int(mask.sum()) for _, mask in out]
+        benchmark.extra_info.update(median_inliers=float(np.median(inliers)))
+        assert np.median(inliers) >= 0.8 * SV_INLIERS * SV_FEATURES

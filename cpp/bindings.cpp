@@ -22,6 +22,7 @@
 #include "roicore/inverted_file.h"
 #include "roicore/parallel.h"
 #include "roicore/roi_select.h"
+#include "roicore/spatial_verify.h"
 
 namespace py = pybind11;
 using roicore::InvertedFile;
@@ -310,6 +311,76 @@ py::array_t<std::int64_t> select_rois(const py::object& boxes_obj, const py::obj
   return out;
 }
 
+// One value per feature: a 1-d array of exactly n values.
+template <class A>
+void same_count(const A& a, const char* name, std::size_t n, const char* of) {
+  if (static_cast<std::size_t>(a.shape(0)) != n)
+    throw py::value_error(std::string(name) + ": expected " + std::to_string(n) + " values (one per " + of + "), got " +
+                          shape_str(a));
+}
+
+std::size_t count_param(long long v, long long minimum, const char* name) {
+  if (v < minimum)
+    throw py::value_error(std::string(name) + " must be >= " + std::to_string(minimum) + ", got " + std::to_string(v));
+  return static_cast<std::size_t>(v);
+}
+
+py::tuple spatial_verify(const py::object& qw_obj, const py::object& qxy_obj, const py::object& qs_obj,
+                         const py::object& qa_obj, const py::object& dw_obj, const py::object& dxy_obj,
+                         const py::object& ds_obj, const py::object& da_obj, const py::object& off_obj,
+                         const py::object& sides_obj, const py::object& rows_obj, long long max_per_word,
+                         long long max_correspondences, double inlier_threshold, double scale_tolerance,
+                         long long lo_iterations, int threads) {
+  auto qw = strict<std::uint32_t>(qw_obj, "query_words", 1, "(nq,)");
+  auto qxy = strict<float>(qxy_obj, "query_xy", 2, "(nq, 2)");
+  auto qs = strict<float>(qs_obj, "query_sizes", 1, "(nq,)");
+  auto qa = strict<float>(qa_obj, "query_angles", 1, "(nq,)");
+  auto dw = strict<std::uint32_t>(dw_obj, "db_words", 1, "(n,)");
+  auto dxy = strict<std::uint16_t>(dxy_obj, "db_xy", 2, "(n, 2)");
+  auto ds = strict<std::uint8_t>(ds_obj, "db_scales", 1, "(n,)");
+  auto da = strict<std::uint8_t>(da_obj, "db_angles", 1, "(n,)");
+  auto off = strict<std::int64_t>(off_obj, "db_offsets", 1, "(n_images + 1,)");
+  auto sides = strict<float>(sides_obj, "db_sides", 1, "(n_images,)");
+  auto rows = as_int64(rows_obj, "rows");
+  const auto nq = static_cast<std::size_t>(qw.shape(0)), n = static_cast<std::size_t>(dw.shape(0));
+  if (static_cast<std::size_t>(qxy.shape(0)) != nq || qxy.shape(1) != 2)
+    throw py::value_error("query_xy: expected shape (" + std::to_string(nq) + ", 2) as (x, y), got " + shape_str(qxy));
+  same_count(qs, "query_sizes", nq, "query feature");
+  same_count(qa, "query_angles", nq, "query feature");
+  if (static_cast<std::size_t>(dxy.shape(0)) != n || dxy.shape(1) != 2)
+    throw py::value_error("db_xy: expected shape (" + std::to_string(n) + ", 2) as (x, y), got " + shape_str(dxy));
+  same_count(ds, "db_scales", n, "database feature");
+  same_count(da, "db_angles", n, "database feature");
+  if (off.shape(0) < 1) throw py::value_error("db_offsets: expected at least 1 value (n_images + 1), got 0");
+  const auto n_images = static_cast<std::size_t>(off.shape(0) - 1);
+  same_count(sides, "db_sides", n_images, "image: len(db_offsets) - 1");
+  roicore::SvParams p;
+  p.max_per_word = count_param(max_per_word, 1, "max_per_word");
+  p.max_correspondences = count_param(max_correspondences, 3, "max_correspondences");
+  p.lo_iterations = count_param(lo_iterations, 0, "lo_iterations");
+  if (!(inlier_threshold > 0.0) || !std::isfinite(inlier_threshold))
+    throw py::value_error("inlier_threshold (a fraction of the image's longest side) must be positive and finite, got " +
+                          std::to_string(inlier_threshold));
+  if (!(scale_tolerance > 1.0) || !std::isfinite(scale_tolerance))
+    throw py::value_error("scale_tolerance (the largest scale ratio to the hypothesis) must be > 1 and finite, got " +
+                          std::to_string(scale_tolerance));
+  p.inlier_threshold = inlier_threshold;
+  p.scale_tolerance = scale_tolerance;
+  const auto R = static_cast<std::size_t>(rows.shape(0));
+  py::array_t<std::int32_t> inliers(R);
+  py::array_t<double> affine({R, std::size_t{2}, std::size_t{3}});
+  py::array_t<float> qbox({R, std::size_t{4}}), dbox({R, std::size_t{4}});
+  const roicore::SvQuery q{qw.data(), qxy.data(), qs.data(), qa.data(), nq};
+  const roicore::SvDatabase db{dw.data(), dxy.data(), ds.data(), da.data(), n, off.data(), sides.data(), n_images};
+  const roicore::SvOutput out{inliers.mutable_data(), affine.mutable_data(), qbox.mutable_data(), dbox.mutable_data()};
+  const std::int64_t* pr = rows.data();
+  {
+    py::gil_scoped_release nogil;
+    roicore::spatial_verify(q, db, pr, R, p, out, threads);
+  }
+  return py::make_tuple(inliers, affine, qbox, dbox);
+}
+
 // ---------------------------------------------------------------------------------------
 // InvertedFile
 // ---------------------------------------------------------------------------------------
@@ -471,6 +542,11 @@ void bind_kernels(py::module_& m) {
         py::arg("query_mask") = py::none(), py::arg("images") = py::none(), py::arg("threads") = 0);
   m.def("select_rois", &select_rois, py::arg("boxes"), py::arg("scores"), py::arg("image_sizes"), py::arg("K"),
         py::arg("t_min"), py::arg("t_rate"), py::arg("t_iou"), py::arg("threads") = 0);
+  m.def("spatial_verify", &spatial_verify, py::arg("query_words"), py::arg("query_xy"), py::arg("query_sizes"),
+        py::arg("query_angles"), py::arg("db_words"), py::arg("db_xy"), py::arg("db_scales"), py::arg("db_angles"),
+        py::arg("db_offsets"), py::arg("db_sides"), py::arg("rows"), py::arg("max_per_word"),
+        py::arg("max_correspondences"), py::arg("inlier_threshold"), py::arg("scale_tolerance"),
+        py::arg("lo_iterations"), py::arg("threads") = 0);
 }
 
 constexpr const char* kInvertedFileDoc = R"doc(Inverted file with TF-IDF scoring (the bag-of-words first stage).

@@ -7,6 +7,8 @@ Written from the contract in the kernels' docstrings, as plainly as possible.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -75,3 +77,128 @@ def hamming_sim_ref(a, b, nbits):
     x = np.bitwise_xor(np.asarray(a, dtype=np.uint64), np.asarray(b, dtype=np.uint64))
     ones = sum(bin(int(v)).count("1") for v in x.ravel())
     return 1.0 - ones / nbits
+
+
+def _tentative_pairs(query_words, db_words, begin, end, P, max_m):
+    """Step 1, literally: per common word (ascending), the first P query features (by
+    index) x the first P image features (stored order), query-major, truncated at max_m."""
+    by_query, by_db = {}, {}
+    for i in sorted(range(len(query_words)), key=lambda i: (int(query_words[i]), i)):
+        by_query.setdefault(int(query_words[i]), []).append(i)
+    for k in range(begin, end):
+        by_db.setdefault(int(db_words[k]), []).append(k)
+    pairs = []
+    for w in sorted(set(by_query) & set(by_db)):
+        pairs += [(i, k) for i in by_query[w][:P] for k in by_db[w][:P]]
+    return pairs[:max_m]
+
+
+def _affine_fit_ref(X, Y, XD, YD, idx):
+    """Least squares on centred points, sums in ascending order; None when degenerate."""
+    m = float(len(idx))
+    mx, my, mu, mv = (sum_seq(v[idx]) / m for v in (X, Y, XD, YD))
+    a, b, u, v = X[idx] - mx, Y[idx] - my, XD[idx] - mu, YD[idx] - mv
+    saa, sab, sbb = sum_seq(a * a), sum_seq(a * b), sum_seq(b * b)
+    sau, sbu, sav, sbv = sum_seq(a * u), sum_seq(b * u), sum_seq(a * v), sum_seq(b * v)
+    det, tr = saa * sbb - sab * sab, saa + sbb
+    if not det > 1e-6 * tr * tr:
+        return None
+    p11, p12 = (sbb * sau - sab * sbu) / det, (saa * sbu - sab * sau) / det
+    p21, p22 = (sbb * sav - sab * sbv) / det, (saa * sbv - sab * sav) / det
+    A = np.array([[p11, p12, mu - (p11 * mx + p12 * my)], [p21, p22, mv - (p21 * mx + p22 * my)]])
+    return A if np.isfinite(A).all() else None
+
+
+def sum_seq(x):
+    """Left-to-right float64 sum (np.sum is pairwise, the kernel is sequential)."""
+    s = 0.0
+    for v in np.asarray(x, dtype=np.float64).tolist():
+        s += v
+    return s
+
+
+def _verify_ref(X, Y, XD, YD, S, LS, T, thr2, ln_tol, lo_iterations):
+    """Steps 3-4 on one image's correspondences -> (inlier mask, 2x3 model)."""
+
+    def sim(h):
+        a, b = S[h] * math.cos(T[h]), S[h] * math.sin(T[h])
+        dx, dy = X - X[h], Y - Y[h]
+        ex = a * dx - b * dy + XD[h] - XD
+        ey = b * dx + a * dy + YD[h] - YD
+        ok = (ex * ex + ey * ey < thr2) & (LS - LS[h] < ln_tol) & (LS[h] - LS < ln_tol)
+        model = np.array([[a, -b, XD[h] - (a * X[h] - b * Y[h])], [b, a, YD[h] - (b * X[h] + a * Y[h])]])
+        return ok, model
+
+    counts = [int(sim(h)[0].sum()) for h in range(len(X))]
+    mask, model = sim(int(np.argmax(counts)))  # argmax: the first of the largest
+    for _ in range(lo_iterations):
+        if mask.sum() < 3:
+            break
+        A = _affine_fit_ref(X, Y, XD, YD, np.flatnonzero(mask))
+        if A is None:
+            break
+        ex = A[0, 0] * X + A[0, 1] * Y + A[0, 2] - XD
+        ey = A[1, 0] * X + A[1, 1] * Y + A[1, 2] - YD
+        new = ex * ex + ey * ey < thr2
+        if new.sum() < mask.sum():
+            break
+        grew = new.sum() > mask.sum()
+        mask, model = new, A
+        if not grew:
+            break
+    return mask, model
+
+
+def spatial_verify_ref(
+    query_words,
+    query_xy,
+    query_sizes,
+    query_angles,
+    db_words,
+    db_xy,
+    db_scales,
+    db_angles,
+    db_offsets,
+    db_sides,
+    rows,
+    *,
+    max_per_word=2,
+    max_correspondences=1000,
+    inlier_threshold=0.03,
+    scale_tolerance=2.0,
+    lo_iterations=3,
+):
+    """The fast spatial matching contract of roiret.spatial_verify, plainly, one image at a
+    time -> (inliers int32 (R,), affine float64 (R, 2, 3), query boxes, db boxes float32 (R, 4)).
+    Per correspondence: s = 2 ** (sq / 16 - 2) / size_q, ls = ln s, t = radians(aq * 360 / 256
+    - angle_q); the scale test is |ls_j - ls_h| < ln(scale_tolerance)."""
+    R = len(rows)
+    inliers = np.zeros(R, np.int32)
+    affine = np.full((R, 2, 3), np.nan)
+    qboxes = np.full((R, 4), np.nan, np.float32)
+    dboxes = np.full((R, 4), np.nan, np.float32)
+    ln_tol = math.log(scale_tolerance)
+    for r, g in enumerate(int(g) for g in rows):
+        L = float(db_sides[g])
+        pairs = _tentative_pairs(
+            query_words, db_words, int(db_offsets[g]), int(db_offsets[g + 1]), max_per_word, max_correspondences
+        )
+        if len(pairs) < 3:
+            continue
+        qi = np.array([i for i, _ in pairs])
+        X = np.array([float(query_xy[i, 0]) for i, _ in pairs])
+        Y = np.array([float(query_xy[i, 1]) for i, _ in pairs])
+        XD = np.array([float(db_xy[k, 0]) / 65535.0 * L for _, k in pairs])
+        YD = np.array([float(db_xy[k, 1]) / 65535.0 * L for _, k in pairs])
+        S = np.array([2.0 ** (int(db_scales[k]) / 16 - 2) / float(query_sizes[i]) for i, k in pairs])
+        LS = np.array([math.log(s) for s in S])
+        T = np.array([math.radians(int(db_angles[k]) * 360 / 256 - float(query_angles[i])) for i, k in pairs])
+        thr = inlier_threshold * L
+        mask, model = _verify_ref(X, Y, XD, YD, S, LS, T, thr * thr, ln_tol, lo_iterations)
+        if not mask.any():  # a threshold so small that its square is 0
+            continue
+        inliers[r] = len(set(qi[mask].tolist()))
+        affine[r] = model
+        qboxes[r] = [X[mask].min(), Y[mask].min(), X[mask].max(), Y[mask].max()]
+        dboxes[r] = [XD[mask].min(), YD[mask].min(), XD[mask].max(), YD[mask].max()]
+    return inliers, affine, qboxes, dboxes

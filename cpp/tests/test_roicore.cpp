@@ -21,6 +21,7 @@
 #include "roicore/inverted_file.h"
 #include "roicore/parallel.h"
 #include "roicore/roi_select.h"
+#include "roicore/spatial_verify.h"
 
 namespace {
 
@@ -158,6 +159,165 @@ void test_select_rois() {
   CHECK(throws<roicore::InvalidArgument>([&] {
     roicore::select_rois(nan_boxes, scores, sizes, 1, 6, 4, 0.01, 3.0, 0.95, out, 1);
   }));
+}
+
+// Spatial verification, hand-checked: query words 1-4 on a square, word 5 in the right place
+// but at 2^(17/16) times the scale (fails the similarity's scale test, joins through the
+// affine fit), word 9 far away; the image is the query moved by (+20, +30). L = 65535, so
+// the quantised positions are the integer pixels.
+struct SvCase {
+  std::vector<std::uint32_t> qw{3, 1, 2, 4, 5, 9};
+  std::vector<float> qxy{10, 10, 100, 10, 10, 100, 100, 100, 55, 40, 50, 50};
+  std::vector<float> qs = std::vector<float>(6, 4.0f), qa = std::vector<float>(6, 0.0f);
+  std::vector<std::uint32_t> dw{1, 2, 3, 4, 5, 9};
+  std::vector<std::uint16_t> dxy{120, 40, 30, 130, 30, 40, 120, 130, 75, 70, 60000, 60000};
+  std::vector<std::uint8_t> ds{64, 64, 64, 64, 64 + 17, 64}, da = std::vector<std::uint8_t>(6, 0);
+  std::vector<std::int64_t> off{0, 6};
+  std::vector<float> sides{65535.0f};
+  std::int32_t inliers[2];
+  double affine[12];
+  float qbox[8], dbox[8];
+
+  void run(const std::vector<std::int64_t>& rows, const roicore::SvParams& p, int threads = 1) {
+    const roicore::SvQuery q{qw.data(), qxy.data(), qs.data(), qa.data(), qw.size()};
+    const roicore::SvDatabase db{dw.data(), dxy.data(), ds.data(), da.data(), dw.size(), off.data(), sides.data(),
+                                 off.size() - 1};
+    roicore::spatial_verify(q, db, rows.data(), rows.size(), p, {inliers, affine, qbox, dbox}, threads);
+  }
+};
+
+bool near_translation(const double* A, double tx, double ty) {
+  const double want[6] = {1, 0, tx, 0, 1, ty};
+  for (int i = 0; i < 6; ++i)
+    if (!(std::fabs(A[i] - want[i]) < 1e-9)) return false;
+  return true;
+}
+
+void test_spatial_verify() {
+  roicore::SvParams p;
+  {
+    SvCase c;
+    p.lo_iterations = 0;
+    c.run({0}, p);
+    CHECK(c.inliers[0] == 4);  // the similarity of word 1: words 1-4; word 5 fails the scale test
+    CHECK(near_translation(c.affine, 20, 30));
+    CHECK(c.qbox[0] == 10 && c.qbox[1] == 10 && c.qbox[2] == 100 && c.qbox[3] == 100);
+    CHECK(std::fabs(c.dbox[0] - 30) < 1e-3 && std::fabs(c.dbox[3] - 130) < 1e-3);
+    p.lo_iterations = 3;
+    c.run({0, 0}, p);
+    CHECK(c.inliers[0] == 5 && c.inliers[1] == 5);  // the affine fit has no scale test
+    CHECK(near_translation(c.affine, 20, 30) && near_translation(c.affine + 6, 20, 30));
+    p.scale_tolerance = 2.2;
+    p.lo_iterations = 0;
+    c.run({0}, p);
+    CHECK(c.inliers[0] == 5);
+    p = roicore::SvParams{};
+  }
+  {  // two correspondences: NaN
+    SvCase c;
+    c.dw.resize(2);
+    c.off[1] = 2;
+    c.run({0}, p);
+    CHECK(c.inliers[0] == 0 && std::isnan(c.affine[0]) && std::isnan(c.affine[5]) && std::isnan(c.qbox[0]) &&
+          std::isnan(c.dbox[3]));
+  }
+  {  // collinear inliers: the affine fit is refused and the similarity stays
+    SvCase c;
+    c.qxy = {10, 10, 100, 10, 40, 10, 70, 10, 55, 40, 50, 50};
+    c.dxy = {120, 40, 60, 40, 30, 40, 90, 40, 75, 70, 60000, 60000};
+    c.run({0}, p);
+    CHECK(c.inliers[0] == 4 && near_translation(c.affine, 20, 30));
+  }
+  {  // invalid input throws before any work
+    SvCase c;
+    CHECK(throws<roicore::InvalidArgument>([&] { c.run({1}, p); }));
+    CHECK(throws<roicore::InvalidArgument>([&] { c.run({-1}, p); }));
+    c.dw[3] = 0;
+    CHECK(throws<roicore::InvalidArgument>([&] { c.run({0}, p); }));
+    SvCase d;
+    d.qs[2] = 0.0f;
+    CHECK(throws<roicore::InvalidArgument>([&] { d.run({0}, p); }));
+    SvCase e;
+    e.off = {0, 5};
+    CHECK(throws<roicore::InvalidArgument>([&] { e.run({0}, p); }));
+    roicore::SvParams bad;
+    bad.max_correspondences = 2;
+    CHECK(throws<roicore::InvalidArgument>([&] { SvCase().run({0}, bad); }));
+  }
+}
+
+// Random images with planted translations: the same results at every SIMD level and thread count.
+void test_spatial_verify_threads(std::mt19937_64& rng) {
+  const std::size_t nq = 300, n_images = 40, per = 250;
+  std::uniform_real_distribution<float> pos(0, 400), ang(0, 360), size(1, 30);
+  std::vector<std::uint32_t> qw(nq);
+  std::vector<float> qxy(2 * nq), qs(nq), qa(nq);
+  for (std::size_t i = 0; i < nq; ++i) {
+    qw[i] = static_cast<std::uint32_t>(rng() % 150);
+    qxy[2 * i] = pos(rng);
+    qxy[2 * i + 1] = pos(rng);
+    qs[i] = size(rng);
+    qa[i] = ang(rng);
+  }
+  std::vector<std::uint32_t> dw;
+  std::vector<std::uint16_t> dxy;
+  std::vector<std::uint8_t> ds, da;
+  std::vector<std::int64_t> off{0};
+  std::vector<float> sides;
+  for (std::size_t g = 0; g < n_images; ++g) {
+    std::vector<std::uint32_t> w(per);
+    for (std::size_t k = 0; k < per; ++k) {
+      const std::size_t i = rng() % nq;
+      const bool inlier = k < per / 4;
+      w[k] = inlier ? qw[i] : static_cast<std::uint32_t>(rng() % 150);
+      const double x = inlier ? qxy[2 * i] + 50.0 : pos(rng), y = inlier ? qxy[2 * i + 1] + 20.0 : pos(rng);
+      dxy.push_back(static_cast<std::uint16_t>(x / 500.0 * 65535.0));
+      dxy.push_back(static_cast<std::uint16_t>(y / 500.0 * 65535.0));
+      ds.push_back(inlier ? static_cast<std::uint8_t>(std::lround(16 * (std::log2(qs[i]) + 2))) : rng() % 256);
+      da.push_back(inlier ? static_cast<std::uint8_t>(std::lround(qa[i] * 256 / 360) % 256) : rng() % 256);
+    }
+    // sort this image's features by word, carrying the others along
+    std::vector<std::size_t> o(per);
+    for (std::size_t k = 0; k < per; ++k) o[k] = k;
+    std::stable_sort(o.begin(), o.end(), [&](std::size_t a, std::size_t b) { return w[a] < w[b]; });
+    const std::size_t base = off.back();
+    std::vector<std::uint16_t> xy2(dxy.begin() + 2 * base, dxy.end());
+    std::vector<std::uint8_t> s2(ds.begin() + base, ds.end()), a2(da.begin() + base, da.end());
+    for (std::size_t k = 0; k < per; ++k) {
+      dw.push_back(w[o[k]]);
+      dxy[2 * (base + k)] = xy2[2 * o[k]];
+      dxy[2 * (base + k) + 1] = xy2[2 * o[k] + 1];
+      ds[base + k] = s2[o[k]];
+      da[base + k] = a2[o[k]];
+    }
+    off.push_back(static_cast<std::int64_t>(base + per));
+    sides.push_back(500.0f);
+  }
+  std::vector<std::int64_t> rows;
+  for (std::size_t g = 0; g < n_images; ++g) rows.push_back(static_cast<std::int64_t>((g * 7) % n_images));
+  const roicore::SvQuery q{qw.data(), qxy.data(), qs.data(), qa.data(), nq};
+  const roicore::SvDatabase db{dw.data(), dxy.data(), ds.data(), da.data(), dw.size(), off.data(), sides.data(), n_images};
+  std::vector<std::int32_t> in1(n_images), in2(n_images);
+  std::vector<double> a1(6 * n_images), a2(6 * n_images);
+  std::vector<float> q1(4 * n_images), q2(4 * n_images), d1(4 * n_images), d2(4 * n_images);
+  const auto previous = roicore::active_simd_level();
+  roicore::set_simd_level(roicore::SimdLevel::kGeneric);
+  roicore::spatial_verify(q, db, rows.data(), n_images, roicore::SvParams{}, {in1.data(), a1.data(), q1.data(), d1.data()}, 1);
+  bool planted = true;
+  for (std::size_t i = 0; i < n_images; ++i) planted &= in1[i] >= 20 && std::fabs(a1[6 * i + 2] - 50) < 2;
+  CHECK(planted);
+  for (const auto level : roicore::supported_simd_levels()) {  // every level, 1 to 5 threads: the same bits
+    roicore::set_simd_level(level);
+    for (int t : {1, 2, 5}) {
+      roicore::spatial_verify(q, db, rows.data(), n_images, roicore::SvParams{},
+                              {in2.data(), a2.data(), q2.data(), d2.data()}, t);
+      CHECK(in1 == in2);
+      CHECK(std::memcmp(a1.data(), a2.data(), a1.size() * sizeof(double)) == 0);
+      CHECK(std::memcmp(q1.data(), q2.data(), q1.size() * sizeof(float)) == 0);
+      CHECK(std::memcmp(d1.data(), d2.data(), d1.size() * sizeof(float)) == 0);
+    }
+  }
+  roicore::set_simd_level(previous);
 }
 
 void test_crc() {
@@ -405,6 +565,8 @@ int main() {
   }
   test_pack_codes();
   test_select_rois();
+  test_spatial_verify();
+  test_spatial_verify_threads(rng);
   test_crc();
   test_inverted_file(rng);
   test_edge_cases(rng);

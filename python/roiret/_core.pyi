@@ -48,6 +48,25 @@ def select_rois(
     t_iou: float,
     threads: int = 0,
 ) -> npt.NDArray[np.int64]: ...
+def spatial_verify(
+    query_words: npt.NDArray[np.uint32],
+    query_xy: npt.NDArray[np.float32],
+    query_sizes: npt.NDArray[np.float32],
+    query_angles: npt.NDArray[np.float32],
+    db_words: npt.NDArray[np.uint32],
+    db_xy: npt.NDArray[np.uint16],
+    db_scales: npt.NDArray[np.uint8],
+    db_angles: npt.NDArray[np.uint8],
+    db_offsets: npt.NDArray[np.int64],
+    db_sides: npt.NDArray[np.float32],
+    rows: _IntArray,
+    max_per_word: int,
+    max_correspondences: int,
+    inlier_threshold: float,
+    scale_tolerance: float,
+    lo_iterations: int,
+    threads: int = 0,
+) -> Tuple[npt.NDArray[np.int32], npt.NDArray[np.float64], npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
 
 class InvertedFile:
     def __init__(self, vocab_size: int) -> None: ...

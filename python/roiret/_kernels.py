@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from ._core import InvertedFile
 __all__ = [
     "CrossMatchResult",
     "InvertedFile",
+    "VerifyResult",
     "cross_match",
     "get_num_threads",
     "hamming_knn",
@@ -44,6 +45,7 @@ __all__ = [
     "set_num_threads",
     "set_simd_level",
     "simd_level",
+    "spatial_verify",
     "supported_simd_levels",
     "unpack_codes",
 ]
@@ -233,3 +235,121 @@ def select_rois(
     int64 (B, K): indices of the kept boxes in selection order, padded with -1.
     """
     return _core.select_rois(boxes, scores, image_sizes, K, t_min, t_rate, t_iou, threads=_threads(threads))
+
+
+# ----------------------------------------------------------------------------------------
+# spatial verification
+# ----------------------------------------------------------------------------------------
+class VerifyResult(NamedTuple):
+    """Result of :func:`spatial_verify`, one entry per verified row."""
+
+    #: int32 (R,): distinct query features among the final inlier correspondences.
+    inliers: np.ndarray
+    #: float64 (R, 2, 3): the model mapping query pixels to database-image pixels,
+    #: ``[u, v] = A[:, :2] @ [x, y] + A[:, 2]``; NaN when ``inliers == 0``.
+    affine: np.ndarray
+    #: float32 (R, 4): ``(x1, y1, x2, y2)`` bounding box of the inlier query points.
+    query_boxes: np.ndarray
+    #: float32 (R, 4): the same for the inlier database points (dequantised pixels).
+    db_boxes: np.ndarray
+
+
+def _c_aligned(a: Any) -> Any:
+    """C-contiguous and aligned, same dtype (a copy only when needed); others unchanged."""
+    return np.require(a, requirements=["C", "A"]) if isinstance(a, np.ndarray) else a
+
+
+def spatial_verify(
+    query_words: np.ndarray,
+    query_xy: np.ndarray,
+    query_sizes: np.ndarray,
+    query_angles: np.ndarray,
+    db_words: np.ndarray,
+    db_xy: np.ndarray,
+    db_scales: np.ndarray,
+    db_angles: np.ndarray,
+    db_offsets: np.ndarray,
+    db_sides: np.ndarray,
+    rows: np.ndarray,
+    *,
+    max_per_word: int = 2,
+    max_correspondences: int = 1000,
+    inlier_threshold: float = 0.03,
+    scale_tolerance: float = 2.0,
+    lo_iterations: int = 3,
+    threads: Optional[int] = None,
+) -> VerifyResult:
+    """Batched fast spatial matching (Philbin et al. 2007) of one query with many images.
+
+    For each image ``r = rows[i]`` (independently, in parallel over rows):
+
+    1. Tentative correspondences: the query features sorted by (word, index) are
+       merge-joined with the image's words; for each common word the first
+       ``min(cq, max_per_word)`` query features are paired with the first
+       ``min(cd, max_per_word)`` image features (stored order), query-major, until
+       ``max_correspondences`` pairs (M) are reached.
+    2. ``M < 3``: 0 inliers, NaN model and boxes.
+    3. Each correspondence is a similarity hypothesis ``s R(t) (p - p_q) + p_d`` with
+       ``s = size_d / size_q`` and ``t = radians(angle_d - angle_q)`` (``R(t)`` rotates
+       ``(x, y)`` with y down, the sense of OpenCV's SIFT angles). ``j`` is an inlier of
+       ``h`` when its reprojection error is below ``inlier_threshold * L`` (``L`` the
+       image's longest side) and ``|ln s_j - ln s_h| < ln(scale_tolerance)``; the
+       hypothesis with the most inliers wins (ties: the first).
+    4. Local optimisation, up to ``lo_iterations`` times: a least-squares affine fit to the
+       inliers (at least 3, not collinear), whose inliers by reprojection error alone
+       replace the set when there are at least as many (the loop stops when not more).
+    5. ``inliers`` counts distinct query features; ``affine`` is the final model.
+
+    All geometry is in float64; the exact order of operations is in
+    ``src/roicore/spatial_verify.h``. Results do not depend on ``threads``.
+
+    Parameters
+    ----------
+    query_words : uint32 (nq,)
+        Visual word of each query feature (any order).
+    query_xy : float32 (nq, 2)
+        Keypoint centres ``(x, y)`` in query pixels.
+    query_sizes : float32 (nq,)
+        Keypoint diameters in pixels, > 0.
+    query_angles : float32 (nq,)
+        Orientations in degrees, as OpenCV's SIFT reports them.
+    db_words : uint32 (n,)
+        Words of all indexed images' features, each image's sorted ascending.
+    db_xy : uint16 (n, 2)
+        Quantised positions: ``x = xq / 65535 * L``, ``y = yq / 65535 * L``.
+    db_scales : uint8 (n,)
+        Quantised sizes: ``size = 2 ** (sq / 16 - 2)`` pixels.
+    db_angles : uint8 (n,)
+        Quantised orientations: ``degrees = aq * 360 / 256``.
+    db_offsets : int64 (n_images + 1,)
+        CSR offsets: image ``g`` owns features ``db_offsets[g]:db_offsets[g + 1]``
+        (first 0, non-decreasing, last n).
+    db_sides : float32 (n_images,)
+        Each image's longest side ``L`` in pixels (> 0 for the visited rows).
+    rows : int (R,)
+        The images to verify (repeats allowed); results are in this order.
+
+    The quantised arrays are never cast (another dtype raises TypeError); non-contiguous
+    or unaligned arrays are copied. Bad values raise ValueError naming the first one.
+    """
+    c = _c_aligned
+    out = _core.spatial_verify(
+        c(query_words),
+        c(query_xy),
+        c(query_sizes),
+        c(query_angles),
+        c(db_words),
+        c(db_xy),
+        c(db_scales),
+        c(db_angles),
+        c(db_offsets),
+        c(db_sides),
+        rows,
+        max_per_word,
+        max_correspondences,
+        inlier_threshold,
+        scale_tolerance,
+        lo_iterations,
+        threads=_threads(threads),
+    )
+    return VerifyResult(*out)
