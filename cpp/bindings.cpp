@@ -330,7 +330,7 @@ py::tuple spatial_verify(const py::object& qw_obj, const py::object& qxy_obj, co
                          const py::object& ds_obj, const py::object& da_obj, const py::object& off_obj,
                          const py::object& sides_obj, const py::object& rows_obj, long long max_per_word,
                          long long max_correspondences, double inlier_threshold, double scale_tolerance,
-                         long long lo_iterations, int threads) {
+                         double angle_tolerance, long long lo_iterations, int threads) {
   auto qw = strict<std::uint32_t>(qw_obj, "query_words", 1, "(nq,)");
   auto qxy = strict<float>(qxy_obj, "query_xy", 2, "(nq, 2)");
   auto qs = strict<float>(qs_obj, "query_sizes", 1, "(nq,)");
@@ -364,8 +364,13 @@ py::tuple spatial_verify(const py::object& qw_obj, const py::object& qxy_obj, co
   if (!(scale_tolerance > 1.0) || !std::isfinite(scale_tolerance))
     throw py::value_error("scale_tolerance (the largest scale ratio to the hypothesis) must be > 1 and finite, got " +
                           std::to_string(scale_tolerance));
+  if (!(angle_tolerance > 0.0 && angle_tolerance <= 180.0))
+    throw py::value_error(
+        "angle_tolerance (the largest orientation difference to the hypothesis, in degrees) must be in (0, 180], got " +
+        std::to_string(angle_tolerance));
   p.inlier_threshold = inlier_threshold;
   p.scale_tolerance = scale_tolerance;
+  p.angle_tolerance = angle_tolerance;
   const auto R = static_cast<std::size_t>(rows.shape(0));
   py::array_t<std::int32_t> inliers(R);
   py::array_t<double> affine({R, std::size_t{2}, std::size_t{3}});
@@ -546,7 +551,7 @@ void bind_kernels(py::module_& m) {
         py::arg("query_angles"), py::arg("db_words"), py::arg("db_xy"), py::arg("db_scales"), py::arg("db_angles"),
         py::arg("db_offsets"), py::arg("db_sides"), py::arg("rows"), py::arg("max_per_word"),
         py::arg("max_correspondences"), py::arg("inlier_threshold"), py::arg("scale_tolerance"),
-        py::arg("lo_iterations"), py::arg("threads") = 0);
+        py::arg("angle_tolerance"), py::arg("lo_iterations"), py::arg("threads") = 0);
 }
 
 constexpr const char* kInvertedFileDoc = R"doc(Inverted file with TF-IDF scoring (the bag-of-words first stage).

@@ -117,7 +117,18 @@ def sum_seq(x):
     return s
 
 
-def _verify_ref(X, Y, XD, YD, S, LS, T, thr2, ln_tol, lo_iterations):
+TWO_PI = 2.0 * math.pi
+
+
+def _angle_ok(W, theta, tol):
+    """|wrap(W - theta)| < tol: d = W - theta wrapped by d - rint(d / 2pi) * 2pi, with the
+    kernel's double operations (a multiplication by the double 1 / (2 pi))."""
+    d = W - theta
+    e = d - np.rint(d * (1.0 / TWO_PI)) * TWO_PI
+    return np.abs(e) < tol
+
+
+def _verify_ref(X, Y, XD, YD, S, LS, T, W, thr2, ln_tol, angle_tol, lo_iterations):
     """Steps 3-4 on one image's correspondences -> (inlier mask, 2x3 model)."""
 
     def sim(h):
@@ -126,6 +137,7 @@ def _verify_ref(X, Y, XD, YD, S, LS, T, thr2, ln_tol, lo_iterations):
         ex = a * dx - b * dy + XD[h] - XD
         ey = b * dx + a * dy + YD[h] - YD
         ok = (ex * ex + ey * ey < thr2) & (LS - LS[h] < ln_tol) & (LS[h] - LS < ln_tol)
+        ok &= _angle_ok(W, W[h], angle_tol)
         model = np.array([[a, -b, XD[h] - (a * X[h] - b * Y[h])], [b, a, YD[h] - (b * X[h] + a * Y[h])]])
         return ok, model
 
@@ -137,9 +149,13 @@ def _verify_ref(X, Y, XD, YD, S, LS, T, thr2, ln_tol, lo_iterations):
         A = _affine_fit_ref(X, Y, XD, YD, np.flatnonzero(mask))
         if A is None:
             break
+        s_a = math.sqrt(abs(float(A[0, 0] * A[1, 1] - A[0, 1] * A[1, 0])))  # the closest similarity
+        if not (s_a > 0 and math.isfinite(s_a)):
+            break
+        ls_a, t_a = math.log(s_a), math.atan2(float(A[1, 0] - A[0, 1]), float(A[0, 0] + A[1, 1]))
         ex = A[0, 0] * X + A[0, 1] * Y + A[0, 2] - XD
         ey = A[1, 0] * X + A[1, 1] * Y + A[1, 2] - YD
-        new = ex * ex + ey * ey < thr2
+        new = (ex * ex + ey * ey < thr2) & (LS - ls_a < ln_tol) & (ls_a - LS < ln_tol) & _angle_ok(W, t_a, angle_tol)
         if new.sum() < mask.sum():
             break
         grew = new.sum() > mask.sum()
@@ -166,18 +182,20 @@ def spatial_verify_ref(
     max_correspondences=1000,
     inlier_threshold=0.03,
     scale_tolerance=2.0,
+    angle_tolerance=30.0,
     lo_iterations=3,
 ):
     """The fast spatial matching contract of roiret.spatial_verify, plainly, one image at a
     time -> (inliers int32 (R,), affine float64 (R, 2, 3), query boxes, db boxes float32 (R, 4)).
     Per correspondence: s = 2 ** (sq / 16 - 2) / size_q, ls = ln s, t = radians(aq * 360 / 256
-    - angle_q); the scale test is |ls_j - ls_h| < ln(scale_tolerance)."""
+    - angle_q), w = fmod(t, 2 pi); the scale test is |ls_j - ls_h| < ln(scale_tolerance), the
+    angle test |wrap(w_j - theta)| < radians(angle_tolerance) (see _angle_ok)."""
     R = len(rows)
     inliers = np.zeros(R, np.int32)
     affine = np.full((R, 2, 3), np.nan)
     qboxes = np.full((R, 4), np.nan, np.float32)
     dboxes = np.full((R, 4), np.nan, np.float32)
-    ln_tol = math.log(scale_tolerance)
+    ln_tol, angle_tol = math.log(scale_tolerance), math.radians(angle_tolerance)
     for r, g in enumerate(int(g) for g in rows):
         L = float(db_sides[g])
         pairs = _tentative_pairs(
@@ -193,8 +211,9 @@ def spatial_verify_ref(
         S = np.array([2.0 ** (int(db_scales[k]) / 16 - 2) / float(query_sizes[i]) for i, k in pairs])
         LS = np.array([math.log(s) for s in S])
         T = np.array([math.radians(int(db_angles[k]) * 360 / 256 - float(query_angles[i])) for i, k in pairs])
+        W = np.array([math.fmod(t, TWO_PI) for t in T])
         thr = inlier_threshold * L
-        mask, model = _verify_ref(X, Y, XD, YD, S, LS, T, thr * thr, ln_tol, lo_iterations)
+        mask, model = _verify_ref(X, Y, XD, YD, S, LS, T, W, thr * thr, ln_tol, angle_tol, lo_iterations)
         if not mask.any():  # a threshold so small that its square is 0
             continue
         inliers[r] = len(set(qi[mask].tolist()))

@@ -137,6 +137,9 @@ PARAMS = [
     {"max_correspondences": 3, "lo_iterations": 5},
     {"inlier_threshold": 0.01, "scale_tolerance": 1.5, "lo_iterations": 0},
     {"inlier_threshold": 0.1, "scale_tolerance": 4.0, "lo_iterations": 10},
+    {"angle_tolerance": 180.0},  # no orientation test in practice
+    {"angle_tolerance": 3.0, "inlier_threshold": 0.1},  # orientation rejects most
+    {"angle_tolerance": 90.0, "scale_tolerance": 8.0, "inlier_threshold": 0.2, "lo_iterations": 10},
 ]
 
 
@@ -163,6 +166,10 @@ def test_reference_cases_exercise_every_branch():
     assert (got.inliers == 0).any() and (got.inliers > 0).any()
     lin = got.affine[got.inliers > 0][:, :, :2]
     assert (np.abs(lin[:, 0, 0] - lin[:, 1, 1]) > 1e-6).any()  # some final model is a fitted affine
+    # the orientation test decides some rows (the random images' chance inliers)
+    rows = np.arange(len(off) - 1)
+    wide, narrow = (spatial_verify(*query, *db, rows, inlier_threshold=0.1, angle_tolerance=a) for a in (180.0, 3.0))
+    assert (wide.inliers != narrow.inliers).any()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -175,13 +182,21 @@ def test_reference_cases_exercise_every_branch():
     max_m=st.integers(3, 200),
     thr=st.sampled_from([0.005, 0.03, 0.2]),
     tol=st.sampled_from([1.1, 2.0, 8.0]),
+    angle=st.sampled_from([1.0, 30.0, 120.0, 180.0]),
     lo=st.integers(0, 4),
 )
-def test_property_equals_reference(seed, nq, vocab, n_images, P, max_m, thr, tol, lo):
+def test_property_equals_reference(seed, nq, vocab, n_images, P, max_m, thr, tol, angle, lo):
     rng = np.random.default_rng(seed)
     query, db = random_case(rng, nq=nq, vocab=vocab, n_images=n_images)
     rows = rng.integers(0, n_images, 6)
-    kw = dict(max_per_word=P, max_correspondences=max_m, inlier_threshold=thr, scale_tolerance=tol, lo_iterations=lo)
+    kw = dict(
+        max_per_word=P,
+        max_correspondences=max_m,
+        inlier_threshold=thr,
+        scale_tolerance=tol,
+        angle_tolerance=angle,
+        lo_iterations=lo,
+    )
     assert_same(spatial_verify(*query, *db, rows, **kw), spatial_verify_ref(*query, *db, rows, **kw))
 
 
@@ -215,15 +230,57 @@ def test_hand_checked_translation():
     np.testing.assert_allclose(r.affine[0], [[1, 0, 20], [0, 1, 30]], atol=1e-9)
     assert r.query_boxes[0].tolist() == [10, 10, 100, 100]
     np.testing.assert_allclose(r.db_boxes[0], [30, 40, 120, 130], atol=1e-4)
-    # local optimisation: the affine fit has no scale test, so word 5 joins (4 -> 5, then
-    # 5 -> 5: stop)
+    # local optimisation: word 5 fits the affine (a translation) but fails the scale test
+    # against its closest similarity (scale 1), so it stays out (4 -> 4: stop)
     r = spatial_verify(*query, *db, [0])
-    assert r.inliers.tolist() == [5]
+    assert r.inliers.tolist() == [4]
     np.testing.assert_allclose(r.affine[0], [[1, 0, 20], [0, 1, 30]], atol=1e-9)
-    # a wider scale tolerance admits word 5 already in the hypothesis
+    # a wider scale tolerance admits word 5 already in the hypothesis, and keeps it in LO
     assert spatial_verify(*query, *db, [0], lo_iterations=0, scale_tolerance=2.2).inliers.tolist() == [5]
+    assert spatial_verify(*query, *db, [0], scale_tolerance=2.2).inliers.tolist() == [5]
     # the points are exact: a threshold of 0.66 px (1e-5 * 65535) keeps them all
-    assert spatial_verify(*query, *db, [0], inlier_threshold=1e-5).inliers.tolist() == [5]
+    assert spatial_verify(*query, *db, [0], inlier_threshold=1e-5, scale_tolerance=2.2).inliers.tolist() == [5]
+
+
+@pytest.mark.parametrize("turn", [90, -90, 200])
+def test_hand_checked_orientation(turn, level):
+    """Word 5 at the right place and scale, but its orientation turned by `turn` degrees
+    (quantised to 256ths): rejected by the orientation test alone, in the hypothesis and in
+    local optimisation; an angle tolerance above |wrap(turn)| admits it."""
+    query, (dw, dxy, ds, da, off, sides) = hand_case()
+    ds, da = ds.copy(), da.copy()
+    ds[4] = 64
+    da[4] = round(turn % 360 * 256 / 360) % 256
+    db = (dw, dxy, ds, da, off, sides)
+    wrapped = abs((turn + 180) % 360 - 180)
+    for lo in (0, 3):
+        for tol, want in [(30.0, 4), (wrapped - 1.0, 4), (wrapped + 1.0, 5), (180.0, 5)]:
+            r = spatial_verify(*query, *db, [0], lo_iterations=lo, angle_tolerance=tol)
+            assert r.inliers.tolist() == [want], (lo, tol)
+            np.testing.assert_allclose(r.affine[0], [[1, 0, 20], [0, 1, 30]], atol=1e-9)
+            assert_same(r, spatial_verify_ref(*query, *db, [0], lo_iterations=lo, angle_tolerance=tol))
+    # the query's orientation may be any finite angle: 720 degrees more changes nothing
+    qa = query[3] + np.float32(720.0)
+    r = spatial_verify(*query[:3], qa, *db, [0], angle_tolerance=wrapped + 1.0)
+    assert r.inliers.tolist() == [5]
+
+
+def test_lo_stops_at_a_singular_similarity():
+    """Every image point at one place and tiny image scales: the similarity of h maps the
+    query square to within the threshold, but the affine fit's linear part is 0 (s_A = 0):
+    local optimisation stops and the similarity stays."""
+    query, (dw, dxy, ds, da, off, sides) = hand_case()
+    qs = np.full(6, 40.0, np.float32)
+    dxy = np.full_like(dxy, 1000)
+    ds = np.zeros_like(ds)  # 0.25 px: s = 0.25 / 40
+    db = (dw, dxy, ds, da, off, sides)
+    args = (query[0], query[1], qs, query[3], *db, [0])
+    r = spatial_verify(*args)
+    r0 = spatial_verify(*args, lo_iterations=0)
+    assert r.inliers.tolist() == r0.inliers.tolist() == [6]
+    np.testing.assert_array_equal(r.affine, r0.affine)
+    np.testing.assert_allclose(r.affine[0][:, :2], np.eye(2) / 160, rtol=1e-12)
+    assert_same(r, spatial_verify_ref(*args))
 
 
 def test_hand_checked_repeats_and_distinct_count():
@@ -403,12 +460,18 @@ def test_real_photo_rotated_scaled_cropped(photos):
     ]  # noqa: E501
     fq = feats[0]
     r = spatial_verify(words[0], fq.xy, fq.sizes, fq.angles, *pack_db(images), [0, 1])
-    assert r.inliers[0] >= 100, r.inliers  # measured: ~400 of ~1000 query features
-    assert r.inliers[1] < 8, r.inliers  # measured: 4
-    np.testing.assert_allclose(r.affine[0][:, :2], truth[:, :2], atol=0.01)
+    assert r.inliers[0] >= 300, r.inliers  # measured: 407 of ~1000 query features
+    # the orientation test (hypotheses and LO) and LO's scale test leave the unrelated photo
+    # fewer chance inliers: measured 3 (4 without them)
+    assert r.inliers[1] < 5, r.inliers
+    # The final model is the winning hypothesis' similarity: LO's first affine (measured
+    # corner error 0.6 px) has 434 inliers by the tests against its closest similarity,
+    # the hypothesis 436 by the tests against its own (scale 0.677 instead of 0.70), so LO
+    # keeps the hypothesis. Before the scale and angle tests in LO: 0.01 and < 3 px.
+    np.testing.assert_allclose(r.affine[0][:, :2], truth[:, :2], atol=0.03)
     corners = np.array([[0, 0], [q.shape[1], 0], [0, q.shape[0]], [q.shape[1], q.shape[0]]], np.float64)
     err = corners @ r.affine[0][:, :2].T + r.affine[0][:, 2] - (corners @ truth[:, :2].T + truth[:, 2])
-    assert np.abs(err).max() < 3.0  # pixels, at the far corners of the query
+    assert np.abs(err).max() < 10.0  # pixels, at the far corners of the query (measured: 8.0)
     box = r.db_boxes[0]
     assert 0 <= box[0] < box[2] <= d.shape[1] and 0 <= box[1] < box[3] <= d.shape[0]
 
@@ -603,7 +666,7 @@ def test_only_visited_images_are_checked():
         np.array([0, 6, 8]),
         np.array([L_EXACT, 0], np.float32),
     )
-    assert spatial_verify(*q, *db, [0]).inliers.tolist() == [5]
+    assert spatial_verify(*q, *db, [0]).inliers.tolist() == [4]
     with pytest.raises(ValueError, match=r"db_sides\[1\] \(rows\[2\]\)"):
         spatial_verify(*q, *db, [0, 0, 1])
     db = (*db[:5], np.array([L_EXACT, 10], np.float32))
@@ -623,12 +686,25 @@ def test_only_visited_images_are_checked():
         ({"scale_tolerance": 1.0}, r"scale_tolerance .* must be > 1 and finite"),
         ({"scale_tolerance": float("inf")}, "scale_tolerance"),
         ({"scale_tolerance": float("nan")}, "scale_tolerance"),
+        ({"angle_tolerance": 0.0}, r"angle_tolerance .* must be in \(0, 180\], got 0"),
+        ({"angle_tolerance": -5.0}, r"angle_tolerance .* must be in \(0, 180\]"),
+        ({"angle_tolerance": 180.5}, r"angle_tolerance .* must be in \(0, 180\], got 180.5"),
+        ({"angle_tolerance": float("inf")}, "angle_tolerance"),
+        ({"angle_tolerance": float("nan")}, "angle_tolerance"),
         ({"threads": 0}, "threads must be a positive integer or None"),
     ],
 )
 def test_rejects_bad_parameters(kw, msg):
     with pytest.raises(ValueError, match=msg):
         spatial_verify(*hand_case()[0], *hand_case()[1], [0], **kw)
+
+
+@pytest.mark.parametrize("angle", [1e-9, 0.5, 179.9999, 180.0])
+def test_accepts_angle_tolerances_up_to_180(angle):
+    query, db = hand_case()
+    r = spatial_verify(*query, *db, [0], angle_tolerance=angle)
+    assert r.inliers.tolist() == [4]  # all turned by 0 degrees: every tolerance keeps them
+    assert_same(r, spatial_verify_ref(*query, *db, [0], angle_tolerance=angle))
 
 
 @pytest.mark.parametrize("rows", [[1], [-1], [0, 2**40]])
@@ -646,7 +722,10 @@ JUNK = [None, 3, 1.5, "x", [1, 2], np.zeros((2, 2, 2), np.float32), np.zeros(3, 
     junk=st.sampled_from(range(len(JUNK))),
     ints=st.tuples(*[st.sampled_from([-(2**63), -1, 0, 1, 3, 2**31, 2**62, 2**63 - 1]) for _ in range(3)]),
     floats=st.tuples(
-        *[st.sampled_from([0.0, -1.0, 1.0, 1e-300, 1e300, 2.0, float("nan"), float("inf")]) for _ in range(2)]
+        *[
+            st.sampled_from([0.0, -1.0, 1.0, 1e-300, 1e300, 2.0, 180.0, 180.5, float("nan"), float("inf")])
+            for _ in range(3)
+        ]
     ),
 )
 def test_native_entry_point_refuses_junk_cleanly(pos, junk, ints, floats):
@@ -656,7 +735,7 @@ def test_native_entry_point_refuses_junk_cleanly(pos, junk, ints, floats):
     args[pos] = JUNK[junk]
     for a in (args, list(hand_case()[0] + hand_case()[1]) + [np.array([0, 0])]):
         try:
-            out = _core.spatial_verify(*a, ints[0], max(ints[1], 3), floats[0], floats[1], ints[2], 1)
+            out = _core.spatial_verify(*a, ints[0], max(ints[1], 3), floats[0], floats[1], floats[2], ints[2], 1)
         except (TypeError, ValueError, OverflowError):
             continue
         assert out[0].shape == (2,) and out[1].shape == (2, 2, 3) and (out[0] >= 0).all()

@@ -162,8 +162,8 @@ void test_select_rois() {
 }
 
 // Spatial verification, hand-checked: query words 1-4 on a square, word 5 in the right place
-// but at 2^(17/16) times the scale (fails the similarity's scale test, joins through the
-// affine fit), word 9 far away; the image is the query moved by (+20, +30). L = 65535, so
+// but at 2^(17/16) times the scale (fails the scale test of the similarity and of the affine
+// fit's closest similarity), word 9 far away; the image is the query moved by (+20, +30). L = 65535, so
 // the quantised positions are the integer pixels.
 struct SvCase {
   std::vector<std::uint32_t> qw{3, 1, 2, 4, 5, 9};
@@ -205,12 +205,36 @@ void test_spatial_verify() {
     CHECK(std::fabs(c.dbox[0] - 30) < 1e-3 && std::fabs(c.dbox[3] - 130) < 1e-3);
     p.lo_iterations = 3;
     c.run({0, 0}, p);
-    CHECK(c.inliers[0] == 5 && c.inliers[1] == 5);  // the affine fit has no scale test
+    CHECK(c.inliers[0] == 4 && c.inliers[1] == 4);  // LO's scale test keeps word 5 out
     CHECK(near_translation(c.affine, 20, 30) && near_translation(c.affine + 6, 20, 30));
     p.scale_tolerance = 2.2;
+    c.run({0}, p);
+    CHECK(c.inliers[0] == 5);
     p.lo_iterations = 0;
     c.run({0}, p);
     CHECK(c.inliers[0] == 5);
+    p = roicore::SvParams{};
+  }
+  {  // word 5 at the right scale but turned by 90 degrees: out by the orientation test alone
+    SvCase c;
+    c.ds[4] = 64;
+    c.da[4] = 64;
+    for (std::size_t lo : {0, 3}) {
+      p.lo_iterations = lo;
+      p.angle_tolerance = 30.0;
+      c.run({0}, p);
+      CHECK(c.inliers[0] == 4 && near_translation(c.affine, 20, 30));
+      p.angle_tolerance = 91.0;
+      c.run({0}, p);
+      CHECK(c.inliers[0] == 5 && near_translation(c.affine, 20, 30));
+      p.angle_tolerance = 180.0;
+      c.run({0}, p);
+      CHECK(c.inliers[0] == 5);
+    }
+    c.da[4] = 128 + 64;  // -90 degrees
+    p.angle_tolerance = 89.0;
+    c.run({0}, p);
+    CHECK(c.inliers[0] == 4);
     p = roicore::SvParams{};
   }
   {  // two correspondences: NaN
@@ -243,6 +267,11 @@ void test_spatial_verify() {
     roicore::SvParams bad;
     bad.max_correspondences = 2;
     CHECK(throws<roicore::InvalidArgument>([&] { SvCase().run({0}, bad); }));
+    for (double a : {0.0, -1.0, 180.5, std::nan(""), HUGE_VAL}) {
+      roicore::SvParams bad_angle;
+      bad_angle.angle_tolerance = a;
+      CHECK(throws<roicore::InvalidArgument>([&] { SvCase().run({0}, bad_angle); }));
+    }
   }
 }
 

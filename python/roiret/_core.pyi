@@ -64,6 +64,7 @@ def spatial_verify(
     max_correspondences: int,
     inlier_threshold: float,
     scale_tolerance: float,
+    angle_tolerance: float,
     lo_iterations: int,
     threads: int = 0,
 ) -> Tuple[npt.NDArray[np.int32], npt.NDArray[np.float64], npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...

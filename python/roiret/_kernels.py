@@ -276,6 +276,7 @@ def spatial_verify(
     max_correspondences: int = 1000,
     inlier_threshold: float = 0.03,
     scale_tolerance: float = 2.0,
+    angle_tolerance: float = 30.0,
     lo_iterations: int = 3,
     threads: Optional[int] = None,
 ) -> VerifyResult:
@@ -293,11 +294,15 @@ def spatial_verify(
        ``s = size_d / size_q`` and ``t = radians(angle_d - angle_q)`` (``R(t)`` rotates
        ``(x, y)`` with y down, the sense of OpenCV's SIFT angles). ``j`` is an inlier of
        ``h`` when its reprojection error is below ``inlier_threshold * L`` (``L`` the
-       image's longest side) and ``|ln s_j - ln s_h| < ln(scale_tolerance)``; the
-       hypothesis with the most inliers wins (ties: the first).
-    4. Local optimisation, up to ``lo_iterations`` times: a least-squares affine fit to the
-       inliers (at least 3, not collinear), whose inliers by reprojection error alone
-       replace the set when there are at least as many (the loop stops when not more).
+       image's longest side), ``|ln s_j - ln s_h| < ln(scale_tolerance)`` and
+       ``|wrap(t_j - t_h)| < radians(angle_tolerance)`` (the difference wrapped into
+       ``[-pi, pi]``); the hypothesis with the most inliers wins (ties: the first).
+    4. Local optimisation, up to ``lo_iterations`` times: a least-squares affine fit ``A``
+       to the inliers (at least 3, not collinear), whose inliers replace the set when
+       there are at least as many (the loop stops when not more). An inlier of ``A`` has a
+       reprojection error below the threshold and agrees with ``A``'s closest similarity
+       (``s_A = sqrt(|det A[:, :2]|)``, ``t_A = atan2(A10 - A01, A00 + A11)``) by the same
+       scale and angle tests; the loop stops when ``s_A`` is 0 or not finite.
     5. ``inliers`` counts distinct query features; ``affine`` is the final model.
 
     All geometry is in float64; the exact order of operations is in
@@ -328,6 +333,19 @@ def spatial_verify(
         Each image's longest side ``L`` in pixels (> 0 for the visited rows).
     rows : int (R,)
         The images to verify (repeats allowed); results are in this order.
+    max_per_word : int
+        At most this many query and this many image features per word are paired (>= 1).
+    max_correspondences : int
+        At most this many correspondences per image (>= 3).
+    inlier_threshold : float
+        The reprojection threshold as a fraction of the image's longest side (> 0).
+    scale_tolerance : float
+        The largest scale ratio of an inlier to its model (> 1).
+    angle_tolerance : float
+        The largest orientation difference of an inlier to its model, in degrees
+        (0 < angle_tolerance <= 180; 180 turns the orientation test off).
+    lo_iterations : int
+        Local-optimisation steps (>= 0).
 
     The quantised arrays are never cast (another dtype raises TypeError); non-contiguous
     or unaligned arrays are copied. Bad values raise ValueError naming the first one.
@@ -349,6 +367,7 @@ def spatial_verify(
         max_correspondences,
         inlier_threshold,
         scale_tolerance,
+        angle_tolerance,
         lo_iterations,
         threads=_threads(threads),
     )

@@ -23,9 +23,9 @@ namespace roicore {
 
 namespace detail {
 
-std::size_t count_close_generic(const double* x, const double* y, const double* xd, const double* yd, std::size_t n,
-                                const SimilarityTest& t, std::size_t need) {
-  return count_close_impl(x, y, xd, yd, n, t, need);
+std::size_t count_close_generic(const double* x, const double* y, const double* xd, const double* yd,
+                                const double* w, std::size_t n, const SimilarityTest& t, std::size_t need) {
+  return count_close_impl(x, y, xd, yd, w, n, t, need);
 }
 
 CountCloseFn active_count_close() {
@@ -104,10 +104,10 @@ struct Scratch {
   std::size_t m = 0;
   std::vector<std::pair<std::uint32_t, std::size_t>> pairs;  // (sorted query position, image feature)
   std::vector<std::uint32_t> qi;                              // original query index
-  std::vector<double> xq, yq, xd, yd, s, t, ls;               // t: rotation in radians
+  std::vector<double> xq, yq, xd, yd, s, t, w, ls;  // t: rotation in radians, w = fmod(t, 2 pi)
   std::vector<std::uint64_t> key, key2;       // ls as order-preserving integers (radix sort)
   std::vector<std::uint32_t> order, order2;   // correspondences by (ls, index)
-  std::vector<double> ols, oxq, oyq, oxd, oyd;  // the correspondences in that order
+  std::vector<double> ols, oxq, oyq, oxd, oyd, ow;  // the correspondences in that order
   std::vector<std::uint8_t> cur, tmp;           // inlier masks
   std::vector<std::uint32_t> mark;              // distinct query features: mark[qi] == stamp
   std::uint32_t stamp = 0;
@@ -116,7 +116,7 @@ struct Scratch {
   void resize(std::size_t n) {
     m = n;
     if (qi.size() >= n) return;
-    for (auto* v : {&xq, &yq, &xd, &yd, &s, &t, &ls, &ols, &oxq, &oyq, &oxd, &oyd}) v->resize(n);
+    for (auto* v : {&xq, &yq, &xd, &yd, &s, &t, &w, &ls, &ols, &oxq, &oyq, &oxd, &oyd, &ow}) v->resize(n);
     for (auto* v : {&qi, &order, &order2}) v->resize(n);
     for (auto* v : {&key, &key2}) v->resize(n);
     for (auto* v : {&cur, &tmp}) v->resize(n);
@@ -129,6 +129,7 @@ struct Row {
   const SvParams& p;
   double thr2;  // (inlier_threshold * L)^2
   double ln_tol;
+  double angle_tol;  // radians
   detail::CountCloseFn count_close;
 };
 
@@ -169,6 +170,7 @@ void correspondences(const Row& c, std::size_t begin, std::size_t end, double L,
     s.s[n] = sj;
     s.ls[n] = std::log(sj);
     s.t[n] = (static_cast<double>(c.db.angles[j]) * 360.0 / 256.0 - c.q.angle[i]) * kDegToRad;
+    s.w[n] = std::fmod(s.t[n], detail::kTwoPi);  // exact; |w| < 2 pi
   }
 }
 
@@ -227,6 +229,7 @@ std::size_t best_hypothesis(const Row& c, Scratch& s) {
     s.oyq[i] = s.yq[j];
     s.oxd[i] = s.xd[j];
     s.oyd[i] = s.yd[j];
+    s.ow[i] = s.w[j];
   }
   const double T = c.ln_tol;
   std::size_t best = 0, best_h = M;  // M: none yet
@@ -239,8 +242,10 @@ std::size_t best_hypothesis(const Row& c, Scratch& s) {
     const std::size_t need = h < best_h ? best : best + 1;  // the count that beats the best so far
     if (hi - lo < need) continue;
     const double ct = std::cos(s.t[h]), st = std::sin(s.t[h]);  // one sincos call
-    const detail::SimilarityTest t{s.s[h] * ct, s.s[h] * st, s.xq[h], s.yq[h], s.xd[h], s.yd[h], c.thr2};
-    const std::size_t count = c.count_close(&s.oxq[lo], &s.oyq[lo], &s.oxd[lo], &s.oyd[lo], hi - lo, t, need);
+    const detail::SimilarityTest t{s.s[h] * ct, s.s[h] * st, s.xq[h], s.yq[h], s.xd[h],
+                                   s.yd[h], c.thr2, s.w[h], c.angle_tol};
+    const std::size_t count =
+        c.count_close(&s.oxq[lo], &s.oyq[lo], &s.oxd[lo], &s.oyd[lo], &s.ow[lo], hi - lo, t, need);
     if (count >= need) {
       best = count;
       best_h = h;
@@ -289,13 +294,18 @@ bool fit_affine(const Scratch& s, const std::vector<std::uint8_t>& mask, double 
   return true;
 }
 
-std::size_t affine_inliers(const Scratch& s, const double A[6], double thr2, std::vector<std::uint8_t>& mask) {
+// The inliers of A: reprojection, and the scale and angle tests against A's closest
+// similarity (log scale lsA, rotation thA).
+std::size_t affine_inliers(const Row& c, const Scratch& s, const double A[6], double lsA, double thA,
+                           std::vector<std::uint8_t>& mask) {
   const std::size_t M = s.size();
+  const double T = c.ln_tol;
   std::size_t count = 0;
   for (std::size_t j = 0; j < M; ++j) {
     const double ex = A[0] * s.xq[j] + A[1] * s.yq[j] + A[2] - s.xd[j];
     const double ey = A[3] * s.xq[j] + A[4] * s.yq[j] + A[5] - s.yd[j];
-    mask[j] = ex * ex + ey * ey < thr2;
+    mask[j] = ex * ex + ey * ey < c.thr2 && s.ls[j] - lsA < T && lsA - s.ls[j] < T &&
+              detail::angle_close(s.w[j], thA, c.angle_tol);
     count += mask[j];
   }
   return count;
@@ -353,11 +363,11 @@ void verify_row(const Row& c, std::size_t g, Scratch& s, const SvOutput& out, st
   if (M < 3) return write_nan(out, i);
   const std::size_t h = best_hypothesis(rc, s);
   const double a = s.s[h] * std::cos(s.t[h]), b = s.s[h] * std::sin(s.t[h]);
-  const double xh = s.xq[h], yh = s.yq[h], xdh = s.xd[h], ydh = s.yd[h], lh = s.ls[h], T = c.ln_tol;
+  const double xh = s.xq[h], yh = s.yq[h], xdh = s.xd[h], ydh = s.yd[h], lh = s.ls[h], wh = s.w[h], T = c.ln_tol;
   std::size_t count = 0;
   for (std::size_t j = 0; j < M; ++j) {
     s.cur[j] = sim_close(a, b, xh, yh, xdh, ydh, s.xq[j], s.yq[j], s.xd[j], s.yd[j], rc.thr2) &&
-               s.ls[j] - lh < T && lh - s.ls[j] < T;
+               s.ls[j] - lh < T && lh - s.ls[j] < T && detail::angle_close(s.w[j], wh, c.angle_tol);
     count += s.cur[j];
   }
   if (count == 0) return write_nan(out, i);  // thr2 == 0: not even h itself
@@ -365,7 +375,10 @@ void verify_row(const Row& c, std::size_t g, Scratch& s, const SvOutput& out, st
   for (std::size_t it = 0; it < c.p.lo_iterations && count >= 3; ++it) {
     double A[6];
     if (!fit_affine(s, s.cur, A)) break;
-    const std::size_t n = affine_inliers(s, A, rc.thr2, s.tmp);
+    const double sA = std::sqrt(std::fabs(A[0] * A[4] - A[1] * A[3]));  // A's closest similarity
+    if (!(sA > 0.0) || !std::isfinite(sA)) break;
+    const double thA = std::atan2(A[3] - A[1], A[0] + A[4]);
+    const std::size_t n = affine_inliers(rc, s, A, std::log(sA), thA, s.tmp);
     if (n < count) break;
     s.cur.swap(s.tmp);
     std::copy(A, A + 6, model);
@@ -384,6 +397,8 @@ void validate(const SvQuery& q, const SvDatabase& db, const std::int64_t* rows, 
     throw InvalidArgument("inlier_threshold must be positive and finite, got " + num(p.inlier_threshold));
   if (!(p.scale_tolerance > 1.0) || !std::isfinite(p.scale_tolerance))
     throw InvalidArgument("scale_tolerance must be > 1 and finite, got " + num(p.scale_tolerance));
+  if (!(p.angle_tolerance > 0.0 && p.angle_tolerance <= 180.0))
+    throw InvalidArgument("angle_tolerance must be in (0, 180] degrees, got " + num(p.angle_tolerance));
   if (q.n > static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()))
     throw InvalidArgument("too many query features: " + std::to_string(q.n) + " (at most 2**31 - 1)");
   if (db.offsets[0] != 0) throw InvalidArgument("db_offsets[0] must be 0, got " + std::to_string(db.offsets[0]));
@@ -425,7 +440,8 @@ void spatial_verify(const SvQuery& query, const SvDatabase& db, const std::int64
   validate(query, db, rows, R, params);
   if (R == 0) return;
   const SortedQuery sq = sort_query(query);
-  const Row base{sq, db, params, 0.0, std::log(params.scale_tolerance), detail::active_count_close()};
+  const Row base{sq, db, params, 0.0, std::log(params.scale_tolerance), params.angle_tolerance * kDegToRad,
+                 detail::active_count_close()};
   parallel_for(R, resolve_threads(threads), 2, [&](std::size_t rb, std::size_t re, int) {
     Scratch s;
     s.mark.assign(query.n, 0u);

@@ -35,6 +35,7 @@ struct SvParams {
   std::size_t max_correspondences = 1000; // >= 3
   double inlier_threshold = 0.03;         // > 0, finite, times L
   double scale_tolerance = 2.0;           // > 1, finite
+  double angle_tolerance = 30.0;          // degrees, 0 < angle_tolerance <= 180 (NaN refused)
   std::size_t lo_iterations = 3;          // >= 0
 };
 
@@ -57,17 +58,29 @@ struct SvOutput {
 //       xq, yq = query xy;  xd = xq_d / 65535.0 * L, yd likewise (L = sides[r]);
 //       s_j = pow(2.0, sq / 16.0 - 2.0) / size_q;  ls_j = log(s_j);
 //       t_j = (aq * 360.0 / 256.0 - angle_q) * (pi / 180.0);  a_j = s_j * cos(t_j), b_j = s_j * sin(t_j);
+//       w_j = fmod(t_j, 2pi) (exact, |w_j| < 2pi), with 2pi = 2.0 * pi and pi = math.pi;
+//     the angle test of j against a rotation theta (radians):
+//       d = w_j - theta;  e = d - rint(d * (1.0 / 2pi)) * 2pi  (rint: to nearest, ties to
+//       even; |d * (1.0 / 2pi)| < 2 here, so this wraps d into [-pi, pi] up to rounding);
+//       passes when |e| < tol, tol = angle_tolerance * (pi / 180.0)
+//     (tol = pi, i.e. 180 degrees, refuses only e = +-pi and rounding at the boundary: no
+//     orientation test in practice);
 //     hypothesis h maps p to (a_h * dx - b_h * dy + xd_h, b_h * dx + a_h * dy + yd_h) with
 //     dx = x - xq_h, dy = y - yq_h; j is an inlier of h when ex * ex + ey * ey < thr2
 //     (ex = mapped x - xd_j, ey likewise; thr2 = (inlier_threshold * L)^2) and
-//     ls_j - ls_h < log(scale_tolerance) and ls_h - ls_j < log(scale_tolerance).
+//     ls_j - ls_h < log(scale_tolerance) and ls_h - ls_j < log(scale_tolerance) and j
+//     passes the angle test against theta = w_h.
 //     The best h has the most inliers (ties: the smallest h).
 //  4. Local optimisation, at most lo_iterations times while the inlier set has >= 3
 //     correspondences: least-squares affine A (query -> image pixels; points centred on
 //     their means, sums accumulated in ascending correspondence order); stop when
 //     det <= 1e-6 * trace^2 of the 2 x 2 normal matrix (points (nearly) collinear or
-//     coincident) or A is not finite. Inliers of A: ex * ex + ey * ey < thr2 with
-//     ex = A00 * x + A01 * y + A02 - xd (no scale test). More inliers: accept, continue;
+//     coincident) or A is not finite. A's closest similarity:
+//       s_A = sqrt(|A00 * A11 - A01 * A10|); stop when s_A is 0 or not finite;
+//       ls_A = log(s_A);  theta_A = atan2(A10 - A01, A00 + A11).
+//     Inliers of A: ex * ex + ey * ey < thr2 with ex = A00 * x + A01 * y + A02 - xd (ey
+//     likewise) and ls_j - ls_A < log(scale_tolerance) and ls_A - ls_j < log(scale_tolerance)
+//     and j passes the angle test against theta = theta_A. More inliers: accept, continue;
 //     as many: accept, stop; fewer: stop, keep the previous set and model.
 //  5. inliers = number of distinct query features in the final inlier set; affine = its
 //     model (the similarity [[a, -b, xd - (a xq - b yq)], [b, a, yd - (b xq + a yq)]] of h

@@ -5,9 +5,9 @@
 namespace roicore {
 namespace detail {
 
-std::size_t count_close_avx512(const double* x, const double* y, const double* xd, const double* yd, std::size_t n,
-                               const SimilarityTest& t, std::size_t need) {
-  return count_close_impl(x, y, xd, yd, n, t, need);
+std::size_t count_close_avx512(const double* x, const double* y, const double* xd, const double* yd, const double* w,
+                               std::size_t n, const SimilarityTest& t, std::size_t need) {
+  return count_close_impl(x, y, xd, yd, w, n, t, need);
 }
 
 }  // namespace detail

@@ -37,12 +37,14 @@ inline std::int64_t sum_lanes(VecI v) {
 // count so far plus the candidates left is below it; since the count never decreases, the
 // lanes are summed (and this checked) only once fewer than need - (the last sum) are left.
 inline std::size_t count_close_impl(const double* x, const double* y, const double* xd, const double* yd,
-                                    std::size_t n, const SimilarityTest& t, std::size_t need) {
+                                    const double* w, std::size_t n, const SimilarityTest& t, std::size_t need) {
   constexpr std::size_t kChunk = 64;
   static_assert(kChunk % kLanes == 0, "a chunk is whole vectors");
   const VecD zero = {};
   const VecD a = zero + t.a, b = zero + t.b, xh = zero + t.xh, yh = zero + t.yh;
   const VecD xdh = zero + t.xdh, ydh = zero + t.ydh, thr2 = zero + t.thr2;
+  const VecD wh = zero + t.wh, tol = zero + t.tol, ntol = zero - t.tol;
+  const VecD inv2pi = zero + kInvTwoPi, twopi = zero + kTwoPi, magic = zero + kRoundMagic;
   VecI lanes = {};
   const std::size_t whole = n - n % kLanes;
   std::size_t k = 0, limit = need;  // check when fewer than `limit` candidates are left
@@ -52,7 +54,9 @@ inline std::size_t count_close_impl(const double* x, const double* y, const doub
       const VecD dx = load(x + k) - xh, dy = load(y + k) - yh;
       const VecD ex = a * dx - b * dy + xdh - load(xd + k);
       const VecD ey = b * dx + a * dy + ydh - load(yd + k);
-      lanes -= (ex * ex + ey * ey < thr2);  // true is -1
+      const VecD d = load(w + k) - wh;  // angle_close, lane by lane
+      const VecD e = d - ((d * inv2pi + magic) - magic) * twopi;
+      lanes -= (ex * ex + ey * ey < thr2) & (e < tol) & (ntol < e);  // true is -1
     }
     if (n - k < limit) {
       const auto sum = static_cast<std::size_t>(sum_lanes(lanes));
@@ -70,7 +74,7 @@ inline std::size_t count_close_impl(const double* x, const double* y, const doub
     const double dx = x[k] - t.xh, dy = y[k] - t.yh;
     const double ex = t.a * dx - t.b * dy + t.xdh - xd[k];
     const double ey = t.b * dx + t.a * dy + t.ydh - yd[k];
-    count += ex * ex + ey * ey < t.thr2;
+    count += ex * ex + ey * ey < t.thr2 && angle_close(w[k], t.wh, t.tol);
   }
   return count;
 }
