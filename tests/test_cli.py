@@ -119,7 +119,7 @@ def test_search_json_and_table(index, folder, capsys):
     assert {"id", "name", "score", "bow_score", "query_box", "db_box"} <= set(out["hits"][0])
     assert main(["search", str(index), str(q), "--top", "3", "--weights", WEIGHTS]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:5] == ["rank", "id", "score", "roi", "bow"] and len(table) == 4
+    assert table[0].split()[:6] == ["rank", "id", "inliers", "score", "roi", "bow"] and len(table) == 4
     assert [row.split()[0] for row in table[1:]] == ["1", "2", "3"]  # ranks as in JSON
     # --fusion overrides the index's: none = the RoI score alone (the paper), a number = that BoW weight
     weights = {}

@@ -51,7 +51,7 @@ def test_index_contents(built, collection):
 def test_search_result_structure(built, collection):
     r, ids = built
     name, photo, box = collection.queries[1]
-    res = r.search(photo, box, top=len(r))
+    res = r.search(photo, box, top=len(r), R=0, qe=0)  # the paper's stages (verification: test_verification)
     assert len(res) == len(r) and sorted(res.ids.tolist()) == sorted(ids.tolist())
     head = [h for h in res.hits if h.reranked]
     assert len(head) == 12 and [h.rank for h in head] == list(range(1, 13))
@@ -94,10 +94,10 @@ def test_fast_equals_exhaustive_when_n_covers_the_top(built, collection):
     r, _ = built
     name, photo, box = collection.queries[0]
     q = r.prepare_query(photo, box)
-    a = r.rank(q, mode="exhaustive", top=12)
-    b = r.rank(q, mode="fast", n=12, top=12)
+    a = r.rank(q, mode="exhaustive", top=12, R=0, qe=0)
+    b = r.rank(q, mode="fast", n=12, top=12, R=0, qe=0)
     assert a.ids.tolist() == b.ids.tolist()
-    c = r.rank(q, mode="fast", top=12)  # n=4, k=3: only the first 4 candidates see every RoI
+    c = r.rank(q, mode="fast", top=12, R=0, qe=0)  # n=4, k=3: only the first 4 candidates see every RoI
     assert c.query_mask.sum() == 3
     for h in c.hits[:12]:
         assert h.roi_score <= next(x for x in a.hits if x.id == h.id).roi_score + 1e-6

@@ -35,6 +35,7 @@ __all__ = [
     "RegionParams",
     "RerankParams",
     "THRESHOLD_MODES",
+    "VerifyParams",
     "auto_vocab_size",
     "check_fusion",
     "normalize_backbone",
@@ -60,6 +61,10 @@ DEFAULT_T_RATE = 3.0
 DEFAULT_T_IOU = 0.95
 #: the largest K of the paper's tables
 DEFAULT_K = 20
+#: spatial verification and query expansion (VerifyParams), chosen in docs/RESULTS.md
+DEFAULT_R = 100
+DEFAULT_MIN_INLIERS = 5
+DEFAULT_QE = 15
 
 #: ``vocab_size="auto"``: one word per this many training descriptors, at most AUTO_MAX_WORDS.
 #: Measured (benchmarks/vocab_size_study.py, benchmarks/bow_map.py; BoW alone, vocabulary
@@ -248,3 +253,32 @@ class RerankParams(_Group):
             )
         _choice("mode", self.mode, MODES)
         self._set("fusion", check_fusion(self.fusion))
+
+
+def non_negative_int(name: str, v: Any) -> int:
+    """``v`` as an int if it is an integer >= 0 (not a bool), else ValueError naming it."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+    return int(v)
+
+
+@dataclass(frozen=True)
+class VerifyParams(_Group):
+    """Beyond the paper: spatial verification and query expansion
+    (:mod:`roiret.search.verify`, :mod:`roiret.search.expansion`).
+
+    ``R``: the first-stage candidates whose local features are verified geometrically (0:
+    no verification); a candidate with at least ``min_inliers`` inliers is *verified* and
+    ranks above every unverified one, by its inliers. ``qe``: the best verified results
+    averaged with the query into an expanded query that is searched again (0: no query
+    expansion). Defaults measured on Oxford5k-dev and the demo collection (docs/RESULTS.md).
+    """
+
+    R: int = DEFAULT_R
+    min_inliers: int = DEFAULT_MIN_INLIERS
+    qe: int = DEFAULT_QE
+
+    def __post_init__(self) -> None:
+        self._set("R", non_negative_int("R", self.R))
+        self._set("min_inliers", positive_int("min_inliers", self.min_inliers))
+        self._set("qe", non_negative_int("qe", self.qe))

@@ -135,6 +135,24 @@ def _add_reranking(p: argparse.ArgumentParser, d: RetrieverConfig) -> None:
     p.add_argument("-k", type=int, default=d.k, metavar="k", help="query RoIs kept for the other N - n (paper's k)")
 
 
+def _add_verification(p: argparse.ArgumentParser, d: Optional[RetrieverConfig]) -> None:
+    """-R, --min-inliers, --qe; with ``d`` None they default to the index's settings."""
+
+    def default(name: str) -> Any:
+        return argparse.SUPPRESS if d is None else getattr(d, name)
+
+    suffix = " (default: the index's)" if d is None else ""
+    p.add_argument(
+        "-R", type=int, default=default("R"), metavar="R", help="candidates verified spatially, 0: off" + suffix
+    )
+    p.add_argument(
+        "--min-inliers", type=int, default=default("min_inliers"), help="inliers for a verified match" + suffix
+    )
+    p.add_argument(
+        "--qe", type=int, default=default("qe"), help="verified results in the expanded query, 0: off" + suffix
+    )
+
+
 def _add_index_parser(sub: Any, d: RetrieverConfig) -> None:
     p = _parser(sub, "index", "build an index from a folder or a list of images")
     p.add_argument("source", help="a folder (searched recursively) or a text file with one image path per line")
@@ -157,6 +175,7 @@ def _add_index_parser(sub: Any, d: RetrieverConfig) -> None:
         help="BoW score in the final score: adaptive (per query), none (RoI score alone, the paper) "
         "or a weight in [0, 1]",
     )
+    _add_verification(p, d)
     p.add_argument("--max-side", type=int, default=d.max_side, help="longest image side for both stages")
     p.add_argument(
         "--train-max", type=int, default=5000, help="images sampled (seeded) to learn vocabulary and whitening"
@@ -185,6 +204,7 @@ def _add_query_parsers(sub: Any) -> None:
         default=argparse.SUPPRESS,
         help="adaptive, none or a BoW weight in [0, 1] (default: the index's)",
     )
+    _add_verification(p, None)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_weights(p)
     _add_common(p)
@@ -218,8 +238,10 @@ def _add_eval_parser(sub: Any, d: RetrieverConfig) -> None:
     )
     p.add_argument("--max-keypoints", type=int, default=d.max_keypoints, help="SIFT keypoints per image")
     _add_reranking(p, d)
+    _add_verification(p, d)
     p.add_argument("--backbone", default=d.backbone, choices=BACKBONES, help="CNN trunk for the RoIs")
     p.add_argument("--cache", help="folder to cache extracted features between runs")
+    p.add_argument("--vocabulary", help="reuse the vocabulary of this index folder (or .npz) instead of learning one")
     p.add_argument("-o", "--output", help="also write the markdown table to this file")
     p.add_argument("--json", help="also write every number as JSON to this file")
     _add_weights(p)
@@ -274,6 +296,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         k=args.k,
         max_side=args.max_side,
         fusion=args.fusion,
+        R=args.R,
+        min_inliers=args.min_inliers,
+        qe=args.qe,
         device=args.device,
         weights=args.weights,
         allow_download=args.allow_download,
@@ -298,23 +323,24 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     r = _load(args)
-    res = r.search(
-        args.image, args.box, top=args.top, mode=args.mode, fusion=getattr(args, "fusion", None)
-    )  # absent: the index's
+    overrides = {k: getattr(args, k) for k in ("fusion", "R", "min_inliers", "qe") if hasattr(args, k)}
+    res = r.search(args.image, args.box, top=args.top, mode=args.mode, **overrides)  # absent: the index's
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
         return 0
-    print(f"{'rank':>4}  {'id':>8}  {'score':>7}  {'roi':>7}  {'bow':>7}  {'db box':<26} name")
+    print(f"{'rank':>4}  {'id':>8}  {'inliers':>7}  {'score':>7}  {'roi':>7}  {'bow':>7}  {'db box':<26} name")
     for h in res.hits:
         box = "" if h.db_box is None else ",".join(f"{v:.0f}" for v in h.db_box)
         score = "-" if h.score != h.score else f"{h.score:.4f}"
         roi = "-" if h.roi_score != h.roi_score else f"{h.roi_score:.4f}"
-        print(f"{h.rank:>4}  {h.id:>8}  {score:>7}  {roi:>7}  {h.bow_score:7.4f}  {box:<26} {h.name}")
+        inliers = f"{h.inliers}{'*' if h.verified else ''}"
+        print(f"{h.rank:>4}  {h.id:>8}  {inliers:>7}  {score:>7}  {roi:>7}  {h.bow_score:7.4f}  {box:<26} {h.name}")
     t = res.timings
     features_ms = 1000 * (t["bow_features"] + t["cnn"])
     print(
         f"\n{len(r)} images searched in {1000 * t['total']:.0f} ms (features {features_ms:.0f} ms, "
-        f"BoW {1000 * t['bow_search']:.1f} ms, re-ranking {1000 * t['rerank']:.1f} ms)",
+        f"BoW {1000 * t['bow_search']:.1f} ms, verification {1000 * t.get('verify', 0.0):.1f} ms, "
+        f"re-ranking {1000 * t['rerank']:.1f} ms; * verified)",
         file=sys.stderr,
     )
     return 0
@@ -376,11 +402,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         N=args.N,
         n=args.n,
         k=args.k,
+        R=args.R,
+        min_inliers=args.min_inliers,
+        qe=args.qe,
         backbone=args.backbone,
         device=args.device,
         weights=args.weights,
         allow_download=args.allow_download,
         cache=args.cache,
+        vocabulary=args.vocabulary,
         progress=args.progress,
     )
     text = table.markdown()

@@ -168,9 +168,9 @@ class BowIndex:
         return cls(voc, extractor)
 
     # -- encoding -------------------------------------------------------------------------
-    def encode_features(self, features: LocalFeatures, *, box: Optional[Box] = None) -> Tuple[np.ndarray, np.ndarray]:
-        """(words int64 sorted unique, counts float32) of an image's local features,
-        optionally only those inside ``box``."""
+    def assign_features(self, features: LocalFeatures, *, box: Optional[Box] = None) -> np.ndarray:
+        """The visual word (int64) of each of an image's local features, optionally only
+        those inside ``box``."""
         if not isinstance(features, LocalFeatures):
             raise TypeError(f"features: expected LocalFeatures, got {type(features).__name__}")
         if features.kind != self.extractor.kind or features.dim != self.vocabulary.dim:
@@ -180,7 +180,12 @@ class BowIndex:
             )
         if box is not None:
             features = features.in_box(box)
-        return bag_of_words(self.vocabulary.assign(features.descriptors), self.vocabulary.size)
+        return np.asarray(self.vocabulary.assign(features.descriptors), np.int64)
+
+    def encode_features(self, features: LocalFeatures, *, box: Optional[Box] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """(words int64 sorted unique, counts float32) of an image's local features,
+        optionally only those inside ``box``."""
+        return bag_of_words(self.assign_features(features, box=box), self.vocabulary.size)
 
     def encode(self, image: ImageSource, *, box: Optional[Box] = None) -> Tuple[np.ndarray, np.ndarray]:
         """(words, counts) of an image (path, bytes or array), optionally of a box in it."""

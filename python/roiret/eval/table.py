@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional,
 
 import numpy as np
 
+from ..params import DEFAULT_MIN_INLIERS, DEFAULT_QE, DEFAULT_R
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..bow import Vocabulary
     from ..io import PathLike
@@ -48,11 +50,11 @@ __all__ = ["EvalTable", "VARIANTS", "evaluate_oxford", "oxford_table"]
 
 # settings that only matter at search time: left out of the cache key, taken from the
 # current configuration when a cached index is loaded
-SEARCH_TIME = {"N": 0, "n": 0, "k": 0, "fusion": None, "mode": "fast"}
+SEARCH_TIME = {"N": 0, "n": 0, "k": 0, "fusion": None, "mode": "fast", "R": 0, "min_inliers": 1, "qe": 0}
 
 #: configuration overrides of each variant (see the module docstring)
 VARIANTS: Dict[str, Dict[str, Any]] = {
-    "paper": {"whitening": True, "code_bits": None, "fusion": None},
+    "paper": {"whitening": True, "code_bits": None, "fusion": None, "R": 0, "qe": 0},
     "roiret": {},
 }
 
@@ -199,7 +201,8 @@ def _evaluate_row(
             lat.append(time.perf_counter() - t)
 
     def ranker(mode: str, view: Retriever) -> Callable[[Query], List[Hit]]:
-        return lambda q: view.rank(prepared[(q.image, q.bbox)], top=len(view), mode=mode).hits
+        plain = {"R": 0, "qe": 0} if mode == "bow" else {}  # the BoW column: the first stage alone
+        return lambda q: view.rank(prepared[(q.image, q.bbox)], top=len(view), mode=mode, **plain).hits
 
     Kmax = Ks[-1]
     row = {"baseline": evaluate_oxford(gt, ranker("global", r))}
@@ -240,6 +243,16 @@ def _cache_path(cache: Optional[str], dataset: str, feat: str, variant: str, con
     return Path(cache) / f"{dataset}-{feat}-{variant}-{key}"
 
 
+def _read_vocabulary(path: PathLike) -> "Vocabulary":
+    """The vocabulary of an index folder, or of a vocabulary file."""
+    from ..bow import Vocabulary
+    from ..search.persist import read_manifest
+
+    if Path(path).is_dir():
+        return Vocabulary.load(read_manifest(path).paths["vocabulary"])
+    return Vocabulary.load(path)
+
+
 def oxford_table(
     root: PathLike,
     *,
@@ -251,17 +264,23 @@ def oxford_table(
     N: int = 100,
     n: int = 10,
     k: int = 5,
+    R: int = DEFAULT_R,
+    min_inliers: int = DEFAULT_MIN_INLIERS,
+    qe: int = DEFAULT_QE,
     backbone: str = "alexnet",
     device: str = "cpu",
     weights: Optional[PathLike] = "auto",
     allow_download: bool = False,
     cache: Optional[str] = None,
+    vocabulary: Optional[PathLike] = None,
     progress: Optional[bool] = None,
     seed: int = 0,
     print_fn: Callable[[str], None] = print,
 ) -> EvalTable:
     """Build the table (see the module docstring). ``cache``: a folder where the indexes
-    are saved and reused by later runs with the same settings."""
+    are saved and reused by later runs with the same settings. ``vocabulary``: reuse the
+    visual vocabulary of an index folder (or a vocabulary ``.npz``) instead of learning one
+    (it replaces ``vocab_size``)."""
     from ..search.config import RetrieverConfig
     from .groundtruth import OxfordGroundTruth, load_gnd
 
@@ -276,31 +295,26 @@ def oxford_table(
     paths = [str(gt.image_path(s)) for s in stems]
     Ks = sorted(int(x) for x in Ks)
     protocols = [p for p in ("classic", "revisited") if p in gt.protocols]
-    settings = dict(backbone=backbone, vocab_size=vocab_size, max_keypoints=max_keypoints, N=N, n=n, k=k)
+    verify = {"R": R, "min_inliers": min_inliers, "qe": qe}
+    base = dict(backbone=backbone, K=max(Ks), max_keypoints=max_keypoints, N=N, n=n, k=k, seed=seed, **verify)
+    voc = _read_vocabulary(vocabulary) if vocabulary is not None else None
+    if voc is not None:
+        vocab_size = voc.size
+    settings: Dict[str, object] = dict(
+        backbone=backbone, vocab_size=vocab_size, max_keypoints=max_keypoints, N=N, n=n, k=k, **verify
+    )
     settings.update(images=len(stems), seed=seed)
     queries = [(p, q) for p in protocols for q in gt.protocol(p).queries]
     opts = {"device": device, "weights": weights, "allow_download": allow_download, "progress": progress}
-    vocabulary = None
     rows, dims, speed = {}, {}, {}
     bow_map: Dict[str, float] = {}
     for variant in variants:
         for feat in features:
             name = f"{feat} ({variant})"
-            config = RetrieverConfig(
-                backbone=backbone,
-                feature=feat,
-                K=Ks[-1],
-                vocab_size=vocab_size,
-                max_keypoints=max_keypoints,
-                N=N,
-                n=n,
-                k=k,
-                seed=seed,
-                **VARIANTS[variant],
-            )
+            config = RetrieverConfig(**{**base, "vocab_size": vocab_size, "feature": feat, **VARIANTS[variant]})
             cpath = _cache_path(cache, root.name, feat, variant, config)
-            r, index_rate = _build_or_load(config, paths, stems, cpath, vocabulary, name, opts, print_fn)
-            vocabulary = r.bow.vocabulary
+            r, index_rate = _build_or_load(config, paths, stems, cpath, voc, name, opts, print_fn)
+            voc = r.bow.vocabulary
             dims[name] = r.nbits
             rows[name], bow, prepared, lat = _evaluate_row(r, gt, queries, Ks, with_bow=not bow_map)
             bow_map = bow_map or bow

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Optional, Tuple, Union
 
 from ..params import (
+    DEFAULT_MIN_INLIERS,
+    DEFAULT_QE,
+    DEFAULT_R,
     DEFAULT_T_MIN,
     DEFAULT_T_RATE,
     DEFAULT_THRESHOLD,
@@ -21,6 +24,7 @@ from ..params import (
     Fusion,
     RegionParams,
     RerankParams,
+    VerifyParams,
     normalize_backbone,
     positive_int,
 )
@@ -57,6 +61,12 @@ class RetrieverConfig:
     query-adaptive weight; a fixed weight in [0, 1]; ``None`` or 0: the RoI score alone,
     the paper — see :mod:`roiret.search.rerank`).
 
+    Spatial verification and query expansion (:class:`~roiret.params.VerifyParams`, beyond
+    the paper): ``R`` first-stage candidates verified geometrically with their local
+    features (0: off), ``min_inliers`` to count as verified (verified hits rank first, by
+    inliers), ``qe`` verified results averaged into an expanded query searched again (0:
+    off).
+
     Images: ``max_side`` (500, the paper's) for both stages. ``seed``: every seeded choice
     (k-means sample and initialisation, code projection, training sample).
 
@@ -92,11 +102,14 @@ class RetrieverConfig:
     k: int = 5
     mode: str = "fast"
     fusion: Fusion = "adaptive"
+    R: int = DEFAULT_R
+    min_inliers: int = DEFAULT_MIN_INLIERS
+    qe: int = DEFAULT_QE
     max_side: int = 500
     seed: int = 0
     # The validated groups, set per instance by __post_init__. Declared ClassVar so that the
     # dataclass does not make it a field: it stays out of to_dict, ==, repr and __init__.
-    _groups: ClassVar[Tuple[RegionParams, CodeParams, BowParams, RerankParams]]
+    _groups: ClassVar[Tuple[RegionParams, CodeParams, BowParams, RerankParams, VerifyParams]]
 
     def __post_init__(self) -> None:
         # Every value is checked here, by the group it belongs to, so that a bad value (or
@@ -121,11 +134,12 @@ class RetrieverConfig:
             self.vocab_size, self.local_features, self.max_keypoints, self.max_train_descriptors, self.kmeans_iterations
         )
         rerank = RerankParams(self.N, self.n, self.k, self.mode, self.fusion)
-        for group in (regions, codes, bow, rerank):
+        verify = VerifyParams(self.R, self.min_inliers, self.qe)
+        for group in (regions, codes, bow, rerank, verify):
             for name, value in group.to_dict().items():
                 put(name, value)
         put("max_side", positive_int("max_side", self.max_side))
-        put("_groups", (regions, codes, bow, rerank))  # not a field: rebuilt by every __init__
+        put("_groups", (regions, codes, bow, rerank, verify))  # not a field: rebuilt by every __init__
 
     # -- the groups ------------------------------------------------------------------------
     @property
@@ -148,13 +162,18 @@ class RetrieverConfig:
         """N, n, k, mode and fusion."""
         return self._groups[3]
 
+    @property
+    def verify(self) -> VerifyParams:
+        """R, min_inliers and qe."""
+        return self._groups[4]
+
     # -- construction ----------------------------------------------------------------------
     @classmethod
     def paper(cls, **overrides: Any) -> "RetrieverConfig":
         """The paper's pipeline: PCA-whitened descriptors binarised against their mean
         (as many bits as dimensions), top N re-ranked by the best RoI-pair similarity
-        alone."""
-        return cls(**{"whitening": True, "code_bits": None, "fusion": None, **overrides})
+        alone; no spatial verification or query expansion."""
+        return cls(**{"whitening": True, "code_bits": None, "fusion": None, "R": 0, "qe": 0, **overrides})
 
     def replace(self, **changes: Any) -> "RetrieverConfig":
         """A copy with ``changes`` applied (unknown keys: ValueError; validated again)."""

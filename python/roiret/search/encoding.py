@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..bow.encode import bag_of_words
 from ..io.images import (
     BoxWarning,
     ImageSource,
@@ -21,11 +22,12 @@ from ..io.images import (
     source_name,
     warn_caller,
 )
+from .geometry import FeatureGeometry
 from .index import IndexedImage
 from .results import PreparedQuery
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..bow import BowIndex
+    from ..bow import BowIndex, LocalFeatures
     from ..cnn.codes import CodeProjector
     from ..cnn.extractor import RoIExtractor
 
@@ -54,7 +56,8 @@ def encode_images(
         t0 = time.perf_counter()
         feats = [bow.extractor.extract(s) for s in smalls]
         t1 = time.perf_counter()
-        bags = [bow.encode_features(f) for f in feats]
+        words = [bow.assign_features(f) for f in feats]
+        bags = [bag_of_words(w, bow.vocabulary.size) for w in words]
         t2 = time.perf_counter()
         trunk0 = extractor.timings["trunk"]
         rois = extractor.extract(smalls, progress=False)
@@ -69,15 +72,31 @@ def encode_images(
     ):
         timings[key] += dt
     entries = []
-    for (i, src, item), (words, counts), r in zip(batch, bags, rois):
+    for (i, src, item), (bag_words, counts), f, w, r in zip(batch, bags, feats, words, rois):
         assert r is not None  # on_error="raise": every (already decoded) image gives a result
         image_id = int(ids[i])
         codes, global_code = coder(r)
         name = names[i] if names is not None else source_name(src, f"image-{image_id}")
+        geometry = _geometry(w, f).scaled(1.0 / item.scale)
         entries.append(
-            IndexedImage(image_id, words, counts, codes, r.boxes / item.scale, r.scores, global_code, item.size, name)
+            IndexedImage(
+                image_id,
+                bag_words,
+                counts,
+                codes,
+                r.boxes / item.scale,
+                r.scores,
+                global_code,
+                item.size,
+                name,
+                geometry,
+            )
         )
     return entries
+
+
+def _geometry(words: np.ndarray, f: "LocalFeatures") -> FeatureGeometry:
+    return FeatureGeometry(words.astype(np.uint32), f.xy, f.sizes, np.asarray(f.angles, np.float32))
 
 
 def encode_query(
@@ -103,7 +122,9 @@ def encode_query(
         sbox = (b[0] * scale, b[1] * scale, b[2] * scale, b[3] * scale)
     t1 = time.perf_counter()
     with lock:
-        words, counts = bow.encode(small, box=sbox)
+        feats = bow.extractor.extract(small, box=sbox)
+        feature_words = bow.assign_features(feats)
+        words, counts = bag_of_words(feature_words, bow.vocabulary.size)
         t2 = time.perf_counter()
         rois = None
         if with_rois:
@@ -124,6 +145,6 @@ def encode_query(
             qb[:, 0::2] += np.floor(max(sbox[0], 0.0))
             qb[:, 1::2] += np.floor(max(sbox[1], 0.0))
         q_boxes = (qb / scale).astype(np.float32)
-    return PreparedQuery(
-        words, counts, rois, q_boxes, {"load": t1 - t0, "bow_features": t2 - t1, "cnn": t3 - t2}, codes, global_code
-    )
+    geometry = _geometry(feature_words, feats).scaled(1.0 / scale)
+    timings = {"load": t1 - t0, "bow_features": t2 - t1, "cnn": t3 - t2}
+    return PreparedQuery(words, counts, rois, q_boxes, timings, codes, global_code, geometry)

@@ -5,7 +5,9 @@ covering most of both images: large regions pool much of the same content, so th
 agree. That pair explains little. Among the pairs whose similarity is within ``tolerance``
 of the best (the same match, up to a few bits), :func:`explaining_pair` picks the one with
 the smallest database region — the most specific evidence — and the smallest query region
-among those. Scores and rankings are unchanged; only what is drawn."""
+among those. A hit that spatial verification confirmed keeps the pair its inliers support
+(the RoIs that best overlap the inliers, chosen by :func:`roiret.search.ranking.rank`).
+Scores and rankings are unchanged; only what is drawn."""
 
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ def explain_hits(
     q_codes, q_boxes = query.codes[:K], query.boxes[:K]
     out = []
     for h in hits:
-        if h.db_box is None or h.id not in store:
+        if h.db_box is None or h.verified or h.id not in store:
             out.append(h)
             continue
         codes, boxes, _ = store.rois_of(int(store.indices_of([h.id])[0]))

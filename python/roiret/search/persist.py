@@ -6,8 +6,11 @@ Manifest fields: ``roiret_version``, ``config`` (:class:`RetrieverConfig` as a d
 ``local_features`` (the extractor's settings), ``backbone_fingerprint`` (SHA-256 of the CNN
 weights), ``nbits``, ``images``, ``rois``. Data files by role: ``vocabulary`` (``.npz``),
 ``inverted_file`` (native format with CRCs), ``whitening`` (``.npz``, when learned),
-``projection`` (``.npy``, for projected codes) and ``rois.<array>`` (``.npy``, one per
-:class:`RoIStore` array, memory-mapped on load). No pickle anywhere.
+``projection`` (``.npy``, for projected codes), ``rois.<array>`` (``.npy``, one per
+:class:`RoIStore` array, memory-mapped on load) and ``geometry.<array>`` (``.npy``, one per
+:class:`~roiret.search.geometry.GeometryStore` array, memory-mapped; absent from indexes
+saved before roiret kept it, which then load without spatial verification). No pickle
+anywhere.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from ..io import PathLike
 from ..io.arrays import save_npy
 from ..io.folder import IndexFolder, IndexWriter, Manifest, as_format_error
 from .config import RetrieverConfig
+from .geometry import GeometryStore
 from .index import TwoStageIndex
 from .store import RoIStore
 
@@ -70,6 +74,9 @@ def save_index(
             w.put(key, key, "npy", functools.partial(save_npy, arr=arr))
         for key, arr in index.store.state_dict().items():
             w.put(f"rois.{key}", f"rois-{key}", "npy", functools.partial(save_npy, arr=arr))
+        if index.geometry is not None:
+            for key, arr in index.geometry.state_dict().items():
+                w.put(f"geometry.{key}", f"geometry-{key}", "npy", functools.partial(save_npy, arr=arr))
         return {
             "roiret_version": __version__,
             "config": config.to_dict(),
@@ -78,6 +85,7 @@ def save_index(
             "nbits": nbits,
             "images": len(index),
             "rois": index.store.num_rois,
+            "features": None if index.geometry is None else index.geometry.num_features,
         }
 
     IndexFolder(folder, FORMAT, VERSION, _WHAT).save(write)
@@ -115,6 +123,26 @@ def _store(m: Manifest, words: int, mmap: bool) -> RoIStore:
     return store
 
 
+def _geometry(m: Manifest, images: int, mmap: bool) -> Optional[GeometryStore]:
+    roles = [f"geometry.{k}" for k in GeometryStore.FILES]
+    present = [r for r in roles if r in m.paths]
+    if not present:
+        return None
+    if len(present) != len(roles):
+        missing = sorted(set(roles) - set(present))
+        raise m.invalid(f"the manifest lists part of the feature geometry (missing {', '.join(missing)})")
+    state = {}
+    for key in GeometryStore.FILES:
+        with m.parsing(f"geometry.{key}", "not a valid .npy array"):
+            state[key] = np.load(m.paths[f"geometry.{key}"], mmap_mode="r" if mmap else None, allow_pickle=False)
+    with as_format_error(m.folder, "inconsistent feature geometry"):
+        geometry = GeometryStore.from_state(state, images, where=str(m.folder))
+    listed = m.fields.get("features", geometry.num_features)
+    if listed != geometry.num_features:
+        raise m.invalid(f"the manifest lists {listed} local features, the geometry arrays hold {geometry.num_features}")
+    return geometry
+
+
 def read_manifest(folder: PathLike, *, verify: bool = True) -> Manifest:
     """The checked manifest of a retriever's index folder (every data file present, of the
     listed size and, with ``verify``, checksum), without parsing the data files."""
@@ -150,7 +178,7 @@ def load_index(folder: PathLike, *, verify: bool = True, mmap: bool = True) -> S
     store = _store(m, (nbits + 63) // 64, mmap)
     with as_format_error(m.path):
         bow = BowIndex(voc, lfe, inverted_file=ivf)
-    index = TwoStageIndex(bow, store)
+    index = TwoStageIndex(bow, store, _geometry(m, len(store), mmap))
     index.check_consistent(str(m.folder))
     return SavedIndex(config, index, nbits, fingerprint, whitening, code_state, m)
 

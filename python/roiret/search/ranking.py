@@ -1,27 +1,40 @@
 """Ranking, as a pure function of (prepared query, index, parameters): the BoW top N from
-the inverted file, re-ranked with RoI codes (:func:`roiret.search.rerank.rerank`), as
-:class:`~roiret.search.results.Hit` objects."""
+the inverted file; beyond the paper, the top R verified geometrically
+(:mod:`roiret.search.verify`) and the query expanded with the best verified results and
+searched again (:mod:`roiret.search.expansion`); the top N re-ranked with RoI codes
+(:func:`roiret.search.rerank.rerank`); verified candidates first, by inliers, then the
+others in re-ranked order — as :class:`~roiret.search.results.Hit` objects."""
 
 from __future__ import annotations
 
 import time
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
 from ..io.images import Box
-from ..params import RerankParams
+from ..params import RerankParams, VerifyParams
+from .expansion import expanded_bag
 from .index import TwoStageIndex
 from .rerank import RerankResult, rerank
 from .results import Hit, PreparedQuery, SearchResult
+from .verify import Verification, verify_rows
 
-__all__ = ["rank"]
+__all__ = ["VERIFIED_BOW_WEIGHT", "rank"]
+
+#: ``fusion="adaptive"`` when spatial verification confirmed a result: the BoW weight of the
+#: re-ranked unverified candidates. Verified matches show that the query's local features
+#: work, and the (expanded) BoW list is then the better guide: measured on Oxford5k-dev
+#: and the demo collection (docs/RESULTS.md, benchmarks/verify_study.py).
+VERIFIED_BOW_WEIGHT = 0.9
 
 
-def _candidates(query: PreparedQuery, index: TwoStageIndex, depth: int) -> Tuple[np.ndarray, np.ndarray]:
+def _candidates(
+    words: np.ndarray, counts: np.ndarray, index: TwoStageIndex, depth: int
+) -> Tuple[np.ndarray, np.ndarray]:
     """The BoW top ``depth`` (ids, scores); when the query has too few keypoints for BoW to
     rank that many, the remaining images follow in insertion order with score 0."""
-    ids, bow_scores = index.bow.search_bag(query.words, query.counts, top=depth)
+    ids, bow_scores = index.bow.search_bag(words, counts, top=depth)
     if len(ids) < depth:
         rest = np.setdiff1d(index.ids, ids, assume_unique=True)
         ids = np.concatenate([ids, rest[: depth - len(ids)]])
@@ -66,6 +79,68 @@ def _box(b: np.ndarray) -> Box:
     return (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
 
 
+def _verify_and_expand(
+    query: PreparedQuery, index: TwoStageIndex, v: VerifyParams, depth: int, threads: Optional[int]
+) -> Tuple[np.ndarray, np.ndarray, Dict[int, Verification], Dict[str, float]]:
+    """The candidates (ids, BoW scores) after spatial verification of the top R and, when
+    some are verified, query expansion; the verifications by store row; timings."""
+    t0 = time.perf_counter()
+    ids, bow_scores = _candidates(query.words, query.counts, index, depth)
+    t1 = time.perf_counter()
+    geo, store = index.geometry, index.store
+    if geo is None or query.geometry is None or v.R == 0:
+        return ids, bow_scores, {}, {"bow_search": t1 - t0}
+    checks = verify_rows(query.geometry, geo, store.indices_of(ids[: v.R]), threads=threads)
+    t2 = time.perf_counter()
+    verified = [r for r in store.indices_of(ids[: v.R]) if checks[int(r)].inliers >= v.min_inliers]
+    if v.qe == 0 or not verified:
+        return ids, bow_scores, checks, {"bow_search": t1 - t0, "verify": t2 - t1}
+    best = sorted(verified, key=lambda r: -checks[int(r)].inliers)[: v.qe]  # stable: BoW order on ties
+    bags = [(query.words, query.counts)]
+    bags += [np.unique(geo.words_of(int(r)).astype(np.int64), return_counts=True) for r in best]
+    words, counts = expanded_bag(bags, np.asarray(index.bow.inverted_file.idf()))
+    first = ids
+    ids, bow_scores = _candidates(words, counts, index, depth)
+    # images verified by the first search stay candidates even if the expanded one misses them
+    missing = np.setdiff1d(store.ids[np.asarray(verified, np.int64)], ids)
+    if len(missing):
+        keep = np.isin(first, missing)
+        ids = np.concatenate([ids, first[keep]])
+        bow_scores = np.concatenate([bow_scores, np.zeros(int(keep.sum()), np.float32)])
+    t3 = time.perf_counter()
+    rows = store.indices_of(ids[: v.R])
+    new = np.array([r for r in rows if int(r) not in checks], np.int64)
+    checks.update(verify_rows(query.geometry, geo, new, threads=threads))
+    t4 = time.perf_counter()
+    return ids, bow_scores, checks, {"bow_search": t1 - t0 + t3 - t2, "verify": t2 - t1 + t4 - t3}
+
+
+def _iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
+    b = np.asarray(boxes, np.float64)
+    iw = np.clip(np.minimum(b[:, 2], box[2]) - np.maximum(b[:, 0], box[0]), 0, None)
+    ih = np.clip(np.minimum(b[:, 3], box[3]) - np.maximum(b[:, 1], box[1]), 0, None)
+    inter = iw * ih
+    union = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) + (box[2] - box[0]) * (box[3] - box[1]) - inter
+    return np.asarray(inter / np.maximum(union, 1e-12))
+
+
+def _inlier_pair(q_boxes: np.ndarray, db_boxes: np.ndarray, check: Verification) -> Optional[Tuple[Box, Box]]:
+    """The RoI pair supported by the inliers: the query RoI and the database RoI that best
+    overlap the inliers' bounding boxes (None when either side has no RoI)."""
+    if len(q_boxes) == 0 or len(db_boxes) == 0:
+        return None
+    i = int(np.argmax(_iou(q_boxes, check.query_box)))
+    j = int(np.argmax(_iou(db_boxes, check.db_box)))
+    return _box(q_boxes[i]), _box(db_boxes[j])
+
+
+def _final_order(rr: RerankResult, rows: np.ndarray, checks: Dict[int, Verification], min_inliers: int) -> np.ndarray:
+    """Verified candidates first (by inliers, then re-ranked order), then the others."""
+    inliers = np.array([checks[int(r)].inliers if int(r) in checks else 0 for r in rows[rr.order]], np.int64)
+    key = np.where(inliers >= min_inliers, inliers, 0)
+    return np.asarray(rr.order[np.lexsort((np.arange(len(key)), -key))])
+
+
 def rank(
     query: PreparedQuery,
     index: TwoStageIndex,
@@ -74,31 +149,39 @@ def rank(
     *,
     K: int,
     top: int,
+    verify: Optional[VerifyParams] = None,
     threads: Optional[int] = None,
 ) -> SearchResult:
-    """Rank ``index`` for ``query`` with ``params`` (N, n, k, mode, fusion); the query's
-    RoIs are cut to ``K`` (they are in selection order). Returns the first ``top`` hits.
-    The caller holds whatever lock keeps ``index`` still."""
+    """Rank ``index`` for ``query`` with ``params`` (N, n, k, mode, fusion) and ``verify``
+    (R, min_inliers, qe; ``None``: no verification); the query's RoIs are cut to ``K``
+    (they are in selection order). Returns the first ``top`` hits. The caller holds
+    whatever lock keeps ``index`` still."""
     if params.mode != "bow" and (query.rois is None or query.codes is None or query.global_code is None):
         raise ValueError(f"mode {params.mode!r} needs the query's RoIs: prepare_query(..., with_rois=True)")
-    t0 = time.perf_counter()
+    v = verify if verify is not None else VerifyParams(R=0, qe=0)
     q_boxes = query.boxes[:K]
-    depth = min(len(index), max(top, params.N))
+    depth = min(len(index), max(top, params.N, v.R))
     if depth == 0:
         return SearchResult([], q_boxes, np.ones(len(q_boxes), bool), params.mode, dict(query.timings))
-    ids, bow_scores = _candidates(query, index, depth)
+    ids, bow_scores, checks, timings = _verify_and_expand(query, index, v, depth, threads)
     t1 = time.perf_counter()
     store = index.store
     rows = store.indices_of(ids)
+    if params.fusion == "adaptive" and any(c.inliers >= v.min_inliers for c in checks.values()):
+        params = params.replace(fusion=VERIFIED_BOW_WEIGHT)
     rr = _rerank(query, index, nbits, rows, bow_scores, params, K, threads)
     t2 = time.perf_counter()
     hits = []
-    for position, p in enumerate(rr.order[:top]):
+    for position, p in enumerate(_final_order(rr, rows, checks, v.min_inliers)[:top]):
         row = int(rows[p])
         reranked = params.mode != "bow" and bool(np.isfinite(rr.roi_score[p]))
-        qb = db = None
+        check = checks.get(row)
+        inliers = check.inliers if check is not None else 0
+        pair = None
         if reranked and params.mode != "global" and rr.best_db[p] >= 0:
-            qb, db = _box(q_boxes[rr.best_query[p]]), _box(store.boxes[rr.best_db[p]])
+            pair = _box(q_boxes[rr.best_query[p]]), _box(store.boxes[rr.best_db[p]])
+            if check is not None and inliers >= v.min_inliers:
+                pair = _inlier_pair(q_boxes, store.rois_of(row)[1], check) or pair
         hits.append(
             Hit(
                 rank=position + 1,
@@ -107,12 +190,13 @@ def rank(
                 score=float(rr.score[p]),
                 bow_score=float(bow_scores[p]),
                 roi_score=float(rr.roi_score[p]),
-                query_box=qb,
-                db_box=db,
+                query_box=pair[0] if pair else None,
+                db_box=pair[1] if pair else None,
                 reranked=reranked,
+                inliers=inliers,
+                verified=inliers >= v.min_inliers,
             )
         )
-    timings = dict(query.timings)
-    timings.update(bow_search=t1 - t0, rerank=t2 - t1)
+    timings = {**query.timings, **timings, "rerank": t2 - t1}
     timings["total"] = sum(timings.values())
     return SearchResult(hits, q_boxes, rr.query_mask, params.mode, timings, rr.bow_weight)

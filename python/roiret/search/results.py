@@ -12,6 +12,7 @@ import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..cnn.extractor import RoIResult
+    from .geometry import FeatureGeometry
 
 __all__ = ["Hit", "PreparedQuery", "SearchResult"]
 
@@ -26,7 +27,10 @@ class Hit:
     ranked by BoW only; ``bow_score``: TF-IDF cosine; ``roi_score``: best RoI-pair
     similarity (NaN when not re-ranked); ``query_box`` / ``db_box``: the best-matching RoI
     pair, ``(x1, y1, x2, y2)`` in pixels of the query image and of the database image as
-    they were given (``None`` when not re-ranked)."""
+    they were given (``None`` when not re-ranked). ``inliers``: local features of the query
+    that spatial verification found in a consistent position in this image (0 when not
+    verified or none); ``verified``: at least ``min_inliers`` of them — verified hits rank
+    above the others, by ``inliers``."""
 
     rank: int
     id: int
@@ -37,6 +41,8 @@ class Hit:
     query_box: Optional[Tuple[float, float, float, float]]
     db_box: Optional[Tuple[float, float, float, float]]
     reranked: bool
+    inliers: int = 0
+    verified: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -97,3 +103,4 @@ class PreparedQuery:
     timings: Dict[str, float]
     codes: Optional[np.ndarray] = None  # (r, words) RoI codes as indexed
     global_code: Optional[np.ndarray] = None  # (words,) whole-image code
+    geometry: Optional["FeatureGeometry"] = None  # local features in the box, query pixels

