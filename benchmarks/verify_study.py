@@ -53,10 +53,15 @@ def _cells(rank_fn, evaluate, settings):
 def oxford(index: str, dataset: Path, settings):
     from roiret.eval import load_gnd
     from roiret.eval.table import evaluate_oxford
-    from roiret.search.retriever import Retriever
+    from roiret.search.retriever import Retriever, RetrieverConfig
 
     gt = load_gnd(dataset / "gnd.json")
     r = Retriever.load(index, progress=False)
+    # search-time settings: today's defaults, not those the index was saved with
+    d = RetrieverConfig()
+    r.config = r.config.replace(
+        **{k: getattr(d, k) for k in ("N", "n", "k", "mode", "fusion", "R", "min_inliers", "qe")}
+    )
     prepared = {}
     for p in gt.protocols:
         for q in gt.protocol(p).queries:
@@ -143,10 +148,10 @@ def _use_ransac(method_name: str):
             src, dst = query.xy[p[:, 0]].astype(np.float32), f.xy[p[:, 1]].astype(np.float32)
             thr = INLIER_THRESHOLD * float(geometry.arrays()["sides"][int(r)])
             A, mask = estimate(src, dst, method=method, ransacReprojThreshold=thr)
-            if A is None:
+            m = np.zeros(len(p), bool) if mask is None else mask.ravel().astype(bool)
+            if A is None or not m.any():
                 out[int(r)] = Verification(0, np.full((2, 3), np.nan), nan, nan)
                 continue
-            m = mask.ravel().astype(bool)
             qb = np.r_[src[m].min(0), src[m].max(0)].astype(np.float32)
             db = np.r_[dst[m].min(0), dst[m].max(0)].astype(np.float32)
             out[int(r)] = Verification(len(np.unique(p[m, 0])), A, qb, db)

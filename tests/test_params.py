@@ -10,7 +10,7 @@ import pytest
 
 import roiret
 from roiret import NotTrainedError, RoiretError
-from roiret.params import BowParams, CodeParams, RegionParams, RerankParams
+from roiret.params import BowParams, CodeParams, RegionParams, RerankParams, VerifyParams
 from roiret.search.config import RetrieverConfig
 
 # (field, bad value, part of the message) — each must be refused wherever it is given
@@ -41,8 +41,14 @@ BAD = [
     ("feature", "conv-avg", "feature must be one of"),
     ("max_side", 0, "max_side must be a positive integer"),
     ("seed", -1, "seed must be a non-negative integer"),
+    ("R", -1, "R must be a non-negative integer"),
+    ("R", 1.5, "R must be a non-negative integer"),
+    ("min_inliers", 0, "min_inliers must be a positive integer"),
+    ("qe", True, "qe must be a non-negative integer"),
 ]
-GROUP_OF = {f.name: g for g in (RegionParams, CodeParams, BowParams, RerankParams) for f in dataclasses.fields(g)}
+GROUP_OF = {
+    f.name: g for g in (RegionParams, CodeParams, BowParams, RerankParams, VerifyParams) for f in dataclasses.fields(g)
+}
 
 
 @pytest.mark.parametrize("name, value, message", BAD)
@@ -97,6 +103,7 @@ def test_groups_and_defaults():
     assert RetrieverConfig.from_dict(c.to_dict()) == c
     p = RetrieverConfig.paper()
     assert (p.whitening, p.code_bits, p.fusion) == (True, None, None)
+    assert (p.R, p.qe) == (0, 0) and c.verify == VerifyParams() and (c.R, c.min_inliers, c.qe) == (100, 5, 20)
     assert isinstance(c.regions.t_min, float) and isinstance(RegionParams(K=np.int64(7)).K, int)
 
 

@@ -64,7 +64,7 @@ DEFAULT_K = 20
 #: spatial verification and query expansion (VerifyParams), chosen in docs/RESULTS.md
 DEFAULT_R = 100
 DEFAULT_MIN_INLIERS = 5
-DEFAULT_QE = 15
+DEFAULT_QE = 20
 
 #: ``vocab_size="auto"``: one word per this many training descriptors, at most AUTO_MAX_WORDS.
 #: Measured (benchmarks/vocab_size_study.py, benchmarks/bow_map.py; BoW alone, vocabulary

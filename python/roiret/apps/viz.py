@@ -133,7 +133,8 @@ def result_strip(
             img = draw_boxes(img, [h.db_box], MAGENTA, max(2, img.shape[0] // 150))
         border = None if positives is None else (GREEN if h.id in positives else RED)
         s = h.score if reranked and h.score == h.score else h.bow_score
-        label = f"{h.rank}  {s:.2f}"  # full names and every score: the table under the strip
+        # verified hits are ranked by their inliers: show those (every score: the table under the strip)
+        label = f"{h.rank}  {h.inliers} inliers" if h.verified else f"{h.rank}  {s:.2f}"
         tiles.append(_thumb(img, height, border, label))
     return render_strip(tiles)
 
@@ -176,6 +177,7 @@ def hits_table(result: SearchResult, top: int) -> List[Dict[str, Any]]:
         {
             "rank": h.rank,
             "name": str(h.name),
+            "inliers": h.inliers,
             "score": h.score,
             "RoI similarity": h.roi_score,
             "BoW cosine": h.bow_score,
