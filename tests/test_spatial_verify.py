@@ -4,13 +4,12 @@ photo rotated, scaled, cropped and re-compressed."""
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _gil import assert_releases_gil
 from _reference import _tentative_pairs, spatial_verify_ref
 from roiret import _core, _kernels
 from roiret._kernels import VerifyResult, spatial_verify
@@ -521,23 +520,7 @@ def test_releases_the_gil(big):
     """Another Python thread makes progress while the kernel runs."""
     query, db = big
     rows = np.tile(np.arange(len(db[5])), 2)
-    inside, done, counter = threading.Event(), threading.Event(), [0]
-
-    def spin():
-        while not done.is_set():
-            if inside.is_set():
-                counter[0] += 1
-
-    t = threading.Thread(target=spin)
-    t.start()
-    try:
-        inside.set()
-        spatial_verify(*query, *db, rows, threads=1)
-        inside.clear()
-    finally:
-        done.set()
-        t.join()
-    assert counter[0] > 1000, counter[0]
+    assert_releases_gil(lambda: spatial_verify(*query, *db, rows, threads=1))
 
 
 # ---------------------------------------------------------------------------------------

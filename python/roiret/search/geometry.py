@@ -21,7 +21,7 @@ from typing import Dict, Iterable, Tuple
 import numpy as np
 
 from ..errors import IndexFormatError
-from .store import _Growable
+from .store import _Growable, check_arrays
 
 __all__ = ["FeatureGeometry", "GeometryStore", "dequantize", "quantize"]
 
@@ -194,14 +194,7 @@ class GeometryStore:
             "offsets": (np.int64, (images + 1,)),
             "sides": (np.float32, (images,)),
         }
-        for key, (dt, shape) in expect.items():
-            arr = state[key]
-            if (
-                arr.dtype != dt
-                or arr.ndim != len(shape)
-                or any(s is not None and s != t for s, t in zip(shape, arr.shape))
-            ):
-                raise bad(f"array {key!r} is {arr.dtype} {arr.shape}, expected {np.dtype(dt)} {shape}")
+        check_arrays(state, expect, bad)
         n = len(state["words"])
         off = state["offsets"]
         if off[0] != 0 or off[-1] != n or (np.diff(off) < 0).any():

@@ -12,13 +12,26 @@ from disk is memory-mapped read-only; the first change copies it into memory.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import IndexFormatError, UnknownIdError
 
 __all__ = ["RoIStore"]
+
+
+def check_arrays(
+    arrays: Dict[str, np.ndarray],
+    expect: Dict[str, Tuple[Any, Tuple[Optional[int], ...]]],
+    bad: Callable[[str], Exception],
+) -> None:
+    """Raise ``bad(message)`` unless every ``arrays[key]`` has the dtype and shape of
+    ``expect[key] = (dtype, shape)`` (``None`` in a shape: any length)."""
+    for key, (dt, shape) in expect.items():
+        arr = arrays[key]
+        if arr.dtype != dt or arr.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, arr.shape)):
+            raise bad(f"array {key!r} is {arr.dtype} {arr.shape}, expected {np.dtype(dt)} {shape}")
 
 
 class _Growable:
@@ -256,14 +269,7 @@ class RoIStore:
             "sizes": (np.int32, (n, 2)),
             "global_codes": (np.uint64, (n, words)),
         }
-        for key, (dt, shape) in expect.items():
-            arr = a[key]
-            if (
-                arr.dtype != dt
-                or arr.ndim != len(shape)
-                or any(s is not None and s != t for s, t in zip(shape, arr.shape))
-            ):
-                raise bad(f"array {key!r} is {arr.dtype} {arr.shape}, expected {np.dtype(dt)} {shape}")
+        check_arrays(a, expect, bad)
         R = len(a["codes"])
         off = a["offsets"]
         if off[0] != 0 or off[-1] != R or (np.diff(off) < 0).any():
