@@ -17,7 +17,7 @@ import pytest
 from skimage import data
 
 from roiret import IndexFormatError
-from roiret.search.expansion import expanded_bag, tfidf
+from roiret.search.expansion import expanded_bag, expanded_codes, tfidf
 from roiret.search.geometry import FeatureGeometry, GeometryStore, dequantize, quantize
 from roiret.search.retriever import Retriever
 
@@ -271,3 +271,31 @@ def test_explain_keeps_the_inlier_pair_of_verified_hits(photo_index):
     for before, after in zip(res.hits, shown.hits):
         if before.verified:
             assert (after.query_box, after.db_box) == (before.query_box, before.db_box)
+
+
+def test_expanded_codes_equal_a_direct_weighted_majority():
+    """αQE of binary codes against a direct computation on unpacked bits."""
+    from roiret._kernels import pack_codes
+
+    rng = np.random.default_rng(5)
+    nbits = 100  # a tail word
+    q = pack_codes(rng.standard_normal((4, nbits)))
+    images = [pack_codes(rng.standard_normal((n, nbits))) for n in (3, 0, 6)]
+
+    def bits(c):
+        return np.unpackbits(c.astype("<u8").view(np.uint8), axis=1, bitorder="little")[:, :nbits].astype(int)
+
+    want = []
+    for qi in bits(q):
+        acc = 2.0 * qi - 1
+        for im in images:
+            if len(im) == 0:
+                continue
+            b = bits(im)
+            sim = 1 - (b != qi).sum(1) / nbits
+            j = int(np.argmax(sim))
+            acc = acc + sim[j] ** 2.0 * (2.0 * b[j] - 1)
+        want.append(np.where(acc == 0, qi, acc > 0))
+    got = expanded_codes(q, images, nbits, alpha=2.0)
+    np.testing.assert_array_equal(bits(got), np.array(want, int))
+    np.testing.assert_array_equal(expanded_codes(q, [], nbits, 2.0), q)  # nothing to add: unchanged

@@ -2,23 +2,28 @@
 the inverted file; beyond the paper, the top R verified geometrically
 (:mod:`roiret.search.verify`) and the query expanded with the best verified results and
 searched again (:mod:`roiret.search.expansion`); the top N re-ranked with RoI codes
-(:func:`roiret.search.rerank.rerank`); verified candidates first, by inliers, then the
+(:func:`roiret.search.rerank.rerank`; with query expansion, the query's RoI and global
+codes expanded with those of the best verified images); verified candidates first, by inliers, then the
 others in re-ranked order — as :class:`~roiret.search.results.Hit` objects."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..io.images import Box
 from ..params import RerankParams, VerifyParams
-from .expansion import expanded_bag
+from .expansion import ROI_QE_ALPHA, ROI_QE_IMAGES, expanded_bag, expanded_codes
 from .index import TwoStageIndex
 from .rerank import RerankResult, rerank
 from .results import Hit, PreparedQuery, SearchResult
 from .verify import Verification, verify_rows
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .store import RoIStore
 
 __all__ = ["VERIFIED_BOW_WEIGHT", "rank"]
 
@@ -115,6 +120,18 @@ def _verify_and_expand(
     return ids, bow_scores, checks, {"bow_search": t1 - t0 + t3 - t2, "verify": t2 - t1 + t4 - t3}
 
 
+def _expand_codes(query: PreparedQuery, store: "RoIStore", rows: List[int], nbits: int) -> PreparedQuery:
+    """``query`` with its RoI and global codes expanded (αQE) with those of the verified
+    images at ``rows`` (best first, the first ``ROI_QE_IMAGES``)."""
+    if query.codes is None or query.global_code is None or not rows:
+        return query
+    rows = rows[:ROI_QE_IMAGES]
+    codes = expanded_codes(query.codes, [store.rois_of(r)[0] for r in rows], nbits, ROI_QE_ALPHA)
+    g = np.asarray(query.global_code).reshape(1, -1)
+    glob = expanded_codes(g, [store.global_codes[r : r + 1] for r in rows], nbits, ROI_QE_ALPHA)[0]
+    return dataclasses.replace(query, codes=codes, global_code=glob)
+
+
 def _iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
     b = np.asarray(boxes, np.float64)
     iw = np.clip(np.minimum(b[:, 2], box[2]) - np.maximum(b[:, 0], box[0]), 0, None)
@@ -167,9 +184,11 @@ def rank(
     t1 = time.perf_counter()
     store = index.store
     rows = store.indices_of(ids)
-    if params.fusion == "adaptive" and any(c.inliers >= v.min_inliers for c in checks.values()):
+    verified = sorted((r for r, c in checks.items() if c.inliers >= v.min_inliers), key=lambda r: -checks[r].inliers)
+    if params.fusion == "adaptive" and verified:
         params = params.replace(fusion=VERIFIED_BOW_WEIGHT)
-    rr = _rerank(query, index, nbits, rows, bow_scores, params, K, threads)
+    expanded = _expand_codes(query, store, verified, nbits) if v.qe and params.mode != "bow" else query
+    rr = _rerank(expanded, index, nbits, rows, bow_scores, params, K, threads)
     t2 = time.perf_counter()
     hits = []
     for position, p in enumerate(_final_order(rr, rows, checks, v.min_inliers)[:top]):
