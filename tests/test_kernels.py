@@ -287,6 +287,31 @@ def test_cross_match_matches_reference(level, nbits):
     assert got.query_votes.sum() == np.count_nonzero(sizes)
 
 
+@pytest.mark.parametrize("nbits", [64, 200, 256, 512, 960, 1024, 2048, 4096])
+def test_cross_match_tile_remainders(level, nbits):
+    """Every group size 1..26 (so every remainder of the register-blocked tiles: 8 vector
+    codes plus scalar ones), alone and batched, with and without many ties."""
+    rng = np.random.default_rng(nbits + 1)
+    for low_entropy in (False, True):
+        q = random_codes(rng, 7, nbits)
+        for n in range(1, 27):
+            db = random_codes(rng, n, nbits)
+            if low_entropy:
+                q &= np.uint64(5)
+                db &= np.uint64(5)
+            offsets = np.array([0, n], np.int64)
+            assert_cross_equal(roiret.cross_match(q, db, offsets, nbits), cross_match_ref(q, db, offsets, nbits))
+        sizes = rng.integers(0, 27, size=30)
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        db = random_codes(rng, int(offsets[-1]), nbits)
+        if low_entropy:
+            db &= np.uint64(5)
+        mask = rng.random(7) < 0.7
+        assert_cross_equal(
+            roiret.cross_match(q, db, offsets, nbits, mask, threads=1), cross_match_ref(q, db, offsets, nbits, mask)
+        )
+
+
 def test_cross_match_mask_and_image_subset(level):
     rng = np.random.default_rng(7)
     for nbits in (8, 256, 1000):

@@ -279,9 +279,13 @@ void cross_match(const std::uint64_t* q, std::size_t nq, const std::uint64_t* db
       const std::size_t m = re - rb;
       if (m > 0 && !active.empty()) {
         std::fill(best.begin(), best.begin() + static_cast<std::ptrdiff_t>(m), 0xFFFFFFFFu);
-        for (const std::uint32_t qi : active) {
-          K.dist_1xn(q + static_cast<std::size_t>(qi) * words, db + rb * words, m, words, tail, dist.data());
-          K.min_update(dist.data(), m, qi, best.data(), who.data());
+        if (K.cross_min) {
+          K.cross_min(q, active.data(), active.size(), db + rb * words, m, words, tail, best.data(), who.data());
+        } else {
+          for (const std::uint32_t qi : active) {
+            K.dist_1xn(q + static_cast<std::size_t>(qi) * words, db + rb * words, m, words, tail, dist.data());
+            K.min_update(dist.data(), m, qi, best.data(), who.data());
+          }
         }
       }
       for (std::size_t o = ob; o < oe; ++o) {

@@ -165,7 +165,7 @@ void min_update_avx512(const std::uint32_t* d, std::size_t n, std::uint32_t tag,
 }  // namespace
 
 const HammingKernels& kernels_avx512() {
-  static const HammingKernels k{&dist_1xn_avx512, &argmin_avx512, &min_update_avx512};
+  static const HammingKernels k{&dist_1xn_avx512, &argmin_avx512, &min_update_avx512, nullptr};
   return k;
 }
 

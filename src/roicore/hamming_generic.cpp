@@ -17,7 +17,7 @@ struct SwarPop {
 }  // namespace
 
 const HammingKernels& kernels_generic() {
-  static const HammingKernels k{&dist_1xn_scalar<SwarPop>, &argmin_scalar, &min_update_scalar};
+  static const HammingKernels k{&dist_1xn_scalar<SwarPop>, &argmin_scalar, &min_update_scalar, nullptr};
   return k;
 }
 

@@ -20,6 +20,13 @@ struct HammingKernels {
   // best[j] = d[j] and who[j] = tag (strict: an earlier tag keeps ties).
   void (*min_update)(const std::uint32_t* d, std::size_t n, std::uint32_t tag, std::uint32_t* best,
                      std::uint32_t* who);
+  // Optional (nullptr: dist_1xn + min_update per query). For db rows j < m:
+  // best[j] = min over the na active queries q + active[i] * words of the distance, who[j] =
+  // the first active query reaching it (the same as min_update over active in order from
+  // best = UINT32_MAX). na >= 1, m >= 1; best and who are written, not read.
+  void (*cross_min)(const std::uint64_t* q, const std::uint32_t* active, std::size_t na,
+                    const std::uint64_t* db, std::size_t m, std::size_t words, std::uint64_t tail,
+                    std::uint32_t* best, std::uint32_t* who);
 };
 
 const HammingKernels& kernels_generic();

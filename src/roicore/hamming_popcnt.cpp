@@ -14,7 +14,7 @@ struct HwPop {
 }  // namespace
 
 const HammingKernels& kernels_popcnt() {
-  static const HammingKernels k{&dist_1xn_scalar<HwPop>, &argmin_scalar, &min_update_scalar};
+  static const HammingKernels k{&dist_1xn_scalar<HwPop>, &argmin_scalar, &min_update_scalar, nullptr};
   return k;
 }
 
