@@ -9,15 +9,17 @@ from typing import Callable
 def assert_releases_gil(call: Callable[[], object]) -> None:
     """Another Python thread makes progress while ``call`` runs: the count it makes while the
     main thread is inside the call would stay near zero if the GIL were held."""
-    inside, done, counter = threading.Event(), threading.Event(), [0]
+    inside, done, started, counter = threading.Event(), threading.Event(), threading.Event(), [0]
 
     def spin() -> None:
+        started.set()
         while not done.is_set():
             if inside.is_set():
                 counter[0] += 1
 
     t = threading.Thread(target=spin)
     t.start()
+    started.wait()  # the other thread is running before the call starts (a loaded machine is slow to start it)
     try:
         inside.set()
         call()

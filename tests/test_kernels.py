@@ -527,7 +527,8 @@ def _big_call(name):
         offsets = np.arange(0, 20001, 20, dtype=np.int64)
         if name == "hamming_knn":
             return lambda: roiret.hamming_knn(db[:200], db, 5, threads=1)
-        return lambda: roiret.cross_match(db[:200], db, offsets, 1024, threads=1)
+        q = random_codes(rng, 4000, 1024)  # ~70 ms: long enough for the other thread to be scheduled
+        return lambda: roiret.cross_match(q, db, offsets, 1024, threads=1)
     if name == "select_rois":
         boxes, scores, sizes = random_boxes(rng, 3000, 256)
         return lambda: roiret.select_rois(boxes, scores, sizes, 20, 0.0, 3.0, 0.95, threads=1)
