@@ -165,7 +165,10 @@ def test_info_and_show(index, folder, tmp_path, capsys):
     files = json.loads((index / "manifest.json").read_text())["files"]
     fixed = sum(f["bytes"] for role, f in files.items() if role in ("vocabulary", "projection", "whitening"))
     grows = sum(f["bytes"] for f in files.values()) - fixed
-    assert f"{grows / 9:,.0f} bytes per image (RoI arrays, inverted file)" in out
+    assert f"{grows / 9:,.0f} bytes per image (RoI arrays, feature geometry, inverted file)" in out
+    m = json.loads((index / "manifest.json").read_text())
+    geometry = sum(f["bytes"] for role, f in files.items() if role.startswith("geometry."))
+    assert f"geometry of {m['features']:,} local features ({geometry / 9:,.0f} bytes per image)" in out
     assert f"+ {fixed / 1e3:.1f} kB that does not grow" in out or f"+ {fixed / 1e6:.1f} MB that does not grow" in out
     out = tmp_path / "show"
     assert (

@@ -446,7 +446,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"roiret index (format {m['format']} v{m['version']}, written by roiret {m['roiret_version']})")
     print(
         f"  images: {m['images']}, RoIs: {m['rois']}, {m['nbits']}-bit codes, {_human(sum(sizes.values()))}: "
-        f"{grows / max(1, m['images']):,.0f} bytes per image (RoI arrays, inverted file) + "
+        f"{grows / max(1, m['images']):,.0f} bytes per image (RoI arrays, feature geometry, inverted file) + "
         f"{_human(fixed)} that does not grow with the images "
         f"({', '.join(r for r in sizes if r in _FIXED_ROLES)})"
     )
@@ -459,6 +459,15 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"  codes: {'PCA-whitened, ' if c.get('whitening') else ''}"
         + (f"{c['code_bits']}-bit random projection" if c.get("code_bits") else "bit i = x_i > mean(x) (the paper's)")
     )
+    geometry = sum(v for role, v in sizes.items() if role.startswith("geometry."))
+    if m.get("features") is None:
+        print("  spatial verification: off (saved without the local features' geometry; index again to use it)")
+    else:
+        print(
+            f"  spatial verification: R={c.get('R')}, min_inliers={c.get('min_inliers')}, query expansion: "
+            f"qe={c.get('qe')}; geometry of {m['features']:,} local features "
+            f"({geometry / max(1, m['images']):,.0f} bytes per image)"
+        )
     return 0
 
 
