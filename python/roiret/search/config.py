@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Optional, Tuple, Union
 
 from ..params import (
+    DEFAULT_KMEANS_ITERATIONS,
     DEFAULT_MIN_INLIERS,
     DEFAULT_QE,
     DEFAULT_R,
@@ -96,7 +97,7 @@ class RetrieverConfig:
     local_features: str = "rootsift"
     max_keypoints: Optional[int] = 2000
     max_train_descriptors: Optional[int] = 500_000
-    kmeans_iterations: int = 10
+    kmeans_iterations: int = DEFAULT_KMEANS_ITERATIONS
     N: int = 100
     n: int = 10
     k: int = 5
