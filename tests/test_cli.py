@@ -120,11 +120,11 @@ def test_search_json_and_table(index, folder, capsys):
     assert main(["search", str(index), str(q), "--top", "3", "--weights", WEIGHTS]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:6] == ["rank", "id", "inliers", "score", "roi", "bow"] and len(table) == 4
+    assert [row.split()[0] for row in table[1:]] == ["1", "2", "3"]  # ranks as in JSON
     # verification and expansion switched off for one search: nothing is verified
     assert main(["search", str(index), str(q), "--json", "-R", "0", "--qe", "0", "--weights", WEIGHTS]) == 0
     plain = json.loads(capsys.readouterr().out)
     assert not any(h["verified"] or h["inliers"] for h in plain["hits"]) and "verify" not in plain["timings_ms"]
-    assert [row.split()[0] for row in table[1:]] == ["1", "2", "3"]  # ranks as in JSON
     # --fusion overrides the index's: none = the RoI score alone (the paper), a number = that BoW weight
     weights = {}
     for f in ("none", "0.3", "adaptive"):

@@ -238,8 +238,7 @@ def test_damaged_geometry_file_is_refused(photo_index, tmp_path):
     r, _, _ = photo_index
     r.save(tmp_path / "idx")
     m = json.loads((tmp_path / "idx" / "manifest.json").read_text())
-    name = m["files"]["geometry.words"]["name"] if "files" in m else None
-    target = next((tmp_path / "idx").glob("geometry-words*")) if name is None else tmp_path / "idx" / name
+    target = tmp_path / "idx" / m["files"]["geometry.words"]["name"]
     blob = bytearray(target.read_bytes())
     blob[-1] ^= 0xFF
     target.write_bytes(bytes(blob))

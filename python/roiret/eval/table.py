@@ -249,7 +249,8 @@ def _read_vocabulary(path: PathLike) -> "Vocabulary":
     from ..search.persist import read_manifest
 
     if Path(path).is_dir():
-        return Vocabulary.load(read_manifest(path).paths["vocabulary"])
+        # only its path is needed here: Vocabulary.load checks the file itself
+        return Vocabulary.load(read_manifest(path, verify=False).paths["vocabulary"])
     return Vocabulary.load(path)
 
 

@@ -84,6 +84,13 @@ def _box(b: np.ndarray) -> Box:
     return (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
 
 
+def _verified(checks: Dict[int, Verification], min_inliers: int) -> List[int]:
+    """The rows with at least ``min_inliers`` inliers, most inliers first (ties: the order
+    they were verified in, i.e. BoW order)."""
+    rows = [r for r, c in checks.items() if c.inliers >= min_inliers]
+    return sorted(rows, key=lambda r: -checks[r].inliers)
+
+
 def _verify_and_expand(
     query: PreparedQuery, index: TwoStageIndex, v: VerifyParams, depth: int, threads: Optional[int]
 ) -> Tuple[np.ndarray, np.ndarray, Dict[int, Verification], Dict[str, float]]:
@@ -97,10 +104,10 @@ def _verify_and_expand(
         return ids, bow_scores, {}, {"bow_search": t1 - t0}
     checks = verify_rows(query.geometry, geo, store.indices_of(ids[: v.R]), threads=threads)
     t2 = time.perf_counter()
-    verified = [r for r in store.indices_of(ids[: v.R]) if checks[int(r)].inliers >= v.min_inliers]
+    verified = _verified(checks, v.min_inliers)
     if v.qe == 0 or not verified:
         return ids, bow_scores, checks, {"bow_search": t1 - t0, "verify": t2 - t1}
-    best = sorted(verified, key=lambda r: -checks[int(r)].inliers)[: v.qe]  # stable: BoW order on ties
+    best = verified[: v.qe]
     bags = [(query.words, query.counts)]
     bags += [np.unique(geo.words_of(int(r)).astype(np.int64), return_counts=True) for r in best]
     words, counts = expanded_bag(bags, np.asarray(index.bow.inverted_file.idf()))
@@ -184,7 +191,7 @@ def rank(
     t1 = time.perf_counter()
     store = index.store
     rows = store.indices_of(ids)
-    verified = sorted((r for r, c in checks.items() if c.inliers >= v.min_inliers), key=lambda r: -checks[r].inliers)
+    verified = _verified(checks, v.min_inliers)
     if params.fusion == "adaptive" and verified:
         params = params.replace(fusion=VERIFIED_BOW_WEIGHT)
     expanded = _expand_codes(query, store, verified, nbits) if v.qe and params.mode != "bow" else query

@@ -38,8 +38,9 @@ MAX_PER_WORD = 2
 #: largest scale ratio between a correspondence and the hypothesis it supports
 SCALE_TOLERANCE = 2.0
 #: largest orientation difference (degrees) between a correspondence and its hypothesis.
-#: Measured on Oxford5k-dev (docs/RESULTS.md): without it, unrelated photos reached 11
-#: inliers and the default pipeline scored 83.5 / 67.8 / 32.4; with 30°, 3 and 85.7 / 69.2 / 35.9
+#: Measured (docs/RESULTS.md): without it, unrelated photos reached 11 inliers and Oxford5k-dev
+#: BoW + verification + expansion (qe = 15) scored 83.5 / 67.8 / 32.4; with 30°, 3 and
+#: 85.7 / 69.2 / 35.9
 ANGLE_TOLERANCE = 30.0
 #: correspondences kept per candidate (in word order)
 MAX_CORRESPONDENCES = 1000
