@@ -17,10 +17,16 @@ Groups (pytest-benchmark ``group``), each call handling one batch of 8 images of
   The fc layers have random weights here (no torchvision checkpoint offline); speed does
   not depend on the values.
 
+* ``rois-by-backbone-500``: :class:`RoIExtractor` end to end for the RoI stages compared in
+  docs/RESULTS.md ("A stronger RoI stage"): AlexNet conv-max (the paper's, the previous
+  default), EfficientNet-Lite0 conv-gem (the default), Lite2 conv-gem, VGG16 conv-gem, and
+  Lite0 at three scales.
+
 On a shared machine the two groups drift apart between tests; for the ratio, the script
 mode interleaves the two cases call by call and reports the median of the per-pair ratios::
 
     python benchmarks/bench_extraction.py --rounds 20 [--threads 1]
+    python benchmarks/bench_extraction.py --backbones --rounds 5   # the RoI stages, interleaved
 
 ``extra_info.images_per_s`` is recorded for each case. Threads: torch's default (all cores;
 set ``OMP_NUM_THREADS`` to pin). ``ROIRET_BENCH_DEVICE=cuda`` runs the same cases on a GPU
@@ -152,6 +158,61 @@ def test_fc_features(benchmark, images, backbone, feature):
     _run(benchmark, lambda: ex.extract(images), {"case": feature, "k": K})
 
 
+#: (backbone, feature, scales) of the ``rois-by-backbone-500`` group, the first the reference
+STAGES = [
+    ("alexnet", "conv-max", (1.0,)),
+    ("efficientnet-lite0", "conv-gem", (1.0,)),
+    ("efficientnet-lite2", "conv-gem", (1.0,)),
+    ("vgg16", "conv-gem", (1.0,)),
+    ("efficientnet-lite0", "conv-gem", (1.0, 0.707, 0.5)),
+]
+
+
+def _stage_extractor(backbone: str, feature: str, scales) -> RoIExtractor:
+    try:
+        bb = build_backbone(backbone, "auto", device=DEVICE)
+    except (WeightsNotFoundError, ImportError) as e:
+        pytest.skip(f"{backbone}: {e}")
+    return RoIExtractor(
+        bb, feature, scales=scales, K=K, max_side=500, batch_size=BATCH, progress=False, num_workers=0, device=DEVICE
+    )
+
+
+@pytest.mark.benchmark(group="rois-by-backbone-500")
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: f"{s[0]}-{s[1]}-x{len(s[2])}")
+def test_roi_stage(benchmark, images, stage):
+    if DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip("ROIRET_BENCH_DEVICE=cuda but no CUDA device")
+    ex = _stage_extractor(*stage)
+    _run(benchmark, lambda: ex.extract(images), {"case": "/".join(map(str, stage)), "k": K})
+
+
+def _by_backbone(rounds: int) -> None:
+    """The RoI stages of STAGES timed round-robin (the same conditions for all); ms per
+    image and the ratio to the first (AlexNet conv-max), median over rounds."""
+    import statistics
+    import time
+
+    imgs = _make_images()
+    exs = [_stage_extractor(*st) for st in STAGES]
+    times = [[] for _ in exs]
+    for ex in exs:
+        ex.extract(imgs)  # warm-up
+    for _ in range(rounds):
+        for i, ex in enumerate(exs):
+            t = time.perf_counter()
+            ex.extract(imgs)
+            times[i].append(time.perf_counter() - t)
+    print(
+        f"device={DEVICE} threads={torch.get_num_threads()}, {BATCH} images of 500x375 per call, K={K}, {rounds} rounds"
+    )
+    print("| RoI stage | ms / image | × AlexNet conv-max |\n|---|---|---|")
+    for st, ts in zip(STAGES, times):
+        ratio = statistics.median(t / r for t, r in zip(ts, times[0]))
+        name = f"{st[0]} {st[1]}" + (f", scales {', '.join(map(str, st[2]))}" if len(st[2]) > 1 else "")
+        print(f"| {name} | {1e3 * statistics.median(ts) / BATCH:.1f} | {ratio:.2f} |")
+
+
 def _interleaved(rounds: int, feature_rounds: int):
     """Trunk and trunk+regions+codes timed alternately (same conditions for both)."""
     import statistics
@@ -216,7 +277,11 @@ if __name__ == "__main__":
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--feature-rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--backbones", action="store_true", help="time the RoI stages of STAGES instead")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    _interleaved(a.rounds, a.feature_rounds)
+    if a.backbones:
+        _by_backbone(a.rounds)
+    else:
+        _interleaved(a.rounds, a.feature_rounds)

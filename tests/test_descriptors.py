@@ -74,10 +74,82 @@ def test_pool_module_and_errors():
     assert m(f, torch.zeros(0, 5)).shape == (0, 2)
     with pytest.raises(ValueError, match="mode"):
         Dm.ConvPool("mean")
+    assert "p=2.0" in repr(Dm.ConvPool("gem", 2))
     with pytest.raises(ValueError, match=r"\(R, 5\)"):
         Dm.pool_rois(f, torch.zeros(3, 4))
     with pytest.raises(ValueError, match="batch indices"):
         Dm.pool_rois(f, torch.tensor([[1.0, 0, 0, 1, 1]]))
+
+
+# ----------------------------------------------------------------------------------------
+# conv-gem: the generalised mean inside each RoI
+# ----------------------------------------------------------------------------------------
+def _naive_gem(f: np.ndarray, rois: np.ndarray, p: float) -> np.ndarray:
+    """(mean over the RoI's cells of max(x, eps)^p)^(1/p), a float64 loop (0 for an empty RoI)."""
+    B, D, H, W = f.shape
+    out = np.zeros((len(rois), D), np.float64)
+    for r, (b, x1, y1, x2, y2) in enumerate(rois):
+        b = int(b)
+        x1, y1 = max(int(round(x1)), 0), max(int(round(y1)), 0)
+        x2, y2 = min(int(round(x2)), W), min(int(round(y2)), H)
+        for d in range(D):
+            vals = [max(float(f[b, d, y, x]), Dm.GEM_EPS) ** p for y in range(y1, y2) for x in range(x1, x2)]
+            if vals:
+                out[r, d] = (sum(vals) / len(vals)) ** (1.0 / p)
+    return out
+
+
+def _relu_map(seed: int, shape=(3, 5, 7, 11)) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.relu(torch.randn(*shape, generator=g)) * 4  # post-ReLU maps, zeros included
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("p", [1.0, 2.5, 3.0, 7.0])
+def test_gem_equals_loop(device, p):
+    f, rois = _relu_map(4), _rois()
+    got = Dm.pool_rois(f.to(device), torch.from_numpy(rois).to(device), "gem", p)
+    assert got.shape == (len(rois), 5) and got.dtype == torch.float32 and got.device.type == device
+    np.testing.assert_allclose(
+        got.cpu().numpy(), _naive_gem(f.numpy().astype(np.float64), rois, p), rtol=2e-5, atol=2e-6
+    )
+    # the whole map: the same number as the whole-map RoI (row 0) and as the loop
+    glob = Dm.gem_global(f.to(device), p).cpu().numpy()
+    np.testing.assert_allclose(
+        glob, _naive_gem(f.numpy(), np.array([[b, 0, 0, 11, 7] for b in range(3)]), p), rtol=2e-5, atol=2e-6
+    )
+
+
+def test_gem_p1_is_the_average_and_large_p_tends_to_the_max():
+    f, rois = _relu_map(6) + 0.01, _rois()  # strictly positive: the eps floor plays no part
+    rt = torch.from_numpy(rois)
+    cells = np.array([max(0, min(x2, 11) - max(x1, 0)) * max(0, min(y2, 7) - max(y1, 0)) for _, x1, y1, x2, y2 in rois])
+    avg = Dm.pool_rois(f, rt, "sum").numpy() / np.maximum(cells, 1)[:, None]
+    np.testing.assert_allclose(Dm.pool_rois(f, rt, "gem", 1.0).numpy(), avg, rtol=1e-5, atol=1e-6)
+    mx = Dm.pool_rois(f, rt, "max").numpy()
+    gaps = []
+    for p in (4.0, 16.0, 64.0):
+        g = Dm.pool_rois(f, rt, "gem", p).numpy()
+        # max · (1/n)^(1/p) <= GeM <= max  (one cell holds the max, none exceeds it)
+        assert (g <= mx * (1 + 1e-5)).all()
+        assert (g >= mx * (1.0 / np.maximum(cells, 1)[:, None]) ** (1 / p) * (1 - 1e-5)).all()
+        gaps.append(float(np.abs(g - mx).max()))
+    assert gaps == sorted(gaps, reverse=True) and gaps[-1] < 0.1 * float(mx.max())
+
+
+def test_gem_large_p_does_not_overflow():
+    f = torch.full((1, 2, 3, 3), 1e4)  # (1e4)^64 would overflow float32
+    got = Dm.pool_rois(f, torch.tensor([[0.0, 0, 0, 3, 3]]), "gem", 64.0)
+    np.testing.assert_allclose(got.numpy(), 1e4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("p", [0.5, 0, -1, 65, float("nan"), float("inf"), True, "3"])
+def test_gem_p_is_checked(p):
+    f = torch.rand(1, 2, 4, 4)
+    with pytest.raises(ValueError, match="gem_p"):
+        Dm.pool_rois(f, torch.tensor([[0.0, 0, 0, 2, 2]]), "gem", p)
+    with pytest.raises(ValueError, match="gem_p"):
+        Dm.ConvPool("gem", p)
 
 
 def test_flatten_rois():

@@ -228,3 +228,99 @@ def test_small_ops_threads(kernels, alex):
         np.testing.assert_allclose(x.descriptors, y.descriptors, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="small_ops_threads"):
         _ex(alex, small_ops_threads=0)
+
+
+# ----------------------------------------------------------------------------------------
+# conv-gem and multi-scale extraction
+# ----------------------------------------------------------------------------------------
+def test_cells_at_cover_the_same_pixels():
+    from roiret.cnn.extractor import _cells_at
+
+    # hand-checked: cells x 1..5, y 3..7 at half size -> x 0..3 (ceil 2.5), y 1..4 (ceil 3.5)
+    got = _cells_at(torch.tensor([[0.0, 1, 3, 5, 7]]), 0.5, 0.5, (10, 10))
+    assert got.tolist() == [[0.0, 0, 1, 3, 4]]
+    rng = np.random.default_rng(11)
+    stride, W, H = 16, 17, 13
+    for sx, sy in [(0.5, 0.5), (0.707, 0.70), (0.3, 0.41), (1.5, 1.5)]:
+        w2, h2 = int(np.ceil(W * sx)), int(np.ceil(H * sy))
+        x1, y1 = rng.integers(0, W - 1, 50), rng.integers(0, H - 1, 50)
+        cells = np.stack([np.zeros(50), x1, y1, x1 + rng.integers(1, W - x1 + 1), y1 + rng.integers(1, H - y1 + 1)], 1)
+        out = _cells_at(torch.tensor(cells, dtype=torch.float32), sx, sy, (h2, w2)).numpy()
+        for c, o in zip(cells, out):
+            for lo, hi, olo, ohi, f, n in ((c[1], c[3], o[1], o[3], sx, w2), (c[2], c[4], o[2], o[4], sy, h2)):
+                px_lo, px_hi = lo * stride * f, hi * stride * f  # the RoI's pixels on the resized image
+                assert olo * stride <= px_lo + 1e-3 and (olo + 1) * stride > px_lo - 1e-3  # first covering cell
+                assert ohi * stride >= min(px_hi, n * stride) - 1e-3 and ohi <= n  # covers, inside the map
+                assert ohi - 1 < px_hi / stride + 1e-3 and ohi > olo  # last covering cell, never empty
+
+
+def _gem_loop(f: np.ndarray, c, p: float) -> np.ndarray:
+    x1, y1, x2, y2 = (int(v) for v in c)
+    v = np.maximum(f[:, y1:y2, x1:x2].astype(np.float64), 1e-6)
+    return (v**p).mean(axis=(1, 2)) ** (1 / p)
+
+
+def test_multiscale_gem_equals_reference(kernels, alex):
+    from roiret.cnn.backbones import images_to_tensor
+
+    img = _photos()[0]
+    one = _ex(alex, feature="conv-gem", gem_p=3.0).extract_one(img)
+    ms = _ex(alex, feature="conv-gem", gem_p=3.0, scales=(1.0, 0.5)).extract_one(img)
+    np.testing.assert_array_equal(ms.boxes, one.boxes)  # RoIs come from the scale-1 map
+    np.testing.assert_array_equal(ms.scores, one.scores)
+    x = images_to_tensor([img], alex.mean, alex.std, torch.device("cpu"))
+    H, W = x.shape[2:]
+    xs = torch.nn.functional.interpolate(x, size=(H // 2, W // 2), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        f1, f2 = alex(x)[0].numpy(), alex(xs)[0].numpy()
+
+    def unit(v):
+        return v / np.linalg.norm(v)
+
+    for box, d in zip(ms.boxes, ms.descriptors):
+        c1 = [box[0] // 16, box[1] // 16, np.ceil(box[2] / 16), np.ceil(box[3] / 16)]
+        c1 = [c1[0], c1[1], min(c1[2], f1.shape[2]), min(c1[3], f1.shape[1])]
+        # the same pixels at half size: floor of the start, ceiling of the end, in half-size cells
+        c2 = [np.floor(c1[0] / 2), np.floor(c1[1] / 2), np.ceil(c1[2] / 2), np.ceil(c1[3] / 2)]
+        want = unit(unit(_gem_loop(f1, c1, 3.0)) + unit(_gem_loop(f2, c2, 3.0)))
+        np.testing.assert_allclose(d, want, rtol=1e-4, atol=1e-5)
+    g = unit(unit(_gem_loop(f1, [0, 0, f1.shape[2], f1.shape[1]], 3)) + unit(_gem_loop(f2, [0, 0, 99, 99], 3)))
+    np.testing.assert_allclose(ms.global_descriptor, g, rtol=1e-4, atol=1e-5)
+
+
+def test_single_scale_gem_is_pooled_inside_the_boxes(kernels, alex):
+    img = _photos()[1]
+    r = _ex(alex, feature="conv-gem", gem_p=2.0).extract_one(img)
+    from roiret.cnn.backbones import images_to_tensor
+
+    with torch.no_grad():
+        f = alex(images_to_tensor([img], alex.mean, alex.std, torch.device("cpu")))[0].numpy()
+    for box, d in zip(r.boxes, r.descriptors):
+        c = [box[0] // 16, box[1] // 16, min(np.ceil(box[2] / 16), f.shape[2]), min(np.ceil(box[3] / 16), f.shape[1])]
+        want = _gem_loop(f, c, 2.0)
+        np.testing.assert_allclose(d, want / np.linalg.norm(want), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "scales, match",
+    [
+        ((0.5,), "including 1.0"),
+        ((1.0, 1), "distinct"),
+        ((1.0, 3.0), r"\(0, 2\]"),
+        ((), "non-empty"),
+        ("1", "sequence"),
+    ],
+)
+def test_bad_scales(alex, scales, match):
+    with pytest.raises(ValueError, match=match):
+        RoIExtractor(alex, "conv-gem", scales=scales)
+
+
+def test_scales_and_gem_p_checks(alex):
+    with pytest.raises(ValueError, match="only the conv"):
+        RoIExtractor(alex, "fc7", scales=(1.0, 0.5), head_weights="random")
+    with pytest.raises(ValueError, match="gem_p"):
+        RoIExtractor(alex, "conv-gem", gem_p=0.5)
+    ex = RoIExtractor(alex, "conv-gem", gem_p=4, scales=[0.5, 1])
+    assert ex.scales == (1.0, 0.5) and ex.gem_p == 4.0
+    assert "gem_p=4.0" in repr(ex) and "scales=(1.0, 0.5)" in repr(ex)

@@ -140,7 +140,9 @@ def _view(photo, angle=20.0, scale=0.7, crop=0.1, quality=75):
 @pytest.fixture(scope="module")
 def photo_index():
     photos = _photos()
-    r = Retriever(weights=WEIGHTS, vocab_size="auto", K=5, N=6, n=2, k=2, progress=False, batch_size=4, qe=2)
+    r = Retriever(
+        weights=WEIGHTS, backbone="alexnet", vocab_size="auto", K=5, N=6, n=2, k=2, progress=False, batch_size=4, qe=2
+    )
     r.train(photos)
     ids = r.add(photos, names=[f"photo-{i}" for i in range(len(photos))])
     return r, ids, photos

@@ -38,13 +38,15 @@ __all__ = [
     "VerifyParams",
     "auto_vocab_size",
     "check_fusion",
+    "check_gem_p",
+    "check_scales",
     "normalize_backbone",
 ]
 
 #: CNN backbones (:mod:`roiret.cnn.backbones` holds their strides and channels)
-BACKBONES: Tuple[str, ...] = ("alexnet", "vgg16", "efficientnet-lite0")
+BACKBONES: Tuple[str, ...] = ("alexnet", "vgg16", "efficientnet-lite0", "efficientnet-lite2")
 #: RoI descriptors (:mod:`roiret.cnn.descriptors`)
-FEATURES: Tuple[str, ...] = ("conv-max", "conv-sum", "fc7", "roialign-fc")
+FEATURES: Tuple[str, ...] = ("conv-max", "conv-sum", "conv-gem", "fc7", "roialign-fc")
 #: local features of the BoW stage (:mod:`roiret.bow.features`)
 LOCAL_FEATURES: Tuple[str, ...] = ("rootsift", "sift", "surf")
 #: base-region binarisation rules (:func:`roiret.cnn.regions.binarize`)
@@ -124,6 +126,35 @@ def normalize_backbone(name: Any) -> str:
     if not isinstance(name, str):
         raise ValueError(f"backbone must be one of {list(BACKBONES)}, got {name!r}")
     return _choice("backbone", name.lower().replace("_", "-"), BACKBONES)
+
+
+#: the largest GeM exponent (beyond it GeM is the max to float precision: use conv-max)
+MAX_GEM_P = 64.0
+
+
+def check_gem_p(p: Any) -> float:
+    """``p`` as a float if it is a number in [1, MAX_GEM_P] (GeM's exponent), else ValueError."""
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not 1 <= p <= MAX_GEM_P:
+        raise ValueError(f"gem_p must be a number in [1, {MAX_GEM_P:g}], got {p!r}")
+    return float(p)
+
+
+def check_scales(scales: Any, feature: str) -> Tuple[float, ...]:
+    """``scales`` as a tuple of floats: 1.0 first (the RoIs are found on that map), then the
+    others in the order given; each in (0, 2], no repeats. Only ``conv-*`` features pool
+    across scales (ValueError otherwise)."""
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, (list, tuple, np.ndarray)) or len(scales) == 0:
+        raise ValueError(f"scales: expected a non-empty sequence of numbers, got {scales!r}")
+    out = []
+    for v in scales:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not 0 < float(v) <= 2:
+            raise ValueError(f"scales: every scale must be a number in (0, 2], got {v!r}")
+        out.append(float(v))
+    if len(set(out)) != len(out) or 1.0 not in out:
+        raise ValueError(f"scales: expected distinct scales including 1.0 (the RoIs' map), got {list(scales)}")
+    if len(out) > 1 and not feature.startswith("conv-"):
+        raise ValueError(f"scales: only the conv-* features pool across scales, not {feature!r}")
+    return (1.0, *[v for v in out if v != 1.0])
 
 
 def check_fusion(fusion: Any) -> Fusion:

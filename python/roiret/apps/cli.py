@@ -14,7 +14,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
 
 from ..io.images import Box, SkippedImageWarning, check_box
 from ..params import BACKBONES, FEATURES, MODES
@@ -53,6 +53,26 @@ def _int_list(text: str) -> List[int]:
         return [int(x) for x in text.split(",") if x]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _scales(text: str) -> Tuple[float, ...]:
+    """--scales: comma-separated image scales, 1 among them (e.g. 1,0.707,0.5)."""
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 1,0.707,0.5, got {text!r}"
+        ) from None
+
+
+def _add_descriptor(p: argparse.ArgumentParser, d: RetrieverConfig) -> None:
+    p.add_argument("--gem-p", type=float, default=d.gem_p, help="GeM exponent p of the conv-gem RoI descriptor")
+    p.add_argument(
+        "--scales",
+        type=_scales,
+        default=d.scales,
+        help="image scales the CNN runs at (conv-* descriptors; comma-separated, 1 among them, e.g. 1,0.707,0.5)",
+    )
 
 
 def _fusion(text: str) -> Union[float, str]:
@@ -159,6 +179,7 @@ def _add_index_parser(sub: Any, d: RetrieverConfig) -> None:
     p.add_argument("-o", "--output", required=True, help="index folder to write")
     p.add_argument("--backbone", default=d.backbone, choices=BACKBONES, help="CNN trunk for the RoIs")
     p.add_argument("--feature", default=d.feature, choices=FEATURES, help="RoI descriptor")
+    _add_descriptor(p, d)
     p.add_argument("-K", type=int, default=d.K, metavar="K", help="RoIs per image (the paper's K)")
     p.add_argument(
         "--vocab-size",
@@ -227,7 +248,8 @@ def _add_eval_parser(sub: Any, d: RetrieverConfig) -> None:
     p.add_argument(
         "--variants",
         default="paper,roiret",
-        help="paper: whitened 256-bit codes, RoI score alone; roiret: the library defaults",
+        help="paper: whitened 256-bit codes, RoI score alone; roi: the library's codes, RoI score alone; "
+        "roiret: the library defaults",
     )
     p.add_argument("--Ks", type=_int_list, default=[5, 10, 15, 20], help="values of K (comma-separated)")
     p.add_argument(
@@ -240,6 +262,8 @@ def _add_eval_parser(sub: Any, d: RetrieverConfig) -> None:
     _add_reranking(p, d)
     _add_verification(p, d)
     p.add_argument("--backbone", default=d.backbone, choices=BACKBONES, help="CNN trunk for the RoIs")
+    _add_descriptor(p, d)
+    p.add_argument("--code-bits", type=int, default=d.code_bits, help="bits of the projected RoI codes")
     p.add_argument("--cache", help="folder to cache extracted features between runs")
     p.add_argument("--vocabulary", help="reuse the vocabulary of this index folder (or .npz) instead of learning one")
     p.add_argument("-o", "--output", help="also write the markdown table to this file")
@@ -288,6 +312,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     r = Retriever(
         backbone=args.backbone,
         feature=args.feature,
+        gem_p=args.gem_p,
+        scales=args.scales,
         K=args.K,
         vocab_size=args.vocab_size,
         max_keypoints=args.max_keypoints,
@@ -406,6 +432,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         min_inliers=args.min_inliers,
         qe=args.qe,
         backbone=args.backbone,
+        gem_p=args.gem_p,
+        scales=args.scales,
+        code_bits=args.code_bits,
         device=args.device,
         weights=args.weights,
         allow_download=args.allow_download,

@@ -163,8 +163,10 @@ def _build(
     progress: Optional[bool],
     weights: Optional[PathLike],
     print_fn: Callable[[str], None],
+    **config: Any,
 ) -> Tuple["Retriever", np.ndarray, float]:
-    """The demo's retriever over ``col``: (retriever, ids, indexing seconds)."""
+    """The demo's retriever over ``col``: (retriever, ids, indexing seconds). ``config``:
+    more :class:`~roiret.RetrieverConfig` settings (e.g. ``backbone``, ``feature``)."""
     from ..search.retriever import Retriever
 
     n_db = len(col.database)
@@ -180,6 +182,7 @@ def _build(
         seed=seed,
         batch_size=8,
         weights=weights,
+        **config,
     )
     t1 = time.perf_counter()
     r.train(col.database)
@@ -260,9 +263,12 @@ def run_demo(
     distractors: int = 12,
     weights: Optional[PathLike] = "auto",
     print_fn: Callable[[str], None] = print,
+    **config: Any,
 ) -> Dict[str, float]:
     """Build, index and query the demo collection; print mAP per mode; write
-    ``<out>/index.html`` (and one PNG per query). Returns {mode: mAP}."""
+    ``<out>/index.html`` (and one PNG per query). Returns {mode: mAP}. ``config``: more
+    :class:`~roiret.RetrieverConfig` settings than the demo's (e.g. ``backbone``, ``feature``,
+    ``scales``: ``benchmarks/roi_stage_study.py`` compares RoI stages this way)."""
     from .viz import write_html
 
     t0 = time.perf_counter()
@@ -271,7 +277,7 @@ def run_demo(
         f"collection: {len(col.database)} scenes, {len(col.queries)} query objects "
         f"(built from scikit-image's photos in {time.perf_counter() - t0:.1f} s)"
     )
-    r, ids, t_index = _build(col, K, seed, device, progress, weights, print_fn)
+    r, ids, t_index = _build(col, K, seed, device, progress, weights, print_fn, **config)
     # (label, mode, fusion): the paper's re-ranking uses the RoI score alone (fusion 0)
     modes: Dict[str, Tuple[str, str, Fusion]] = {
         "bow": ("BoW only (first stage)", "bow", None),

@@ -9,6 +9,9 @@ feature        dim    how
 ============== ====== ==============================================================
 ``conv-max``   D      max of the feature map inside the RoI (no extra forward pass)
 ``conv-sum``   D      sum of the feature map inside the RoI (integral image)
+``conv-gem``   D      generalised mean (GeM, Radenović et al.) of the feature map inside
+                      the RoI: ``(mean x^p)^(1/p)``; p = 1 is the average, large p tends
+                      to the max
 ``fc7``        4096   crop the RoI from the image, resize to 224², AlexNet/VGG16 → fc7;
                       all crops of a batch go through the network together
 ``roialign-fc`` 4096  RoIAlign on conv5 → pool5 size → fc6/fc7 (one trunk pass)
@@ -21,13 +24,13 @@ pixel ``i`` covers ``[i, i+1)``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, cast
+from typing import TYPE_CHECKING, Optional, Tuple, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..params import FEATURES
+from ..params import FEATURES, check_gem_p
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backbones import Backbone, FCHead
@@ -40,6 +43,7 @@ __all__ = [
     "crop_rois",
     "fc7_from_crops",
     "flatten_rois",
+    "gem_global",
     "pool_rois",
     "roialign_fc",
 ]
@@ -72,20 +76,47 @@ def flatten_rois(boxes: torch.Tensor, valid: Optional[torch.Tensor] = None) -> t
 
 
 # ----------------------------------------------------------------------------------------
-# conv-max / conv-sum
+# conv-max / conv-sum / conv-gem
 # ----------------------------------------------------------------------------------------
-def pool_rois(fmap: torch.Tensor, rois: torch.Tensor, mode: str = "max") -> torch.Tensor:
-    """Max- or sum-pool ``fmap`` ``(B, D, H, W)`` inside each RoI (feature cells, rounded
-    to whole cells, ``x2``/``y2`` exclusive, clipped to the map). Returns ``(R, D)``
+#: pooling modes of :func:`pool_rois`
+POOL_MODES = ("max", "sum", "gem")
+#: GeM's floor on activations (as in Radenović et al.'s code): x^p of a zero stays finite
+GEM_EPS = 1e-6
+
+
+def _gem_powers(f: torch.Tensor, p: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``((f / m)^p, m)`` with ``m`` the per-image, per-channel maximum of the map (at least
+    GEM_EPS). The powers are float64 in [0, 1]: a large ``p`` can neither overflow nor
+    (for cells above ~1e-4 of their channel's maximum, at p = 64) underflow."""
+    x = f.clamp(min=GEM_EPS)
+    m = x.amax(dim=(2, 3), keepdim=True)
+    return (x.double() / m.double()).pow(p), m
+
+
+def gem_global(fmap: torch.Tensor, p: float = 3.0) -> torch.Tensor:
+    """GeM of the whole map ``(B, D, H, W)`` → ``(B, D)``: ``(mean over cells of x^p)^(1/p)``
+    (activations floored at GEM_EPS)."""
+    p = check_gem_p(p)
+    w, m = _gem_powers(fmap.float(), p)
+    return (w.mean(dim=(2, 3)).pow(1.0 / p) * m[:, :, 0, 0]).float()
+
+
+def pool_rois(fmap: torch.Tensor, rois: torch.Tensor, mode: str = "max", p: float = 3.0) -> torch.Tensor:
+    """Max-, sum- or GeM-pool ``fmap`` ``(B, D, H, W)`` inside each RoI (feature cells,
+    rounded to whole cells, ``x2``/``y2`` exclusive, clipped to the map). Returns ``(R, D)``
     float32. An RoI with no cell inside the map pools to zeros.
 
     ``max`` answers range-maximum queries from a sparse table over the rows (log2 H
     levels of pairwise maxima; two lookups give the max over any row range) and then masks
     the columns; ``sum`` contracts the map with 0/1 row and column masks (two small
-    matrix products per image). Both are vectorised over the RoIs and run on any device.
+    matrix products per image); ``gem`` (exponent ``p``) is the box sum of ``x^p`` divided
+    by the box's cell count, to the power ``1/p`` (activations floored at GEM_EPS). All are
+    vectorised over the RoIs and run on any device.
     """
-    if mode not in ("max", "sum"):
-        raise ValueError(f"mode must be 'max' or 'sum', got {mode!r}")
+    if mode not in POOL_MODES:
+        raise ValueError(f"mode must be one of {list(POOL_MODES)}, got {mode!r}")
+    if mode == "gem":
+        p = check_gem_p(p)
     if fmap.dim() != 4:
         raise ValueError(f"fmap: expected (B, D, H, W), got {tuple(fmap.shape)}")
     _check_rois(rois, fmap.shape[0])
@@ -103,6 +134,10 @@ def pool_rois(fmap: torch.Tensor, rois: torch.Tensor, mode: str = "max") -> torc
     empty = (x2 <= x1) | (y2 <= y1)
     if mode == "sum":
         out = _box_sums(f, b, x1, y1, x2, y2)
+    elif mode == "gem":
+        w, m = _gem_powers(f, p)
+        cells = ((x2 - x1) * (y2 - y1)).clamp(min=1).to(w.dtype).unsqueeze(1)
+        out = ((_box_sums(w, b, x1, y1, x2, y2) / cells).clamp(min=0).pow(1.0 / p) * m[b, :, 0, 0]).float()
     else:
         out = _range_max(f, b, x1, y1, x2, y2)
     return out.masked_fill(empty.unsqueeze(1), 0.0)
@@ -157,19 +192,19 @@ def _range_max(
 
 
 class ConvPool(nn.Module):
-    """``conv-max`` / ``conv-sum`` as a module: ``forward(fmap, rois) -> (R, D)``."""
+    """``conv-max`` / ``conv-sum`` / ``conv-gem`` as a module: ``forward(fmap, rois) -> (R, D)``."""
 
-    def __init__(self, mode: str = "max"):
+    def __init__(self, mode: str = "max", p: float = 3.0):
         super().__init__()
-        if mode not in ("max", "sum"):
-            raise ValueError(f"mode must be 'max' or 'sum', got {mode!r}")
-        self.mode = mode
+        if mode not in POOL_MODES:
+            raise ValueError(f"mode must be one of {list(POOL_MODES)}, got {mode!r}")
+        self.mode, self.p = mode, check_gem_p(p)
 
     def forward(self, fmap: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-        return pool_rois(fmap, rois, self.mode)
+        return pool_rois(fmap, rois, self.mode, self.p)
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}"
+        return f"mode={self.mode!r}" + (f", p={self.p}" if self.mode == "gem" else "")
 
 
 # ----------------------------------------------------------------------------------------

@@ -43,9 +43,11 @@ from ..params import (
     DEFAULT_THRESHOLD,
     DEFAULT_THRESHOLD_MODE,
     RegionParams,
+    check_gem_p,
+    check_scales,
 )
 from .backbones import Backbone, FCHead, build_backbone, build_fc_head, images_to_tensor, resolve_device
-from .descriptors import FEATURES, CropFC7, RoIAlignFC, flatten_rois, pool_rois
+from .descriptors import FEATURES, CropFC7, RoIAlignFC, flatten_rois, gem_global, pool_rois
 from .regions import RoIDetector, RoIs
 from .whitening import PCAWhitening, l2_normalize
 
@@ -158,6 +160,7 @@ def _check_options(
 ) -> None:
     if feature not in FEATURES:
         raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
+
     for name, v in (
         ("batch_size", batch_size),
         ("chunk_size", chunk_size),
@@ -172,6 +175,19 @@ def _check_options(
         raise TypeError(f"whitening: expected a PCAWhitening or None, got {type(whitening).__name__}")
 
 
+def _cells_at(cells: torch.Tensor, sx: float, sy: float, size: Tuple[int, int]) -> torch.Tensor:
+    """RoI rows ``(R, 5)`` in whole cells of the scale-1 map → the cells covering the same
+    pixels on a map whose image was resized by ``(sx, sy)``: floor of the start, ceiling of
+    the (exclusive) end, at least one cell, clipped to that map's ``size`` (H', W')."""
+    h, w = size
+    out = cells.clone()
+    for col, f, n in ((1, sx, w), (2, sy, h)):
+        lo = torch.floor(cells[:, col] * f + 1e-4).clamp(0, n - 1)
+        hi = torch.ceil(cells[:, col + 2] * f - 1e-4).clamp(max=n)
+        out[:, col], out[:, col + 2] = lo, torch.maximum(hi, lo + 1)
+    return out
+
+
 class RoIExtractor:
     """Images → per-image RoIs, descriptors and binary codes.
 
@@ -180,8 +196,16 @@ class RoIExtractor:
     backbone:
         ``"alexnet"``, ``"vgg16"``, ``"efficientnet-lite0"``, or a built :class:`Backbone`.
     feature:
-        ``"conv-max"``, ``"conv-sum"``, ``"fc7"`` (crop + resize to ``crop_size``² + fc7,
-        the paper's best) or ``"roialign-fc"`` (RoIAlign on conv5 + fc6/fc7).
+        ``"conv-max"``, ``"conv-sum"``, ``"conv-gem"`` (generalised mean with exponent
+        ``gem_p``), ``"fc7"`` (crop + resize to ``crop_size``² + fc7, the paper's best) or
+        ``"roialign-fc"`` (RoIAlign on conv5 + fc6/fc7).
+    gem_p:
+        GeM's exponent p for ``conv-gem`` (1: average, large: max).
+    scales:
+        Image scales the trunk runs at (``conv-*`` features): the RoIs are found on the map
+        of scale 1.0 and pooled on every scale's map (the same pixels); the descriptor is
+        the sum of the L2-normalised descriptors of all scales. ``(1.0,)``: one scale.
+        Each extra scale costs one more trunk pass (about ``s²`` of the first).
     K, t_min, t_rate, t_iou:
         The paper's K, T_min, T_rate, T_IOU (see :mod:`roiret.cnn.regions`).
     threshold_mode, threshold:
@@ -249,8 +273,12 @@ class RoIExtractor:
         progress: Optional[bool] = None,
         num_workers: int = 2,
         small_ops_threads: Optional[int] = 1,
+        gem_p: float = 3.0,
+        scales: Sequence[float] = (1.0,),
     ):
         _check_options(feature, batch_size, chunk_size, crop_size, crop_chunk, max_side, whitening)
+        self.gem_p = check_gem_p(gem_p)
+        self.scales = check_scales(scales, feature)
         self.device = resolve_device(device)
         if isinstance(backbone, Backbone):
             self.backbone = backbone.to(self.device).eval()
@@ -311,8 +339,11 @@ class RoIExtractor:
         return self.detector.K
 
     def __repr__(self) -> str:
+        extra = (f", gem_p={self.gem_p}" if self.feature == "conv-gem" else "") + (
+            f", scales={self.scales}" if len(self.scales) > 1 else ""
+        )
         return (
-            f"RoIExtractor(backbone={self.backbone.name!r}, feature={self.feature!r}, "
+            f"RoIExtractor(backbone={self.backbone.name!r}, feature={self.feature!r}{extra}, "
             f"{self.detector.extra_repr()}, max_side={self.max_side}, dim={self.dim}, "
             f"whitening={self.whitening!r}, device={str(self.device)!r})"
         )
@@ -365,13 +396,8 @@ class RoIExtractor:
         with self._small_ops():
             rois: RoIs = self.detector(fmap, sizes)
         full_px = torch.tensor([[b, 0.0, 0.0, W, H] for b in range(B)], dtype=torch.float32, device=self.device)
-        if self.feature in ("conv-max", "conv-sum"):
-            mode = self.feature[5:]
-            with self._small_ops():
-                desc = pool_rois(fmap, flatten_rois(rois.cells, rois.valid), mode)
-                glob = None
-                if self.with_global:  # the whole map: a plain reduction
-                    glob = fmap.amax(dim=(2, 3)) if mode == "max" else fmap.sum(dim=(2, 3))
+        if self.feature.startswith("conv-"):
+            desc, glob = self._pool_scales(x, fmap, flatten_rois(rois.cells, rois.valid))
         elif self.feature == "fc7":
             flat = flatten_rois(rois.boxes, rois.valid)
             crop_fc = cast(CropFC7, self._fc)  # set in __init__ for this feature
@@ -389,6 +415,38 @@ class RoIExtractor:
             else:
                 desc, glob = align_fc(fmap, flat), None
         return rois, desc, glob, tuple(fmap.shape[2:])
+
+    def _pool(self, fmap: torch.Tensor, cells: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """conv-* descriptors of the RoIs ``cells`` on ``fmap`` and of the whole map."""
+        mode = self.feature[5:]
+        with self._small_ops():
+            desc = pool_rois(fmap, cells, mode, self.gem_p)
+            glob = None
+            if self.with_global:  # the whole map: a plain reduction
+                if mode == "gem":
+                    glob = gem_global(fmap, self.gem_p)
+                else:
+                    glob = fmap.amax(dim=(2, 3)) if mode == "max" else fmap.sum(dim=(2, 3))
+        return desc, glob
+
+    def _pool_scales(
+        self, x: torch.Tensor, fmap: torch.Tensor, cells: torch.Tensor
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """:meth:`_pool` on the scale-1 map ``fmap`` of ``x``, and with more ``scales`` the sum
+        of the L2-normalised descriptors of every scale (the same pixels on each map)."""
+        desc, glob = self._pool(fmap, cells)
+        if len(self.scales) == 1:
+            return desc, glob
+        desc, glob = l2_normalize(desc), None if glob is None else l2_normalize(glob)
+        H, W = x.shape[2:]
+        for s in self.scales[1:]:
+            h, w = max(self._min_side, round(H * s)), max(self._min_side, round(W * s))
+            xs = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+            fs = self.trunk(xs)
+            d, g = self._pool(fs, _cells_at(cells, w / W, h / H, (fs.shape[2], fs.shape[3])))
+            desc = desc + l2_normalize(d)
+            glob = None if glob is None or g is None else glob + l2_normalize(g)
+        return desc, glob
 
     def _finish(self, desc: torch.Tensor) -> np.ndarray:
         if self.whitening is not None:

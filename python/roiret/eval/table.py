@@ -14,9 +14,11 @@ evaluated:
 * **exhaustive**: every query RoI against every candidate, at the largest K.
 
 Variants: ``paper`` — :meth:`RetrieverConfig.paper` (PCA-whitened descriptors binarised
-against their mean, the RoI score alone); ``roiret`` — the library's defaults (no
-whitening, 512 projected bits, query-adaptive fusion of the standardised BoW and RoI
-scores).
+against their mean, the RoI score alone); ``roi`` — the library's codes (512 projected
+bits), the RoI score alone on the BoW top N (no verification, expansion or fusion: the RoI
+stage's own strength); ``roiret`` — the library's defaults (spatial verification, query
+expansion, query-adaptive fusion of the BoW and RoI scores). Variants that differ only in
+search-time settings share one index (and one cache folder).
 
 mAP follows :mod:`roiret.eval.metrics` (classic: good + ok positive, junk ignored; revisited:
 Medium and Hard). Rankings are restricted to each protocol's database; the query is the
@@ -55,6 +57,7 @@ SEARCH_TIME = {"N": 0, "n": 0, "k": 0, "fusion": None, "mode": "fast", "R": 0, "
 #: configuration overrides of each variant (see the module docstring)
 VARIANTS: Dict[str, Dict[str, Any]] = {
     "paper": {"whitening": True, "code_bits": None, "fusion": None, "R": 0, "qe": 0},
+    "roi": {"fusion": None, "R": 0, "qe": 0},
     "roiret": {},
 }
 
@@ -235,12 +238,13 @@ def _speed(
     }
 
 
-def _cache_path(cache: Optional[str], dataset: str, feat: str, variant: str, config: RetrieverConfig) -> Optional[Path]:
-    """Where the index of ``config`` is cached (the key leaves out search-time settings)."""
+def _cache_path(cache: Optional[str], dataset: str, feat: str, config: RetrieverConfig) -> Optional[Path]:
+    """Where the index of ``config`` is cached (the key leaves out search-time settings, so
+    variants that differ only in those share it)."""
     if not cache:
         return None
     key = hashlib.sha256(json.dumps({**config.to_dict(), **SEARCH_TIME}, sort_keys=True).encode()).hexdigest()[:10]
-    return Path(cache) / f"{dataset}-{feat}-{variant}-{key}"
+    return Path(cache) / f"{dataset}-{config.backbone}-{feat}-{key}"
 
 
 def _read_vocabulary(path: PathLike) -> "Vocabulary":
@@ -269,6 +273,9 @@ def oxford_table(
     min_inliers: int = DEFAULT_MIN_INLIERS,
     qe: int = DEFAULT_QE,
     backbone: str = "alexnet",
+    gem_p: float = 3.0,
+    scales: Sequence[float] = (1.0,),
+    code_bits: Optional[int] = 512,
     device: str = "cpu",
     weights: Optional[PathLike] = "auto",
     allow_download: bool = False,
@@ -297,13 +304,12 @@ def oxford_table(
     Ks = sorted(int(x) for x in Ks)
     protocols = [p for p in ("classic", "revisited") if p in gt.protocols]
     verify = {"R": R, "min_inliers": min_inliers, "qe": qe}
-    base = dict(backbone=backbone, K=max(Ks), max_keypoints=max_keypoints, N=N, n=n, k=k, seed=seed, **verify)
+    cnn = dict(backbone=backbone, gem_p=gem_p, scales=tuple(scales), code_bits=code_bits)
+    base = dict(cnn, K=max(Ks), max_keypoints=max_keypoints, N=N, n=n, k=k, seed=seed, **verify)
     voc = _read_vocabulary(vocabulary) if vocabulary is not None else None
     if voc is not None:
         vocab_size = voc.size
-    settings: Dict[str, object] = dict(
-        backbone=backbone, vocab_size=vocab_size, max_keypoints=max_keypoints, N=N, n=n, k=k, **verify
-    )
+    settings: Dict[str, object] = dict(cnn, vocab_size=vocab_size, max_keypoints=max_keypoints, N=N, n=n, k=k, **verify)
     settings.update(images=len(stems), seed=seed)
     queries = [(p, q) for p in protocols for q in gt.protocol(p).queries]
     opts = {"device": device, "weights": weights, "allow_download": allow_download, "progress": progress}
@@ -313,7 +319,7 @@ def oxford_table(
         for feat in features:
             name = f"{feat} ({variant})"
             config = RetrieverConfig(**{**base, "vocab_size": vocab_size, "feature": feat, **VARIANTS[variant]})
-            cpath = _cache_path(cache, root.name, feat, variant, config)
+            cpath = _cache_path(cache, root.name, feat, config)
             r, index_rate = _build_or_load(config, paths, stems, cpath, voc, name, opts, print_fn)
             voc = r.bow.vocabulary
             dims[name] = r.nbits

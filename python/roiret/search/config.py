@@ -26,6 +26,8 @@ from ..params import (
     RegionParams,
     RerankParams,
     VerifyParams,
+    check_gem_p,
+    check_scales,
     normalize_backbone,
     positive_int,
 )
@@ -38,8 +40,10 @@ class RetrieverConfig:
     """Parameters of a :class:`~roiret.Retriever`, with the paper's names; immutable
     (:meth:`replace` makes a changed copy, validated again).
 
-    CNN RoIs: ``backbone`` (``"alexnet"``, ``"vgg16"``, ``"efficientnet-lite0"``),
-    ``feature`` (``"conv-max"``, ``"conv-sum"``, ``"fc7"``, ``"roialign-fc"``), and the
+    CNN RoIs: ``backbone`` (``"alexnet"``, ``"vgg16"``, ``"efficientnet-lite0"``,
+    ``"efficientnet-lite2"``), ``feature`` (``"conv-max"``, ``"conv-sum"``, ``"conv-gem"``
+    with exponent ``gem_p``, ``"fc7"``, ``"roialign-fc"``), ``scales`` the trunk runs at
+    (``conv-*``: RoIs found at scale 1, pooled at every scale and summed), and the
     :class:`~roiret.params.RegionParams`: ``K`` RoIs per image, ``t_min`` (T_min),
     ``t_rate`` (T_rate), ``t_iou`` (T_iou), ``threshold_mode`` / ``threshold`` (``None``:
     the measured defaults).
@@ -84,6 +88,8 @@ class RetrieverConfig:
 
     backbone: str = "alexnet"
     feature: str = "conv-max"
+    gem_p: float = 3.0
+    scales: Tuple[float, ...] = (1.0,)
     K: int = 20
     t_min: Optional[float] = None
     t_rate: Optional[float] = None
@@ -122,6 +128,8 @@ class RetrieverConfig:
         put("backbone", normalize_backbone(self.backbone))
         if self.feature not in FEATURES:
             raise ValueError(f"feature must be one of {list(FEATURES)}, got {self.feature!r}")
+        put("gem_p", check_gem_p(self.gem_p))
+        put("scales", check_scales(self.scales, self.feature))  # a manifest's list comes back a tuple
         regions = RegionParams(
             self.K,
             DEFAULT_T_MIN if self.t_min is None else self.t_min,
@@ -171,10 +179,12 @@ class RetrieverConfig:
     # -- construction ----------------------------------------------------------------------
     @classmethod
     def paper(cls, **overrides: Any) -> "RetrieverConfig":
-        """The paper's pipeline: PCA-whitened descriptors binarised against their mean
-        (as many bits as dimensions), top N re-ranked by the best RoI-pair similarity
-        alone; no spatial verification or query expansion."""
-        return cls(**{"whitening": True, "code_bits": None, "fusion": None, "R": 0, "qe": 0, **overrides})
+        """The paper's pipeline: AlexNet conv5 max-pooled in each RoI, PCA-whitened
+        descriptors binarised against their mean (as many bits as dimensions), top N
+        re-ranked by the best RoI-pair similarity alone; no spatial verification or query
+        expansion."""
+        paper = {"backbone": "alexnet", "feature": "conv-max", "whitening": True, "code_bits": None}
+        return cls(**{**paper, "fusion": None, "R": 0, "qe": 0, **overrides})
 
     def replace(self, **changes: Any) -> "RetrieverConfig":
         """A copy with ``changes`` applied (unknown keys: ValueError; validated again)."""

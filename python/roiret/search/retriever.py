@@ -127,6 +127,8 @@ class Retriever:
             self._extractor = RoIExtractor(
                 c.backbone,
                 c.feature,
+                gem_p=c.gem_p,
+                scales=c.scales,
                 regions=c.regions,
                 max_side=c.max_side,
                 device=self.device,
