@@ -451,6 +451,41 @@ py::tuple ivf_search(const InvertedFile& self, const py::object& words_obj, cons
   return py::make_tuple(oi, os);
 }
 
+py::tuple ivf_search_exact(const InvertedFile& self, const py::object& words_obj, const py::object& counts_obj,
+                           long long top, int threads) {
+  if (top < 1) throw py::value_error("top must be >= 1, got " + std::to_string(top));
+  auto qa = query_arrays(words_obj, counts_obj);
+  std::vector<std::int64_t> ids;
+  std::vector<float> scores;
+  std::vector<double> exact;
+  const std::int64_t* pw = qa.first.data();
+  const float* pc = qa.second.data();
+  const auto m = static_cast<std::size_t>(qa.first.shape(0));
+  {
+    py::gil_scoped_release nogil;
+    self.search(pw, pc, m, static_cast<std::size_t>(top), ids, scores, threads, &exact);
+  }
+  py::array_t<std::int64_t> oi(ids.size());
+  py::array_t<double> os(exact.size());
+  std::copy(ids.begin(), ids.end(), oi.mutable_data());
+  std::copy(exact.begin(), exact.end(), os.mutable_data());
+  return py::make_tuple(oi, os);
+}
+
+void ivf_set_collection_stats(InvertedFile& self, long long n_docs, const py::object& df_obj) {
+  if (n_docs < 0) throw py::value_error("n_docs must be >= 0, got " + std::to_string(n_docs));
+  auto df = as_int64(df_obj, "df");
+  const auto n = static_cast<std::size_t>(df.shape(0));
+  std::vector<std::uint64_t> d(n);
+  const std::int64_t* p = df.data();
+  for (std::size_t i = 0; i < n; ++i) {
+    if (p[i] < 0) throw py::value_error("df[" + std::to_string(i) + "] is negative");
+    d[i] = static_cast<std::uint64_t>(p[i]);
+  }
+  py::gil_scoped_release nogil;
+  self.set_collection_stats(static_cast<std::uint64_t>(n_docs), d.data(), n);
+}
+
 py::tuple ivf_search_batch(const InvertedFile& self, const py::object& offsets_obj, const py::object& words_obj,
                            const py::object& counts_obj, long long top, int threads) {
   if (top < 1) throw py::value_error("top must be >= 1, got " + std::to_string(top));
@@ -593,6 +628,24 @@ weights finite and >= 0. Everything is checked before anything changes (ValueErr
 by descending score; ties, and images sharing no word with the query (score 0), in
 insertion order. A large search (>= 2**20 postings scanned) splits the images over up to
 `threads` threads (0: roiret.get_num_threads()); results are identical for every count.)doc")
+      .def("search_exact", &ivf_search_exact, py::arg("words"), py::arg("counts") = py::none(), py::arg("top") = 100,
+           py::arg("threads") = 0,
+           R"doc(search(), with the scores in double precision (float64): the key the results
+are ordered by (descending; ties in insertion order). Merging the results of several
+inverted files that share collection statistics by (exact score, file order, position)
+reproduces the order of one file holding all their images.)doc")
+      .def("set_collection_stats", &ivf_set_collection_stats, py::arg("n_docs"), py::arg("df"),
+           R"doc(Score with the statistics of a whole collection split over several inverted
+files (shards): idf_t = ln(n_docs / df[t]) and the image norms computed with it, so each
+image scores bit for bit as in one file holding the collection. df: vocab_size counts, each
+at least this file's own and at most n_docs; n_docs >= len(self) (ValueError otherwise).
+Not saved; add() and remove() clear them (set them again after a change).)doc")
+      .def("clear_collection_stats", &InvertedFile::clear_collection_stats,
+           "Back to this file's own statistics (idf from its own images).")
+      .def_property_readonly("has_collection_stats", &InvertedFile::has_collection_stats,
+                             "True while statistics set by set_collection_stats() are in use.")
+      .def_property_readonly("stats_documents", &InvertedFile::stats_documents,
+                             "The N of the idf: the collection's when set, else len(self).")
       .def("search_batch", &ivf_search_batch, py::arg("offsets"), py::arg("words"), py::arg("counts") = py::none(),
            py::arg("top") = 100, py::arg("threads") = 0,
            R"doc(Many queries in CSR form, searched in parallel -> (ids (nq, top), scores (nq, top)),

@@ -1,5 +1,5 @@
 """The package layout of docs/ARCHITECTURE.md, checked on the source: imports point down
-(apps → eval → search → cnn / bow → io → params / errors), the CLI's choices are the
+(apps → eval / distributed → search → cnn / bow → io → params / errors), the CLI's choices are the
 library's constants, and the command line starts without torch."""
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ ALLOWED = {
     "bow": {"io", "params", "errors", "_kernels"},
     "search": {"cnn", "bow", "io", "params", "errors", "_kernels", "root"},
     "eval": {"search", "cnn", "bow", "io", "params", "errors", "_kernels"},
-    "apps": {"eval", "search", "cnn", "bow", "io", "params", "errors", "_kernels", "root"},
+    "distributed": {"search", "cnn", "bow", "io", "params", "errors", "_kernels", "root"},
+    "apps": {"distributed", "eval", "search", "cnn", "bow", "io", "params", "errors", "_kernels", "root"},
 }
 
 

@@ -501,3 +501,59 @@ def test_threaded_search_is_bit_identical_and_matches_scipy():
     b_ids, b_scores = ivf.search_batch(np.array([0, vocab]), q, None, top=100, threads=4)
     s_ids, s_scores = ivf.search(q, None, top=100, threads=1)
     assert np.array_equal(b_ids[0], s_ids) and np.array_equal(b_scores[0], s_scores)
+
+
+def test_collection_stats_make_shards_score_like_one_file():
+    """Shards with the collection's N and df (set_collection_stats) score every document bit
+    for bit as one inverted file holding them all; search_exact's float64 scores merge the
+    shards' lists into exactly that file's order (ties in insertion order); a change clears
+    the statistics; bad statistics are refused."""
+    rng = np.random.default_rng(7)
+    V, n = 60, 300
+    offsets, words, counts = random_bags(rng, n, V, mean_words=6)
+    ids = np.arange(n, dtype=np.int64)
+    whole = InvertedFile(V)
+    whole.add(ids, offsets, words, counts)
+    cuts = [0, 90, 200, n]
+    shards = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        f = InvertedFile(V)
+        f.add(
+            ids[a:b], offsets[a : b + 1] - offsets[a], words[offsets[a] : offsets[b]], counts[offsets[a] : offsets[b]]
+        )
+        shards.append(f)
+    df = sum(np.asarray(f.document_frequencies(), np.int64) for f in shards)
+    assert np.array_equal(df, whole.document_frequencies())
+    for f in shards:
+        assert not f.has_collection_stats and f.stats_documents == len(f)
+        f.set_collection_stats(n, df)
+        assert f.has_collection_stats and f.stats_documents == n
+        assert np.array_equal(f.idf(), whole.idf())
+    for q in [words[:5], np.array([0, 1]), rng.integers(0, V, 30)]:
+        c = np.ones(len(q), np.float32)
+        want_ids, want = whole.search_exact(q, c, top=n)
+        assert np.array_equal(whole.search(q, c, top=n)[1], want.astype(np.float32))
+        parts = [f.search_exact(q, c, top=n) for f in shards]
+        got_ids = np.concatenate([p[0] for p in parts])
+        got = np.concatenate([p[1] for p in parts])
+        key = np.lexsort(
+            (
+                np.concatenate([np.arange(len(p[0])) for p in parts]),
+                np.repeat([0, 1, 2], [len(p[0]) for p in parts]),
+                -got,
+            )
+        )
+        assert np.array_equal(got_ids[key], want_ids) and got[key].tobytes() == want.tobytes()
+    with pytest.raises(ValueError, match="df: expected 60 values"):
+        shards[0].set_collection_stats(n, df[:-1])
+    with pytest.raises(ValueError, match="smaller than this file's 90 images"):
+        shards[0].set_collection_stats(10, df)
+    with pytest.raises(ValueError, match="smaller than this file's own"):
+        shards[0].set_collection_stats(n, np.zeros(V, np.int64))
+    with pytest.raises(ValueError, match="negative"):
+        shards[0].set_collection_stats(n, -np.ones(V, np.int64))
+    assert shards[0].has_collection_stats  # refused calls change nothing
+    shards[1].add(np.array([10_000]), np.array([0, 2]), np.array([1, 2]), np.ones(2, np.float32))
+    assert not shards[1].has_collection_stats and shards[1].stats_documents == 111
+    shards[2].clear_collection_stats()
+    assert not shards[2].has_collection_stats and shards[2].stats_documents == 100

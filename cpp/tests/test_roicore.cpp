@@ -2,6 +2,7 @@
 // SIMD level this CPU supports, the inverted file and its file format. Built with
 // -DROIRET_BUILD_TESTS=ON; CI also runs it under AddressSanitizer + UBSan
 // (-DROIRET_SANITIZE=ON).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -9,9 +10,11 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <random>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "roicore/checksum.h"
@@ -583,6 +586,83 @@ void test_edge_cases(std::mt19937_64& rng) {
 
 }  // namespace
 
+// Shards with the collection's statistics: every document scores bit for bit as in one
+// inverted file holding the whole collection, and merging the shards' top lists by (exact
+// score desc, shard, position) gives exactly the single file's order — ties included.
+void test_collection_stats(std::mt19937_64& rng) {
+  const std::size_t V = 40, N = 90, S = 3;
+  std::vector<std::int64_t> off(N + 1, 0), words;
+  std::vector<float> counts;
+  for (std::size_t d = 0; d < N; ++d) {
+    const std::size_t len = d % 11 == 0 ? 2 : 1 + rng() % 6;  // a few short bags: many ties
+    for (std::size_t t = 0; t < len; ++t) {
+      words.push_back(static_cast<std::int64_t>(d % 11 == 0 ? t : rng() % V));
+      counts.push_back(1.0f + static_cast<float>(rng() % 2));
+    }
+    off[d + 1] = static_cast<std::int64_t>(words.size());
+  }
+  auto add_range = [&](roicore::InvertedFile& f, std::size_t b, std::size_t e) {
+    std::vector<std::int64_t> ids, o;
+    for (std::size_t d = b; d < e; ++d) ids.push_back(static_cast<std::int64_t>(d));
+    for (std::size_t d = b; d <= e; ++d) o.push_back(off[d] - off[b]);
+    f.add(ids.data(), e - b, o.data(), words.data() + off[b], counts.data() + off[b],
+          static_cast<std::size_t>(off[e] - off[b]));
+  };
+  roicore::InvertedFile whole(V);
+  add_range(whole, 0, N);
+  std::vector<std::unique_ptr<roicore::InvertedFile>> shards;
+  std::vector<std::uint64_t> df(V, 0);
+  for (std::size_t s = 0; s < S; ++s) {
+    shards.push_back(std::make_unique<roicore::InvertedFile>(V));
+    add_range(*shards.back(), N * s / S, N * (s + 1) / S);
+    const auto own = shards.back()->document_frequencies();
+    for (std::size_t w = 0; w < V; ++w) df[w] += own[w];
+  }
+  CHECK(!shards[0]->has_collection_stats() && shards[0]->stats_documents() == N / S);
+  for (auto& sh : shards) sh->set_collection_stats(N, df.data(), V);
+  CHECK(shards[1]->has_collection_stats() && shards[1]->stats_documents() == N);
+  CHECK(shards[2]->idf() == whole.idf());
+  bool same = true;
+  for (std::size_t q = 0; q < N; q += 5) {
+    const auto* w = &words[static_cast<std::size_t>(off[q])];
+    const auto* c = &counts[static_cast<std::size_t>(off[q])];
+    const auto m = static_cast<std::size_t>(off[q + 1] - off[q]);
+    std::vector<std::int64_t> ids1;
+    std::vector<float> sc1;
+    std::vector<double> ex1;
+    whole.search(w, c, m, N, ids1, sc1, 1, &ex1);
+    std::vector<std::tuple<double, std::size_t, std::size_t, std::int64_t, float>> merged;
+    for (std::size_t s = 0; s < S; ++s) {
+      std::vector<std::int64_t> ids;
+      std::vector<float> sc;
+      std::vector<double> ex;
+      shards[s]->search(w, c, m, N, ids, sc, 1, &ex);
+      for (std::size_t i = 0; i < ids.size(); ++i) merged.emplace_back(-ex[i], s, i, ids[i], sc[i]);
+    }
+    std::sort(merged.begin(), merged.end());
+    for (std::size_t i = 0; i < N; ++i) {
+      same &= std::get<3>(merged[i]) == ids1[i] && std::get<4>(merged[i]) == sc1[i];
+      same &= -std::get<0>(merged[i]) == ex1[i] && static_cast<float>(ex1[i]) == sc1[i];
+    }
+  }
+  CHECK(same);
+  // refused: wrong length, N below the shard's size, df below the shard's own, df above N
+  CHECK(throws<roicore::InvalidArgument>([&] { shards[0]->set_collection_stats(N, df.data(), V - 1); }));
+  CHECK(throws<roicore::InvalidArgument>([&] { shards[0]->set_collection_stats(N / S - 1, df.data(), V); }));
+  std::vector<std::uint64_t> low(V, 0), high(V, N + 1);
+  CHECK(throws<roicore::InvalidArgument>([&] { shards[0]->set_collection_stats(N, low.data(), V); }));
+  CHECK(throws<roicore::InvalidArgument>([&] { shards[0]->set_collection_stats(N, high.data(), V); }));
+  CHECK(shards[0]->has_collection_stats());  // a refused call changes nothing
+  // a change clears them (the shard's share moved); clear_collection_stats goes back too
+  const std::int64_t gone = 0;
+  shards[0]->remove(&gone, 1);
+  CHECK(!shards[0]->has_collection_stats() && shards[0]->stats_documents() == N / S - 1);
+  shards[1]->clear_collection_stats();
+  roicore::InvertedFile alone(V);
+  add_range(alone, N / S, 2 * N / S);
+  CHECK(!shards[1]->has_collection_stats() && shards[1]->idf() == alone.idf());
+}
+
 int main() {
   std::mt19937_64 rng(12345);
   for (const auto level : roicore::supported_simd_levels()) {
@@ -598,6 +678,7 @@ int main() {
   test_spatial_verify_threads(rng);
   test_crc();
   test_inverted_file(rng);
+  test_collection_stats(rng);
   test_edge_cases(rng);
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;

@@ -216,7 +216,11 @@ void InvertedFile::add(const std::int64_t* ids, std::size_t n, const std::int64_
     }
   }
   inv_norm_.resize(ids_.size(), 0.0);
-  if (n > 0) dirty_ = true;
+  if (n > 0) {
+    dirty_ = true;
+    external_stats_ = false;  // this shard's share changed: the owner sets them again
+    std::vector<std::uint64_t>().swap(ext_df_);
+  }
 }
 
 void InvertedFile::merge_pending() {
@@ -247,10 +251,11 @@ void InvertedFile::merge_pending() {
 
 void InvertedFile::refresh_weights() {
   const std::size_t N = ids_.size();
+  const double n_idf = static_cast<double>(external_stats_ ? ext_docs_ : N);
   idf_.assign(vocab_size_, 0.0);
   for (std::size_t w = 0; w < vocab_size_; ++w) {
-    const std::uint64_t df = word_offsets_[w + 1] - word_offsets_[w];
-    idf_[w] = df > 0 ? std::log(static_cast<double>(N) / static_cast<double>(df)) : 0.0;
+    const std::uint64_t df = external_stats_ ? ext_df_[w] : word_offsets_[w + 1] - word_offsets_[w];
+    idf_[w] = df > 0 ? std::log(n_idf / static_cast<double>(df)) : 0.0;
   }
   std::vector<double> norm2(N, 0.0);
   for (std::size_t w = 0; w < vocab_size_; ++w) {
@@ -296,6 +301,8 @@ std::size_t InvertedFile::remove(const std::int64_t* ids, std::size_t n) {
     }
   }
   if (removed == 0) return 0;
+  external_stats_ = false;  // this shard's share changed: the owner sets them again
+  std::vector<std::uint64_t>().swap(ext_df_);
   merge_pending();
   // New, order-preserving document numbering.
   std::vector<std::uint32_t> renum(ids_.size());
@@ -492,7 +499,7 @@ std::size_t best_in_range(const float* acc, const double* inv_norm, std::size_t 
 // the query: score 0, in insertion order. Returns the number of results written.
 std::size_t write_results(std::vector<std::vector<ScoredDoc>>& heaps, std::size_t n_touched, const float* acc,
                           const std::int64_t* ids, std::size_t N, std::size_t top, std::int64_t* out_ids,
-                          float* out_scores) {
+                          float* out_scores, double* out_exact) {
   std::vector<ScoredDoc>& best = heaps[0];
   for (std::size_t t = 1; t < heaps.size(); ++t) best.insert(best.end(), heaps[t].begin(), heaps[t].end());
   std::sort(best.begin(), best.end(), better);
@@ -501,6 +508,7 @@ std::size_t write_results(std::vector<std::vector<ScoredDoc>>& heaps, std::size_
   for (const auto& c : best) {
     out_ids[n_out] = ids[c.second];
     out_scores[n_out] = static_cast<float>(c.first);
+    if (out_exact != nullptr) out_exact[n_out] = c.first;
     ++n_out;
   }
   if (n_out < top && n_touched < N) {
@@ -508,6 +516,7 @@ std::size_t write_results(std::vector<std::vector<ScoredDoc>>& heaps, std::size_
       if (acc[d] == 0.0f) {
         out_ids[n_out] = ids[d];
         out_scores[n_out] = 0.0f;
+        if (out_exact != nullptr) out_exact[n_out] = 0.0;
         ++n_out;
       }
     }
@@ -518,7 +527,7 @@ std::size_t write_results(std::vector<std::vector<ScoredDoc>>& heaps, std::size_
 
 void InvertedFile::search_one(const std::int64_t* words, const float* counts, std::size_t m,
                               std::size_t top_n, std::int64_t* out_ids, float* out_scores,
-                              std::size_t& n_out, int threads) const {
+                              std::size_t& n_out, int threads, double* out_exact) const {
   // Caller holds the shared lock on merged state and has validated words / counts.
   const std::size_t N = ids_.size();
   std::size_t scanned = 0;
@@ -552,7 +561,7 @@ void InvertedFile::search_one(const std::int64_t* words, const float* counts, st
   });
   std::size_t n_touched = 0;
   for (std::size_t t : touched) n_touched += t;
-  n_out = write_results(heaps, n_touched, a, ids_.data(), N, top, out_ids, out_scores);
+  n_out = write_results(heaps, n_touched, a, ids_.data(), N, top, out_ids, out_scores, out_exact);
 }
 
 namespace {
@@ -570,16 +579,20 @@ void validate_query(const std::int64_t* words, const float* counts, std::size_t 
 }  // namespace
 
 void InvertedFile::search(const std::int64_t* words, const float* counts, std::size_t m, std::size_t top_n,
-                          std::vector<std::int64_t>& out_ids, std::vector<float>& out_scores, int threads) const {
+                          std::vector<std::int64_t>& out_ids, std::vector<float>& out_scores, int threads,
+                          std::vector<double>* exact_scores) const {
   validate_query(words, counts, m, vocab_size_, "");
   with_ready([&] {
     const std::size_t top = std::min(top_n, ids_.size());
     out_ids.resize(top);
     out_scores.resize(top);
+    if (exact_scores != nullptr) exact_scores->resize(top);
     std::size_t n_out = 0;
-    search_one(words, counts, m, top_n, out_ids.data(), out_scores.data(), n_out, resolve_threads(threads));
+    search_one(words, counts, m, top_n, out_ids.data(), out_scores.data(), n_out, resolve_threads(threads),
+               exact_scores != nullptr ? exact_scores->data() : nullptr);
     out_ids.resize(n_out);
     out_scores.resize(n_out);
+    if (exact_scores != nullptr) exact_scores->resize(n_out);
   });
 }
 
@@ -628,6 +641,7 @@ std::size_t InvertedFile::memory_bytes() const {
   return word_offsets_.back() * sizeof(Posting) + word_offsets_.capacity() * sizeof(std::uint64_t) +
          idf_.capacity() * sizeof(double) + ids_.capacity() * sizeof(std::int64_t) +
          inv_norm_.capacity() * sizeof(double) + pending_.capacity() * sizeof(Pending) +
+         ext_df_.capacity() * sizeof(std::uint64_t) +
          id_index_.size() * (sizeof(std::int64_t) + sizeof(std::uint32_t) + 2 * sizeof(void*)) +
          id_index_.bucket_count() * sizeof(void*);
 }
@@ -656,6 +670,47 @@ std::vector<double> InvertedFile::idf() const {
   std::vector<double> out;
   with_ready([&] { out = idf_; });
   return out;
+}
+
+void InvertedFile::set_collection_stats(std::uint64_t n_docs, const std::uint64_t* df, std::size_t n) {
+  if (n != vocab_size_)
+    throw InvalidArgument("df: expected " + str(vocab_size_) + " values (one per word), got " + str(n));
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  if (dirty_) merge_pending();
+  if (n_docs < ids_.size())
+    throw InvalidArgument("n_docs = " + std::to_string(n_docs) + " is smaller than this file's " + str(ids_.size()) +
+                          " images");
+  for (std::size_t w = 0; w < vocab_size_; ++w) {
+    const std::uint64_t own = word_offsets_[w + 1] - word_offsets_[w];
+    if (df[w] > n_docs)
+      throw InvalidArgument("df[" + str(w) + "] = " + std::to_string(df[w]) + " exceeds n_docs = " +
+                            std::to_string(n_docs));
+    if (df[w] < own)
+      throw InvalidArgument("df[" + str(w) + "] = " + std::to_string(df[w]) + " is smaller than this file's own " +
+                            std::to_string(own) + " images with that word");
+  }
+  ext_df_.assign(df, df + n);
+  ext_docs_ = n_docs;
+  external_stats_ = true;
+  refresh_weights();
+}
+
+void InvertedFile::clear_collection_stats() {
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  if (!external_stats_) return;
+  external_stats_ = false;
+  std::vector<std::uint64_t>().swap(ext_df_);
+  dirty_ = true;  // weights from this file's own statistics before the next search
+}
+
+bool InvertedFile::has_collection_stats() const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  return external_stats_;
+}
+
+std::uint64_t InvertedFile::stats_documents() const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  return external_stats_ ? ext_docs_ : ids_.size();
 }
 
 // ------------------------------------------------------------------------------------

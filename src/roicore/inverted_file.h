@@ -72,8 +72,11 @@ class InvertedFile {
   // threads (<= 0: the default): a search scanning at least kParallelSearchPostings
   // postings splits the documents over up to that many threads (at least
   // kParallelSearchDocs each); ids and scores are bit-identical for every thread count.
+  // exact_scores (optional): the same scores in double precision, the key the results are
+  // ordered by — what a merge of several files' results needs to reproduce that order.
   void search(const std::int64_t* words, const float* counts, std::size_t m, std::size_t top_n,
-              std::vector<std::int64_t>& out_ids, std::vector<float>& out_scores, int threads = 1) const;
+              std::vector<std::int64_t>& out_ids, std::vector<float>& out_scores, int threads = 1,
+              std::vector<double>* exact_scores = nullptr) const;
 
   // nq queries in CSR form (qoffsets: nq + 1 values over words/counts). out_ids, out_scores:
   // nq * top_n, padded with -1 / -inf when the index holds fewer than top_n documents.
@@ -90,6 +93,20 @@ class InvertedFile {
   std::vector<std::int64_t> ids() const;                       // insertion order
   std::vector<std::uint32_t> document_frequencies() const;     // df_t, vocab_size values
   std::vector<double> idf() const;                             // idf_t, vocab_size values
+
+  // Collection statistics set from outside, for one shard of a collection split over several
+  // inverted files: with them, idf_t = ln(n_docs / df_t) uses the collection's n_docs and
+  // df (vocab_size values) instead of this file's own, and so do the document norms — each
+  // document then scores bit for bit as in one file holding the whole collection (same
+  // query, same term order). Checked: df.size() == vocab_size, n_docs >= size(), and
+  // df_t >= this file's own df_t (InvalidArgument otherwise; nothing changes). Not saved.
+  // add() and remove() clear them (the shard's share changed; the owner sets them again),
+  // so they can never silently go stale.
+  void set_collection_stats(std::uint64_t n_docs, const std::uint64_t* df, std::size_t n);
+  void clear_collection_stats();
+  bool has_collection_stats() const;
+  // The N and df the weights use now: the collection's when set, else this file's own.
+  std::uint64_t stats_documents() const;
 
   // Versioned binary file (little-endian):
   //   header (64 bytes): magic "ROIRIVF\0", u32 version, u32 header size (64),
@@ -117,7 +134,8 @@ class InvertedFile {
   template <class Fn>
   void with_ready(Fn&& fn) const;            // runs fn under a shared lock on merged state
   void search_one(const std::int64_t* words, const float* counts, std::size_t m, std::size_t top_n,
-                  std::int64_t* out_ids, float* out_scores, std::size_t& n_out, int threads) const;
+                  std::int64_t* out_ids, float* out_scores, std::size_t& n_out, int threads,
+                  double* out_exact = nullptr) const;
   void reserve_postings(std::size_t n);
 
   std::size_t vocab_size_;
@@ -130,6 +148,9 @@ class InvertedFile {
   mutable std::vector<double> idf_;               // vocab_size
   mutable std::vector<double> inv_norm_;          // per document
   bool dirty_ = false;                            // pending additions or stale idf / norms
+  bool external_stats_ = false;                   // idf from set_collection_stats
+  std::uint64_t ext_docs_ = 0;                    // the collection's N (external_stats_)
+  std::vector<std::uint64_t> ext_df_;             // the collection's df (external_stats_)
   mutable std::shared_mutex mu_;
 };
 

@@ -8,13 +8,14 @@ terminal; ``--progress``/``--no-progress`` to force). Errors are reported in one
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..io.images import Box, SkippedImageWarning, check_box
 from ..params import BACKBONES, FEATURES, MODES
@@ -208,8 +209,25 @@ def _add_index_parser(sub: Any, d: RetrieverConfig) -> None:
         default="skip",
         help="unreadable images: skip them (and report them at the end) or stop",
     )
+    g = p.add_argument_group("distributed indexing (docs/SCALING.md)")
+    g.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process; ray: shards built by Ray tasks (pip install roiret[ray])",
+    )
+    g.add_argument("--address", help="Ray cluster to use: auto, ray://host:10001 (default: start a local one)")
+    g.add_argument("--shards", type=int, help="shards to build (default: one per task slot of the cluster)")
+    g.add_argument("--workers", type=int, help="shard tasks running at once (default: as many as the cluster fits)")
+    g.add_argument("--cpus-per-worker", type=int, default=1, help="CPU cores each shard task asks Ray for")
     _add_weights(p)
     _add_common(p)
+    for action in p._actions:  # cpu here; with --engine ray, a GPU per task when the cluster has them
+        if action.dest == "device":
+            action.default = None
+            action.help = (
+                "CNN device: cpu, cuda, cuda:N (default: cpu; --engine ray: a GPU per task if the cluster has any)"
+            )
 
 
 def _add_query_parsers(sub: Any) -> None:
@@ -304,11 +322,63 @@ def _load(args: argparse.Namespace) -> Retriever:
     )
 
 
+def _config_args(args: argparse.Namespace) -> Dict[str, Any]:
+    """The RetrieverConfig fields given to ``roiret index``."""
+    names = ("backbone", "feature", "gem_p", "scales", "K", "vocab_size", "max_keypoints", "N", "n", "k", "max_side")
+    given = {n: getattr(args, n) for n in names if hasattr(args, n)}
+    return {**given, "fusion": args.fusion, "R": args.R, "min_inliers": args.min_inliers, "qe": args.qe}
+
+
+def _report_skipped(n: int, output: str, failed: Sequence[Any]) -> None:
+    print(
+        f"indexed {n} images into {output}" + (f"; {len(failed)} skipped:" if failed else ""),
+        file=sys.stderr,
+    )
+    for _, name, msg in failed:
+        print(f"  {name}: {msg}", file=sys.stderr)
+
+
+def _index_on_ray(args: argparse.Namespace, images: List[str]) -> int:
+    try:
+        from .. import distributed
+    except ImportError as e:  # pragma: no cover - the package itself imports no ray
+        raise RuntimeError(f"--engine ray: {e}") from None
+    if importlib.util.find_spec("ray") is None:
+        raise RuntimeError("--engine ray needs Ray: pip install 'roiret[ray]'")
+    report = distributed.index(
+        images,
+        args.output,
+        shards=args.shards,
+        address=args.address,
+        workers=args.workers,
+        num_cpus=args.cpus_per_worker,
+        train_max=args.train_max,
+        device=args.device or "auto",
+        weights=args.weights,
+        batch_size=args.batch_size,
+        progress=args.progress,
+        **_config_args(args),
+    )
+    print(
+        f"{report.shards} shards ({len(report.built)} built, {len(report.kept)} kept from an earlier run) "
+        f"in {report.seconds:.1f} s (training {report.train_seconds:.1f} s)",
+        file=sys.stderr,
+    )
+    _report_skipped(report.indexed, args.output, report.failures)
+    return 0
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from ..search.retriever import Retriever
 
     images = collect_images(args.source)
     print(f"{len(images)} images from {args.source}", file=sys.stderr)
+    if args.engine == "ray":
+        if args.on_error != "skip":
+            raise ValueError("--engine ray skips unreadable images (and lists them); --on-error raise is local only")
+        return _index_on_ray(args, images)
+    if args.shards is not None or args.address is not None or args.workers is not None:
+        raise ValueError("--shards, --address and --workers need --engine ray")
     r = Retriever(
         backbone=args.backbone,
         feature=args.feature,
@@ -325,7 +395,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         R=args.R,
         min_inliers=args.min_inliers,
         qe=args.qe,
-        device=args.device,
+        device=args.device or "cpu",
         weights=args.weights,
         allow_download=args.allow_download,
         batch_size=args.batch_size,
@@ -337,13 +407,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         r.train(images, max_images=args.train_max)
         ids = r.add(images, on_error=args.on_error)
     r.save(args.output)
-    failed = r.last_failures
-    print(
-        f"indexed {len(ids)} images into {args.output}" + (f"; {len(failed)} skipped:" if failed else ""),
-        file=sys.stderr,
-    )
-    for _, name, msg in failed:
-        print(f"  {name}: {msg}", file=sys.stderr)
+    _report_skipped(len(ids), args.output, r.last_failures)
     return 0
 
 
@@ -463,13 +527,54 @@ def _human(n: int) -> str:
 _FIXED_ROLES = ("vocabulary", "whitening", "projection")
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    from ..search import persist
+def _part_sizes(sizes: Dict[str, int], images: int) -> str:
+    """Bytes per image of each part that grows with the images."""
+    parts = {"RoI arrays": "rois.", "feature geometry": "geometry.", "inverted file": "inverted_file"}
+    per = {name: sum(v for r, v in sizes.items() if r.startswith(prefix)) for name, prefix in parts.items()}
+    return ", ".join(f"{name} {v / max(1, images):,.0f}" for name, v in per.items())
 
-    saved = persist.read_manifest(args.index, verify=False)
-    m = {**saved.fields, "version": saved.version}
+
+def _sharded_info(folder: str) -> Tuple[Dict[str, Any], Dict[str, int]]:
+    """(the first shard's manifest fields with the collection's counts, bytes by role summed
+    over the shards — the fixed files counted once), after a summary line of the shards."""
+    from ..search import persist, sharded
+
+    top, entries = sharded.read_sharded_manifest(folder)
+    sizes: Dict[str, int] = {}
+    m: Dict[str, Any] = {}
+    for e in entries:
+        saved = persist.read_manifest(top.folder / e.name, verify=False)
+        for role, p in saved.paths.items():
+            if role not in _FIXED_ROLES or not m:
+                sizes[role] = sizes.get(role, 0) + p.stat().st_size
+        if not m:
+            m = {**saved.fields, "version": saved.version, "images": 0, "rois": 0, "features": 0}
+        m["images"] += saved.fields["images"]
+        m["rois"] += saved.fields["rois"]
+        m["features"] = (
+            None
+            if saved.fields.get("features") is None or m["features"] is None
+            else m["features"] + saved.fields["features"]
+        )
+    counts = [e.images for e in entries]
+    print(
+        f"roiret sharded index (format {top.fields['format']} v{top.version}): {len(entries)} shards of "
+        f"{min(counts)}-{max(counts)} images, {len(top.fields.get('failures', []))} images skipped when built; "
+        "each shard is an ordinary index folder (its own copy of the vocabulary):"
+    )
+    return m, sizes
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ..search import persist, sharded
+
+    if sharded.is_sharded(args.index):
+        m, sizes = _sharded_info(args.index)
+    else:
+        saved = persist.read_manifest(args.index, verify=False)
+        m = {**saved.fields, "version": saved.version}
+        sizes = {role: p.stat().st_size for role, p in saved.paths.items()}
     c = m["config"]
-    sizes = {role: p.stat().st_size for role, p in saved.paths.items()}
     fixed = sum(v for role, v in sizes.items() if role in _FIXED_ROLES)
     grows = sum(sizes.values()) - fixed
     print(f"roiret index (format {m['format']} v{m['version']}, written by roiret {m['roiret_version']})")
@@ -479,6 +584,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"{_human(fixed)} that does not grow with the images "
         f"({', '.join(r for r in sizes if r in _FIXED_ROLES)})"
     )
+    print(f"  bytes per image: {_part_sizes(sizes, m['images'])}")
     print(f"  {c['backbone']} {c['feature']}, K={c['K']}, T_min={c['t_min']}, T_rate={c['t_rate']}, T_iou={c['t_iou']}")
     print(
         f"  BoW: {c['vocab_size']} words ({m['local_features']['kind']}); re-ranking: N={c['N']}, n={c['n']}, "

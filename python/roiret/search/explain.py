@@ -12,12 +12,15 @@ Scores and rankings are unchanged; only what is drawn."""
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple, Union
 
 import numpy as np
 
 from .results import Hit, PreparedQuery
 from .store import RoIStore
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .sharded import ShardedStore
 
 __all__ = ["DEFAULT_TOLERANCE", "explain_hits", "explaining_pair"]
 
@@ -59,7 +62,12 @@ def explaining_pair(
 
 
 def explain_hits(
-    hits: List[Hit], query: PreparedQuery, store: RoIStore, nbits: int, K: int, tolerance: float = DEFAULT_TOLERANCE
+    hits: List[Hit],
+    query: PreparedQuery,
+    store: Union[RoIStore, "ShardedStore"],
+    nbits: int,
+    K: int,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> List[Hit]:
     """Copies of ``hits`` whose ``query_box`` / ``db_box`` are the explaining pair (hits
     without a pair are returned as they are). ``K``: the query RoIs the ranking used."""

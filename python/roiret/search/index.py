@@ -1,10 +1,17 @@
 """The two-stage index: the BoW inverted file and the RoI store of the same images, kept in
-step (an image is in both or in neither)."""
+step (an image is in both or in neither).
+
+What :func:`roiret.search.ranking.rank` needs of a collection of images is a small set of
+methods on it (BoW search, rows of ids, spatial verification of rows, cross-matching of
+rows, per-row accessors): :class:`TwoStageIndex` implements them on its own arrays, and
+:class:`roiret.search.sharded.ShardedIndex` by fanning out to its shards and merging —
+rows there are positions in the shards' concatenated insertion order, never a
+concatenated array."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -13,8 +20,15 @@ from ..bow.index import as_ids
 from ..errors import IndexFormatError
 from .geometry import FeatureGeometry, GeometryStore
 from .store import RoIStore
+from .verify import Verification, verify_rows
 
-__all__ = ["IndexedImage", "TwoStageIndex"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .._kernels import CrossMatchResult
+
+__all__ = ["IndexedImage", "RowsLike", "TwoStageIndex"]
+
+#: rows of images: a sequence or 1-D array of integers
+RowsLike = Union[Sequence[int], np.ndarray]
 
 
 @dataclass
@@ -69,6 +83,106 @@ class TwoStageIndex:
             raise IndexFormatError(
                 f"{where}: the feature geometry holds {len(self.geometry)} images, the RoI arrays {len(self.store)}"
             )
+
+    # -- what ranking reads (the same methods on a ShardedIndex) ---------------------------
+    @property
+    def has_geometry(self) -> bool:
+        """Whether the local features' geometry is kept (spatial verification possible)."""
+        return self.geometry is not None
+
+    @property
+    def code_words(self) -> int:
+        """uint64 words per RoI code."""
+        return self.store.words
+
+    def search_bow(self, words: np.ndarray, counts: np.ndarray, top: int) -> Tuple[np.ndarray, np.ndarray]:
+        """The BoW top ``top`` (ids int64, scores float32) for an encoded query."""
+        ids, scores = self.bow.search_bag(words, counts, top=top)
+        return ids, scores
+
+    def idf(self) -> np.ndarray:
+        """The idf of every visual word (the collection's)."""
+        return np.asarray(self.bow.inverted_file.idf())
+
+    # -- what a ShardedIndex reads of each shard (a remote shard proxy implements the same) --
+    @property
+    def num_rois(self) -> int:
+        return self.store.num_rois
+
+    def search_bow_exact(self, words: np.ndarray, counts: np.ndarray, top: int) -> Tuple[np.ndarray, np.ndarray]:
+        """The BoW top ``top`` (ids, float64 exact scores): ``InvertedFile.search_exact``."""
+        ids, exact = self.bow.inverted_file.search_exact(words, counts, int(top))
+        return np.asarray(ids, np.int64), np.asarray(exact, np.float64)
+
+    def document_frequencies(self) -> np.ndarray:
+        """This index's own df of every word."""
+        return np.asarray(self.bow.inverted_file.document_frequencies(), np.int64)
+
+    def set_collection_stats(self, n_docs: int, df: np.ndarray) -> None:
+        """Score with a collection's N and df (``InvertedFile.set_collection_stats``)."""
+        self.bow.inverted_file.set_collection_stats(int(n_docs), df)
+
+    def rois_of(self, row: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.store.rois_of(int(row))
+
+    def all_names(self) -> List[str]:
+        return list(self.store.names)
+
+    def rows_of(self, ids: Iterable[int]) -> np.ndarray:
+        """Rows (int64) of image ids (KeyError naming the first unknown id)."""
+        return self.store.indices_of(ids)
+
+    def ids_at(self, rows: np.ndarray) -> np.ndarray:
+        """The ids of the images at ``rows``."""
+        return np.asarray(self.store.ids[np.asarray(rows, np.int64)])
+
+    def names_of(self, rows: RowsLike) -> List[str]:
+        names = self.store.names
+        return [names[int(r)] for r in rows]
+
+    def words_of_rows(self, rows: RowsLike) -> List[np.ndarray]:
+        """The visual word of each local feature of the images at ``rows``."""
+        assert self.geometry is not None
+        return [self.geometry.words_of(int(r)) for r in rows]
+
+    def codes_of_rows(self, rows: RowsLike) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """(RoI codes, whole-image code of shape (1, words)) of the images at ``rows``."""
+        s = self.store
+        return [(s.rois_of(int(r))[0], np.asarray(s.global_codes[int(r) : int(r) + 1])) for r in rows]
+
+    def roi_boxes_of(self, rows: RowsLike) -> List[np.ndarray]:
+        """The RoI boxes of the images at ``rows``."""
+        return [self.store.rois_of(int(r))[1] for r in rows]
+
+    def roi_boxes_at(self, roi_rows: np.ndarray) -> np.ndarray:
+        """The boxes of RoIs by their rows in the RoI arrays (a cross-match's ``best_db``)."""
+        return np.asarray(self.store.boxes[np.asarray(roi_rows, np.int64)]).reshape(-1, 4)
+
+    def verify(self, query: FeatureGeometry, rows: np.ndarray, threads: Optional[int]) -> Dict[int, Verification]:
+        """Spatial verification of the images at ``rows`` (by row, in the order of ``rows``)."""
+        assert self.geometry is not None
+        return verify_rows(query, self.geometry, rows, threads=threads)
+
+    def cross_match(
+        self,
+        q: np.ndarray,
+        nbits: int,
+        mask: Optional[np.ndarray],
+        rows: np.ndarray,
+        *,
+        whole_image: bool = False,
+        threads: Optional[int] = None,
+    ) -> "CrossMatchResult":
+        """:func:`roiret.cross_match` of ``q`` with the RoIs (``whole_image``: the global
+        codes) of the images at ``rows``; ``best_db`` are rows of the RoI arrays."""
+        from .._kernels import cross_match
+
+        s = self.store
+        if whole_image:
+            db, offsets = s.global_codes, np.arange(len(s) + 1, dtype=np.int64)
+        else:
+            db, offsets = s.codes, s.offsets.astype(np.int64, copy=False)
+        return cross_match(q, db, offsets, nbits, mask, images=np.asarray(rows, np.int64), threads=threads)
 
     # -- ids -------------------------------------------------------------------------------
     def new_ids(self, ids: Optional[Sequence[int]], n: int) -> np.ndarray:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -32,7 +32,10 @@ from .geometry import GeometryStore
 from .index import TwoStageIndex
 from .store import RoIStore
 
-__all__ = ["FORMAT", "SavedIndex", "VERSION", "load_index", "read_manifest", "save_index"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .sharded import ShardedIndex
+
+__all__ = ["FORMAT", "Frontend", "SavedIndex", "VERSION", "load_frontend", "load_index", "read_manifest", "save_index"]
 
 FORMAT = "roiret-index"
 VERSION = 1
@@ -45,7 +48,7 @@ class SavedIndex:
     :class:`~roiret.Retriever` that loads it: weights fingerprint, code length)."""
 
     config: RetrieverConfig
-    index: TwoStageIndex
+    index: Union[TwoStageIndex, "ShardedIndex"]  # a ShardedIndex from roiret.search.sharded.load_sharded
     nbits: int
     fingerprint: Optional[str]
     whitening: Any  # Optional[PCAWhitening]
@@ -150,12 +153,25 @@ def read_manifest(folder: PathLike, *, verify: bool = True) -> Manifest:
     return IndexFolder(folder, FORMAT, VERSION, _WHAT).read(verify=verify, required=required)
 
 
-def load_index(folder: PathLike, *, verify: bool = True, mmap: bool = True) -> SavedIndex:
-    """Read and check an index folder written by :func:`save_index`."""
-    from .._kernels import InvertedFile
+@dataclass
+class Frontend:
+    """What encoding queries (and codes) for an index needs, without its images: the
+    configuration, code length, weights fingerprint, whitening, code state and a
+    :class:`~roiret.bow.BowIndex` with the vocabulary and local features (and an empty
+    inverted file)."""
+
+    config: RetrieverConfig
+    nbits: int
+    fingerprint: Optional[str]
+    whitening: Any  # Optional[PCAWhitening]
+    code_state: Dict[str, np.ndarray]
+    encoder: BowIndex
+    manifest: Manifest
+
+
+def _frontend(m: Manifest) -> Frontend:
     from ..cnn.whitening import PCAWhitening
 
-    m = read_manifest(folder, verify=verify)
     config, nbits, lf_config, fingerprint = _fields(m)
     # Every file is untrusted input: whatever a damaged one makes a parser raise is
     # reported as IndexFormatError naming it. Nothing is unpickled.
@@ -167,20 +183,37 @@ def load_index(folder: PathLike, *, verify: bool = True, mmap: bool = True) -> S
     if "whitening" in m.paths:
         with m.parsing("whitening"):
             whitening = PCAWhitening.load(m.paths["whitening"])
-    with m.parsing("inverted_file"):
-        ivf = InvertedFile.load(str(m.paths["inverted_file"]))
     code_state = {}
     if config.code_bits:
         if "projection" not in m.paths:
             raise m.invalid(f"no projection file listed for {config.code_bits}-bit codes")
         with m.parsing("projection", "not a valid .npy array"):
             code_state["projection"] = np.load(m.paths["projection"], allow_pickle=False)
-    store = _store(m, (nbits + 63) // 64, mmap)
     with as_format_error(m.path):
-        bow = BowIndex(voc, lfe, inverted_file=ivf)
+        encoder = BowIndex(voc, lfe)
+    return Frontend(config, nbits, fingerprint, whitening, code_state, encoder, m)
+
+
+def load_frontend(folder: PathLike, *, verify: bool = True) -> Frontend:
+    """The query side of an index folder (:class:`Frontend`): its manifest checked, its
+    images' arrays and inverted file not read."""
+    return _frontend(read_manifest(folder, verify=verify))
+
+
+def load_index(folder: PathLike, *, verify: bool = True, mmap: bool = True) -> SavedIndex:
+    """Read and check an index folder written by :func:`save_index`."""
+    from .._kernels import InvertedFile
+
+    m = read_manifest(folder, verify=verify)
+    f = _frontend(m)
+    with m.parsing("inverted_file"):
+        ivf = InvertedFile.load(str(m.paths["inverted_file"]))
+    store = _store(m, (f.nbits + 63) // 64, mmap)
+    with as_format_error(m.path):
+        bow = BowIndex(f.encoder.vocabulary, f.encoder.extractor, inverted_file=ivf)
     index = TwoStageIndex(bow, store, _geometry(m, len(store), mmap))
     index.check_consistent(str(m.folder))
-    return SavedIndex(config, index, nbits, fingerprint, whitening, code_state, m)
+    return SavedIndex(f.config, index, f.nbits, f.fingerprint, f.whitening, f.code_state, m)
 
 
 def refuse(saved: SavedIndex, message: str) -> IndexFormatError:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -18,12 +18,16 @@ from ..io.images import Box
 from ..params import RerankParams, VerifyParams
 from .expansion import ROI_QE_ALPHA, ROI_QE_IMAGES, expanded_bag, expanded_codes
 from .index import TwoStageIndex
-from .rerank import RerankResult, rerank
+from .rerank import RerankResult, rerank_with
 from .results import Hit, PreparedQuery, SearchResult
-from .verify import Verification, verify_rows
+from .verify import Verification
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .store import RoIStore
+    from .._kernels import CrossMatchResult
+    from .sharded import ShardedIndex
+
+#: what :func:`rank` ranks: one index, or a sharded one (the same methods, fanned out)
+Collection = Union[TwoStageIndex, "ShardedIndex"]
 
 __all__ = ["VERIFIED_BOW_WEIGHT", "rank"]
 
@@ -34,12 +38,10 @@ __all__ = ["VERIFIED_BOW_WEIGHT", "rank"]
 VERIFIED_BOW_WEIGHT = 0.9
 
 
-def _candidates(
-    words: np.ndarray, counts: np.ndarray, index: TwoStageIndex, depth: int
-) -> Tuple[np.ndarray, np.ndarray]:
+def _candidates(words: np.ndarray, counts: np.ndarray, index: Collection, depth: int) -> Tuple[np.ndarray, np.ndarray]:
     """The BoW top ``depth`` (ids, scores); when the query has too few keypoints for BoW to
     rank that many, the remaining images follow in insertion order with score 0."""
-    ids, bow_scores = index.bow.search_bag(words, counts, top=depth)
+    ids, bow_scores = index.search_bow(words, counts, depth)
     if len(ids) < depth:
         rest = np.setdiff1d(index.ids, ids, assume_unique=True)
         ids = np.concatenate([ids, rest[: depth - len(ids)]])
@@ -49,7 +51,7 @@ def _candidates(
 
 def _rerank(
     query: PreparedQuery,
-    index: TwoStageIndex,
+    index: Collection,
     nbits: int,
     rows: np.ndarray,
     bow_scores: np.ndarray,
@@ -57,27 +59,17 @@ def _rerank(
     K: int,
     threads: Optional[int],
 ) -> RerankResult:
-    store = index.store
-    if p.mode == "global":  # one whole-image code per image: every candidate matched exhaustively
-        q, db, offsets = np.asarray(query.global_code).reshape(1, -1), store.global_codes, np.arange(len(store) + 1)
-        mode, k = "exhaustive", 1
+    whole = p.mode == "global"  # one whole-image code per image: every candidate matched exhaustively
+    if whole:
+        q, mode, k = np.asarray(query.global_code).reshape(1, -1), "exhaustive", 1
     else:
-        q = np.zeros((0, store.words), np.uint64) if p.mode == "bow" else np.asarray(query.codes)[:K]
-        db, offsets, mode, k = store.codes, store.offsets, p.mode, p.k
-    return rerank(
-        q,
-        db,
-        offsets.astype(np.int64, copy=False),
-        nbits,
-        rows,
-        N=p.N,
-        n=p.n,
-        k=k,
-        mode=mode,
-        bow_scores=bow_scores,
-        fusion=p.fusion,
-        threads=threads,
-    )
+        q = np.zeros((0, index.code_words), np.uint64) if p.mode == "bow" else np.asarray(query.codes)[:K]
+        mode, k = p.mode, p.k
+
+    def match(mask: Optional[np.ndarray], images: np.ndarray) -> "CrossMatchResult":
+        return index.cross_match(q, nbits, mask, images, whole_image=whole, threads=threads)
+
+    return rerank_with(match, len(q), rows, N=p.N, n=p.n, k=k, mode=mode, bow_scores=bow_scores, fusion=p.fusion)
 
 
 def _box(b: np.ndarray) -> Box:
@@ -92,50 +84,49 @@ def _verified(checks: Dict[int, Verification], min_inliers: int) -> List[int]:
 
 
 def _verify_and_expand(
-    query: PreparedQuery, index: TwoStageIndex, v: VerifyParams, depth: int, threads: Optional[int]
+    query: PreparedQuery, index: Collection, v: VerifyParams, depth: int, threads: Optional[int]
 ) -> Tuple[np.ndarray, np.ndarray, Dict[int, Verification], Dict[str, float]]:
     """The candidates (ids, BoW scores) after spatial verification of the top R and, when
     some are verified, query expansion; the verifications by store row; timings."""
     t0 = time.perf_counter()
     ids, bow_scores = _candidates(query.words, query.counts, index, depth)
     t1 = time.perf_counter()
-    geo, store = index.geometry, index.store
-    if geo is None or query.geometry is None or v.R == 0:
+    if not index.has_geometry or query.geometry is None or v.R == 0:
         return ids, bow_scores, {}, {"bow_search": t1 - t0}
-    checks = verify_rows(query.geometry, geo, store.indices_of(ids[: v.R]), threads=threads)
+    checks = index.verify(query.geometry, index.rows_of(ids[: v.R]), threads)
     t2 = time.perf_counter()
     verified = _verified(checks, v.min_inliers)
     if v.qe == 0 or not verified:
         return ids, bow_scores, checks, {"bow_search": t1 - t0, "verify": t2 - t1}
     best = verified[: v.qe]
     bags = [(query.words, query.counts)]
-    bags += [np.unique(geo.words_of(int(r)).astype(np.int64), return_counts=True) for r in best]
-    words, counts = expanded_bag(bags, np.asarray(index.bow.inverted_file.idf()))
+    bags += [np.unique(w.astype(np.int64), return_counts=True) for w in index.words_of_rows(best)]
+    words, counts = expanded_bag(bags, index.idf())
     first = ids
     ids, bow_scores = _candidates(words, counts, index, depth)
     # images verified by the first search stay candidates even if the expanded one misses them
-    missing = np.setdiff1d(store.ids[np.asarray(verified, np.int64)], ids)
+    missing = np.setdiff1d(index.ids_at(np.asarray(verified, np.int64)), ids)
     if len(missing):
         keep = np.isin(first, missing)
         ids = np.concatenate([ids, first[keep]])
         bow_scores = np.concatenate([bow_scores, np.zeros(int(keep.sum()), np.float32)])
     t3 = time.perf_counter()
-    rows = store.indices_of(ids[: v.R])
+    rows = index.rows_of(ids[: v.R])
     new = np.array([r for r in rows if int(r) not in checks], np.int64)
-    checks.update(verify_rows(query.geometry, geo, new, threads=threads))
+    checks.update(index.verify(query.geometry, new, threads))
     t4 = time.perf_counter()
     return ids, bow_scores, checks, {"bow_search": t1 - t0 + t3 - t2, "verify": t2 - t1 + t4 - t3}
 
 
-def _expand_codes(query: PreparedQuery, store: "RoIStore", rows: List[int], nbits: int) -> PreparedQuery:
+def _expand_codes(query: PreparedQuery, index: Collection, rows: List[int], nbits: int) -> PreparedQuery:
     """``query`` with its RoI and global codes expanded (αQE) with those of the verified
     images at ``rows`` (best first, the first ``ROI_QE_IMAGES``)."""
     if query.codes is None or query.global_code is None or not rows:
         return query
-    rows = rows[:ROI_QE_IMAGES]
-    codes = expanded_codes(query.codes, [store.rois_of(r)[0] for r in rows], nbits, ROI_QE_ALPHA)
+    rois, globs = zip(*index.codes_of_rows(rows[:ROI_QE_IMAGES]))
+    codes = expanded_codes(query.codes, list(rois), nbits, ROI_QE_ALPHA)
     g = np.asarray(query.global_code).reshape(1, -1)
-    glob = expanded_codes(g, [store.global_codes[r : r + 1] for r in rows], nbits, ROI_QE_ALPHA)[0]
+    glob = expanded_codes(g, list(globs), nbits, ROI_QE_ALPHA)[0]
     return dataclasses.replace(query, codes=codes, global_code=glob)
 
 
@@ -165,9 +156,56 @@ def _final_order(rr: RerankResult, rows: np.ndarray, checks: Dict[int, Verificat
     return np.asarray(rr.order[np.lexsort((np.arange(len(key)), -key))])
 
 
+def _hits(
+    q_boxes: np.ndarray,
+    index: Collection,
+    ids: np.ndarray,
+    rows: np.ndarray,
+    bow_scores: np.ndarray,
+    rr: RerankResult,
+    checks: Dict[int, Verification],
+    order: np.ndarray,
+    mode: str,
+    min_inliers: int,
+) -> List[Hit]:
+    """The hits at candidate positions ``order``; what they show (names, the boxes of the
+    RoI pairs) is read from the collection in one call each (a sharded index: one per shard)."""
+    top_rows = [int(rows[p]) for p in order]
+    reranked = [mode != "bow" and bool(np.isfinite(rr.roi_score[p])) for p in order]
+    paired = [i for i, p in enumerate(order) if reranked[i] and mode != "global" and rr.best_db[p] >= 0]
+    db_boxes = dict(zip(paired, index.roi_boxes_at(np.asarray([rr.best_db[order[i]] for i in paired], np.int64))))
+    inlier_rows = [top_rows[i] for i in paired if top_rows[i] in checks and checks[top_rows[i]].inliers >= min_inliers]
+    roi_boxes = dict(zip(inlier_rows, index.roi_boxes_of(inlier_rows)))
+    hits = []
+    for position, (p, row, name) in enumerate(zip(order, top_rows, index.names_of(top_rows))):
+        check = checks.get(row)
+        inliers = check.inliers if check is not None else 0
+        pair = None
+        if position in db_boxes:
+            pair = _box(q_boxes[rr.best_query[p]]), _box(db_boxes[position])
+            if check is not None and inliers >= min_inliers:
+                pair = _inlier_pair(q_boxes, roi_boxes[row], check) or pair
+        hits.append(
+            Hit(
+                rank=position + 1,
+                id=int(ids[p]),
+                name=name,
+                score=float(rr.score[p]),
+                bow_score=float(bow_scores[p]),
+                roi_score=float(rr.roi_score[p]),
+                query_box=pair[0] if pair else None,
+                db_box=pair[1] if pair else None,
+                reranked=reranked[position],
+                inliers=inliers,
+                verified=inliers >= min_inliers,
+            )
+        )
+    return hits
+
+
 def rank(
     query: PreparedQuery,
-    index: TwoStageIndex,
+    index: Collection,
     nbits: int,
     params: RerankParams,
     *,
@@ -189,40 +227,15 @@ def rank(
         return SearchResult([], q_boxes, np.ones(len(q_boxes), bool), params.mode, dict(query.timings))
     ids, bow_scores, checks, timings = _verify_and_expand(query, index, v, depth, threads)
     t1 = time.perf_counter()
-    store = index.store
-    rows = store.indices_of(ids)
+    rows = index.rows_of(ids)
     verified = _verified(checks, v.min_inliers)
     if params.fusion == "adaptive" and verified:
         params = params.replace(fusion=VERIFIED_BOW_WEIGHT)
-    expanded = _expand_codes(query, store, verified, nbits) if v.qe and params.mode != "bow" else query
+    expanded = _expand_codes(query, index, verified, nbits) if v.qe and params.mode != "bow" else query
     rr = _rerank(expanded, index, nbits, rows, bow_scores, params, K, threads)
     t2 = time.perf_counter()
-    hits = []
-    for position, p in enumerate(_final_order(rr, rows, checks, v.min_inliers)[:top]):
-        row = int(rows[p])
-        reranked = params.mode != "bow" and bool(np.isfinite(rr.roi_score[p]))
-        check = checks.get(row)
-        inliers = check.inliers if check is not None else 0
-        pair = None
-        if reranked and params.mode != "global" and rr.best_db[p] >= 0:
-            pair = _box(q_boxes[rr.best_query[p]]), _box(store.boxes[rr.best_db[p]])
-            if check is not None and inliers >= v.min_inliers:
-                pair = _inlier_pair(q_boxes, store.rois_of(row)[1], check) or pair
-        hits.append(
-            Hit(
-                rank=position + 1,
-                id=int(ids[p]),
-                name=store.names[row],
-                score=float(rr.score[p]),
-                bow_score=float(bow_scores[p]),
-                roi_score=float(rr.roi_score[p]),
-                query_box=pair[0] if pair else None,
-                db_box=pair[1] if pair else None,
-                reranked=reranked,
-                inliers=inliers,
-                verified=inliers >= v.min_inliers,
-            )
-        )
+    order = _final_order(rr, rows, checks, v.min_inliers)[:top]
+    hits = _hits(q_boxes, index, ids, rows, bow_scores, rr, checks, order, params.mode, v.min_inliers)
     timings = {**query.timings, **timings, "rerank": t2 - t1}
     timings["total"] = sum(timings.values())
     return SearchResult(hits, q_boxes, rr.query_mask, params.mode, timings, rr.bow_weight)

@@ -36,14 +36,23 @@ on every measured column of both (``benchmarks/fusion_study.py``, docs/RESULTS.m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
-from .._kernels import cross_match
+from .._kernels import CrossMatchResult, cross_match
 from ..params import MODES, Fusion, check_fusion
 
-__all__ = ["ADAPTIVE_DEPTH", "MODES", "RerankResult", "adaptive_weight", "check_fusion", "rerank"]
+__all__ = [
+    "ADAPTIVE_DEPTH",
+    "MODES",
+    "Matcher",
+    "RerankResult",
+    "adaptive_weight",
+    "check_fusion",
+    "rerank",
+    "rerank_with",
+]
 
 ADAPTIVE_DEPTH = 4
 
@@ -97,6 +106,11 @@ def _check(name: str, v: Any, lo: int = 1) -> int:
     return int(v)
 
 
+#: ``match(query_mask, images) -> CrossMatchResult``: cross-match the query's RoIs (those in
+#: the mask; ``None``: all) with the images at the given candidate rows (results in that order)
+Matcher = Callable[[Optional[np.ndarray], np.ndarray], CrossMatchResult]
+
+
 def rerank(
     q_codes: np.ndarray,
     db_codes: np.ndarray,
@@ -118,6 +132,31 @@ def rerank(
     :func:`roiret.cross_match`. For ``mode="global"`` pass one code per query and per
     image (``offsets = arange(n_images + 1)``).
     """
+    offsets = np.asarray(offsets)
+
+    def match(mask: Optional[np.ndarray], images: np.ndarray) -> CrossMatchResult:
+        return cross_match(q_codes, db_codes, offsets, nbits, mask, images=images, threads=threads)
+
+    return rerank_with(match, len(q_codes), candidates, N=N, n=n, k=k, mode=mode, bow_scores=bow_scores, fusion=fusion)
+
+
+def rerank_with(
+    match: Matcher,
+    nq: int,
+    candidates: np.ndarray,
+    *,
+    N: int,
+    n: int,
+    k: int,
+    mode: str = "fast",
+    bow_scores: Optional[np.ndarray] = None,
+    fusion: Fusion = None,
+) -> RerankResult:
+    """:func:`rerank` with the cross-matching left to ``match`` (:data:`Matcher`), for
+    collections whose RoIs are not one array (a sharded index matches each shard's
+    candidates on that shard): ``nq`` query RoIs; everything that depends on the whole
+    candidate list (the fast strategy's votes, the fusion's statistics) is computed here,
+    on the merged results."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     fusion = check_fusion(fusion)
@@ -131,21 +170,20 @@ def rerank(
     roi_score = np.full(m, np.nan, np.float32)
     bq = np.full(m, -1, np.int64)
     bd = np.full(m, -1, np.int64)
-    nq = len(q_codes)
     mask = np.ones(nq, bool)
     if mode == "bow" or top == 0:
         return RerankResult(np.arange(m), score, roi_score, bq, bd, mask)
 
     if mode == "fast" and n < top and k < nq:
-        head = cross_match(q_codes, db_codes, offsets, nbits, images=candidates[:n], threads=threads)
+        head = match(None, candidates[:n])
         votes = head.query_votes
         chosen = np.argsort(-votes, kind="stable")[:k]
         mask = np.zeros(nq, bool)
         mask[chosen] = True
-        tail = cross_match(q_codes, db_codes, offsets, nbits, mask, images=candidates[n:top], threads=threads)
+        tail = match(mask, candidates[n:top])
         parts = [head, tail]
     else:
-        parts = [cross_match(q_codes, db_codes, offsets, nbits, images=candidates[:top], threads=threads)]
+        parts = [match(None, candidates[:top])]
     roi_score[:top] = np.concatenate([p.score for p in parts])
     bq[:top] = np.concatenate([p.best_query for p in parts])
     bd[:top] = np.concatenate([p.best_db for p in parts])

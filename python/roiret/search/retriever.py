@@ -39,14 +39,14 @@ from ..errors import NotTrainedError
 from ..io import PathLike
 from ..io.images import ImageSource, PreparedImage, SkippedImageWarning, error_reason, iter_prepared, source_name
 from ..params import Fusion, RerankParams
-from . import persist
+from . import persist, sharded
 from .config import RetrieverConfig
 from .encoding import encode_images, encode_query
 from .explain import DEFAULT_TOLERANCE, explain_hits
 from .geometry import GeometryStore
 from .index import TwoStageIndex
 from .locks import RWLock
-from .ranking import rank
+from .ranking import Collection, rank
 from .results import Hit, PreparedQuery, SearchResult
 from .store import RoIStore
 from .training import training_features
@@ -99,7 +99,7 @@ class Retriever:
         self.threads = threads
         self._weights, self._head_weights, self._allow_download = weights, head_weights, allow_download
         self._extractor: Optional["RoIExtractor"] = None
-        self._index: Optional[TwoStageIndex] = None
+        self._index: Optional[Collection] = None
         self._coder: Optional["CodeProjector"] = None
         self._fingerprint: Optional[str] = None
         #: seconds spent per indexing stage by add() (accumulated; reset freely)
@@ -146,8 +146,9 @@ class Retriever:
         return self._index is not None
 
     @property
-    def index(self) -> TwoStageIndex:
-        """The indexed images: BoW inverted file and RoI store (after :meth:`train` or :meth:`load`)."""
+    def index(self) -> Collection:
+        """The indexed images: BoW inverted file and RoI store (after :meth:`train` or :meth:`load`);
+        a :class:`~roiret.search.sharded.ShardedIndex` when loaded from a sharded folder."""
         if self._index is None:
             raise NotTrainedError()
         return self._index
@@ -158,7 +159,7 @@ class Retriever:
         return self.index.bow
 
     @property
-    def store(self) -> RoIStore:
+    def store(self) -> "RoIStore | sharded.ShardedStore":
         """The RoI codes, boxes and names of the indexed images."""
         return self.index.store
 
@@ -414,10 +415,22 @@ class Retriever:
         Atomic: the manifest is replaced last; a crash (or SIGKILL) at any moment leaves
         the previous index intact, and the next save removes what the interrupted one
         left. Saves to one folder are serialised (an exclusive ``flock`` on the folder,
-        across threads and processes)."""
+        across threads and processes). A sharded index saves its changed shards, then the
+        top-level manifest (:func:`roiret.search.sharded.save_sharded`)."""
         index = self.index
         assert self._coder is not None
         with self._rw.read():
+            if isinstance(index, sharded.ShardedIndex):
+                sharded.save_sharded(
+                    path,
+                    index,
+                    config=self.config,
+                    nbits=self.nbits,
+                    fingerprint=self._fingerprint,
+                    whitening=self.extractor.whitening,
+                    code_state=self._coder.state_dict(),
+                )
+                return
             persist.save_index(
                 path,
                 config=self.config,
@@ -441,14 +454,45 @@ class Retriever:
         allow_download: bool = False,
         **kwargs: Any,
     ) -> "Retriever":
-        """Load a folder written by :meth:`save`. ``verify`` checks every file's SHA-256;
+        """Load a folder written by :meth:`save` — or a sharded folder (written by
+        :func:`roiret.distributed.index` or by saving a sharded retriever): then
+        :attr:`index` is a :class:`~roiret.search.sharded.ShardedIndex`, searched exactly as
+        one index of the same images. ``verify`` checks every file's SHA-256;
         ``mmap`` maps the RoI arrays instead of reading them (the first :meth:`add` copies
         them into memory). Raises :class:`~roiret.errors.IndexFormatError` (not an index,
         newer format, missing / truncated / corrupt file, weights that differ from the ones
         the index was built with) or ``FileNotFoundError``."""
+        if sharded.is_sharded(path):
+            saved = sharded.load_sharded(path, verify=verify, mmap=mmap)
+        else:
+            saved = persist.load_index(path, verify=verify, mmap=mmap)
+        return cls.from_saved(
+            saved,
+            str(path),
+            device=device,
+            weights=weights,
+            head_weights=head_weights,
+            allow_download=allow_download,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_saved(
+        cls,
+        saved: persist.SavedIndex,
+        path: str,
+        *,
+        device: "DeviceLike" = "cpu",
+        weights: Optional[PathLike] = "auto",
+        head_weights: Optional[PathLike] = "auto",
+        allow_download: bool = False,
+        **kwargs: Any,
+    ) -> "Retriever":
+        """A retriever around an index already read (:meth:`load`; ``roiret.distributed.serve``
+        for shards held by Ray actors), its CNN built and checked against the index (code
+        length, weights fingerprint) now."""
         from ..cnn.codes import CodeProjector
 
-        saved = persist.load_index(path, verify=verify, mmap=mmap)
         r = cls(
             saved.config,
             device=device,
@@ -474,7 +518,7 @@ class Retriever:
                 "would not be comparable; pass the weights= used when indexing",
             )
         r._index, r._fingerprint = saved.index, saved.fingerprint
-        if saved.index.geometry is None and (r.config.R or r.config.qe):
+        if not saved.index.has_geometry and (r.config.R or r.config.qe):
             warnings.warn(
                 f"{path}: this index was saved without the geometry of its local features (by an "
                 "older roiret): spatial verification and query expansion are off; index the "

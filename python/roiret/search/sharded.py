@@ -1,0 +1,622 @@
+"""A collection split into shards: each shard an ordinary index (its own folder, loadable by
+itself), searched together exactly as one index holding all their images.
+
+Exactness. Rows are positions in the shards' concatenated insertion order (shard 0's rows,
+then shard 1's, ...), which is the insertion order of the same images indexed in one
+process when the shards hold consecutive runs of it (what :func:`roiret.distributed.index`
+and :meth:`ShardedIndex.add` make). Nothing is concatenated into one array:
+
+* BoW — every shard's inverted file scores with the *collection's* statistics
+  (``InvertedFile.set_collection_stats``: N and df summed over the shards, set at load and
+  after every change, never saved, so they cannot go stale), so each image's score is bit
+  for bit the one-index score; the shards' top lists are merged by (exact float64 score,
+  shard, position) — the native order of one index (ties in insertion order).
+* verification, RoI cross-matching — per candidate, on the shard that owns it, in
+  parallel; the fast strategy's votes are summed over the shards and every statistic over
+  the candidate list (fusion, adaptive weight, expansion) is computed by
+  :func:`roiret.search.ranking.rank` on the merged, global list.
+
+Folder layout (format ``roiret-sharded-index``, version 1, on
+:class:`roiret.io.folder.IndexFolder`): ``OUT/manifest.json`` lists the shards — name
+(``shard-00000``, ...), images, RoIs and the SHA-256 of the shard's own ``manifest.json`` —
+and is written last and atomically; ``OUT/shard-NNNNN/`` is an ordinary retriever folder
+(:mod:`roiret.search.persist`). Damage in the top manifest, a listed shard's manifest or any
+of its files is an :class:`~roiret.errors.IndexFormatError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, TypeVar
+
+import numpy as np
+
+from .. import __version__
+from ..bow import BowIndex
+from ..bow.index import BowHits
+from ..errors import IndexFormatError, UnknownIdError
+from ..io import PathLike
+from ..io.folder import MANIFEST, IndexFolder, IndexWriter, Manifest, as_format_error, sha256_file
+from . import persist
+from .geometry import FeatureGeometry, GeometryStore
+from .index import IndexedImage, RowsLike, TwoStageIndex
+from .store import RoIStore
+from .verify import Verification
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .._kernels import CrossMatchResult
+    from .config import RetrieverConfig
+
+__all__ = [
+    "DEFAULT_SHARD_SIZE",
+    "FORMAT",
+    "VERSION",
+    "Shard",
+    "ShardEntry",
+    "ShardedIndex",
+    "is_sharded",
+    "load_sharded",
+    "merge_bow_lists",
+    "read_sharded_manifest",
+    "save_sharded",
+    "shard_name",
+    "vocabulary_sha",
+    "write_sharded_manifest",
+]
+
+FORMAT = "roiret-sharded-index"
+VERSION = 1
+_WHAT = "roiret sharded index"
+_SHARD_NAME = re.compile(r"^shard-\d{5,}$")
+#: images per shard before :meth:`ShardedIndex.add` starts a new one (unless the folder says)
+DEFAULT_SHARD_SIZE = 100_000
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def shard_name(i: int) -> str:
+    """The folder name of shard ``i``: ``shard-00000``."""
+    return f"shard-{int(i):05d}"
+
+
+class ShardedBow(BowIndex):
+    """The BoW side of a :class:`ShardedIndex` as a :class:`~roiret.bow.BowIndex`: encoding
+    (vocabulary, local features) is the shards' (they share it); searching merges the shards'
+    lists. ``inverted_file`` is the encoder's (the first shard's when it is local: its idf is
+    the collection's); changes go through the :class:`~roiret.Retriever`."""
+
+    def __init__(self, owner: "ShardedIndex", encoder: BowIndex):
+        super().__init__(encoder.vocabulary, encoder.extractor, inverted_file=encoder.inverted_file)
+        self._owner = owner
+
+    def __len__(self) -> int:
+        return len(self._owner)
+
+    def search_bag(self, words: np.ndarray, counts: np.ndarray, top: int = 100) -> BowHits:
+        ids, scores = self._owner.search_bow(words, counts, top)
+        return BowHits(ids, scores)
+
+    def search_bags(self, bags: Sequence[Tuple[np.ndarray, np.ndarray]], top: int = 100) -> List[BowHits]:
+        return [self.search_bag(w, c, top) for w, c in bags]
+
+    def add_bags(self, ids: Any, offsets: np.ndarray, words: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        raise TypeError("a sharded index changes through its Retriever (add / remove), not its BoW part")
+
+    def remove(self, ids: Any) -> None:
+        raise TypeError("a sharded index changes through its Retriever (add / remove), not its BoW part")
+
+    def save(self, folder: PathLike) -> None:
+        raise TypeError("a sharded index saves through its Retriever")
+
+
+class ShardedStore:
+    """The RoI store of a :class:`ShardedIndex`, read-only and by global row: what showing
+    and explaining results needs (``ids``, ``names``, ``indices_of``, ``rois_of``)."""
+
+    def __init__(self, owner: "ShardedIndex"):
+        self._owner = owner
+
+    def __len__(self) -> int:
+        return len(self._owner)
+
+    def __contains__(self, image_id: int) -> bool:
+        return self._owner.contains(int(image_id))
+
+    @property
+    def words(self) -> int:
+        return self._owner.code_words
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._owner.ids
+
+    @property
+    def names(self) -> List[str]:
+        return [n for s in self._owner.shards for n in s.all_names()]
+
+    @property
+    def num_rois(self) -> int:
+        return sum(s.num_rois for s in self._owner.shards)
+
+    def indices_of(self, ids: Iterable[int]) -> np.ndarray:
+        return self._owner.rows_of(ids)
+
+    def rois_of(self, index: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        s, local = self._owner.locate(index)
+        return self._owner.shards[s].rois_of(local)
+
+
+class Shard(Protocol):
+    """What a :class:`ShardedIndex` reads of each shard: implemented by
+    :class:`~roiret.search.index.TwoStageIndex` (rows are its own), and by proxies of shards
+    held elsewhere (``roiret.distributed.serve``)."""
+
+    def __len__(self) -> int: ...
+    @property
+    def ids(self) -> np.ndarray: ...
+    @property
+    def num_rois(self) -> int: ...
+    @property
+    def has_geometry(self) -> bool: ...
+    @property
+    def code_words(self) -> int: ...
+    def search_bow_exact(self, words: np.ndarray, counts: np.ndarray, top: int) -> Tuple[np.ndarray, np.ndarray]: ...
+    def document_frequencies(self) -> np.ndarray: ...
+    def set_collection_stats(self, n_docs: int, df: np.ndarray) -> None: ...
+    def idf(self) -> np.ndarray: ...
+    def names_of(self, rows: RowsLike) -> List[str]: ...
+    def all_names(self) -> List[str]: ...
+    def words_of_rows(self, rows: RowsLike) -> List[np.ndarray]: ...
+    def codes_of_rows(self, rows: RowsLike) -> List[Tuple[np.ndarray, np.ndarray]]: ...
+    def roi_boxes_of(self, rows: RowsLike) -> List[np.ndarray]: ...
+    def roi_boxes_at(self, roi_rows: np.ndarray) -> np.ndarray: ...
+    def rois_of(self, row: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    def verify(self, query: FeatureGeometry, rows: np.ndarray, threads: Optional[int]) -> Dict[int, Verification]: ...
+    def cross_match(
+        self,
+        q: np.ndarray,
+        nbits: int,
+        mask: Optional[np.ndarray],
+        rows: np.ndarray,
+        *,
+        whole_image: bool = False,
+        threads: Optional[int] = None,
+    ) -> "CrossMatchResult": ...
+    def nbytes(self) -> int: ...
+    def check_consistent(self, where: str) -> None: ...
+    def add(self, images: Sequence[IndexedImage]) -> List[int]: ...
+    def remove(self, ids: Iterable[int]) -> int: ...
+    def truncated(self, K: int) -> Any: ...
+
+
+def merge_bow_lists(parts: Sequence[Tuple[np.ndarray, np.ndarray]], top: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The best ``top`` of the shards' BoW lists ``(ids, float64 exact scores)`` (shard order):
+    by score, then shard, then position — one inverted file's order — as (ids, float32
+    scores, the native rounding)."""
+    ids = np.concatenate([np.asarray(p[0], np.int64) for p in parts])
+    exact = np.concatenate([np.asarray(p[1], np.float64) for p in parts])
+    shard = np.concatenate([np.full(len(p[0]), i, np.int64) for i, p in enumerate(parts)])
+    pos = np.concatenate([np.arange(len(p[0]), dtype=np.int64) for p in parts])
+    order = np.lexsort((pos, shard, -exact))[:top]
+    return ids[order], exact[order].astype(np.float32)
+
+
+class ShardedIndex:
+    """Several :class:`~roiret.search.index.TwoStageIndex` shards searched as one (module
+    docstring): the methods :func:`~roiret.search.ranking.rank` reads, fanned out over the
+    shards in a thread pool (the native kernels release the GIL) and merged.
+    ``shard_size``: images per shard before :meth:`add` starts a new one. Not thread-safe
+    for changes by itself (the :class:`~roiret.Retriever` serialises them)."""
+
+    def __init__(
+        self, shards: Sequence[Shard], *, shard_size: int = DEFAULT_SHARD_SIZE, encoder: Optional[BowIndex] = None
+    ):
+        if not shards:
+            raise ValueError("a sharded index needs at least one shard")
+        if int(shard_size) < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        #: the shards: :class:`~roiret.search.index.TwoStageIndex` objects, or proxies with the
+        #: same methods (:class:`Shard`; ``roiret.distributed.serve``: shards held by Ray actors)
+        self.shards: List[Shard] = list(shards)
+        self.shard_size = int(shard_size)
+        #: shards changed since load or the last save (only these are written again)
+        self.dirty = set(range(len(self.shards)))
+        #: the folder this index was loaded from or last saved to
+        self.folder: Optional[Path] = None
+        self._saved: set = set()  # shards present in that folder
+        self._pool: Optional[ThreadPoolExecutor] = None
+        if encoder is None:
+            first = self.shards[0]
+            if not isinstance(first, TwoStageIndex):
+                raise TypeError("shards held elsewhere need an encoder (the collection's vocabulary and features)")
+            encoder = first.bow
+        self.bow = ShardedBow(self, encoder)
+        self.store = ShardedStore(self)
+        self.refresh()
+
+    # -- layout and global statistics ----------------------------------------------------
+    def refresh(self) -> None:
+        """Recompute the row layout and set the collection's N and df on every shard —
+        after load and after every change (the native files clear them on a change)."""
+        sizes = np.array([len(s) for s in self.shards], np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        rois = np.array([s.num_rois for s in self.shards], np.int64)
+        self._roi_starts = np.concatenate([[0], np.cumsum(rois)]).astype(np.int64)
+        self._ids = np.concatenate([s.ids for s in self.shards]).astype(np.int64)
+        self._order = np.argsort(self._ids, kind="stable")
+        self._sorted_ids = self._ids[self._order]
+        df = np.sum(self._map(lambda s: np.asarray(s.document_frequencies(), np.int64), self.shards), axis=0)
+        n = int(self._starts[-1])
+        self._map(lambda s: s.set_collection_stats(n, df), self.shards)
+
+    def _map(self, fn: Callable[[T], R], items: Sequence[T]) -> List[R]:
+        if len(items) <= 1:
+            return [fn(x) for x in items]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=min(32, len(self.shards)), thread_name_prefix="roiret-shard")
+        return list(self._pool.map(fn, items))
+
+    def locate(self, row: int) -> Tuple[int, int]:
+        """(shard, row in that shard) of a global row."""
+        if not 0 <= int(row) < len(self):
+            raise IndexError(f"row {row} out of range for {len(self)} images")
+        s = int(np.searchsorted(self._starts, int(row), side="right")) - 1
+        return s, int(row) - int(self._starts[s])
+
+    def _groups(self, rows: np.ndarray) -> List[Tuple[int, np.ndarray, np.ndarray]]:
+        """(shard, positions in ``rows``, local rows) of every shard owning some of ``rows``."""
+        shard = np.searchsorted(self._starts, rows, side="right") - 1
+        local = rows - self._starts[shard]
+        return [(int(s), np.flatnonzero(shard == s), local[shard == s]) for s in np.unique(shard)]
+
+    # -- what ranking reads (see TwoStageIndex) ------------------------------------------
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Ids in global row order (the shards' insertion orders, shard after shard)."""
+        return self._ids
+
+    @property
+    def has_geometry(self) -> bool:
+        return all(s.has_geometry for s in self.shards)
+
+    @property
+    def code_words(self) -> int:
+        return self.shards[0].code_words
+
+    def contains(self, image_id: int) -> bool:
+        i = int(np.searchsorted(self._sorted_ids, image_id))
+        return i < len(self._sorted_ids) and int(self._sorted_ids[i]) == image_id
+
+    def search_bow(self, words: np.ndarray, counts: np.ndarray, top: int) -> Tuple[np.ndarray, np.ndarray]:
+        """The merged BoW top ``top``: each shard's list by exact (float64) score, merged by
+        (score, shard, position) — one index's order, ties in insertion order."""
+        words = np.ascontiguousarray(words, dtype=np.int64)
+        counts = np.ascontiguousarray(counts, dtype=np.float32)
+        if words.size == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        parts = self._map(lambda s: s.search_bow_exact(words, counts, int(top)), self.shards)
+        return merge_bow_lists(parts, int(top))
+
+    def idf(self) -> np.ndarray:
+        return self.shards[0].idf()
+
+    def rows_of(self, ids: Iterable[int]) -> np.ndarray:
+        a = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids), np.int64).reshape(-1)
+        pos = np.clip(np.searchsorted(self._sorted_ids, a), 0, max(0, len(self._sorted_ids) - 1))
+        bad = np.flatnonzero(self._sorted_ids[pos] != a) if len(self._sorted_ids) else np.arange(len(a))
+        if len(bad):
+            raise UnknownIdError(f"image id {int(a[bad[0]])} is not in the index")
+        return np.asarray(self._order[pos], np.int64)
+
+    def ids_at(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self._ids[np.asarray(rows, np.int64)])
+
+    def _per_shard(self, rows: RowsLike, fn: Callable[[Shard, np.ndarray], Sequence[R]]) -> List[R]:
+        """``fn(shard, local rows)`` on the shards owning ``rows`` (in parallel), results put
+        back in the order of ``rows``."""
+        out: List[Any] = [None] * len(rows)
+        groups = self._groups(np.asarray(rows, np.int64).reshape(-1))
+        for (_, where, _), res in zip(groups, self._map(lambda g: fn(self.shards[g[0]], g[2]), groups)):
+            for i, v in zip(where, res):
+                out[int(i)] = v
+        return out
+
+    def names_of(self, rows: RowsLike) -> List[str]:
+        return self._per_shard(rows, lambda s, local: s.names_of(local))
+
+    def words_of_rows(self, rows: RowsLike) -> List[np.ndarray]:
+        return self._per_shard(rows, lambda s, local: s.words_of_rows(local))
+
+    def codes_of_rows(self, rows: RowsLike) -> List[Tuple[np.ndarray, np.ndarray]]:
+        return self._per_shard(rows, lambda s, local: s.codes_of_rows(local))
+
+    def roi_boxes_of(self, rows: RowsLike) -> List[np.ndarray]:
+        return self._per_shard(rows, lambda s, local: s.roi_boxes_of(local))
+
+    def roi_boxes_at(self, roi_rows: np.ndarray) -> np.ndarray:
+        """Boxes of RoIs by global RoI row (the merged cross-match's ``best_db``)."""
+        roi_rows = np.asarray(roi_rows, np.int64).reshape(-1)
+        out = np.zeros((len(roi_rows), 4), np.float32)
+        shard = np.searchsorted(self._roi_starts, roi_rows, side="right") - 1
+        groups = [(int(s), np.flatnonzero(shard == s)) for s in np.unique(shard)]
+
+        def one(g: Tuple[int, np.ndarray]) -> np.ndarray:
+            return np.asarray(self.shards[g[0]].roi_boxes_at(roi_rows[g[1]] - self._roi_starts[g[0]]))
+
+        for (_, where), boxes in zip(groups, self._map(one, groups)):
+            out[where] = boxes
+        return out
+
+    def verify(self, query: FeatureGeometry, rows: np.ndarray, threads: Optional[int]) -> Dict[int, Verification]:
+        """Each shard verifies its own candidates (in parallel); by global row, in the order
+        of ``rows`` (ranking breaks ties in that order)."""
+        rows = np.asarray(rows, np.int64)
+        groups = self._groups(rows)
+        results = self._map(lambda g: self.shards[g[0]].verify(query, g[2], threads), groups)
+        found: Dict[int, Verification] = {}
+        for (s, _, local), res in zip(groups, results):
+            for lr in local:
+                found[int(lr) + int(self._starts[s])] = res[int(lr)]
+        return {int(r): found[int(r)] for r in rows}
+
+    def cross_match(
+        self,
+        q: np.ndarray,
+        nbits: int,
+        mask: Optional[np.ndarray],
+        rows: np.ndarray,
+        *,
+        whole_image: bool = False,
+        threads: Optional[int] = None,
+    ) -> "CrossMatchResult":
+        """Each shard cross-matches its own candidates (in parallel); results in the order
+        of ``rows``, ``best_db`` as global RoI rows, votes summed over the shards."""
+        from .._kernels import CrossMatchResult
+
+        rows = np.asarray(rows, np.int64)
+        m = len(rows)
+        score, bq, bd = np.empty(m, np.float32), np.full(m, -1, np.int64), np.full(m, -1, np.int64)
+        votes = np.zeros(len(q), np.int64)
+        groups = self._groups(rows)
+
+        def one(g: Tuple[int, np.ndarray, np.ndarray]) -> "CrossMatchResult":
+            return self.shards[g[0]].cross_match(q, nbits, mask, g[2], whole_image=whole_image, threads=threads)
+
+        offsets = self._starts if whole_image else self._roi_starts
+        for (s, where, _), r in zip(groups, self._map(one, groups)):
+            score[where], bq[where] = r.score, r.best_query
+            bd[where] = np.where(np.asarray(r.best_db) >= 0, np.asarray(r.best_db) + offsets[s], -1)
+            votes += np.asarray(r.query_votes, np.int64)
+        return CrossMatchResult(score, bq, bd, votes)
+
+    # -- changes ---------------------------------------------------------------------------
+    def nbytes(self) -> int:
+        return sum(int(s.nbytes()) for s in self.shards)
+
+    def check_consistent(self, where: str) -> None:
+        for i, s in enumerate(self.shards):
+            s.check_consistent(f"{where}/{shard_name(i)}")
+        if len(np.unique(self._ids)) != len(self._ids):
+            raise IndexFormatError(f"{where}: an image id appears in two shards")
+
+    def new_ids(self, ids: Optional[Sequence[int]], n: int) -> np.ndarray:
+        from ..bow.index import as_ids
+
+        if ids is None:
+            start = int(self._ids.max()) + 1 if len(self._ids) else 0
+            return np.arange(start, start + n, dtype=np.int64)
+        a = as_ids(ids, n)
+        clash = [int(i) for i in a if self.contains(int(i))]
+        if clash:
+            raise ValueError(f"ids: image id {clash[0]} is already in the index")
+        return a
+
+    def _new_shard(self) -> TwoStageIndex:
+        bow = BowIndex(self.bow.vocabulary, self.bow.extractor)
+        return TwoStageIndex(bow, RoIStore(self.code_words), GeometryStore() if self.has_geometry else None)
+
+    def add(self, images: Sequence[IndexedImage]) -> List[int]:
+        """Append to the last shard, starting new shards of ``shard_size`` images when it is
+        full; all or nothing (on an error what this call added is removed again). The
+        collection statistics are set again."""
+        out: List[int] = []
+        images = list(images)
+        try:
+            while images:
+                if len(self.shards[-1]) >= self.shard_size:
+                    self.shards.append(self._new_shard())
+                part, images = (
+                    images[: self.shard_size - len(self.shards[-1])],
+                    images[self.shard_size - len(self.shards[-1]) :],
+                )
+                self.dirty.add(len(self.shards) - 1)
+                out += self.shards[-1].add(part)
+        except BaseException:
+            self._settle()
+            if out:
+                self.remove(out)
+            raise
+        self._settle()
+        return out
+
+    def _settle(self) -> None:
+        while len(self.shards) > 1 and not len(self.shards[-1]) and len(self.shards) - 1 not in self._saved:
+            self.dirty.discard(len(self.shards) - 1)
+            self.shards.pop()  # a new shard that received nothing
+        self.refresh()
+
+    def remove(self, ids: Iterable[int]) -> int:
+        """Remove images by id from the shards holding them (all or nothing: unknown ids are
+        refused before anything changes)."""
+        ids = np.unique(np.asarray(list(ids), np.int64))
+        rows = self.rows_of(ids)
+        removed = 0
+        try:
+            for s, where, _ in self._groups(rows):
+                removed += self.shards[s].remove(ids[where])
+                self.dirty.add(s)
+        finally:
+            self.refresh()
+        return removed
+
+    def truncated(self, K: int) -> "ShardedIndex":
+        view = ShardedIndex([s.truncated(K) for s in self.shards], shard_size=self.shard_size)
+        return view
+
+
+# -- the folder -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ShardEntry:
+    """One shard as the top-level manifest lists it."""
+
+    name: str
+    images: int
+    rois: int
+    manifest_sha256: str
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "images": self.images, "rois": self.rois, "manifest_sha256": self.manifest_sha256}
+
+
+def is_sharded(folder: PathLike) -> bool:
+    """Whether ``folder`` holds a sharded index (its manifest's format says so)."""
+    try:
+        m = json.loads((Path(folder) / MANIFEST).read_text("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    return isinstance(m, dict) and m.get("format") == FORMAT
+
+
+def shard_entry(folder: PathLike, name: str) -> ShardEntry:
+    """The entry of a complete shard folder ``folder/name`` (its manifest checked, files
+    included)."""
+    m = persist.read_manifest(Path(folder) / name, verify=True)
+    with as_format_error(m.path, "incomplete or invalid manifest"):
+        images, rois = int(m.fields["images"]), int(m.fields["rois"])
+    return ShardEntry(name, images, rois, sha256_file(m.path))
+
+
+def write_sharded_manifest(
+    folder: PathLike, entries: Sequence[ShardEntry], *, shard_size: int, extra: Optional[Dict[str, Any]] = None
+) -> None:
+    """Write the top-level manifest (atomic, locked; the last step of building or saving)."""
+
+    def write(w: IndexWriter) -> Dict[str, Any]:
+        return {
+            **(extra or {}),
+            "roiret_version": __version__,
+            "shards": [e.to_dict() for e in entries],
+            "images": sum(e.images for e in entries),
+            "shard_size": int(shard_size),
+        }
+
+    IndexFolder(folder, FORMAT, VERSION, _WHAT).save(write)
+
+
+def read_sharded_manifest(folder: PathLike) -> Tuple[Manifest, List[ShardEntry]]:
+    """The checked top-level manifest and its shard entries; every listed shard's
+    ``manifest.json`` must exist and match its SHA-256 (IndexFormatError naming it)."""
+    m = IndexFolder(folder, FORMAT, VERSION, _WHAT).read(verify=True)
+    entries: List[ShardEntry] = []
+    with as_format_error(m.path, "incomplete or invalid manifest"):
+        for e in m.fields["shards"]:
+            entries.append(ShardEntry(str(e["name"]), int(e["images"]), int(e["rois"]), str(e["manifest_sha256"])))
+        int(m.fields["shard_size"])
+    if not entries:
+        raise m.invalid("lists no shards")
+    for e in entries:
+        if not _SHARD_NAME.match(e.name):
+            raise m.invalid(f"bad shard name {e.name!r}")
+        path = m.folder / e.name / MANIFEST
+        if not path.is_file():
+            raise IndexFormatError(f"{path}: missing (shard {e.name} listed in {m.path})")
+        if sha256_file(path) != e.manifest_sha256:
+            raise IndexFormatError(f"{path}: does not match the checksum {m.path} lists for it (damaged or replaced)")
+    return m, entries
+
+
+def load_sharded(folder: PathLike, *, verify: bool = True, mmap: bool = True) -> persist.SavedIndex:
+    """Read and check a sharded folder: the top manifest, every shard (as
+    :func:`~roiret.search.persist.load_index`), and that the shards agree (configuration,
+    code length, weights, vocabulary). The returned ``index`` is a :class:`ShardedIndex`."""
+    m, entries = read_sharded_manifest(folder)
+    loaded = [persist.load_index(m.folder / e.name, verify=verify, mmap=mmap) for e in entries]
+    first = loaded[0]
+    vocab_sha = vocabulary_sha(first.manifest.folder)
+    for e, s in zip(entries, loaded):
+        where = m.folder / e.name
+        if len(s.index) != e.images or s.index.store.num_rois != e.rois:
+            raise IndexFormatError(
+                f"{m.path}: lists {e.images} images / {e.rois} RoIs for {e.name}, it holds "
+                f"{len(s.index)} / {s.index.store.num_rois}"
+            )
+        if s.config != first.config or s.nbits != first.nbits or s.fingerprint != first.fingerprint:
+            raise IndexFormatError(f"{where}: built with another configuration or CNN than {entries[0].name}")
+        if vocabulary_sha(s.manifest.folder) != vocab_sha:
+            raise IndexFormatError(f"{where}: built with another vocabulary than {entries[0].name}")
+    shards = [s.index for s in loaded if isinstance(s.index, TwoStageIndex)]  # load_index makes only these
+    for shard in shards[1:]:  # one vocabulary in memory (the same file, checked above), not one per shard
+        shard.bow.vocabulary = shards[0].bow.vocabulary
+    index = ShardedIndex(shards, shard_size=int(m.fields["shard_size"]))
+    index.check_consistent(str(m.folder))
+    index.dirty, index.folder, index._saved = set(), Path(folder).resolve(), set(range(len(index.shards)))
+    return persist.SavedIndex(first.config, index, first.nbits, first.fingerprint, first.whitening,
+                              first.code_state, m)  # fmt: skip
+
+
+def vocabulary_sha(folder: PathLike) -> Optional[str]:
+    """The SHA-256 an index folder's manifest lists for its vocabulary (None when unreadable)."""
+    try:
+        spec = json.loads((Path(folder) / MANIFEST).read_text("utf-8"))["files"]["vocabulary"]
+        return str(spec["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save_sharded(
+    folder: PathLike,
+    index: ShardedIndex,
+    *,
+    config: "RetrieverConfig",
+    nbits: int,
+    fingerprint: Optional[str],
+    whitening: Any,
+    code_state: Dict[str, np.ndarray],
+) -> None:
+    """Save a sharded index: the shards changed since it was loaded from (or last saved to)
+    ``folder`` — every shard when it is another folder — each as an ordinary index folder,
+    then the top manifest, last."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    same = index.folder is not None and index.folder == folder.resolve()
+    for i, shard in enumerate(index.shards):
+        if same and i not in index.dirty and (folder / shard_name(i) / MANIFEST).is_file():
+            continue
+        if not isinstance(shard, TwoStageIndex):
+            raise TypeError("a sharded index served from elsewhere is saved where it is held")
+        persist.save_index(
+            folder / shard_name(i),
+            config=config,
+            index=shard,
+            nbits=nbits,
+            fingerprint=fingerprint,
+            whitening=whitening,
+            code_state=code_state,
+        )
+    entries = [shard_entry(folder, shard_name(i)) for i in range(len(index.shards))]
+    write_sharded_manifest(folder, entries, shard_size=index.shard_size)
+    index.dirty, index.folder, index._saved = set(), folder.resolve(), set(range(len(index.shards)))
+
+
+def default_shard_size(total: int, shards: int) -> int:
+    """Images per shard when ``total`` images are split into ``shards``: the largest shard,
+    or :data:`DEFAULT_SHARD_SIZE` when larger."""
+    return max(DEFAULT_SHARD_SIZE, -(-int(total) // max(1, int(shards))))
