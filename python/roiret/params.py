@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_K",
     "DEFAULT_THRESHOLD",
     "DEFAULT_THRESHOLD_MODE",
+    "DEFAULT_GEM_P",
     "DEFAULT_T_IOU",
     "DEFAULT_T_MIN",
     "DEFAULT_T_RATE",
@@ -61,6 +62,9 @@ DEFAULT_T_MIN = 0.1
 DEFAULT_T_RATE = 3.0
 #: the paper's value
 DEFAULT_T_IOU = 0.95
+#: GeM's exponent p (conv-gem): 2 was the best of 2 / 3 / 4 on Oxford5k-dev (RoI score alone,
+#: EfficientNet-Lite0) and on the demo collection (docs/RESULTS.md, "A stronger RoI stage")
+DEFAULT_GEM_P = 2.0
 #: the largest K of the paper's tables
 DEFAULT_K = 20
 #: spatial verification and query expansion (VerifyParams), chosen in docs/RESULTS.md

@@ -262,7 +262,9 @@ def _add_query_parsers(sub: Any) -> None:
 def _add_eval_parser(sub: Any, d: RetrieverConfig) -> None:
     p = _parser(sub, "eval", "the paper's Table 1/2 layout (mAP) on an Oxford-style dataset")
     p.add_argument("dataset", help="dataset root with gnd.json and jpg/ (e.g. ../shared/datasets/oxford5k-dev)")
-    p.add_argument("--features", default="conv-max,conv-sum", help="RoI descriptors (comma-separated)")
+    p.add_argument(
+        "--features", default=f"{d.feature},conv-max", help="RoI descriptors (comma-separated; conv-max: the paper's)"
+    )
     p.add_argument(
         "--variants",
         default="paper,roiret",

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..params import FEATURES, check_gem_p
+from ..params import DEFAULT_GEM_P, FEATURES, check_gem_p
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backbones import Backbone, FCHead
@@ -93,7 +93,7 @@ def _gem_powers(f: torch.Tensor, p: float) -> Tuple[torch.Tensor, torch.Tensor]:
     return (x.double() / m.double()).pow(p), m
 
 
-def gem_global(fmap: torch.Tensor, p: float = 3.0) -> torch.Tensor:
+def gem_global(fmap: torch.Tensor, p: float = DEFAULT_GEM_P) -> torch.Tensor:
     """GeM of the whole map ``(B, D, H, W)`` → ``(B, D)``: ``(mean over cells of x^p)^(1/p)``
     (activations floored at GEM_EPS)."""
     p = check_gem_p(p)
@@ -101,7 +101,7 @@ def gem_global(fmap: torch.Tensor, p: float = 3.0) -> torch.Tensor:
     return (w.mean(dim=(2, 3)).pow(1.0 / p) * m[:, :, 0, 0]).float()
 
 
-def pool_rois(fmap: torch.Tensor, rois: torch.Tensor, mode: str = "max", p: float = 3.0) -> torch.Tensor:
+def pool_rois(fmap: torch.Tensor, rois: torch.Tensor, mode: str = "max", p: float = DEFAULT_GEM_P) -> torch.Tensor:
     """Max-, sum- or GeM-pool ``fmap`` ``(B, D, H, W)`` inside each RoI (feature cells,
     rounded to whole cells, ``x2``/``y2`` exclusive, clipped to the map). Returns ``(R, D)``
     float32. An RoI with no cell inside the map pools to zeros.
@@ -194,7 +194,7 @@ def _range_max(
 class ConvPool(nn.Module):
     """``conv-max`` / ``conv-sum`` / ``conv-gem`` as a module: ``forward(fmap, rois) -> (R, D)``."""
 
-    def __init__(self, mode: str = "max", p: float = 3.0):
+    def __init__(self, mode: str = "max", p: float = DEFAULT_GEM_P):
         super().__init__()
         if mode not in POOL_MODES:
             raise ValueError(f"mode must be one of {list(POOL_MODES)}, got {mode!r}")

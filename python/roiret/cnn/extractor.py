@@ -36,6 +36,7 @@ from ..errors import ImageError
 from ..io import PathLike
 from ..io.images import ImageSource, SkippedImageWarning, check_box, load_image, resize_max_side
 from ..params import (
+    DEFAULT_GEM_P,
     DEFAULT_K,
     DEFAULT_T_IOU,
     DEFAULT_T_MIN,
@@ -273,7 +274,7 @@ class RoIExtractor:
         progress: Optional[bool] = None,
         num_workers: int = 2,
         small_ops_threads: Optional[int] = 1,
-        gem_p: float = 3.0,
+        gem_p: float = DEFAULT_GEM_P,
         scales: Sequence[float] = (1.0,),
     ):
         _check_options(feature, batch_size, chunk_size, crop_size, crop_chunk, max_side, whitening)

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional,
 
 import numpy as np
 
-from ..params import DEFAULT_MIN_INLIERS, DEFAULT_QE, DEFAULT_R
+from ..params import DEFAULT_GEM_P, DEFAULT_MIN_INLIERS, DEFAULT_QE, DEFAULT_R
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..bow import Vocabulary
@@ -273,7 +273,7 @@ def oxford_table(
     min_inliers: int = DEFAULT_MIN_INLIERS,
     qe: int = DEFAULT_QE,
     backbone: str = "alexnet",
-    gem_p: float = 3.0,
+    gem_p: float = DEFAULT_GEM_P,
     scales: Sequence[float] = (1.0,),
     code_bits: Optional[int] = 512,
     device: str = "cpu",
