@@ -155,12 +155,30 @@ def test_search_json_and_table(index, folder, capsys):
         assert "--fusion" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--scales", "0.5"], "roiret: error: scales: expected distinct scales including 1.0"),
+        (["--gem-p", "0.5"], "roiret: error: gem_p must be a number in [1, 64], got 0.5"),
+        (["--feature", "fc7", "--scales", "1,0.5"], "roiret: error: scales: only the conv-* features"),
+        (["--scales", "1,x"], "argument --scales: expected comma-separated numbers such as 1,0.707,0.5"),
+    ],
+)
+def test_index_refuses_bad_pooling_settings(folder, tmp_path, capsys, args, message):
+    d, _, _ = folder
+    with pytest.raises(SystemExit) if "argument" in message else contextlib.nullcontext():
+        assert main(["index", str(d), "-o", str(tmp_path / "idx"), *args, "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "idx").exists()  # refused before anything is written
+
+
 def test_info_and_show(index, folder, tmp_path, capsys):
     _, q, box = folder
     index, _ = index
     assert main(["info", str(index)]) == 0
     out = capsys.readouterr().out
     assert "images: 9" in out and "fusion=adaptive" in out and "512-bit random projection" in out
+    assert "efficientnet-lite0 conv-gem p=2.0, K=8" in out  # the default RoI stage
     # per-image bytes and the fixed part apart (a small index is mostly vocabulary + projection)
     files = json.loads((index / "manifest.json").read_text())["files"]
     fixed = sum(f["bytes"] for role, f in files.items() if role in ("vocabulary", "projection", "whitening"))

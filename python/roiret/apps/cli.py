@@ -587,7 +587,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"({', '.join(r for r in sizes if r in _FIXED_ROLES)})"
     )
     print(f"  bytes per image: {_part_sizes(sizes, m['images'])}")
-    print(f"  {c['backbone']} {c['feature']}, K={c['K']}, T_min={c['t_min']}, T_rate={c['t_rate']}, T_iou={c['t_iou']}")
+    pooling = (f" p={c.get('gem_p')}" if c["feature"] == "conv-gem" else "") + (
+        f", scales {','.join(f'{v:g}' for v in c['scales'])}" if len(c.get("scales") or [1.0]) > 1 else ""
+    )
+    print(
+        f"  {c['backbone']} {c['feature']}{pooling}, K={c['K']}, T_min={c['t_min']}, T_rate={c['t_rate']}, "
+        f"T_iou={c['t_iou']}"
+    )
     print(
         f"  BoW: {c['vocab_size']} words ({m['local_features']['kind']}); re-ranking: N={c['N']}, n={c['n']}, "
         f"k={c['k']}, mode={c['mode']}, fusion={'none' if c.get('fusion') is None else c['fusion']}"
