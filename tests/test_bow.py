@@ -192,6 +192,28 @@ def test_box_keeps_keypoints_inside(extractor):
         extractor.extract(img, box=(1, 2, 3))
 
 
+@pytest.mark.parametrize("max_side", [None, 300])
+def test_box_features_equal_the_filtered_whole_image(max_side):
+    """The detector is masked to the box (plus a margin), not the image cropped: the
+    features are exactly the whole image's whose centre is inside, boxes on pixel
+    edges and half pixels, the image resized or not (every keypoint kept)."""
+    fe = LocalFeatureExtractor(max_side=max_side, max_keypoints=None)
+    rng = np.random.default_rng(4)
+    for name in ("astronaut", "coffee", "camera"):
+        img = _photo(name)
+        h, w = img.shape[:2]
+        full = fe.extract(img)
+        for _ in range(4):
+            x1, y1 = rng.uniform(0, w * 0.6), rng.uniform(0, h * 0.6)
+            box = (x1, y1, x1 + rng.uniform(20, w * 0.4), y1 + rng.uniform(20, h * 0.4))
+            box = tuple(float(np.round(v * 2) / 2) if rng.random() < 0.5 else float(v) for v in box)
+            got, want = fe.extract(img, box=box), full.in_box(box)
+            assert len(got) == len(want)
+            np.testing.assert_array_equal(got.xy, want.xy)
+            np.testing.assert_array_equal(got.descriptors, want.descriptors)
+            np.testing.assert_array_equal(got.angles, want.angles)
+
+
 def test_extractor_concurrent_threads_match_sequential():
     fe = LocalFeatureExtractor(max_keypoints=300)
     names = ["astronaut", "coffee", "camera", "rocket"]

@@ -135,6 +135,24 @@ class LocalFeatures:
         )
 
 
+#: pixels around a query box where the detector still looks: keypoints on the box's edge
+#: (centre inside, detected a pixel outside after rounding) are kept by ``in_box`` later
+BOX_MASK_MARGIN = 2
+
+
+def _box_mask(shape: Tuple[int, ...], box: Box, scale: float) -> np.ndarray:
+    """The detector's mask on the resized image: the box (image pixels, mapped as the
+    keypoints are mapped back: pixel centres at integer coordinates) plus BOX_MASK_MARGIN."""
+    h, w = shape[:2]
+    x1, y1, x2, y2 = ((v + 0.5) * scale - 0.5 for v in box)
+    m = BOX_MASK_MARGIN
+    c1, r1 = max(0, int(np.floor(x1)) - m), max(0, int(np.floor(y1)) - m)
+    c2, r2 = min(w, int(np.ceil(x2)) + m + 1), min(h, int(np.ceil(y2)) + m + 1)
+    mask = np.zeros((h, w), np.uint8)
+    mask[r1:r2, c1:c2] = 255
+    return mask
+
+
 class LocalFeatureExtractor:
     """Detect keypoints and compute local descriptors with OpenCV.
 
@@ -281,9 +299,12 @@ class LocalFeatureExtractor:
             A path, encoded bytes, or an array (gray ``H×W``, RGB ``H×W×3``, RGBA; uint8,
             uint16 or float in [0, 1]) — anything :func:`roiret.imageio.load_image` reads.
         box:
-            Optional ``(x1, y1, x2, y2)`` in the image's pixels: features are computed on
-            the whole image (so that the descriptors near the border of the box see their
-            full support) and only those whose centre lies inside the box are kept.
+            Optional ``(x1, y1, x2, y2)`` in the image's pixels: only the features whose
+            centre lies inside the box are kept. They are computed on the whole image (the
+            descriptors near the border of the box see their full support), the detector
+            masked to the box (and a 2-pixel margin): the same features as filtering the
+            whole image's, without describing the keypoints outside (~20 % of the time on
+            Oxford5k-dev's query boxes). ``max_keypoints`` counts the box's keypoints.
 
         Returns
         -------
@@ -301,7 +322,9 @@ class LocalFeatureExtractor:
         gray = load_image(image, gray=True)
         h0, w0 = gray.shape[:2]
         small, scale = resize_max_side(gray, self.max_side)
-        kps, desc = self._detector().detectAndCompute(small, None)
+        kps, desc = self._detector().detectAndCompute(
+            small, None if box is None else _box_mask(small.shape, box, scale)
+        )
         n = len(kps)
         if n == 0 or desc is None:
             feats = LocalFeatures(
