@@ -86,11 +86,13 @@ GEM_EPS = 1e-6
 
 def _gem_powers(f: torch.Tensor, p: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """``((f / m)^p, m)`` with ``m`` the per-image, per-channel maximum of the map (at least
-    GEM_EPS). The powers are float64 in [0, 1]: a large ``p`` can neither overflow nor
+    GEM_EPS). The powers are in [0, 1], float64: a large ``p`` can neither overflow nor
     (for cells above ~1e-4 of their channel's maximum, at p = 64) underflow."""
     x = f.clamp(min=GEM_EPS)
     m = x.amax(dim=(2, 3), keepdim=True)
-    return (x.double() / m.double()).pow(p), m
+    # float64 where the device has it (CPU, CUDA); float32 elsewhere (e.g. Apple's MPS)
+    dt = torch.float64 if x.device.type in ("cpu", "cuda") else torch.float32
+    return (x.to(dt) / m.to(dt)).pow(p), m
 
 
 def gem_global(fmap: torch.Tensor, p: float = DEFAULT_GEM_P) -> torch.Tensor:
