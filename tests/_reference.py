@@ -221,3 +221,30 @@ def spatial_verify_ref(
         qboxes[r] = [X[mask].min(), Y[mask].min(), X[mask].max(), Y[mask].max()]
         dboxes[r] = [XD[mask].min(), YD[mask].min(), XD[mask].max(), YD[mask].max()]
     return inliers, affine, qboxes, dboxes
+
+
+#: GeM's activation floor (roiret.cnn.descriptors.GEM_EPS)
+GEM_EPS = 1e-6
+
+
+def pool_rois_ref(f: np.ndarray, rois: np.ndarray, mode: str, p: float = 3.0) -> np.ndarray:
+    """max / sum / GeM ((mean over the cells of max(x, eps)^p)^(1/p)) of the feature map
+    ``f`` (B, D, H, W) inside each RoI row ``[b, x1, y1, x2, y2]`` (cells, rounded, clipped),
+    a float64 loop (0 for an empty RoI): the oracle of ``roiret.cnn.descriptors.pool_rois``."""
+    B, D, H, W = f.shape
+    out = np.zeros((len(rois), D), np.float64)
+    for r, (b, x1, y1, x2, y2) in enumerate(rois):
+        b = int(b)
+        x1, y1 = max(int(round(x1)), 0), max(int(round(y1)), 0)
+        x2, y2 = min(int(round(x2)), W), min(int(round(y2)), H)
+        for d in range(D):
+            vals = [float(f[b, d, y, x]) for y in range(y1, y2) for x in range(x1, x2)]
+            if not vals:
+                continue
+            if mode == "max":
+                out[r, d] = max(vals)
+            elif mode == "sum":
+                out[r, d] = sum(vals)
+            else:
+                out[r, d] = (sum(max(v, GEM_EPS) ** p for v in vals) / len(vals)) ** (1.0 / p)
+    return out

@@ -8,23 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _reference import pool_rois_ref
 from conftest import DEVICES
 from roiret.cnn import descriptors as Dm
 from roiret.cnn.backbones import build_backbone, build_fc_head
-
-
-def _naive_pool(f: np.ndarray, rois: np.ndarray, mode: str) -> np.ndarray:
-    B, D, H, W = f.shape
-    out = np.zeros((len(rois), D), np.float64)
-    for r, (b, x1, y1, x2, y2) in enumerate(rois):
-        b = int(b)
-        x1, y1 = max(int(round(x1)), 0), max(int(round(y1)), 0)
-        x2, y2 = min(int(round(x2)), W), min(int(round(y2)), H)
-        for d in range(D):
-            vals = [f[b, d, y, x] for y in range(y1, y2) for x in range(x1, x2)]
-            if vals:
-                out[r, d] = max(vals) if mode == "max" else sum(float(v) for v in vals)
-    return out
 
 
 def _rois():
@@ -51,7 +38,7 @@ def test_pooling_equals_loop(device, mode):
     got = Dm.pool_rois(f.to(device), torch.from_numpy(rois).to(device), mode)
     assert got.shape == (len(rois), 5) and got.dtype == torch.float32
     assert got.device.type == device
-    np.testing.assert_allclose(got.cpu().numpy(), _naive_pool(f.numpy(), rois, mode), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got.cpu().numpy(), pool_rois_ref(f.numpy(), rois, mode), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["max", "sum"])
@@ -64,7 +51,7 @@ def test_pooling_random_boxes(mode):
         [rng.integers(0, 2, 40), x1, y1, x1 + rng.integers(1, 9, 40), y1 + rng.integers(1, 13, 40)], 1
     ).astype(np.float32)
     got = Dm.pool_rois(f, torch.from_numpy(rois), mode)
-    np.testing.assert_allclose(got.numpy(), _naive_pool(f.numpy(), rois, mode), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got.numpy(), pool_rois_ref(f.numpy(), rois, mode), rtol=1e-5, atol=1e-5)
 
 
 def test_pool_module_and_errors():
@@ -84,21 +71,6 @@ def test_pool_module_and_errors():
 # ----------------------------------------------------------------------------------------
 # conv-gem: the generalised mean inside each RoI
 # ----------------------------------------------------------------------------------------
-def _naive_gem(f: np.ndarray, rois: np.ndarray, p: float) -> np.ndarray:
-    """(mean over the RoI's cells of max(x, eps)^p)^(1/p), a float64 loop (0 for an empty RoI)."""
-    B, D, H, W = f.shape
-    out = np.zeros((len(rois), D), np.float64)
-    for r, (b, x1, y1, x2, y2) in enumerate(rois):
-        b = int(b)
-        x1, y1 = max(int(round(x1)), 0), max(int(round(y1)), 0)
-        x2, y2 = min(int(round(x2)), W), min(int(round(y2)), H)
-        for d in range(D):
-            vals = [max(float(f[b, d, y, x]), Dm.GEM_EPS) ** p for y in range(y1, y2) for x in range(x1, x2)]
-            if vals:
-                out[r, d] = (sum(vals) / len(vals)) ** (1.0 / p)
-    return out
-
-
 def _relu_map(seed: int, shape=(3, 5, 7, 11)) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.relu(torch.randn(*shape, generator=g)) * 4  # post-ReLU maps, zeros included
@@ -111,12 +83,12 @@ def test_gem_equals_loop(device, p):
     got = Dm.pool_rois(f.to(device), torch.from_numpy(rois).to(device), "gem", p)
     assert got.shape == (len(rois), 5) and got.dtype == torch.float32 and got.device.type == device
     np.testing.assert_allclose(
-        got.cpu().numpy(), _naive_gem(f.numpy().astype(np.float64), rois, p), rtol=2e-5, atol=2e-6
+        got.cpu().numpy(), pool_rois_ref(f.numpy().astype(np.float64), rois, "gem", p), rtol=2e-5, atol=2e-6
     )
     # the whole map: the same number as the whole-map RoI (row 0) and as the loop
     glob = Dm.gem_global(f.to(device), p).cpu().numpy()
     np.testing.assert_allclose(
-        glob, _naive_gem(f.numpy(), np.array([[b, 0, 0, 11, 7] for b in range(3)]), p), rtol=2e-5, atol=2e-6
+        glob, pool_rois_ref(f.numpy(), np.array([[b, 0, 0, 11, 7] for b in range(3)]), "gem", p), rtol=2e-5, atol=2e-6
     )
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from _reference import pack_codes_ref
+from _reference import pack_codes_ref, pool_rois_ref
 from conftest import DEVICES
 from roiret.cnn.backbones import build_backbone
 from roiret.cnn.extractor import RoIExtractor, prepare_image
@@ -255,9 +255,8 @@ def test_cells_at_cover_the_same_pixels():
 
 
 def _gem_loop(f: np.ndarray, c, p: float) -> np.ndarray:
-    x1, y1, x2, y2 = (int(v) for v in c)
-    v = np.maximum(f[:, y1:y2, x1:x2].astype(np.float64), 1e-6)
-    return (v**p).mean(axis=(1, 2)) ** (1 / p)
+    """GeM of the map ``f`` (D, H, W) inside the cell box ``c``."""
+    return pool_rois_ref(f[None], np.array([[0, *c]], np.float64), "gem", p)[0]
 
 
 def test_multiscale_gem_equals_reference(kernels, alex):

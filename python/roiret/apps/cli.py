@@ -327,8 +327,7 @@ def _load(args: argparse.Namespace) -> Retriever:
 def _config_args(args: argparse.Namespace) -> Dict[str, Any]:
     """The RetrieverConfig fields given to ``roiret index``."""
     names = ("backbone", "feature", "gem_p", "scales", "K", "vocab_size", "max_keypoints", "N", "n", "k", "max_side")
-    given = {n: getattr(args, n) for n in names if hasattr(args, n)}
-    return {**given, "fusion": args.fusion, "R": args.R, "min_inliers": args.min_inliers, "qe": args.qe}
+    return {n: getattr(args, n) for n in names + ("fusion", "R", "min_inliers", "qe")}
 
 
 def _report_skipped(n: int, output: str, failed: Sequence[Any]) -> None:
@@ -382,21 +381,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.shards is not None or args.address is not None or args.workers is not None:
         raise ValueError("--shards, --address and --workers need --engine ray")
     r = Retriever(
-        backbone=args.backbone,
-        feature=args.feature,
-        gem_p=args.gem_p,
-        scales=args.scales,
-        K=args.K,
-        vocab_size=args.vocab_size,
-        max_keypoints=args.max_keypoints,
-        N=args.N,
-        n=args.n,
-        k=args.k,
-        max_side=args.max_side,
-        fusion=args.fusion,
-        R=args.R,
-        min_inliers=args.min_inliers,
-        qe=args.qe,
+        **_config_args(args),
         device=args.device or "cpu",
         weights=args.weights,
         allow_download=args.allow_download,
