@@ -14,17 +14,15 @@ read-only (``add``, ``remove`` and ``save`` go through a local :meth:`Retriever.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import IndexFormatError
 from ..search import persist
 from ..search.index import IndexedImage, RowsLike, TwoStageIndex
 from ..search.retriever import Retriever
-from ..search.sharded import ShardedIndex, read_sharded_manifest, vocabulary_sha
+from ..search.sharded import ShardedIndex, check_shards_agree, read_sharded_manifest
 from ..search.verify import Verification
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,11 +39,11 @@ class ShardServer:
 
     def __init__(self, folders: List[str], verify: bool = True, mmap: bool = True):
         self.shards: List[TwoStageIndex] = []
+        shared: Optional[persist.SharedVocabulary] = None  # one vocabulary in memory
         for f in folders:
-            index = persist.load_index(f, verify=verify, mmap=mmap).index
-            assert isinstance(index, TwoStageIndex)
-            if self.shards:  # one vocabulary in memory (the driver checked they are the same file)
-                index.bow.vocabulary = self.shards[0].bow.vocabulary
+            index = persist.load_index(f, verify=verify, mmap=mmap, shared_vocabulary=shared).index
+            assert isinstance(index, TwoStageIndex)  # an index folder holds one index
+            shared = shared or (str(persist.vocabulary_sha(f)), index.bow.vocabulary)
             self.shards.append(index)
 
     def describe(self) -> List[Dict[str, Any]]:
@@ -169,10 +167,10 @@ def serve(
 
     _connect(address, None)
     m, entries = read_sharded_manifest(folder)
-    front = persist.load_frontend(m.folder / entries[0].name, verify=verify)
-    manifests = [persist.read_manifest(m.folder / e.name, verify=False) for e in entries]
-    if len({(json.dumps(x.fields.get("config"), sort_keys=True), vocabulary_sha(x.folder)) for x in manifests}) != 1:
-        raise IndexFormatError(f"{m.path}: its shards were built with different configurations or vocabularies")
+    # the actors verify every file of their shards (``verify``); the driver only parses the
+    # query side of the first shard and checks that the shards agree
+    front = persist.load_frontend(m.folder / entries[0].name, verify=False)
+    check_shards_agree(m.folder, entries, [persist.read_manifest(m.folder / e.name, verify=False) for e in entries])
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // max(num_cpus, 1e-9))) if num_cpus else len(entries)
     n = max(1, min(len(entries), actors or slots))
     groups = [entries[len(entries) * a // n : len(entries) * (a + 1) // n] for a in range(n)]

@@ -16,7 +16,9 @@ anywhere.
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 
 import numpy as np
@@ -26,7 +28,7 @@ from ..bow import BowIndex, LocalFeatureExtractor, Vocabulary
 from ..errors import IndexFormatError
 from ..io import PathLike
 from ..io.arrays import save_npy
-from ..io.folder import IndexFolder, IndexWriter, Manifest, as_format_error
+from ..io.folder import MANIFEST, IndexFolder, IndexWriter, Manifest, as_format_error
 from .config import RetrieverConfig
 from .geometry import GeometryStore
 from .index import TwoStageIndex
@@ -169,14 +171,31 @@ class Frontend:
     manifest: Manifest
 
 
-def _frontend(m: Manifest) -> Frontend:
+def vocabulary_sha(folder: PathLike) -> Optional[str]:
+    """The SHA-256 an index folder's manifest lists for its vocabulary (None when unreadable)."""
+    try:
+        spec = json.loads((Path(folder) / MANIFEST).read_text("utf-8"))["files"]["vocabulary"]
+        return str(spec["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+#: ``(SHA-256, vocabulary)``: a vocabulary already in memory, used by an index folder whose
+#: manifest lists that SHA-256 for its vocabulary file (the shards of one collection)
+SharedVocabulary = Tuple[str, Vocabulary]
+
+
+def _frontend(m: Manifest, shared: Optional[SharedVocabulary] = None) -> Frontend:
     from ..cnn.whitening import PCAWhitening
 
     config, nbits, lf_config, fingerprint = _fields(m)
     # Every file is untrusted input: whatever a damaged one makes a parser raise is
     # reported as IndexFormatError naming it. Nothing is unpickled.
-    with m.parsing("vocabulary"):
-        voc = Vocabulary.load(m.paths["vocabulary"])
+    if shared is not None and vocabulary_sha(m.folder) == shared[0]:
+        voc = shared[1]  # the same file, already parsed: one vocabulary in memory
+    else:
+        with m.parsing("vocabulary"):
+            voc = Vocabulary.load(m.paths["vocabulary"])
     with as_format_error(m.path):
         lfe = LocalFeatureExtractor.from_config(lf_config)
     whitening = None
@@ -200,12 +219,15 @@ def load_frontend(folder: PathLike, *, verify: bool = True) -> Frontend:
     return _frontend(read_manifest(folder, verify=verify))
 
 
-def load_index(folder: PathLike, *, verify: bool = True, mmap: bool = True) -> SavedIndex:
-    """Read and check an index folder written by :func:`save_index`."""
+def load_index(
+    folder: PathLike, *, verify: bool = True, mmap: bool = True, shared_vocabulary: Optional[SharedVocabulary] = None
+) -> SavedIndex:
+    """Read and check an index folder written by :func:`save_index`. ``shared_vocabulary``:
+    use that vocabulary instead of parsing the folder's when it is the same file."""
     from .._kernels import InvertedFile
 
     m = read_manifest(folder, verify=verify)
-    f = _frontend(m)
+    f = _frontend(m, shared_vocabulary)
     with m.parsing("inverted_file"):
         ivf = InvertedFile.load(str(m.paths["inverted_file"]))
     store = _store(m, (f.nbits + 63) // 64, mmap)

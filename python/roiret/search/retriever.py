@@ -419,27 +419,18 @@ class Retriever:
         top-level manifest (:func:`roiret.search.sharded.save_sharded`)."""
         index = self.index
         assert self._coder is not None
+        state: Dict[str, Any] = dict(
+            config=self.config,
+            nbits=self.nbits,
+            fingerprint=self._fingerprint,
+            whitening=self.extractor.whitening,
+            code_state=self._coder.state_dict(),
+        )
         with self._rw.read():
             if isinstance(index, sharded.ShardedIndex):
-                sharded.save_sharded(
-                    path,
-                    index,
-                    config=self.config,
-                    nbits=self.nbits,
-                    fingerprint=self._fingerprint,
-                    whitening=self.extractor.whitening,
-                    code_state=self._coder.state_dict(),
-                )
-                return
-            persist.save_index(
-                path,
-                config=self.config,
-                index=index,
-                nbits=self.nbits,
-                fingerprint=self._fingerprint,
-                whitening=self.extractor.whitening,
-                code_state=self._coder.state_dict(),
-            )
+                sharded.save_sharded(path, index, **state)
+            else:
+                persist.save_index(path, index=index, **state)
 
     @classmethod
     def load(

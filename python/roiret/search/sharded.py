@@ -44,6 +44,7 @@ from ..io.folder import MANIFEST, IndexFolder, IndexWriter, Manifest, as_format_
 from . import persist
 from .geometry import FeatureGeometry, GeometryStore
 from .index import IndexedImage, RowsLike, TwoStageIndex
+from .persist import vocabulary_sha
 from .store import RoIStore
 from .verify import Verification
 
@@ -65,6 +66,7 @@ __all__ = [
     "save_sharded",
     "shard_name",
     "vocabulary_sha",
+    "check_shards_agree",
     "write_sharded_manifest",
 ]
 
@@ -253,6 +255,10 @@ class ShardedIndex:
         df = np.sum(self._map(lambda s: np.asarray(s.document_frequencies(), np.int64), self.shards), axis=0)
         n = int(self._starts[-1])
         self._map(lambda s: s.set_collection_stats(n, df), self.shards)
+        # what every query with expansion reads: fixed until the next change (a served
+        # shard would answer each call with a round trip)
+        self._idf = np.asarray(self.shards[0].idf())
+        self._has_geometry = all(s.has_geometry for s in self.shards)
 
     def _map(self, fn: Callable[[T], R], items: Sequence[T]) -> List[R]:
         if len(items) <= 1:
@@ -285,7 +291,7 @@ class ShardedIndex:
 
     @property
     def has_geometry(self) -> bool:
-        return all(s.has_geometry for s in self.shards)
+        return self._has_geometry
 
     @property
     def code_words(self) -> int:
@@ -306,7 +312,7 @@ class ShardedIndex:
         return merge_bow_lists(parts, int(top))
 
     def idf(self) -> np.ndarray:
-        return self.shards[0].idf()
+        return self._idf
 
     def rows_of(self, ids: Iterable[int]) -> np.ndarray:
         a = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids), np.int64).reshape(-1)
@@ -495,10 +501,10 @@ def is_sharded(folder: PathLike) -> bool:
     return isinstance(m, dict) and m.get("format") == FORMAT
 
 
-def shard_entry(folder: PathLike, name: str) -> ShardEntry:
-    """The entry of a complete shard folder ``folder/name`` (its manifest checked, files
-    included)."""
-    m = persist.read_manifest(Path(folder) / name, verify=True)
+def shard_entry(folder: PathLike, name: str, *, verify: bool = True) -> ShardEntry:
+    """The entry of a complete shard folder ``folder/name`` (its manifest checked; with
+    ``verify``, every file's checksum too — skip it for files just written or verified)."""
+    m = persist.read_manifest(Path(folder) / name, verify=verify)
     with as_format_error(m.path, "incomplete or invalid manifest"):
         images, rois = int(m.fields["images"]), int(m.fields["rois"])
     return ShardEntry(name, images, rois, sha256_file(m.path))
@@ -548,23 +554,23 @@ def load_sharded(folder: PathLike, *, verify: bool = True, mmap: bool = True) ->
     :func:`~roiret.search.persist.load_index`), and that the shards agree (configuration,
     code length, weights, vocabulary). The returned ``index`` is a :class:`ShardedIndex`."""
     m, entries = read_sharded_manifest(folder)
-    loaded = [persist.load_index(m.folder / e.name, verify=verify, mmap=mmap) for e in entries]
-    first = loaded[0]
-    vocab_sha = vocabulary_sha(first.manifest.folder)
+    first = persist.load_index(m.folder / entries[0].name, verify=verify, mmap=mmap)
+    check_shards_agree(m.folder, entries, [first.manifest] + [persist.read_manifest(m.folder / e.name, verify=False)
+                                                             for e in entries[1:]])  # fmt: skip
+    shared = (str(vocabulary_sha(first.manifest.folder)), first.index.bow.vocabulary)  # one vocabulary in memory
+    loaded = [first] + [
+        persist.load_index(m.folder / e.name, verify=verify, mmap=mmap, shared_vocabulary=shared) for e in entries[1:]
+    ]
     for e, s in zip(entries, loaded):
-        where = m.folder / e.name
         if len(s.index) != e.images or s.index.store.num_rois != e.rois:
             raise IndexFormatError(
                 f"{m.path}: lists {e.images} images / {e.rois} RoIs for {e.name}, it holds "
                 f"{len(s.index)} / {s.index.store.num_rois}"
             )
-        if s.config != first.config or s.nbits != first.nbits or s.fingerprint != first.fingerprint:
-            raise IndexFormatError(f"{where}: built with another configuration or CNN than {entries[0].name}")
-        if vocabulary_sha(s.manifest.folder) != vocab_sha:
-            raise IndexFormatError(f"{where}: built with another vocabulary than {entries[0].name}")
-    shards = [s.index for s in loaded if isinstance(s.index, TwoStageIndex)]  # load_index makes only these
-    for shard in shards[1:]:  # one vocabulary in memory (the same file, checked above), not one per shard
-        shard.bow.vocabulary = shards[0].bow.vocabulary
+    shards: List[Shard] = []
+    for s in loaded:
+        assert isinstance(s.index, TwoStageIndex)  # an index folder holds one index
+        shards.append(s.index)
     index = ShardedIndex(shards, shard_size=int(m.fields["shard_size"]))
     index.check_consistent(str(m.folder))
     index.dirty, index.folder, index._saved = set(), Path(folder).resolve(), set(range(len(index.shards)))
@@ -572,13 +578,23 @@ def load_sharded(folder: PathLike, *, verify: bool = True, mmap: bool = True) ->
                               first.code_state, m)  # fmt: skip
 
 
-def vocabulary_sha(folder: PathLike) -> Optional[str]:
-    """The SHA-256 an index folder's manifest lists for its vocabulary (None when unreadable)."""
-    try:
-        spec = json.loads((Path(folder) / MANIFEST).read_text("utf-8"))["files"]["vocabulary"]
-        return str(spec["sha256"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+def check_shards_agree(folder: Path, entries: Sequence[ShardEntry], manifests: Sequence[Manifest]) -> None:
+    """IndexFormatError unless every shard's manifest lists the first one's configuration,
+    code length, CNN weights and vocabulary file (one collection, searched together)."""
+
+    def key(x: Manifest) -> Tuple[str, Any, Any]:
+        return (
+            json.dumps(x.fields.get("config"), sort_keys=True),
+            x.fields.get("nbits"),
+            x.fields.get("backbone_fingerprint"),
+        )
+
+    vocab = vocabulary_sha(manifests[0].folder)
+    for e, x in zip(entries, manifests):
+        if key(x) != key(manifests[0]):
+            raise IndexFormatError(f"{folder / e.name}: built with another configuration or CNN than {entries[0].name}")
+        if vocabulary_sha(x.folder) != vocab:
+            raise IndexFormatError(f"{folder / e.name}: built with another vocabulary than {entries[0].name}")
 
 
 def save_sharded(
@@ -596,12 +612,13 @@ def save_sharded(
     then the top manifest, last."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if not all(isinstance(s, TwoStageIndex) for s in index.shards):  # before anything is written
+        raise TypeError("a sharded index served from elsewhere is saved where it is held")
     same = index.folder is not None and index.folder == folder.resolve()
     for i, shard in enumerate(index.shards):
         if same and i not in index.dirty and (folder / shard_name(i) / MANIFEST).is_file():
             continue
-        if not isinstance(shard, TwoStageIndex):
-            raise TypeError("a sharded index served from elsewhere is saved where it is held")
+        assert isinstance(shard, TwoStageIndex)
         persist.save_index(
             folder / shard_name(i),
             config=config,
@@ -611,7 +628,8 @@ def save_sharded(
             whitening=whitening,
             code_state=code_state,
         )
-    entries = [shard_entry(folder, shard_name(i)) for i in range(len(index.shards))]
+    # the shards were verified when loaded or have just been written: their manifests suffice
+    entries = [shard_entry(folder, shard_name(i), verify=False) for i in range(len(index.shards))]
     write_sharded_manifest(folder, entries, shard_size=index.shard_size)
     index.dirty, index.folder, index._saved = set(), folder.resolve(), set(range(len(index.shards)))
 
