@@ -17,6 +17,7 @@
 
 #include "roicore/common.h"
 #include "roicore/cpu.h"
+#include "roicore/embedded_file.h"
 #include "roicore/hamming.h"
 #include "roicore/checksum.h"
 #include "roicore/inverted_file.h"
@@ -25,6 +26,7 @@
 #include "roicore/spatial_verify.h"
 
 namespace py = pybind11;
+using roicore::EmbeddedInvertedFile;
 using roicore::InvertedFile;
 
 namespace {
@@ -387,121 +389,108 @@ py::tuple spatial_verify(const py::object& qw_obj, const py::object& qxy_obj, co
 }
 
 // ---------------------------------------------------------------------------------------
-// InvertedFile
+// InvertedFile, EmbeddedInvertedFile
 // ---------------------------------------------------------------------------------------
+template <class T>
+py::array_t<T> to_array(const std::vector<T>& v) {
+  py::array_t<T> a(v.size());
+  std::copy(v.begin(), v.end(), a.mutable_data());
+  return a;
+}
+
+// The images of an add() in CSR form: ids (n), offsets (n + 1), words (nnz).
+struct CsrImages {
+  py::array_t<std::int64_t, py::array::c_style> ids, offsets, words;
+  std::size_t n, nnz;
+};
+
+CsrImages csr_images(const py::object& ids_obj, const py::object& offsets_obj, const py::object& words_obj) {
+  CsrImages c{as_int64(ids_obj, "image_ids"), as_int64(offsets_obj, "offsets"), as_int64(words_obj, "words"), 0, 0};
+  c.n = static_cast<std::size_t>(c.ids.shape(0));
+  c.nnz = static_cast<std::size_t>(c.words.shape(0));
+  if (static_cast<std::size_t>(c.offsets.shape(0)) != c.n + 1)
+    throw py::value_error("offsets: expected " + std::to_string(c.n + 1) + " values (len(image_ids) + 1), got " +
+                          std::to_string(c.offsets.shape(0)));
+  return c;
+}
+
+// Weights of m words (any numeric array, as float32), or ones when None.
+py::array_t<float, py::array::c_style> word_weights(const py::object& obj, std::size_t m, const char* name) {
+  py::array_t<float, py::array::c_style> w;
+  if (obj.is_none()) {
+    w = py::array_t<float, py::array::c_style>(m);
+    std::fill(w.mutable_data(), w.mutable_data() + m, 1.0f);
+  } else {
+    w = as_f32(obj, name);
+  }
+  if (static_cast<std::size_t>(w.shape(0)) != m)
+    throw py::value_error(std::string(name) + ": expected " + std::to_string(m) + " values (one per word), got " +
+                          std::to_string(w.shape(0)));
+  return w;
+}
+
+std::size_t vocab_count(long long vocab_size) {
+  if (vocab_size < 1) throw py::value_error("vocab_size must be >= 1, got " + std::to_string(vocab_size));
+  return static_cast<std::size_t>(vocab_size);
+}
+
+std::size_t top_count(long long top) {
+  if (top < 1) throw py::value_error("top must be >= 1, got " + std::to_string(top));
+  return static_cast<std::size_t>(top);
+}
+
+// (ids int64, scores float32), or (ids int64, scores float64) with the exact scores.
+py::tuple search_result(const std::vector<std::int64_t>& ids, const std::vector<float>& scores,
+                        const std::vector<double>* exact) {
+  if (exact != nullptr) return py::make_tuple(to_array(ids), to_array(*exact));
+  return py::make_tuple(to_array(ids), to_array(scores));
+}
+
 void ivf_add(InvertedFile& self, const py::object& ids_obj, const py::object& offsets_obj, const py::object& words_obj,
              const py::object& counts_obj) {
-  auto ids = as_int64(ids_obj, "image_ids");
-  auto offsets = as_int64(offsets_obj, "offsets");
-  auto words = as_int64(words_obj, "words");
-  const auto n = static_cast<std::size_t>(ids.shape(0)), nnz = static_cast<std::size_t>(words.shape(0));
-  if (static_cast<std::size_t>(offsets.shape(0)) != n + 1)
-    throw py::value_error("offsets: expected " + std::to_string(n + 1) + " values (len(image_ids) + 1), got " +
-                          std::to_string(offsets.shape(0)));
-  py::array_t<float, py::array::c_style> counts;
-  if (counts_obj.is_none()) {
-    counts = py::array_t<float, py::array::c_style>(nnz);
-    std::fill(counts.mutable_data(), counts.mutable_data() + nnz, 1.0f);
-  } else {
-    counts = as_f32(counts_obj, "counts");
-  }
-  if (static_cast<std::size_t>(counts.shape(0)) != nnz)
-    throw py::value_error("counts: expected " + std::to_string(nnz) + " values (one per word), got " +
-                          std::to_string(counts.shape(0)));
-  const std::int64_t *pi = ids.data(), *po = offsets.data(), *pw = words.data();
+  const CsrImages c = csr_images(ids_obj, offsets_obj, words_obj);
+  auto counts = word_weights(counts_obj, c.nnz, "counts");
+  const std::int64_t *pi = c.ids.data(), *po = c.offsets.data(), *pw = c.words.data();
   const float* pc = counts.data();
   py::gil_scoped_release nogil;
-  self.add(pi, n, po, pw, pc, nnz);
+  self.add(pi, c.n, po, pw, pc, c.nnz);
 }
 
-std::pair<py::array_t<std::int64_t, py::array::c_style>, py::array_t<float, py::array::c_style>> query_arrays(
-    const py::object& words_obj, const py::object& counts_obj) {
-  auto words = as_int64(words_obj, "words");
-  const auto m = static_cast<std::size_t>(words.shape(0));
-  py::array_t<float, py::array::c_style> counts;
-  if (counts_obj.is_none()) {
-    counts = py::array_t<float, py::array::c_style>(m);
-    std::fill(counts.mutable_data(), counts.mutable_data() + m, 1.0f);
-  } else {
-    counts = as_f32(counts_obj, "counts");
-  }
-  if (static_cast<std::size_t>(counts.shape(0)) != m)
-    throw py::value_error("counts: expected " + std::to_string(m) + " values (one per word), got " +
-                          std::to_string(counts.shape(0)));
-  return {words, counts};
-}
-
+template <bool kExact>
 py::tuple ivf_search(const InvertedFile& self, const py::object& words_obj, const py::object& counts_obj, long long top,
                      int threads) {
-  if (top < 1) throw py::value_error("top must be >= 1, got " + std::to_string(top));
-  auto qa = query_arrays(words_obj, counts_obj);
-  std::vector<std::int64_t> ids;
-  std::vector<float> scores;
-  const std::int64_t* pw = qa.first.data();
-  const float* pc = qa.second.data();
-  const auto m = static_cast<std::size_t>(qa.first.shape(0));
-  {
-    py::gil_scoped_release nogil;
-    self.search(pw, pc, m, static_cast<std::size_t>(top), ids, scores, threads);
-  }
-  py::array_t<std::int64_t> oi(ids.size());
-  py::array_t<float> os(scores.size());
-  std::copy(ids.begin(), ids.end(), oi.mutable_data());
-  std::copy(scores.begin(), scores.end(), os.mutable_data());
-  return py::make_tuple(oi, os);
-}
-
-py::tuple ivf_search_exact(const InvertedFile& self, const py::object& words_obj, const py::object& counts_obj,
-                           long long top, int threads) {
-  if (top < 1) throw py::value_error("top must be >= 1, got " + std::to_string(top));
-  auto qa = query_arrays(words_obj, counts_obj);
+  const std::size_t tn = top_count(top);
+  auto words = as_int64(words_obj, "words");
+  const auto m = static_cast<std::size_t>(words.shape(0));
+  auto counts = word_weights(counts_obj, m, "counts");
   std::vector<std::int64_t> ids;
   std::vector<float> scores;
   std::vector<double> exact;
-  const std::int64_t* pw = qa.first.data();
-  const float* pc = qa.second.data();
-  const auto m = static_cast<std::size_t>(qa.first.shape(0));
+  const std::int64_t* pw = words.data();
+  const float* pc = counts.data();
   {
     py::gil_scoped_release nogil;
-    self.search(pw, pc, m, static_cast<std::size_t>(top), ids, scores, threads, &exact);
+    self.search(pw, pc, m, tn, ids, scores, threads, kExact ? &exact : nullptr);
   }
-  py::array_t<std::int64_t> oi(ids.size());
-  py::array_t<double> os(exact.size());
-  std::copy(ids.begin(), ids.end(), oi.mutable_data());
-  std::copy(exact.begin(), exact.end(), os.mutable_data());
-  return py::make_tuple(oi, os);
-}
-
-void ivf_set_collection_stats(InvertedFile& self, long long n_docs, const py::object& df_obj) {
-  if (n_docs < 0) throw py::value_error("n_docs must be >= 0, got " + std::to_string(n_docs));
-  auto df = as_int64(df_obj, "df");
-  const auto n = static_cast<std::size_t>(df.shape(0));
-  std::vector<std::uint64_t> d(n);
-  const std::int64_t* p = df.data();
-  for (std::size_t i = 0; i < n; ++i) {
-    if (p[i] < 0) throw py::value_error("df[" + std::to_string(i) + "] is negative");
-    d[i] = static_cast<std::uint64_t>(p[i]);
-  }
-  py::gil_scoped_release nogil;
-  self.set_collection_stats(static_cast<std::uint64_t>(n_docs), d.data(), n);
+  return search_result(ids, scores, kExact ? &exact : nullptr);
 }
 
 py::tuple ivf_search_batch(const InvertedFile& self, const py::object& offsets_obj, const py::object& words_obj,
                            const py::object& counts_obj, long long top, int threads) {
-  if (top < 1) throw py::value_error("top must be >= 1, got " + std::to_string(top));
+  const std::size_t tn = top_count(top);
   auto offsets = as_int64(offsets_obj, "offsets");
   if (offsets.shape(0) < 1) throw py::value_error("offsets: expected n_queries + 1 values, got 0");
-  auto qa = query_arrays(words_obj, counts_obj);
+  auto words = as_int64(words_obj, "words");
+  const auto nnz = static_cast<std::size_t>(words.shape(0));
+  auto counts = word_weights(counts_obj, nnz, "counts");
   const auto nq = static_cast<std::size_t>(offsets.shape(0) - 1);
-  const auto tn = static_cast<std::size_t>(top);
   check_output(nq, tn, 12, "reduce top (more than len(self) only pads)");
   py::array_t<std::int64_t> oi({nq, tn});
   py::array_t<float> os({nq, tn});
   std::int64_t* pi = oi.mutable_data();
   float* ps = os.mutable_data();
-  const std::int64_t *po = offsets.data(), *pw = qa.first.data();
-  const float* pc = qa.second.data();
-  const auto nnz = static_cast<std::size_t>(qa.first.shape(0));
+  const std::int64_t *po = offsets.data(), *pw = words.data();
+  const float* pc = counts.data();
   {
     py::gil_scoped_release nogil;
     self.search_batch(po, nq, pw, pc, nnz, tn, pi, ps, threads);
@@ -509,11 +498,138 @@ py::tuple ivf_search_batch(const InvertedFile& self, const py::object& offsets_o
   return py::make_tuple(oi, os);
 }
 
-template <class T>
-py::array_t<T> to_array(const std::vector<T>& v) {
-  py::array_t<T> a(v.size());
-  std::copy(v.begin(), v.end(), a.mutable_data());
-  return a;
+// Signatures of `rows` pairs: a C-contiguous uint64 array (rows, W), never cast.
+py::array_t<std::uint64_t, py::array::c_style> signature_rows(const EmbeddedInvertedFile& self, const py::object& obj,
+                                                              std::size_t rows, const char* rows_are) {
+  const std::size_t W = self.words_per_signature();
+  const std::string want = "(" + std::to_string(rows) + ", " + std::to_string(W) + ")";
+  auto s = strict<std::uint64_t>(obj, "signatures", 2, want.c_str());
+  if (static_cast<std::size_t>(s.shape(0)) != rows || static_cast<std::size_t>(s.shape(1)) != W)
+    throw py::value_error("signatures: expected shape " + want + " (one " + std::to_string(self.nbits()) +
+                          "-bit signature of " + std::to_string(W) + " uint64 words per " + rows_are + "), got " +
+                          shape_str(s));
+  return s;
+}
+
+void eivf_add(EmbeddedInvertedFile& self, const py::object& ids_obj, const py::object& offsets_obj,
+              const py::object& words_obj, const py::object& sigs_obj) {
+  const CsrImages c = csr_images(ids_obj, offsets_obj, words_obj);
+  auto sigs = signature_rows(self, sigs_obj, c.nnz, "word");
+  const std::int64_t *pi = c.ids.data(), *po = c.offsets.data(), *pw = c.words.data();
+  const std::uint64_t* ps = sigs.data();
+  py::gil_scoped_release nogil;
+  self.add(pi, c.n, po, pw, ps, c.nnz);
+}
+
+template <bool kExact>
+py::tuple eivf_search(const EmbeddedInvertedFile& self, const py::object& words_obj, const py::object& sigs_obj,
+                      const py::object& weights_obj, long long top, double alpha, double tau, int threads) {
+  const std::size_t tn = top_count(top);
+  auto words = as_int64(words_obj, "words");
+  const auto m = static_cast<std::size_t>(words.shape(0));
+  auto sigs = signature_rows(self, sigs_obj, m, "query word");
+  auto weights = word_weights(weights_obj, m, "weights");
+  std::vector<std::int64_t> ids;
+  std::vector<float> scores;
+  std::vector<double> exact;
+  const std::int64_t* pw = words.data();
+  const std::uint64_t* ps = sigs.data();
+  const float* pc = weights.data();
+  {
+    py::gil_scoped_release nogil;
+    self.search(pw, ps, pc, m, tn, alpha, tau, ids, scores, threads, kExact ? &exact : nullptr);
+  }
+  return search_result(ids, scores, kExact ? &exact : nullptr);
+}
+
+py::tuple eivf_document(const EmbeddedInvertedFile& self, std::int64_t id) {
+  std::vector<std::int64_t> words;
+  std::vector<std::uint64_t> sigs;
+  {
+    py::gil_scoped_release nogil;
+    self.document(id, words, sigs);
+  }
+  const std::size_t W = self.words_per_signature();
+  py::array_t<std::uint64_t> s({words.size(), W});
+  std::copy(sigs.begin(), sigs.end(), s.mutable_data());
+  return py::make_tuple(to_array(words), s);
+}
+
+// What both inverted files share: collection statistics, removal, sizes, persistence.
+template <class Index>
+void bind_index_common(py::class_<Index>& cls) {
+  cls.def(
+         "set_collection_stats",
+         [](Index& self, long long n_docs, const py::object& df_obj) {
+           if (n_docs < 0) throw py::value_error("n_docs must be >= 0, got " + std::to_string(n_docs));
+           auto df = as_int64(df_obj, "df");
+           const auto n = static_cast<std::size_t>(df.shape(0));
+           std::vector<std::uint64_t> d(n);
+           const std::int64_t* p = df.data();
+           for (std::size_t i = 0; i < n; ++i) {
+             if (p[i] < 0) throw py::value_error("df[" + std::to_string(i) + "] is negative");
+             d[i] = static_cast<std::uint64_t>(p[i]);
+           }
+           py::gil_scoped_release nogil;
+           self.set_collection_stats(static_cast<std::uint64_t>(n_docs), d.data(), n);
+         },
+         py::arg("n_docs"), py::arg("df"),
+         R"doc(Score with the statistics of a whole collection split over several inverted
+files (shards): idf_t = ln(n_docs / df[t]) and the image norms computed with it, so each
+image scores bit for bit as in one file holding the collection. df: vocab_size counts, each
+at least this file's own and at most n_docs; n_docs >= len(self) (ValueError otherwise).
+Not saved; add() and remove() clear them (set them again after a change).)doc")
+      .def("clear_collection_stats", py::method_adaptor<Index>(&Index::clear_collection_stats),
+           "Back to this file's own statistics (idf from its own images).")
+      .def_property_readonly("has_collection_stats", py::method_adaptor<Index>(&Index::has_collection_stats),
+                             "True while statistics set by set_collection_stats() are in use.")
+      .def_property_readonly("stats_documents", py::method_adaptor<Index>(&Index::stats_documents),
+                             "The N of the idf: the collection's when set, else len(self).")
+      .def(
+          "remove",
+          [](Index& self, const py::object& ids_obj) {
+            auto ids = as_int64(ids_obj, "image_ids");
+            const std::int64_t* p = ids.data();
+            const auto n = static_cast<std::size_t>(ids.shape(0));
+            py::gil_scoped_release nogil;
+            return self.remove(p, n);
+          },
+          py::arg("image_ids"),
+          "Remove images by id (all or nothing: an unknown id raises ValueError); returns how many were removed.")
+      .def("__len__", py::method_adaptor<Index>(&Index::size))
+      .def("__contains__", [](const Index& self, std::int64_t id) { return self.contains(id); }, py::arg("image_id"))
+      .def_property_readonly("vocab_size", py::method_adaptor<Index>(&Index::vocab_size))
+      .def_property_readonly("num_postings", py::method_adaptor<Index>(&Index::num_postings))
+      .def("memory_bytes", &Index::memory_bytes, "Bytes held by postings, per-word and per-image arrays.")
+      .def("ids", [](const Index& self) { return to_array(self.ids()); }, "Image ids in insertion order.")
+      .def("document_frequencies", [](const Index& self) { return to_array(self.document_frequencies()); },
+           "df_t for every word (uint32, vocab_size values).")
+      .def("idf", [](const Index& self) { return to_array(self.idf()); }, "idf_t = ln(N / df_t) for every word (0 where df_t = 0).")
+      .def(
+          "save",
+          [](const Index& self, const py::object& path) {
+            const std::string p = fspath(path);
+            py::gil_scoped_release nogil;
+            self.save(p);
+          },
+          py::arg("path"),
+          R"doc(Write a versioned binary file (magic, sizes, CRC-32 per section) atomically:
+a temporary file in the same directory, fsync, then rename over path.)doc")
+      .def_static(
+          "load",
+          [](const py::object& path) {
+            const std::string p = fspath(path);
+            std::unique_ptr<Index> out;
+            {
+              py::gil_scoped_release nogil;
+              out = Index::load(p);
+            }
+            return out;
+          },
+          py::arg("path"),
+          R"doc(Read and fully validate a file written by save(). Raises
+roiret.errors.IndexFormatError (wrong magic, newer version, truncated, checksum mismatch,
+inconsistent contents) or OSError.)doc");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -611,94 +727,111 @@ vocab_size : int
 
 // The InvertedFile class: a flat table of methods with their docstrings.
 void bind_inverted_file(py::module_& m) {
-  py::class_<InvertedFile>(m, "InvertedFile", kInvertedFileDoc)
-      .def(py::init([](long long vocab_size) {
-             if (vocab_size < 1) throw py::value_error("vocab_size must be >= 1, got " + std::to_string(vocab_size));
-             return new InvertedFile(static_cast<std::size_t>(vocab_size));
-           }),
-           py::arg("vocab_size"))
+  py::class_<InvertedFile> cls(m, "InvertedFile", kInvertedFileDoc);
+  cls.def(py::init([](long long vocab_size) { return new InvertedFile(vocab_count(vocab_size)); }), py::arg("vocab_size"))
       .def("add", &ivf_add, py::arg("image_ids"), py::arg("offsets"), py::arg("words"), py::arg("counts") = py::none(),
            R"doc(Add images in CSR form: image i has id image_ids[i] and the words
 words[offsets[i]:offsets[i+1]] with weights counts[...] (default 1). Repeated words in an
 image are summed, zero weights dropped. Ids must be new and unique; word ids in range;
 weights finite and >= 0. Everything is checked before anything changes (ValueError).)doc")
-      .def("search", &ivf_search, py::arg("words"), py::arg("counts") = py::none(), py::arg("top") = 100,
+      .def("search", &ivf_search<false>, py::arg("words"), py::arg("counts") = py::none(), py::arg("top") = 100,
            py::arg("threads") = 0,
            R"doc(Top min(top, len(self)) images for a bag of words -> (ids int64, scores float32),
 by descending score; ties, and images sharing no word with the query (score 0), in
 insertion order. A large search (>= 2**20 postings scanned) splits the images over up to
 `threads` threads (0: roiret.get_num_threads()); results are identical for every count.)doc")
-      .def("search_exact", &ivf_search_exact, py::arg("words"), py::arg("counts") = py::none(), py::arg("top") = 100,
+      .def("search_exact", &ivf_search<true>, py::arg("words"), py::arg("counts") = py::none(), py::arg("top") = 100,
            py::arg("threads") = 0,
            R"doc(search(), with the scores in double precision (float64): the key the results
 are ordered by (descending; ties in insertion order). Merging the results of several
 inverted files that share collection statistics by (exact score, file order, position)
 reproduces the order of one file holding all their images.)doc")
-      .def("set_collection_stats", &ivf_set_collection_stats, py::arg("n_docs"), py::arg("df"),
-           R"doc(Score with the statistics of a whole collection split over several inverted
-files (shards): idf_t = ln(n_docs / df[t]) and the image norms computed with it, so each
-image scores bit for bit as in one file holding the collection. df: vocab_size counts, each
-at least this file's own and at most n_docs; n_docs >= len(self) (ValueError otherwise).
-Not saved; add() and remove() clear them (set them again after a change).)doc")
-      .def("clear_collection_stats", &InvertedFile::clear_collection_stats,
-           "Back to this file's own statistics (idf from its own images).")
-      .def_property_readonly("has_collection_stats", &InvertedFile::has_collection_stats,
-                             "True while statistics set by set_collection_stats() are in use.")
-      .def_property_readonly("stats_documents", &InvertedFile::stats_documents,
-                             "The N of the idf: the collection's when set, else len(self).")
       .def("search_batch", &ivf_search_batch, py::arg("offsets"), py::arg("words"), py::arg("counts") = py::none(),
            py::arg("top") = 100, py::arg("threads") = 0,
            R"doc(Many queries in CSR form, searched in parallel -> (ids (nq, top), scores (nq, top)),
 padded with -1 / -inf when the index holds fewer than top images.)doc")
-      .def(
-          "remove",
-          [](InvertedFile& self, const py::object& ids_obj) {
-            auto ids = as_int64(ids_obj, "image_ids");
-            const std::int64_t* p = ids.data();
-            const auto n = static_cast<std::size_t>(ids.shape(0));
-            py::gil_scoped_release nogil;
-            return self.remove(p, n);
-          },
-          py::arg("image_ids"),
-          "Remove images by id (all or nothing: an unknown id raises ValueError); returns how many were removed.")
-      .def("__len__", &InvertedFile::size)
-      .def("__contains__", [](const InvertedFile& self, std::int64_t id) { return self.contains(id); }, py::arg("image_id"))
-      .def_property_readonly("vocab_size", &InvertedFile::vocab_size)
-      .def_property_readonly("num_postings", &InvertedFile::num_postings)
-      .def("memory_bytes", &InvertedFile::memory_bytes, "Bytes held by postings, per-word and per-image arrays.")
-      .def("ids", [](const InvertedFile& self) { return to_array(self.ids()); }, "Image ids in insertion order.")
-      .def("document_frequencies", [](const InvertedFile& self) { return to_array(self.document_frequencies()); },
-           "df_t for every word (uint32, vocab_size values).")
-      .def("idf", [](const InvertedFile& self) { return to_array(self.idf()); }, "idf_t = ln(N / df_t) for every word (0 where df_t = 0).")
-      .def(
-          "save",
-          [](const InvertedFile& self, const py::object& path) {
-            const std::string p = fspath(path);
-            py::gil_scoped_release nogil;
-            self.save(p);
-          },
-          py::arg("path"),
-          R"doc(Write a versioned binary file (magic, sizes, CRC-32 per section) atomically:
-a temporary file in the same directory, fsync, then rename over path.)doc")
-      .def_static(
-          "load",
-          [](const py::object& path) {
-            const std::string p = fspath(path);
-            std::unique_ptr<InvertedFile> out;
-            {
-              py::gil_scoped_release nogil;
-              out = InvertedFile::load(p);
-            }
-            return out;
-          },
-          py::arg("path"),
-          R"doc(Read and fully validate a file written by save(). Raises
-roiret.errors.IndexFormatError (wrong magic, newer version, truncated, checksum mismatch,
-inconsistent contents) or OSError.)doc")
       .def("__repr__", [](const InvertedFile& self) {
         return "InvertedFile(vocab_size=" + std::to_string(self.vocab_size()) + ", images=" + std::to_string(self.size()) +
                ", postings=" + std::to_string(self.num_postings()) + ")";
       });
+  bind_index_common(cls);
+}
+
+constexpr const char* kEmbeddedFileDoc = R"doc(Inverted file whose postings carry binary signatures, scored
+with the aggregated selective match kernel (ASMK*, Tolias, Avrithis, Jegou 2013): the
+Hamming-embedded bag-of-words first stage.
+
+An image is a set of (visual word, signature) pairs, each word at most once (one
+aggregated, binarised residual per word). Signatures have nbits bits in
+W = ceil(nbits / 64) uint64 words (bit i = bit i % 64 of word i // 64; bits >= nbits are
+ignored). With N images and df_c the images holding word c, idf_c = ln(N / df_c) (0 for
+unseen words) and an image's norm is 1 / sqrt(sum of idf_c over its words). A query is
+terms (word, signature, weight), words may repeat. With h the Hamming distance and
+u = 1 - 2 h / nbits, sigma(h) = sign(u) |u|**alpha if u > tau else 0, and
+
+    score(d) = norm_d * sum_t weight_t * idf_{word_t} * sigma(h(q_t, b_{d, word_t}))
+
+over the terms whose word d holds (float64, term order). The caller normalises the query
+weights. idf and norms always reflect the current collection (additions are merged lazily
+before the next search or save).
+
+Memory: 4 + 8 W bytes per posting (uint32 image index + signature: 12 at 64 bits) plus
+O(vocabulary) plus O(images).
+
+Thread safety: every method may be called from any number of threads at once; searches
+share a reader lock (and release the GIL), add/remove take it exclusively.
+
+Parameters
+----------
+vocab_size : int
+    Number of visual words; word ids are in [0, vocab_size).
+nbits : int
+    Signature length in bits, 1..1024.
+)doc";
+
+// The EmbeddedInvertedFile class.
+void bind_embedded_file(py::module_& m) {
+  py::class_<EmbeddedInvertedFile> cls(m, "EmbeddedInvertedFile", kEmbeddedFileDoc);
+  cls.def(py::init([](long long vocab_size, long long nbits) {
+            const std::size_t V = vocab_count(vocab_size);
+            if (nbits < 1 || nbits > static_cast<long long>(EmbeddedInvertedFile::kMaxBits))
+              throw py::value_error("nbits must be in [1, " + std::to_string(EmbeddedInvertedFile::kMaxBits) +
+                                    "], got " + std::to_string(nbits));
+            return new EmbeddedInvertedFile(V, static_cast<std::size_t>(nbits));
+          }),
+          py::arg("vocab_size"), py::arg("nbits") = 64)
+      .def("add", &eivf_add, py::arg("image_ids"), py::arg("offsets"), py::arg("words"), py::arg("signatures"),
+           R"doc(Add images in CSR form: image i has id image_ids[i] and the pairs
+j in offsets[i]:offsets[i+1] of word words[j] and signature signatures[j] (uint64 array
+(len(words), W), C-contiguous; never cast). Ids must be new and unique; word ids in range
+and each at most once per image (any order). Everything is checked before anything
+changes (ValueError, TypeError for a wrong dtype).)doc")
+      .def("search", &eivf_search<false>, py::arg("words"), py::arg("signatures"), py::arg("weights") = py::none(),
+           py::arg("top") = 100, py::arg("alpha") = 3.0, py::arg("tau") = 0.0, py::arg("threads") = 1,
+           R"doc(Top min(top, len(self)) images for query terms (words, signatures (len(words), W)
+uint64, weights finite >= 0, default 1) -> (ids int64, scores float32), by descending score;
+ties in insertion order; images scoring 0 (sharing no word, or every match at u <= tau)
+fill the list in insertion order before any negative score. alpha > 0 shapes the kernel,
+tau in [-1, 1) is its threshold. A large search (>= 2**20 postings scanned) splits the
+images over up to `threads` threads (0: roiret.get_num_threads()); results are identical
+for every count.)doc")
+      .def("search_exact", &eivf_search<true>, py::arg("words"), py::arg("signatures"),
+           py::arg("weights") = py::none(), py::arg("top") = 100, py::arg("alpha") = 3.0, py::arg("tau") = 0.0,
+           py::arg("threads") = 1,
+           R"doc(search(), with the scores in double precision (float64): the key the results
+are ordered by. Merging the results of several files that share collection statistics by
+(exact score, file order, position) reproduces the order of one file holding all their
+images.)doc")
+      .def("document", &eivf_document, py::arg("image_id"),
+           R"doc(The pairs of one image -> (words int64 ascending, signatures uint64 (k, W)), as
+added (bits >= nbits zero). ValueError for an unknown id.)doc")
+      .def_property_readonly("nbits", &EmbeddedInvertedFile::nbits)
+      .def("__repr__", [](const EmbeddedInvertedFile& self) {
+        return "EmbeddedInvertedFile(vocab_size=" + std::to_string(self.vocab_size()) +
+               ", nbits=" + std::to_string(self.nbits()) + ", images=" + std::to_string(self.size()) +
+               ", postings=" + std::to_string(self.num_postings()) + ")";
+      });
+  bind_index_common(cls);
 }
 
 }  // namespace
@@ -709,5 +842,7 @@ PYBIND11_MODULE(_core, m) {
   bind_dispatch(m);
   bind_kernels(m);
   bind_inverted_file(m);
+  bind_embedded_file(m);
   m.attr("INVERTED_FILE_FORMAT_VERSION") = InvertedFile::kFormatVersion;
+  m.attr("EMBEDDED_FILE_FORMAT_VERSION") = EmbeddedInvertedFile::kFormatVersion;
 }

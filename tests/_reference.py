@@ -8,6 +8,7 @@ Written from the contract in the kernels' docstrings, as plainly as possible.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -248,3 +249,84 @@ def pool_rois_ref(f: np.ndarray, rois: np.ndarray, mode: str, p: float = 3.0) ->
             else:
                 out[r, d] = (sum(max(v, GEM_EPS) ** p for v in vals) / len(vals)) ** (1.0 / p)
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# Hamming-embedded inverted file (ASMK*), in the style of the published ``asmk`` package:
+# per-word lists of (image, signature), one pass per query term with a gather, a popcount
+# of the XOR, the kernel and ``np.add.at`` into the image scores.
+# ---------------------------------------------------------------------------------------
+class AsmkIndexRef(NamedTuple):
+    """Inverted lists of an ASMK index: list ``c`` holds postings ``offsets[c]:offsets[c+1]``
+    of ``docs`` (ascending) and ``sigs`` (masked to ``nbits``)."""
+
+    offsets: np.ndarray  # int64 (V + 1,)
+    docs: np.ndarray  # int64 (nnz,)
+    sigs: np.ndarray  # uint64 (nnz, W)
+    idf: np.ndarray  # float64 (V,)
+    inv_norm: np.ndarray  # float64 (N,)
+    nbits: int
+
+
+def signature_mask(nbits: int) -> np.ndarray:
+    """uint64 (W,): the significant bits of each word of an ``nbits``-bit signature."""
+    words = (nbits + 63) // 64
+    mask = np.full(words, np.uint64(2**64 - 1), dtype=np.uint64)
+    if nbits % 64:
+        mask[-1] = np.uint64((1 << (nbits % 64)) - 1)
+    return mask
+
+
+def asmk_index_ref(offsets, words, sigs, nbits, vocab_size, n_docs=None, df=None) -> AsmkIndexRef:
+    """Images in CSR form (image i: pairs ``offsets[i]:offsets[i+1]`` of ``words`` and
+    ``sigs`` rows) -> inverted lists, idf = ln(N / df) (``n_docs``, ``df``: a collection's
+    statistics instead of these images') and inv_norm = 1 / sqrt(sum of idf over the words)."""
+    offsets = np.asarray(offsets, np.int64)
+    n = len(offsets) - 1
+    doc_of = np.repeat(np.arange(n), np.diff(offsets))
+    order = np.lexsort((doc_of, words))  # by word, then image
+    own_df = np.bincount(words, minlength=vocab_size)
+    N = n if n_docs is None else n_docs
+    df = own_df if df is None else np.asarray(df)
+    # math.log: the C library's log, as the native code uses
+    idf = np.array([math.log(N / int(c)) if c > 0 else 0.0 for c in df])
+    self_sim = np.zeros(n)
+    np.add.at(self_sim, doc_of[order], idf[np.asarray(words)[order]])
+    with np.errstate(divide="ignore"):
+        inv_norm = np.where(self_sim > 0, 1.0 / np.sqrt(self_sim), 0.0)
+    lists = np.concatenate([[0], np.cumsum(own_df)]).astype(np.int64)
+    masked = np.asarray(sigs, np.uint64)[order] & signature_mask(nbits)
+    return AsmkIndexRef(lists, doc_of[order], masked, idf, inv_norm, nbits)
+
+
+def asmk_sigma_ref(nbits: int, alpha: float, tau: float) -> np.ndarray:
+    """sigma(h) for h = 0..nbits: sign(u) |u|^alpha if u = 1 - 2h / nbits > tau, else 0
+    (Python floats: the C library's pow)."""
+    out = []
+    for h in range(nbits + 1):
+        u = 1.0 - 2.0 * h / nbits
+        out.append(math.copysign(abs(u) ** alpha, u) if u > tau and u != 0.0 else 0.0)
+    return np.array(out)
+
+
+def asmk_scores_ref(index: AsmkIndexRef, q_words, q_sigs, q_weights, alpha: float, tau: float) -> np.ndarray:
+    """float64 (N,): inv_norm_d * sum_t weight_t * idf_{word_t} * sigma(h(q_t, b_{d, word_t})),
+    accumulated term by term (the order the native file adds in)."""
+    sigma = asmk_sigma_ref(index.nbits, alpha, tau)
+    mask = signature_mask(index.nbits)
+    scores = np.zeros(len(index.inv_norm))
+    for t in range(len(q_words)):
+        c = int(q_words[t])
+        factor = float(q_weights[t]) * index.idf[c]
+        b, e = index.offsets[c], index.offsets[c + 1]
+        if factor == 0.0 or b == e:
+            continue
+        h = np.bitwise_count(index.sigs[b:e] ^ (q_sigs[t] & mask)).sum(axis=1)
+        np.add.at(scores, index.docs[b:e], factor * sigma[h])
+    return scores * index.inv_norm
+
+
+def top_ref(scores: np.ndarray, ids: np.ndarray, top: int):
+    """(ids, scores) of the best ``top``: descending score, ties by position."""
+    order = np.lexsort((np.arange(len(scores)), -scores))[:top]
+    return ids[order], scores[order]

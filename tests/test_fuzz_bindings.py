@@ -439,6 +439,32 @@ int_arrays = arrays(
 num_arrays = arrays(dtypes=[np.float32, np.float64, np.int64, np.float16, np.bool_, object], max_dims=2, max_side=6)
 
 
+def check_add(index, ids, *rest):
+    """add() either takes every image or changes nothing (validated before any change)."""
+    before = (index.ids().tolist(), index.num_postings)
+    ok, _ = attempt(index.add, ids, *rest)
+    if ok:
+        assert index.ids().tolist() == before[0] + [int(i) for i in ids]
+    else:
+        assert (index.ids().tolist(), index.num_postings) == before
+
+
+def check_remove(data, index):
+    """remove() of present, absent or junk ids: all or nothing."""
+    ids = data.draw(
+        mostly(
+            st.lists(st.sampled_from(index.ids().tolist() or [0]), max_size=3),
+            st.one_of(st.lists(st.integers(0, 30), max_size=4), junk, int_arrays),
+        )
+    )
+    before = index.ids().tolist()
+    got = call(index.remove, ids)
+    if got is None:
+        assert index.ids().tolist() == before
+    else:
+        assert len(index) == len(before) - got
+
+
 @st.composite
 def bags(draw, vocab):
     """CSR bags: usually valid, sometimes with bad ids, offsets, words or weights."""
@@ -488,13 +514,7 @@ def test_inverted_file_methods(data, tmp_path_factory):
         op = data.draw(st.sampled_from(["add", "add", "search", "batch", "remove", "contains", "info", "save"]))
         n_before = len(ivf)
         if op == "add":
-            ids, off, words, counts = data.draw(bags(V))
-            before = (ivf.ids().tolist(), ivf.num_postings)
-            ok, _ = attempt(ivf.add, ids, off, words, counts)
-            if ok:
-                assert ivf.ids().tolist() == before[0] + [int(i) for i in ids]
-            else:  # validated before anything changed
-                assert (ivf.ids().tolist(), ivf.num_postings) == before
+            check_add(ivf, *data.draw(bags(V)))
         elif op == "search":
             m = data.draw(st.integers(0, 6))
             words = data.draw(
@@ -533,18 +553,7 @@ def test_inverted_file_methods(data, tmp_path_factory):
             if res is not None:
                 assert res[0].shape == res[1].shape and res[0].ndim == 2
         elif op == "remove":
-            ids = data.draw(
-                mostly(
-                    st.lists(st.sampled_from(ivf.ids().tolist() or [0]), max_size=3),
-                    st.one_of(st.lists(st.integers(0, 30), max_size=4), junk, int_arrays),
-                )
-            )
-            before = ivf.ids().tolist()
-            got = call(ivf.remove, ids)
-            if got is None:
-                assert ivf.ids().tolist() == before  # all or nothing
-            else:
-                assert len(ivf) == len(before) - got
+            check_remove(data, ivf)
         elif op == "contains":
             x = data.draw(mostly(st.integers(0, 30), st.one_of(st.sampled_from(HUGE_INTS), junk)))
             r = call(ivf.__contains__, x)
@@ -621,6 +630,124 @@ def test_inverted_file_load_random_files(data, valid_ivf_bytes, tmp_path_factory
         return
     assert bytes(blob) == valid_ivf_bytes or kind == "header"  # only an intact file loads
     assert len(ivf) == 12
+
+
+# ---------------------------------------------------------------------------------------
+# EmbeddedInvertedFile
+# ---------------------------------------------------------------------------------------
+@st.composite
+def embedded_images(draw, vocab, words_per_sig):
+    """CSR images of (word, signature) pairs, distinct words per image: usually valid,
+    sometimes with bad ids, offsets, words (out of range, repeated in an image) or signatures."""
+    per = draw(st.lists(st.lists(st.integers(0, vocab - 1), unique=True, max_size=min(5, vocab)), max_size=4))
+    n = len(per)
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in per])]).astype(np.int64)
+    words = np.array([w for p in per for w in p], np.int64)
+    sigs = draw(hnp.arrays(np.uint64, (len(words), words_per_sig), elements=st.integers(0, 2**64 - 1)))
+    ids = draw(st.lists(st.integers(0, 30), min_size=n, max_size=n, unique=True))
+    spoil = draw(st.integers(0, 6))
+    if spoil == 1:
+        ids = draw(st.one_of(junk, int_arrays))
+    elif spoil == 2:
+        offsets = draw(st.one_of(junk, int_arrays))
+    elif spoil == 3:
+        twice = np.concatenate([words[:1], words]) if len(words) else words
+        words = draw(st.one_of(junk, int_arrays, st.just(words + vocab), st.just(twice)))
+    elif spoil == 4:
+        sigs = draw(st.one_of(spoiled_codes(words_per_sig), codes()))
+    return ids, offsets, words, sigs
+
+
+@examples(300)
+@given(data=st.data())
+def test_embedded_file_methods(data, tmp_path_factory):
+    vocab = data.draw(mostly(st.integers(1, 30), st.one_of(st.sampled_from([0, -1, 2**63, 2.0]), junk), 0.1))
+    nbits = data.draw(
+        mostly(st.sampled_from([1, 63, 64, 65, 128, 200]), st.one_of(st.sampled_from([0, -1, 1025, 2**64]), junk), 0.1)
+    )
+    f = call(_core.EmbeddedInvertedFile, vocab, nbits)
+    if f is None:
+        return
+    V, W = f.vocab_size, (f.nbits + 63) // 64
+    for _ in range(data.draw(st.integers(1, 8))):
+        op = data.draw(st.sampled_from(["add", "add", "search", "remove", "document", "info", "save"]))
+        n_before = len(f)
+        if op == "add":
+            check_add(f, *data.draw(embedded_images(V, W)))
+        elif op == "search":
+            m = data.draw(st.integers(0, 6))
+            words = data.draw(
+                mostly(
+                    hnp.arrays(np.int64, (m,), elements=st.integers(0, V - 1)),
+                    st.one_of(hnp.arrays(np.int64, (m,), elements=st.integers(-1, V)), junk, int_arrays),
+                )
+            )
+            sigs = data.draw(mostly(hnp.arrays(np.uint64, (m, W), elements=st.integers(0, 2**64 - 1)), codes()))
+            weights = data.draw(
+                mostly(
+                    st.one_of(st.none(), hnp.arrays(np.float32, (m,), elements=st.floats(0, 5, width=32))),
+                    st.one_of(junk, num_arrays, hnp.arrays(np.float32, (m,), elements=_values_for(np.float32))),
+                )
+            )
+            alpha = data.draw(mostly(st.floats(0.1, 5), st.one_of(st.sampled_from(SPECIAL_FLOATS), junk)))
+            tau = data.draw(mostly(st.floats(-1, 0.99), st.one_of(st.sampled_from(SPECIAL_FLOATS), junk)))
+            top = data.draw(big_k)
+            res = call(f.search, words, sigs, weights, top, alpha, tau, **thread_kw(data.draw(threads)))
+            if res is not None:
+                ids, scores = res
+                assert len(ids) == len(scores) <= min(top, len(f))
+                assert np.all(np.isfinite(scores)) and np.all(np.diff(scores) <= 1e-6)
+        elif op == "remove":
+            check_remove(data, f)
+        elif op == "document":
+            x = data.draw(mostly(st.sampled_from(f.ids().tolist() or [0]), st.one_of(st.sampled_from(HUGE_INTS), junk)))
+            res = call(f.document, x)
+            if res is not None:
+                assert res[1].shape == (len(res[0]), W) and np.all(np.diff(res[0]) > 0)
+        elif op == "info":
+            assert f.memory_bytes() >= 0 and f.num_postings >= 0
+            assert len(f.document_frequencies()) == len(f.idf()) == V
+            assert np.isfinite(f.idf()).all() and repr(f).startswith("EmbeddedInvertedFile(")
+        else:
+            folder = tmp_path_factory.mktemp("eivf")
+            good = folder / "x.ask"
+            path = data.draw(st.one_of(st.just(good), st.just(folder), not_a_path))
+            ok, _ = attempt(f.save, path)
+            assert ok == (path is good)
+            if ok:
+                loaded = _core.EmbeddedInvertedFile.load(path)
+                assert loaded.ids().tolist() == f.ids().tolist() and loaded.num_postings == f.num_postings
+        if op not in ("add", "remove"):
+            assert len(f) == n_before
+
+
+@examples(300)
+@given(data=st.data())
+def test_embedded_file_load_random_files(data, tmp_path_factory):
+    """Valid files with random edits: refused with IndexFormatError, or loaded whole."""
+    f = _core.EmbeddedInvertedFile(20, 100)
+    rng = np.random.default_rng(0)
+    words = np.concatenate([rng.permutation(20)[:5] for _ in range(8)])
+    f.add(np.arange(8) * 3, np.arange(0, 41, 5), words, rng.integers(0, 2**64, size=(40, 2), dtype=np.uint64))
+    folder = tmp_path_factory.mktemp("eload")
+    f.save(folder / "v.ask")
+    valid = (folder / "v.ask").read_bytes()
+    blob = bytearray(valid)
+    for _ in range(data.draw(st.integers(1, 3))):
+        pos = data.draw(st.integers(0, max(len(blob) - 1, 0)))
+        how = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        if how == "flip" and blob:
+            blob[pos] ^= 1 << data.draw(st.integers(0, 7))
+        elif how == "cut":
+            del blob[pos:]
+        else:
+            blob[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
+    (folder / "f.ask").write_bytes(bytes(blob))
+    try:
+        loaded = _core.EmbeddedInvertedFile.load(folder / "f.ask")
+    except IndexFormatError:
+        return
+    assert bytes(blob) == valid and len(loaded) == 8
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from _damage import assert_refuses_flips, assert_refuses_truncations
 from roiret import IndexFormatError, InvertedFile, _core
 
 
@@ -288,26 +289,11 @@ def saved(tmp_path):
 
 
 def test_load_refuses_truncated_files_at_every_length(saved, tmp_path):
-    path, blob = saved
-    bad = tmp_path / "bad.ivf"
-    for n in range(len(blob)):
-        bad.write_bytes(blob[:n])
-        with pytest.raises(IndexFormatError, match="truncated|magic"):
-            InvertedFile.load(bad)
-    bad.write_bytes(blob + b"\0")
-    with pytest.raises(IndexFormatError, match="unexpected bytes"):
-        InvertedFile.load(bad)
+    assert_refuses_truncations(InvertedFile.load, saved[1], tmp_path / "bad.ivf")
 
 
 def test_load_refuses_any_flipped_byte(saved, tmp_path):
-    path, blob = saved
-    bad = tmp_path / "bad.ivf"
-    for pos in range(len(blob)):
-        b = bytearray(blob)
-        b[pos] ^= 0x20
-        bad.write_bytes(bytes(b))
-        with pytest.raises(IndexFormatError):
-            InvertedFile.load(bad)
+    assert_refuses_flips(InvertedFile.load, saved[1], tmp_path / "bad.ivf", 0x20)
 
 
 def test_load_errors_name_the_problem(saved, tmp_path):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the binding tests (fuzz, kernels, inverted file) against a roiret._core built with
+# Run the binding tests (fuzz, kernels, inverted files) against a roiret._core built with
 # AddressSanitizer + UndefinedBehaviorSanitizer, loaded into the normal interpreter with
 # LD_PRELOAD. Catches what the native tests cannot: memory errors and UB in the bindings
 # and in pybind11 itself (it found a signed overflow in pybind11's stride computation for
@@ -34,4 +34,5 @@ PYEOF
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-exec "$PY" "$PKG/run.py" tests/test_fuzz_bindings.py tests/test_kernels.py tests/test_inverted_file.py "$@"
+exec "$PY" "$PKG/run.py" tests/test_fuzz_bindings.py tests/test_kernels.py tests/test_inverted_file.py \
+  tests/test_embedded_file.py "$@"

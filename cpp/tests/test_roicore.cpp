@@ -20,6 +20,7 @@
 #include "roicore/checksum.h"
 #include "roicore/common.h"
 #include "roicore/cpu.h"
+#include "roicore/embedded_file.h"
 #include "roicore/hamming.h"
 #include "roicore/inverted_file.h"
 #include "roicore/parallel.h"
@@ -663,6 +664,164 @@ void test_collection_stats(std::mt19937_64& rng) {
   CHECK(!shards[1]->has_collection_stats() && shards[1]->idf() == alone.idf());
 }
 
+
+// The Hamming-embedded inverted file against a naive ASMK* score at every SIMD level
+// (widths with a tail word), its validation, tail bits, threads, save / load.
+namespace {
+struct EmbeddedData {
+  std::size_t V, N, nbits, W;
+  std::vector<std::int64_t> ids, off, words;
+  std::vector<u64> sigs;
+};
+
+EmbeddedData embedded_data(std::mt19937_64& rng, std::size_t V, std::size_t N, std::size_t nbits, std::size_t max_len) {
+  EmbeddedData e{V, N, nbits, roicore::words_for_bits(nbits), {}, {0}, {}, {}};
+  for (std::size_t d = 0; d < N; ++d) {
+    e.ids.push_back(static_cast<std::int64_t>(1000 - 3 * d));  // decreasing: the hash index
+    std::vector<std::int64_t> ws;
+    for (std::size_t w = 0; w < V; ++w) ws.push_back(static_cast<std::int64_t>(w));
+    std::shuffle(ws.begin(), ws.end(), rng);
+    ws.resize(1 + rng() % max_len);  // distinct words, any order
+    e.words.insert(e.words.end(), ws.begin(), ws.end());
+    e.off.push_back(static_cast<std::int64_t>(e.words.size()));
+  }
+  e.sigs = random_codes(rng, e.words.size(), e.W);  // bits beyond nbits set on purpose
+  return e;
+}
+
+// score of every document by the definition (embedded_file.h), in double.
+std::vector<double> naive_asmk(const EmbeddedData& e, const std::vector<std::int64_t>& qw, const std::vector<u64>& qs,
+                               const std::vector<float>& qc, double alpha, double tau) {
+  std::vector<std::size_t> df(e.V, 0);
+  for (auto w : e.words) ++df[static_cast<std::size_t>(w)];
+  std::vector<double> idf(e.V), score(e.N, 0.0);
+  for (std::size_t w = 0; w < e.V; ++w) idf[w] = df[w] ? std::log(double(e.N) / double(df[w])) : 0.0;
+  for (std::size_t d = 0; d < e.N; ++d) {
+    double self = 0.0, s = 0.0;
+    for (auto j = e.off[d]; j < e.off[d + 1]; ++j) self += idf[static_cast<std::size_t>(e.words[j])];
+    for (std::size_t t = 0; t < qw.size(); ++t)
+      for (auto j = e.off[d]; j < e.off[d + 1]; ++j)
+        if (e.words[j] == qw[t]) {
+          const double u = 1.0 - 2.0 * naive_dist(&qs[t * e.W], &e.sigs[j * e.W], e.nbits) / double(e.nbits);
+          const double sig = u > tau ? (u > 0 ? std::pow(u, alpha) : -std::pow(-u, alpha)) : 0.0;
+          s += double(qc[t]) * idf[static_cast<std::size_t>(qw[t])] * sig;
+        }
+    score[d] = self > 0 ? s / std::sqrt(self) : 0.0;
+  }
+  return score;
+}
+}  // namespace
+
+void test_embedded_file(std::mt19937_64& rng) {
+  for (std::size_t nbits : {1, 63, 64, 100, 128, 256, 1024}) {
+    const EmbeddedData e = embedded_data(rng, 30, 60, nbits, 12);
+    roicore::EmbeddedInvertedFile f(e.V, nbits);
+    const std::size_t half = static_cast<std::size_t>(e.off[e.N / 2]);
+    f.add(e.ids.data(), e.N / 2, e.off.data(), e.words.data(), e.sigs.data(), half);
+    std::vector<std::int64_t> off2(e.off.begin() + static_cast<std::ptrdiff_t>(e.N / 2), e.off.end());
+    for (auto& o : off2) o -= static_cast<std::int64_t>(half);
+    f.add(e.ids.data() + e.N / 2, e.N - e.N / 2, off2.data(), e.words.data() + half, e.sigs.data() + half * e.W,
+          e.words.size() - half);
+    CHECK(f.size() == e.N && f.num_postings() == e.words.size());
+    // a query: some words repeated, random signatures and weights
+    std::vector<std::int64_t> qw;
+    std::vector<float> qc;
+    for (int t = 0; t < 25; ++t) {
+      qw.push_back(static_cast<std::int64_t>(rng() % e.V));
+      qc.push_back(0.25f * static_cast<float>(rng() % 5));
+    }
+    const auto qs = random_codes(rng, qw.size(), e.W);
+    for (auto [alpha, tau] : {std::pair{3.0, 0.0}, std::pair{1.0, -0.5}, std::pair{2.0, 0.25}}) {
+      const auto ref = naive_asmk(e, qw, qs, qc, alpha, tau);
+      std::vector<std::int64_t> base_ids;
+      std::vector<float> base_sc;
+      for (const auto level : roicore::supported_simd_levels()) {
+        roicore::set_simd_level(level);
+        std::vector<std::int64_t> ids;
+        std::vector<float> sc;
+        std::vector<double> exact;
+        f.search(qw.data(), qs.data(), qc.data(), qw.size(), e.N, alpha, tau, ids, sc, 1, &exact);
+        bool ok = ids.size() == e.N;
+        for (std::size_t k = 0; ok && k < ids.size(); ++k) {
+          const auto d = static_cast<std::size_t>(std::find(e.ids.begin(), e.ids.end(), ids[k]) - e.ids.begin());
+          ok &= std::fabs(exact[k] - ref[d]) <= 1e-9 * (1.0 + std::fabs(ref[d]));
+          if (k > 0) ok &= exact[k] <= exact[k - 1];  // positives, zeros, negatives
+        }
+        CHECK(ok);
+        if (base_ids.empty()) base_ids = ids, base_sc = sc;
+        CHECK(ids == base_ids && sc == base_sc);  // identical at every level
+      }
+      roicore::set_simd_level(roicore::detected_simd_level());
+    }
+    // document() returns the pairs with the tail bits cleared
+    std::vector<std::int64_t> dw;
+    std::vector<u64> ds;
+    f.document(e.ids[7], dw, ds);
+    bool same = dw.size() == static_cast<std::size_t>(e.off[8] - e.off[7]) && std::is_sorted(dw.begin(), dw.end());
+    for (std::size_t k = 0; same && k < dw.size(); ++k) {
+      const auto j = static_cast<std::size_t>(std::find(e.words.begin() + e.off[7], e.words.begin() + e.off[8], dw[k]) -
+                                              e.words.begin());
+      for (std::size_t w = 0; w < e.W; ++w)
+        same &= ds[k * e.W + w] == (e.sigs[j * e.W + w] & (w + 1 == e.W ? roicore::tail_mask_for_bits(nbits) : ~0ULL));
+    }
+    CHECK(same);
+    // save / load round trip
+    const std::string path = "roicore_test.ask";
+    f.save(path);
+    auto g = roicore::EmbeddedInvertedFile::load(path);
+    std::vector<std::int64_t> a_ids, b_ids;
+    std::vector<float> a_sc, b_sc;
+    f.search(qw.data(), qs.data(), qc.data(), qw.size(), 20, 3.0, 0.0, a_ids, a_sc);
+    g->search(qw.data(), qs.data(), qc.data(), qw.size(), 20, 3.0, 0.0, b_ids, b_sc);
+    CHECK(g->nbits() == nbits && g->size() == e.N && a_ids == b_ids && a_sc == b_sc);
+    std::remove(path.c_str());
+  }
+  // validation: nothing changes on a refused call
+  roicore::EmbeddedInvertedFile f(10, 64);
+  const std::int64_t ids[2] = {1, 2}, off[3] = {0, 2, 3}, words[3] = {4, 5, 4};
+  const u64 sigs[3] = {1, 2, 3};
+  f.add(ids, 2, off, words, sigs, 3);
+  const std::int64_t dup_word[3] = {4, 4, 5}, big_word[3] = {4, 5, 10}, new_ids[2] = {3, 4};
+  CHECK(throws<roicore::InvalidArgument>([&] { f.add(new_ids, 2, off, dup_word, sigs, 3); }));
+  CHECK(throws<roicore::InvalidArgument>([&] { f.add(new_ids, 2, off, big_word, sigs, 3); }));
+  CHECK(throws<roicore::InvalidArgument>([&] { f.add(ids, 2, off, words, sigs, 3); }));  // ids present
+  CHECK(f.size() == 2 && f.num_postings() == 3);
+  std::vector<std::int64_t> oi;
+  std::vector<float> os;
+  const float w1 = 1.0f, wnan = std::nanf("");
+  CHECK(throws<roicore::InvalidArgument>([&] { f.search(words, sigs, &w1, 1, 5, 0.0, 0.0, oi, os); }));
+  CHECK(throws<roicore::InvalidArgument>([&] { f.search(words, sigs, &w1, 1, 5, 3.0, 1.0, oi, os); }));
+  CHECK(throws<roicore::InvalidArgument>([&] { f.search(words, sigs, &wnan, 1, 5, 3.0, 0.0, oi, os); }));
+  CHECK(throws<roicore::InvalidArgument>([] { roicore::EmbeddedInvertedFile(10, 0); }));
+  CHECK(throws<roicore::InvalidArgument>([] { roicore::EmbeddedInvertedFile(10, 1025); }));
+  const std::int64_t unknown = 99;
+  CHECK(throws<roicore::InvalidArgument>([&] { f.remove(&unknown, 1); }));
+  std::vector<std::int64_t> dw;
+  std::vector<u64> ds;
+  CHECK(throws<roicore::InvalidArgument>([&] { f.document(unknown, dw, ds); }));
+  CHECK(f.remove(ids, 1) == 1 && f.size() == 1 && f.num_postings() == 1);
+
+  // threads: a search over >= kParallelEmbeddedPostings postings is split, bit-identical
+  const EmbeddedData big = embedded_data(rng, 64, 20000, 64, 64);
+  roicore::EmbeddedInvertedFile fb(big.V, 64);
+  fb.add(big.ids.data(), big.N, big.off.data(), big.words.data(), big.sigs.data(), big.words.size());
+  std::vector<std::int64_t> qw;
+  for (std::size_t w = 0; w < big.V; ++w) qw.push_back(static_cast<std::int64_t>(w));
+  qw.insert(qw.end(), qw.begin(), qw.end());  // every word twice
+  const std::vector<float> qc(qw.size(), 1.0f);
+  const auto qs = random_codes(rng, qw.size(), 1);
+  CHECK(fb.num_postings() * 2 >= roicore::kParallelEmbeddedPostings);
+  std::vector<std::int64_t> base_ids;
+  std::vector<float> base_sc;
+  fb.search(qw.data(), qs.data(), qc.data(), qw.size(), big.N, 3.0, -0.2, base_ids, base_sc, 1);
+  for (int t : {2, 3, 8}) {
+    std::vector<std::int64_t> ids;
+    std::vector<float> sc;
+    fb.search(qw.data(), qs.data(), qc.data(), qw.size(), big.N, 3.0, -0.2, ids, sc, t);
+    CHECK(ids == base_ids && sc == base_sc);
+  }
+}
+
 int main() {
   std::mt19937_64 rng(12345);
   for (const auto level : roicore::supported_simd_levels()) {
@@ -679,6 +838,7 @@ int main() {
   test_crc();
   test_inverted_file(rng);
   test_collection_stats(rng);
+  test_embedded_file(rng);
   test_edge_cases(rng);
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;

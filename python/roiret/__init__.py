@@ -30,6 +30,7 @@ _LAZY = {
     "CrossMatchResult": "_kernels",
     "select_rois": "_kernels",
     "InvertedFile": "_kernels",
+    "EmbeddedInvertedFile": "_kernels",
     "simd_level": "_kernels",
     "supported_simd_levels": "_kernels",
     "set_simd_level": "_kernels",
@@ -94,6 +95,7 @@ def __dir__() -> List[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from ._kernels import (  # noqa: F401
         CrossMatchResult,
+        EmbeddedInvertedFile,
         InvertedFile,
         cross_match,
         get_num_threads,

@@ -14,6 +14,12 @@ Threads and the GIL
 Every kernel releases the GIL while it runs. ``threads=None`` uses
 :func:`get_num_threads` (all cores unless :func:`set_num_threads` said otherwise).
 
+Inverted files
+--------------
+:class:`InvertedFile` scores bags of words by TF-IDF; :class:`EmbeddedInvertedFile` keeps a
+binary signature per (image, word) and scores with the selective match kernel (ASMK*). Both
+are native classes documented in their docstrings; searches release the GIL.
+
 SIMD
 ----
 Kernels exist for several instruction sets and the best one this CPU supports is chosen at
@@ -30,10 +36,11 @@ from typing import Any, NamedTuple, Optional, Tuple
 import numpy as np
 
 from . import _core
-from ._core import InvertedFile
+from ._core import EmbeddedInvertedFile, InvertedFile
 
 __all__ = [
     "CrossMatchResult",
+    "EmbeddedInvertedFile",
     "InvertedFile",
     "VerifyResult",
     "cross_match",

@@ -5,7 +5,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "roicore/hamming_kernels.h"
+#include "roicore/hamming_scalar_impl.h"
 
 namespace roicore {
 namespace detail {
@@ -287,7 +287,8 @@ void cross_min_avx2(const std::uint64_t* q, const std::uint32_t* active, std::si
 }  // namespace
 
 const HammingKernels& kernels_avx2() {
-  static const HammingKernels k{&dist_1xn_avx2, &argmin_avx2, &min_update_avx2, &cross_min_avx2};
+  static const HammingKernels k{&dist_1xn_avx2, &argmin_avx2, &min_update_avx2, &cross_min_avx2,
+                                &accumulate_level<HwPop, &dist_1xn_avx2>};
   return k;
 }
 

@@ -2,7 +2,7 @@
 // (vpopcntq) on 512-bit registers. Only called after cpuid and XGETBV report support.
 #include <immintrin.h>
 
-#include "roicore/hamming_kernels.h"
+#include "roicore/hamming_scalar_impl.h"
 
 namespace roicore {
 namespace detail {
@@ -165,7 +165,8 @@ void min_update_avx512(const std::uint32_t* d, std::size_t n, std::uint32_t tag,
 }  // namespace
 
 const HammingKernels& kernels_avx512() {
-  static const HammingKernels k{&dist_1xn_avx512, &argmin_avx512, &min_update_avx512, nullptr};
+  static const HammingKernels k{&dist_1xn_avx512, &argmin_avx512, &min_update_avx512, nullptr,
+                                &accumulate_level<HwPop, &dist_1xn_avx512>};
   return k;
 }
 

@@ -17,7 +17,8 @@ struct SwarPop {
 }  // namespace
 
 const HammingKernels& kernels_generic() {
-  static const HammingKernels k{&dist_1xn_scalar<SwarPop>, &argmin_scalar, &min_update_scalar, nullptr};
+  static const HammingKernels k{&dist_1xn_scalar<SwarPop>, &argmin_scalar, &min_update_scalar, nullptr,
+                                &accumulate_level<SwarPop, &dist_1xn_scalar<SwarPop>>};
   return k;
 }
 

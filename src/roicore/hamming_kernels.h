@@ -27,6 +27,12 @@ struct HammingKernels {
   void (*cross_min)(const std::uint64_t* q, const std::uint32_t* active, std::size_t na,
                     const std::uint64_t* db, std::size_t m, std::size_t words, std::uint64_t tail,
                     std::uint32_t* best, std::uint32_t* who);
+  // The selective-kernel scan of one posting run (EmbeddedInvertedFile): for k < n in
+  // order, acc[docs[k]] += f * sigma[Hamming(q, sigs_k)], the distance over q's words with
+  // the last one masked by tail. sigs: n * words; docs distinct; sigma: indexed by distance.
+  // Every level computes the same double products and sums in the same order.
+  void (*accumulate)(const std::uint64_t* q, const std::uint64_t* sigs, const std::uint32_t* docs, std::size_t n,
+                     std::size_t words, std::uint64_t tail, const double* sigma, double f, double* acc);
 };
 
 const HammingKernels& kernels_generic();

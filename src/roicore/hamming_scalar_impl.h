@@ -1,6 +1,7 @@
 // roicore — internal: scalar Hamming kernels, instantiated by hamming_generic.cpp (SWAR
-// popcount, any CPU) and hamming_popcnt.cpp (hardware POPCNT). Everything here has
-// internal linkage, so code compiled with different instruction sets never merges.
+// popcount, any CPU) and hamming_popcnt.cpp (hardware POPCNT); the AVX2 and AVX-512 units
+// take the fused accumulate loops from here too. Everything here has internal linkage, so
+// code compiled with different instruction sets never merges.
 #pragma once
 
 #include <cstddef>
@@ -11,6 +12,12 @@
 namespace roicore {
 namespace detail {
 namespace {
+
+// The POPCNT instruction: only for translation units compiled with -mpopcnt (every level
+// but generic; elsewhere the builtin is a slow library call).
+struct HwPop {
+  static inline unsigned count(std::uint64_t x) { return static_cast<unsigned>(__builtin_popcountll(x)); }
+};
 
 template <class Pop, std::size_t W>
 void dist_fixed(const std::uint64_t* q, const std::uint64_t* db, std::size_t n, std::uint64_t tail,
@@ -76,6 +83,62 @@ inline void min_update_scalar(const std::uint32_t* d, std::size_t n, std::uint32
     const bool lt = d[j] < best[j];
     best[j] = lt ? d[j] : best[j];
     who[j] = lt ? tag : who[j];
+  }
+}
+
+// accumulate (see HammingKernels) for W-word signatures: the popcount and the accumulator
+// update fused per posting, four postings at a time (their documents are distinct, so the
+// four updates never alias). Pop needs no SIMD: every level instantiates this for W <= 2.
+template <class Pop, std::size_t W>
+void accumulate_fixed(const std::uint64_t* q, const std::uint64_t* sigs, const std::uint32_t* docs, std::size_t n,
+                      std::uint64_t tail, const double* sigma, double f, double* acc) {
+  std::uint64_t qq[W];
+  for (std::size_t w = 0; w < W; ++w) qq[w] = q[w];
+  auto dist = [&](std::size_t k) {
+    const std::uint64_t* p = sigs + k * W;
+    unsigned s = 0;
+    for (std::size_t w = 0; w + 1 < W; ++w) s += Pop::count(qq[w] ^ p[w]);
+    return s + Pop::count((qq[W - 1] ^ p[W - 1]) & tail);
+  };
+  std::size_t k = 0;
+  for (; k + 4 <= n; k += 4) {
+    const std::uint32_t d0 = docs[k], d1 = docs[k + 1], d2 = docs[k + 2], d3 = docs[k + 3];
+    const double v0 = acc[d0] + f * sigma[dist(k)], v1 = acc[d1] + f * sigma[dist(k + 1)];
+    const double v2 = acc[d2] + f * sigma[dist(k + 2)], v3 = acc[d3] + f * sigma[dist(k + 3)];
+    acc[d0] = v0;
+    acc[d1] = v1;
+    acc[d2] = v2;
+    acc[d3] = v3;
+  }
+  for (; k < n; ++k) acc[docs[k]] += f * sigma[dist(k)];
+}
+
+// accumulate for any width: distances of a chunk of postings by the level's dist_1xn
+// kernel into a buffer, then the updates.
+template <class Dist>
+void accumulate_chunked(Dist dist_1xn, const std::uint64_t* q, const std::uint64_t* sigs, const std::uint32_t* docs,
+                        std::size_t n, std::size_t words, std::uint64_t tail, const double* sigma, double f,
+                        double* acc) {
+  constexpr std::size_t kChunk = 256;
+  std::uint32_t dist[kChunk];
+  for (std::size_t p = 0; p < n; p += kChunk) {
+    const std::size_t len = n - p < kChunk ? n - p : kChunk;
+    dist_1xn(q, sigs + p * words, len, words, tail, dist);
+    for (std::size_t k = 0; k < len; ++k) acc[docs[p + k]] += f * sigma[dist[k]];
+  }
+}
+
+// accumulate of a level: fused scalar loops for 64- and 128-bit signatures (faster than a
+// distance buffer even with vector popcounts: the accumulator updates dominate), the
+// level's distance kernel in chunks beyond.
+template <class Pop, void (*Dist)(const std::uint64_t*, const std::uint64_t*, std::size_t, std::size_t,
+                                  std::uint64_t, std::uint32_t*)>
+void accumulate_level(const std::uint64_t* q, const std::uint64_t* sigs, const std::uint32_t* docs, std::size_t n,
+                      std::size_t words, std::uint64_t tail, const double* sigma, double f, double* acc) {
+  switch (words) {
+    case 1: return accumulate_fixed<Pop, 1>(q, sigs, docs, n, tail, sigma, f, acc);
+    case 2: return accumulate_fixed<Pop, 2>(q, sigs, docs, n, tail, sigma, f, acc);
+    default: return accumulate_chunked(Dist, q, sigs, docs, n, words, tail, sigma, f, acc);
   }
 }
 

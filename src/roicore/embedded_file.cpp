@@ -1,0 +1,283 @@
+#include "roicore/embedded_file.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <utility>
+
+#include "roicore/binary_file.h"
+#include "roicore/common.h"
+#include "roicore/hamming_kernels.h"
+#include "roicore/parallel.h"
+#include "roicore/posting_search.h"
+
+namespace roicore {
+
+namespace {
+
+constexpr std::size_t kHeaderSize = 80;
+constexpr detail::FileFormat kFormat{{'R', 'O', 'I', 'R', 'A', 'S', 'K', '\0'},
+                                     "embedded inverted file",
+                                     EmbeddedInvertedFile::kFormatVersion,
+                                     kHeaderSize};
+
+std::string str(std::size_t v) { return std::to_string(v); }
+
+}  // namespace
+
+EmbeddedInvertedFile::EmbeddedInvertedFile(std::size_t vocab_size, std::size_t nbits)
+    : PostingIndex(vocab_size), nbits_(nbits), W_(words_for_bits(nbits)), tail_(tail_mask_for_bits(nbits)) {
+  if (nbits < 1 || nbits > kMaxBits)
+    throw InvalidArgument("nbits must be in [1, " + str(kMaxBits) + "], got " + str(nbits));
+}
+
+EmbeddedInvertedFile::~EmbeddedInvertedFile() {
+  std::free(post_docs_);
+  std::free(post_sigs_);
+}
+
+void EmbeddedInvertedFile::reserve_postings(std::size_t n) {
+  post_docs_ = static_cast<std::uint32_t*>(detail::grow_array(post_docs_, n, sizeof(std::uint32_t)));
+  post_sigs_ = static_cast<std::uint64_t*>(detail::grow_array(post_sigs_, n, W_ * sizeof(std::uint64_t)));
+}
+
+namespace {
+// No word twice within one document: InvalidArgument naming the second occurrence.
+void check_unique_words(const std::int64_t* ids, std::size_t n, const std::int64_t* offsets,
+                        const std::int64_t* words) {
+  std::vector<std::pair<std::int64_t, std::int64_t>> bag;  // (word, position)
+  for (std::size_t i = 0; i < n; ++i) {
+    bag.clear();
+    for (std::int64_t j = offsets[i]; j < offsets[i + 1]; ++j) bag.emplace_back(words[j], j);
+    std::sort(bag.begin(), bag.end());
+    for (std::size_t k = 1; k < bag.size(); ++k)
+      if (bag[k].first == bag[k - 1].first)
+        throw InvalidArgument("words[" + std::to_string(bag[k].second) + "] = " + std::to_string(bag[k].first) +
+                              " repeats a word of image id " + std::to_string(ids[i]) +
+                              " (each word at most once per image: one aggregated signature per word)");
+  }
+}
+}  // namespace
+
+void EmbeddedInvertedFile::add(const std::int64_t* ids, std::size_t n, const std::int64_t* offsets,
+                               const std::int64_t* words, const std::uint64_t* sigs, std::size_t nnz) {
+  // ---- validation, before any change ----
+  check_images(ids, n, offsets, words, nnz);
+  check_unique_words(ids, n, offsets, words);
+
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  docs_.check_new(ids, n, kMaxDocuments);
+
+  // ---- commit ---- (no exact reserve: many small batches keep the vectors' geometric growth)
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint32_t doc = docs_.push(ids[i]);
+    for (std::int64_t j = offsets[i]; j < offsets[i + 1]; ++j) {
+      pending_.push_back({static_cast<std::uint32_t>(words[j]), doc});
+      const std::uint64_t* s = sigs + static_cast<std::size_t>(j) * W_;
+      pending_sigs_.insert(pending_sigs_.end(), s, s + W_);
+      pending_sigs_.back() &= tail_;
+    }
+  }
+  note_added(n);
+}
+
+void EmbeddedInvertedFile::merge_pending() {
+  if (!pending_.empty()) {
+    std::vector<std::uint64_t> new_offsets = detail::grown_offsets(word_offsets_, pending_);
+    reserve_postings(new_offsets[vocab_size_]);
+    const std::size_t W = W_;
+    std::vector<std::uint64_t> cursor =
+        detail::spread_lists(word_offsets_, new_offsets, [&](std::uint64_t from, std::uint64_t to, std::uint64_t len) {
+          std::memmove(post_docs_ + to, post_docs_ + from, len * sizeof(std::uint32_t));
+          std::memmove(post_sigs_ + to * W, post_sigs_ + from * W, len * W * sizeof(std::uint64_t));
+        });
+    // Append the new postings (stable by document, so each list stays sorted).
+    for (std::size_t k = 0; k < pending_.size(); ++k) {
+      const std::uint64_t p = cursor[pending_[k].word]++;
+      post_docs_[p] = pending_[k].doc;
+      std::memcpy(post_sigs_ + p * W, pending_sigs_.data() + k * W, W * sizeof(std::uint64_t));
+    }
+    word_offsets_.swap(new_offsets);
+    std::vector<Pending>().swap(pending_);
+    std::vector<std::uint64_t>().swap(pending_sigs_);
+  }
+  refresh_weights();
+  dirty_ = false;
+}
+
+void EmbeddedInvertedFile::refresh_weights() {
+  const std::size_t N = docs_.size();
+  stats_.compute_idf(word_offsets_, N, idf_);
+  std::vector<double> self(N, 0.0);  // sum of idf over the document's words
+  for (std::size_t w = 0; w < vocab_size_; ++w) {
+    const double idf = idf_[w];
+    if (idf == 0.0) continue;
+    for (std::uint64_t p = word_offsets_[w]; p < word_offsets_[w + 1]; ++p) self[post_docs_[p]] += idf;
+  }
+  inv_norm_.resize(N);
+  for (std::size_t d = 0; d < N; ++d) inv_norm_[d] = self[d] > 0.0 ? 1.0 / std::sqrt(self[d]) : 0.0;
+}
+
+void EmbeddedInvertedFile::compact(const std::vector<std::uint32_t>& renum) {
+  const std::size_t W = W_;
+  std::vector<std::uint64_t> new_offsets = detail::compact_lists(
+      word_offsets_, renum, [&](std::uint64_t p) { return post_docs_[p]; },
+      [&](std::uint64_t from, std::uint64_t to, std::uint32_t doc) {
+        post_docs_[to] = doc;
+        if (to != from) std::memcpy(post_sigs_ + to * W, post_sigs_ + from * W, W * sizeof(std::uint64_t));
+      });
+  word_offsets_.swap(new_offsets);
+  reserve_postings(word_offsets_.back());  // shrink
+}
+
+// ------------------------------------------------------------------------------------
+// search
+// ------------------------------------------------------------------------------------
+namespace {
+
+// A query term that can score: its postings add factor * sigma(h) to their documents.
+struct EmbeddedTerm {
+  std::size_t word;
+  const std::uint64_t* sig;  // W words
+  double factor;             // weight * idf
+};
+
+// sigma(h) for h = 0..nbits: sign(u) |u|^alpha where u = 1 - 2h / nbits > tau, else 0.
+std::vector<double> sigma_table(std::size_t nbits, double alpha, double tau) {
+  std::vector<double> sigma(nbits + 1);
+  for (std::size_t h = 0; h <= nbits; ++h) {
+    const double u = 1.0 - 2.0 * static_cast<double>(h) / static_cast<double>(nbits);
+    sigma[h] = u > tau ? (u > 0.0 ? std::pow(u, alpha) : (u < 0.0 ? -std::pow(-u, alpha) : 0.0)) : 0.0;
+  }
+  return sigma;
+}
+
+std::uint32_t doc_index(std::uint32_t d) { return d; }
+}  // namespace
+
+void EmbeddedInvertedFile::search(const std::int64_t* words, const std::uint64_t* sigs, const float* weights,
+                                  std::size_t m, std::size_t top_n, double alpha, double tau,
+                                  std::vector<std::int64_t>& out_ids, std::vector<float>& out_scores, int threads,
+                                  std::vector<double>* exact_scores) const {
+  detail::check_words(words, m, vocab_size_);
+  detail::check_weights(weights, m, "weights");
+  if (!(alpha > 0.0) || !std::isfinite(alpha))
+    throw InvalidArgument("alpha (the selectivity exponent) must be finite and > 0, got " + std::to_string(alpha));
+  if (!(tau >= -1.0 && tau < 1.0))
+    throw InvalidArgument("tau (the similarity threshold) must be in [-1, 1), got " + std::to_string(tau));
+  const std::vector<double> sigma = sigma_table(nbits_, alpha, tau);
+  const int T_req = resolve_threads(threads);
+  with_ready([&] {
+    const std::size_t N = docs_.size(), W = W_;
+    std::vector<EmbeddedTerm> terms;
+    terms.reserve(m);
+    std::size_t scanned = 0;
+    for (std::size_t t = 0; t < m; ++t) {
+      const auto w = static_cast<std::size_t>(words[t]);
+      const double f = static_cast<double>(weights[t]) * idf_[w];
+      if (f == 0.0 || word_offsets_[w + 1] == word_offsets_[w]) continue;
+      terms.push_back({w, sigs + t * W, f});
+      scanned += word_offsets_[w + 1] - word_offsets_[w];
+    }
+
+    // Term at a time into dense double accumulators, in term order (posting_search.h).
+    const std::size_t top = std::min(top_n, N);
+    const std::size_t T = detail::search_threads(T_req, scanned, N, kParallelEmbeddedPostings, kParallelEmbeddedDocs);
+    const double* sg = sigma.data();
+    const auto& K = detail::active_kernels();
+    out_ids.resize(top);
+    out_scores.resize(top);
+    if (exact_scores != nullptr) exact_scores->resize(top);
+    detail::term_at_a_time<double>(
+        terms, post_docs_, word_offsets_.data(), N, T, inv_norm_.data(), docs_.ids().data(), top, doc_index,
+        [&](const EmbeddedTerm& term, std::uint64_t b, std::uint64_t e, double* acc) {
+          K.accumulate(term.sig, post_sigs_ + b * W, post_docs_ + b, static_cast<std::size_t>(e - b), W, tail_, sg,
+                       term.factor, acc);
+        },
+        out_ids.data(), out_scores.data(), exact_scores != nullptr ? exact_scores->data() : nullptr);
+  });
+}
+
+void EmbeddedInvertedFile::document(std::int64_t id, std::vector<std::int64_t>& words,
+                                    std::vector<std::uint64_t>& sigs) const {
+  words.clear();
+  sigs.clear();
+  with_ready([&] {
+    const std::int64_t d = docs_.find(id);
+    if (d < 0) throw InvalidArgument("image id " + std::to_string(id) + " is not in the index");
+    const auto doc = static_cast<std::uint32_t>(d);
+    for (std::size_t w = 0; w < vocab_size_; ++w) {
+      const std::uint32_t* b = post_docs_ + word_offsets_[w];
+      const std::uint32_t* e = post_docs_ + word_offsets_[w + 1];
+      const std::uint32_t* it = std::lower_bound(b, e, doc);
+      if (it == e || *it != doc) continue;
+      words.push_back(static_cast<std::int64_t>(w));
+      const std::uint64_t* s = post_sigs_ + static_cast<std::size_t>(it - post_docs_) * W_;
+      sigs.insert(sigs.end(), s, s + W_);
+    }
+  });
+}
+
+std::size_t EmbeddedInvertedFile::memory_bytes() const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  return word_offsets_.back() * (sizeof(std::uint32_t) + W_ * sizeof(std::uint64_t)) +
+         pending_.capacity() * sizeof(Pending) + pending_sigs_.capacity() * sizeof(std::uint64_t) +
+         shared_memory_bytes();
+}
+
+// ------------------------------------------------------------------------------------
+// persistence
+// ------------------------------------------------------------------------------------
+void EmbeddedInvertedFile::save(const std::string& path) const {
+  detail::require_little_endian();
+  with_ready([&] {
+    detail::write_file_atomically(path, kFormat, [&](detail::FileWriter& out, unsigned char* header) {
+      write_lists(out, header);
+      const std::uint64_t nnz = word_offsets_.back();
+      std::uint32_t crc_docs = 0, crc_sigs = 0;
+      out.write(post_docs_, nnz * sizeof(std::uint32_t), &crc_docs);
+      out.write(post_sigs_, nnz * W_ * sizeof(std::uint64_t), &crc_sigs);
+      detail::put<std::uint32_t>(header + 44, static_cast<std::uint32_t>(nbits_));
+      detail::put<std::uint32_t>(header + 56, crc_docs);
+      detail::put<std::uint32_t>(header + 60, crc_sigs);
+    });
+  });
+}
+
+std::unique_ptr<EmbeddedInvertedFile> EmbeddedInvertedFile::load(const std::string& path) {
+  detail::require_little_endian();
+  detail::FileReader in(path, kFormat);
+  const std::string& where = in.where();
+  unsigned char h[kHeaderSize];
+  in.read_header(h);
+  for (std::size_t i = 64; i < 76; ++i)
+    if (h[i] != 0) throw FormatError(where + "unsupported header layout or flags");
+  const std::uint32_t nbits = detail::get<std::uint32_t>(h + 44);
+  if (nbits < 1 || nbits > kMaxBits)
+    throw FormatError(where + "nbits = " + str(nbits) + " is out of range [1, " + str(kMaxBits) + "]");
+  const std::size_t W = words_for_bits(nbits);
+  const FileSizes s = read_sizes(h, std::uint64_t{1} << 50, where);
+  std::vector<std::int64_t> ids;
+  std::vector<std::uint32_t> lens;
+  read_lists(in, h, s, 4 + 8 * W, ids, lens);
+  auto f = std::make_unique<EmbeddedInvertedFile>(static_cast<std::size_t>(s.vocab_size), nbits);
+  f->reserve_postings(s.n_postings);
+  const std::uint64_t nnz = s.n_postings;
+  in.read_section(f->post_docs_, nnz * 4, detail::get<std::uint32_t>(h + 56), "documents", "posting-document");
+  in.read_section(f->post_sigs_, nnz * W * 8, detail::get<std::uint32_t>(h + 60), "signatures", "signature");
+  // Contents must be consistent even when checksums match (a file crafted by hand).
+  const std::uint32_t* docs = f->post_docs_;
+  const std::uint64_t* sigs = f->post_sigs_;
+  const std::uint64_t beyond = ~f->tail_;
+  f->finish_load(std::move(ids), lens, s, where, [docs](std::uint64_t p) { return docs[p]; },
+                 [sigs, W, beyond](std::uint64_t p) {
+                   return (sigs[p * W + W - 1] & beyond) == 0 ? static_cast<const char*>(nullptr)
+                                                              : "have signature bits set beyond nbits";
+                 });
+  return f;
+}
+
+}  // namespace roicore

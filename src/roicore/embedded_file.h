@@ -1,0 +1,137 @@
+// roicore — inverted file whose postings carry binary signatures, scored with the
+// aggregated selective match kernel (ASMK*, Tolias, Avrithis, Jégou, ICCV 2013): the
+// Hamming-embedded first stage.
+//
+// Model. Each document (image) d is a set of (visual word c, signature b_{d,c}) pairs, each
+// word at most once (ASMK: one aggregated, binarised residual per image and word).
+// Signatures have nbits bits (1 <= nbits <= 1024) in W = words_for_bits(nbits) uint64 words,
+// laid out as in hamming.h (bit i = bit i % 64 of word i / 64); bits >= nbits are ignored
+// (stored as zero). With N documents and df_c the number of documents holding word c,
+//   idf_c     = ln(N / df_c)   (0 when df_c = 0), exactly as InvertedFile,
+//   inv_norm_d = 1 / sqrt(sum_{c in d} idf_c)   (0 when the sum is 0): the kernel's
+//               self-similarity normalisation, sigma(0) = 1.
+// A query is m terms (word_t, signature q_t, weight_t); words may repeat (several images,
+// query expansion), weights are finite >= 0 and not normalised here (the caller does).
+// Per search, alpha > 0 and tau in [-1, 1): with h the Hamming distance over the nbits
+// bits and u = 1 - 2h / nbits,
+//   sigma(h) = sign(u) |u|^alpha  if u > tau,  else 0   (a double table over h = 0..nbits)
+//   score_d  = inv_norm_d * sum_t weight_t * idf_{word_t} * sigma(h(q_t, b_{d,word_t})),
+// the sum over the terms whose word d holds, accumulated in double in term order. idf and
+// the norms always reflect the current collection (or the statistics set from outside,
+// see set_collection_stats), updated lazily before the next search or save.
+//
+// Storage. Per word, a CSR list of postings as two parallel arrays, uint32 document index
+// and W uint64 signature words: 4 + 8W bytes per posting (12 at 64 bits, 20 at 128), plus
+// O(vocabulary) (16 bytes a word: offsets, idf) plus O(documents) (16 bytes an image: id,
+// norm; more while ids arrive out of order). Postings of a word are sorted by document.
+// Additions are buffered and merged in place (O(postings)) at the next search, save or
+// remove, so adding in many small batches stays linear.
+//
+// Scan. A query term's run of postings is scored by the SIMD-dispatched core
+// (hamming_kernels.h: accumulate; generic / popcnt / avx2 / avx512, chosen at run time or
+// forced with set_simd_level): popcount, sigma lookup and update fused per posting at 64
+// and 128 bits, the level's batch distance kernel beyond. Results are identical at every
+// level; see benchmarks/README.md for what was measured.
+//
+// remove(), the sizes, ids, idf and collection statistics come from PostingIndex
+// (posting_index.h), shared with InvertedFile.
+//
+// Thread safety. All methods may be called concurrently from any number of threads:
+// searches and saves share a reader lock; add, remove and the lazy merge take it exclusively.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "roicore/posting_index.h"
+
+namespace roicore {
+
+// Below these sizes a search runs on the calling thread. A 64-bit posting costs about as
+// much as one of InvertedFile (0.4-0.6 ns against 0.8 ns on the development VM: the fused
+// popcount + table lookup + double update), so the same thresholds: a second thread lost
+// below ~1M postings scanned there (thread start 50-80 us, the split ~0.1 ms).
+constexpr std::size_t kParallelEmbeddedPostings = std::size_t{1} << 20;
+constexpr std::size_t kParallelEmbeddedDocs = 1024;
+
+class EmbeddedInvertedFile : public PostingIndex {
+ public:
+  static constexpr std::uint32_t kFormatVersion = 1;
+  static constexpr std::size_t kMaxBits = 1024;
+
+  // vocab_size in [1, kMaxVocabulary], nbits in [1, kMaxBits] (InvalidArgument otherwise).
+  EmbeddedInvertedFile(std::size_t vocab_size, std::size_t nbits);
+  ~EmbeddedInvertedFile() override;
+
+  // Adds n documents. Document i has ids[i] and the pairs j in [offsets[i], offsets[i+1]):
+  // word words[j] with signature sigs[j * W .. (j + 1) * W). offsets: n + 1 values,
+  // offsets[0] == 0, non-decreasing, offsets[n] == nnz; sigs: nnz * W words. Everything is
+  // validated before anything changes: new, unique ids; 0 <= word < vocab_size; no word
+  // twice within a document (any order). Bits >= nbits are stored as zero. Throws
+  // InvalidArgument.
+  void add(const std::int64_t* ids, std::size_t n, const std::int64_t* offsets, const std::int64_t* words,
+           const std::uint64_t* sigs, std::size_t nnz);
+
+  // Top min(top_n, size()) documents by descending score; ties in insertion order;
+  // documents scoring 0 (sharing no word with the query, or every match below tau) fill
+  // the list in insertion order after the positive scores, before any negative ones.
+  // words: m values in [0, vocab_size); sigs: m * W words; weights: m values, finite >= 0;
+  // alpha finite > 0; tau in [-1, 1) (InvalidArgument otherwise).
+  // threads (<= 0: the default): a search scanning at least kParallelEmbeddedPostings
+  // postings splits the documents over up to that many threads (at least
+  // kParallelEmbeddedDocs each); ids and scores are bit-identical for every thread count.
+  // exact_scores (optional): the same scores in double precision, the key the results are
+  // ordered by — what a merge of several files' results needs to reproduce that order.
+  void search(const std::int64_t* words, const std::uint64_t* sigs, const float* weights, std::size_t m,
+              std::size_t top_n, double alpha, double tau, std::vector<std::int64_t>& out_ids,
+              std::vector<float>& out_scores, int threads = 1, std::vector<double>* exact_scores = nullptr) const;
+
+  // The pairs of one document: its words ascending and their signatures (words.size() * W
+  // values). O(vocabulary * log(postings per word)). Throws InvalidArgument for an unknown id.
+  void document(std::int64_t id, std::vector<std::int64_t>& words, std::vector<std::uint64_t>& sigs) const;
+
+  std::size_t nbits() const { return nbits_; }
+  std::size_t words_per_signature() const { return W_; }
+  // Bytes held: postings, per-word and per-document arrays, pending additions.
+  std::size_t memory_bytes() const;
+
+  // Versioned binary file (little-endian):
+  //   header (80 bytes): magic "ROIRASK\0", u32 version, u32 header size (80),
+  //     u64 vocab_size, u64 n_docs, u64 n_postings, u32 flags (0), u32 nbits,
+  //     u32 crc32(ids), u32 crc32(lengths), u32 crc32(documents), u32 crc32(signatures),
+  //     12 reserved bytes (0), u32 crc32(header[0:76]);
+  //   ids: n_docs x i64; lengths: vocab_size x u32 (postings per word);
+  //   documents: n_postings x u32, grouped by word, ascending within a word;
+  //   signatures: n_postings x W x u64, in the same order, bits >= nbits zero.
+  // CRC-32 is zlib's. Written to a temporary file in the same directory, flushed with
+  // fsync and renamed over `path`: a crash leaves either the old or the new file.
+  void save(const std::string& path) const;
+  // Reads and fully validates a file; throws FormatError (wrong magic, newer version,
+  // truncated, checksum mismatch, inconsistent contents: nbits out of range, a document
+  // index out of range or twice in a word, bits set beyond nbits) or IoError.
+  static std::unique_ptr<EmbeddedInvertedFile> load(const std::string& path);
+
+ private:
+  struct Pending {
+    std::uint32_t word;
+    std::uint32_t doc;
+  };
+
+  void merge_pending() override;
+  void refresh_weights() override;  // idf and the self-similarity norms
+  void compact(const std::vector<std::uint32_t>& renum) override;
+  std::size_t pending_postings() const override { return pending_.size(); }
+  void reserve_postings(std::size_t n);
+
+  std::size_t nbits_, W_;
+  std::uint64_t tail_;                       // mask of the significant bits of the last word
+  std::uint32_t* post_docs_ = nullptr;       // word_offsets_.back() documents
+  std::uint64_t* post_sigs_ = nullptr;       // word_offsets_.back() * W signature words
+  std::vector<Pending> pending_;
+  std::vector<std::uint64_t> pending_sigs_;  // pending_.size() * W
+};
+
+}  // namespace roicore
