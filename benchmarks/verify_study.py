@@ -113,8 +113,11 @@ def grid():
     for qe in (0, 5, 10, 15, 20):
         for mi in (4, 5, 6, 8):
             rows.append((f"R=100 min_inliers={mi} qe={qe}", dict(min_inliers=mi, qe=qe)))
+    for qe in (30, 40, 50, 60):  # measured after the ASMK first stage and EfficientNet-Lite0 RoIs landed
+        for mi in (5, 6):
+            rows.append((f"R=100 min_inliers={mi} qe={qe}", dict(min_inliers=mi, qe=qe)))
     for R in (50, 200):
-        rows.append((f"R={R} min_inliers=5 qe=15", dict(R=R)))
+        rows.append((f"R={R} min_inliers=5, qe the default", dict(R=R)))
     return rows
 
 

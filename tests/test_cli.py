@@ -162,6 +162,9 @@ def test_search_json_and_table(index, folder, capsys):
         (["--gem-p", "0.5"], "roiret: error: gem_p must be a number in [1, 64], got 0.5"),
         (["--feature", "fc7", "--scales", "1,0.5"], "roiret: error: scales: only the conv-* features"),
         (["--scales", "1,x"], "argument --scales: expected comma-separated numbers such as 1,0.707,0.5"),
+        (["--asmk-tau", "1"], "roiret: error: asmk_tau must be in [-1, 1), got 1.0"),
+        (["--he-bits", "0"], "roiret: error: he_bits must be a positive integer, got 0"),
+        (["--first-stage", "bm25"], "argument --first-stage: invalid choice: 'bm25'"),
     ],
 )
 def test_index_refuses_bad_pooling_settings(folder, tmp_path, capsys, args, message):
@@ -179,9 +182,12 @@ def test_info_and_show(index, folder, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "images: 9" in out and "fusion=adaptive" in out and "512-bit random projection" in out
     assert "efficientnet-lite0 conv-gem p=2.0, K=8" in out  # the default RoI stage
+    assert "first stage: 200 words (rootsift), ASMK, 128-bit signatures (zero thresholds), alpha=3" in out
     # per-image bytes and the fixed part apart (a small index is mostly vocabulary + projection)
     files = json.loads((index / "manifest.json").read_text())["files"]
-    fixed = sum(f["bytes"] for role, f in files.items() if role in ("vocabulary", "projection", "whitening"))
+    fixed = sum(
+        f["bytes"] for role, f in files.items() if role in ("vocabulary", "embedding", "projection", "whitening")
+    )
     grows = sum(f["bytes"] for f in files.values()) - fixed
     assert f"{grows / 9:,.0f} bytes per image (RoI arrays, feature geometry, inverted file)" in out
     m = json.loads((index / "manifest.json").read_text())

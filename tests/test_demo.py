@@ -35,9 +35,10 @@ def test_collection_is_deterministic_and_consistent():
 
 def test_the_demo_command(tmp_path, capsys, monkeypatch):
     """The full demo as the README runs it (offline weights when installed, else a seeded
-    random network). With the ImageNet weights the RoI stages must beat BoW clearly, as
-    measured with EfficientNet-Lite0 GeM RoIs (BoW 19.1, RoI fast 76.9, default — with
-    spatial verification and query expansion — 99.2 mAP)."""
+    random network). With the ImageNet weights, as measured with the ASMK first stage and
+    EfficientNet-Lite0 GeM RoIs: the first stage alone 97.9 (the paper's TF-IDF: 19.1), the
+    paper's RoI re-ranking 82.8, the default — with spatial verification and query expansion —
+    99.2 mAP."""
     if not HAVE_WEIGHTS:
         import torch
 
@@ -56,7 +57,9 @@ def test_the_demo_command(tmp_path, capsys, monkeypatch):
     html = (out / "index.html").read_text()
     assert html.count("data:image/jpeg;base64,") == 3 * len(OBJECTS)  # BoW / paper / default per query
     assert (out / "index.html").stat().st_size < 5e6  # JPEG thumbnails: ~3 MB (was 11 MB of PNG)
-    assert "19.1300" not in html and re.search(r"<td class='num'>\d+\.\d\d</td>", html)  # two decimals
+    assert not re.search(r"\d\.\d{3,}</td>", html) and re.search(
+        r"<td class='num'>\d+\.\d\d</td>", html
+    )  # two decimals
     assert "verifies the candidates' SIFT features geometrically" in html
     assert sorted(p.stem for p in out.glob("*.png")) == sorted(name for name, _ in OBJECTS)
     if chromium() is not None:  # as a person sees it: every picture loads, every query has its section
@@ -67,7 +70,8 @@ def test_the_demo_command(tmp_path, capsys, monkeypatch):
         assert seen["screenshot"].stat().st_size > 10_000
     if HAVE_WEIGHTS:
         bow = maps["BoW only (first stage)"]
-        assert maps["RoI re-ranking, fast (the paper)"] >= bow + 30, maps
-        assert maps["RoI re-ranking, exhaustive"] >= bow + 30, maps
+        assert bow >= 90, maps  # the selective kernel sees the objects through the clutter (TF-IDF: 19)
+        assert maps["RoI re-ranking, fast (the paper)"] >= 70, maps
+        assert maps["RoI re-ranking, exhaustive"] >= 70, maps
         default = next(v for k, v in maps.items() if k.startswith("roiret default"))
-        assert default >= maps["RoI re-ranking, exhaustive"] + 10, maps
+        assert default >= bow and default >= maps["RoI re-ranking, exhaustive"] + 10, maps

@@ -87,7 +87,7 @@ def roles(base):
 def test_the_base_index_loads_and_equals_the_original(base, folder):
     r = RI.load(folder)
     assert RI.same_index(r, base[2])
-    assert set(roles(base)) == {"vocabulary", "inverted_file", "whitening", "projection"} | {
+    assert set(roles(base)) == {"vocabulary", "embedding", "inverted_file", "whitening", "projection"} | {
         f"rois.{k}" for k in ("codes", "boxes", "scores", "offsets", "ids", "sizes", "global_codes", "names")
     } | {f"geometry.{k}" for k in ("words", "xy", "scales", "angles", "offsets", "sides")}
 
@@ -149,9 +149,12 @@ def test_flipped_bytes_without_verification(base, folder):
             try:
                 loads_consistently(folder, base, verify=False)
                 outcomes["loaded"] += 1
-                assert role.startswith(("rois.", "geometry.")) or role in ("vocabulary", "whitening", "projection"), (
-                    role
-                )
+                assert role.startswith(("rois.", "geometry.")) or role in (
+                    "vocabulary",
+                    "embedding",
+                    "whitening",
+                    "projection",
+                ), role
             except IndexFormatError:
                 outcomes["refused"] += 1
         p.write_bytes(blob)

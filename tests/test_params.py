@@ -103,7 +103,7 @@ def test_groups_and_defaults():
     assert RetrieverConfig.from_dict(c.to_dict()) == c
     p = RetrieverConfig.paper()
     assert (p.whitening, p.code_bits, p.fusion) == (True, None, None)
-    assert (p.R, p.qe) == (0, 0) and c.verify == VerifyParams() and (c.R, c.min_inliers, c.qe) == (100, 5, 20)
+    assert (p.R, p.qe) == (0, 0) and c.verify == VerifyParams() and (c.R, c.min_inliers, c.qe) == (100, 5, 40)
     assert isinstance(c.regions.t_min, float) and isinstance(RegionParams(K=np.int64(7)).K, int)
 
 

@@ -1,6 +1,7 @@
 """A sharded index (roiret.search.sharded) ranks exactly like one index holding the same
 images: same ids, scores bit for bit, same order — with spatial verification, query
-expansion and adaptive fusion on (the default configuration); the idf is the collection's;
+expansion and adaptive fusion on (the default configuration), with either first stage
+(ASMK, the default, and TF-IDF); the idf is the collection's;
 add / remove / save keep it so; a damaged top manifest or shard is refused. No Ray here
 (tests/test_distributed.py builds shards on Ray)."""
 
@@ -47,9 +48,9 @@ def collection():
     return c
 
 
-@pytest.fixture(scope="module")
-def trained(collection, tmp_path_factory):
-    r = Retriever(weights=WEIGHTS, **PARAMS)
+@pytest.fixture(scope="module", params=["asmk", "tfidf"])
+def trained(collection, tmp_path_factory, request):
+    r = Retriever(weights=WEIGHTS, first_stage=request.param, **PARAMS)
     r.train(collection.database)
     folder = tmp_path_factory.mktemp("trained")
     r.save(folder)
@@ -99,7 +100,7 @@ def test_sharded_ranks_exactly_like_one_index(single, sharded_folder, collection
     r = load(sharded_folder)
     assert isinstance(r.index, sharded.ShardedIndex) and len(r.index.shards) == 3
     assert r.ids.tolist() == single.ids.tolist() == list(range(17))
-    assert r.config == single.config and (r.config.R, r.config.qe) == (100, 20)
+    assert r.config == single.config and (r.config.R, r.config.qe) == (100, 40)
     # the default: verification + query expansion + adaptive fusion; some hits verified
     assert assert_same_rankings(single, r, collection) > 0
 
@@ -129,6 +130,9 @@ def test_bow_merge_keeps_one_index_order_with_ties(single, sharded_folder):
     rng = np.random.default_rng(0)
     for words in [np.array([0, 1]), rng.integers(0, 300, 40), np.array([299])]:
         counts = np.ones(len(words), np.float32)
+        if single.index.embedded:  # signatures instead of counts; a few equal, most random
+            counts = rng.integers(0, 2**63, (len(words), single.index.bow.embedding.words), dtype=np.uint64)
+            counts[: len(words) // 2] = 0
         a = single.index.search_bow(words, counts, 17)
         b = r.index.search_bow(words, counts, 17)
         assert a[0].tolist() == b[0].tolist() and a[1].tobytes() == b[1].tobytes()

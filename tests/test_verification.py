@@ -17,7 +17,7 @@ import pytest
 from skimage import data
 
 from roiret import IndexFormatError
-from roiret.search.expansion import expanded_bag, expanded_codes, tfidf
+from roiret.search.expansion import expanded_bag, expanded_codes, expanded_terms, tfidf
 from roiret.search.geometry import FeatureGeometry, GeometryStore, dequantize, quantize
 from roiret.search.retriever import Retriever
 
@@ -137,11 +137,21 @@ def _view(photo, angle=20.0, scale=0.7, crop=0.1, quality=75):
     return cv2.imdecode(enc, cv2.IMREAD_COLOR)[..., ::-1].copy()
 
 
-@pytest.fixture(scope="module")
-def photo_index():
+@pytest.fixture(scope="module", params=["asmk", "tfidf"])
+def photo_index(request):
     photos = _photos()
     r = Retriever(
-        weights=WEIGHTS, backbone="alexnet", vocab_size="auto", K=5, N=6, n=2, k=2, progress=False, batch_size=4, qe=2
+        weights=WEIGHTS,
+        backbone="alexnet",
+        vocab_size="auto",
+        K=5,
+        N=6,
+        n=2,
+        k=2,
+        progress=False,
+        batch_size=4,
+        qe=2,
+        first_stage=request.param,
     )
     r.train(photos)
     ids = r.add(photos, names=[f"photo-{i}" for i in range(len(photos))])
@@ -180,7 +190,7 @@ def test_verification_off_gives_the_previous_ranking(photo_index):
 
 def test_query_expansion_searches_the_expanded_bag(photo_index):
     """With qe, the BoW scores reported are those of the query expanded with the verified
-    results (checked against expanded_bag and the inverted file directly)."""
+    results (checked against expanded_bag / expanded_terms and the inverted file directly)."""
     r, ids, photos = photo_index
     q = r.prepare_query(_view(photos[2]))
     first = r.rank(q, top=len(r), qe=0, mode="bow")
@@ -188,11 +198,19 @@ def test_query_expansion_searches_the_expanded_bag(photo_index):
     assert verified
     geo = r.index.geometry
     bags = [(q.words, q.counts)]
+    idf = np.asarray(r.bow.inverted_file.idf())
     for h in sorted(verified, key=lambda h: -h.inliers):
         row = int(r.store.indices_of([h.id])[0])
-        bags.append(np.unique(geo.words_of(row).astype(np.int64), return_counts=True))
-    words, counts = expanded_bag(bags, np.asarray(r.bow.inverted_file.idf()))
-    want_ids, want_scores = r.bow.search_bag(words, counts, top=len(r))
+        if r.bow.embedded:  # the stored (words, signatures) of the image
+            bags.append(r.bow.bag_of(h.id))
+        else:
+            bags.append(np.unique(geo.words_of(row).astype(np.int64), return_counts=True))
+    if r.bow.embedded:
+        words, sigs, weights = expanded_terms(bags, idf)
+        want_ids, want_scores = r.bow.search_bag(words, sigs, top=len(r), weights=weights)
+    else:
+        words, counts = expanded_bag(bags, idf)
+        want_ids, want_scores = r.bow.search_bag(words, counts, top=len(r))
     got = r.rank(q, top=len(r), mode="bow")
     by_id = {h.id: h.bow_score for h in got.hits}
     np.testing.assert_allclose([by_id[int(i)] for i in want_ids], want_scores, rtol=1e-6)

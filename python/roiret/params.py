@@ -20,7 +20,9 @@ import numpy as np
 
 __all__ = [
     "BACKBONES",
+    "AsmkParams",
     "BowParams",
+    "FIRST_STAGES",
     "CodeParams",
     "DEFAULT_K",
     "DEFAULT_THRESHOLD",
@@ -52,6 +54,9 @@ FEATURES: Tuple[str, ...] = ("conv-max", "conv-sum", "conv-gem", "fc7", "roialig
 LOCAL_FEATURES: Tuple[str, ...] = ("rootsift", "sift", "surf")
 #: base-region binarisation rules (:func:`roiret.cnn.regions.binarize`)
 THRESHOLD_MODES: Tuple[str, ...] = ("absolute", "relative", "mean")
+#: first-stage scorers: the selective match kernel on Hamming-embedded words (ASMK*,
+#: :mod:`roiret.bow.embedding`) or the paper's TF-IDF (:class:`roiret.InvertedFile`)
+FIRST_STAGES: Tuple[str, ...] = ("asmk", "tfidf")
 #: re-ranking modes (:mod:`roiret.search.rerank`)
 MODES: Tuple[str, ...] = ("fast", "exhaustive", "global", "bow")
 
@@ -70,7 +75,10 @@ DEFAULT_K = 20
 #: spatial verification and query expansion (VerifyParams), chosen in docs/RESULTS.md
 DEFAULT_R = 100
 DEFAULT_MIN_INLIERS = 5
-DEFAULT_QE = 20
+#: 20 until the ASMK first stage and EfficientNet-Lite0 RoIs: then 40 gained 2.4 / 2.4 / 3.1
+#: (ASMK) and 2.4 / 2.3 / 2.2 (TF-IDF) on Oxford5k-dev, a plateau from there (50, 60), and
+#: changed nothing on the demo collection (docs/RESULTS.md, "A Hamming-embedded first stage")
+DEFAULT_QE = 40
 
 #: ``vocab_size="auto"``: one word per this many training descriptors, at most AUTO_MAX_WORDS.
 #: Measured (benchmarks/vocab_size_study.py, benchmarks/bow_map.py; BoW alone, vocabulary
@@ -87,11 +95,27 @@ AUTO_MAX_WORDS = 50_000
 DEFAULT_KMEANS_ITERATIONS = 10
 
 
-def auto_vocab_size(n_descriptors: int) -> int:
+#: ``vocab_size="auto"`` with the ASMK first stage: one word per this many training
+#: descriptors, but at least AUTO_ASMK_MIN_WORDS (when there are 4 descriptors a word for
+#: them) and at most AUTO_MAX_WORDS. The signatures separate the features inside a word, so
+#: coarser words do better for the kernel (Oxford5k-dev: 8 000 words best of 2 000 / 4 000 /
+#: 8 000 / 16 000 / 50 000; the demo collection: 1 000 better than 500), while spatial
+#: verification pairs features by the same words and suffers from very coarse ones (docs/RESULTS.md,
+#: "A Hamming-embedded first stage").
+AUTO_ASMK_DESCRIPTORS_PER_WORD = 100
+AUTO_ASMK_MIN_WORDS = 1000
+
+
+def auto_vocab_size(n_descriptors: int, first_stage: str = "tfidf") -> int:
     """The vocabulary size ``"auto"`` picks for ``n_descriptors`` training descriptors:
-    ``n / AUTO_DESCRIPTORS_PER_WORD`` rounded to two significant digits, at most
+    ``n / AUTO_DESCRIPTORS_PER_WORD`` (``first_stage="asmk"``: ``n /
+    AUTO_ASMK_DESCRIPTORS_PER_WORD``, at least ``min(AUTO_ASMK_MIN_WORDS, n /
+    AUTO_DESCRIPTORS_PER_WORD)``) rounded to two significant digits, at most
     ``AUTO_MAX_WORDS`` (and at most ``n``, at least 1)."""
+    _choice("first_stage", first_stage, FIRST_STAGES)
     raw = float(n_descriptors) / AUTO_DESCRIPTORS_PER_WORD
+    if first_stage == "asmk":
+        raw = max(float(n_descriptors) / AUTO_ASMK_DESCRIPTORS_PER_WORD, min(float(AUTO_ASMK_MIN_WORDS), raw))
     if raw >= 100:
         step = 10 ** (len(str(int(raw))) - 2)
         raw = round(raw / step) * step
@@ -269,6 +293,58 @@ class BowParams(_Group):
             v = getattr(self, name)
             if v is not None:
                 self._set(name, positive_int(name, v))
+
+
+@dataclass(frozen=True)
+class AsmkParams(_Group):
+    """The Hamming-embedded first stage (``first_stage="asmk"``; :mod:`roiret.bow.embedding`,
+    :class:`roiret.EmbeddedInvertedFile`): ``he_bits`` signature bits per (image, word)
+    (at most the descriptor dimension), ``he_thresholds`` (``"zero"``: the sign of the
+    aggregated residual, ASMK*; ``"median"``: per-word medians, HE), the selectivity
+    ``asmk_alpha`` and threshold ``asmk_tau`` of σ(u) = u^α for u > τ (u = 1 − 2h/bits),
+    and multiple assignment: each query descriptor counted in its ``query_assignments``
+    nearest words (within ``assignment_ratio`` × the nearest's squared distance), each
+    database descriptor in ``db_assignments``. ``verify_cells``: sub-cells per word for the
+    tentative correspondences of spatial verification (its words are finer than the
+    kernel's; 1: the words themselves)."""
+
+    first_stage: str = "asmk"
+    he_bits: int = 128
+    he_thresholds: str = "zero"
+    asmk_alpha: float = 3.0
+    asmk_tau: float = 0.0
+    query_assignments: int = 3
+    db_assignments: int = 1
+    assignment_ratio: float = 1.5
+    verify_cells: int = 1
+
+    def __post_init__(self) -> None:
+        _choice("first_stage", self.first_stage, FIRST_STAGES)
+        cells = positive_int("verify_cells", self.verify_cells)
+        if cells > 256:
+            raise ValueError(f"verify_cells must be at most 256, got {cells}")
+        self._set("verify_cells", cells)
+        self._set("he_bits", positive_int("he_bits", self.he_bits))
+        if self.he_bits > 1024:
+            raise ValueError(f"he_bits must be at most 1024, got {self.he_bits}")
+        _choice("he_thresholds", self.he_thresholds, ("zero", "median"))
+        alpha = finite_number("asmk_alpha", self.asmk_alpha)
+        if alpha <= 0:
+            raise ValueError(f"asmk_alpha must be > 0, got {alpha}")
+        tau = finite_number("asmk_tau", self.asmk_tau)
+        if not -1.0 <= tau < 1.0:
+            raise ValueError(f"asmk_tau must be in [-1, 1), got {tau}")
+        for name in ("query_assignments", "db_assignments"):
+            v = positive_int(name, getattr(self, name))
+            if v > 64:
+                raise ValueError(f"{name} must be at most 64, got {v}")
+            self._set(name, v)
+        ratio = finite_number("assignment_ratio", self.assignment_ratio)
+        if ratio < 1:
+            raise ValueError(f"assignment_ratio must be >= 1, got {ratio}")
+        self._set("asmk_alpha", alpha)
+        self._set("asmk_tau", tau)
+        self._set("assignment_ratio", ratio)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..io.images import Box, SkippedImageWarning, check_box
-from ..params import BACKBONES, FEATURES, MODES
+from ..params import BACKBONES, FEATURES, FIRST_STAGES, MODES
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..search.config import RetrieverConfig
@@ -174,6 +174,45 @@ def _add_verification(p: argparse.ArgumentParser, d: Optional[RetrieverConfig]) 
     )
 
 
+#: the ASMK first stage's settings on the command line (RetrieverConfig fields)
+FIRST_STAGE_ARGS = (
+    "first_stage",
+    "he_bits",
+    "he_thresholds",
+    "asmk_alpha",
+    "asmk_tau",
+    "query_assignments",
+    "db_assignments",
+    "verify_cells",
+)
+
+
+def _add_first_stage(p: argparse.ArgumentParser, d: RetrieverConfig) -> None:
+    g = p.add_argument_group('first stage (docs/RESULTS.md, "A Hamming-embedded first stage")')
+    g.add_argument(
+        "--first-stage",
+        choices=FIRST_STAGES,
+        default=d.first_stage,
+        help="asmk: selective match kernel on Hamming-embedded words; tfidf: the paper's TF-IDF",
+    )
+    g.add_argument("--he-bits", type=int, default=d.he_bits, help="signature bits per image and word (asmk)")
+    g.add_argument(
+        "--he-thresholds",
+        choices=("zero", "median"),
+        default=d.he_thresholds,
+        help="binarisation: zero (sign of the aggregated residual) or per-word medians (asmk)",
+    )
+    g.add_argument("--asmk-alpha", type=float, default=d.asmk_alpha, help="selectivity α of σ(u) = u^α (asmk)")
+    g.add_argument("--asmk-tau", type=float, default=d.asmk_tau, help="similarity threshold τ of σ (asmk)")
+    g.add_argument(
+        "--query-assignments", type=int, default=d.query_assignments, help="words per query descriptor (asmk)"
+    )
+    g.add_argument("--db-assignments", type=int, default=d.db_assignments, help="words per database descriptor (asmk)")
+    g.add_argument(
+        "--verify-cells", type=int, default=d.verify_cells, help="sub-cells per word for spatial verification (asmk)"
+    )
+
+
 def _add_index_parser(sub: Any, d: RetrieverConfig) -> None:
     p = _parser(sub, "index", "build an index from a folder or a list of images")
     p.add_argument("source", help="a folder (searched recursively) or a text file with one image path per line")
@@ -186,9 +225,11 @@ def _add_index_parser(sub: Any, d: RetrieverConfig) -> None:
         "--vocab-size",
         type=_vocab_size,
         default=d.vocab_size,
-        help="visual words: a number, or auto (one per 4 SIFT descriptors of the training images, at most 50000)",
+        help="visual words: a number, or auto (one per 4 SIFT descriptors of the training images with tfidf, "
+        "one per 100 with asmk, at least 1000; at most 50000)",
     )
     p.add_argument("--max-keypoints", type=int, default=d.max_keypoints, help="SIFT keypoints per image")
+    _add_first_stage(p, d)
     _add_reranking(p, d)
     p.add_argument(
         "--fusion",
@@ -275,10 +316,12 @@ def _add_eval_parser(sub: Any, d: RetrieverConfig) -> None:
     p.add_argument(
         "--vocab-size",
         type=_vocab_size,
-        default=50_000,
-        help="visual words (the paper table's 50000; auto: one per 4 training descriptors)",
+        default="auto",
+        help="visual words (auto: one per 4 training descriptors with tfidf, one per 100 with asmk, at most 50000; "
+        "the paper's table used 50000)",
     )
     p.add_argument("--max-keypoints", type=int, default=d.max_keypoints, help="SIFT keypoints per image")
+    _add_first_stage(p, d)
     _add_reranking(p, d)
     _add_verification(p, d)
     p.add_argument("--backbone", default=d.backbone, choices=BACKBONES, help="CNN trunk for the RoIs")
@@ -327,7 +370,7 @@ def _load(args: argparse.Namespace) -> Retriever:
 def _config_args(args: argparse.Namespace) -> Dict[str, Any]:
     """The RetrieverConfig fields given to ``roiret index``."""
     names = ("backbone", "feature", "gem_p", "scales", "K", "vocab_size", "max_keypoints", "N", "n", "k", "max_side")
-    return {n: getattr(args, n) for n in names + ("fusion", "R", "min_inliers", "qe")}
+    return {n: getattr(args, n) for n in names + ("fusion", "R", "min_inliers", "qe") + FIRST_STAGE_ARGS}
 
 
 def _report_skipped(n: int, output: str, failed: Sequence[Any]) -> None:
@@ -486,6 +529,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         gem_p=args.gem_p,
         scales=args.scales,
         code_bits=args.code_bits,
+        first_stage={n: getattr(args, n) for n in FIRST_STAGE_ARGS},
         device=args.device,
         weights=args.weights,
         allow_download=args.allow_download,
@@ -511,7 +555,7 @@ def _human(n: int) -> str:
 
 
 #: index files whose size does not depend on the number of images
-_FIXED_ROLES = ("vocabulary", "whitening", "projection")
+_FIXED_ROLES = ("vocabulary", "embedding", "whitening", "projection")
 
 
 def _part_sizes(sizes: Dict[str, int], images: int) -> str:
@@ -579,9 +623,16 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"  {c['backbone']} {c['feature']}{pooling}, K={c['K']}, T_min={c['t_min']}, T_rate={c['t_rate']}, "
         f"T_iou={c['t_iou']}"
     )
+    stage = "TF-IDF"
+    if c.get("first_stage", "tfidf") == "asmk":  # indexes saved before the ASMK stage are TF-IDF
+        stage = (
+            f"ASMK, {c['he_bits']}-bit signatures ({c['he_thresholds']} thresholds), alpha={c['asmk_alpha']:g}, "
+            f"tau={c['asmk_tau']:g}, {c['query_assignments']} / {c['db_assignments']} words per query / image feature"
+        )
+    print(f"  first stage: {c['vocab_size']} words ({m['local_features']['kind']}), {stage}")
     print(
-        f"  BoW: {c['vocab_size']} words ({m['local_features']['kind']}); re-ranking: N={c['N']}, n={c['n']}, "
-        f"k={c['k']}, mode={c['mode']}, fusion={'none' if c.get('fusion') is None else c['fusion']}"
+        f"  re-ranking: N={c['N']}, n={c['n']}, k={c['k']}, mode={c['mode']}, "
+        f"fusion={'none' if c.get('fusion') is None else c['fusion']}"
     )
     print(
         f"  codes: {'PCA-whitened, ' if c.get('whitening') else ''}"

@@ -170,27 +170,16 @@ def _build(
     from ..search.retriever import Retriever
 
     n_db = len(col.database)
-    r = Retriever(
-        vocab_size=1000,
-        K=K,
-        N=n_db,
-        n=min(6, n_db),
-        k=5,
-        max_keypoints=1500,
-        device=device,
-        progress=progress,
-        seed=seed,
-        batch_size=8,
-        weights=weights,
-        **config,
-    )
+    settings: Dict[str, Any] = dict(vocab_size=1000, K=K, N=n_db, n=min(6, n_db), k=5, max_keypoints=1500, seed=seed)
+    r = Retriever(**{**settings, **config}, device=device, progress=progress, batch_size=8, weights=weights)
     t1 = time.perf_counter()
     r.train(col.database)
     ids = r.add(col.database, names=col.names)
     t_index = time.perf_counter() - t1
     print_fn(
         f"indexed {len(r)} images in {t_index:.1f} s ({r.config.backbone} {r.config.feature}, K={K}, "
-        f"{r.nbits}-bit codes, {r.config.vocab_size}-word RootSIFT vocabulary)"
+        f"{r.nbits}-bit codes, {r.config.vocab_size}-word RootSIFT vocabulary, "
+        f"{r.config.first_stage.upper()} first stage)"
     )
     return r, ids, t_index
 

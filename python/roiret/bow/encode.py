@@ -44,7 +44,9 @@ def bags_to_csr(
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stack bags ``[(words, counts), ...]`` into CSR arrays ``(offsets, words, counts)``:
     image ``i`` owns ``words[offsets[i]:offsets[i+1]]``. ``offsets`` is int64 (n+1,),
-    ``words`` int64, ``counts`` float32 — the layout ``InvertedFile.add`` takes."""
+    ``words`` int64, ``counts`` float32 — the layout ``InvertedFile.add`` takes. Bags of an
+    embedded index carry signatures (uint64 ``(u, words)``) instead of counts: they are
+    stacked row-wise, uint64 (``EmbeddedInvertedFile.add``)."""
     n = len(bags)
     lengths = np.fromiter((len(b[0]) for b in bags), dtype=np.int64, count=n)
     offsets = np.zeros(n + 1, dtype=np.int64)
@@ -53,5 +55,7 @@ def bags_to_csr(
         if len(w) != len(c):
             raise ValueError(f"bag {i}: {len(w)} words but {len(c)} counts")
     words = np.concatenate([np.asarray(b[0], dtype=np.int64) for b in bags]) if n else np.zeros(0, np.int64)
+    if n and np.asarray(bags[0][1]).ndim == 2:  # signatures
+        return offsets, words, np.concatenate([np.asarray(b[1], dtype=np.uint64) for b in bags])
     counts = np.concatenate([np.asarray(b[1], dtype=np.float32) for b in bags]) if n else np.zeros(0, np.float32)
     return offsets, words, counts

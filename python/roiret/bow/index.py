@@ -1,5 +1,8 @@
-"""The bag-of-visual-words first stage: images → local features → words → TF-IDF inverted
-file (native :class:`roiret.InvertedFile`) → top-N candidates.
+"""The bag-of-visual-words first stage: images → local features → words → an inverted
+file → top-N candidates. Two scorers: TF-IDF (the paper's; native
+:class:`roiret.InvertedFile`, a bag is ``(words, counts)``) and the selective match kernel
+on Hamming-embedded words (ASMK*; native :class:`roiret.EmbeddedInvertedFile`, a bag is
+``(words, signatures)``: :mod:`roiret.bow.embedding`).
 
 Query by image, or by a box inside it (the Oxford protocol's query crop: features are
 computed on the whole query image and only those whose centre lies in the box are kept).
@@ -12,14 +15,16 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, NamedTuple, Optiona
 import numpy as np
 
 from ..io import PathLike
-from ..io.folder import IndexFolder, IndexWriter, as_format_error
+from ..io.folder import IndexFolder, IndexWriter, Manifest, as_format_error
 from ..io.images import ImageSource
+from ..params import AsmkParams
+from .embedding import HammingEmbedding, embedding_for
 from .encode import bag_of_words, bags_to_csr
 from .features import Box, LocalFeatureExtractor, LocalFeatures
 from .vocabulary import Vocabulary
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .._core import InvertedFile
+    from .._core import EmbeddedInvertedFile, InvertedFile
 
 __all__ = ["BowHits", "BowIndex", "IdsLike", "as_ids"]
 
@@ -31,10 +36,29 @@ _VERSION = 1
 _WHAT = "roiret BoW index"
 
 
-def _inverted_file_class() -> Any:
-    from .._kernels import InvertedFile  # native core; imported on first use
+def _inverted_file_class(embedded: bool = False) -> Any:
+    from .._kernels import EmbeddedInvertedFile, InvertedFile  # native core; imported on first use
 
-    return InvertedFile
+    return EmbeddedInvertedFile if embedded else InvertedFile
+
+
+def query_weights(words: np.ndarray, idf: np.ndarray) -> np.ndarray:
+    """The per-term weights of one embedded query: ``1 / sqrt(Σ idf)`` over its words (the
+    kernel's self-similarity normalisation; zeros when that sum is 0), float32."""
+    total = float(np.sum(np.asarray(idf, np.float64)[np.asarray(words, np.int64)]))
+    g = 1.0 / np.sqrt(total) if total > 0 else 0.0
+    return np.full(len(words), g, np.float32)
+
+
+def read_embedding(m: Manifest, first_stage: str, vocabulary: Vocabulary) -> Optional[HammingEmbedding]:
+    """The Hamming embedding an index folder's manifest lists (``None`` for TF-IDF);
+    IndexFormatError when an ASMK index lacks it or it does not fit the vocabulary."""
+    if first_stage != "asmk":
+        return None
+    if "embedding" not in m.paths:
+        raise m.invalid("an ASMK first stage without its embedding file")
+    with m.parsing("embedding"):
+        return HammingEmbedding.load(m.paths["embedding"], vocabulary.centroids)
 
 
 class BowHits(NamedTuple):
@@ -79,14 +103,23 @@ class BowIndex:
         vocabulary was trained on (RootSIFT when unrecorded). Its dimension must match
         the vocabulary's.
     inverted_file:
-        An existing :class:`roiret.InvertedFile` of the same vocabulary size (default: a new
+        An existing :class:`roiret.InvertedFile` (or, with ``embedding``,
+        :class:`roiret.EmbeddedInvertedFile`) of the same vocabulary size (default: a new
         empty one).
     next_id:
         The id given to the next image added without ids (default: one more than the
         largest id in ``inverted_file``, or 0).
+    embedding:
+        A :class:`~roiret.bow.embedding.HammingEmbedding` of this vocabulary: score with the
+        selective match kernel (ASMK*) instead of TF-IDF.
+    asmk:
+        The kernel's settings (:class:`roiret.params.AsmkParams`: α, τ, multiple
+        assignment); used with ``embedding`` only.
 
     TF-IDF (computed by the native inverted file): ``idf_t = ln(N / df_t)``; image and query
-    vectors ``count · idf`` L2-normalised; score = their dot product (cosine).
+    vectors ``count · idf`` L2-normalised; score = their dot product (cosine). ASMK*:
+    ``Σ_c idf_c σ(signatures' Hamming similarity)`` over the words both images hold, each
+    image normalised by ``sqrt(Σ idf)`` of its words (:class:`roiret.EmbeddedInvertedFile`).
 
     Thread safety
     -------------
@@ -100,8 +133,10 @@ class BowIndex:
         vocabulary: Vocabulary,
         extractor: Optional[LocalFeatureExtractor] = None,
         *,
-        inverted_file: Optional[InvertedFile] = None,
+        inverted_file: Optional[Union[InvertedFile, EmbeddedInvertedFile]] = None,
         next_id: Optional[int] = None,
+        embedding: Optional[HammingEmbedding] = None,
+        asmk: Optional[AsmkParams] = None,
     ):
         if not isinstance(vocabulary, Vocabulary):
             raise TypeError(f"vocabulary: expected a roiret.bow.Vocabulary, got {type(vocabulary).__name__}")
@@ -119,16 +154,53 @@ class BowIndex:
             raise ValueError(
                 f"the vocabulary was trained on {trained_on!r} descriptors, the extractor gives {extractor.kind!r}"
             )
+        self._check_embedding(vocabulary, embedding, inverted_file)
         if inverted_file is None:
-            inverted_file = _inverted_file_class()(vocabulary.size)
+            if embedding is None:
+                inverted_file = _inverted_file_class()(vocabulary.size)
+            else:
+                inverted_file = _inverted_file_class(True)(vocabulary.size, embedding.bits)
+        if asmk is not None and not isinstance(asmk, AsmkParams):
+            raise TypeError(f"asmk: expected roiret.params.AsmkParams, got {type(asmk).__name__}")
+        #: the Hamming embedding (None: TF-IDF) and the kernel's settings
+        self.embedding = embedding
+        self.asmk = asmk if asmk is not None else AsmkParams(first_stage="tfidf" if embedding is None else "asmk")
         self.vocabulary = vocabulary
         self.extractor = extractor
-        self.inverted_file = inverted_file
+        #: the native file: an InvertedFile (TF-IDF) or an EmbeddedInvertedFile (ASMK), by ``embedding``
+        self.inverted_file: Any = inverted_file
         ids = inverted_file.ids()
         #: the id the next image added without an explicit id gets
         self._next_id = int(ids.max()) + 1 if len(ids) else 0
         if next_id is not None:
             self._next_id = max(self._next_id, int(next_id))
+
+    @staticmethod
+    def _check_embedding(vocabulary: Vocabulary, embedding: Any, inverted_file: Any) -> None:
+        if embedding is None:
+            if inverted_file is not None and not isinstance(inverted_file, _inverted_file_class()):
+                raise TypeError(f"inverted_file: expected a roiret.InvertedFile, got {type(inverted_file).__name__}")
+            return
+        if not isinstance(embedding, HammingEmbedding):
+            raise TypeError(f"embedding: expected a HammingEmbedding, got {type(embedding).__name__}")
+        if (embedding.vocab_size, embedding.dim) != (vocabulary.size, vocabulary.dim):
+            raise ValueError(
+                f"the embedding was made for {embedding.vocab_size} × {embedding.dim} words, the vocabulary "
+                f"has {vocabulary.size} × {vocabulary.dim}"
+            )
+        if inverted_file is not None:
+            if not isinstance(inverted_file, _inverted_file_class(True)):
+                kind = type(inverted_file).__name__
+                raise TypeError(f"inverted_file: an embedded index needs a roiret.EmbeddedInvertedFile, got {kind}")
+            if inverted_file.nbits != embedding.bits:
+                raise ValueError(
+                    f"inverted_file has {inverted_file.nbits}-bit signatures, the embedding {embedding.bits}"
+                )
+
+    @property
+    def embedded(self) -> bool:
+        """Whether this index scores with the selective match kernel (ASMK*)."""
+        return self.embedding is not None
 
     # -- training -------------------------------------------------------------------------
     @classmethod
@@ -143,14 +215,17 @@ class BowIndex:
         kmeans_iterations: int = 20,
         kmeans: str = "auto",
         progress: bool = True,
+        asmk: Optional[AsmkParams] = None,
         **vocabulary_options: Any,
     ) -> "BowIndex":
         """Learn a vocabulary from the local features of ``images`` and return an empty
         index using it (the training images are *not* added; call :meth:`add`).
 
         ``seed``, ``max_train_descriptors``, ``kmeans_iterations``, ``kmeans`` and ``vocabulary_options`` (HNSW
-        settings) go to :meth:`Vocabulary.fit`. Train on database images (or other images),
-        never on ground-truth labels.
+        settings) go to :meth:`Vocabulary.fit`. ``asmk``: the first stage
+        (:class:`~roiret.params.AsmkParams`; default: TF-IDF); with ``first_stage="asmk"``
+        the Hamming embedding is made too (``vocab_size="auto"`` then follows the ASMK rule).
+        Train on database images (or other images), never on ground-truth labels.
         """
         extractor = extractor or LocalFeatureExtractor()
         feats = extractor.extract_many(images, progress=progress, desc="features for k-means")
@@ -163,9 +238,11 @@ class BowIndex:
             kmeans=kmeans,
             descriptor=extractor.kind,
             progress=progress,
+            auto_rule=asmk.first_stage if asmk is not None else "tfidf",
             **vocabulary_options,
         )
-        return cls(voc, extractor)
+        embedding = embedding_for(voc, feats, asmk, seed) if asmk is not None else None
+        return cls(voc, extractor, embedding=embedding, asmk=asmk)
 
     # -- encoding -------------------------------------------------------------------------
     def assign_features(self, features: LocalFeatures, *, box: Optional[Box] = None) -> np.ndarray:
@@ -182,14 +259,40 @@ class BowIndex:
             features = features.in_box(box)
         return np.asarray(self.vocabulary.assign(features.descriptors), np.int64)
 
-    def encode_features(self, features: LocalFeatures, *, box: Optional[Box] = None) -> Tuple[np.ndarray, np.ndarray]:
-        """(words int64 sorted unique, counts float32) of an image's local features,
-        optionally only those inside ``box``."""
-        return bag_of_words(self.assign_features(features, box=box), self.vocabulary.size)
+    def bag(self, features: LocalFeatures, words: np.ndarray, *, query: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+        """The bag of an image's ``features`` given their nearest ``words``
+        (:meth:`assign_features`): ``(words, counts)`` for TF-IDF, ``(words, signatures)``
+        for ASMK* (with the query's or the database's multiple assignment: ``query``)."""
+        if self.embedding is None:
+            return bag_of_words(words, self.vocabulary.size)
+        m = self.asmk.query_assignments if query else self.asmk.db_assignments
+        if m == 1 or len(features) == 0:
+            assigned = np.asarray(words, np.int64)
+        else:
+            assigned = self.vocabulary.assign_multiple(features.descriptors, m, self.asmk.assignment_ratio)
+        return self.embedding.aggregate(features.descriptors, assigned)
 
-    def encode(self, image: ImageSource, *, box: Optional[Box] = None) -> Tuple[np.ndarray, np.ndarray]:
-        """(words, counts) of an image (path, bytes or array), optionally of a box in it."""
-        return self.encode_features(self.extractor.extract(image, box=box))
+    def geometry_words(self, features: LocalFeatures, words: np.ndarray) -> np.ndarray:
+        """The labels spatial verification pairs features by (uint32): the words, or with an
+        embedding that has verification sub-cells, ``word · cells + sub-cell``."""
+        if self.embedding is None or self.embedding.fine is None:
+            return np.asarray(words).astype(np.uint32)
+        return self.embedding.fine_words(features.descriptors, words)
+
+    def encode_features(
+        self, features: LocalFeatures, *, box: Optional[Box] = None, query: bool = False
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """The bag (:meth:`bag`: ``(words, counts)`` or ``(words, signatures)``) of an image's
+        local features, optionally only those inside ``box``; ``query``: encode as a query."""
+        if box is not None:
+            features = features.in_box(box)
+        return self.bag(features, self.assign_features(features), query=query)
+
+    def encode(
+        self, image: ImageSource, *, box: Optional[Box] = None, query: bool = False
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """The bag of an image (path, bytes or array), optionally of a box in it."""
+        return self.encode_features(self.extractor.extract(image, box=box), query=query)
 
     # -- adding ---------------------------------------------------------------------------
     def _new_ids(self, ids: Optional[IdsLike], n: int) -> np.ndarray:
@@ -200,17 +303,14 @@ class BowIndex:
     def add_bags(
         self, ids: Optional[IdsLike], offsets: np.ndarray, words: np.ndarray, counts: np.ndarray
     ) -> np.ndarray:
-        """Add already-encoded images (CSR, as :func:`~roiret.bow.bags_to_csr` makes them).
+        """Add already-encoded images (CSR, as :func:`~roiret.bow.bags_to_csr` makes them;
+        ``counts`` are the signatures, uint64 ``(nnz, words)``, of an embedded index).
         Returns the ids."""
         offsets = np.ascontiguousarray(offsets, dtype=np.int64)
         n = offsets.shape[0] - 1
         new = self._new_ids(ids, n)
-        self.inverted_file.add(
-            new,
-            offsets,
-            np.ascontiguousarray(words, dtype=np.int64),
-            np.ascontiguousarray(counts, dtype=np.float32),
-        )
+        values = np.ascontiguousarray(counts, dtype=np.float32 if self.embedding is None else np.uint64)
+        self.inverted_file.add(new, offsets, np.ascontiguousarray(words, dtype=np.int64), values)
         if n:
             self._next_id = max(self._next_id, int(new.max()) + 1)
         return new
@@ -220,7 +320,7 @@ class BowIndex:
         ``None``, consecutive integers after the largest id added so far)."""
         feats = list(features)
         ids = self._new_ids(ids, len(feats))
-        bags = [self.encode_features(f) for f in feats]
+        bags = [self.encode_features(f) for f in feats]  # database side
         return self.add_bags(ids, *bags_to_csr(bags))
 
     def add(
@@ -291,21 +391,65 @@ class BowIndex:
         )
 
     # -- search ---------------------------------------------------------------------------
-    def search_bag(self, words: np.ndarray, counts: np.ndarray, top: int = 100) -> BowHits:
-        """Top-N images for an encoded query (words, counts)."""
+    def search_bag(
+        self, words: np.ndarray, counts: np.ndarray, top: int = 100, *, weights: Optional[np.ndarray] = None
+    ) -> BowHits:
+        """Top-N images for an encoded query (a bag: ``(words, counts)``, or ``(words,
+        signatures)`` for an embedded index, whose ``weights`` per term default to the
+        query's normalisation, :func:`query_weights`)."""
         top = _check_top(top)
-        words = np.ascontiguousarray(words, dtype=np.int64)
-        counts = np.ascontiguousarray(counts, dtype=np.float32)
-        if words.size == 0:
+        if len(words) == 0:
             return BowHits(np.zeros(0, np.int64), np.zeros(0, np.float32))
-        ids, scores = self.inverted_file.search(words, counts, top)
+        ids, scores = self._search(words, counts, top, weights, exact=False)
         return BowHits(np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32))
+
+    def search_exact(
+        self, words: np.ndarray, counts: np.ndarray, top: int, *, weights: Optional[np.ndarray] = None
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """As :meth:`search_bag`, with the float64 scores the results are ordered by (what a
+        merge of several shards' lists needs)."""
+        top = _check_top(top)
+        if len(words) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float64)
+        ids, exact = self._search(words, counts, top, weights, exact=True)
+        return np.asarray(ids, np.int64), np.asarray(exact, np.float64)
+
+    def _search(
+        self, words: np.ndarray, values: np.ndarray, top: int, weights: Optional[np.ndarray], exact: bool
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        words = np.ascontiguousarray(words, dtype=np.int64)
+        if self.embedding is None:
+            if weights is not None:
+                raise ValueError("weights: only an embedded (ASMK) index takes per-term weights")
+            counts = np.ascontiguousarray(values, dtype=np.float32)
+            fn = self.inverted_file.search_exact if exact else self.inverted_file.search
+            out: Tuple[np.ndarray, np.ndarray] = fn(words, counts, top)
+            return out
+        sigs = np.ascontiguousarray(values, dtype=np.uint64).reshape(len(words), -1)
+        if weights is None:
+            weights = query_weights(words, self.inverted_file.idf())
+        w = np.ascontiguousarray(weights, dtype=np.float32)
+        fn = self.inverted_file.search_exact if exact else self.inverted_file.search
+        a = self.asmk
+        # threads=0: a large search splits over the default threads, as InvertedFile's does
+        res: Tuple[np.ndarray, np.ndarray] = fn(words, sigs, w, top=top, alpha=a.asmk_alpha, tau=a.asmk_tau, threads=0)
+        return res
+
+    def bag_of(self, image_id: int) -> Tuple[np.ndarray, np.ndarray]:
+        """The stored bag ``(words, signatures)`` of an image of an embedded index (what query
+        expansion adds to the query)."""
+        if self.embedding is None:
+            raise ValueError("bag_of: a TF-IDF index keeps no per-image bags (use the feature geometry's words)")
+        words, sigs = self.inverted_file.document(int(image_id))
+        return np.asarray(words, np.int64), np.asarray(sigs, np.uint64)
 
     def search_bags(self, bags: Sequence[Tuple[np.ndarray, np.ndarray]], top: int = 100) -> List[BowHits]:
         """Top-N images for many encoded queries at once (the native batch search, run on
         several threads). Returns one :class:`BowHits` per query, as :meth:`search_bag`."""
         top = _check_top(top)
         bags = list(bags)
+        if self.embedding is not None:  # one native search each (the batch search is TF-IDF's)
+            return [self.search_bag(w, v, top) for w, v in bags]
         out: List[Optional[BowHits]] = [None] * len(bags)
         nonempty = [i for i, (w, _) in enumerate(bags) if len(w)]
         for i, (w, _) in enumerate(bags):
@@ -323,7 +467,7 @@ class BowIndex:
 
     def search_features(self, features: LocalFeatures, *, box: Optional[Box] = None, top: int = 100) -> BowHits:
         """Top-N images for a query given by its local features (optionally a box)."""
-        return self.search_bag(*self.encode_features(features, box=box), top=top)
+        return self.search_bag(*self.encode_features(features, box=box, query=True), top=top)
 
     def search(self, image: ImageSource, *, box: Optional[Box] = None, top: int = 100) -> BowHits:
         """Top-N database images for a query image, or for the box ``(x1, y1, x2, y2)``
@@ -335,7 +479,7 @@ class BowIndex:
             ``(ids, scores)`` best first; fewer than ``top`` when fewer images share a
             word with the query; empty when the query has no keypoint (in the box).
         """
-        return self.search_bag(*self.encode(image, box=box), top=top)
+        return self.search_bag(*self.encode(image, box=box, query=True), top=top)
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, folder: PathLike) -> None:
@@ -348,7 +492,10 @@ class BowIndex:
         def write(w: IndexWriter) -> Dict[str, Any]:
             w.put("vocabulary", "vocabulary", "npz", self.vocabulary.save)
             w.put("inverted_file", "inverted_file", "bin", lambda p: self.inverted_file.save(str(p)))
+            if self.embedding is not None:
+                w.put("embedding", "embedding", "npz", self.embedding.save)
             return {
+                "asmk": self.asmk.to_dict(),
                 "extractor": self.extractor.config(),
                 "next_id": self._next_id,
                 "vocabulary_size": self.vocabulary.size,
@@ -373,8 +520,11 @@ class BowIndex:
         with as_format_error(m.path, "incomplete or invalid manifest"):
             extractor = LocalFeatureExtractor.from_config(m.fields["extractor"])
             next_id = int(m.fields["next_id"])
+            asmk = AsmkParams(**m.fields.get("asmk", {"first_stage": "tfidf"}))  # version 1 before ASMK: TF-IDF
         with m.parsing("vocabulary"):
             voc = Vocabulary.load(m.paths["vocabulary"])
+        embedding = read_embedding(m, asmk.first_stage, voc)
         with m.parsing("inverted_file"):
-            ivf = _inverted_file_class().load(str(m.paths["inverted_file"]))
-        return cls(voc, extractor, inverted_file=ivf, next_id=next_id)
+            ivf = _inverted_file_class(embedding is not None).load(str(m.paths["inverted_file"]))
+        with as_format_error(m.path):
+            return cls(voc, extractor, inverted_file=ivf, next_id=next_id, embedding=embedding, asmk=asmk)

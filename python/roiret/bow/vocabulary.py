@@ -361,6 +361,7 @@ class Vocabulary:
         init_centroids: Optional[np.ndarray] = None,
         descriptor: Optional[str] = None,
         progress: Optional[bool] = True,
+        auto_rule: str = "tfidf",
     ) -> "Vocabulary":
         """Learn a vocabulary of ``vocab_size`` words by k-means.
 
@@ -373,7 +374,8 @@ class Vocabulary:
         vocab_size:
             Number of words (typically 1k to 1M; needs at least that many training
             descriptors), or ``"auto"``: :func:`roiret.params.auto_vocab_size` of the number of
-            descriptors given (one word per 4, at most 50 000).
+            descriptors given (one word per 4, at most 50 000; ``auto_rule="asmk"``: the
+            coarser rule for the Hamming-embedded first stage, one word per 100).
         seed:
             Seeds the training sample, the initial centroids and empty-cluster splits.
         kmeans_iterations:
@@ -405,7 +407,7 @@ class Vocabulary:
         """
         descriptors, total = _counted(descriptors)
         if isinstance(vocab_size, str) and vocab_size == "auto":
-            vocab_size = auto_vocab_size(total)
+            vocab_size = auto_vocab_size(total, auto_rule)
         k = _check_fit_args(vocab_size, kmeans_iterations, max_train_descriptors, kmeans)
         x = _stack_sample(descriptors, 256 * k if max_train_descriptors is None else int(max_train_descriptors), seed)
         n, d = x.shape
@@ -413,7 +415,7 @@ class Vocabulary:
             raise ValueError(
                 f"vocab_size={k}: k-means needs at least as many descriptors as words, and the training images "
                 f"gave {n}: use vocab_size <= {n} (--vocab-size on the command line), or vocab_size='auto' "
-                f"({auto_vocab_size(total)} words for these descriptors)"
+                f"({auto_vocab_size(total, auto_rule)} words for these descriptors)"
             )
         if not np.isfinite(x).all():
             raise ValueError("descriptors: contain NaN or infinity")
@@ -504,6 +506,30 @@ class Vocabulary:
         bad = lab < 0
         if bad.any():
             lab[bad] = self.assign_exact(x[bad])
+        return lab
+
+    def assign_multiple(self, descriptors: np.ndarray, m: int, ratio: float = 1.5) -> np.ndarray:
+        """The ``m`` nearest words of each descriptor: int64 ``(n, m)``, nearest first; a word
+        farther than ``ratio`` times the nearest word's squared distance is ``-1`` (multiple
+        assignment, Jégou et al.). ``m = 1`` is :meth:`assign` as a column. Exact below
+        ``hnsw_threshold`` words, HNSW above (a row HNSW leaves short is filled exactly)."""
+        if isinstance(m, bool) or int(m) != m or not 1 <= int(m) <= min(self.size, 64):
+            raise ValueError(f"m: expected an integer in [1, {min(self.size, 64)}], got {m!r}")
+        if not (isinstance(ratio, (int, float)) and np.isfinite(ratio) and ratio >= 1):
+            raise ValueError(f"ratio: expected a finite number >= 1, got {ratio!r}")
+        m = int(m)
+        if m == 1:
+            return self.assign(descriptors)[:, None]
+        x = _as_descriptors(descriptors, self.dim)
+        if x.shape[0] == 0:
+            return np.zeros((0, m), np.int64)
+        index = self._hnsw_index() if self.approximate else self._flat_index()
+        dist, lab = index.search(x, m)
+        short = (lab < 0).any(axis=1)
+        if short.any():
+            dist[short], lab[short] = self._flat_index().search(x[short], m)
+        lab = np.ascontiguousarray(lab, dtype=np.int64)
+        lab[dist > float(ratio) * dist[:, :1]] = -1
         return lab
 
     def assignment_recall(self, descriptors: np.ndarray) -> float:

@@ -75,8 +75,10 @@ class RemoteShard:
     def __len__(self) -> int:
         return self._len
 
-    def search_bow_exact(self, words: np.ndarray, counts: np.ndarray, top: int) -> Tuple[np.ndarray, np.ndarray]:
-        ids, exact = self._call("search_bow_exact", words, counts, top)
+    def search_bow_exact(
+        self, words: np.ndarray, counts: np.ndarray, top: int, weights: Optional[np.ndarray] = None
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        ids, exact = self._call("search_bow_exact", words, counts, top, weights)
         return np.asarray(ids, np.int64), np.asarray(exact, np.float64)
 
     def document_frequencies(self) -> np.ndarray:
@@ -96,6 +98,9 @@ class RemoteShard:
 
     def words_of_rows(self, rows: RowsLike) -> List[np.ndarray]:
         return list(self._call("words_of_rows", rows))
+
+    def bags_of_rows(self, rows: RowsLike) -> List[Tuple[np.ndarray, np.ndarray]]:
+        return list(self._call("bags_of_rows", rows))
 
     def codes_of_rows(self, rows: RowsLike) -> List[Tuple[np.ndarray, np.ndarray]]:
         return list(self._call("codes_of_rows", rows))

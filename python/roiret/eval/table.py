@@ -5,7 +5,7 @@ at the largest K — the RootSIFT vocabulary (shared by all rows) and, where the
 asks for it, the PCA-whitening are learned on the database images without labels — and
 evaluated:
 
-* **BoW**: the first stage alone (TF-IDF ranking);
+* **BoW**: the first stage alone (ASMK or TF-IDF: the first row's ``first_stage``);
 * **Baseline**: the BoW top N re-ranked by the whole-image code (the paper's global
   representation), the rest in BoW order;
 * **K = 5, 10, 15, 20**: the BoW top N re-ranked with K RoIs per image and per query, fast
@@ -14,7 +14,7 @@ evaluated:
 * **exhaustive**: every query RoI against every candidate, at the largest K.
 
 Variants: ``paper`` — :meth:`RetrieverConfig.paper` (PCA-whitened descriptors binarised
-against their mean, the RoI score alone); ``roi`` — the library's codes (512 projected
+against their mean, the RoI score alone, the TF-IDF first stage); ``roi`` — the library's codes (512 projected
 bits), the RoI score alone on the BoW top N (no verification, expansion or fusion: the RoI
 stage's own strength); ``roiret`` — the library's defaults (spatial verification, query
 expansion, query-adaptive fusion of the BoW and RoI scores). Variants that differ only in
@@ -33,7 +33,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -56,7 +56,7 @@ SEARCH_TIME = {"N": 0, "n": 0, "k": 0, "fusion": None, "mode": "fast", "R": 0, "
 
 #: configuration overrides of each variant (see the module docstring)
 VARIANTS: Dict[str, Dict[str, Any]] = {
-    "paper": {"whitening": True, "code_bits": None, "fusion": None, "R": 0, "qe": 0},
+    "paper": {"whitening": True, "code_bits": None, "fusion": None, "R": 0, "qe": 0, "first_stage": "tfidf"},
     "roi": {"fusion": None, "R": 0, "qe": 0},
     "roiret": {},
 }
@@ -80,7 +80,7 @@ class EvalTable:
         for lvl in self.levels:
             out += [f"**{lvl}**", "", "| Feature | Bits | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
             out.append(
-                f"| BoW only (RootSIFT, {s['vocab_size']} words) | – | "
+                f"| BoW only ({str(s.get('first_stage', 'tfidf')).upper()}, RootSIFT, {s['vocab_size']} words) | – | "
                 + " | ".join([f"{100 * self.bow[lvl]:.2f}"] + ["–"] * (len(cols) - 1))
                 + " |"
             )
@@ -264,7 +264,7 @@ def oxford_table(
     features: Sequence[str] = ("conv-max", "conv-sum"),
     variants: Sequence[str] = ("paper", "roiret"),
     Ks: Sequence[int] = (5, 10, 15, 20),
-    vocab_size: int = 50_000,
+    vocab_size: Union[int, str] = "auto",
     max_keypoints: Optional[int] = 2000,
     N: int = 100,
     n: int = 10,
@@ -276,6 +276,7 @@ def oxford_table(
     gem_p: float = DEFAULT_GEM_P,
     scales: Sequence[float] = (1.0,),
     code_bits: Optional[int] = 512,
+    first_stage: Optional[Dict[str, Any]] = None,
     device: str = "cpu",
     weights: Optional[PathLike] = "auto",
     allow_download: bool = False,
@@ -288,7 +289,9 @@ def oxford_table(
     """Build the table (see the module docstring). ``cache``: a folder where the indexes
     are saved and reused by later runs with the same settings. ``vocabulary``: reuse the
     visual vocabulary of an index folder (or a vocabulary ``.npz``) instead of learning one
-    (it replaces ``vocab_size``)."""
+    (it replaces ``vocab_size``). ``first_stage``: RetrieverConfig fields of the first stage
+    (``first_stage``, ``he_bits``, ...; a variant may override them: ``paper`` is TF-IDF);
+    rows of the same first stage share one learned vocabulary."""
     from ..search.config import RetrieverConfig
     from .groundtruth import OxfordGroundTruth, load_gnd
 
@@ -305,11 +308,15 @@ def oxford_table(
     protocols = [p for p in ("classic", "revisited") if p in gt.protocols]
     verify = {"R": R, "min_inliers": min_inliers, "qe": qe}
     cnn = dict(backbone=backbone, gem_p=gem_p, scales=tuple(scales), code_bits=code_bits)
-    base = dict(cnn, K=max(Ks), max_keypoints=max_keypoints, N=N, n=n, k=k, seed=seed, **verify)
-    voc = _read_vocabulary(vocabulary) if vocabulary is not None else None
-    if voc is not None:
-        vocab_size = voc.size
-    settings: Dict[str, object] = dict(cnn, vocab_size=vocab_size, max_keypoints=max_keypoints, N=N, n=n, k=k, **verify)
+    stage = dict(first_stage or {})
+    base = dict(cnn, K=max(Ks), max_keypoints=max_keypoints, N=N, n=n, k=k, seed=seed, **verify, **stage)
+    given = _read_vocabulary(vocabulary) if vocabulary is not None else None
+    if given is not None:
+        vocab_size = given.size
+    vocabularies: Dict[str, Optional[Vocabulary]] = {}  # learned once per first stage
+    settings: Dict[str, object] = dict(
+        cnn, vocab_size=vocab_size, max_keypoints=max_keypoints, N=N, n=n, k=k, **verify, **stage
+    )
     settings.update(images=len(stems), seed=seed)
     queries = [(p, q) for p in protocols for q in gt.protocol(p).queries]
     opts = {"device": device, "weights": weights, "allow_download": allow_download, "progress": progress}
@@ -320,10 +327,14 @@ def oxford_table(
             name = f"{feat} ({variant})"
             config = RetrieverConfig(**{**base, "vocab_size": vocab_size, "feature": feat, **VARIANTS[variant]})
             cpath = _cache_path(cache, root.name, feat, config)
+            voc = given or vocabularies.get(config.first_stage)
             r, index_rate = _build_or_load(config, paths, stems, cpath, voc, name, opts, print_fn)
-            voc = r.bow.vocabulary
+            vocabularies[config.first_stage] = r.bow.vocabulary
             dims[name] = r.nbits
             rows[name], bow, prepared, lat = _evaluate_row(r, gt, queries, Ks, with_bow=not bow_map)
+            if not bow_map:  # the BoW column is this row's first stage: name its vocabulary as trained
+                settings["vocab_size"] = r.config.vocab_size
+                settings["first_stage"] = r.config.first_stage
             bow_map = bow_map or bow
             speed[name] = _speed(r, index_rate, prepared, lat, N)
             print_fn(

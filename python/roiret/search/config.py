@@ -21,6 +21,7 @@ from ..params import (
     DEFAULT_THRESHOLD,
     DEFAULT_THRESHOLD_MODE,
     FEATURES,
+    AsmkParams,
     BowParams,
     CodeParams,
     Fusion,
@@ -59,6 +60,13 @@ class RetrieverConfig:
     collections and on Oxford5k-dev; the trained size replaces it),
     ``local_features`` (``"rootsift"``, ``"sift"``, ``"surf"``), ``max_keypoints`` per
     image, ``max_train_descriptors`` (a seeded sample) and ``kmeans_iterations``.
+
+    First stage (:class:`~roiret.params.AsmkParams`, beyond the paper): ``first_stage``
+    (``"asmk"``: the selective match kernel on Hamming-embedded words; ``"tfidf"``: the
+    paper's TF-IDF), and for ASMK the signature length ``he_bits``, ``he_thresholds``, the
+    selectivity ``asmk_alpha`` / ``asmk_tau`` and multiple assignment
+    (``query_assignments``, ``db_assignments``, ``assignment_ratio``), and ``verify_cells``
+    sub-cells per word for spatial verification.
 
     Re-ranking (:class:`~roiret.params.RerankParams`): ``N`` BoW candidates re-ranked,
     ``n`` of them matched exhaustively, ``k`` query RoIs kept for the others, ``mode``
@@ -111,6 +119,15 @@ class RetrieverConfig:
     max_keypoints: Optional[int] = 2000
     max_train_descriptors: Optional[int] = 500_000
     kmeans_iterations: int = DEFAULT_KMEANS_ITERATIONS
+    first_stage: str = "asmk"
+    he_bits: int = 128
+    he_thresholds: str = "zero"
+    asmk_alpha: float = 3.0
+    asmk_tau: float = 0.0
+    query_assignments: int = 3
+    db_assignments: int = 1
+    assignment_ratio: float = 1.5
+    verify_cells: int = 1
     N: int = 100
     n: int = 10
     k: int = 5
@@ -123,7 +140,7 @@ class RetrieverConfig:
     seed: int = 0
     # The validated groups, set per instance by __post_init__. Declared ClassVar so that the
     # dataclass does not make it a field: it stays out of to_dict, ==, repr and __init__.
-    _groups: ClassVar[Tuple[RegionParams, CodeParams, BowParams, RerankParams, VerifyParams]]
+    _groups: ClassVar[Tuple[RegionParams, CodeParams, BowParams, RerankParams, VerifyParams, AsmkParams]]
 
     def __post_init__(self) -> None:
         # Every value is checked here, by the group it belongs to, so that a bad value (or
@@ -151,11 +168,12 @@ class RetrieverConfig:
         )
         rerank = RerankParams(self.N, self.n, self.k, self.mode, self.fusion)
         verify = VerifyParams(self.R, self.min_inliers, self.qe)
-        for group in (regions, codes, bow, rerank, verify):
+        asmk = AsmkParams(**{f.name: getattr(self, f.name) for f in dataclasses.fields(AsmkParams)})
+        for group in (regions, codes, bow, rerank, verify, asmk):
             for name, value in group.to_dict().items():
                 put(name, value)
         put("max_side", positive_int("max_side", self.max_side))
-        put("_groups", (regions, codes, bow, rerank, verify))  # not a field: rebuilt by every __init__
+        put("_groups", (regions, codes, bow, rerank, verify, asmk))  # not a field: rebuilt by every __init__
 
     # -- the groups ------------------------------------------------------------------------
     @property
@@ -183,14 +201,25 @@ class RetrieverConfig:
         """R, min_inliers and qe."""
         return self._groups[4]
 
+    @property
+    def asmk(self) -> AsmkParams:
+        """The first stage: TF-IDF or ASMK, and the kernel's settings."""
+        return self._groups[5]
+
     # -- construction ----------------------------------------------------------------------
     @classmethod
     def paper(cls, **overrides: Any) -> "RetrieverConfig":
         """The paper's pipeline: AlexNet conv5 max-pooled in each RoI, PCA-whitened
         descriptors binarised against their mean (as many bits as dimensions), top N
         re-ranked by the best RoI-pair similarity alone; no spatial verification or query
-        expansion."""
-        paper = {"backbone": "alexnet", "feature": "conv-max", "whitening": True, "code_bits": None}
+        expansion; the TF-IDF first stage."""
+        paper = {
+            "backbone": "alexnet",
+            "feature": "conv-max",
+            "whitening": True,
+            "code_bits": None,
+            "first_stage": "tfidf",
+        }
         return cls(**{**paper, "fusion": None, "R": 0, "qe": 0, **overrides})
 
     def replace(self, **changes: Any) -> "RetrieverConfig":

@@ -18,7 +18,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-__all__ = ["ROI_QE_ALPHA", "ROI_QE_IMAGES", "expanded_bag", "expanded_codes", "tfidf"]
+__all__ = ["ROI_QE_ALPHA", "ROI_QE_IMAGES", "expanded_bag", "expanded_codes", "expanded_terms", "tfidf"]
 
 #: αQE of the query's RoI and global codes (with ``qe`` > 0): the best verified images used
 #: and the exponent. Measured on Oxford5k-dev (docs/RESULTS.md): default pipeline 86.38 /
@@ -48,6 +48,22 @@ def expanded_bag(bags: List[Tuple[np.ndarray, np.ndarray]], idf: np.ndarray) -> 
     keep = (idf[u] > 0) & (total > 0)
     u, total = u[keep], total[keep]
     return u, (total / idf[u]).astype(np.float32)
+
+
+def expanded_terms(
+    bags: List[Tuple[np.ndarray, np.ndarray]], idf: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Average query expansion for the selective match kernel: ``(words, signatures,
+    weights)`` of one query made of every bag ``(words, signatures)`` (the query's first,
+    then the verified results'), each weighted by its own normalisation over the number of
+    bags — its score is the mean of the bags' normalised kernel similarities (the ASMK
+    analogue of averaging normalised TF-IDF vectors)."""
+    from ..bow.index import query_weights
+
+    words = [np.asarray(w, np.int64) for w, _ in bags]
+    sigs = [np.asarray(s, np.uint64).reshape(len(w), -1) for w, s in zip(words, (s for _, s in bags))]
+    weights = [query_weights(w, idf) / len(bags) for w in words]
+    return np.concatenate(words), np.ascontiguousarray(np.concatenate(sigs)), np.concatenate(weights).astype(np.float32)
 
 
 def _pack_bits(bits: np.ndarray, words: int) -> np.ndarray:

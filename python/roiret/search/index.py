@@ -33,7 +33,8 @@ RowsLike = Union[Sequence[int], np.ndarray]
 
 @dataclass
 class IndexedImage:
-    """One image ready to be added: its BoW bag (``words``, ``counts``) and RoIs (``codes``
+    """One image ready to be added: its BoW bag (``words``, ``counts``; for an ASMK first
+    stage ``counts`` holds the signatures, uint64 ``(u, words)``) and RoIs (``codes``
     ``(r, words)`` uint64, ``boxes`` ``(r, 4)`` in pixels of the original image, ``scores``),
     its ``global_code``, original ``size`` (width, height), ``name`` and the ``geometry``
     of its local features (pixels of the original image; kept for spatial verification)."""
@@ -95,9 +96,17 @@ class TwoStageIndex:
         """uint64 words per RoI code."""
         return self.store.words
 
-    def search_bow(self, words: np.ndarray, counts: np.ndarray, top: int) -> Tuple[np.ndarray, np.ndarray]:
-        """The BoW top ``top`` (ids int64, scores float32) for an encoded query."""
-        ids, scores = self.bow.search_bag(words, counts, top=top)
+    @property
+    def embedded(self) -> bool:
+        """Whether the first stage is the selective match kernel (bags carry signatures)."""
+        return self.bow.embedded
+
+    def search_bow(
+        self, words: np.ndarray, counts: np.ndarray, top: int, weights: Optional[np.ndarray] = None
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """The BoW top ``top`` (ids int64, scores float32) for an encoded query (``weights``:
+        an embedded query's per-term weights, :meth:`BowIndex.search_bag`)."""
+        ids, scores = self.bow.search_bag(words, counts, top=top, weights=weights)
         return ids, scores
 
     def idf(self) -> np.ndarray:
@@ -109,10 +118,11 @@ class TwoStageIndex:
     def num_rois(self) -> int:
         return self.store.num_rois
 
-    def search_bow_exact(self, words: np.ndarray, counts: np.ndarray, top: int) -> Tuple[np.ndarray, np.ndarray]:
-        """The BoW top ``top`` (ids, float64 exact scores): ``InvertedFile.search_exact``."""
-        ids, exact = self.bow.inverted_file.search_exact(words, counts, int(top))
-        return np.asarray(ids, np.int64), np.asarray(exact, np.float64)
+    def search_bow_exact(
+        self, words: np.ndarray, counts: np.ndarray, top: int, weights: Optional[np.ndarray] = None
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """The BoW top ``top`` (ids, float64 exact scores): ``search_exact`` of the inverted file."""
+        return self.bow.search_exact(words, counts, int(top), weights=weights)
 
     def document_frequencies(self) -> np.ndarray:
         """This index's own df of every word."""
@@ -139,6 +149,11 @@ class TwoStageIndex:
     def names_of(self, rows: RowsLike) -> List[str]:
         names = self.store.names
         return [names[int(r)] for r in rows]
+
+    def bags_of_rows(self, rows: RowsLike) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """The stored ``(words, signatures)`` of the images at ``rows`` (an embedded index)."""
+        ids = self.store.ids
+        return [self.bow.bag_of(int(ids[int(r)])) for r in rows]
 
     def words_of_rows(self, rows: RowsLike) -> List[np.ndarray]:
         """The visual word of each local feature of the images at ``rows``."""

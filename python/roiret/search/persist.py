@@ -5,7 +5,9 @@ damage → :class:`~roiret.errors.IndexFormatError` naming the file) are that mo
 Manifest fields: ``roiret_version``, ``config`` (:class:`RetrieverConfig` as a dict),
 ``local_features`` (the extractor's settings), ``backbone_fingerprint`` (SHA-256 of the CNN
 weights), ``nbits``, ``images``, ``rois``. Data files by role: ``vocabulary`` (``.npz``),
-``inverted_file`` (native format with CRCs), ``whitening`` (``.npz``, when learned),
+``inverted_file`` (native format with CRCs: :class:`roiret.InvertedFile` for TF-IDF,
+:class:`roiret.EmbeddedInvertedFile` for ASMK), ``embedding`` (``.npz``, the Hamming
+embedding of an ASMK first stage), ``whitening`` (``.npz``, when learned),
 ``projection`` (``.npy``, for projected codes), ``rois.<array>`` (``.npy``, one per
 :class:`RoIStore` array, memory-mapped on load) and ``geometry.<array>`` (``.npy``, one per
 :class:`~roiret.search.geometry.GeometryStore` array, memory-mapped; absent from indexes
@@ -25,6 +27,7 @@ import numpy as np
 
 from .. import __version__
 from ..bow import BowIndex, LocalFeatureExtractor, Vocabulary
+from ..bow.index import read_embedding
 from ..errors import IndexFormatError
 from ..io import PathLike
 from ..io.arrays import save_npy
@@ -73,6 +76,8 @@ def save_index(
     def write(w: IndexWriter) -> Dict[str, Any]:
         w.put("vocabulary", "vocabulary", "npz", index.bow.vocabulary.save)
         w.put("inverted_file", "inverted_file", "bin", lambda p: index.bow.inverted_file.save(str(p)))
+        if index.bow.embedding is not None:
+            w.put("embedding", "embedding", "npz", index.bow.embedding.save)
         if whitening is not None:
             w.put("whitening", "whitening", "npz", whitening.save)
         for key, arr in code_state.items():
@@ -100,7 +105,7 @@ def _fields(m: Manifest) -> Tuple[RetrieverConfig, int, Dict[str, Any], Optional
     """(configuration, bits per code, local feature settings, weights fingerprint)."""
     with as_format_error(m.path, "incomplete or invalid manifest"):
         # keys added after format version 1 was first written keep the old behaviour
-        config = RetrieverConfig.from_dict({"code_bits": None, **m.fields["config"]})
+        config = RetrieverConfig.from_dict({"code_bits": None, "first_stage": "tfidf", **m.fields["config"]})
         nbits = int(m.fields["nbits"])
         lf_config = m.fields["local_features"]
         fingerprint = m.fields.get("backbone_fingerprint")
@@ -208,8 +213,9 @@ def _frontend(m: Manifest, shared: Optional[SharedVocabulary] = None) -> Fronten
             raise m.invalid(f"no projection file listed for {config.code_bits}-bit codes")
         with m.parsing("projection", "not a valid .npy array"):
             code_state["projection"] = np.load(m.paths["projection"], allow_pickle=False)
+    embedding = read_embedding(m, config.first_stage, voc)
     with as_format_error(m.path):
-        encoder = BowIndex(voc, lfe)
+        encoder = BowIndex(voc, lfe, embedding=embedding, asmk=config.asmk)
     return Frontend(config, nbits, fingerprint, whitening, code_state, encoder, m)
 
 
@@ -224,15 +230,16 @@ def load_index(
 ) -> SavedIndex:
     """Read and check an index folder written by :func:`save_index`. ``shared_vocabulary``:
     use that vocabulary instead of parsing the folder's when it is the same file."""
-    from .._kernels import InvertedFile
+    from .._kernels import EmbeddedInvertedFile, InvertedFile
 
     m = read_manifest(folder, verify=verify)
     f = _frontend(m, shared_vocabulary)
+    enc = f.encoder
     with m.parsing("inverted_file"):
-        ivf = InvertedFile.load(str(m.paths["inverted_file"]))
+        ivf = (EmbeddedInvertedFile if enc.embedded else InvertedFile).load(str(m.paths["inverted_file"]))
     store = _store(m, (f.nbits + 63) // 64, mmap)
     with as_format_error(m.path):
-        bow = BowIndex(f.encoder.vocabulary, f.encoder.extractor, inverted_file=ivf)
+        bow = BowIndex(enc.vocabulary, enc.extractor, inverted_file=ivf, embedding=enc.embedding, asmk=enc.asmk)
     index = TwoStageIndex(bow, store, _geometry(m, len(store), mmap))
     index.check_consistent(str(m.folder))
     return SavedIndex(f.config, index, f.nbits, f.fingerprint, f.whitening, f.code_state, m)

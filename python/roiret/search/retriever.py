@@ -17,7 +17,9 @@ order. This class is a facade: the configuration is :mod:`.config`, the images a
 Thread safety: :meth:`Retriever.search` (and :meth:`prepare_query` / :meth:`rank`) may be
 called from any number of threads and gives exactly the results of the same searches made
 one after another (CNN and SIFT extraction are serialised by an internal lock; ranking runs
-in parallel under a shared lock). Adding while searching is safe: :meth:`add` makes each
+in parallel under a shared lock). A pipelined :meth:`add` runs its RootSIFT and word
+assignment outside that lock, in a thread of its own (both are thread-safe), and takes the
+lock for the CNN only. Adding while searching is safe: :meth:`add` makes each
 batch of ``batch_size`` images visible at once (inverted file and RoI codes together,
 under an exclusive lock), so a concurrent search sees the index as it was before or after
 each batch, never half a batch. Concurrent :meth:`add` / :meth:`remove` calls are
@@ -30,18 +32,19 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 import warnings
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import NotTrainedError
 from ..io import PathLike
-from ..io.images import ImageSource, PreparedImage, SkippedImageWarning, error_reason, iter_prepared, source_name
+from ..io.images import ImageSource, SkippedImageWarning, error_reason, iter_prepared, source_name
 from ..params import Fusion, RerankParams
 from . import persist, sharded
 from .config import RetrieverConfig
-from .encoding import encode_images, encode_query
+from .encoding import BatchItem, encode_batches, encode_query
 from .explain import DEFAULT_TOLERANCE, explain_hits
 from .geometry import GeometryStore
 from .index import TwoStageIndex
@@ -49,7 +52,7 @@ from .locks import RWLock
 from .ranking import Collection, rank
 from .results import Hit, PreparedQuery, SearchResult
 from .store import RoIStore
-from .training import training_features
+from .training import training_embedding, training_features
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..bow import BowIndex, Vocabulary
@@ -75,6 +78,11 @@ class Retriever:
         Progress bars: ``True``, ``False`` or ``None`` (only on a terminal).
     threads:
         Threads of the native kernels (``None``: all cores).
+    pipeline:
+        :meth:`add` in a pipeline (the default): a second thread decodes the next batch and
+        runs RootSIFT and word assignment on it while the CNN runs on this one (one batch
+        ahead at most). ``False``: one stage after the other, in the calling thread. The
+        index is the same either way, bit for bit; also settable as :attr:`pipeline`.
     """
 
     def __init__(
@@ -88,6 +96,7 @@ class Retriever:
         batch_size: int = 16,
         progress: Optional[bool] = None,
         threads: Optional[int] = None,
+        pipeline: bool = True,
         **params: Any,
     ):
         self.config = RetrieverConfig(**params) if config is None else config.replace(**params)
@@ -97,17 +106,22 @@ class Retriever:
         self.batch_size = int(batch_size)
         self.progress = progress
         self.threads = threads
+        #: :meth:`add` overlaps the BoW stage of the next batch with the CNN (see ``pipeline``)
+        self.pipeline = bool(pipeline)
         self._weights, self._head_weights, self._allow_download = weights, head_weights, allow_download
         self._extractor: Optional["RoIExtractor"] = None
         self._index: Optional[Collection] = None
         self._coder: Optional["CodeProjector"] = None
         self._fingerprint: Optional[str] = None
-        #: seconds spent per indexing stage by add() (accumulated; reset freely)
+        #: seconds spent per indexing stage by add() (accumulated; reset freely): each stage's
+        #: own time in its thread (stages overlap in a pipelined add), "wall" the time of the
+        #: add() calls, "images" the images indexed
         self.add_timings: Dict[str, float] = {
             "sift": 0.0,
             "quantize": 0.0,
             "cnn_trunk": 0.0,
             "regions_codes": 0.0,
+            "wall": 0.0,
             "images": 0,
         }
         self._query_lock = threading.Lock()  # the CNN / SIFT extractors: one user at a time
@@ -212,7 +226,9 @@ class Retriever:
                 kmeans_iterations=c.kmeans_iterations,
                 descriptor=lfe.kind,
                 progress=self.progress,
+                auto_rule=c.first_stage,
             )
+        embedding = training_embedding(voc, feats, c.asmk, c.seed)
         with self._rw.write():
             if c.whitening:
                 from ..cnn.whitening import PCAWhitening
@@ -222,7 +238,8 @@ class Retriever:
                 self.extractor.whitening = PCAWhitening(dims=c.whitening_dims).fit(raw)
             self.config = c.replace(vocab_size=voc.size)
             self._coder = CodeProjector(self.extractor.dim, c.codes)
-            self._index = TwoStageIndex(BowIndex(voc, lfe), RoIStore(self._coder.words), GeometryStore())
+            bow = BowIndex(voc, lfe, embedding=embedding, asmk=c.asmk)
+            self._index = TwoStageIndex(bow, RoIStore(self._coder.words), GeometryStore())
             self._fingerprint = self.extractor.weights_fingerprint()
         return self
 
@@ -245,7 +262,8 @@ class Retriever:
         batches before it stay added and the exception's ``added_ids`` lists them),
         ``"skip"`` goes on and reports every failure at the end (a warning, and
         :attr:`last_failures`: ``(position, name, reason)`` tuples). Either way the index
-        stays consistent: a batch is added whole or not at all.
+        stays consistent: a batch is added whole or not at all. With :attr:`pipeline` the
+        progress bar counts the images read, up to two batches ahead of those indexed.
         Returns the ids of the images added.
         """
         if on_error not in ("raise", "skip"):
@@ -258,23 +276,29 @@ class Retriever:
             all_ids = index.new_ids(ids, len(images))
             added: List[int] = []
             self.last_failures = []
-            batch: List[Tuple[int, ImageSource, PreparedImage]] = []
+            assert self._coder is not None  # set together with the index
+            t0 = time.perf_counter()
+            stream = encode_batches(
+                self._batches(images, on_error),
+                all_ids,
+                names,
+                bow=index.bow,
+                extractor=self.extractor,
+                coder=self._coder,
+                lock=self._query_lock,
+                timings=self.add_timings,
+                pipeline=self.pipeline,
+            )
             try:
-                for i, src, item in iter_prepared(
-                    images, self.config.max_side, on_error=on_error, progress=self.progress, desc="indexing"
-                ):
-                    if isinstance(item, Exception):
-                        self.last_failures.append((i, source_name(src, f"image {i}"), error_reason(item)))
-                        continue
-                    batch.append((i, src, item))
-                    if len(batch) == self.batch_size:
-                        added += self._add_batch(batch, all_ids, names)
-                        batch = []
-                if batch:
-                    added += self._add_batch(batch, all_ids, names)
+                for entries in stream:
+                    with self._rw.write():  # a batch becomes visible at once
+                        added += index.add(entries)
             except (OSError, ValueError, TypeError) as e:
                 setattr(e, "added_ids", np.asarray(added, np.int64))  # noqa: B010 - a field of the exception
                 raise
+            finally:
+                stream.close()  # a pipelined add's thread is gone after this
+                self.add_timings["wall"] += time.perf_counter() - t0
         if self.last_failures:
             lines = "\n".join(f"  {name}: {msg}" for _, name, msg in self.last_failures)
             warnings.warn(
@@ -284,22 +308,23 @@ class Retriever:
             )
         return np.asarray(added, np.int64)
 
-    def _add_batch(
-        self, batch: List[Tuple[int, ImageSource, PreparedImage]], ids: np.ndarray, names: Optional[Sequence[str]]
-    ) -> List[int]:
-        assert self._coder is not None  # set together with the index
-        entries = encode_images(
-            batch,
-            ids,
-            names,
-            bow=self.index.bow,
-            extractor=self.extractor,
-            coder=self._coder,
-            lock=self._query_lock,
-            timings=self.add_timings,
-        )
-        with self._rw.write():
-            return self.index.add(entries)
+    def _batches(self, images: Sequence[ImageSource], on_error: str) -> Iterator[List[BatchItem]]:
+        """The decoded images in batches of ``batch_size`` (with the progress bar), the
+        unreadable ones recorded in :attr:`last_failures` (``on_error="skip"``) or raised.
+        Runs in the pipeline's thread in a pipelined :meth:`add`."""
+        batch: List[BatchItem] = []
+        for i, src, item in iter_prepared(
+            images, self.config.max_side, on_error=on_error, progress=self.progress, desc="indexing"
+        ):
+            if isinstance(item, Exception):
+                self.last_failures.append((i, source_name(src, f"image {i}"), error_reason(item)))
+                continue
+            batch.append((i, src, item))
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
     def remove(self, ids: Iterable[int]) -> int:
         """Remove images by id (all or nothing: an unknown id raises KeyError). Returns the

@@ -37,7 +37,7 @@ import numpy as np
 
 from .. import __version__
 from ..bow import BowIndex
-from ..bow.index import BowHits
+from ..bow.index import BowHits, query_weights
 from ..errors import IndexFormatError, UnknownIdError
 from ..io import PathLike
 from ..io.folder import MANIFEST, IndexFolder, IndexWriter, Manifest, as_format_error, sha256_file
@@ -93,15 +93,26 @@ class ShardedBow(BowIndex):
     the collection's); changes go through the :class:`~roiret.Retriever`."""
 
     def __init__(self, owner: "ShardedIndex", encoder: BowIndex):
-        super().__init__(encoder.vocabulary, encoder.extractor, inverted_file=encoder.inverted_file)
+        super().__init__(
+            encoder.vocabulary,
+            encoder.extractor,
+            inverted_file=encoder.inverted_file,
+            embedding=encoder.embedding,
+            asmk=encoder.asmk,
+        )
         self._owner = owner
 
     def __len__(self) -> int:
         return len(self._owner)
 
-    def search_bag(self, words: np.ndarray, counts: np.ndarray, top: int = 100) -> BowHits:
-        ids, scores = self._owner.search_bow(words, counts, top)
+    def search_bag(
+        self, words: np.ndarray, counts: np.ndarray, top: int = 100, *, weights: Optional[np.ndarray] = None
+    ) -> BowHits:
+        ids, scores = self._owner.search_bow(words, counts, top, weights)
         return BowHits(ids, scores)
+
+    def bag_of(self, image_id: int) -> Tuple[np.ndarray, np.ndarray]:
+        return self._owner.bags_of_rows(self._owner.rows_of([int(image_id)]))[0]
 
     def search_bags(self, bags: Sequence[Tuple[np.ndarray, np.ndarray]], top: int = 100) -> List[BowHits]:
         return [self.search_bag(w, c, top) for w, c in bags]
@@ -167,13 +178,16 @@ class Shard(Protocol):
     def has_geometry(self) -> bool: ...
     @property
     def code_words(self) -> int: ...
-    def search_bow_exact(self, words: np.ndarray, counts: np.ndarray, top: int) -> Tuple[np.ndarray, np.ndarray]: ...
+    def search_bow_exact(
+        self, words: np.ndarray, counts: np.ndarray, top: int, weights: Optional[np.ndarray] = None
+    ) -> Tuple[np.ndarray, np.ndarray]: ...
     def document_frequencies(self) -> np.ndarray: ...
     def set_collection_stats(self, n_docs: int, df: np.ndarray) -> None: ...
     def idf(self) -> np.ndarray: ...
     def names_of(self, rows: RowsLike) -> List[str]: ...
     def all_names(self) -> List[str]: ...
     def words_of_rows(self, rows: RowsLike) -> List[np.ndarray]: ...
+    def bags_of_rows(self, rows: RowsLike) -> List[Tuple[np.ndarray, np.ndarray]]: ...
     def codes_of_rows(self, rows: RowsLike) -> List[Tuple[np.ndarray, np.ndarray]]: ...
     def roi_boxes_of(self, rows: RowsLike) -> List[np.ndarray]: ...
     def roi_boxes_at(self, roi_rows: np.ndarray) -> np.ndarray: ...
@@ -301,14 +315,26 @@ class ShardedIndex:
         i = int(np.searchsorted(self._sorted_ids, image_id))
         return i < len(self._sorted_ids) and int(self._sorted_ids[i]) == image_id
 
-    def search_bow(self, words: np.ndarray, counts: np.ndarray, top: int) -> Tuple[np.ndarray, np.ndarray]:
+    @property
+    def embedded(self) -> bool:
+        """Whether the first stage is the selective match kernel (see TwoStageIndex)."""
+        return self.bow.embedded
+
+    def search_bow(
+        self, words: np.ndarray, counts: np.ndarray, top: int, weights: Optional[np.ndarray] = None
+    ) -> Tuple[np.ndarray, np.ndarray]:
         """The merged BoW top ``top``: each shard's list by exact (float64) score, merged by
         (score, shard, position) — one index's order, ties in insertion order."""
         words = np.ascontiguousarray(words, dtype=np.int64)
-        counts = np.ascontiguousarray(counts, dtype=np.float32)
         if words.size == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        parts = self._map(lambda s: s.search_bow_exact(words, counts, int(top)), self.shards)
+        if self.embedded:
+            counts = np.ascontiguousarray(counts, dtype=np.uint64).reshape(len(words), -1)
+            if weights is None:  # the collection's idf: what every shard would compute
+                weights = query_weights(words, self._idf)
+        else:
+            counts = np.ascontiguousarray(counts, dtype=np.float32)
+        parts = self._map(lambda s: s.search_bow_exact(words, counts, int(top), weights), self.shards)
         return merge_bow_lists(parts, int(top))
 
     def idf(self) -> np.ndarray:
@@ -340,6 +366,9 @@ class ShardedIndex:
 
     def words_of_rows(self, rows: RowsLike) -> List[np.ndarray]:
         return self._per_shard(rows, lambda s, local: s.words_of_rows(local))
+
+    def bags_of_rows(self, rows: RowsLike) -> List[Tuple[np.ndarray, np.ndarray]]:
+        return self._per_shard(rows, lambda s, local: s.bags_of_rows(local))
 
     def codes_of_rows(self, rows: RowsLike) -> List[Tuple[np.ndarray, np.ndarray]]:
         return self._per_shard(rows, lambda s, local: s.codes_of_rows(local))
@@ -426,7 +455,7 @@ class ShardedIndex:
         return a
 
     def _new_shard(self) -> TwoStageIndex:
-        bow = BowIndex(self.bow.vocabulary, self.bow.extractor)
+        bow = BowIndex(self.bow.vocabulary, self.bow.extractor, embedding=self.bow.embedding, asmk=self.bow.asmk)
         return TwoStageIndex(bow, RoIStore(self.code_words), GeometryStore() if self.has_geometry else None)
 
     def add(self, images: Sequence[IndexedImage]) -> List[int]:

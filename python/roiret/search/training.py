@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..bow.embedding import embedding_for as training_embedding
 from ..io.images import ImageSource, SkippedImageWarning, error_reason, iter_prepared, source_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..bow import LocalFeatureExtractor, LocalFeatures, Vocabulary
     from .retriever import Retriever
 
-__all__ = ["training_features"]
+__all__ = ["training_embedding", "training_features"]
 
 
 def _sample(images: Sequence[ImageSource], max_images: Optional[int], seed: int) -> List[ImageSource]:
@@ -51,9 +52,10 @@ def training_features(
     c = r.config
     images = _sample(images, max_images, c.seed)
     lfe = LocalFeatureExtractor(c.local_features, max_keypoints=c.max_keypoints, max_side=None)
+    need_feats = vocabulary is None or (c.first_stage == "asmk" and (c.he_thresholds == "median" or c.verify_cells > 1))
     if vocabulary is not None:
         _check_vocabulary(vocabulary, lfe)
-        if not c.whitening:  # nothing to learn from the images: don't read them
+        if not c.whitening and not need_feats:  # nothing to learn from the images: don't read them
             return [], np.zeros((0, 0), np.float32), lfe
     feats: List["LocalFeatures"] = []
     raw: List[np.ndarray] = []
@@ -72,14 +74,14 @@ def training_features(
                 stacklevel=3,
             )
             continue
-        if vocabulary is None:
+        if need_feats:
             feats.append(lfe.extract(item.image))
         if c.whitening:
             pending.append(item.image)
             if len(pending) == r.batch_size:
                 flush()
     flush()
-    if vocabulary is None and not feats:
+    if need_feats and not feats:
         raise ValueError("train: none of the images could be read")
     x = np.concatenate(raw, 0) if raw else np.zeros((0, r.extractor.raw_dim if c.whitening else 0), np.float32)
     return feats, x, lfe
