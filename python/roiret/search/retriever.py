@@ -17,7 +17,7 @@ order. This class is a facade: the configuration is :mod:`.config`, the images a
 Thread safety: :meth:`Retriever.search` (and :meth:`prepare_query` / :meth:`rank`) may be
 called from any number of threads and gives exactly the results of the same searches made
 one after another (CNN and SIFT extraction are serialised by an internal lock; ranking runs
-in parallel under a shared lock). A pipelined :meth:`add` runs its RootSIFT and word
+in parallel under a shared lock). A pipelined :meth:`add` (``pipeline=True``) runs its RootSIFT and word
 assignment outside that lock, in a thread of its own (both are thread-safe), and takes the
 lock for the CNN only. Adding while searching is safe: :meth:`add` makes each
 batch of ``batch_size`` images visible at once (inverted file and RoI codes together,
@@ -79,10 +79,16 @@ class Retriever:
     threads:
         Threads of the native kernels (``None``: all cores).
     pipeline:
-        :meth:`add` in a pipeline (the default): a second thread decodes the next batch and
-        runs RootSIFT and word assignment on it while the CNN runs on this one (one batch
-        ahead at most). ``False``: one stage after the other, in the calling thread. The
-        index is the same either way, bit for bit; also settable as :attr:`pipeline`.
+        :meth:`add` in a pipeline: a second thread decodes the next batch and runs RootSIFT
+        and word assignment on it while the CNN runs on this one (one batch ahead at most).
+        ``False`` (the default): one stage after the other, in the calling thread. The index
+        is the same either way, bit for bit; also settable as :attr:`pipeline`. On 2 cores
+        the pipeline was slower (0.79–0.99× the images/s: every stage already keeps both
+        cores busy; benchmarks/README.md, "Pipelined indexer"), so it is off by default;
+        measure it with ``benchmarks/bench_indexer.py`` on machines with more cores.
+        Measured on 2 cores (benchmarks/README.md, "Pipelined indexer"): 0.87–1.06× the
+        sequential speed on an idle machine (every stage already uses both cores), 1.04–1.60×
+        with one core taken by another job.
     """
 
     def __init__(
@@ -96,7 +102,7 @@ class Retriever:
         batch_size: int = 16,
         progress: Optional[bool] = None,
         threads: Optional[int] = None,
-        pipeline: bool = True,
+        pipeline: bool = False,
         **params: Any,
     ):
         self.config = RetrieverConfig(**params) if config is None else config.replace(**params)
