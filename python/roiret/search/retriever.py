@@ -82,13 +82,11 @@ class Retriever:
         :meth:`add` in a pipeline: a second thread decodes the next batch and runs RootSIFT
         and word assignment on it while the CNN runs on this one (one batch ahead at most).
         ``False`` (the default): one stage after the other, in the calling thread. The index
-        is the same either way, bit for bit; also settable as :attr:`pipeline`. On 2 cores
-        the pipeline was slower (0.79–0.99× the images/s: every stage already keeps both
-        cores busy; benchmarks/README.md, "Pipelined indexer"), so it is off by default;
-        measure it with ``benchmarks/bench_indexer.py`` on machines with more cores.
-        Measured on 2 cores (benchmarks/README.md, "Pipelined indexer"): 0.87–1.06× the
-        sequential speed on an idle machine (every stage already uses both cores), 1.04–1.60×
-        with one core taken by another job.
+        is the same either way, bit for bit; also settable as :attr:`pipeline`. On 2 idle
+        cores the pipeline was mostly slower (0.79–1.06× the images/s: every stage already
+        keeps both cores busy), faster only with one core taken by another job (1.04–1.60×;
+        benchmarks/README.md, "Pipelined indexer"), so it is off by default; measure it
+        with ``benchmarks/bench_indexer.py`` on machines with more cores.
     """
 
     def __init__(
