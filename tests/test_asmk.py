@@ -82,6 +82,9 @@ def test_multiple_assignment_sums_every_assigned_word():
     u2, sigs2 = emb.aggregate(x[:40][rows], m[rows, cols])
     assert u.tolist() == u2.tolist() and np.array_equal(sigs, sigs2)
     assert np.array_equal(voc.assign_multiple(x[:5], 1)[:, 0], voc.assign(x[:5]))
+    # the nearest of m is the nearest word, also through HNSW (what assign_and_bag relies on)
+    hnsw = Vocabulary(cents, hnsw_threshold=2)
+    assert hnsw.approximate and np.array_equal(hnsw.assign_multiple(x, 3)[:, 0], hnsw.assign(x))
 
 
 def test_verification_sub_cells_are_each_words_k_means():
@@ -199,6 +202,17 @@ def test_bow_search_matches_the_kernel_reference(asmk_index):
     assert np.allclose(got, want, rtol=1e-6)
     _, exact = b.search_exact(words, sigs, 10)
     assert np.allclose(exact, want, rtol=1e-12)
+
+
+def test_assign_and_bag_is_assign_then_bag(asmk_index):
+    bow, feats = asmk_index
+    for query in (False, True):
+        words, (w, s) = bow.assign_and_bag(feats[2], query=query)
+        assert np.array_equal(words, bow.assign_features(feats[2]))
+        w2, s2 = bow.bag(feats[2], words, query=query)
+        assert np.array_equal(w, w2) and np.array_equal(s, s2)
+    with pytest.raises(ValueError, match="first_stage='asmk' needs an embedding"):
+        BowIndex(bow.vocabulary, asmk=AsmkParams())
 
 
 def test_expanded_query_scores_the_mean_of_normalised_kernels(asmk_index):

@@ -162,6 +162,11 @@ class BowIndex:
                 inverted_file = _inverted_file_class(True)(vocabulary.size, embedding.bits)
         if asmk is not None and not isinstance(asmk, AsmkParams):
             raise TypeError(f"asmk: expected roiret.params.AsmkParams, got {type(asmk).__name__}")
+        if asmk is not None and (asmk.first_stage == "asmk") != (embedding is not None):
+            raise ValueError(
+                f"asmk: first_stage={asmk.first_stage!r} "
+                + ("needs an embedding" if embedding is None else "but an embedding was given")
+            )
         #: the Hamming embedding (None: TF-IDF) and the kernel's settings
         self.embedding = embedding
         self.asmk = asmk if asmk is not None else AsmkParams(first_stage="tfidf" if embedding is None else "asmk")
@@ -245,9 +250,7 @@ class BowIndex:
         return cls(voc, extractor, embedding=embedding, asmk=asmk)
 
     # -- encoding -------------------------------------------------------------------------
-    def assign_features(self, features: LocalFeatures, *, box: Optional[Box] = None) -> np.ndarray:
-        """The visual word (int64) of each of an image's local features, optionally only
-        those inside ``box``."""
+    def _check_features(self, features: LocalFeatures) -> None:
         if not isinstance(features, LocalFeatures):
             raise TypeError(f"features: expected LocalFeatures, got {type(features).__name__}")
         if features.kind != self.extractor.kind or features.dim != self.vocabulary.dim:
@@ -255,22 +258,51 @@ class BowIndex:
                 f"features are {features.dim}-d {features.kind!r}; this index uses "
                 f"{self.vocabulary.dim}-d {self.extractor.kind!r}"
             )
+
+    def assign_features(self, features: LocalFeatures, *, box: Optional[Box] = None) -> np.ndarray:
+        """The visual word (int64) of each of an image's local features, optionally only
+        those inside ``box``."""
+        self._check_features(features)
         if box is not None:
             features = features.in_box(box)
         return np.asarray(self.vocabulary.assign(features.descriptors), np.int64)
+
+    def _assignments(self, query: bool) -> int:
+        """Words each feature is counted in: the query's or the database's multiple
+        assignment (ASMK), 1 for TF-IDF."""
+        if self.embedding is None:
+            return 1
+        return self.asmk.query_assignments if query else self.asmk.db_assignments
+
+    def _bag_of(self, features: LocalFeatures, assigned: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        if self.embedding is None:
+            return bag_of_words(assigned, self.vocabulary.size)
+        return self.embedding.aggregate(features.descriptors, assigned)
 
     def bag(self, features: LocalFeatures, words: np.ndarray, *, query: bool = False) -> Tuple[np.ndarray, np.ndarray]:
         """The bag of an image's ``features`` given their nearest ``words``
         (:meth:`assign_features`): ``(words, counts)`` for TF-IDF, ``(words, signatures)``
         for ASMK* (with the query's or the database's multiple assignment: ``query``)."""
-        if self.embedding is None:
-            return bag_of_words(words, self.vocabulary.size)
-        m = self.asmk.query_assignments if query else self.asmk.db_assignments
+        m = self._assignments(query)
         if m == 1 or len(features) == 0:
-            assigned = np.asarray(words, np.int64)
-        else:
-            assigned = self.vocabulary.assign_multiple(features.descriptors, m, self.asmk.assignment_ratio)
-        return self.embedding.aggregate(features.descriptors, assigned)
+            return self._bag_of(features, np.asarray(words, np.int64))
+        return self._bag_of(
+            features, self.vocabulary.assign_multiple(features.descriptors, m, self.asmk.assignment_ratio)
+        )
+
+    def assign_and_bag(
+        self, features: LocalFeatures, *, query: bool = False
+    ) -> Tuple[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+        """``(the nearest word of each feature, the bag)`` — :meth:`assign_features` and
+        :meth:`bag` with one vocabulary search: with multiple assignment the nearest word is
+        the first of each feature's ``m``."""
+        m = self._assignments(query)
+        if m == 1 or len(features) == 0:
+            words = self.assign_features(features)
+            return words, self._bag_of(features, words)
+        self._check_features(features)
+        assigned = self.vocabulary.assign_multiple(features.descriptors, m, self.asmk.assignment_ratio)
+        return np.ascontiguousarray(assigned[:, 0]), self._bag_of(features, assigned)
 
     def geometry_words(self, features: LocalFeatures, words: np.ndarray) -> np.ndarray:
         """The labels spatial verification pairs features by (uint32): the words, or with an
@@ -286,7 +318,7 @@ class BowIndex:
         local features, optionally only those inside ``box``; ``query``: encode as a query."""
         if box is not None:
             features = features.in_box(box)
-        return self.bag(features, self.assign_features(features), query=query)
+        return self.assign_and_bag(features, query=query)[1]
 
     def encode(
         self, image: ImageSource, *, box: Optional[Box] = None, query: bool = False

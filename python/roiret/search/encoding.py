@@ -89,11 +89,10 @@ def encode_bow(smalls: Sequence[np.ndarray], bow: "BowIndex") -> BowStage:
     t0 = time.perf_counter()
     feats = [bow.extractor.extract(s) for s in smalls]
     t1 = time.perf_counter()
-    words = [bow.assign_features(f) for f in feats]
-    bags = [bow.bag(f, w) for f, w in zip(feats, words)]
+    words, bags = zip(*[bow.assign_and_bag(f) for f in feats]) if feats else ((), ())
     labels = [bow.geometry_words(f, w) for f, w in zip(feats, words)]  # what verification pairs by
     t2 = time.perf_counter()
-    return BowStage(feats, labels, bags, {"sift": t1 - t0, "quantize": t2 - t1})
+    return BowStage(feats, labels, list(bags), {"sift": t1 - t0, "quantize": t2 - t1})
 
 
 def encode_images(
@@ -110,14 +109,11 @@ def encode_images(
     """The index entries of a batch of ``(position, source, prepared image)``: ids and names
     are taken at each position (a name defaults to the path, or ``image-<id>``). Adds the
     seconds spent per stage to ``timings`` (sift, quantize, cnn_trunk, regions_codes, images).
-    Both stages run under ``lock``, one after the other (:func:`encode_batches` can overlap
-    them)."""
-    smalls = [item.image for _, _, item in batch]
-    with lock:
-        first = encode_bow(smalls, bow)
-        rois, seconds = _run_cnn(smalls, extractor)
-    _account(timings, {**first.seconds, **seconds, "images": len(smalls)})
-    return _entries(batch, first, rois, ids, names, coder)
+    The two stages one after the other: :func:`encode_bow` (thread-safe, outside ``lock``),
+    then :func:`encode_rois` (the CNN under ``lock``); :func:`encode_batches` can overlap
+    them."""
+    first = encode_bow([item.image for _, _, item in batch], bow)
+    return encode_rois(batch, first, ids, names, extractor=extractor, coder=coder, lock=lock, timings=timings)
 
 
 def encode_rois(
@@ -302,8 +298,7 @@ def encode_query(
     t1 = time.perf_counter()
     with lock:
         feats = bow.extractor.extract(small, box=sbox)
-        feature_words = bow.assign_features(feats)
-        words, counts = bow.bag(feats, feature_words, query=True)
+        feature_words, (words, counts) = bow.assign_and_bag(feats, query=True)
         t2 = time.perf_counter()
         rois = None
         if with_rois:

@@ -18,6 +18,8 @@ from typing import List, Tuple
 
 import numpy as np
 
+from ..bow.index import query_weights
+
 __all__ = ["ROI_QE_ALPHA", "ROI_QE_IMAGES", "expanded_bag", "expanded_codes", "expanded_terms", "tfidf"]
 
 #: αQE of the query's RoI and global codes (with ``qe`` > 0): the best verified images used
@@ -58,10 +60,8 @@ def expanded_terms(
     then the verified results'), each weighted by its own normalisation over the number of
     bags — its score is the mean of the bags' normalised kernel similarities (the ASMK
     analogue of averaging normalised TF-IDF vectors)."""
-    from ..bow.index import query_weights
-
     words = [np.asarray(w, np.int64) for w, _ in bags]
-    sigs = [np.asarray(s, np.uint64).reshape(len(w), -1) for w, s in zip(words, (s for _, s in bags))]
+    sigs = [np.asarray(s, np.uint64).reshape(len(w), -1) for w, (_, s) in zip(words, bags)]
     weights = [query_weights(w, idf) / len(bags) for w in words]
     return np.concatenate(words), np.ascontiguousarray(np.concatenate(sigs)), np.concatenate(weights).astype(np.float32)
 

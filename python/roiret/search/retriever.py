@@ -17,9 +17,9 @@ order. This class is a facade: the configuration is :mod:`.config`, the images a
 Thread safety: :meth:`Retriever.search` (and :meth:`prepare_query` / :meth:`rank`) may be
 called from any number of threads and gives exactly the results of the same searches made
 one after another (CNN and SIFT extraction are serialised by an internal lock; ranking runs
-in parallel under a shared lock). A pipelined :meth:`add` (``pipeline=True``) runs its RootSIFT and word
-assignment outside that lock, in a thread of its own (both are thread-safe), and takes the
-lock for the CNN only. Adding while searching is safe: :meth:`add` makes each
+in parallel under a shared lock). :meth:`add` runs its RootSIFT and word assignment outside
+that lock (both are thread-safe; with ``pipeline=True`` in a thread of its own) and takes
+the lock for the CNN only. Adding while searching is safe: :meth:`add` makes each
 batch of ``batch_size`` images visible at once (inverted file and RoI codes together,
 under an exclusive lock), so a concurrent search sees the index as it was before or after
 each batch, never half a batch. Concurrent :meth:`add` / :meth:`remove` calls are
@@ -52,7 +52,7 @@ from .locks import RWLock
 from .ranking import Collection, rank
 from .results import Hit, PreparedQuery, SearchResult
 from .store import RoIStore
-from .training import training_embedding, training_features
+from .training import training_features
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..bow import BowIndex, Vocabulary
@@ -216,6 +216,7 @@ class Retriever:
         ``vocabulary``: reuse a fitted :class:`roiret.bow.Vocabulary` instead (only the
         whitening is learned then). Training again starts a new, empty index."""
         from ..bow import BowIndex, Vocabulary
+        from ..bow.embedding import embedding_for
         from ..cnn.codes import CodeProjector
 
         c = self.config
@@ -232,7 +233,7 @@ class Retriever:
                 progress=self.progress,
                 auto_rule=c.first_stage,
             )
-        embedding = training_embedding(voc, feats, c.asmk, c.seed)
+        embedding = embedding_for(voc, feats, c.asmk, c.seed)
         with self._rw.write():
             if c.whitening:
                 from ..cnn.whitening import PCAWhitening

@@ -9,14 +9,13 @@ from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..bow.embedding import embedding_for as training_embedding
 from ..io.images import ImageSource, SkippedImageWarning, error_reason, iter_prepared, source_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..bow import LocalFeatureExtractor, LocalFeatures, Vocabulary
     from .retriever import Retriever
 
-__all__ = ["training_embedding", "training_features"]
+__all__ = ["training_features"]
 
 
 def _sample(images: Sequence[ImageSource], max_images: Optional[int], seed: int) -> List[ImageSource]:
