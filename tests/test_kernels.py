@@ -526,7 +526,7 @@ def _big_call(name):
         db = random_codes(rng, 20000, 1024)
         offsets = np.arange(0, 20001, 20, dtype=np.int64)
         if name == "hamming_knn":
-            return lambda: roiret.hamming_knn(db[:200], db, 5, threads=1)
+            return lambda: roiret.hamming_knn(db[:2000], db, 5, threads=1)  # ~60 ms
         q = random_codes(rng, 4000, 1024)  # ~70 ms: long enough for the other thread to be scheduled
         return lambda: roiret.cross_match(q, db, offsets, 1024, threads=1)
     if name == "select_rois":
@@ -538,9 +538,9 @@ def _big_call(name):
     ivf = roiret.InvertedFile(1000)
     n = 20000
     ivf.add(np.arange(n), np.arange(0, 200 * n + 1, 200), rng.integers(0, 1000, size=200 * n), None)
-    queries = [rng.integers(0, 1000, size=300) for _ in range(5)]
+    queries = [rng.integers(0, 1000, size=300) for _ in range(60)]  # ~70 ms (5 took 6 ms: flaky under load)
     ivf.search(queries[0], None, 1)
-    return lambda: ivf.search_batch(np.arange(0, 1501, 300), np.concatenate(queries), None, 10, threads=1)
+    return lambda: ivf.search_batch(np.arange(0, 300 * 60 + 1, 300), np.concatenate(queries), None, 10, threads=1)
 
 
 @pytest.mark.parametrize(
