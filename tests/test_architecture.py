@@ -5,6 +5,7 @@ library's constants, and the command line starts without torch."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,18 @@ def test_help_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("preset", [None, "ACTIVE"])
+def test_import_lets_openmp_threads_sleep_unless_the_user_chose(preset):
+    """``import roiret`` sets OMP_WAIT_POLICY=PASSIVE before torch or faiss can load their
+    OpenMP runtime; a value already set is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset is not None:
+        env["OMP_WAIT_POLICY"] = preset
+    code = "import os, sys, roiret\nprint(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.split() == [preset or "PASSIVE", "False"]
 
 
 def _code_lines(node: ast.AST) -> int:
