@@ -87,6 +87,52 @@ def test_multiple_assignment_sums_every_assigned_word():
     assert hnsw.approximate and np.array_equal(hnsw.assign_multiple(x, 3)[:, 0], hnsw.assign(x))
 
 
+def test_multiple_assignment_either_way_on_request():
+    """``approximate=True`` searches the HNSW graph even below ``hnsw_threshold`` (built on
+    first use; here it finds the brute-force answer), ``False`` searches exactly even above."""
+    cents, x = _data(3, n=2000, k=300)
+    d = ((x[:, None, :].astype(np.float64) - cents[None].astype(np.float64)) ** 2).sum(-1)
+    near = np.argsort(d, axis=1, kind="stable")[:, :3]
+    far = np.take_along_axis(d, near, 1) > 1.5 * d[np.arange(len(x)), near[:, 0]][:, None]
+    want = np.where(far, -1, near)
+    small = Vocabulary(cents)  # exact by its own rule
+    assert not small.approximate and not small.graph_built
+    got = small.assign_multiple(x, 3, approximate=True)
+    assert small.graph_built and (got == want).all(axis=1).mean() > 0.99
+    assert np.array_equal(small.assign_multiple(x, 3), want)
+    big = Vocabulary(cents, hnsw_threshold=2)
+    assert big.approximate and np.array_equal(big.assign_multiple(x, 3, approximate=False), want)
+
+
+def test_query_multiple_assignment_uses_the_graph_from_the_threshold(asmk_index, monkeypatch):
+    """From DEFAULT_QUERY_HNSW_THRESHOLD words a query's nearest words come from the HNSW
+    graph, through assign_and_bag and bag alike; below it, and for the database, the
+    vocabulary's own rule."""
+    import roiret.bow.index as bi
+
+    bow, feats = asmk_index
+    calls = []
+    original = Vocabulary.assign_multiple
+
+    def spy(self, x, m, ratio=1.5, *, approximate=None):
+        calls.append(approximate)
+        return original(self, x, m, ratio, approximate=approximate)
+
+    monkeypatch.setattr(Vocabulary, "assign_multiple", spy)
+    exact_words, exact_bag = bow.assign_and_bag(feats[4], query=True)
+    b2 = BowIndex(bow.vocabulary, embedding=bow.embedding, asmk=bow.asmk.replace(db_assignments=2))
+    b2.assign_and_bag(feats[4], query=False)
+    assert calls == [None, None]
+    monkeypatch.setattr(bi, "DEFAULT_QUERY_HNSW_THRESHOLD", bow.vocabulary.size)
+    words, (w, s) = bow.assign_and_bag(feats[4], query=True)
+    w2, s2 = bow.bag(feats[4], words, query=True)
+    b2.assign_and_bag(feats[4], query=False)
+    assert calls[2:] == [True, True, None]
+    # 40 well-separated words: the graph finds what brute force finds
+    assert np.array_equal(words, exact_words) and np.array_equal(w, exact_bag[0]) and np.array_equal(s, exact_bag[1])
+    assert np.array_equal(w, w2) and np.array_equal(s, s2)
+
+
 def test_verification_sub_cells_are_each_words_k_means():
     cents, x = _data(4, n=4000, k=6)
     words = Vocabulary(cents).assign_exact(x)

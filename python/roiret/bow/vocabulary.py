@@ -41,7 +41,13 @@ from ..io import PathLike
 from ..io.arrays import load_arrays, save_arrays
 from ..params import auto_vocab_size
 
-__all__ = ["Vocabulary", "DEFAULT_HNSW_THRESHOLD", "DEFAULT_HNSW_EF_SEARCH", "DEFAULT_KMEANS_EF_SEARCH"]
+__all__ = [
+    "Vocabulary",
+    "DEFAULT_HNSW_THRESHOLD",
+    "DEFAULT_HNSW_EF_SEARCH",
+    "DEFAULT_KMEANS_EF_SEARCH",
+    "DEFAULT_QUERY_HNSW_THRESHOLD",
+]
 
 #: Vocabulary size from which assignment (and k-means, with ``kmeans="auto"``) uses HNSW.
 DEFAULT_HNSW_THRESHOLD = 32768
@@ -52,6 +58,15 @@ DEFAULT_HNSW_THRESHOLD = 32768
 #: 45.68 / 45.45 / 45.51 / 45.16, 18.67 / 18.65 / 18.54 / 18.20. 32 quantises 4.2x faster
 #: than 128 for at most 0.3 mAP; set ``hnsw_ef_search`` higher for the last fraction.
 DEFAULT_HNSW_EF_SEARCH = 32
+#: Vocabulary size from which a query's multiple assignment (the ASMK first stage's 3 words per
+#: feature) searches the HNSW graph even when the database was assigned exactly: 314 RootSIFT
+#: descriptors, 3 nearest, one call: 1 000 / 2 000 / 4 000 / 8 000 / 16 000 words exact 0.98 /
+#: 1.67 / 3.48 / 7.03 / 17.3 ms, HNSW (efSearch 32) 1.67 / 1.85 / 2.51 / 2.80 / 3.73 ms, the
+#: 3-nearest sets 99.5-100 % equal. On Oxford5k-dev (8 000 words) queries take 12-16 ms less
+#: end to end and the default pipeline scores 90.45 / 78.77 / 48.35 (exact: 90.25 / 78.74 /
+#: 48.28); ukbench-56 with 8 000 words: N-S 4.000 either way (benchmarks/README.md, "Query
+#: latency").
+DEFAULT_QUERY_HNSW_THRESHOLD = 4096
 #: efSearch inside approximate k-means (vocabulary training). After the first iteration each
 #: descriptor is searched from its previous word, where 16 finds the exact nearest word for
 #: 99.9 % of them (Oxford5k-dev, 500k descriptors, 50k words; the first search, from the top
@@ -583,11 +598,15 @@ class Vocabulary:
             lab[bad] = self.assign_exact(x[bad])
         return lab
 
-    def assign_multiple(self, descriptors: np.ndarray, m: int, ratio: float = 1.5) -> np.ndarray:
+    def assign_multiple(
+        self, descriptors: np.ndarray, m: int, ratio: float = 1.5, *, approximate: Optional[bool] = None
+    ) -> np.ndarray:
         """The ``m`` nearest words of each descriptor: int64 ``(n, m)``, nearest first; a word
         farther than ``ratio`` times the nearest word's squared distance is ``-1`` (multiple
-        assignment, Jégou et al.). ``m = 1`` is :meth:`assign` as a column. Exact below
-        ``hnsw_threshold`` words, HNSW above (a row HNSW leaves short is filled exactly)."""
+        assignment, Jégou et al.). ``m = 1`` is :meth:`assign` as a column. ``approximate``:
+        search the HNSW graph (built on first use) or by brute force; ``None`` (default):
+        exact below ``hnsw_threshold`` words, HNSW above. A row HNSW leaves short is filled
+        exactly."""
         if isinstance(m, bool) or int(m) != m or not 1 <= int(m) <= min(self.size, 64):
             raise ValueError(f"m: expected an integer in [1, {min(self.size, 64)}], got {m!r}")
         if not (isinstance(ratio, (int, float)) and np.isfinite(ratio) and ratio >= 1):
@@ -598,7 +617,8 @@ class Vocabulary:
         x = _as_descriptors(descriptors, self.dim)
         if x.shape[0] == 0:
             return np.zeros((0, m), np.int64)
-        index = self._hnsw_index() if self.approximate else self._flat_index()
+        hnsw = self.approximate if approximate is None else bool(approximate)
+        index = self._hnsw_index() if hnsw else self._flat_index()
         dist, lab = index.search(x, m)
         short = (lab < 0).any(axis=1)
         if short.any():
