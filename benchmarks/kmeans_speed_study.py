@@ -93,9 +93,13 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="append the rows here as JSON lines")
     a = ap.parse_args()
     settings = [(spec, _parse(spec)) for spec in a.settings]
-    oxf = a.datasets / "oxford5k-dev"
-    if not (oxf / "gnd.json").exists():
-        print(f"skipped: {oxf}/gnd.json not found (the data set is not on this machine)")
+    wanted = {
+        c: a.datasets / folder
+        for c, folder in (("oxford", "oxford5k-dev"), ("ukbench", "ukbench-56"))
+        if c in a.collections and (a.datasets / folder / "gnd.json").exists()
+    }
+    if not wanted:
+        print(f"skipped: no gnd.json of {a.collections} under {a.datasets} (the data sets are not on this machine)")
         return 0
     import bow_map as bm
     from roiret._kernels import InvertedFile
@@ -104,20 +108,20 @@ def main() -> int:
     from roiret.params import auto_vocab_size
 
     a.cache.mkdir(parents=True, exist_ok=True)
-    gnd = load_gnd(oxf)
-    names = list(gnd.images)
     ext = LocalFeatureExtractor("rootsift", max_keypoints=2000)
-    feats, descs, _ = bm._features_cache(a.cache, "oxford5k-dev", ext, [gnd.image_path(n) for n in names])
-    ukb = a.datasets / "ukbench-56"
-    ugnd = ufeats = None
-    if "ukbench" in a.collections and (ukb / "gnd.json").exists():
-        ugnd = load_gnd(ukb)
+    gnd = ugnd = ufeats = None
+    if "oxford" in wanted:  # features read (or extracted) only for the collections asked for
+        gnd = load_gnd(wanted["oxford"])
+        names = list(gnd.images)
+        feats, descs, _ = bm._features_cache(a.cache, "oxford5k-dev", ext, [gnd.image_path(n) for n in names])
+    if "ukbench" in wanted:
+        ugnd = load_gnd(wanted["ukbench"])
         ufeats, udescs, _ = bm._features_cache(a.cache, "ukbench-56", ext, [ugnd.image_path(n) for n in ugnd.images])
     rows: List[Dict[str, Any]] = []
     for spec, s in settings:
         for seed in a.seeds:
             row: Dict[str, Any] = {"setting": spec, "seed": seed}
-            if "oxford" in a.collections:
+            if gnd is not None:
                 voc = _fit(descs, a.words, s, seed)
                 res: Dict[str, Any] = {}
                 bags, _, _ = bm._assign_all(voc, feats)

@@ -346,6 +346,12 @@ class AsmkParams(_Group):
         self._set("asmk_tau", tau)
         self._set("assignment_ratio", ratio)
 
+    @property
+    def learns_from_descriptors(self) -> bool:
+        """Whether the Hamming embedding is learned from training descriptors (per-word
+        median thresholds or verification sub-cells) rather than drawn from the seed alone."""
+        return self.first_stage == "asmk" and (self.he_thresholds == "median" or self.verify_cells > 1)
+
 
 @dataclass(frozen=True)
 class RerankParams(_Group):

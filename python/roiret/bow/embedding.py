@@ -352,7 +352,7 @@ def embedding_for(
     if asmk.first_stage != "asmk":
         return None
     bits = min(asmk.he_bits, vocabulary.dim)  # e.g. 64-d SURF: as many bits as dimensions
-    if asmk.he_thresholds == "zero" and asmk.verify_cells == 1:
+    if not asmk.learns_from_descriptors:
         return HammingEmbedding.fit(vocabulary.centroids, bits=bits, seed=seed)
     x = np.concatenate([f.descriptors for f in feats]) if len(feats) else np.zeros((0, vocabulary.dim), np.float32)
     if len(x) > 500_000:

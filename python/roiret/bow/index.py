@@ -301,7 +301,8 @@ class BowIndex:
     ) -> Tuple[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
         """``(the nearest word of each feature, the bag)`` — :meth:`assign_features` and
         :meth:`bag` with one vocabulary search: with multiple assignment the nearest word is
-        the first of each feature's ``m``."""
+        the first of each feature's ``m`` (for a query from DEFAULT_QUERY_HNSW_THRESHOLD words,
+        the graph's nearest: :meth:`_assign_multiple`)."""
         m = self._assignments(query)
         if m == 1 or len(features) == 0:
             words = self.assign_features(features)
@@ -456,18 +457,16 @@ class BowIndex:
         self, words: np.ndarray, values: np.ndarray, top: int, weights: Optional[np.ndarray], exact: bool
     ) -> Tuple[np.ndarray, np.ndarray]:
         words = np.ascontiguousarray(words, dtype=np.int64)
+        fn = self.inverted_file.search_exact if exact else self.inverted_file.search
         if self.embedding is None:
             if weights is not None:
                 raise ValueError("weights: only an embedded (ASMK) index takes per-term weights")
-            counts = np.ascontiguousarray(values, dtype=np.float32)
-            fn = self.inverted_file.search_exact if exact else self.inverted_file.search
-            out: Tuple[np.ndarray, np.ndarray] = fn(words, counts, top)
+            out: Tuple[np.ndarray, np.ndarray] = fn(words, np.ascontiguousarray(values, dtype=np.float32), top)
             return out
         sigs = np.ascontiguousarray(values, dtype=np.uint64).reshape(len(words), -1)
         if weights is None:
             weights = query_weights(words, self.inverted_file.idf())
         w = np.ascontiguousarray(weights, dtype=np.float32)
-        fn = self.inverted_file.search_exact if exact else self.inverted_file.search
         a = self.asmk
         # threads=0: a large search splits over the default threads, as InvertedFile's does
         res: Tuple[np.ndarray, np.ndarray] = fn(words, sigs, w, top=top, alpha=a.asmk_alpha, tau=a.asmk_tau, threads=0)

@@ -62,7 +62,7 @@ DEFAULT_HNSW_EF_SEARCH = 32
 #: feature) searches the HNSW graph even when the database was assigned exactly: 314 RootSIFT
 #: descriptors, 3 nearest, one call: 1 000 / 2 000 / 4 000 / 8 000 / 16 000 words exact 0.98 /
 #: 1.67 / 3.48 / 7.03 / 17.3 ms, HNSW (efSearch 32) 1.67 / 1.85 / 2.51 / 2.80 / 3.73 ms, the
-#: 3-nearest sets 99.5-100 % equal. On Oxford5k-dev (8 000 words) queries take 12-16 ms less
+#: 3-nearest sets 99.5-100 % equal. On Oxford5k-dev (8 000 words) queries take 15-16 ms less
 #: end to end and the default pipeline scores 90.45 / 78.77 / 48.35 (exact: 90.25 / 78.74 /
 #: 48.28); ukbench-56 with 8 000 words: N-S 4.000 either way (benchmarks/README.md, "Query
 #: latency").
@@ -239,8 +239,9 @@ class _CentroidGraph:
 
     Built once; on later iterations its vectors are replaced by the moved centroids and its
     links kept, since after the first step the centroids move little (Oxford5k-dev, 50k words,
-    500k descriptors, 10 iterations: the same final objective within 0.04 % as rebuilding the
-    graph every iteration, ~8 s saved per iteration). Rebuilt after an iteration that split
+    500k descriptors, 10 iterations at efSearch 128 from the top: the same final objective
+    within 0.04 % as rebuilding the graph every iteration; building it takes ~8 s for 50k
+    words on the 2-core machine). Rebuilt after an iteration that split
     more than 1 % of the words, because a split word jumps to another word's place, away
     from the links that lead to it.
 
@@ -251,8 +252,7 @@ class _CentroidGraph:
     32 (0.985 at 16)."""
 
     def __init__(self, m: int, ef_construction: int, ef_search: int) -> None:
-        self._params = (int(m), int(ef_construction), int(ef_search))
-        self.ef_search = int(ef_search)
+        self.m, self.ef_construction, self.ef_search = int(m), int(ef_construction), int(ef_search)
         self._index: Any = None
         self._words: Optional[np.ndarray] = None  # each descriptor's word at the last search
 
@@ -261,7 +261,7 @@ class _CentroidGraph:
         faiss = _faiss()
         if self._index is None or rebuild:
             self._index = None  # free the old graph before building the new one
-            self._index = _build_hnsw(cents, *self._params)
+            self._index = _build_hnsw(cents, self.m, self.ef_construction, self.ef_search)
         else:
             storage = faiss.downcast_index(self._index.storage)
             storage.reset()

@@ -83,10 +83,12 @@ class Retriever:
         and word assignment on it while the CNN runs on this one (one batch ahead at most).
         ``False`` (the default): one stage after the other, in the calling thread. The index
         is the same either way, bit for bit; also settable as :attr:`pipeline`. On 2 idle
-        cores the pipeline was mostly slower (0.79–1.06× the images/s: every stage already
-        keeps both cores busy), faster only with one core taken by another job (1.04–1.60×;
-        benchmarks/README.md, "Pipelined indexer"), so it is off by default; measure it
-        with ``benchmarks/bench_indexer.py`` on machines with more cores.
+        cores it gains nothing (0.99× / 1.05× the images/s of the default / the paper's
+        configuration with OpenMP threads sleeping, 0.79–1.06× before: every stage already
+        keeps both cores busy) and 1.04–1.60× with one core taken by another job
+        (benchmarks/README.md, "Pipelined indexer", "OpenMP threads that sleep"), so it is
+        off by default; measure it with ``benchmarks/bench_indexer.py`` on machines with
+        more cores.
     """
 
     def __init__(

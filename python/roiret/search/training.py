@@ -51,7 +51,7 @@ def training_features(
     c = r.config
     images = _sample(images, max_images, c.seed)
     lfe = LocalFeatureExtractor(c.local_features, max_keypoints=c.max_keypoints, max_side=None)
-    need_feats = vocabulary is None or (c.first_stage == "asmk" and (c.he_thresholds == "median" or c.verify_cells > 1))
+    need_feats = vocabulary is None or c.asmk.learns_from_descriptors
     if vocabulary is not None:
         _check_vocabulary(vocabulary, lfe)
         if not c.whitening and not need_feats:  # nothing to learn from the images: don't read them
