@@ -37,7 +37,7 @@ import numpy as np
 
 from .. import __version__
 from ..bow import BowIndex
-from ..bow.index import BowHits, query_weights
+from ..bow.index import BowHits, as_ids, consecutive_ids, query_weights
 from ..errors import IndexFormatError, UnknownIdError
 from ..io import PathLike
 from ..io.folder import MANIFEST, IndexFolder, IndexWriter, Manifest, as_format_error, sha256_file
@@ -443,11 +443,8 @@ class ShardedIndex:
             raise IndexFormatError(f"{where}: an image id appears in two shards")
 
     def new_ids(self, ids: Optional[Sequence[int]], n: int) -> np.ndarray:
-        from ..bow.index import as_ids
-
         if ids is None:
-            start = int(self._ids.max()) + 1 if len(self._ids) else 0
-            return np.arange(start, start + n, dtype=np.int64)
+            return consecutive_ids(int(self._ids.max()) + 1 if len(self._ids) else 0, n)
         a = as_ids(ids, n)
         clash = [int(i) for i in a if self.contains(int(i))]
         if clash:
@@ -491,7 +488,7 @@ class ShardedIndex:
     def remove(self, ids: Iterable[int]) -> int:
         """Remove images by id from the shards holding them (all or nothing: unknown ids are
         refused before anything changes)."""
-        ids = np.unique(np.asarray(list(ids), np.int64))
+        ids = np.unique(as_ids(ids, distinct=False))
         rows = self.rows_of(ids)
         removed = 0
         try:
