@@ -12,6 +12,9 @@ The guarantees, the same for every kind of index (:class:`~roiret.Retriever`,
 * **cleanup** — after the new manifest is in place, the previous save's files and what
   interrupted saves left behind (names of the data-file pattern, temporaries) are removed;
   on an error during save, the files written so far are removed and the old index stays.
+* **one file mode** — every file of a save (manifest and data files) gets the permissions
+  ``open()`` gives a new file, 0o666 less the umask, whatever wrote it
+  (:func:`new_file_mode`): who can read one file of an index can read all of them.
 * **locking** — saves to one folder are serialised across threads and processes (an
   exclusive ``flock`` on the folder, released if the process dies).
 * **verified load** — kind, version, file names (no path components), sizes and SHA-256
@@ -43,6 +46,7 @@ __all__ = [
     "as_format_error",
     "atomic_write",
     "fsync_path",
+    "new_file_mode",
     "remove_files",
     "sha256_file",
 ]
@@ -85,11 +89,11 @@ def fsync_path(path: PathLike, directory: bool = False) -> None:
 
 def atomic_write(path: PathLike, write: Callable[[Any], None]) -> None:
     """Call ``write(binary_file)`` on a temporary file next to ``path``, fsync it and rename it
-    over ``path``. On any error the temporary file is removed and ``path`` is untouched."""
-    import tempfile
-
+    over ``path``. On any error the temporary file is removed and ``path`` is untouched. The
+    file gets the permissions ``open()`` gives a new file (0o666 less the umask)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -99,6 +103,24 @@ def atomic_write(path: PathLike, write: Callable[[Any], None]) -> None:
     except BaseException:
         remove_files(path.parent, [os.path.basename(tmp)])
         raise
+
+
+def new_file_mode() -> int:
+    """The permission bits ``open()`` gives a new file: 0o666 less the process's umask."""
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)  # no /proc: read it by setting it (briefly stricter, never looser)
+    os.umask(mask)
+    return mask
 
 
 def remove_files(folder: PathLike, names: Iterable[str]) -> None:
@@ -198,16 +220,19 @@ class IndexWriter:
         self.tag = uuid.uuid4().hex[:12]
         self.files: Dict[str, str] = {}
         self.written: List[str] = []
+        self.mode = new_file_mode()
 
     def put(self, role: str, stem: str, ext: str, write: Callable[[Path], None]) -> Path:
         """Write the data file of ``role`` with ``write(path)`` under a fresh name
-        ``<stem>-<tag>.<ext>`` and fsync it (on disk before the manifest names it)."""
+        ``<stem>-<tag>.<ext>``, give it the mode of a new file (:func:`new_file_mode`) and
+        fsync it (on disk before the manifest names it)."""
         if not _STEM.match(stem) or ext not in ("npz", "bin", "npy"):
             raise ValueError(f"data file stem {stem!r} / extension {ext!r} outside the folder's name pattern")
         name = f"{stem}-{self.tag}.{ext}"
         self.written.append(name)
         path = self.folder / name
         write(path)
+        os.chmod(path, self.mode)  # one mode for every file, whatever the writer used
         fsync_path(path)
         self.files[role] = name
         return path
