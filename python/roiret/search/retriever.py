@@ -451,8 +451,10 @@ class Retriever:
         Atomic: the manifest is replaced last; a crash (or SIGKILL) at any moment leaves
         the previous index intact, and the next save removes what the interrupted one
         left. Saves to one folder are serialised (an exclusive ``flock`` on the folder,
-        across threads and processes). A sharded index saves its changed shards, then the
-        top-level manifest (:func:`roiret.search.sharded.save_sharded`)."""
+        across threads and processes). A sharded index saves its changed shards as new
+        shard folders, then replaces the top-level manifest, then removes the shard folders
+        it no longer lists — atomic the same way
+        (:func:`roiret.search.sharded.save_sharded`)."""
         index = self.index
         assert self._coder is not None
         state: Dict[str, Any] = dict(
