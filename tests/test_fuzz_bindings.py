@@ -823,6 +823,16 @@ def test_kernels_survive_threads_that_cannot_start():
 # regressions found by the fuzzer (each once crashed or gave a wrong error type)
 # ---------------------------------------------------------------------------------------
 def test_regressions_found_by_fuzzing(tmp_path):
+    # a .npy header damaged into an unclosed bracket: numpy's parser raised
+    # tokenize.TokenError through map_npy, now a ValueError naming the file
+    from roiret._kernels import map_npy
+
+    np.save(tmp_path / "h.npy", np.arange(4))
+    blob = (tmp_path / "h.npy").read_bytes()
+    (tmp_path / "h.npy").write_bytes(blob.replace(b"}", b"(", 1))
+    with pytest.raises(ValueError, match=r"h\.npy: not a valid \.npy header \(TokenError"):
+        map_npy(tmp_path / "h.npy")
+    (tmp_path / "h.npy").unlink()  # the folder must end empty (below)
     a = np.arange(6, dtype=np.uint64).reshape(3, 2)
     # nbits beyond int64: was RuntimeError ("Unable to cast Python instance"), now ValueError
     with pytest.raises(ValueError, match="out of range"):

@@ -36,6 +36,7 @@ import (:func:`simd_level`). :func:`set_simd_level` or the environment variable
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from typing import Any, NamedTuple, Optional, Tuple
@@ -405,14 +406,17 @@ def map_npy(path: "os.PathLike[str] | str") -> np.ndarray:
 
     mapped = _core.MappedFile(path)
     head = io.BytesIO(memoryview(mapped)[: 1 << 16])  # the header (numpy reads <= 10 000 bytes of it)
-    version = npy.read_magic(head)
-    if version not in ((1, 0), (2, 0)):
-        raise ValueError(f"{path}: .npy format version {version} is not read here (1.0 and 2.0 are)")
-    read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
-    shape, fortran, dtype = read(head)
+    try:
+        version = npy.read_magic(head)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f".npy format version {version} is not read here (1.0 and 2.0 are)")
+        read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, fortran, dtype = read(head)
+    except Exception as e:  # numpy's header parser also raises tokenize.TokenError, SyntaxError...
+        raise ValueError(f"{path}: not a valid .npy header ({type(e).__name__}: {e})") from None
     if dtype.hasobject:
         raise ValueError(f"{path}: holds Python objects ({dtype}); only plain arrays are loaded (no pickle)")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # exact: a crafted shape must not wrap around to the file's size
     offset = head.tell()
     if len(mapped) - offset != count * dtype.itemsize:
         raise ValueError(
