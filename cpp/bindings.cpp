@@ -21,6 +21,7 @@
 #include "roicore/hamming.h"
 #include "roicore/checksum.h"
 #include "roicore/inverted_file.h"
+#include "roicore/mapped_file.h"
 #include "roicore/parallel.h"
 #include "roicore/roi_select.h"
 #include "roicore/spatial_verify.h"
@@ -834,6 +835,35 @@ added (bits >= nbits zero). ValueError for an unknown id.)doc")
   bind_index_common(cls);
 }
 
+constexpr const char* kMappedFileDoc = R"doc(MappedFile(path): a whole file memory-mapped read-only,
+holding no file descriptor (it is closed as soon as the file is mapped).
+
+A read-only buffer of len(self) bytes (memoryview(f), np.frombuffer(f, ...)); the mapping
+lives as long as this object or any array made from it, even if the file is renamed or
+removed. A symbolic link as the last path component is refused (OSError, ELOOP), and so is
+anything but a regular file (roiret.errors.IndexFormatError); OSError (errno, path) when
+the file cannot be opened or mapped.)doc";
+
+// A read-only mapping of a file as a Python buffer (what numpy arrays of index files view).
+void bind_mapped_file(py::module_& m) {
+  py::class_<roicore::MappedFile>(m, "MappedFile", py::buffer_protocol(), kMappedFileDoc)
+      .def(py::init([](const py::object& path) {
+             const std::string p = fspath(path);
+             py::gil_scoped_release nogil;
+             return new roicore::MappedFile(p);
+           }),
+           py::arg("path"))
+      .def_buffer([](const roicore::MappedFile& f) {
+        return py::buffer_info(const_cast<unsigned char*>(f.data()), 1, py::format_descriptor<unsigned char>::format(),
+                               1, {static_cast<py::ssize_t>(f.size())}, {py::ssize_t{1}}, /*readonly=*/true);
+      })
+      .def("__len__", &roicore::MappedFile::size)
+      .def_property_readonly("path", &roicore::MappedFile::path, "The path the file was mapped from.")
+      .def("__repr__", [](const roicore::MappedFile& f) {
+        return "MappedFile('" + f.path() + "', " + std::to_string(f.size()) + " bytes)";
+      });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -843,6 +873,7 @@ PYBIND11_MODULE(_core, m) {
   bind_kernels(m);
   bind_inverted_file(m);
   bind_embedded_file(m);
+  bind_mapped_file(m);
   m.attr("INVERTED_FILE_FORMAT_VERSION") = InvertedFile::kFormatVersion;
   m.attr("EMBEDDED_FILE_FORMAT_VERSION") = EmbeddedInvertedFile::kFormatVersion;
 }

@@ -103,3 +103,38 @@ def same_index(a, b) -> bool:
         and ia.num_postings == ib.num_postings
         and np.array_equal(ia.document_frequencies(), ib.document_frequencies())
     )
+
+
+@functools.lru_cache(maxsize=None)
+def _built_sharded(root: str) -> str:
+    from roiret.search import sharded
+
+    base = saved_index(root)
+    out = Path(root) / "sharded-index"
+    for i in range(3):  # shard i: the base index less the other shards' images (no CNN run)
+        r = load(base)
+        r.remove([k for k in range(6) if k // 2 != i])
+        r.save(out / sharded.shard_name(i))
+    entries = [sharded.shard_entry(out, sharded.shard_name(i)) for i in range(3)]
+    sharded.write_sharded_manifest(out, entries, shard_size=2)
+    return str(out)
+
+
+def sharded_index(tmp_root) -> Path:
+    """Path of the base index's 6 images as a sharded folder: 3 shards of 2 images (ids
+    0-5) in ``shard-00000`` ... — the layout roiret.distributed builds (built once)."""
+    return Path(_built_sharded(str(tmp_root)))
+
+
+def copy_sharded(tmp_root, dest) -> Path:
+    shutil.copytree(sharded_index(tmp_root), dest)
+    return Path(dest)
+
+
+def snapshot(r):
+    """What a retriever holds and answers: ids, names, and the ranking of two queries."""
+    hits = []
+    for photo in photos()[1], photos()[4]:
+        res = r.search(photo, top=len(r) or 1)
+        hits.append([(h.id, h.name, round(float(h.score), 5)) for h in res.hits])
+    return r.ids.tolist(), list(r.store.names), hits

@@ -751,6 +751,49 @@ def test_embedded_file_load_random_files(data, tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------------------
+# MappedFile (and map_npy, which reads .npy files through it)
+# ---------------------------------------------------------------------------------------
+@examples(60)
+@given(path=not_a_path)
+def test_mapped_file_refuses_what_is_not_a_path(path):
+    ok, _ = attempt(_core.MappedFile, path)
+    assert not ok
+
+
+@examples(300)
+@given(data=st.data())
+def test_map_npy_random_files(data, tmp_path_factory):
+    """Random bytes, and .npy files of random arrays with random edits: an allowed
+    exception, or — when the edit left a valid file — the array np.load reads, read-only."""
+    from roiret._kernels import map_npy
+
+    folder = tmp_path_factory.mktemp("npy")
+    a = data.draw(arrays(dtypes=[np.uint64, np.int32, np.float32, np.uint8, ">f4", "<U3"], max_side=5))
+    np.save(folder / "a.npy", np.asarray(a))
+    blob = bytearray((folder / "a.npy").read_bytes())
+    kind = data.draw(st.sampled_from(["intact", "random", "edit", "edit"]))
+    if kind == "random":
+        blob = bytearray(data.draw(st.binary(max_size=300)))
+    elif kind == "edit":
+        pos = data.draw(st.integers(0, len(blob) - 1))
+        how = data.draw(st.sampled_from(["cut", "set", "insert"]))
+        if how == "cut":
+            del blob[pos:]
+        elif how == "set":
+            blob[pos] = data.draw(st.integers(0, 255))
+        else:
+            blob[pos:pos] = data.draw(st.binary(min_size=1, max_size=4))
+    (folder / "b.npy").write_bytes(bytes(blob))
+    ok, got = attempt(map_npy, folder / "b.npy")
+    if kind == "intact":
+        assert ok
+    if ok:
+        want = np.load(folder / "b.npy", allow_pickle=False)
+        assert got.dtype == want.dtype and got.shape == want.shape and not got.flags.writeable
+        assert np.array_equal(got, want) or (got.dtype.kind == "f" and np.array_equal(got, want, equal_nan=True))
+
+
+# ---------------------------------------------------------------------------------------
 # resource exhaustion: threads that cannot start
 # ---------------------------------------------------------------------------------------
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses RLIMIT_AS and /proc")
@@ -780,6 +823,16 @@ def test_kernels_survive_threads_that_cannot_start():
 # regressions found by the fuzzer (each once crashed or gave a wrong error type)
 # ---------------------------------------------------------------------------------------
 def test_regressions_found_by_fuzzing(tmp_path):
+    # a .npy header damaged into an unclosed bracket: numpy's parser raised
+    # tokenize.TokenError through map_npy, now a ValueError naming the file
+    from roiret._kernels import map_npy
+
+    np.save(tmp_path / "h.npy", np.arange(4))
+    blob = (tmp_path / "h.npy").read_bytes()
+    (tmp_path / "h.npy").write_bytes(blob.replace(b"}", b"(", 1))
+    with pytest.raises(ValueError, match=r"h\.npy: not a valid \.npy header \(TokenError"):
+        map_npy(tmp_path / "h.npy")
+    (tmp_path / "h.npy").unlink()  # the folder must end empty (below)
     a = np.arange(6, dtype=np.uint64).reshape(3, 2)
     # nbits beyond int64: was RuntimeError ("Unable to cast Python instance"), now ValueError
     with pytest.raises(ValueError, match="out of range"):

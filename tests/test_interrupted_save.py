@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -119,3 +120,92 @@ def test_killed_inverted_file_saves_leave_the_old_or_the_new_file(tmp_path):
     # the only thing a killed save can leave is its own temporary file, never a damaged target
     others = [p.name for p in tmp_path.iterdir() if p.name != "x.ivf"]
     assert all(name.startswith("x.ivf.tmp-") for name in others), others
+
+
+#: the steps of a save a kill is tried before: every rename, removal and new folder
+STEPS = ("replace", "rename", "unlink", "rmdir", "mkdir")
+
+
+def save_killed_at(step, save):
+    """Run ``save`` in a forked child that SIGKILLs itself just before its ``step``-th call
+    of one of :data:`STEPS` (1-based). True when it was killed, False when the save ended
+    before that step."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            calls = [0]
+
+            def before(fn):
+                def call(*args, **kwargs):
+                    calls[0] += 1
+                    if calls[0] == step:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    return fn(*args, **kwargs)
+
+                return call
+
+            for name in STEPS:
+                setattr(os, name, before(getattr(os, name)))
+            save()
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) or os.WEXITSTATUS(status) == 0, status
+    return os.WIFSIGNALED(status)
+
+
+def leftovers(folder):
+    """Files and folders that no manifest lists, at the top and inside the listed shards."""
+    top = json.loads((folder / "manifest.json").read_text())
+    shards = [e["name"] for e in top["shards"]]
+    out = {p.name for p in folder.iterdir()} - set(shards) - {"manifest.json"}
+    for name in shards:
+        listed = {f["name"] for f in json.loads((folder / name / "manifest.json").read_text())["files"].values()}
+        out |= {f"{name}/{n}" for n in {p.name for p in (folder / name).iterdir()} - listed - {"manifest.json"}}
+    return out
+
+
+def test_a_sharded_save_killed_at_every_step_leaves_the_old_or_the_new_index(tmp_path, tmp_path_factory):
+    """The issue's case: load a sharded folder, change it (a new shard, a changed one), save
+    it back — SIGKILLed before each rename, removal and mkdir of that save in turn. The
+    folder then loads as exactly the old or exactly the new index, and the next good save
+    leaves nothing unlisted behind."""
+    pristine = RI.sharded_index(tmp_path_factory.getbasetemp())
+    target = tmp_path / "index"
+    shutil.copytree(pristine, target)
+    old = RI.load(target)
+    new = RI.load(target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        new.add(RI.photos()[6:8])  # shard 2 is full (2 of 2): a new shard-00003
+    new.remove([1])  # and shard 0 changes
+    query = old.prepare_query(RI.photos()[4])
+
+    def state(r):
+        hits = r.rank(query, top=len(r))
+        return r.ids.tolist(), list(r.store.names), [(h.id, repr(h.score)) for h in hits.hits]  # NaN as 'nan'
+
+    states = {"old": state(old), "new": state(new)}
+    assert states["old"] != states["new"]
+    outcomes, step = [], 1
+    while True:
+        shutil.rmtree(target)
+        shutil.copytree(pristine, target)
+        killed = save_killed_at(step, lambda: new.save(target))
+        got = state(RI.load(target))  # verifies every checksum
+        assert got in states.values(), (step, got)
+        outcomes.append(("old" if got == states["old"] else "new", bool(leftovers(target))))
+        if not killed:
+            break
+        step += 1
+    assert outcomes[-1] == ("new", False) and outcomes[0][0] == "old"
+    # the switch happens once (at the top manifest's replace): old before it, new after
+    names = [name for name, _ in outcomes]
+    assert names == sorted(names, key=lambda s: s == "new"), outcomes
+    assert step > 20 and any(left for _, left in outcomes), outcomes  # kills inside the save
+    # a kill in the middle, then one good save: nothing unlisted stays
+    shutil.rmtree(target)
+    shutil.copytree(pristine, target)
+    assert save_killed_at(step // 2, lambda: new.save(target)) and leftovers(target)
+    new.save(target)
+    assert leftovers(target) == set() and state(RI.load(target)) == states["new"]

@@ -2,6 +2,9 @@
 // SIMD level this CPU supports, the inverted file and its file format. Built with
 // -DROIRET_BUILD_TESTS=ON; CI also runs it under AddressSanitizer + UBSan
 // (-DROIRET_SANITIZE=ON).
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -23,6 +26,7 @@
 #include "roicore/embedded_file.h"
 #include "roicore/hamming.h"
 #include "roicore/inverted_file.h"
+#include "roicore/mapped_file.h"
 #include "roicore/parallel.h"
 #include "roicore/roi_select.h"
 #include "roicore/spatial_verify.h"
@@ -822,6 +826,38 @@ void test_embedded_file(std::mt19937_64& rng) {
   }
 }
 
+// A mapped file: its bytes, read-only, with no descriptor left open — the mapping outlives
+// the file's name; empty files, directories, symbolic links and missing files.
+void test_mapped_file() {
+  const std::string path = "roicore_mapped.bin", link = "roicore_mapped.lnk";
+  const std::string text = "roiret mapped file";
+  {
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    std::fwrite(text.data(), 1, text.size(), f);
+    std::fclose(f);
+  }
+  const int probe = ::open("/dev/null", O_RDONLY);  // the lowest free descriptor, before
+  ::close(probe);
+  {
+    roicore::MappedFile m(path);
+    CHECK(m.size() == text.size() && std::memcmp(m.data(), text.data(), text.size()) == 0);
+    const int next = ::open("/dev/null", O_RDONLY);  // the same number: none was kept
+    CHECK(next == probe);
+    ::close(next);
+    std::remove(path.c_str());
+    CHECK(std::memcmp(m.data(), text.data(), text.size()) == 0);  // still mapped
+  }
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  std::fclose(f);
+  CHECK(roicore::MappedFile(path).size() == 0);
+  CHECK(::symlink(path.c_str(), link.c_str()) == 0);
+  CHECK(throws<roicore::IoError>([&] { roicore::MappedFile m(link); }));  // ELOOP
+  CHECK(throws<roicore::FormatError>([&] { roicore::MappedFile m("."); }));
+  CHECK(throws<roicore::IoError>([&] { roicore::MappedFile m("roicore_no_such_file"); }));
+  std::remove(link.c_str());
+  std::remove(path.c_str());
+}
+
 int main() {
   std::mt19937_64 rng(12345);
   for (const auto level : roicore::supported_simd_levels()) {
@@ -840,6 +876,7 @@ int main() {
   test_collection_stats(rng);
   test_embedded_file(rng);
   test_edge_cases(rng);
+  test_mapped_file();
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;
 }

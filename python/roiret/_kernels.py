@@ -20,6 +20,12 @@ Inverted files
 binary signature per (image, word) and scores with the selective match kernel (ASMK*). Both
 are native classes documented in their docstrings; searches release the GIL.
 
+Mapped files
+------------
+:func:`map_npy` maps a ``.npy`` file read-only without keeping a file descriptor open
+(:class:`roiret._core.MappedFile`): the saved arrays of an index cost a process no entry
+of its descriptor table, so it can hold thousands of shards under the default limit.
+
 SIMD
 ----
 Kernels exist for several instruction sets and the best one this CPU supports is chosen at
@@ -29,6 +35,8 @@ import (:func:`simd_level`). :func:`set_simd_level` or the environment variable
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import warnings
 from typing import Any, NamedTuple, Optional, Tuple
@@ -47,6 +55,7 @@ __all__ = [
     "get_num_threads",
     "hamming_knn",
     "hamming_matrix",
+    "map_npy",
     "pack_codes",
     "select_rois",
     "set_num_threads",
@@ -379,3 +388,41 @@ def spatial_verify(
         threads=_threads(threads),
     )
     return VerifyResult(*out)
+
+
+# ----------------------------------------------------------------------------------------
+# mapped files
+# ----------------------------------------------------------------------------------------
+def map_npy(path: "os.PathLike[str] | str") -> np.ndarray:
+    """The array of a ``.npy`` file, memory-mapped read-only like ``np.load(path,
+    mmap_mode="r")`` but holding no file descriptor (:class:`roiret._core.MappedFile`: the
+    file is mapped, then closed; the mapping lives as long as the array or a view of it).
+
+    Refused with ValueError: a file that is not a ``.npy`` of format version 1 or 2 (what
+    ``np.save`` writes), an object dtype (nothing is unpickled), data of another size
+    than the header's shape and dtype make. OSError when the file cannot be opened or
+    mapped (a symbolic link as the file itself is refused: ELOOP)."""
+    from numpy.lib import format as npy
+
+    mapped = _core.MappedFile(path)
+    head = io.BytesIO(memoryview(mapped)[: 1 << 16])  # the header (numpy reads <= 10 000 bytes of it)
+    try:
+        version = npy.read_magic(head)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f".npy format version {version} is not read here (1.0 and 2.0 are)")
+        read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, fortran, dtype = read(head)
+    except Exception as e:  # numpy's header parser also raises tokenize.TokenError, SyntaxError...
+        raise ValueError(f"{path}: not a valid .npy header ({type(e).__name__}: {e})") from None
+    if dtype.hasobject:
+        raise ValueError(f"{path}: holds Python objects ({dtype}); only plain arrays are loaded (no pickle)")
+    count = math.prod(shape)  # exact: a crafted shape must not wrap around to the file's size
+    offset = head.tell()
+    if len(mapped) - offset != count * dtype.itemsize:
+        raise ValueError(
+            f"{path}: {len(mapped) - offset} bytes of data, its header says {dtype} {shape} "
+            f"({count * dtype.itemsize} bytes)"
+        )
+    flat = np.frombuffer(memoryview(mapped), dtype=dtype, count=count, offset=offset)  # the view holds the mapping
+    out: np.ndarray = flat.reshape(shape, order="F" if fortran else "C")
+    return out

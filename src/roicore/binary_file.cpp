@@ -87,7 +87,8 @@ void write_file_atomically(const std::string& path, const FileFormat& format,
                            const std::function<void(FileWriter& out, unsigned char* header)>& body) {
   static std::atomic<unsigned> counter{0};
   const std::string tmp = path + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  // 0666 less the umask: the mode open() gives a new file (as every file of an index folder)
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
   if (fd < 0) throw IoError(errno, path, "cannot create '" + tmp + "': " + std::strerror(errno));
   bool done = false;
   try {

@@ -16,8 +16,8 @@ import numpy as np
 
 from ..io import PathLike
 from ..io.folder import IndexFolder, IndexWriter, Manifest, as_format_error
-from ..io.images import ImageSource
-from ..params import AsmkParams
+from ..io.images import ImageSource, image_list
+from ..params import AsmkParams, positive_int
 from .embedding import HammingEmbedding, embedding_for
 from .encode import bag_of_words, bags_to_csr
 from .features import Box, LocalFeatureExtractor, LocalFeatures
@@ -26,7 +26,7 @@ from .vocabulary import DEFAULT_QUERY_HNSW_THRESHOLD, Vocabulary
 if TYPE_CHECKING:  # pragma: no cover
     from .._core import EmbeddedInvertedFile, InvertedFile
 
-__all__ = ["BowHits", "BowIndex", "IdsLike", "as_ids"]
+__all__ = ["BowHits", "BowIndex", "IdsLike", "as_ids", "consecutive_ids"]
 
 #: image ids: a sequence or 1-D array of integers
 IdsLike = Union[Sequence[int], np.ndarray]
@@ -69,26 +69,55 @@ class BowHits(NamedTuple):
     scores: np.ndarray
 
 
-def as_ids(ids: IdsLike, n: int) -> np.ndarray:
-    """``ids`` as a contiguous int64 array of ``n`` distinct values (TypeError for a non-integer
-    dtype, ValueError for a wrong shape, count or repeats)."""
-    a = np.asarray(ids)
+_INT64 = np.iinfo(np.int64)
+
+
+def as_ids(ids: Union[Iterable[Any], np.ndarray], n: Optional[int] = None, *, distinct: bool = True) -> np.ndarray:
+    """``ids`` as a contiguous int64 array: integers (Python or NumPy, not bools) within the
+    int64 range, from a 1-D array or any iterable but a string — ``n`` of them when ``n`` is
+    given, all different unless ``distinct=False``. TypeError for anything else (a string,
+    floats, bools, a single number), ValueError for a value outside int64, a wrong shape,
+    count or repeats; nothing is cast or wrapped around."""
+    if isinstance(ids, np.ndarray):
+        a = ids
+    elif isinstance(ids, (str, bytes, bytearray)) or not isinstance(ids, Iterable):
+        hint = " (wrap one id in a list)" if isinstance(ids, (int, np.integer)) else ""
+        raise TypeError(f"ids: expected a sequence of integer ids, got {type(ids).__name__} {ids!r:.60}{hint}")
+    else:
+        a = _id_array(list(ids))
     if a.ndim != 1:
         raise ValueError(f"ids: expected a 1-D array of integers, got shape {a.shape}")
     if a.size and a.dtype.kind not in "iu":
         raise TypeError(f"ids: expected integers, got dtype {a.dtype}")
-    if a.shape[0] != n:
+    if a.dtype.kind == "u" and a.size and int(a.max()) > _INT64.max:
+        raise ValueError(f"ids: id {int(a.max())} is outside the int64 range [{_INT64.min}, {_INT64.max}]")
+    if n is not None and a.shape[0] != n:
         raise ValueError(f"ids: expected {n} ids (one per image), got {a.shape[0]}")
     a = a.astype(np.int64, copy=False)
-    if np.unique(a).size != a.size:
+    if distinct and np.unique(a).size != a.size:
         raise ValueError("ids: contain repeats; every image needs its own id")
     return np.ascontiguousarray(a)
 
 
-def _check_top(top: int) -> int:
-    if isinstance(top, bool) or int(top) != top or top < 1:
-        raise ValueError(f"top: expected a positive integer, got {top!r}")
-    return int(top)
+def consecutive_ids(start: int, n: int) -> np.ndarray:
+    """The ``n`` ids ``start, start + 1, ...`` (the default ids of new images); ValueError
+    when they would leave the int64 range."""
+    if n and int(start) + n - 1 > _INT64.max:
+        raise ValueError(
+            f"ids: the {n} ids after the largest one so far ({int(start) - 1}) leave the int64 range; pass ids="
+        )
+    return np.arange(int(start), int(start) + n, dtype=np.int64)
+
+
+def _id_array(ids: List[Any]) -> np.ndarray:
+    """Ids given one by one as an int64 array, each checked: an integer, not a bool, in
+    range (NumPy alone would take ``True`` as 1, keep ``1.5`` a float, ``2**63`` a uint64)."""
+    for v in ids:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"ids: expected integers, got {v!r} ({type(v).__name__})")
+        if not _INT64.min <= int(v) <= _INT64.max:
+            raise ValueError(f"ids: id {int(v)} is outside the int64 range [{_INT64.min}, {_INT64.max}]")
+    return np.array([int(v) for v in ids], dtype=np.int64)
 
 
 class BowIndex:
@@ -336,7 +365,7 @@ class BowIndex:
     # -- adding ---------------------------------------------------------------------------
     def _new_ids(self, ids: Optional[IdsLike], n: int) -> np.ndarray:
         if ids is None:
-            return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+            return consecutive_ids(self._next_id, n)
         return as_ids(ids, n)
 
     def add_bags(
@@ -390,7 +419,7 @@ class BowIndex:
         np.ndarray
             The ids, int64.
         """
-        imgs = list(images)
+        imgs = image_list(images)
         new = self._new_ids(ids, len(imgs))
         if int(batch_size) < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
@@ -413,8 +442,7 @@ class BowIndex:
 
     def remove(self, ids: IdsLike) -> None:
         """Remove images by id (see :meth:`roiret.InvertedFile.remove`)."""
-        a = np.ascontiguousarray(np.asarray(ids), dtype=np.int64).reshape(-1)
-        self.inverted_file.remove(a)
+        self.inverted_file.remove(as_ids(ids, distinct=False))
 
     def __len__(self) -> int:
         return len(self.inverted_file)
@@ -436,7 +464,7 @@ class BowIndex:
         """Top-N images for an encoded query (a bag: ``(words, counts)``, or ``(words,
         signatures)`` for an embedded index, whose ``weights`` per term default to the
         query's normalisation, :func:`query_weights`)."""
-        top = _check_top(top)
+        top = positive_int("top", top)
         if len(words) == 0:
             return BowHits(np.zeros(0, np.int64), np.zeros(0, np.float32))
         ids, scores = self._search(words, counts, top, weights, exact=False)
@@ -447,7 +475,7 @@ class BowIndex:
     ) -> Tuple[np.ndarray, np.ndarray]:
         """As :meth:`search_bag`, with the float64 scores the results are ordered by (what a
         merge of several shards' lists needs)."""
-        top = _check_top(top)
+        top = positive_int("top", top)
         if len(words) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float64)
         ids, exact = self._search(words, counts, top, weights, exact=True)
@@ -483,7 +511,7 @@ class BowIndex:
     def search_bags(self, bags: Sequence[Tuple[np.ndarray, np.ndarray]], top: int = 100) -> List[BowHits]:
         """Top-N images for many encoded queries at once (the native batch search, run on
         several threads). Returns one :class:`BowHits` per query, as :meth:`search_bag`."""
-        top = _check_top(top)
+        top = positive_int("top", top)
         bags = list(bags)
         if self.embedding is not None:  # one native search each (the batch search is TF-IDF's)
             return [self.search_bag(w, v, top) for w, v in bags]

@@ -18,7 +18,9 @@
    trained one and it holds exactly its planned images (ids, paths) less its listed
    failures; the others are built again.
 5. **Manifest**: ``OUT/manifest.json`` (format ``roiret-sharded-index``) lists every shard
-   with its size and manifest checksum, written atomically once all of them are complete.
+   with its size and manifest checksum, written atomically once all of them are complete;
+   shard folders it does not list (versions an earlier ``Retriever.save`` wrote, see
+   :mod:`roiret.search.sharded`) are removed after it.
 
 Workers write to ``OUT`` directly: on a cluster, ``OUT`` is a path every node sees (NFS,
 a cluster file system) — images likewise. Each task asks for ``num_cpus`` cores and, when

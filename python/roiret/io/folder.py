@@ -12,10 +12,20 @@ The guarantees, the same for every kind of index (:class:`~roiret.Retriever`,
 * **cleanup** — after the new manifest is in place, the previous save's files and what
   interrupted saves left behind (names of the data-file pattern, temporaries) are removed;
   on an error during save, the files written so far are removed and the old index stays.
+* **nested indexes** — a kind of index made of others (the shards of
+  :mod:`roiret.search.sharded`) writes each changed one into a fresh sub-folder
+  (:meth:`IndexWriter.subfolder`, ``<stem>-<12 hex>``), never into one the current
+  manifest lists, and lists the unchanged ones (:meth:`IndexWriter.keep`): its manifest,
+  replaced last, is the single commit point; sub-folders of its pattern that no manifest
+  lists (earlier versions, interrupted saves) are removed after the commit.
+* **one file mode** — every file of a save (manifest and data files) gets the permissions
+  ``open()`` gives a new file, 0o666 less the umask, whatever wrote it
+  (:func:`new_file_mode`): who can read one file of an index can read all of them.
 * **locking** — saves to one folder are serialised across threads and processes (an
   exclusive ``flock`` on the folder, released if the process dies).
-* **verified load** — kind, version, file names (no path components), sizes and SHA-256
-  are checked before any data file is parsed; every failure is an
+* **verified load** — kind, version, file names (no path components, no symbolic links:
+  nothing listed may lead outside the folder), sizes and SHA-256 are checked before any
+  data file is parsed; every failure is an
   :class:`~roiret.errors.IndexFormatError` naming the file (a missing folder is a
   ``FileNotFoundError``). :meth:`Manifest.parsing` maps what a parser raises on a damaged
   file to the same error.
@@ -27,6 +37,8 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +55,10 @@ __all__ = [
     "as_format_error",
     "atomic_write",
     "fsync_path",
+    "new_file_mode",
+    "own_entry",
     "remove_files",
+    "remove_folders",
     "sha256_file",
 ]
 
@@ -85,11 +100,11 @@ def fsync_path(path: PathLike, directory: bool = False) -> None:
 
 def atomic_write(path: PathLike, write: Callable[[Any], None]) -> None:
     """Call ``write(binary_file)`` on a temporary file next to ``path``, fsync it and rename it
-    over ``path``. On any error the temporary file is removed and ``path`` is untouched."""
-    import tempfile
-
+    over ``path``. On any error the temporary file is removed and ``path`` is untouched. The
+    file gets the permissions ``open()`` gives a new file (0o666 less the umask)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -101,12 +116,61 @@ def atomic_write(path: PathLike, write: Callable[[Any], None]) -> None:
         raise
 
 
+def new_file_mode() -> int:
+    """The permission bits ``open()`` gives a new file: 0o666 less the process's umask."""
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)  # no /proc: read it by setting it (briefly stricter, never looser)
+    os.umask(mask)
+    return mask
+
+
 def remove_files(folder: PathLike, names: Iterable[str]) -> None:
     """Delete ``folder/name`` for each name; names already gone are fine."""
     for name in names:
         try:
             os.unlink(Path(folder) / name)
         except FileNotFoundError:
+            pass
+
+
+def own_entry(folder: PathLike, name: str, what: str, *, directory: bool = False) -> os.stat_result:
+    """``lstat`` of ``folder/name``, a file (or, with ``directory``, a folder) of an index
+    folder: IndexFormatError naming it when it is a symbolic link (whatever it points to,
+    inside or outside) or not a regular file / a folder. An index folder holds its own
+    files: nothing it lists may lead elsewhere."""
+    path = Path(folder) / name
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise IndexFormatError(
+            f"{path}: {what} is a symbolic link (to {os.readlink(path)!r}); an index folder's files "
+            "and folders must be its own"
+        )
+    if not (stat.S_ISDIR if directory else stat.S_ISREG)(st.st_mode):
+        raise IndexFormatError(f"{path}: {what} is not a {'folder' if directory else 'regular file'}")
+    return st
+
+
+def remove_folders(folder: PathLike, names: Iterable[str]) -> None:
+    """Delete the sub-folders ``folder/name`` with their contents (a symbolic link: the link
+    alone); names already gone are fine."""
+    for name in names:
+        path = Path(folder) / name
+        try:
+            if path.is_symlink():
+                os.unlink(path)
+            else:
+                shutil.rmtree(path)
+        except FileNotFoundError:  # gone already (what is left of it goes on the next save)
             pass
 
 
@@ -198,19 +262,39 @@ class IndexWriter:
         self.tag = uuid.uuid4().hex[:12]
         self.files: Dict[str, str] = {}
         self.written: List[str] = []
+        self.mode = new_file_mode()
+        #: sub-folders the new manifest lists (kept or new), and the new ones
+        self.folders: List[str] = []
+        self.new_folders: List[str] = []
 
     def put(self, role: str, stem: str, ext: str, write: Callable[[Path], None]) -> Path:
         """Write the data file of ``role`` with ``write(path)`` under a fresh name
-        ``<stem>-<tag>.<ext>`` and fsync it (on disk before the manifest names it)."""
+        ``<stem>-<tag>.<ext>``, give it the mode of a new file (:func:`new_file_mode`) and
+        fsync it (on disk before the manifest names it)."""
         if not _STEM.match(stem) or ext not in ("npz", "bin", "npy"):
             raise ValueError(f"data file stem {stem!r} / extension {ext!r} outside the folder's name pattern")
         name = f"{stem}-{self.tag}.{ext}"
         self.written.append(name)
         path = self.folder / name
         write(path)
+        os.chmod(path, self.mode)  # one mode for every file, whatever the writer used
         fsync_path(path)
         self.files[role] = name
         return path
+
+    def subfolder(self, stem: str) -> Path:
+        """A new, empty sub-folder ``<stem>-<tag>`` for a nested index (a shard), listed by
+        this save; removed again if the save fails."""
+        name = f"{stem}-{self.tag}"
+        (self.folder / name).mkdir()
+        self.new_folders.append(name)
+        self.folders.append(name)
+        return self.folder / name
+
+    def keep(self, name: str) -> None:
+        """List the existing sub-folder ``name`` (a nested index this save leaves as it is):
+        the cleanup after the save keeps it."""
+        self.folders.append(name)
 
     def commit(self, fields: Dict[str, Any]) -> None:
         """Write the manifest (``fields`` + format, version and the files' sizes and
@@ -245,9 +329,20 @@ class IndexFolder:
     >>> m = folder.read(); voc = Vocabulary.load(m.paths["vocabulary"])         # doctest: +SKIP
     """
 
-    def __init__(self, path: PathLike, fmt: str, version: int, what: Optional[str] = None):
+    def __init__(
+        self,
+        path: PathLike,
+        fmt: str,
+        version: int,
+        what: Optional[str] = None,
+        *,
+        folders: Optional["re.Pattern[str]"] = None,
+    ):
         self.path, self.fmt, self.version = Path(path), fmt, int(version)
         self.what = what or fmt  # how messages name this kind of index
+        #: names of the sub-folders this kind of index owns (nested indexes: shards); after
+        #: a save, those its manifest does not list are removed
+        self.folders = folders
 
     def __repr__(self) -> str:
         return f"IndexFolder({str(self.path)!r}, {self.fmt!r}, version {self.version})"
@@ -257,9 +352,10 @@ class IndexFolder:
         return self.path / MANIFEST
 
     def save(self, write: Callable[[IndexWriter], Dict[str, Any]]) -> None:
-        """One atomic save: ``write(writer)`` puts the data files and returns the manifest's
-        fields; then the manifest is committed and stale files removed (module docstring).
-        The folder is created if needed and locked for the whole save."""
+        """One atomic save: ``write(writer)`` puts the data files (and sub-folders) and
+        returns the manifest's fields; then the manifest is committed and stale files (and
+        sub-folders) removed (module docstring). The folder is created if needed and locked
+        for the whole save."""
         self.path.mkdir(parents=True, exist_ok=True)
         with FolderLock(self.path):
             old = self._listed_files()
@@ -268,11 +364,13 @@ class IndexFolder:
                 w.commit(write(w))
             except BaseException:
                 remove_files(self.path, w.written)
+                remove_folders(self.path, w.new_folders)
                 raise
-            stale = set(old) | {
-                p.name for p in self.path.iterdir() if _DATA_NAME.match(p.name) or _MANIFEST_TMP.match(p.name)
-            }
+            entries = [p.name for p in self.path.iterdir()]
+            stale = set(old) | {n for n in entries if _DATA_NAME.match(n) or _MANIFEST_TMP.match(n)}
             remove_files(self.path, stale - set(w.written))
+            if self.folders is not None:
+                remove_folders(self.path, {n for n in entries if self.folders.match(n)} - set(w.folders))
 
     def _listed_files(self) -> List[str]:
         try:
@@ -287,8 +385,9 @@ class IndexFolder:
         mpath = self.manifest_path
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no such index folder")
-        if not mpath.is_file():
+        if not os.path.lexists(mpath):
             raise IndexFormatError(f"{self.path}: no {MANIFEST}; not a {self.what}")
+        own_entry(self.path, MANIFEST, "the manifest")
         try:
             m = json.loads(mpath.read_text("utf-8"))
         except (ValueError, UnicodeDecodeError, RecursionError) as e:
@@ -321,9 +420,9 @@ class IndexFolder:
         if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith(".") or not name:
             raise IndexFormatError(f"{mpath}: bad file name {name!r}")
         p = self.path / name
-        if not p.is_file():
+        if not os.path.lexists(p):
             raise IndexFormatError(f"{mpath}: {role} file {name!r} is missing")
-        size = p.stat().st_size
+        size = own_entry(self.path, name, f"the {role} file").st_size
         if size != spec["bytes"]:
             raise IndexFormatError(
                 f"{mpath}: {role} file {name!r} is truncated or altered ({size} bytes, expected {spec['bytes']})"

@@ -20,6 +20,7 @@ Arrays are taken as they are (``H×W`` gray, ``H×W×3`` RGB, ``H×W×4`` RGBA; 
 
 from __future__ import annotations
 
+import numbers
 import os
 import stat
 import struct
@@ -41,6 +42,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "PreparedImage",
     "error_reason",
+    "image_list",
     "iter_prepared",
     "load_image",
     "load_shrunk",
@@ -365,6 +367,7 @@ def load_image(
             raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
         limit = int(max_pixels)
     if isinstance(src, np.ndarray):
+        _check_array_pixels(src, limit)
         img = to_uint8_rgb(src)
         path = None
     else:
@@ -380,6 +383,17 @@ def load_image(
     if gray:
         img = np.ascontiguousarray(_cv2().cvtColor(img, _cv2().COLOR_RGB2GRAY))
     return img
+
+
+def _check_array_pixels(img: np.ndarray, limit: int) -> None:
+    """ImageError for an array of more than ``limit`` pixels (the limit of decoded files),
+    before any copy or conversion: a broadcast array can claim any size at no cost."""
+    if img.ndim >= 2 and img.shape[0] * img.shape[1] > limit:
+        h, w = img.shape[:2]
+        raise ImageError(
+            f"array of shape {img.shape} has {w}x{h} = {w * h:,} pixels, more than the limit of "
+            f"{limit:,} (pass max_pixels= or set ROIRET_MAX_PIXELS to allow it)"
+        )
 
 
 def _decode(data: bytes, path: Optional[Path], limit: int) -> np.ndarray:
@@ -414,6 +428,28 @@ def _decode(data: bytes, path: Optional[Path], limit: int) -> np.ndarray:
             path,
         )
     return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+
+
+def image_list(images: Any, what: str = "images") -> List[ImageSource]:
+    """``images`` as a list of image sources. TypeError for one image given alone (an
+    array, a path, bytes: iterating over it would give its rows or characters) and for
+    anything that is not a collection."""
+    if isinstance(images, np.ndarray):
+        raise TypeError(
+            f"{what}: expected a sequence of images, got one numpy array of shape {images.shape}; "
+            "wrap a single image in a list ([image]); pass a stack of images as list(stack)"
+        )
+    if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike)):
+        raise TypeError(
+            f"{what}: expected a sequence of images, got one {type(images).__name__}; "
+            "wrap a single image in a list ([image])"
+        )
+    try:
+        return list(images)
+    except TypeError:
+        raise TypeError(
+            f"{what}: expected a sequence of images (paths, bytes or arrays), got {type(images).__name__}"
+        ) from None
 
 
 class PreparedImage(NamedTuple):
@@ -483,20 +519,34 @@ def iter_prepared(
 
 def _plain(box: Any) -> str:
     """A box as plain numbers for messages (``(400, 10.5, 500, 20)``, not ``np.float64(400.0)``)."""
+
+    def one(v: Any) -> str:
+        try:
+            return f"{float(v):g}"
+        except OverflowError:  # an integer beyond the float range
+            return f"{str(v)[:6]}...({len(str(v))} digits)"
+
     try:
-        return "(" + ", ".join(f"{float(v):g}" for v in box) + ")"
+        return "(" + ", ".join(one(v) for v in box) + ")"
     except (TypeError, ValueError):
-        return repr(box)
+        return repr(box)[:200]
 
 
 def check_box(box: Any, name: str = "box") -> Box:
-    """``box`` as four floats ``(x1, y1, x2, y2)``: TypeError unless it is four numbers,
-    ValueError unless they are finite with x2 > x1 and y2 > y1. (Whether it overlaps a
-    given image is :func:`check_query_box`'s business.)"""
+    """``box`` as four floats ``(x1, y1, x2, y2)``: TypeError unless it is four real numbers
+    (not strings or bools), ValueError unless they are finite (an integer too large for a
+    float is not) with x2 > x1 and y2 > y1. (Whether it overlaps a given image is
+    :func:`check_query_box`'s business.)"""
     try:
-        x1, y1, x2, y2 = (float(v) for v in box)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected four numbers (x1, y1, x2, y2), got {_plain(box)}") from None
+        values = list(box)
+    except TypeError:
+        values = []
+    if len(values) != 4 or any(isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) for v in values):
+        raise TypeError(f"{name}: expected four numbers (x1, y1, x2, y2), got {_plain(box)}")
+    try:
+        x1, y1, x2, y2 = (float(v) for v in values)
+    except OverflowError:  # an integer beyond the float range
+        raise ValueError(f"{name}: coordinates must be finite, got {_plain(box)}") from None
     if not all(np.isfinite([x1, y1, x2, y2])):
         raise ValueError(f"{name}: coordinates must be finite, got {_plain(box)}")
     if not (x2 > x1 and y2 > y1):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 
 from ..bow import BowIndex, bags_to_csr
-from ..bow.index import as_ids
+from ..bow.index import as_ids, consecutive_ids
 from ..errors import IndexFormatError
 from .geometry import FeatureGeometry, GeometryStore
 from .store import RoIStore
@@ -204,8 +204,7 @@ class TwoStageIndex:
         """``ids`` checked (n distinct integers, none indexed yet), or the next ``n``
         consecutive ids after the largest so far."""
         if ids is None:
-            start = int(self.store.ids.max()) + 1 if len(self.store) else 0
-            return np.arange(start, start + n, dtype=np.int64)
+            return consecutive_ids(int(self.store.ids.max()) + 1 if len(self.store.ids) else 0, n)
         a = as_ids(ids, n)
         clash = [int(i) for i in a if int(i) in self.store]
         if clash:
@@ -241,7 +240,7 @@ class TwoStageIndex:
     def remove(self, ids: Iterable[int]) -> int:
         """Remove images by id, all or nothing (KeyError naming an unknown id). Returns the
         number removed."""
-        ids = np.unique(np.asarray(list(ids), np.int64))
+        ids = np.unique(as_ids(ids, distinct=False))
         rows = self.store.indices_of(ids)  # validates before anything changes
         self.bow.remove(ids)
         if self.geometry is not None:

@@ -12,7 +12,8 @@ embedding of an ASMK first stage), ``whitening`` (``.npz``, when learned),
 :class:`RoIStore` array, memory-mapped on load) and ``geometry.<array>`` (``.npy``, one per
 :class:`~roiret.search.geometry.GeometryStore` array, memory-mapped; absent from indexes
 saved before roiret kept it, which then load without spatial verification). No pickle
-anywhere.
+anywhere. A loaded index holds no open file descriptor: the arrays are mapped by
+:func:`roiret._kernels.map_npy`, which closes each file once it is mapped.
 """
 
 from __future__ import annotations
@@ -116,13 +117,19 @@ def _fields(m: Manifest) -> Tuple[RetrieverConfig, int, Dict[str, Any], Optional
     return config, nbits, lf_config, fingerprint
 
 
+def _read_npy(path: Path, mmap: bool) -> np.ndarray:
+    """A saved array, read — or memory-mapped holding no file descriptor (a loaded index
+    keeps none open: a process can hold thousands of shards)."""
+    from .._kernels import map_npy
+
+    return map_npy(path) if mmap else np.load(path, allow_pickle=False)
+
+
 def _store(m: Manifest, words: int, mmap: bool) -> RoIStore:
     state = {}
     for key in RoIStore.FILES:
         with m.parsing(f"rois.{key}", "not a valid .npy array"):
-            state[key] = np.load(
-                m.paths[f"rois.{key}"], mmap_mode="r" if mmap and key != "names" else None, allow_pickle=False
-            )
+            state[key] = _read_npy(m.paths[f"rois.{key}"], mmap and key != "names")
     with as_format_error(m.folder, "inconsistent RoI arrays"):
         store = RoIStore.from_state(words, state, where=str(m.folder))
     images, rois = m.fields.get("images", len(store)), m.fields.get("rois", store.num_rois)
@@ -144,7 +151,7 @@ def _geometry(m: Manifest, images: int, mmap: bool) -> Optional[GeometryStore]:
     state = {}
     for key in GeometryStore.FILES:
         with m.parsing(f"geometry.{key}", "not a valid .npy array"):
-            state[key] = np.load(m.paths[f"geometry.{key}"], mmap_mode="r" if mmap else None, allow_pickle=False)
+            state[key] = _read_npy(m.paths[f"geometry.{key}"], mmap)
     with as_format_error(m.folder, "inconsistent feature geometry"):
         geometry = GeometryStore.from_state(state, images, where=str(m.folder))
     listed = m.fields.get("features", geometry.num_features)

@@ -40,8 +40,8 @@ import numpy as np
 
 from ..errors import NotTrainedError
 from ..io import PathLike
-from ..io.images import ImageSource, SkippedImageWarning, error_reason, iter_prepared, source_name
-from ..params import Fusion, RerankParams
+from ..io.images import ImageSource, SkippedImageWarning, error_reason, image_list, iter_prepared, source_name
+from ..params import Fusion, RerankParams, positive_int
 from . import persist, sharded
 from .config import RetrieverConfig
 from .encoding import BatchItem, encode_batches, encode_query
@@ -259,9 +259,12 @@ class Retriever:
         names: Optional[Sequence[str]] = None,
         on_error: str = "raise",
     ) -> np.ndarray:
-        """Index images (paths, bytes or arrays) in batches, with a progress bar.
+        """Index images (a list of paths, bytes or arrays; one image alone is refused with
+        a TypeError — wrap it in a list) in batches, with a progress bar.
 
-        ``ids``: new unique int64 ids (default: consecutive after the largest so far).
+        ``ids``: new unique integers in the int64 range (default: consecutive after the
+        largest so far; floats, bools, strings and values outside int64 are refused, never
+        cast).
         ``names``: labels shown in results (default: the path, or ``image-<id>``).
         ``on_error``: ``"raise"`` stops at the first unreadable image (raising
         :class:`~roiret.errors.ImageError` naming it — or ``FileNotFoundError`` /
@@ -276,7 +279,7 @@ class Retriever:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         index = self.index
-        images = list(images)
+        images = image_list(images)
         if names is not None and len(names) != len(images):
             raise ValueError(f"names: {len(names)} given for {len(images)} images")
         with self._change_lock:  # ids are chosen from the current contents
@@ -334,8 +337,9 @@ class Retriever:
             yield batch
 
     def remove(self, ids: Iterable[int]) -> int:
-        """Remove images by id (all or nothing: an unknown id raises KeyError). Returns the
-        number removed."""
+        """Remove images by id (integers in the int64 range; any other value is a TypeError /
+        ValueError) — all or nothing: an unknown id raises KeyError. Returns the number
+        removed."""
         index = self.index
         with self._change_lock, self._rw.write():
             return index.remove(ids)
@@ -376,7 +380,9 @@ class Retriever:
     ) -> SearchResult:
         """Rank the database for a query image, or for ``box = (x1, y1, x2, y2)`` (pixels of
         the query image) inside it. ``top``: hits returned (default N); the other
-        arguments override the configuration for this call."""
+        arguments override the configuration for this call. Every argument is checked
+        before the query is read (a box of four finite numbers, ``top`` a positive
+        integer: ValueError / TypeError otherwise)."""
         params = self._rerank_params(mode, N, n, k, fusion)
         q = self.prepare_query(image, box, with_rois=params.mode != "bow")
         return self.rank(
@@ -410,9 +416,7 @@ class Retriever:
         params = self._rerank_params(mode, N, n, k, fusion)
         changes = {"R": R, "min_inliers": min_inliers, "qe": qe}
         verify = self.config.verify.replace(**{key: v for key, v in changes.items() if v is not None})
-        top = params.N if top is None else int(top)
-        if top < 1:
-            raise ValueError(f"top must be >= 1, got {top}")
+        top = params.N if top is None else positive_int("top", top)
         index = self.index
         with self._rw.read():
             return rank(query, index, self.nbits, params, K=self.config.K, top=top, verify=verify, threads=self.threads)
@@ -447,8 +451,10 @@ class Retriever:
         Atomic: the manifest is replaced last; a crash (or SIGKILL) at any moment leaves
         the previous index intact, and the next save removes what the interrupted one
         left. Saves to one folder are serialised (an exclusive ``flock`` on the folder,
-        across threads and processes). A sharded index saves its changed shards, then the
-        top-level manifest (:func:`roiret.search.sharded.save_sharded`)."""
+        across threads and processes). A sharded index saves its changed shards as new
+        shard folders, then replaces the top-level manifest, then removes the shard folders
+        it no longer lists — atomic the same way
+        (:func:`roiret.search.sharded.save_sharded`)."""
         index = self.index
         assert self._coder is not None
         state: Dict[str, Any] = dict(

@@ -16,18 +16,40 @@ and :meth:`ShardedIndex.add` make). Nothing is concatenated into one array:
   the candidate list (fusion, adaptive weight, expansion) is computed by
   :func:`roiret.search.ranking.rank` on the merged, global list.
 
-Folder layout (format ``roiret-sharded-index``, version 1, on
-:class:`roiret.io.folder.IndexFolder`): ``OUT/manifest.json`` lists the shards — name
-(``shard-00000``, ...), images, RoIs and the SHA-256 of the shard's own ``manifest.json`` —
-and is written last and atomically; ``OUT/shard-NNNNN/`` is an ordinary retriever folder
-(:mod:`roiret.search.persist`). Damage in the top manifest, a listed shard's manifest or any
-of its files is an :class:`~roiret.errors.IndexFormatError` naming the file.
+Folder layout (format ``roiret-sharded-index``, version 2, on
+:class:`roiret.io.folder.IndexFolder`): ``OUT/manifest.json`` lists the shards — folder
+name, images, RoIs and the SHA-256 of the shard's own ``manifest.json`` — and the total
+``images``; each shard folder is an ordinary retriever folder
+(:mod:`roiret.search.persist`), named ``shard-NNNNN`` (built by
+:func:`roiret.distributed.index`, or saved by roiret before version 2, which still loads)
+or ``shard-NNNNN-<12 hex>`` (a version written by a save).
+
+Saving is atomic: the top manifest is the single commit point. A save writes every shard
+changed since load (all of them into another folder) as a new version under a fresh name,
+never into a folder the current manifest lists; then replaces the top manifest (atomic,
+fsync'ed, under the folder's lock); then removes the shard folders it does not list
+(earlier versions, what killed saves left). A kill at any moment leaves the old or the new
+index loadable (tests/test_interrupted_save.py kills a save before each of its renames,
+removals and new folders).
+
+Loading checks, before any shard's data is read: at most :data:`MAX_SHARDS` entries, no
+shard listed twice, names of the two forms, the entries' images adding up to the total,
+every listed shard a real folder inside ``OUT`` (a symbolic link is refused, as are
+linked files in any index folder: :func:`roiret.io.folder.own_entry`) whose manifest
+matches its checksum, images and RoIs. Damage in the top manifest, a listed shard's
+manifest or any of its files is an :class:`~roiret.errors.IndexFormatError` naming the
+file. A loaded shard holds no open file descriptor (its arrays are mapped by
+:func:`roiret._kernels.map_npy`): one process loads thousands of shards under the default
+limit of 1 024 open files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +59,10 @@ import numpy as np
 
 from .. import __version__
 from ..bow import BowIndex
-from ..bow.index import BowHits, query_weights
+from ..bow.index import BowHits, as_ids, consecutive_ids, query_weights
 from ..errors import IndexFormatError, UnknownIdError
 from ..io import PathLike
-from ..io.folder import MANIFEST, IndexFolder, IndexWriter, Manifest, as_format_error, sha256_file
+from ..io.folder import MANIFEST, IndexFolder, IndexWriter, Manifest, as_format_error, own_entry, sha256_file
 from . import persist
 from .geometry import FeatureGeometry, GeometryStore
 from .index import IndexedImage, RowsLike, TwoStageIndex
@@ -55,6 +77,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "DEFAULT_SHARD_SIZE",
     "FORMAT",
+    "MAX_SHARDS",
     "VERSION",
     "Shard",
     "ShardEntry",
@@ -71,9 +94,14 @@ __all__ = [
 ]
 
 FORMAT = "roiret-sharded-index"
-VERSION = 1
+#: 2: shard folders may be versions (``shard-NNNNN-<12 hex>``); version 1 folders load too
+VERSION = 2
 _WHAT = "roiret sharded index"
-_SHARD_NAME = re.compile(r"^shard-\d{5,}$")
+#: shard folders: ``shard-NNNNN`` (built by roiret.distributed, or by roiret before format
+#: version 2) or ``shard-NNNNN-<12 hex>`` (a version written by a save)
+_SHARD_NAME = re.compile(r"^shard-\d{5,}(-[0-9a-f]{12})?$")
+#: the most shards a top manifest may list (a search process maps ~13 files per shard)
+MAX_SHARDS = 100_000
 #: images per shard before :meth:`ShardedIndex.add` starts a new one (unless the folder says)
 DEFAULT_SHARD_SIZE = 100_000
 
@@ -242,9 +270,10 @@ class ShardedIndex:
         self.shard_size = int(shard_size)
         #: shards changed since load or the last save (only these are written again)
         self.dirty = set(range(len(self.shards)))
-        #: the folder this index was loaded from or last saved to
+        #: the folder this index was loaded from or last saved to, and each shard's entry
+        #: there (None: not in it)
         self.folder: Optional[Path] = None
-        self._saved: set = set()  # shards present in that folder
+        self.entries: List[Optional[ShardEntry]] = [None] * len(self.shards)
         self._pool: Optional[ThreadPoolExecutor] = None
         if encoder is None:
             first = self.shards[0]
@@ -443,11 +472,8 @@ class ShardedIndex:
             raise IndexFormatError(f"{where}: an image id appears in two shards")
 
     def new_ids(self, ids: Optional[Sequence[int]], n: int) -> np.ndarray:
-        from ..bow.index import as_ids
-
         if ids is None:
-            start = int(self._ids.max()) + 1 if len(self._ids) else 0
-            return np.arange(start, start + n, dtype=np.int64)
+            return consecutive_ids(int(self._ids.max()) + 1 if len(self._ids) else 0, n)
         a = as_ids(ids, n)
         clash = [int(i) for i in a if self.contains(int(i))]
         if clash:
@@ -468,6 +494,7 @@ class ShardedIndex:
             while images:
                 if len(self.shards[-1]) >= self.shard_size:
                     self.shards.append(self._new_shard())
+                    self.entries.append(None)
                 part, images = (
                     images[: self.shard_size - len(self.shards[-1])],
                     images[self.shard_size - len(self.shards[-1]) :],
@@ -483,15 +510,16 @@ class ShardedIndex:
         return out
 
     def _settle(self) -> None:
-        while len(self.shards) > 1 and not len(self.shards[-1]) and len(self.shards) - 1 not in self._saved:
+        while len(self.shards) > 1 and not len(self.shards[-1]) and self.entries[-1] is None:
             self.dirty.discard(len(self.shards) - 1)
             self.shards.pop()  # a new shard that received nothing
+            self.entries.pop()
         self.refresh()
 
     def remove(self, ids: Iterable[int]) -> int:
         """Remove images by id from the shards holding them (all or nothing: unknown ids are
         refused before anything changes)."""
-        ids = np.unique(np.asarray(list(ids), np.int64))
+        ids = np.unique(as_ids(ids, distinct=False))
         rows = self.rows_of(ids)
         removed = 0
         try:
@@ -539,43 +567,87 @@ def shard_entry(folder: PathLike, name: str, *, verify: bool = True) -> ShardEnt
     return ShardEntry(name, images, rois, sha256_file(m.path))
 
 
+def _index_folder(folder: PathLike) -> IndexFolder:
+    """The top folder: its manifest, and the shard folders it owns (removed after a save
+    when the new manifest does not list them)."""
+    return IndexFolder(folder, FORMAT, VERSION, _WHAT, folders=_SHARD_NAME)
+
+
+def _manifest_fields(entries: Sequence[ShardEntry], shard_size: int, extra: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    return {
+        **(extra or {}),
+        "roiret_version": __version__,
+        "shards": [e.to_dict() for e in entries],
+        "images": sum(e.images for e in entries),
+        "shard_size": int(shard_size),
+    }
+
+
 def write_sharded_manifest(
     folder: PathLike, entries: Sequence[ShardEntry], *, shard_size: int, extra: Optional[Dict[str, Any]] = None
 ) -> None:
-    """Write the top-level manifest (atomic, locked; the last step of building or saving)."""
+    """Write the top-level manifest over the complete shard folders ``entries`` name
+    (atomic, locked; the last step of building); shard folders it does not list are
+    removed after it is in place."""
 
     def write(w: IndexWriter) -> Dict[str, Any]:
-        return {
-            **(extra or {}),
-            "roiret_version": __version__,
-            "shards": [e.to_dict() for e in entries],
-            "images": sum(e.images for e in entries),
-            "shard_size": int(shard_size),
-        }
+        for e in entries:
+            w.keep(e.name)
+        return _manifest_fields(entries, shard_size, extra)
 
-    IndexFolder(folder, FORMAT, VERSION, _WHAT).save(write)
+    _index_folder(folder).save(write)
 
 
 def read_sharded_manifest(folder: PathLike) -> Tuple[Manifest, List[ShardEntry]]:
-    """The checked top-level manifest and its shard entries; every listed shard's
-    ``manifest.json`` must exist and match its SHA-256 (IndexFormatError naming it)."""
-    m = IndexFolder(folder, FORMAT, VERSION, _WHAT).read(verify=True)
-    entries: List[ShardEntry] = []
+    """The checked top-level manifest and its shard entries (module docstring: at most
+    :data:`MAX_SHARDS`, no name twice, counts that add up, real folders inside ``folder``),
+    each listed shard's ``manifest.json`` matching its SHA-256 and its counts — all before
+    any shard's data is read (IndexFormatError naming the file)."""
+    m = _index_folder(folder).read(verify=True)
     with as_format_error(m.path, "incomplete or invalid manifest"):
-        for e in m.fields["shards"]:
-            entries.append(ShardEntry(str(e["name"]), int(e["images"]), int(e["rois"]), str(e["manifest_sha256"])))
-        int(m.fields["shard_size"])
+        listed, total, shard_size = m.fields["shards"], int(m.fields["images"]), int(m.fields["shard_size"])
+        if not isinstance(listed, list) or shard_size < 1:
+            raise ValueError("shards must be a list and shard_size >= 1")
+        if len(listed) > MAX_SHARDS:
+            raise ValueError(f"lists {len(listed)} shards, more than the {MAX_SHARDS} a sharded index may have")
+        entries = [ShardEntry(str(e["name"]), int(e["images"]), int(e["rois"]), str(e["manifest_sha256"]))
+                   for e in listed]  # fmt: skip
     if not entries:
         raise m.invalid("lists no shards")
+    bad = [e.name for e in entries if not _SHARD_NAME.match(e.name) or min(e.images, e.rois) < 0]
+    if bad:
+        raise m.invalid(f"bad shard name or negative counts: {bad[0]!r}")
+    twice = [(n, k) for n, k in Counter(e.name for e in entries).items() if k > 1]
+    if twice:
+        raise m.invalid(f"lists shard {twice[0][0]} {twice[0][1]} times")
+    if total != sum(e.images for e in entries):
+        raise m.invalid(
+            f"lists {total} images in all, its {len(entries)} shard entries add up to "
+            f"{sum(e.images for e in entries)} (an entry removed or altered)"
+        )
     for e in entries:
-        if not _SHARD_NAME.match(e.name):
-            raise m.invalid(f"bad shard name {e.name!r}")
-        path = m.folder / e.name / MANIFEST
-        if not path.is_file():
-            raise IndexFormatError(f"{path}: missing (shard {e.name} listed in {m.path})")
-        if sha256_file(path) != e.manifest_sha256:
-            raise IndexFormatError(f"{path}: does not match the checksum {m.path} lists for it (damaged or replaced)")
+        _check_shard(m, e)
     return m, entries
+
+
+def _check_shard(m: Manifest, e: ShardEntry) -> None:
+    """The shard folder ``e.name`` of the top manifest ``m``: a real folder inside it (no
+    symbolic link), with a manifest matching the listed SHA-256, images and RoIs."""
+    if not os.path.lexists(m.folder / e.name / MANIFEST):
+        raise IndexFormatError(f"{m.folder / e.name / MANIFEST}: missing (shard {e.name} listed in {m.path})")
+    own_entry(m.folder, e.name, f"shard folder {e.name}", directory=True)
+    own_entry(m.folder / e.name, MANIFEST, "the manifest")
+    path = m.folder / e.name / MANIFEST
+    raw = path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != e.manifest_sha256:
+        raise IndexFormatError(f"{path}: does not match the checksum {m.path} lists for it (damaged or replaced)")
+    with as_format_error(path, "incomplete or invalid manifest"):
+        fields = json.loads(raw.decode("utf-8"))
+        held = (int(fields["images"]), int(fields["rois"]))
+    if held != (e.images, e.rois):
+        raise IndexFormatError(
+            f"{m.path}: lists {e.images} images / {e.rois} RoIs for {e.name}, it holds {held[0]} / {held[1]}"
+        )
 
 
 def load_sharded(folder: PathLike, *, verify: bool = True, mmap: bool = True) -> persist.SavedIndex:
@@ -590,19 +662,13 @@ def load_sharded(folder: PathLike, *, verify: bool = True, mmap: bool = True) ->
     loaded = [first] + [
         persist.load_index(m.folder / e.name, verify=verify, mmap=mmap, shared_vocabulary=shared) for e in entries[1:]
     ]
-    for e, s in zip(entries, loaded):
-        if len(s.index) != e.images or s.index.store.num_rois != e.rois:
-            raise IndexFormatError(
-                f"{m.path}: lists {e.images} images / {e.rois} RoIs for {e.name}, it holds "
-                f"{len(s.index)} / {s.index.store.num_rois}"
-            )
     shards: List[Shard] = []
     for s in loaded:
         assert isinstance(s.index, TwoStageIndex)  # an index folder holds one index
         shards.append(s.index)
     index = ShardedIndex(shards, shard_size=int(m.fields["shard_size"]))
     index.check_consistent(str(m.folder))
-    index.dirty, index.folder, index._saved = set(), Path(folder).resolve(), set(range(len(index.shards)))
+    index.dirty, index.folder, index.entries = set(), Path(folder).resolve(), list(entries)
     return persist.SavedIndex(first.config, index, first.nbits, first.fingerprint, first.whitening,
                               first.code_state, m)  # fmt: skip
 
@@ -636,31 +702,43 @@ def save_sharded(
     whitening: Any,
     code_state: Dict[str, np.ndarray],
 ) -> None:
-    """Save a sharded index: the shards changed since it was loaded from (or last saved to)
-    ``folder`` — every shard when it is another folder — each as an ordinary index folder,
-    then the top manifest, last."""
+    """Save a sharded index, atomically (module docstring): each shard changed since it was
+    loaded from (or last saved to) ``folder`` — every shard when it is another folder — as
+    a new version, an ordinary index folder under a fresh name; then the top manifest,
+    last, naming the versions; then the shard folders it does not list are removed."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     if not all(isinstance(s, TwoStageIndex) for s in index.shards):  # before anything is written
         raise TypeError("a sharded index served from elsewhere is saved where it is held")
-    same = index.folder is not None and index.folder == folder.resolve()
-    for i, shard in enumerate(index.shards):
-        if same and i not in index.dirty and (folder / shard_name(i) / MANIFEST).is_file():
-            continue
-        assert isinstance(shard, TwoStageIndex)
-        persist.save_index(
-            folder / shard_name(i),
-            config=config,
-            index=shard,
-            nbits=nbits,
-            fingerprint=fingerprint,
-            whitening=whitening,
-            code_state=code_state,
-        )
-    # the shards were verified when loaded or have just been written: their manifests suffice
-    entries = [shard_entry(folder, shard_name(i), verify=False) for i in range(len(index.shards))]
-    write_sharded_manifest(folder, entries, shard_size=index.shard_size)
-    index.dirty, index.folder, index._saved = set(), folder.resolve(), set(range(len(index.shards)))
+    same = index.folder is not None and folder.exists() and index.folder == folder.resolve()
+    entries: List[ShardEntry] = []
+
+    def write(w: IndexWriter) -> Dict[str, Any]:
+        for i, shard in enumerate(index.shards):
+            old = index.entries[i] if same and i not in index.dirty else None
+            if old is not None and _unchanged_on_disk(folder, old):
+                w.keep(old.name)
+                entries.append(old)
+                continue
+            assert isinstance(shard, TwoStageIndex)
+            sub = w.subfolder(shard_name(i))
+            persist.save_index(sub, config=config, index=shard, nbits=nbits, fingerprint=fingerprint,
+                               whitening=whitening, code_state=code_state)  # fmt: skip
+            entries.append(shard_entry(folder, sub.name, verify=False))  # just written
+        return _manifest_fields(entries, index.shard_size, None)
+
+    _index_folder(folder).save(write)
+    index.dirty, index.folder, index.entries = set(), folder.resolve(), list(entries)
+
+
+def _unchanged_on_disk(folder: Path, e: ShardEntry) -> bool:
+    """Whether the shard folder of ``e`` still holds what ``e`` lists (its manifest's
+    SHA-256): another process's save may have replaced or removed it since."""
+    path = folder / e.name / MANIFEST
+    try:
+        own_entry(folder, e.name, "shard folder", directory=True)
+        return sha256_file(path) == e.manifest_sha256
+    except (OSError, IndexFormatError):
+        return False
 
 
 def default_shard_size(total: int, shards: int) -> int:

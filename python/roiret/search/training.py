@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..io.images import ImageSource, SkippedImageWarning, error_reason, iter_prepared, source_name
+from ..io.images import ImageSource, SkippedImageWarning, error_reason, image_list, iter_prepared, source_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..bow import LocalFeatureExtractor, LocalFeatures, Vocabulary
@@ -19,7 +19,7 @@ __all__ = ["training_features"]
 
 
 def _sample(images: Sequence[ImageSource], max_images: Optional[int], seed: int) -> List[ImageSource]:
-    images = list(images)
+    images = image_list(images)
     if not images:
         raise ValueError("train: no images")
     if max_images is not None and len(images) > max_images:
