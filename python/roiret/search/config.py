@@ -77,9 +77,10 @@ class RetrieverConfig:
 
     Spatial verification and query expansion (:class:`~roiret.params.VerifyParams`, beyond
     the paper): ``R`` first-stage candidates verified geometrically with their local
-    features (0: off), ``min_inliers`` to count as verified (verified hits rank first, by
-    inliers), ``qe`` verified results averaged into an expanded query searched again (0:
-    off).
+    features (0: off), ``min_inliers`` to count as verified (the least: more are needed when
+    query and image share many visual words, :func:`roiret.search.verify.required_inliers`;
+    verified hits rank first, by inliers), ``qe`` verified results averaged into an expanded
+    query searched again (0: off).
 
     Images: ``max_side`` (500, the paper's) for both stages. ``seed``: every seeded choice
     (k-means sample and initialisation, code projection, training sample).

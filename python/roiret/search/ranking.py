@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple, Union
 
 import numpy as np
 
@@ -85,9 +85,9 @@ def _box(b: np.ndarray) -> Box:
 
 
 def _verified(checks: Dict[int, Verification], min_inliers: int) -> List[int]:
-    """The rows with at least ``min_inliers`` inliers, most inliers first (ties: the order
+    """The verified rows (:meth:`Verification.verified`), most inliers first (ties: the order
     they were verified in, i.e. BoW order)."""
-    rows = [r for r, c in checks.items() if c.inliers >= min_inliers]
+    rows = [r for r, c in checks.items() if c.verified(min_inliers)]
     return sorted(rows, key=lambda r: -checks[r].inliers)
 
 
@@ -161,10 +161,10 @@ def _inlier_pair(q_boxes: np.ndarray, db_boxes: np.ndarray, check: Verification)
     return _box(q_boxes[i]), _box(db_boxes[j])
 
 
-def _final_order(rr: RerankResult, rows: np.ndarray, checks: Dict[int, Verification], min_inliers: int) -> np.ndarray:
-    """Verified candidates first (by inliers, then re-ranked order), then the others."""
-    inliers = np.array([checks[int(r)].inliers if int(r) in checks else 0 for r in rows[rr.order]], np.int64)
-    key = np.where(inliers >= min_inliers, inliers, 0)
+def _final_order(rr: RerankResult, rows: np.ndarray, checks: Dict[int, Verification], verified: Set[int]) -> np.ndarray:
+    """Verified candidates (rows in ``verified``) first, by inliers, then re-ranked order;
+    then the others."""
+    key = np.array([checks[int(r)].inliers if int(r) in verified else 0 for r in rows[rr.order]], np.int64)
     return np.asarray(rr.order[np.lexsort((np.arange(len(key)), -key))])
 
 
@@ -178,7 +178,7 @@ def _hits(
     checks: Dict[int, Verification],
     order: np.ndarray,
     mode: str,
-    min_inliers: int,
+    verified: Set[int],
 ) -> List[Hit]:
     """The hits at candidate positions ``order``; what they show (names, the boxes of the
     RoI pairs) is read from the collection in one call each (a sharded index: one per shard)."""
@@ -186,7 +186,7 @@ def _hits(
     reranked = [mode != "bow" and bool(np.isfinite(rr.roi_score[p])) for p in order]
     paired = [i for i, p in enumerate(order) if reranked[i] and mode != "global" and rr.best_db[p] >= 0]
     db_boxes = dict(zip(paired, index.roi_boxes_at(np.asarray([rr.best_db[order[i]] for i in paired], np.int64))))
-    inlier_rows = [top_rows[i] for i in paired if top_rows[i] in checks and checks[top_rows[i]].inliers >= min_inliers]
+    inlier_rows = [top_rows[i] for i in paired if top_rows[i] in verified]
     roi_boxes = dict(zip(inlier_rows, index.roi_boxes_of(inlier_rows)))
     hits = []
     for position, (p, row, name) in enumerate(zip(order, top_rows, index.names_of(top_rows))):
@@ -195,7 +195,7 @@ def _hits(
         pair = None
         if position in db_boxes:
             pair = _box(q_boxes[rr.best_query[p]]), _box(db_boxes[position])
-            if check is not None and inliers >= min_inliers:
+            if check is not None and row in verified:
                 pair = _inlier_pair(q_boxes, roi_boxes[row], check) or pair
         hits.append(
             Hit(
@@ -209,7 +209,7 @@ def _hits(
                 db_box=pair[1] if pair else None,
                 reranked=reranked[position],
                 inliers=inliers,
-                verified=inliers >= min_inliers,
+                verified=row in verified,
             )
         )
     return hits
@@ -246,8 +246,8 @@ def rank(
     expanded = _expand_codes(query, index, verified, nbits) if v.qe and params.mode != "bow" else query
     rr = _rerank(expanded, index, nbits, rows, bow_scores, params, K, threads)
     t2 = time.perf_counter()
-    order = _final_order(rr, rows, checks, v.min_inliers)[:top]
-    hits = _hits(q_boxes, index, ids, rows, bow_scores, rr, checks, order, params.mode, v.min_inliers)
+    order = _final_order(rr, rows, checks, set(verified))[:top]
+    hits = _hits(q_boxes, index, ids, rows, bow_scores, rr, checks, order, params.mode, set(verified))
     timings = {**query.timings, **timings, "rerank": t2 - t1}
     timings["total"] = sum(timings.values())
     return SearchResult(hits, q_boxes, rr.query_mask, params.mode, timings, rr.bow_weight)
