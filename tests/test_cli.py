@@ -114,12 +114,18 @@ def test_search_json_and_table(index, folder, capsys):
         )
         == 0
     )
-    out = json.loads(capsys.readouterr().out)
+    text = capsys.readouterr().out
+    out = json.loads(text)
     assert len(out["hits"]) == 4 and [h["rank"] for h in out["hits"]] == [1, 2, 3, 4]  # as the table prints
     assert {"id", "name", "score", "bow_score", "query_box", "db_box"} <= set(out["hits"][0])
+    # the hits come first, the query's RoIs last (a reader of the JSON looks for the hits)
+    assert list(out)[0] == "hits" and list(out)[-1] == "query_boxes" and out["first_stage"] == "asmk"
+    assert text.index('"hits"') < text.index('"query_boxes"')
+    scores = [h["score"] for h in out["hits"]]
+    assert scores == sorted(scores, reverse=True)
     assert main(["search", str(index), str(q), "--top", "3", "--weights", WEIGHTS]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:6] == ["rank", "id", "inliers", "score", "roi", "bow"] and len(table) == 4
+    assert table[0].split()[:6] == ["rank", "id", "inliers", "score", "roi", "asmk"] and len(table) == 4
     assert [row.split()[0] for row in table[1:]] == ["1", "2", "3"]  # ranks as in JSON
     # verification and expansion switched off for one search: nothing is verified
     assert main(["search", str(index), str(q), "--json", "-R", "0", "--qe", "0", "--weights", WEIGHTS]) == 0

@@ -441,3 +441,40 @@ def test_unrelated_photos_are_not_verified_and_true_copies_are(photo_features, v
         check = verify_rows(geometry(f), store, np.array([row]))[row]
         assert check.verified(5), (name, i, check.inliers, check.correspondences)
 
+
+def test_score_never_increases_with_rank(photo_index):
+    """A property over queries (views of every photo, an unrelated photo, a box) and every
+    way of ranking: ``score`` is non-increasing in ``rank``, and its range says how the hit
+    was placed (Hit's docstring)."""
+    from roiret.params import CONFIGURED
+
+    r, ids, photos = photo_index
+    queries = [r.prepare_query(_view(p, angle=a)) for p in photos for a in (15, -40)]
+    queries += [r.prepare_query(data.brick()), r.prepare_query(photos[0], (40, 30, 300, 250))]
+    ways = [dict(mode=m) for m in ("fast", "exhaustive", "global", "bow")]
+    ways += [dict(fusion=f) for f in (0.0, 0.5, 1.0, CONFIGURED)] + [dict(R=0, qe=0), dict(qe=0), dict(N=3, n=2)]
+    seen = set()
+    for q in queries:
+        for way in ways:
+            res = r.rank(q, top=len(r), **way)
+            assert [h.rank for h in res.hits] == list(range(1, len(r) + 1))
+            scores = [h.score for h in res.hits]
+            assert all(a >= b for a, b in zip(scores, scores[1:])), (way, scores)
+            for h in res.hits:
+                assert 0.0 <= h.bow_score <= 1.0  # ASMK similarity / TF-IDF cosine
+                if h.verified:
+                    tier = "verified"
+                    assert h.score == h.inliers >= r.config.min_inliers
+                elif h.reranked or res.mode == "bow":
+                    tier = "reranked"
+                    assert 0.0 <= h.score <= 1.0
+                    if res.mode == "bow":
+                        assert h.score == h.bow_score
+                    elif res.bow_weight == 0.0 and way.get("fusion") == 0.0:
+                        assert h.score == pytest.approx(h.roi_score, abs=1e-6)  # the RoI similarity
+                else:
+                    tier = "first"
+                    assert h.score == h.bow_score - 1.0
+                seen.add(tier)
+            assert res.first_stage == r.config.first_stage
+    assert seen == {"verified", "reranked", "first"}  # every range was exercised

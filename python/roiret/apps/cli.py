@@ -448,19 +448,20 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
         return 0
-    print(f"{'rank':>4}  {'id':>8}  {'inliers':>7}  {'score':>7}  {'roi':>7}  {'bow':>7}  {'db box':<26} name")
+    stage = res.first_stage
+    print(f"{'rank':>4}  {'id':>8}  {'inliers':>7}  {'score':>7}  {'roi':>7}  {stage:>7}  {'db box':<26} name")
     for h in res.hits:
         box = "" if h.db_box is None else ",".join(f"{v:.0f}" for v in h.db_box)
-        score = "-" if h.score != h.score else f"{h.score:.4f}"
         roi = "-" if h.roi_score != h.roi_score else f"{h.roi_score:.4f}"
         inliers = f"{h.inliers}{'*' if h.verified else ''}"
-        print(f"{h.rank:>4}  {h.id:>8}  {inliers:>7}  {score:>7}  {roi:>7}  {h.bow_score:7.4f}  {box:<26} {h.name}")
+        print(f"{h.rank:>4}  {h.id:>8}  {inliers:>7}  {h.score:7.4f}  {roi:>7}  {h.bow_score:7.4f}  {box:<26} {h.name}")
     t = res.timings
     features_ms = 1000 * (t["bow_features"] + t["cnn"])
     print(
         f"\n{len(r)} images searched in {1000 * t['total']:.0f} ms (features {features_ms:.0f} ms, "
         f"BoW {1000 * t['bow_search']:.1f} ms, verification {1000 * t.get('verify', 0.0):.1f} ms, "
-        f"re-ranking {1000 * t['rerank']:.1f} ms; * verified)",
+        f"re-ranking {1000 * t['rerank']:.1f} ms; * verified: score = inliers; others: re-ranking score in "
+        f"[0, 1], or {res.first_stage} - 1 in first-stage order)",
         file=sys.stderr,
     )
     return 0
@@ -632,7 +633,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  first stage: {c['vocab_size']} words ({m['local_features']['kind']}), {stage}")
     print(
         f"  re-ranking: N={c['N']}, n={c['n']}, k={c['k']}, mode={c['mode']}, "
-        f"fusion={'none' if c.get('fusion') is None else c['fusion']}"
+        f"fusion={'none' if c.get('fusion') in (None, 0, 0.0) else c['fusion']}"
     )
     print(
         f"  codes: {'PCA-whitened, ' if c.get('whitening') else ''}"

@@ -21,14 +21,16 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
+
+from ..params import CONFIGURED
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..io import PathLike
     from ..io.images import Box
-    from ..params import Fusion
+    from ..params import Configured, Fusion
     from ..search.results import SearchResult
     from ..search.retriever import Retriever
 
@@ -191,7 +193,7 @@ def _query_section(
     qname: str,
     photo: np.ndarray,
     box: Box,
-    modes: Dict[str, Tuple[str, str, Fusion]],
+    modes: Dict[str, Tuple[str, str, Union[Fusion, Configured]]],
     aps: Dict[str, List[float]],
     lat: List[float],
     out: str,
@@ -268,8 +270,8 @@ def run_demo(
     )
     r, ids, t_index = _build(col, K, seed, device, progress, weights, print_fn, **config)
     # (label, mode, fusion): the paper's re-ranking uses the RoI score alone (fusion 0)
-    modes: Dict[str, Tuple[str, str, Fusion]] = {
-        "bow": ("BoW only (first stage)", "bow", None),
+    modes: Dict[str, Tuple[str, str, Union[Fusion, Configured]]] = {
+        "bow": ("BoW only (first stage)", "bow", 0.0),
         "global": ("global baseline: whole-image codes re-rank the top N", "global", 0.0),
         "paper": ("RoI re-ranking, fast (the paper)", "fast", 0.0),
         "exhaustive": ("RoI re-ranking, exhaustive", "exhaustive", 0.0),
@@ -277,7 +279,7 @@ def run_demo(
             f"roiret default: spatial verification (R={r.config.R}) + query expansion (qe={r.config.qe}) "
             f"+ fast RoI re-ranking with {r.config.fusion} BoW fusion",
             "fast",
-            None,
+            CONFIGURED,
         ),
     }
     aps: Dict[str, List[float]] = {m: [] for m in modes}

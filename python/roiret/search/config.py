@@ -71,9 +71,9 @@ class RetrieverConfig:
     Re-ranking (:class:`~roiret.params.RerankParams`): ``N`` BoW candidates re-ranked,
     ``n`` of them matched exhaustively, ``k`` query RoIs kept for the others, ``mode``
     (``"fast"``, ``"exhaustive"``, ``"global"`` — the whole-image baseline —, ``"bow"``),
-    ``fusion`` (how the BoW score enters the final score of the top N: ``"adaptive"``, a
-    query-adaptive weight; a fixed weight in [0, 1]; ``None`` or 0: the RoI score alone,
-    the paper — see :mod:`roiret.search.rerank`).
+    ``fusion`` (how the first-stage score enters the re-ranking score of the top N:
+    ``"adaptive"``, a query-adaptive weight; a fixed weight in [0, 1]; 0, ``"none"`` or
+    ``None``: the RoI score alone, the paper — stored as 0.0; see :mod:`roiret.search.rerank`).
 
     Spatial verification and query expansion (:class:`~roiret.params.VerifyParams`, beyond
     the paper): ``R`` first-stage candidates verified geometrically with their local
@@ -221,7 +221,7 @@ class RetrieverConfig:
             "code_bits": None,
             "first_stage": "tfidf",
         }
-        return cls(**{**paper, "fusion": None, "R": 0, "qe": 0, **overrides})
+        return cls(**{**paper, "fusion": 0.0, "R": 0, "qe": 0, **overrides})
 
     def replace(self, **changes: Any) -> "RetrieverConfig":
         """A copy with ``changes`` applied (unknown keys: ValueError; validated again)."""

@@ -9,6 +9,7 @@ others in re-ranked order — as :class:`~roiret.search.results.Hit` objects."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple, Union
 
@@ -168,6 +169,22 @@ def _final_order(rr: RerankResult, rows: np.ndarray, checks: Dict[int, Verificat
     return np.asarray(rr.order[np.lexsort((np.arange(len(key)), -key))])
 
 
+def _score(tier: str, inliers: int, rerank_score: float, bow_score: float, standardised: bool, mode: str) -> float:
+    """A hit's ``score`` (:class:`~roiret.search.results.Hit`): its inliers when verified; in
+    [0, 1] when the re-ranking ordered it (the RoI similarity, or the fused standardised score
+    through the logistic function; mode ``"bow"``: the first-stage score); in [−1, 0] (the
+    first-stage score − 1) when it only follows the re-ranked hits in first-stage order."""
+    if tier == "verified":
+        return float(inliers)
+    if tier == "first":
+        return min(max(bow_score, 0.0), 1.0) - 1.0
+    if mode == "bow":
+        return min(max(bow_score, 0.0), 1.0)
+    if standardised:
+        return 0.5 * (1.0 + math.tanh(rerank_score / 2))  # the logistic function, without overflow
+    return min(max(rerank_score, 0.0), 1.0)
+
+
 def _hits(
     q_boxes: np.ndarray,
     index: Collection,
@@ -197,12 +214,13 @@ def _hits(
             pair = _box(q_boxes[rr.best_query[p]]), _box(db_boxes[position])
             if check is not None and row in verified:
                 pair = _inlier_pair(q_boxes, roi_boxes[row], check) or pair
+        tier = "verified" if row in verified else "reranked" if reranked[position] or mode == "bow" else "first"
         hits.append(
             Hit(
                 rank=position + 1,
                 id=int(ids[p]),
                 name=name,
-                score=float(rr.score[p]),
+                score=_score(tier, inliers, float(rr.score[p]), float(bow_scores[p]), rr.standardised, mode),
                 bow_score=float(bow_scores[p]),
                 roi_score=float(rr.roi_score[p]),
                 query_box=pair[0] if pair else None,
@@ -234,15 +252,16 @@ def rank(
         raise ValueError(f"mode {params.mode!r} needs the query's RoIs: prepare_query(..., with_rois=True)")
     v = verify if verify is not None else VerifyParams(R=0, qe=0)
     q_boxes = query.boxes[:K]
+    stage = "asmk" if index.embedded else "tfidf"
     depth = min(len(index), max(top, params.N, v.R))
     if depth == 0:
-        return SearchResult([], q_boxes, np.ones(len(q_boxes), bool), params.mode, dict(query.timings))
+        return SearchResult([], q_boxes, np.ones(len(q_boxes), bool), params.mode, dict(query.timings), 0.0, stage)
     ids, bow_scores, checks, timings = _verify_and_expand(query, index, v, depth, threads)
     t1 = time.perf_counter()
     rows = index.rows_of(ids)
     verified = _verified(checks, v.min_inliers)
     if params.fusion == "adaptive" and verified:
-        params = params.replace(fusion=VERIFIED_BOW_WEIGHTS["asmk" if index.embedded else "tfidf"])
+        params = params.replace(fusion=VERIFIED_BOW_WEIGHTS[stage])
     expanded = _expand_codes(query, index, verified, nbits) if v.qe and params.mode != "bow" else query
     rr = _rerank(expanded, index, nbits, rows, bow_scores, params, K, threads)
     t2 = time.perf_counter()
@@ -250,4 +269,4 @@ def rank(
     hits = _hits(q_boxes, index, ids, rows, bow_scores, rr, checks, order, params.mode, set(verified))
     timings = {**query.timings, **timings, "rerank": t2 - t1}
     timings["total"] = sum(timings.values())
-    return SearchResult(hits, q_boxes, rr.query_mask, params.mode, timings, rr.bow_weight)
+    return SearchResult(hits, q_boxes, rr.query_mask, params.mode, timings, rr.bow_weight, stage)

@@ -14,7 +14,7 @@ Given the query's RoI codes and the BoW top-N candidates (image rows of a
 The top N are re-ordered by that score (stable: equal scores keep BoW order; candidates
 without RoIs go last); the others keep their BoW order.
 
-``fusion`` (beyond the paper; ``None`` or 0 = the RoI score alone) ranks the top N by
+``fusion`` (beyond the paper; 0, ``"none"`` or ``None`` = the RoI score alone) ranks the top N by
 ``(1 − w) · z(roi_score) + w · z(bow_score)``, where ``z`` standardises a score over the N
 candidates (mean 0, standard deviation 1; a constant score gives 0). Standardising makes
 the mix independent of the two scores' scales, which differ by an order of magnitude and
@@ -72,6 +72,9 @@ class RerankResult:
     best_db: np.ndarray
     query_mask: np.ndarray
     bow_weight: float = 0.0  # the fusion weight w used (0: the RoI score alone)
+    #: ``score`` is the fused standardised score (any real number) rather than the RoI
+    #: similarity (in [0, 1]): fusion was on
+    standardised: bool = False
 
 
 def _stats(r: np.ndarray, b: np.ndarray, ok: np.ndarray, depth: int) -> Tuple[np.ndarray, np.ndarray, float]:
@@ -190,7 +193,7 @@ def rerank_with(
 
     s = roi_score[:top].astype(np.float64)
     f = 0.0
-    if fusion is not None and fusion != 0.0:
+    if fusion != 0.0:
         if bow_scores is None or len(bow_scores) < top:
             raise ValueError("fusion needs the BoW score of every re-ranked candidate (bow_scores)")
         b = np.asarray(bow_scores, np.float64)[:top]
@@ -204,4 +207,4 @@ def rerank_with(
     score[:top] = s
     head_order = np.argsort(-np.where(np.isfinite(s), s, -np.inf), kind="stable")
     order = np.concatenate([head_order, np.arange(top, m)]).astype(np.int64)
-    return RerankResult(order, score, roi_score, bq, bd, mask, float(f))
+    return RerankResult(order, score, roi_score, bq, bd, mask, float(f), fusion != 0.0)
