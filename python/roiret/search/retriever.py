@@ -264,7 +264,9 @@ class Retriever:
         """Index images (paths, bytes or arrays) in batches, with a progress bar.
 
         ``ids``: new unique int64 ids (default: consecutive after the largest so far).
-        ``names``: labels shown in results (default: the path, or ``image-<id>``).
+        ``names``: labels shown in results (default: the absolute path — what ``roiret show``
+        reads the image from, whatever the current folder — or ``image-<id>`` for bytes and
+        arrays).
         ``on_error``: ``"raise"`` stops at the first unreadable image (raising
         :class:`~roiret.errors.ImageError` naming it — or ``FileNotFoundError`` /
         ``PermissionError``, or ``TypeError`` / ``ValueError`` for an unusable array; the
