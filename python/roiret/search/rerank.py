@@ -61,7 +61,9 @@ ADAPTIVE_DEPTH = 4
 class RerankResult:
     """``order``: positions into the candidate list, best first (length = candidates).
     ``score``: the re-ranking score of each candidate (same order as the candidates; NaN
-    beyond N). ``best_query`` / ``best_db``: the best RoI pair (query row, store row) of
+    beyond N, -inf for a candidate without a RoI pair). ``roi_score``: the best RoI-pair
+    similarity (NaN beyond N and without a RoI pair: no RoIs in the query or the image).
+    ``best_query`` / ``best_db``: the best RoI pair (query row, store row) of
     each candidate (-1 when none). ``query_mask``: the query RoIs used for the N − n
     candidates (fast mode), else all."""
 
@@ -187,7 +189,8 @@ def rerank_with(
         parts = [head, tail]
     else:
         parts = [match(None, candidates[:top])]
-    roi_score[:top] = np.concatenate([p.score for p in parts])
+    matched = np.concatenate([p.score for p in parts])
+    roi_score[:top] = np.where(np.isfinite(matched), matched, np.nan)  # -inf: no RoI pair (no RoIs on a side)
     bq[:top] = np.concatenate([p.best_query for p in parts])
     bd[:top] = np.concatenate([p.best_db for p in parts])
 
@@ -203,7 +206,7 @@ def rerank_with(
         # (1 - f) z(roi) + f z(bow); a constant score (sd 0) contributes 0
         cr = (1 - f) / sd[0] if sd[0] > 0 else 0.0
         cb = f / sd[1] if sd[1] > 0 else 0.0
-        s = np.where(ok, cr * (s - mean[0]) + cb * (b - mean[1]), -np.inf)
+        s = np.where(ok, cr * (np.where(ok, s, 0.0) - mean[0]) + cb * (np.where(ok, b, 0.0) - mean[1]), -np.inf)
     score[:top] = s
     head_order = np.argsort(-np.where(np.isfinite(s), s, -np.inf), kind="stable")
     order = np.concatenate([head_order, np.arange(top, m)]).astype(np.int64)
