@@ -39,6 +39,7 @@ __all__ = [
     "encode_jpeg",
     "encode_png",
     "hits_table",
+    "locate_image",
     "render_strip",
     "result_strip",
     "write_html",
@@ -137,6 +138,19 @@ def result_strip(
         label = f"{h.rank}  {h.inliers} inliers" if h.verified else f"{h.rank}  {s:.2f}"
         tiles.append(_thumb(img, height, border, label))
     return render_strip(tiles)
+
+
+def locate_image(name: str, index_folder: PathLike) -> Optional[str]:
+    """The file an indexed image's ``name`` refers to, or None: an absolute path as it is
+    (indexes since roiret stores paths so); a relative one — written by an older roiret, as
+    it was typed then — in the current folder, else beside the index folder."""
+    p = Path(name)
+    if p.is_absolute():
+        return name if p.is_file() else None
+    for base in (Path.cwd(), Path(index_folder).resolve().parent):
+        if (base / p).is_file():
+            return str(base / p)
+    return None
 
 
 def encode_png(img: np.ndarray) -> bytes:
