@@ -417,9 +417,10 @@ class VerifyParams(_Group):
     ``R``: the first-stage candidates whose local features are verified geometrically (0:
     no verification); a candidate with at least ``min_inliers`` inliers — more when it has
     many tentative correspondences (:func:`roiret.search.verify.required_inliers`) — is
-    *verified* and ranks above every unverified one, by its inliers. ``qe``: the best verified results
-    averaged with the query into an expanded query that is searched again (0: no query
-    expansion). Defaults measured on Oxford5k-dev and the demo collection (docs/RESULTS.md).
+    *verified* and ranks above every unverified one, by its inliers. ``qe``: the best
+    verified results averaged with the query into an expanded query that is searched again
+    (0: no query expansion). Defaults measured on Oxford5k-dev and the demo collection
+    (docs/RESULTS.md).
     """
 
     R: int = DEFAULT_R

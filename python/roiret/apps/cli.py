@@ -296,13 +296,7 @@ def _add_index_parser(sub: Any, d: RetrieverConfig) -> None:
     p.add_argument(
         "--train-max", type=int, default=5000, help="images sampled (seeded) to learn vocabulary and whitening"
     )
-    p.add_argument("--batch-size", type=int, default=16, help="images per batch")
-    p.add_argument(
-        "--on-error",
-        choices=["skip", "raise"],
-        default="skip",
-        help="unreadable images: skip them (and report them at the end) or stop",
-    )
+    _add_batching(p, "nothing is written")
     g = p.add_argument_group("distributed indexing (docs/SCALING.md)")
     g.add_argument(
         "--engine",
@@ -365,17 +359,23 @@ def _add_query_parsers(sub: Any) -> None:
     _add_common(p)
 
 
-def _add_change_parsers(sub: Any) -> None:
-    p = _parser(sub, "add", "add images to an index (saved atomically)")
-    p.add_argument("index", help="index folder")
-    p.add_argument("sources", nargs="+", metavar="IMAGES", help="image files, folders (recursive) or list files")
+def _add_batching(p: argparse.ArgumentParser, on_stop: str) -> None:
+    """--batch-size and --on-error of the commands that add images (``on_stop``: what
+    ``--on-error raise`` leaves)."""
     p.add_argument("--batch-size", type=int, default=16, help="images per batch")
     p.add_argument(
         "--on-error",
         choices=["skip", "raise"],
         default="skip",
-        help="unreadable images: skip them (and report them at the end) or stop (nothing is saved)",
+        help=f"unreadable images: skip them (and report them at the end) or stop ({on_stop})",
     )
+
+
+def _add_change_parsers(sub: Any) -> None:
+    p = _parser(sub, "add", "add images to an index (saved atomically)")
+    p.add_argument("index", help="index folder")
+    p.add_argument("sources", nargs="+", metavar="IMAGES", help="image files, folders (recursive) or list files")
+    _add_batching(p, "the index stays as it was")
     _add_weights(p)
     _add_common(p)
     p = _parser(sub, "remove", "remove images from an index (saved atomically)")
@@ -714,7 +714,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         f"roiret: {os.path.basename(args.image)}",
         [
             {"title": f"before re-ranking (first stage: {stage})", "images": [("", before, hits_table(first, top))]},
-            {"title": f"after re-ranking ({res.mode})", "images": [("", after, hits_table(res, args.top))]},
+            {"title": f"after re-ranking ({res.mode})", "images": [("", after, hits_table(res, top))]},
         ],
         legend=legend,
     )

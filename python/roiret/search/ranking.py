@@ -169,17 +169,17 @@ def _final_order(rr: RerankResult, rows: np.ndarray, checks: Dict[int, Verificat
     return np.asarray(rr.order[np.lexsort((np.arange(len(key)), -key))])
 
 
-def _score(tier: str, inliers: int, rerank_score: float, bow_score: float, standardised: bool, mode: str) -> float:
-    """A hit's ``score`` (:class:`~roiret.search.results.Hit`): its inliers when verified; in
-    [0, 1] when the re-ranking ordered it (the RoI similarity, or the fused standardised score
-    through the logistic function; mode ``"bow"``: the first-stage score); in [−1, 0] (the
-    first-stage score − 1) when it only follows the re-ranked hits in first-stage order."""
-    if tier == "verified":
+def _score(placed: str, inliers: int, rerank_score: float, bow_score: float, standardised: bool) -> float:
+    """A hit's ``score`` (:class:`~roiret.search.results.Hit`), by how it was ``placed``:
+    ``"verified"``: its inliers; ``"reranked"``: in [0, 1], the RoI similarity or the fused
+    standardised score through the logistic function; ``"bow"`` (mode ``"bow"``, where the
+    first stage is the ranking): the first-stage score, in [0, 1]; ``"after"`` (following
+    the re-ranked hits in first-stage order): the first-stage score − 1, in [−1, 0]."""
+    if placed == "verified":
         return float(inliers)
-    if tier == "first":
-        return min(max(bow_score, 0.0), 1.0) - 1.0
-    if mode == "bow":
-        return min(max(bow_score, 0.0), 1.0)
+    first = min(max(bow_score, 0.0), 1.0)
+    if placed != "reranked":
+        return first - (placed == "after")
     if standardised:
         return 0.5 * (1.0 + math.tanh(rerank_score / 2))  # the logistic function, without overflow
     return min(max(rerank_score, 0.0), 1.0)
@@ -204,6 +204,7 @@ def _hits(
     paired = [i for i, p in enumerate(order) if reranked[i] and mode != "global" and rr.best_db[p] >= 0]
     db_boxes = dict(zip(paired, index.roi_boxes_at(np.asarray([rr.best_db[order[i]] for i in paired], np.int64))))
     inlier_rows = [top_rows[i] for i in paired if top_rows[i] in verified]
+    unranked = "bow" if mode == "bow" else "after"  # how a hit the RoIs did not score was placed
     roi_boxes = dict(zip(inlier_rows, index.roi_boxes_of(inlier_rows)))
     hits = []
     for position, (p, row, name) in enumerate(zip(order, top_rows, index.names_of(top_rows))):
@@ -214,13 +215,13 @@ def _hits(
             pair = _box(q_boxes[rr.best_query[p]]), _box(db_boxes[position])
             if check is not None and row in verified:
                 pair = _inlier_pair(q_boxes, roi_boxes[row], check) or pair
-        tier = "verified" if row in verified else "reranked" if reranked[position] or mode == "bow" else "first"
+        placed = "verified" if row in verified else "reranked" if reranked[position] else unranked
         hits.append(
             Hit(
                 rank=position + 1,
                 id=int(ids[p]),
                 name=name,
-                score=_score(tier, inliers, float(rr.score[p]), float(bow_scores[p]), rr.standardised, mode),
+                score=_score(placed, inliers, float(rr.score[p]), float(bow_scores[p]), rr.standardised),
                 bow_score=float(bow_scores[p]),
                 roi_score=float(rr.roi_score[p]),
                 query_box=pair[0] if pair else None,

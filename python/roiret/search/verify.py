@@ -105,8 +105,12 @@ def required_inliers(correspondences: "np.ndarray | int", min_inliers: int) -> n
     docstring): with ``min_inliers=5``, 5 up to M = 196, 6 to 344, 7 to 529, 8 to 749, 9 up
     to :data:`MAX_CORRESPONDENCES` (1 000)."""
     m = np.clip(np.asarray(correspondences, np.int64), 0, MAX_CORRESPONDENCES)
-    table = _chance_thresholds(MAX_CORRESPONDENCES, CHANCE_AGREEMENT, FALSE_ALARMS)
-    return np.asarray(np.maximum(table[m], int(min_inliers)), np.int64)
+    return np.asarray(np.maximum(_thresholds()[m], int(min_inliers)), np.int64)
+
+
+def _thresholds() -> np.ndarray:
+    """The chance thresholds for the module's constants (computed once per setting)."""
+    return _chance_thresholds(MAX_CORRESPONDENCES, CHANCE_AGREEMENT, FALSE_ALARMS)
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,8 @@ class Verification:
 
     def verified(self, min_inliers: int) -> bool:
         """Whether the inliers are evidence of a match: at least :func:`required_inliers`."""
-        return self.inliers >= int(required_inliers(self.correspondences, min_inliers))
+        m = min(max(self.correspondences, 0), MAX_CORRESPONDENCES)
+        return self.inliers >= max(int(_thresholds()[m]), int(min_inliers))
 
 
 def verify_rows(
