@@ -5,6 +5,7 @@ time, images/s, size on disk)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -59,14 +60,12 @@ def folder_bytes(folder: Path) -> int:
 
 
 def holds_index(folder: Path) -> bool:
-    """Whether ``folder`` holds a saved index (a manifest of roiret's kinds)."""
-    import json
-
+    """Whether ``folder`` holds a saved index (a manifest of one of roiret's formats)."""
     try:
         m = json.loads((folder / MANIFEST).read_text("utf-8"))
     except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return False
-    return isinstance(m, dict) and str(m.get("format", "")).startswith("roiret-")
+    return isinstance(m, dict) and str(m.get("format", "")).startswith("roiret")
 
 
 def check_output(out: Path, *, force: bool, engine: str = "local") -> bool:

@@ -141,9 +141,9 @@ def result_strip(
 
 
 def locate_image(name: str, index_folder: PathLike) -> Optional[str]:
-    """The file an indexed image's ``name`` refers to, or None: an absolute path as it is
-    (indexes since roiret stores paths so); a relative one — written by an older roiret, as
-    it was typed then — in the current folder, else beside the index folder."""
+    """The file an indexed image's ``name`` refers to, or None: an absolute path (what
+    :meth:`Retriever.add <roiret.Retriever.add>` stores) as it is; a relative one — stored by
+    an older roiret as it was typed — in the current folder, else beside the index folder."""
     p = Path(name)
     if p.is_absolute():
         return name if p.is_file() else None
