@@ -145,7 +145,7 @@ def _use_ransac(method_name: str):
                 pairs += [(i, j) for i in a for j in b]
             nan = np.full(4, np.nan, np.float32)
             if len(pairs) < 3:
-                out[int(r)] = Verification(0, np.full((2, 3), np.nan), nan, nan)
+                out[int(r)] = Verification(0, np.full((2, 3), np.nan), nan, nan, len(pairs))
                 continue
             p = np.array(pairs)
             src, dst = query.xy[p[:, 0]].astype(np.float32), f.xy[p[:, 1]].astype(np.float32)
@@ -153,11 +153,11 @@ def _use_ransac(method_name: str):
             A, mask = estimate(src, dst, method=method, ransacReprojThreshold=thr)
             m = np.zeros(len(p), bool) if mask is None else mask.ravel().astype(bool)
             if A is None or not m.any():
-                out[int(r)] = Verification(0, np.full((2, 3), np.nan), nan, nan)
+                out[int(r)] = Verification(0, np.full((2, 3), np.nan), nan, nan, len(p))
                 continue
             qb = np.r_[src[m].min(0), src[m].max(0)].astype(np.float32)
             db = np.r_[dst[m].min(0), dst[m].max(0)].astype(np.float32)
-            out[int(r)] = Verification(len(np.unique(p[m, 0])), A, qb, db)
+            out[int(r)] = Verification(len(np.unique(p[m, 0])), A, qb, db, len(p))
         return out
 
     ranking.verify_rows = verify_rows

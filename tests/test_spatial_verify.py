@@ -119,7 +119,9 @@ def assert_same(got, ref):
     assert isinstance(got, VerifyResult)
     assert got.inliers.dtype == np.int32 and got.affine.dtype == np.float64
     assert got.query_boxes.dtype == np.float32 and got.db_boxes.dtype == np.float32
+    assert got.correspondences.dtype == np.int32
     np.testing.assert_array_equal(got.inliers, ref[0])
+    np.testing.assert_array_equal(got.correspondences, ref[4])
     np.testing.assert_array_equal(got.query_boxes, ref[2])
     np.testing.assert_array_equal(got.db_boxes, ref[3])
     np.testing.assert_allclose(got.affine, ref[1], rtol=1e-9, atol=1e-9)
@@ -226,6 +228,7 @@ def test_hand_checked_translation():
     r = spatial_verify(*query, *db, [0], lo_iterations=0)
     # the first correspondence (word 1) wins with 4 inliers; word 5 fails the scale test
     assert r.inliers.tolist() == [4]
+    assert r.correspondences.tolist() == [6]  # one pair per common word (1, 2, 3, 4, 5, 9)
     np.testing.assert_allclose(r.affine[0], [[1, 0, 20], [0, 1, 30]], atol=1e-9)
     assert r.query_boxes[0].tolist() == [10, 10, 100, 100]
     np.testing.assert_allclose(r.db_boxes[0], [30, 40, 120, 130], atol=1e-4)
@@ -338,9 +341,10 @@ def test_empty_inputs():
     query, db = hand_case()
     empty_q = (np.zeros(0, np.uint32), np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
     r = spatial_verify(*empty_q, *db, [0, 0])
-    assert r.inliers.tolist() == [0, 0] and np.isnan(r.affine).all()
+    assert r.inliers.tolist() == [0, 0] and np.isnan(r.affine).all() and r.correspondences.tolist() == [0, 0]
     r = spatial_verify(*query, *db, np.zeros(0, np.int64))
     assert r.inliers.shape == (0,) and r.affine.shape == (0, 2, 3) and r.query_boxes.shape == r.db_boxes.shape == (0, 4)
+    assert r.correspondences.shape == (0,)
     no_images = pack_db([])
     assert spatial_verify(*query, *no_images, []).inliers.shape == (0,)
 
@@ -662,6 +666,7 @@ def test_only_visited_images_are_checked():
     [
         ({"max_per_word": 0}, "max_per_word must be >= 1, got 0"),
         ({"max_correspondences": 2}, "max_correspondences must be >= 3, got 2"),
+        ({"max_correspondences": 2**31}, r"max_correspondences must be in \[3, 2\*\*31 - 1\], got 2147483648"),
         ({"lo_iterations": -1}, "lo_iterations must be >= 0, got -1"),
         ({"inlier_threshold": 0.0}, "inlier_threshold .* must be positive and finite"),
         ({"inlier_threshold": float("nan")}, "inlier_threshold"),

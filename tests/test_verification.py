@@ -318,3 +318,163 @@ def test_expanded_codes_equal_a_direct_weighted_majority():
     got = expanded_codes(q, images, nbits, alpha=2.0)
     np.testing.assert_array_equal(bits(got), np.array(want, int))
     np.testing.assert_array_equal(expanded_codes(q, [], nbits, 2.0), q)  # nothing to add: unchanged
+
+
+# -- when inliers are evidence: the a-contrario threshold ---------------------------------
+def test_required_inliers_is_the_a_contrario_threshold():
+    """Against scipy's binomial tail: the least k with M · P[Binomial(M − 1, p) ≥ k − 1] < ε,
+    at least min_inliers, for every M the verifier can report."""
+    binom = pytest.importorskip("scipy.stats").binom
+    from roiret.search.verify import CHANCE_AGREEMENT, FALSE_ALARMS, MAX_CORRESPONDENCES, required_inliers
+
+    M = np.arange(MAX_CORRESPONDENCES + 1)
+    want = []
+    for m in M:
+        k = 1
+        while m * binom.sf(k - 2, max(m - 1, 0), CHANCE_AGREEMENT) >= FALSE_ALARMS:
+            k += 1
+        want.append(k)
+    for floor in (1, 5, 12):
+        np.testing.assert_array_equal(required_inliers(M, floor), np.maximum(want, floor))
+    t = required_inliers(M, 1)
+    assert (np.diff(t) >= 0).all() and t[-1] > 5  # more correspondences, more chance agreement
+    assert required_inliers(5000, 5) == t[-1]  # the kernel never reports more than it keeps
+
+
+def _random_features(rng, n, vocab, side=500.0):
+    """Features as photos have them, but unrelated: in 10 clusters (textured regions),
+    orientations near the four axes (man-made scenes), words drawn from ``vocab``."""
+    centres = rng.random((10, 2)) * side
+    xy = np.clip(centres[rng.integers(0, 10, n)] + rng.normal(0, 50, (n, 2)), 0, side)
+    return FeatureGeometry(
+        rng.integers(0, vocab, n).astype(np.uint32),
+        xy.astype(np.float32),
+        np.exp2(rng.uniform(1.5, 3.5, n)).astype(np.float32),
+        ((rng.integers(0, 4, n) * 90 + rng.normal(0, 20, n)) % 360).astype(np.float32),
+    )
+
+
+def test_chance_agreement_of_unrelated_features_is_not_verified():
+    """Independent features over a coarse vocabulary (300 words): ~1 000 tentative
+    correspondences per pair, so a fixed 5 inliers verifies a fifth of these 100 unrelated
+    images (measured: 20); the a-contrario threshold none. A true transform among as many
+    outliers still is."""
+    from roiret.search.verify import MAX_CORRESPONDENCES, verify_rows
+
+    rng = np.random.default_rng(0)
+    store = GeometryStore()
+    for _ in range(100):
+        store.add(_random_features(rng, 1500, 300), (500, 500))
+    checks = verify_rows(_random_features(rng, 1500, 300), store, np.arange(100))
+    assert min(c.correspondences for c in checks.values()) > 800
+    assert max(c.correspondences for c in checks.values()) <= MAX_CORRESPONDENCES
+    assert sum(c.inliers >= 5 for c in checks.values()) >= 10  # what the fixed count would verify
+    assert not any(c.verified(5) for c in checks.values())
+    # 40 features of the query (words of their own) moved by a similarity into an image of
+    # unrelated features
+    query, planted = _random_features(rng, 1500, 300), _random_features(rng, 1500, 300)
+    idx = rng.choice(1500, 40, replace=False)
+    qwords, words = query.words + 40, planted.words + 40
+    qwords[idx] = words[idx] = np.arange(40)
+    xy, sizes, angles = planted.xy.copy(), planted.sizes.copy(), planted.angles.copy()
+    xy[idx], sizes[idx], angles[idx] = query.xy[idx] * 0.8 + 30, query.sizes[idx] * 0.8, query.angles[idx]
+    store.add(FeatureGeometry(words, xy, sizes, angles), (500, 500))
+    check = verify_rows(FeatureGeometry(qwords, query.xy, query.sizes, query.angles), store, np.array([100]))[100]
+    assert check.correspondences > 800 and check.inliers >= 40 and check.verified(5)
+
+
+#: scikit-image photos with texture enough to be verified against a copy of themselves
+TEXTURED = [
+    "astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry", "hubble_deep_field",
+    "stereo_motorcycle", "coins", "gravel", "page", "text", "grass", "moon",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def photo_features():
+    """RootSIFT of 15 photos (at most 512 px, 2 000 keypoints) and of two transformed copies
+    of each textured one."""
+    from roiret.bow.features import LocalFeatureExtractor
+    from roiret.io.images import load_shrunk, to_uint8_rgb
+
+    ext = LocalFeatureExtractor(max_keypoints=2000, max_side=None)
+    photos = {}
+    for name in TEXTURED + ["clock"]:
+        x = getattr(data, name)()
+        photos[name] = load_shrunk(np.ascontiguousarray(to_uint8_rgb(x[0] if isinstance(x, tuple) else x)), 512).image
+    feats = {name: ext.extract(p) for name, p in photos.items()}
+    copies = {
+        (name, i): ext.extract(_view(photos[name], angle, scale, crop, quality))
+        for name in TEXTURED
+        for i, (angle, scale, crop, quality) in enumerate([(20, 0.7, 0.1, 75), (-35, 1.2, 0.15, 60)])
+    }
+    return feats, copies
+
+
+@pytest.mark.parametrize("vocab_size", [250, 1000, 2500])
+def test_unrelated_photos_are_not_verified_and_true_copies_are(photo_features, vocab_size):
+    """Every ordered pair of different photos (240) with a vocabulary of ``vocab_size`` words
+    learned on them: fewer than 2 % verified (measured: at most 1; a fixed 5 inliers
+    verified 6 at 250 words). Every transformed copy is verified."""
+    from roiret.bow.vocabulary import Vocabulary
+    from roiret.search.verify import verify_rows
+
+    feats, copies = photo_features
+    voc = Vocabulary.fit([f.descriptors for f in feats.values()], vocab_size, seed=0, progress=False)
+
+    def geometry(f):
+        return FeatureGeometry(voc.assign(f.descriptors).astype(np.uint32), f.xy, f.sizes, f.angles)
+
+    names = list(feats)
+    store = GeometryStore()
+    for name in names:
+        store.add(geometry(feats[name]), (512, 512))
+    verified = pairs = 0
+    for i, name in enumerate(names):
+        others = np.array([j for j in range(len(names)) if j != i])
+        checks = verify_rows(geometry(feats[name]), store, others)
+        verified += sum(c.verified(5) for c in checks.values())
+        pairs += len(others)
+    assert verified < 0.02 * pairs, (verified, pairs)
+    for (name, i), f in copies.items():
+        row = names.index(name)
+        check = verify_rows(geometry(f), store, np.array([row]))[row]
+        assert check.verified(5), (name, i, check.inliers, check.correspondences)
+
+
+def test_score_never_increases_with_rank(photo_index):
+    """A property over queries (views of every photo, an unrelated photo, a box) and every
+    way of ranking: ``score`` is non-increasing in ``rank``, and its range says how the hit
+    was placed (Hit's docstring)."""
+    from roiret.params import CONFIGURED
+
+    r, ids, photos = photo_index
+    queries = [r.prepare_query(_view(p, angle=a)) for p in photos for a in (15, -40)]
+    queries += [r.prepare_query(data.brick()), r.prepare_query(photos[0], (40, 30, 300, 250))]
+    ways = [dict(mode=m) for m in ("fast", "exhaustive", "global", "bow")]
+    ways += [dict(fusion=f) for f in (0.0, 0.5, 1.0, CONFIGURED)] + [dict(R=0, qe=0), dict(qe=0), dict(N=3, n=2)]
+    seen = set()
+    for q in queries:
+        for way in ways:
+            res = r.rank(q, top=len(r), **way)
+            assert [h.rank for h in res.hits] == list(range(1, len(r) + 1))
+            scores = [h.score for h in res.hits]
+            assert all(a >= b for a, b in zip(scores, scores[1:])), (way, scores)
+            for h in res.hits:
+                assert 0.0 <= h.bow_score <= 1.0  # ASMK similarity / TF-IDF cosine
+                if h.verified:
+                    tier = "verified"
+                    assert h.score == h.inliers >= r.config.min_inliers
+                elif h.reranked or res.mode == "bow":
+                    tier = "reranked"
+                    assert 0.0 <= h.score <= 1.0
+                    if res.mode == "bow":
+                        assert h.score == h.bow_score
+                    elif res.bow_weight == 0.0 and way.get("fusion") == 0.0:
+                        assert h.score == pytest.approx(h.roi_score, abs=1e-6)  # the RoI similarity
+                else:
+                    tier = "first"
+                    assert h.score == h.bow_score - 1.0
+                seen.add(tier)
+            assert res.first_stage == r.config.first_stage
+    assert seen == {"verified", "reranked", "first"}  # every range was exercised

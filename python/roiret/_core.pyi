@@ -68,7 +68,13 @@ def spatial_verify(
     angle_tolerance: float,
     lo_iterations: int,
     threads: int = 0,
-) -> Tuple[npt.NDArray[np.int32], npt.NDArray[np.float64], npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+) -> Tuple[
+    npt.NDArray[np.int32],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float32],
+    npt.NDArray[np.float32],
+    npt.NDArray[np.int32],
+]: ...
 
 class InvertedFile:
     def __init__(self, vocab_size: int) -> None: ...

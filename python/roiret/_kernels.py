@@ -268,6 +268,10 @@ class VerifyResult(NamedTuple):
     query_boxes: np.ndarray
     #: float32 (R, 4): the same for the inlier database points (dequantised pixels).
     db_boxes: np.ndarray
+    #: int32 (R,): M, the tentative correspondences the hypotheses were drawn from (step 1;
+    #: at most ``max_correspondences``) — what the chance of a random agreement grows with
+    #: (:func:`roiret.search.verify.required_inliers`).
+    correspondences: np.ndarray
 
 
 def _c_aligned(a: Any) -> Any:
@@ -304,7 +308,7 @@ def spatial_verify(
        merge-joined with the image's words; for each common word the first
        ``min(cq, max_per_word)`` query features are paired with the first
        ``min(cd, max_per_word)`` image features (stored order), query-major, until
-       ``max_correspondences`` pairs (M) are reached.
+       ``max_correspondences`` pairs are reached: their number M is ``correspondences``.
     2. ``M < 3``: 0 inliers, NaN model and boxes.
     3. Each correspondence is a similarity hypothesis ``s R(t) (p - p_q) + p_d`` with
        ``s = size_d / size_q`` and ``t = radians(angle_d - angle_q)`` (``R(t)`` rotates
@@ -352,7 +356,7 @@ def spatial_verify(
     max_per_word : int
         At most this many query and this many image features per word are paired (>= 1).
     max_correspondences : int
-        At most this many correspondences per image (>= 3).
+        At most this many correspondences per image (3 to 2**31 - 1).
     inlier_threshold : float
         The reprojection threshold as a fraction of the image's longest side (> 0).
     scale_tolerance : float

@@ -13,6 +13,7 @@ line can build its ``--help`` from these constants quickly.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple, TypeVar, Union
 
@@ -22,6 +23,8 @@ __all__ = [
     "BACKBONES",
     "AsmkParams",
     "BowParams",
+    "CONFIGURED",
+    "Configured",
     "FIRST_STAGES",
     "CodeParams",
     "DEFAULT_K",
@@ -122,9 +125,25 @@ def auto_vocab_size(n_descriptors: int, first_stage: str = "tfidf") -> int:
     return int(max(1, min(AUTO_MAX_WORDS, int(round(raw)), int(n_descriptors))))
 
 
-#: how the BoW score enters the final score: ``"adaptive"``, a weight in [0, 1], or
-#: ``None`` (the RoI score alone)
+#: how the first-stage score enters the re-ranking score: ``"adaptive"`` (a weight chosen per
+#: query), a weight in [0, 1], or the RoI score alone — ``0``, ``"none"`` or ``None``, which
+#: :func:`check_fusion` makes ``0.0``. The same everywhere: configuration, ``Retriever(...)``,
+#: a ``search`` / ``rank`` override and ``--fusion``.
 Fusion = Union[float, str, None]
+
+
+class Configured(enum.Enum):
+    """The type of :data:`CONFIGURED`."""
+
+    CONFIGURED = "configured"
+
+    def __repr__(self) -> str:
+        return "CONFIGURED"
+
+
+#: an override left out: ``Retriever.search(..., fusion=CONFIGURED)`` (the default) ranks with
+#: the configuration's fusion. (``None`` is a value of its own: the RoI score alone.)
+CONFIGURED = Configured.CONFIGURED
 
 _G = TypeVar("_G")
 
@@ -185,15 +204,21 @@ def check_scales(scales: Any, feature: str) -> Tuple[float, ...]:
     return (1.0, *[v for v in out if v != 1.0])
 
 
-def check_fusion(fusion: Any) -> Fusion:
-    """``None``, ``"adaptive"`` or a number in [0, 1] (returned as float); else ValueError."""
-    if fusion is None or (isinstance(fusion, str) and fusion == "adaptive"):
-        return fusion
+_FUSION_VALUES = "'adaptive', a weight in [0, 1], or 0 / 'none' / None (the RoI score alone)"
+
+
+def check_fusion(fusion: Any) -> Union[float, str]:
+    """``"adaptive"``, or the BoW weight as a float in [0, 1] — ``None`` and ``"none"`` (the RoI
+    score alone) give ``0.0``; anything else ValueError."""
+    if isinstance(fusion, str) and fusion in ("adaptive", "none"):
+        return fusion if fusion == "adaptive" else 0.0
+    if fusion is None:
+        return 0.0
     if isinstance(fusion, (bool, str)) or not isinstance(fusion, (int, float, np.integer, np.floating)):
-        raise ValueError(f"fusion must be None, 'adaptive' or a weight in [0, 1], got {fusion!r}")
+        raise ValueError(f"fusion must be {_FUSION_VALUES}, got {fusion!r}")
     f = float(fusion)
     if not 0.0 <= f <= 1.0:  # NaN fails too
-        raise ValueError(f"fusion must be None, 'adaptive' or a weight in [0, 1], got {fusion!r}")
+        raise ValueError(f"fusion must be {_FUSION_VALUES}, got {fusion!r}")
     return f
 
 
@@ -390,10 +415,12 @@ class VerifyParams(_Group):
     (:mod:`roiret.search.verify`, :mod:`roiret.search.expansion`).
 
     ``R``: the first-stage candidates whose local features are verified geometrically (0:
-    no verification); a candidate with at least ``min_inliers`` inliers is *verified* and
-    ranks above every unverified one, by its inliers. ``qe``: the best verified results
-    averaged with the query into an expanded query that is searched again (0: no query
-    expansion). Defaults measured on Oxford5k-dev and the demo collection (docs/RESULTS.md).
+    no verification); a candidate with at least ``min_inliers`` inliers — more when it has
+    many tentative correspondences (:func:`roiret.search.verify.required_inliers`) — is
+    *verified* and ranks above every unverified one, by its inliers. ``qe``: the best
+    verified results averaged with the query into an expanded query that is searched again
+    (0: no query expansion). Defaults measured on Oxford5k-dev and the demo collection
+    (docs/RESULTS.md).
     """
 
     R: int = DEFAULT_R

@@ -360,6 +360,7 @@ void verify_row(const Row& c, std::size_t g, Scratch& s, const SvOutput& out, st
   rc.thr2 = thr * thr;
   correspondences(rc, begin, end, L, s);
   const std::size_t M = s.size();
+  out.correspondences[i] = static_cast<std::int32_t>(M);  // M <= max_correspondences, checked < 2**31
   if (M < 3) return write_nan(out, i);
   const std::size_t h = best_hypothesis(rc, s);
   const double a = s.s[h] * std::cos(s.t[h]), b = s.s[h] * std::sin(s.t[h]);
@@ -391,8 +392,10 @@ void verify_row(const Row& c, std::size_t g, Scratch& s, const SvOutput& out, st
 
 void validate(const SvQuery& q, const SvDatabase& db, const std::int64_t* rows, std::size_t R, const SvParams& p) {
   if (p.max_per_word < 1) throw InvalidArgument("max_per_word must be >= 1, got 0");
-  if (p.max_correspondences < 3)
-    throw InvalidArgument("max_correspondences must be >= 3, got " + std::to_string(p.max_correspondences));
+  if (p.max_correspondences < 3 ||
+      p.max_correspondences > static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()))
+    throw InvalidArgument("max_correspondences must be in [3, 2**31 - 1], got " +
+                          std::to_string(p.max_correspondences));
   if (!(p.inlier_threshold > 0.0) || !std::isfinite(p.inlier_threshold))
     throw InvalidArgument("inlier_threshold must be positive and finite, got " + num(p.inlier_threshold));
   if (!(p.scale_tolerance > 1.0) || !std::isfinite(p.scale_tolerance))

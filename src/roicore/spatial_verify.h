@@ -41,17 +41,18 @@ struct SvParams {
 
 // Caller-allocated outputs, R rows each.
 struct SvOutput {
-  std::int32_t* inliers;  // R
-  double* affine;         // R * 6 (2 x 3, row-major)
-  float* query_boxes;     // R * 4: (x1, y1, x2, y2)
-  float* db_boxes;        // R * 4
+  std::int32_t* inliers;          // R
+  double* affine;                 // R * 6 (2 x 3, row-major)
+  float* query_boxes;             // R * 4: (x1, y1, x2, y2)
+  float* db_boxes;                // R * 4
+  std::int32_t* correspondences;  // R: M, the tentative correspondences of step 1
 };
 
 // For each r = rows[i] (i < R, each in [0, n_images), repeats allowed), independently:
 //  1. Correspondences: the query features sorted by (word, index) are merge-joined with the
 //     image's words; for each common word the first min(cq, P) query features (in that
 //     order) are paired with the first min(cd, P) image features (stored order), query-major,
-//     appended until M reaches max_correspondences.
+//     appended until M reaches max_correspondences (correspondences[i] = M, whatever follows).
 //  2. M < 3: inliers 0, affine and both boxes NaN (likewise when no correspondence is an
 //     inlier of its own hypothesis, i.e. thr2 below underflows to 0).
 //  3. With, per correspondence j (all in double precision):

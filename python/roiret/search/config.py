@@ -71,15 +71,16 @@ class RetrieverConfig:
     Re-ranking (:class:`~roiret.params.RerankParams`): ``N`` BoW candidates re-ranked,
     ``n`` of them matched exhaustively, ``k`` query RoIs kept for the others, ``mode``
     (``"fast"``, ``"exhaustive"``, ``"global"`` — the whole-image baseline —, ``"bow"``),
-    ``fusion`` (how the BoW score enters the final score of the top N: ``"adaptive"``, a
-    query-adaptive weight; a fixed weight in [0, 1]; ``None`` or 0: the RoI score alone,
-    the paper — see :mod:`roiret.search.rerank`).
+    ``fusion`` (how the first-stage score enters the re-ranking score of the top N:
+    ``"adaptive"``, a query-adaptive weight; a fixed weight in [0, 1]; 0, ``"none"`` or
+    ``None``: the RoI score alone, the paper — stored as 0.0; see :mod:`roiret.search.rerank`).
 
     Spatial verification and query expansion (:class:`~roiret.params.VerifyParams`, beyond
     the paper): ``R`` first-stage candidates verified geometrically with their local
-    features (0: off), ``min_inliers`` to count as verified (verified hits rank first, by
-    inliers), ``qe`` verified results averaged into an expanded query searched again (0:
-    off).
+    features (0: off), ``min_inliers`` to count as verified (the least: more are needed when
+    query and image share many visual words, :func:`roiret.search.verify.required_inliers`;
+    verified hits rank first, by inliers), ``qe`` verified results averaged into an expanded
+    query searched again (0: off).
 
     Images: ``max_side`` (500, the paper's) for both stages. ``seed``: every seeded choice
     (k-means sample and initialisation, code projection, training sample).
@@ -220,7 +221,7 @@ class RetrieverConfig:
             "code_bits": None,
             "first_stage": "tfidf",
         }
-        return cls(**{**paper, "fusion": None, "R": 0, "qe": 0, **overrides})
+        return cls(**{**paper, "fusion": 0.0, "R": 0, "qe": 0, **overrides})
 
     def replace(self, **changes: Any) -> "RetrieverConfig":
         """A copy with ``changes`` applied (unknown keys: ValueError; validated again)."""

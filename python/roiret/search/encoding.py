@@ -6,6 +6,7 @@ the lock that serialises its users."""
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -153,6 +154,14 @@ def _account(timings: Dict[str, float], spent: Dict[str, float]) -> None:
         timings[key] += dt
 
 
+def indexed_name(src: ImageSource, image_id: int) -> str:
+    """The name an image is indexed under when none is given: its absolute path (so that
+    whoever reads the index from another folder finds the file), ``image-<id>`` for bytes
+    and arrays."""
+    name = source_name(src, f"image-{image_id}")
+    return os.path.abspath(name) if isinstance(src, (str, os.PathLike)) else name
+
+
 def _entries(
     batch: Sequence[BatchItem],
     first: BowStage,
@@ -166,7 +175,7 @@ def _entries(
         assert r is not None  # on_error="raise": every (already decoded) image gives a result
         image_id = int(ids[i])
         codes, global_code = coder(r)
-        name = names[i] if names is not None else source_name(src, f"image-{image_id}")
+        name = names[i] if names is not None else indexed_name(src, image_id)
         geometry = _geometry(w, f).scaled(1.0 / item.scale)
         entries.append(
             IndexedImage(

@@ -9,8 +9,9 @@ others in re-ranked order — as :class:`~roiret.search.results.Hit` objects."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple, Union
 
 import numpy as np
 
@@ -85,9 +86,9 @@ def _box(b: np.ndarray) -> Box:
 
 
 def _verified(checks: Dict[int, Verification], min_inliers: int) -> List[int]:
-    """The rows with at least ``min_inliers`` inliers, most inliers first (ties: the order
+    """The verified rows (:meth:`Verification.verified`), most inliers first (ties: the order
     they were verified in, i.e. BoW order)."""
-    rows = [r for r, c in checks.items() if c.inliers >= min_inliers]
+    rows = [r for r, c in checks.items() if c.verified(min_inliers)]
     return sorted(rows, key=lambda r: -checks[r].inliers)
 
 
@@ -161,11 +162,27 @@ def _inlier_pair(q_boxes: np.ndarray, db_boxes: np.ndarray, check: Verification)
     return _box(q_boxes[i]), _box(db_boxes[j])
 
 
-def _final_order(rr: RerankResult, rows: np.ndarray, checks: Dict[int, Verification], min_inliers: int) -> np.ndarray:
-    """Verified candidates first (by inliers, then re-ranked order), then the others."""
-    inliers = np.array([checks[int(r)].inliers if int(r) in checks else 0 for r in rows[rr.order]], np.int64)
-    key = np.where(inliers >= min_inliers, inliers, 0)
+def _final_order(rr: RerankResult, rows: np.ndarray, checks: Dict[int, Verification], verified: Set[int]) -> np.ndarray:
+    """Verified candidates (rows in ``verified``) first, by inliers, then re-ranked order;
+    then the others."""
+    key = np.array([checks[int(r)].inliers if int(r) in verified else 0 for r in rows[rr.order]], np.int64)
     return np.asarray(rr.order[np.lexsort((np.arange(len(key)), -key))])
+
+
+def _score(placed: str, inliers: int, rerank_score: float, bow_score: float, standardised: bool) -> float:
+    """A hit's ``score`` (:class:`~roiret.search.results.Hit`), by how it was ``placed``:
+    ``"verified"``: its inliers; ``"reranked"``: in [0, 1], the RoI similarity or the fused
+    standardised score through the logistic function; ``"bow"`` (mode ``"bow"``, where the
+    first stage is the ranking): the first-stage score, in [0, 1]; ``"after"`` (following
+    the re-ranked hits in first-stage order): the first-stage score − 1, in [−1, 0]."""
+    if placed == "verified":
+        return float(inliers)
+    first = min(max(bow_score, 0.0), 1.0)
+    if placed != "reranked":
+        return first - (placed == "after")
+    if standardised:
+        return 0.5 * (1.0 + math.tanh(rerank_score / 2))  # the logistic function, without overflow
+    return min(max(rerank_score, 0.0), 1.0)
 
 
 def _hits(
@@ -178,7 +195,7 @@ def _hits(
     checks: Dict[int, Verification],
     order: np.ndarray,
     mode: str,
-    min_inliers: int,
+    verified: Set[int],
 ) -> List[Hit]:
     """The hits at candidate positions ``order``; what they show (names, the boxes of the
     RoI pairs) is read from the collection in one call each (a sharded index: one per shard)."""
@@ -186,7 +203,8 @@ def _hits(
     reranked = [mode != "bow" and bool(np.isfinite(rr.roi_score[p])) for p in order]
     paired = [i for i, p in enumerate(order) if reranked[i] and mode != "global" and rr.best_db[p] >= 0]
     db_boxes = dict(zip(paired, index.roi_boxes_at(np.asarray([rr.best_db[order[i]] for i in paired], np.int64))))
-    inlier_rows = [top_rows[i] for i in paired if top_rows[i] in checks and checks[top_rows[i]].inliers >= min_inliers]
+    inlier_rows = [top_rows[i] for i in paired if top_rows[i] in verified]
+    unranked = "bow" if mode == "bow" else "after"  # how a hit the RoIs did not score was placed
     roi_boxes = dict(zip(inlier_rows, index.roi_boxes_of(inlier_rows)))
     hits = []
     for position, (p, row, name) in enumerate(zip(order, top_rows, index.names_of(top_rows))):
@@ -195,21 +213,22 @@ def _hits(
         pair = None
         if position in db_boxes:
             pair = _box(q_boxes[rr.best_query[p]]), _box(db_boxes[position])
-            if check is not None and inliers >= min_inliers:
+            if check is not None and row in verified:
                 pair = _inlier_pair(q_boxes, roi_boxes[row], check) or pair
+        placed = "verified" if row in verified else "reranked" if reranked[position] else unranked
         hits.append(
             Hit(
                 rank=position + 1,
                 id=int(ids[p]),
                 name=name,
-                score=float(rr.score[p]),
+                score=_score(placed, inliers, float(rr.score[p]), float(bow_scores[p]), rr.standardised),
                 bow_score=float(bow_scores[p]),
                 roi_score=float(rr.roi_score[p]),
                 query_box=pair[0] if pair else None,
                 db_box=pair[1] if pair else None,
                 reranked=reranked[position],
                 inliers=inliers,
-                verified=inliers >= min_inliers,
+                verified=row in verified,
             )
         )
     return hits
@@ -234,20 +253,21 @@ def rank(
         raise ValueError(f"mode {params.mode!r} needs the query's RoIs: prepare_query(..., with_rois=True)")
     v = verify if verify is not None else VerifyParams(R=0, qe=0)
     q_boxes = query.boxes[:K]
+    stage = "asmk" if index.embedded else "tfidf"
     depth = min(len(index), max(top, params.N, v.R))
     if depth == 0:
-        return SearchResult([], q_boxes, np.ones(len(q_boxes), bool), params.mode, dict(query.timings))
+        return SearchResult([], q_boxes, np.ones(len(q_boxes), bool), params.mode, dict(query.timings), 0.0, stage)
     ids, bow_scores, checks, timings = _verify_and_expand(query, index, v, depth, threads)
     t1 = time.perf_counter()
     rows = index.rows_of(ids)
     verified = _verified(checks, v.min_inliers)
     if params.fusion == "adaptive" and verified:
-        params = params.replace(fusion=VERIFIED_BOW_WEIGHTS["asmk" if index.embedded else "tfidf"])
+        params = params.replace(fusion=VERIFIED_BOW_WEIGHTS[stage])
     expanded = _expand_codes(query, index, verified, nbits) if v.qe and params.mode != "bow" else query
     rr = _rerank(expanded, index, nbits, rows, bow_scores, params, K, threads)
     t2 = time.perf_counter()
-    order = _final_order(rr, rows, checks, v.min_inliers)[:top]
-    hits = _hits(q_boxes, index, ids, rows, bow_scores, rr, checks, order, params.mode, v.min_inliers)
+    order = _final_order(rr, rows, checks, set(verified))[:top]
+    hits = _hits(q_boxes, index, ids, rows, bow_scores, rr, checks, order, params.mode, set(verified))
     timings = {**query.timings, **timings, "rerank": t2 - t1}
     timings["total"] = sum(timings.values())
-    return SearchResult(hits, q_boxes, rr.query_mask, params.mode, timings, rr.bow_weight)
+    return SearchResult(hits, q_boxes, rr.query_mask, params.mode, timings, rr.bow_weight, stage)

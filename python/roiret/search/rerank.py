@@ -14,7 +14,7 @@ Given the query's RoI codes and the BoW top-N candidates (image rows of a
 The top N are re-ordered by that score (stable: equal scores keep BoW order; candidates
 without RoIs go last); the others keep their BoW order.
 
-``fusion`` (beyond the paper; ``None`` or 0 = the RoI score alone) ranks the top N by
+``fusion`` (beyond the paper; 0, ``"none"`` or ``None`` = the RoI score alone) ranks the top N by
 ``(1 − w) · z(roi_score) + w · z(bow_score)``, where ``z`` standardises a score over the N
 candidates (mean 0, standard deviation 1; a constant score gives 0). Standardising makes
 the mix independent of the two scores' scales, which differ by an order of magnitude and
@@ -61,7 +61,9 @@ ADAPTIVE_DEPTH = 4
 class RerankResult:
     """``order``: positions into the candidate list, best first (length = candidates).
     ``score``: the re-ranking score of each candidate (same order as the candidates; NaN
-    beyond N). ``best_query`` / ``best_db``: the best RoI pair (query row, store row) of
+    beyond N, -inf for a candidate without a RoI pair). ``roi_score``: the best RoI-pair
+    similarity (NaN beyond N and without a RoI pair: no RoIs in the query or the image).
+    ``best_query`` / ``best_db``: the best RoI pair (query row, store row) of
     each candidate (-1 when none). ``query_mask``: the query RoIs used for the N − n
     candidates (fast mode), else all."""
 
@@ -72,6 +74,9 @@ class RerankResult:
     best_db: np.ndarray
     query_mask: np.ndarray
     bow_weight: float = 0.0  # the fusion weight w used (0: the RoI score alone)
+    #: ``score`` is the fused standardised score (any real number) rather than the RoI
+    #: similarity (in [0, 1]): fusion was on
+    standardised: bool = False
 
 
 def _stats(r: np.ndarray, b: np.ndarray, ok: np.ndarray, depth: int) -> Tuple[np.ndarray, np.ndarray, float]:
@@ -184,13 +189,14 @@ def rerank_with(
         parts = [head, tail]
     else:
         parts = [match(None, candidates[:top])]
-    roi_score[:top] = np.concatenate([p.score for p in parts])
+    matched = np.concatenate([p.score for p in parts])
+    roi_score[:top] = np.where(np.isfinite(matched), matched, np.nan)  # -inf: no RoI pair (no RoIs on a side)
     bq[:top] = np.concatenate([p.best_query for p in parts])
     bd[:top] = np.concatenate([p.best_db for p in parts])
 
     s = roi_score[:top].astype(np.float64)
     f = 0.0
-    if fusion is not None and fusion != 0.0:
+    if fusion != 0.0:
         if bow_scores is None or len(bow_scores) < top:
             raise ValueError("fusion needs the BoW score of every re-ranked candidate (bow_scores)")
         b = np.asarray(bow_scores, np.float64)[:top]
@@ -200,8 +206,8 @@ def rerank_with(
         # (1 - f) z(roi) + f z(bow); a constant score (sd 0) contributes 0
         cr = (1 - f) / sd[0] if sd[0] > 0 else 0.0
         cb = f / sd[1] if sd[1] > 0 else 0.0
-        s = np.where(ok, cr * (s - mean[0]) + cb * (b - mean[1]), -np.inf)
+        s = np.where(ok, cr * (np.where(ok, s, 0.0) - mean[0]) + cb * (np.where(ok, b, 0.0) - mean[1]), -np.inf)
     score[:top] = s
     head_order = np.argsort(-np.where(np.isfinite(s), s, -np.inf), kind="stable")
     order = np.concatenate([head_order, np.arange(top, m)]).astype(np.int64)
-    return RerankResult(order, score, roi_score, bq, bd, mask, float(f))
+    return RerankResult(order, score, roi_score, bq, bd, mask, float(f), fusion != 0.0)

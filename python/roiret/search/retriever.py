@@ -6,11 +6,13 @@
 >>> hits = r.search("query.jpg", box=(x1, y1, x2, y2), top=10)          # doctest: +SKIP
 >>> r.save("my.index"); r = roiret.Retriever.load("my.index")          # doctest: +SKIP
 
-First stage: RootSIFT bag of words, TF-IDF on the native inverted file → top N. Second
-stage: the query's RoI codes cross-matched with the candidates' (fast strategy: exhaustive
-for the top n, then only the k most frequently matched query RoIs), image score = the best
-RoI-pair similarity, fused with the BoW score; the top N are re-ordered, the rest keep BoW
-order. This class is a facade: the configuration is :mod:`.config`, the images are a
+First stage: RootSIFT bag of words, scored by ASMK (or TF-IDF) on the native inverted
+file → top N; the top R verified geometrically, the query expanded with the verified
+results. Second stage: the query's RoI codes cross-matched with the candidates' (fast
+strategy: exhaustive for the top n, then only the k most frequently matched query RoIs),
+image score = the best RoI-pair similarity, fused with the first-stage score; verified hits
+first, then the top N re-ordered, the rest in first-stage order (:meth:`Retriever.search`).
+This class is a facade: the configuration is :mod:`.config`, the images are a
 :class:`~.index.TwoStageIndex`, ranking is :func:`.ranking.rank`, codes come from
 :class:`roiret.cnn.codes.CodeProjector`, the folder format is :mod:`.persist`.
 
@@ -34,14 +36,14 @@ import dataclasses
 import threading
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..errors import NotTrainedError
 from ..io import PathLike
 from ..io.images import ImageSource, SkippedImageWarning, error_reason, image_list, iter_prepared, source_name
-from ..params import Fusion, RerankParams, positive_int
+from ..params import CONFIGURED, Configured, Fusion, RerankParams, positive_int
 from . import persist, sharded
 from .config import RetrieverConfig
 from .encoding import BatchItem, encode_batches, encode_query
@@ -265,7 +267,9 @@ class Retriever:
         ``ids``: new unique integers in the int64 range (default: consecutive after the
         largest so far; floats, bools, strings and values outside int64 are refused, never
         cast).
-        ``names``: labels shown in results (default: the path, or ``image-<id>``).
+        ``names``: labels shown in results (default: the absolute path — what ``roiret show``
+        reads the image from, whatever the current folder — or ``image-<id>`` for bytes and
+        arrays).
         ``on_error``: ``"raise"`` stops at the first unreadable image (raising
         :class:`~roiret.errors.ImageError` naming it — or ``FileNotFoundError`` /
         ``PermissionError``, or ``TypeError`` / ``ValueError`` for an unusable array; the
@@ -373,16 +377,30 @@ class Retriever:
         N: Optional[int] = None,
         n: Optional[int] = None,
         k: Optional[int] = None,
-        fusion: Fusion = None,
+        fusion: Union[Fusion, Configured] = CONFIGURED,
         R: Optional[int] = None,
         min_inliers: Optional[int] = None,
         qe: Optional[int] = None,
     ) -> SearchResult:
         """Rank the database for a query image, or for ``box = (x1, y1, x2, y2)`` (pixels of
-        the query image) inside it. ``top``: hits returned (default N); the other
-        arguments override the configuration for this call. Every argument is checked
-        before the query is read (a box of four finite numbers, ``top`` a positive
-        integer: ValueError / TypeError otherwise)."""
+        the query image) inside it. ``top``: hits returned (default N). The other arguments
+        override the configuration for this call (left out — ``None``, or for ``fusion``
+        :data:`~roiret.params.CONFIGURED` — they are the configuration's): ``mode``, ``N``,
+        ``n``, ``k``, ``fusion`` (``"adaptive"``, a BoW weight in [0, 1], or 0 / ``"none"`` /
+        ``None``: the RoI score alone — as in :class:`RetrieverConfig`), ``R``,
+        ``min_inliers``, ``qe``. Every argument is checked before the query is read (a box of
+        four finite numbers, ``top`` a positive integer: ValueError / TypeError otherwise).
+
+        How the hits come (:class:`Hit`): the first stage (ASMK or TF-IDF, ``bow_score``)
+        proposes candidates; the top ``R`` are verified geometrically, and those whose
+        inliers are evidence of a match (``verified``: at least ``min_inliers``, more when
+        query and image share many words) rank first, most inliers first; the query,
+        expanded with the best of them (``qe``), is searched again; the other candidates of
+        the top ``N`` follow in re-ranked order (RoI similarity ``roi_score``, fused with
+        the first-stage score), then the rest in first-stage order. ``rank`` is 1 for the
+        best; ``score`` never increases with ``rank``: the inliers of a verified hit (>= 1),
+        the re-ranking score in [0, 1], or ``bow_score − 1`` in [−1, 0] for the hits only in
+        first-stage order (:class:`Hit` has the details)."""
         params = self._rerank_params(mode, N, n, k, fusion)
         q = self.prepare_query(image, box, with_rois=params.mode != "bow")
         return self.rank(
@@ -390,12 +408,18 @@ class Retriever:
         )
 
     def _rerank_params(
-        self, mode: Optional[str], N: Optional[int], n: Optional[int], k: Optional[int], fusion: Fusion
+        self,
+        mode: Optional[str],
+        N: Optional[int],
+        n: Optional[int],
+        k: Optional[int],
+        fusion: Union[Fusion, Configured],
     ) -> RerankParams:
         p = self.config.rerank
         N = p.N if N is None else N
-        changes = {"mode": mode, "N": N, "n": min(p.n if n is None else n, N), "k": k, "fusion": fusion}
-        return p.replace(**{key: v for key, v in changes.items() if v is not None})
+        changes: Dict[str, Any] = {"mode": mode, "N": N, "n": min(p.n if n is None else n, N), "k": k}
+        p = p.replace(**{key: v for key, v in changes.items() if v is not None})
+        return p if fusion is CONFIGURED else p.replace(fusion=fusion)
 
     def rank(
         self,
@@ -406,7 +430,7 @@ class Retriever:
         N: Optional[int] = None,
         n: Optional[int] = None,
         k: Optional[int] = None,
-        fusion: Fusion = None,
+        fusion: Union[Fusion, Configured] = CONFIGURED,
         R: Optional[int] = None,
         min_inliers: Optional[int] = None,
         qe: Optional[int] = None,
