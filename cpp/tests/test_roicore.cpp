@@ -182,7 +182,7 @@ struct SvCase {
   std::vector<std::uint8_t> ds{64, 64, 64, 64, 64 + 17, 64}, da = std::vector<std::uint8_t>(6, 0);
   std::vector<std::int64_t> off{0, 6};
   std::vector<float> sides{65535.0f};
-  std::int32_t inliers[2];
+  std::int32_t inliers[2], corr[2];
   double affine[12];
   float qbox[8], dbox[8];
 
@@ -190,7 +190,7 @@ struct SvCase {
     const roicore::SvQuery q{qw.data(), qxy.data(), qs.data(), qa.data(), qw.size()};
     const roicore::SvDatabase db{dw.data(), dxy.data(), ds.data(), da.data(), dw.size(), off.data(), sides.data(),
                                  off.size() - 1};
-    roicore::spatial_verify(q, db, rows.data(), rows.size(), p, {inliers, affine, qbox, dbox}, threads);
+    roicore::spatial_verify(q, db, rows.data(), rows.size(), p, {inliers, affine, qbox, dbox, corr}, threads);
   }
 };
 
@@ -208,6 +208,7 @@ void test_spatial_verify() {
     p.lo_iterations = 0;
     c.run({0}, p);
     CHECK(c.inliers[0] == 4);  // the similarity of word 1: words 1-4; word 5 fails the scale test
+    CHECK(c.corr[0] == 6);     // words 1-5 and 9 are common: six tentative correspondences
     CHECK(near_translation(c.affine, 20, 30));
     CHECK(c.qbox[0] == 10 && c.qbox[1] == 10 && c.qbox[2] == 100 && c.qbox[3] == 100);
     CHECK(std::fabs(c.dbox[0] - 30) < 1e-3 && std::fabs(c.dbox[3] - 130) < 1e-3);
@@ -250,6 +251,7 @@ void test_spatial_verify() {
     c.dw.resize(2);
     c.off[1] = 2;
     c.run({0}, p);
+    CHECK(c.corr[0] == 2);
     CHECK(c.inliers[0] == 0 && std::isnan(c.affine[0]) && std::isnan(c.affine[5]) && std::isnan(c.qbox[0]) &&
           std::isnan(c.dbox[3]));
   }
@@ -334,12 +336,12 @@ void test_spatial_verify_threads(std::mt19937_64& rng) {
   for (std::size_t g = 0; g < n_images; ++g) rows.push_back(static_cast<std::int64_t>((g * 7) % n_images));
   const roicore::SvQuery q{qw.data(), qxy.data(), qs.data(), qa.data(), nq};
   const roicore::SvDatabase db{dw.data(), dxy.data(), ds.data(), da.data(), dw.size(), off.data(), sides.data(), n_images};
-  std::vector<std::int32_t> in1(n_images), in2(n_images);
+  std::vector<std::int32_t> in1(n_images), in2(n_images), m1(n_images), m2(n_images);
   std::vector<double> a1(6 * n_images), a2(6 * n_images);
   std::vector<float> q1(4 * n_images), q2(4 * n_images), d1(4 * n_images), d2(4 * n_images);
   const auto previous = roicore::active_simd_level();
   roicore::set_simd_level(roicore::SimdLevel::kGeneric);
-  roicore::spatial_verify(q, db, rows.data(), n_images, roicore::SvParams{}, {in1.data(), a1.data(), q1.data(), d1.data()}, 1);
+  roicore::spatial_verify(q, db, rows.data(), n_images, roicore::SvParams{}, {in1.data(), a1.data(), q1.data(), d1.data(), m1.data()}, 1);
   bool planted = true;
   for (std::size_t i = 0; i < n_images; ++i) planted &= in1[i] >= 20 && std::fabs(a1[6 * i + 2] - 50) < 2;
   CHECK(planted);
@@ -347,8 +349,8 @@ void test_spatial_verify_threads(std::mt19937_64& rng) {
     roicore::set_simd_level(level);
     for (int t : {1, 2, 5}) {
       roicore::spatial_verify(q, db, rows.data(), n_images, roicore::SvParams{},
-                              {in2.data(), a2.data(), q2.data(), d2.data()}, t);
-      CHECK(in1 == in2);
+                              {in2.data(), a2.data(), q2.data(), d2.data(), m2.data()}, t);
+      CHECK(in1 == in2 && m1 == m2);
       CHECK(std::memcmp(a1.data(), a2.data(), a1.size() * sizeof(double)) == 0);
       CHECK(std::memcmp(q1.data(), q2.data(), q1.size() * sizeof(float)) == 0);
       CHECK(std::memcmp(d1.data(), d2.data(), d1.size() * sizeof(float)) == 0);
