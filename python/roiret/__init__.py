@@ -70,6 +70,7 @@ _LAZY = {
     "build_backbone": "cnn.backbones",
     "detect_rois": "cnn.regions",
     # bag of words
+    "BowEncoder": "bow",
     "BowIndex": "bow",
     "Vocabulary": "bow",
     "LocalFeatureExtractor": "bow",
@@ -120,7 +121,7 @@ if TYPE_CHECKING:  # pragma: no cover
         supported_simd_levels,
         unpack_codes,
     )
-    from .bow import BowIndex, LocalFeatureExtractor, Vocabulary  # noqa: F401
+    from .bow import BowEncoder, BowIndex, LocalFeatureExtractor, Vocabulary  # noqa: F401
     from .cnn.backbones import build_backbone  # noqa: F401
     from .cnn.extractor import RoIExtractor, RoIResult  # noqa: F401
     from .cnn.regions import detect_rois  # noqa: F401

@@ -329,7 +329,7 @@ def oxford_table(
             cpath = _cache_path(cache, root.name, feat, config)
             voc = given or vocabularies.get(config.first_stage)
             r, index_rate = _build_or_load(config, paths, stems, cpath, voc, name, opts, print_fn)
-            vocabularies[config.first_stage] = r.bow.vocabulary
+            vocabularies[config.first_stage] = r.encoder.vocabulary
             dims[name] = r.nbits
             rows[name], bow, prepared, lat = _evaluate_row(r, gt, queries, Ks, with_bow=not bow_map)
             if not bow_map:  # the BoW column is this row's first stage: name its vocabulary as trained

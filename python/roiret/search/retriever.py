@@ -57,7 +57,7 @@ from .store import RoIStore
 from .training import training_features
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..bow import BowIndex, Vocabulary
+    from ..bow import BowEncoder, BowIndex, Vocabulary
     from ..cnn.backbones import DeviceLike
     from ..cnn.codes import CodeProjector
     from ..cnn.extractor import RoIExtractor
@@ -176,8 +176,18 @@ class Retriever:
         return self._index
 
     @property
-    def bow(self) -> "BowIndex":
-        """The BoW first stage (:class:`roiret.bow.BowIndex`)."""
+    def encoder(self) -> "BowEncoder":
+        """The first stage's encoder (:class:`roiret.bow.BowEncoder`: the vocabulary, the local
+        features and, for ASMK*, the Hamming embedding), the same for one index and a
+        sharded one."""
+        return self.index.encoder
+
+    @property
+    def bow(self) -> "BowIndex | sharded.ShardedBow":
+        """The first stage on its own (encoder, search by image or by bag): for one index its
+        :class:`roiret.bow.BowIndex` (the encoder and the inverted file); for a sharded index
+        a read-only :class:`~roiret.search.sharded.ShardedBow` that merges the shards' lists
+        (the same ids, scores and order). Changes go through :meth:`add` / :meth:`remove`."""
         return self.index.bow
 
     @property
@@ -219,7 +229,7 @@ class Retriever:
         itself), without labels. ``max_images`` takes a seeded random sample.
         ``vocabulary``: reuse a fitted :class:`roiret.bow.Vocabulary` instead (only the
         whitening is learned then). Training again starts a new, empty index."""
-        from ..bow import BowIndex, Vocabulary
+        from ..bow import BowEncoder, BowIndex, Vocabulary
         from ..bow.embedding import embedding_for
         from ..cnn.codes import CodeProjector
 
@@ -247,7 +257,7 @@ class Retriever:
                 self.extractor.whitening = PCAWhitening(dims=c.whitening_dims).fit(raw)
             self.config = c.replace(vocab_size=voc.size)
             self._coder = CodeProjector(self.extractor.dim, c.codes)
-            bow = BowIndex(voc, lfe, embedding=embedding, asmk=c.asmk)
+            bow = BowIndex(BowEncoder(voc, lfe, embedding=embedding, asmk=c.asmk))
             self._index = TwoStageIndex(bow, RoIStore(self._coder.words), GeometryStore())
             self._fingerprint = self.extractor.weights_fingerprint()
         return self
@@ -296,7 +306,7 @@ class Retriever:
                 self._batches(images, on_error),
                 all_ids,
                 names,
-                bow=index.bow,
+                encoder=index.encoder,
                 extractor=self.extractor,
                 coder=self._coder,
                 lock=self._query_lock,
@@ -354,14 +364,14 @@ class Retriever:
     ) -> PreparedQuery:
         """Extract a query's features once (BoW words of the keypoints in ``box``, RoIs of
         the crop), to rank with :meth:`rank` in several ways."""
-        bow = self.index.bow
+        encoder = self.index.encoder
         assert self._coder is not None  # set together with the index
         return encode_query(
             image,
             box,
             max_side=self.config.max_side,
             with_rois=with_rois,
-            bow=bow,
+            encoder=encoder,
             extractor=self.extractor,
             coder=self._coder,
             lock=self._query_lock,
