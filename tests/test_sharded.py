@@ -148,6 +148,16 @@ def test_the_first_stage_alone_searches_the_shards_as_one_index(single, sharded_
     assert not hasattr(many, "add") and not hasattr(many, "save")
 
 
+def test_both_kinds_of_index_are_the_collection_rank_reads(single, sharded_folder):
+    """rank reads one protocol (mypy checks the calls; this checks the classes at run time)."""
+    from roiret.search.collection import Collection, RowReader
+
+    r = load(sharded_folder)
+    assert isinstance(single.index, Collection) and isinstance(r.index, Collection)
+    assert all(isinstance(s, sharded.Shard) for s in r.index.shards)
+    assert not isinstance(r.index.store, RowReader) and not isinstance(r.bow, Collection)  # the check can fail
+
+
 def test_bow_merge_keeps_one_index_order_with_ties(single, sharded_folder):
     r = load(sharded_folder)
     rng = np.random.default_rng(0)

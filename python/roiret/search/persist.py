@@ -40,11 +40,26 @@ from .store import RoIStore
 if TYPE_CHECKING:  # pragma: no cover
     from .sharded import ShardedIndex
 
-__all__ = ["FORMAT", "Frontend", "SavedIndex", "VERSION", "load_frontend", "load_index", "read_manifest", "save_index"]
+__all__ = [
+    "AnyIndex",
+    "FORMAT",
+    "Frontend",
+    "SavedIndex",
+    "VERSION",
+    "load_frontend",
+    "load_index",
+    "read_manifest",
+    "save_index",
+]
 
 FORMAT = "roiret-index"
 VERSION = 1
 _WHAT = "roiret index"
+
+#: the images a retriever holds: one index, or a sharded one (:mod:`roiret.search.sharded`,
+#: whose folder holds ordinary index folders); both are what ranking reads
+#: (:class:`~roiret.search.collection.Collection`)
+AnyIndex = Union[TwoStageIndex, "ShardedIndex"]
 
 
 @dataclass
@@ -53,7 +68,7 @@ class SavedIndex:
     :class:`~roiret.Retriever` that loads it: weights fingerprint, code length)."""
 
     config: RetrieverConfig
-    index: Union[TwoStageIndex, "ShardedIndex"]  # a ShardedIndex from roiret.search.sharded.load_sharded
+    index: AnyIndex  # a ShardedIndex from roiret.search.sharded.load_sharded
     nbits: int
     fingerprint: Optional[str]
     whitening: Any  # Optional[PCAWhitening]

@@ -51,7 +51,7 @@ from .explain import DEFAULT_TOLERANCE, explain_hits
 from .geometry import GeometryStore
 from .index import TwoStageIndex
 from .locks import RWLock
-from .ranking import Collection, rank
+from .ranking import rank
 from .results import Hit, PreparedQuery, SearchResult
 from .store import RoIStore
 from .training import training_features
@@ -118,7 +118,7 @@ class Retriever:
         self.pipeline = bool(pipeline)
         self._weights, self._head_weights, self._allow_download = weights, head_weights, allow_download
         self._extractor: Optional["RoIExtractor"] = None
-        self._index: Optional[Collection] = None
+        self._index: Optional[persist.AnyIndex] = None
         self._coder: Optional["CodeProjector"] = None
         self._fingerprint: Optional[str] = None
         #: seconds spent per indexing stage by add() (accumulated; reset freely): each stage's
@@ -168,7 +168,7 @@ class Retriever:
         return self._index is not None
 
     @property
-    def index(self) -> Collection:
+    def index(self) -> persist.AnyIndex:
         """The indexed images: BoW inverted file and RoI store (after :meth:`train` or :meth:`load`);
         a :class:`~roiret.search.sharded.ShardedIndex` when loaded from a sharded folder."""
         if self._index is None:
