@@ -60,6 +60,7 @@ _LAZY = {
     "CodeParams": "params",
     "BowParams": "params",
     "RerankParams": "params",
+    "SearchParams": "params",
     # images and index folders
     "load_image": "io.images",
     "IndexFolder": "io.folder",
@@ -138,6 +139,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .eval import average_precision, load_gnd, mean_average_precision, ukbench_score  # noqa: F401
     from .io.folder import IndexFolder  # noqa: F401
     from .io.images import load_image  # noqa: F401
-    from .params import BowParams, CodeParams, RegionParams, RerankParams  # noqa: F401
+    from .params import BowParams, CodeParams, RegionParams, RerankParams, SearchParams  # noqa: F401
     from .search import Hit, PreparedQuery, Retriever, RetrieverConfig, SearchResult  # noqa: F401
     from .search.rerank import rerank  # noqa: F401

@@ -36,14 +36,14 @@ import dataclasses
 import threading
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import NotTrainedError
 from ..io import PathLike
 from ..io.images import ImageSource, SkippedImageWarning, error_reason, image_list, iter_prepared, source_name
-from ..params import CONFIGURED, Configured, Fusion, RerankParams, positive_int
+from ..params import RerankParams, SearchParams, VerifyParams, positive_int
 from . import persist, sharded
 from .config import RetrieverConfig
 from .encoding import BatchItem, encode_batches, encode_query
@@ -383,23 +383,19 @@ class Retriever:
         box: Optional[Sequence[float]] = None,
         *,
         top: Optional[int] = None,
-        mode: Optional[str] = None,
-        N: Optional[int] = None,
-        n: Optional[int] = None,
-        k: Optional[int] = None,
-        fusion: Union[Fusion, Configured] = CONFIGURED,
-        R: Optional[int] = None,
-        min_inliers: Optional[int] = None,
-        qe: Optional[int] = None,
+        params: Optional[SearchParams] = None,
+        **overrides: Any,
     ) -> SearchResult:
         """Rank the database for a query image, or for ``box = (x1, y1, x2, y2)`` (pixels of
-        the query image) inside it. ``top``: hits returned (default N). The other arguments
-        override the configuration for this call (left out — ``None``, or for ``fusion``
-        :data:`~roiret.params.CONFIGURED` — they are the configuration's): ``mode``, ``N``,
-        ``n``, ``k``, ``fusion`` (``"adaptive"``, a BoW weight in [0, 1], or 0 / ``"none"`` /
-        ``None``: the RoI score alone — as in :class:`RetrieverConfig`), ``R``,
-        ``min_inliers``, ``qe``. Every argument is checked before the query is read (a box of
-        four finite numbers, ``top`` a positive integer: ValueError / TypeError otherwise).
+        the query image) inside it. ``top``: hits returned (default N). ``params``
+        (:class:`~roiret.params.SearchParams`) and the keywords ``overrides`` — its fields,
+        which the keywords set on top of ``params`` — override the configuration for this
+        call: ``mode``, ``N``, ``n``, ``k``, ``fusion`` (``"adaptive"``, a BoW weight in [0,
+        1], or 0 / ``"none"`` / ``None``: the RoI score alone — as in
+        :class:`RetrieverConfig`), ``R``, ``min_inliers``, ``qe``; left out, they are the
+        configuration's. Every argument is checked before the query is read (a box of four
+        finite numbers, ``top`` a positive integer, the overrides as
+        :class:`~roiret.params.SearchParams` checks them: ValueError / TypeError otherwise).
 
         How the hits come (:class:`Hit`): the first stage (ASMK or TF-IDF, ``bow_score``)
         proposes candidates; the top ``R`` are verified geometrically, and those whose
@@ -411,49 +407,32 @@ class Retriever:
         best; ``score`` never increases with ``rank``: the inliers of a verified hit (>= 1),
         the re-ranking score in [0, 1], or ``bow_score − 1`` in [−1, 0] for the hits only in
         first-stage order (:class:`Hit` has the details)."""
-        params = self._rerank_params(mode, N, n, k, fusion)
-        q = self.prepare_query(image, box, with_rois=params.mode != "bow")
-        return self.rank(
-            q, top=top, mode=params.mode, N=N, n=n, k=k, fusion=fusion, R=R, min_inliers=min_inliers, qe=qe
-        )
+        params = SearchParams.of(params, **overrides)
+        rerank, _, _ = self._settings(params, top)  # checked before the query is read
+        q = self.prepare_query(image, box, with_rois=rerank.mode != "bow")
+        return self.rank(q, top=top, params=params)
 
-    def _rerank_params(
-        self,
-        mode: Optional[str],
-        N: Optional[int],
-        n: Optional[int],
-        k: Optional[int],
-        fusion: Union[Fusion, Configured],
-    ) -> RerankParams:
-        p = self.config.rerank
-        N = p.N if N is None else N
-        changes: Dict[str, Any] = {"mode": mode, "N": N, "n": min(p.n if n is None else n, N), "k": k}
-        p = p.replace(**{key: v for key, v in changes.items() if v is not None})
-        return p if fusion is CONFIGURED else p.replace(fusion=fusion)
+    def _settings(self, params: SearchParams, top: Optional[int]) -> Tuple[RerankParams, VerifyParams, int]:
+        """The re-ranking and verification parameters of a search (``params`` over the
+        configuration) and the hits it returns."""
+        rerank = params.rerank(self.config.rerank)
+        return rerank, params.verify(self.config.verify), rerank.N if top is None else positive_int("top", top)
 
     def rank(
         self,
         query: PreparedQuery,
         *,
         top: Optional[int] = None,
-        mode: Optional[str] = None,
-        N: Optional[int] = None,
-        n: Optional[int] = None,
-        k: Optional[int] = None,
-        fusion: Union[Fusion, Configured] = CONFIGURED,
-        R: Optional[int] = None,
-        min_inliers: Optional[int] = None,
-        qe: Optional[int] = None,
+        params: Optional[SearchParams] = None,
+        **overrides: Any,
     ) -> SearchResult:
-        """Rank the database for a :class:`PreparedQuery` (see :meth:`search`). The query's
-        RoIs are cut to this retriever's K (RoIs are in selection order)."""
-        params = self._rerank_params(mode, N, n, k, fusion)
-        changes = {"R": R, "min_inliers": min_inliers, "qe": qe}
-        verify = self.config.verify.replace(**{key: v for key, v in changes.items() if v is not None})
-        top = params.N if top is None else positive_int("top", top)
+        """Rank the database for a :class:`PreparedQuery`; ``top``, ``params`` and
+        ``overrides`` as in :meth:`search`. The query's RoIs are cut to this retriever's K
+        (RoIs are in selection order)."""
+        rerank, verify, top = self._settings(SearchParams.of(params, **overrides), top)
         index = self.index
         with self._rw.read():
-            return rank(query, index, self.nbits, params, K=self.config.K, top=top, verify=verify, threads=self.threads)
+            return rank(query, index, self.nbits, rerank, K=self.config.K, top=top, verify=verify, threads=self.threads)
 
     def explain(self, query: PreparedQuery, result: SearchResult, tolerance: float = DEFAULT_TOLERANCE) -> SearchResult:
         """``result`` with each hit's ``query_box`` / ``db_box`` replaced by the RoI pair that
