@@ -5,7 +5,7 @@ imported on first use, so ``import roiret`` stays fast.
 
 Sub-packages follow the data (docs/ARCHITECTURE.md): :mod:`roiret.io` (images, array
 files, index folders), :mod:`roiret.cnn` (weights, backbones, RoIs, descriptors, codes),
-:mod:`roiret.bow` (local features, vocabulary, inverted file), :mod:`roiret.search`
+:mod:`roiret.bow` (local features, vocabulary, encoder, inverted file), :mod:`roiret.search`
 (configuration, two-stage index, re-ranking, :class:`Retriever`), :mod:`roiret.eval`
 (ground truth, mAP, the paper's table) and :mod:`roiret.apps` (command line, demo,
 pictures); :mod:`roiret.params` holds the choices and parameter groups, :mod:`roiret.errors`

@@ -1,4 +1,4 @@
-"""The two-stage retriever: what a user imports (DESIGN.md stages 7–8).
+"""The two-stage retriever: what a user imports (docs/ARCHITECTURE.md has the data path).
 
 >>> r = roiret.Retriever(vocab_size=20_000, K=20, N=100, n=10, k=5)      # doctest: +SKIP
 >>> r.train(paths)            # vocabulary (+ whitening if asked), no labels  # doctest: +SKIP
