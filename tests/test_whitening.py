@@ -135,6 +135,9 @@ def test_load_refuses_other_files(tmp_path):
     np.savez(p, a=np.zeros(3))
     with pytest.raises(IndexFormatError, match="not a roiret roiret.PCAWhitening file"):
         PCAWhitening.load(p)
+    np.save(tmp_path / "a.npy", np.zeros(3))  # NumPy reads it, as an array
+    with pytest.raises(IndexFormatError, match=r"a\.npy: not a readable .* \(ValueError: a ndarray, not an \.npz"):
+        PCAWhitening.load(tmp_path / "a.npy")
     save_arrays(p, "roiret.PCAWhitening", 3, {}, {})
     with pytest.raises(IndexFormatError, match="version 3; this roiret reads versions 1 to 2"):
         PCAWhitening.load(p)

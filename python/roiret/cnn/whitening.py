@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import NotTrainedError
 from ..io import PathLike
-from ..io.arrays import load_arrays, save_arrays
+from ..io.arrays import load_arrays, open_npz, save_arrays
 from ..io.folder import as_format_error
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -272,7 +272,7 @@ def _is_version_1(path: PathLike) -> bool:
     """Whether ``path`` is a whitening file of version 1 (a ``meta`` entry and no array-file
     header); anything unreadable is left to the reader of the current version to report."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open_npz(path) as z:
             return "meta" in z.files and "__header__" not in z.files
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         return False
