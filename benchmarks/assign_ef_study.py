@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     gt = load_gnd(root / "gnd.json")
     r = Retriever.load(a.index, progress=False)
     faiss.omp_set_num_threads(1)
-    ext, voc, store = r.bow.extractor, r.bow.vocabulary, r.store
+    ext, voc, store = r.encoder.extractor, r.encoder.vocabulary, r.store
     t0 = time.time()
     feats = [ext.extract(resize_max_side(load_image(str(gt.image_path(n))), r.config.max_side)[0]) for n in store.names]
     allx = np.concatenate([f.descriptors for f in feats])

@@ -148,10 +148,9 @@ def _entries(paths: List[str], trained: Path) -> Any:
 
 def merge_times(paths: List[str], trained: Path, shard_counts: List[int], rounds: int = 3) -> List[Dict[str, Any]]:
     entries, r = _entries(paths, trained)
-    first = r.index.bow
 
     def index_of(part: List[Any]) -> TwoStageIndex:
-        idx = TwoStageIndex(BowIndex(first.vocabulary, first.extractor), RoIStore(r.index.store.words), GeometryStore())
+        idx = TwoStageIndex(BowIndex(r.encoder), RoIStore(r.index.store.words), GeometryStore())
         idx.add(part)
         return idx
 

@@ -102,7 +102,7 @@ def digest(r) -> str:
     for arrays in (r.store.state_dict(), r.index.geometry.state_dict()):
         for k in sorted(arrays):
             h.update(k.encode() + arrays[k].tobytes())
-    h.update(r.bow.inverted_file.ids().tobytes() + r.bow.inverted_file.document_frequencies().tobytes())
+    h.update(r.index.bow.inverted_file.ids().tobytes() + r.index.bow.inverted_file.document_frequencies().tobytes())
     return h.hexdigest()
 
 
@@ -191,7 +191,8 @@ def main() -> int:
                 threads = v.partition(":")[2]  # the CNN's results depend on torch's thread count
                 if first.setdefault(threads, digest(r)) != digest(r):
                     raise SystemExit(f"{name}, {v}: the index differs from the first add with these threads")
-        report(f"{name} ({r.config.backbone} {r.config.feature}, {r.bow.vocabulary.size} words)", args.variants, runs)
+        words = r.encoder.vocabulary.size
+        report(f"{name} ({r.config.backbone} {r.config.feature}, {words} words)", args.variants, runs)
         print(
             "every add gave the same index as the first with the same thread settings (RoI store, geometry, "
             f"inverted file); {len(set(first.values()))} distinct indexes over {len(first)} thread settings"

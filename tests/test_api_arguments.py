@@ -63,6 +63,35 @@ def test_good_boxes_of_every_number_type():
         assert check_box(box) == want
 
 
+@pytest.mark.parametrize(
+    "settings, error, match",
+    [
+        (dict(R=-1), ValueError, "R must be a non-negative integer, got -1"),
+        (dict(n=500), ValueError, "n must be <= N"),  # the configured N is 100: an n given is never cut
+        (dict(fusion=2), ValueError, "fusion must be 'adaptive'"),
+        (dict(params={"R": 0}), TypeError, "params: expected roiret.params.SearchParams, got dict"),
+        (dict(radius=3), TypeError, "unknown search setting 'radius'"),
+        (dict(top=0), ValueError, "top must be a positive integer"),
+    ],
+)
+def test_search_settings_are_checked_before_the_query_is_read(r, tmp_path, settings, error, match):
+    with pytest.raises(error, match=match):
+        r.search(str(tmp_path / "no such query.jpg"), **settings)
+
+
+def test_search_params_and_keywords_rank_alike(r):
+    from roiret.params import SearchParams
+
+    q = r.prepare_query(RI.photos()[0])
+    key = lambda res: [(h.id, h.score, h.bow_score, h.inliers) for h in res.hits]  # noqa: E731
+    for mode in ("exhaustive", "bow"):
+        a = r.rank(q, top=len(r), params=SearchParams(mode=mode, R=0, qe=0))
+        b = r.rank(q, top=len(r), mode=mode, R=0, qe=0)
+        c = r.rank(q, top=len(r), params=SearchParams(mode=mode, R=50), R=0, qe=0)  # keywords on top
+        assert key(a) == key(b) == key(c) and a.mode == mode
+    assert key(r.search(RI.photos()[0], params=SearchParams(N=3, n=2))) == key(r.rank(q, N=3, n=2))
+
+
 @pytest.mark.parametrize("top", [2.5, 3.0, float("inf"), float("nan"), True, 0, -1, "3"])
 def test_top_must_be_a_positive_integer(r, top):
     q = r.prepare_query(RI.photos()[0])

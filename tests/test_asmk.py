@@ -108,7 +108,7 @@ def test_query_multiple_assignment_uses_the_graph_from_the_threshold(asmk_index,
     """From DEFAULT_QUERY_HNSW_THRESHOLD words a query's nearest words come from the HNSW
     graph, through assign_and_bag and bag alike; below it, and for the database, the
     vocabulary's own rule."""
-    import roiret.bow.index as bi
+    import roiret.bow.encoder as bi
 
     bow, feats = asmk_index
     calls = []
@@ -119,14 +119,14 @@ def test_query_multiple_assignment_uses_the_graph_from_the_threshold(asmk_index,
         return original(self, x, m, ratio, approximate=approximate)
 
     monkeypatch.setattr(Vocabulary, "assign_multiple", spy)
-    exact_words, exact_bag = bow.assign_and_bag(feats[4], query=True)
+    exact_words, exact_bag = bow.encoder.assign_and_bag(feats[4], query=True)
     b2 = BowIndex(bow.vocabulary, embedding=bow.embedding, asmk=bow.asmk.replace(db_assignments=2))
-    b2.assign_and_bag(feats[4], query=False)
+    b2.encoder.assign_and_bag(feats[4], query=False)
     assert calls == [None, None]
     monkeypatch.setattr(bi, "DEFAULT_QUERY_HNSW_THRESHOLD", bow.vocabulary.size)
-    words, (w, s) = bow.assign_and_bag(feats[4], query=True)
-    w2, s2 = bow.bag(feats[4], words, query=True)
-    b2.assign_and_bag(feats[4], query=False)
+    words, (w, s) = bow.encoder.assign_and_bag(feats[4], query=True)
+    w2, s2 = bow.encoder.bag(feats[4], words, query=True)
+    b2.encoder.assign_and_bag(feats[4], query=False)
     assert calls[2:] == [True, True, None]
     # 40 well-separated words: the graph finds what brute force finds
     assert np.array_equal(words, exact_words) and np.array_equal(w, exact_bag[0]) and np.array_equal(s, exact_bag[1])
@@ -215,7 +215,7 @@ def asmk_index():
 
 
 def _kernel_oracle(bow, feats, q_words, q_sigs, q_weights):
-    bags = [bow.bag(f, bow.vocabulary.assign(f.descriptors)) for f in feats]
+    bags = [bow.encoder.bag(f, bow.vocabulary.assign(f.descriptors)) for f in feats]
     offsets = np.concatenate([[0], np.cumsum([len(w) for w, _ in bags])])
     ref = asmk_index_ref(
         offsets,
@@ -230,7 +230,7 @@ def _kernel_oracle(bow, feats, q_words, q_sigs, q_weights):
 def _add(bow, feats):
     from roiret.bow import bags_to_csr
 
-    bags = [bow.bag(f, bow.vocabulary.assign(f.descriptors)) for f in feats]
+    bags = [bow.encoder.bag(f, bow.vocabulary.assign(f.descriptors)) for f in feats]
     return bow.add_bags(np.arange(len(feats)), *bags_to_csr(bags))
 
 
@@ -239,7 +239,7 @@ def test_bow_search_matches_the_kernel_reference(asmk_index):
     b = BowIndex(bow.vocabulary, embedding=bow.embedding, asmk=bow.asmk)
     _add(b, feats)
     q = feats[7]
-    words, sigs = b.bag(q, b.vocabulary.assign(q.descriptors), query=True)
+    words, sigs = b.encoder.bag(q, b.vocabulary.assign(q.descriptors), query=True)
     ref, scores = _kernel_oracle(b, feats, words, sigs, query_weights(words, np.asarray(b.inverted_file.idf())))
     assert np.allclose(np.asarray(b.inverted_file.idf()), ref.idf)
     ids, got = b.search_bag(words, sigs, top=10)
@@ -253,9 +253,9 @@ def test_bow_search_matches_the_kernel_reference(asmk_index):
 def test_assign_and_bag_is_assign_then_bag(asmk_index):
     bow, feats = asmk_index
     for query in (False, True):
-        words, (w, s) = bow.assign_and_bag(feats[2], query=query)
-        assert np.array_equal(words, bow.assign_features(feats[2]))
-        w2, s2 = bow.bag(feats[2], words, query=query)
+        words, (w, s) = bow.encoder.assign_and_bag(feats[2], query=query)
+        assert np.array_equal(words, bow.encoder.assign_features(feats[2]))
+        w2, s2 = bow.encoder.bag(feats[2], words, query=query)
         assert np.array_equal(w, w2) and np.array_equal(s, s2)
     with pytest.raises(ValueError, match="first_stage='asmk' needs an embedding"):
         BowIndex(bow.vocabulary, asmk=AsmkParams())
@@ -266,9 +266,9 @@ def test_expanded_query_scores_the_mean_of_normalised_kernels(asmk_index):
     b = BowIndex(bow.vocabulary, embedding=bow.embedding, asmk=bow.asmk)
     _add(b, feats)
     idf = np.asarray(b.inverted_file.idf())
-    bags = [b.bag(feats[i], b.vocabulary.assign(feats[i].descriptors), query=True) for i in (3, 11, 12)]
+    bags = [b.encoder.bag(feats[i], b.vocabulary.assign(feats[i].descriptors), query=True) for i in (3, 11, 12)]
     stored = b.bag_of(11)
-    assert np.array_equal(stored[0], b.bag(feats[11], b.vocabulary.assign(feats[11].descriptors))[0])
+    assert np.array_equal(stored[0], b.encoder.bag(feats[11], b.vocabulary.assign(feats[11].descriptors))[0])
     words, sigs, weights = expanded_terms(bags, idf)
     _, exact = b.search_exact(words, sigs, len(feats), weights=weights)
     ids, _ = b.search_exact(words, sigs, len(feats), weights=weights)
@@ -287,7 +287,7 @@ def test_bow_index_save_load_and_damage(asmk_index, tmp_path):
     back = BowIndex.load(tmp_path / "i")
     assert back.embedded and back.asmk == b.asmk and back.embedding.bits == 100
     q = feats[4]
-    bag = b.bag(q, b.vocabulary.assign(q.descriptors), query=True)
+    bag = b.encoder.bag(q, b.vocabulary.assign(q.descriptors), query=True)
     assert [x.tolist() for x in back.search_bag(*bag)] == [x.tolist() for x in b.search_bag(*bag)]
     manifest = json.loads((tmp_path / "i" / "manifest.json").read_text())
     emb_file = tmp_path / "i" / manifest["files"]["embedding"]["name"]

@@ -714,7 +714,7 @@ def test_query_image_finds_itself_first(bow_index):
 
 @needs_core
 def test_search_bags_batch_equals_single(bow_index):
-    bags = [bow_index.encode(_photo(n)) for n in ("coffee", "moon", "rocket")]
+    bags = [bow_index.encoder.encode(_photo(n)) for n in ("coffee", "moon", "rocket")]
     bags.insert(1, (np.zeros(0, np.int64), np.zeros(0, np.float32)))  # an empty query
     batch = bow_index.search_bags(bags, top=50)  # more than the 12 images indexed
     assert len(batch) == 4 and batch[1].ids.size == 0
@@ -736,8 +736,8 @@ def test_query_by_box_and_by_crop(bow_index):
     crop = img[20:220, 150:350]
     assert bow_index.search(crop, top=3).ids[0] == 100
     # the box version equals encoding the whole-image features restricted to the box
-    w1, c1 = bow_index.encode(img, box=box)
-    w2, c2 = bow_index.encode_features(bow_index.extractor.extract(img).in_box(box))
+    w1, c1 = bow_index.encoder.encode(img, box=box)
+    w2, c2 = bow_index.encoder.encode_features(bow_index.extractor.extract(img).in_box(box))
     np.testing.assert_array_equal(w1, w2)
     np.testing.assert_array_equal(c1, c2)
 
@@ -815,6 +815,45 @@ def test_bow_index_load_rejects_corruption(tmp_path, bow_index):
     (tmp_path / "x" / "manifest.json").write_text('{"format": "other"}')
     with pytest.raises(IndexFormatError):
         BowIndex.load(tmp_path / "x")
+
+
+@needs_core
+def test_bow_index_is_an_encoder_and_an_inverted_file(bow_index, vocab):
+    """BowIndex(encoder) and the vocabulary shorthand make the same first stage; the encoder
+    alone encodes; what belongs to the encoder is refused beside one, and an inverted file
+    that does not fit it is refused before anything is made."""
+    from roiret import InvertedFile
+    from roiret.bow import BowEncoder
+
+    enc = BowEncoder(vocab, LocalFeatureExtractor(max_keypoints=800))
+    idx = BowIndex(enc)
+    assert idx.encoder is enc and idx.vocabulary is vocab and not idx.embedded and idx.asmk.first_stage == "tfidf"
+    assert repr(enc).startswith("BowEncoder(vocabulary=")
+    idx.add([_photo(n) for n in INDEX_PHOTOS], ids=np.arange(100, 100 + len(INDEX_PHOTOS)), progress=False)
+    for name in ("coffee", "clock"):
+        a, b = idx.search(_photo(name), top=8), bow_index.search(_photo(name), top=8)
+        assert a.ids.tolist() == b.ids.tolist() and a.scores.tobytes() == b.scores.tobytes()
+        words, counts = enc.encode(_photo(name), query=True)
+        assert idx.search_bag(words, counts, top=8).ids.tolist() == a.ids.tolist()
+    with pytest.raises(TypeError, match="the encoder's"):
+        BowIndex(enc, LocalFeatureExtractor())
+    with pytest.raises(ValueError, match=f"{vocab.size + 1} words, the vocabulary {vocab.size}"):
+        BowIndex(enc, inverted_file=InvertedFile(vocab.size + 1))
+
+
+@needs_core
+def test_a_saved_inverted_file_of_another_vocabulary_is_refused(bow_index, vocab, tmp_path):
+    from roiret import InvertedFile
+    from roiret.io.folder import IndexFolder
+
+    def write(w):  # a BoW index folder whose inverted file was made for one word more
+        bow_index.encoder.write(w)
+        w.put("inverted_file", "inverted_file", "bin", lambda p: InvertedFile(vocab.size + 1).save(str(p)))
+        return {"asmk": bow_index.asmk.to_dict(), "extractor": bow_index.extractor.config(), "next_id": 0}
+
+    IndexFolder(tmp_path / "bad", "roiret.bow_index", 1, "roiret BoW index").save(write)
+    with pytest.raises(IndexFormatError, match=r"inverted_file-\w+\.bin: does not fit .*words, the vocabulary"):
+        BowIndex.load(tmp_path / "bad")
 
 
 # ========================================================================================

@@ -253,6 +253,8 @@ def test_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["search", "a", "b", "--box", "1,2,3"])
     assert "x1,y1,x2,y2" in capsys.readouterr().err
+    assert main(["search", str(tmp_path / "missing"), "x.jpg", "-R", "-1"]) == 2  # refused before the index is read
+    assert "roiret: error: R must be a non-negative integer, got -1" in capsys.readouterr().err
 
 
 def test_query_boxes_as_a_person_types_them(index, folder, tmp_path, capsys):

@@ -36,7 +36,7 @@ def test_version_1_index_ranks_as_before(old_index):
         r = Retriever.load(old_index, progress=False)
     assert r.index.geometry is None  # no spatial verification: the rankings are the old ones
     assert len(r) == expected["images"] and r.nbits == 256
-    assert r.bow.extractor.max_keypoints == manifest["local_features"]["max_features"]
+    assert r.encoder.extractor.max_keypoints == manifest["local_features"]["max_features"]
     queries = {
         name: (photo, box) for name, photo, box in make_collection(scenes_per_object=1, distractors=1, seed=1).queries
     }

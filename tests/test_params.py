@@ -10,7 +10,16 @@ import pytest
 
 import roiret
 from roiret import NotTrainedError, RoiretError
-from roiret.params import BowParams, CodeParams, RegionParams, RerankParams, VerifyParams
+from roiret.params import (
+    CONFIGURED,
+    FIRST_STAGE_ONLY,
+    BowParams,
+    CodeParams,
+    RegionParams,
+    RerankParams,
+    SearchParams,
+    VerifyParams,
+)
 from roiret.search.config import RetrieverConfig
 
 # (field, bad value, part of the message) — each must be refused wherever it is given
@@ -65,6 +74,45 @@ def test_the_group_gives_the_same_message(name, value, message):
     with pytest.raises(ValueError) as from_config:
         RetrieverConfig(**{name: value})
     assert str(from_group.value) == str(from_config.value)
+
+
+@pytest.mark.parametrize(
+    "name, value, message", [b for b in BAD if b[0] in {f.name for f in dataclasses.fields(SearchParams)} - {"n"}]
+)
+def test_a_search_override_is_checked_as_the_configuration_checks_it(name, value, message):
+    with pytest.raises(ValueError) as override:
+        SearchParams(**{name: value})
+    with pytest.raises(ValueError) as config:
+        RetrieverConfig(**{name: value})
+    assert str(override.value) == str(config.value)
+    with pytest.raises(ValueError) as both:
+        SearchParams(N=5, n=6)
+    with pytest.raises(ValueError) as group:
+        RerankParams(N=5, n=6)
+    assert str(both.value) == str(group.value)
+
+
+def test_search_params_override_the_configured_groups():
+    c = RetrieverConfig(N=50, n=10, k=5, fusion=0.5, R=30, qe=7)
+    nothing = SearchParams()
+    assert nothing.fusion is CONFIGURED and nothing == SearchParams.of()
+    assert nothing.rerank(c.rerank) == c.rerank and nothing.verify(c.verify) == c.verify
+    p = SearchParams(mode="exhaustive", N=8, fusion=None, R=0)
+    assert p.fusion == 0.0  # None: the RoI score alone, as in the configuration
+    assert p.rerank(c.rerank) == RerankParams(N=8, n=8, k=5, mode="exhaustive", fusion=0.0)  # configured n cut to N
+    assert p.verify(c.verify) == VerifyParams(R=0, min_inliers=5, qe=7)
+    assert SearchParams(n=3, k=np.int64(2)).rerank(c.rerank) == RerankParams(N=50, n=3, k=2, fusion=0.5)
+    with pytest.raises(ValueError, match="n must be <= N"):
+        SearchParams(n=60).rerank(c.rerank)  # an n given is never cut
+    assert FIRST_STAGE_ONLY.rerank(c.rerank).mode == "bow" and FIRST_STAGE_ONLY.verify(c.verify).R == 0
+    # keywords on top of a SearchParams; what is not a setting is refused by name
+    assert SearchParams.of(p, R=4, qe=2) == SearchParams(mode="exhaustive", N=8, fusion=0.0, R=4, qe=2)
+    with pytest.raises(TypeError, match="unknown search setting 'top'; the settings are mode, N, n, k, fusion"):
+        SearchParams.of(top=3)
+    with pytest.raises(TypeError, match="params: expected roiret.params.SearchParams, got dict"):
+        SearchParams.of({"R": 0})  # type: ignore[arg-type]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.R = 3  # type: ignore[misc]
 
 
 def test_region_params_are_checked_once_for_every_entry_point(kernels):

@@ -115,7 +115,7 @@ def test_entries_are_bit_identical(base_path, sources):
             r._batches(sources, "raise"),
             ids,
             None,
-            bow=r.bow,
+            encoder=r.encoder,
             extractor=r.extractor,
             coder=r._coder,
             lock=r._query_lock,
@@ -202,7 +202,7 @@ def test_an_error_in_the_thread_is_raised_in_the_caller(base_path, monkeypatch):
     annotate: it still reaches the caller, after the two batches before it."""
     r = RI.load(base_path, batch_size=2, pipeline=True)
     n0 = len(r)
-    lfe = r.bow.extractor
+    lfe = r.encoder.extractor
     real, calls = lfe.extract, []
 
     def failing(image, **kw):

@@ -113,7 +113,7 @@ def built_K4(built, collection):
     """A retriever indexed with K=4 from the start (same weights, parameters and vocabulary)."""
     r, _ = built
     r4 = Retriever(weights=WEIGHTS, **dict(PARAMS, K=4))
-    r4.train(collection.database, vocabulary=r.bow.vocabulary)
+    r4.train(collection.database, vocabulary=r.encoder.vocabulary)
     r4.add(collection.database, names=collection.names)
     return r4
 

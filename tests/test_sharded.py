@@ -125,13 +125,46 @@ def test_the_idf_is_the_collections(single, sharded_folder):
     assert not alone.index.bow.inverted_file.has_collection_stats and len(alone) == 5
 
 
+def test_the_first_stage_alone_searches_the_shards_as_one_index(single, sharded_folder, collection):
+    """``Retriever.bow`` of a sharded index: the collection's encoder and the merged lists —
+    by image, by bag and the stored bags — exactly as one index's BowIndex; read-only."""
+    from roiret.bow import BowIndex
+
+    r = load(sharded_folder)
+    one, many = single.bow, r.bow
+    assert isinstance(one, BowIndex) and isinstance(many, sharded.ShardedBow) and not isinstance(many, BowIndex)
+    assert many.encoder is r.encoder is r.index.encoder and len(many) == len(one) == 17
+    assert many.vocabulary is r.encoder.vocabulary and many.embedded == one.embedded == single.encoder.embedded
+    for _, photo, box in collection.queries[:3]:
+        a, b = one.search(photo, box=box, top=17), many.search(photo, box=box, top=17)
+        assert a.ids.tolist() == b.ids.tolist() and a.scores.tobytes() == b.scores.tobytes()
+        bag = single.encoder.encode(photo, box=box, query=True)
+        assert [h.ids.tolist() for h in many.search_bags([bag, bag], top=5)] == [a.ids[:5].tolist()] * 2
+    if one.embedded:
+        for image_id in (0, 8, 16):  # one id in each shard
+            assert all(np.array_equal(x, y) for x, y in zip(one.bag_of(image_id), many.bag_of(image_id)))
+    with pytest.raises(ValueError, match="top"):
+        many.search_bag(*bag, top=0)
+    assert not hasattr(many, "add") and not hasattr(many, "save")
+
+
+def test_both_kinds_of_index_are_the_collection_rank_reads(single, sharded_folder):
+    """rank reads one protocol (mypy checks the calls; this checks the classes at run time)."""
+    from roiret.search.collection import Collection, RowReader
+
+    r = load(sharded_folder)
+    assert isinstance(single.index, Collection) and isinstance(r.index, Collection)
+    assert all(isinstance(s, sharded.Shard) for s in r.index.shards)
+    assert not isinstance(r.index.store, RowReader) and not isinstance(r.bow, Collection)  # the check can fail
+
+
 def test_bow_merge_keeps_one_index_order_with_ties(single, sharded_folder):
     r = load(sharded_folder)
     rng = np.random.default_rng(0)
     for words in [np.array([0, 1]), rng.integers(0, 300, 40), np.array([299])]:
         counts = np.ones(len(words), np.float32)
         if single.index.embedded:  # signatures instead of counts; a few equal, most random
-            counts = rng.integers(0, 2**63, (len(words), single.index.bow.embedding.words), dtype=np.uint64)
+            counts = rng.integers(0, 2**63, (len(words), single.encoder.embedding.words), dtype=np.uint64)
             counts[: len(words) // 2] = 0
         a = single.index.search_bow(words, counts, 17)
         b = r.index.search_bow(words, counts, 17)

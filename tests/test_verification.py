@@ -201,11 +201,11 @@ def test_query_expansion_searches_the_expanded_bag(photo_index):
     idf = np.asarray(r.bow.inverted_file.idf())
     for h in sorted(verified, key=lambda h: -h.inliers):
         row = int(r.store.indices_of([h.id])[0])
-        if r.bow.embedded:  # the stored (words, signatures) of the image
+        if r.encoder.embedded:  # the stored (words, signatures) of the image
             bags.append(r.bow.bag_of(h.id))
         else:
             bags.append(np.unique(geo.words_of(row).astype(np.int64), return_counts=True))
-    if r.bow.embedded:
+    if r.encoder.embedded:
         words, sigs, weights = expanded_terms(bags, idf)
         want_ids, want_scores = r.bow.search_bag(words, sigs, top=len(r), weights=weights)
     else:

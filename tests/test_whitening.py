@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from roiret.cnn.whitening import PCAWhitening, l2_normalize
-from roiret.errors import NotTrainedError
+from roiret.errors import IndexFormatError, NotTrainedError
+from roiret.io.arrays import load_arrays, save_arrays
 
 
 def _correlated(n=2000, d=12, seed=0):
@@ -82,10 +83,66 @@ def test_save_load_roundtrip(tmp_path):
     np.testing.assert_array_equal(st.projection_, w.projection_)
 
 
+def test_saved_as_a_checksummed_array_file(tmp_path):
+    w = PCAWhitening(dims=4).fit(_correlated(seed=6))
+    p = tmp_path / "w.npz"
+    w.save(p)
+    hdr, arrays = load_arrays(p, "roiret.PCAWhitening", 2)  # roiret.io.arrays checks every SHA-256
+    assert (hdr["version"], hdr["dims"], hdr["n_samples"]) == (2, 4, 2000) and set(arrays) == {
+        "mean",
+        "projection",
+        "eigenvalues",
+    }
+    np.testing.assert_array_equal(arrays["projection"], w.projection_)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["w.npz"]  # no temporary file left
+    with np.load(p) as z:  # a valid .npz whose mean is not the one the header's SHA-256 names
+        entries = {k: z[k] for k in z.files}
+    entries["mean"][0] += 1.0
+    np.savez(p, **entries)
+    with pytest.raises(IndexFormatError, match="'mean' is corrupt"):
+        PCAWhitening.load(p)
+
+
+def test_a_file_of_version_1_still_loads(tmp_path):
+    """What PCAWhitening.save wrote before it used roiret.io.arrays (its code, verbatim)."""
+    import json
+
+    x = _correlated(seed=7)
+    w = PCAWhitening(dims=6, eps=0.01).fit(x)
+    st = w.state_dict()
+    meta = {k: st[k] for k in ("format", "version", "dims", "eps", "rank_tol", "normalize", "n_samples")}
+    meta["version"] = 1
+    p = tmp_path / "old.npz"
+    with open(p, "wb") as f:
+        np.savez(
+            f,
+            meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+            mean=st["mean"],
+            projection=st["projection"],
+            eigenvalues=st["eigenvalues"],
+        )
+    v = PCAWhitening.load(p)
+    np.testing.assert_array_equal(v.transform(x[:10]), w.transform(x[:10]))
+    assert (v.dims, v.eps, v.n_samples_) == (6, 0.01, 2000)
+    with open(p, "wb") as f:  # a version-1 file without its projection
+        np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), mean=st["mean"])
+    with pytest.raises(IndexFormatError, match="old.npz: not a PCAWhitening file"):
+        PCAWhitening.load(p)
+
+
 def test_load_refuses_other_files(tmp_path):
     p = tmp_path / "x.npz"
     np.savez(p, a=np.zeros(3))
-    with pytest.raises(ValueError, match="not a PCAWhitening"):
+    with pytest.raises(IndexFormatError, match="not a roiret roiret.PCAWhitening file"):
+        PCAWhitening.load(p)
+    np.save(tmp_path / "a.npy", np.zeros(3))  # NumPy reads it, as an array
+    with pytest.raises(IndexFormatError, match=r"a\.npy: not a readable .* \(ValueError: a ndarray, not an \.npz"):
+        PCAWhitening.load(tmp_path / "a.npy")
+    save_arrays(p, "roiret.PCAWhitening", 3, {}, {})
+    with pytest.raises(IndexFormatError, match="version 3; this roiret reads versions 1 to 2"):
+        PCAWhitening.load(p)
+    save_arrays(p, "roiret.PCAWhitening", 2, {"dims": None}, {"mean": np.zeros(3)})
+    with pytest.raises(IndexFormatError, match="invalid PCAWhitening file"):
         PCAWhitening.load(p)
     with pytest.raises(FileNotFoundError):
         PCAWhitening.load(tmp_path / "missing.npz")

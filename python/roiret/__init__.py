@@ -5,7 +5,7 @@ imported on first use, so ``import roiret`` stays fast.
 
 Sub-packages follow the data (docs/ARCHITECTURE.md): :mod:`roiret.io` (images, array
 files, index folders), :mod:`roiret.cnn` (weights, backbones, RoIs, descriptors, codes),
-:mod:`roiret.bow` (local features, vocabulary, inverted file), :mod:`roiret.search`
+:mod:`roiret.bow` (local features, vocabulary, encoder, inverted file), :mod:`roiret.search`
 (configuration, two-stage index, re-ranking, :class:`Retriever`), :mod:`roiret.eval`
 (ground truth, mAP, the paper's table) and :mod:`roiret.apps` (command line, demo,
 pictures); :mod:`roiret.params` holds the choices and parameter groups, :mod:`roiret.errors`
@@ -60,6 +60,7 @@ _LAZY = {
     "CodeParams": "params",
     "BowParams": "params",
     "RerankParams": "params",
+    "SearchParams": "params",
     # images and index folders
     "load_image": "io.images",
     "IndexFolder": "io.folder",
@@ -70,6 +71,7 @@ _LAZY = {
     "build_backbone": "cnn.backbones",
     "detect_rois": "cnn.regions",
     # bag of words
+    "BowEncoder": "bow",
     "BowIndex": "bow",
     "Vocabulary": "bow",
     "LocalFeatureExtractor": "bow",
@@ -120,7 +122,7 @@ if TYPE_CHECKING:  # pragma: no cover
         supported_simd_levels,
         unpack_codes,
     )
-    from .bow import BowIndex, LocalFeatureExtractor, Vocabulary  # noqa: F401
+    from .bow import BowEncoder, BowIndex, LocalFeatureExtractor, Vocabulary  # noqa: F401
     from .cnn.backbones import build_backbone  # noqa: F401
     from .cnn.extractor import RoIExtractor, RoIResult  # noqa: F401
     from .cnn.regions import detect_rois  # noqa: F401
@@ -137,6 +139,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .eval import average_precision, load_gnd, mean_average_precision, ukbench_score  # noqa: F401
     from .io.folder import IndexFolder  # noqa: F401
     from .io.images import load_image  # noqa: F401
-    from .params import BowParams, CodeParams, RegionParams, RerankParams  # noqa: F401
+    from .params import BowParams, CodeParams, RegionParams, RerankParams, SearchParams  # noqa: F401
     from .search import Hit, PreparedQuery, Retriever, RetrieverConfig, SearchResult  # noqa: F401
     from .search.rerank import rerank  # noqa: F401

@@ -35,11 +35,13 @@ __all__ = [
     "DEFAULT_T_MIN",
     "DEFAULT_T_RATE",
     "FEATURES",
+    "FIRST_STAGE_ONLY",
     "Fusion",
     "LOCAL_FEATURES",
     "MODES",
     "RegionParams",
     "RerankParams",
+    "SearchParams",
     "THRESHOLD_MODES",
     "VerifyParams",
     "auto_vocab_size",
@@ -431,3 +433,70 @@ class VerifyParams(_Group):
         self._set("R", non_negative_int("R", self.R))
         self._set("min_inliers", positive_int("min_inliers", self.min_inliers))
         self._set("qe", non_negative_int("qe", self.qe))
+
+
+@dataclass(frozen=True)
+class SearchParams(_Group):
+    """One search's overrides of the configuration (:meth:`Retriever.search
+    <roiret.Retriever.search>` / :meth:`~roiret.Retriever.rank`, ``roiret search``, the
+    evaluation): each field left out — ``None``, or for ``fusion`` :data:`CONFIGURED` — is
+    the configuration's. ``mode``, ``N``, ``n``, ``k`` and ``fusion`` override the
+    :class:`RerankParams`, ``R``, ``min_inliers`` and ``qe`` the :class:`VerifyParams`
+    (the same values, checked here the same way); ``n`` left out is the configuration's,
+    cut to an overriding ``N`` when larger.
+    """
+
+    mode: Optional[str] = None
+    N: Optional[int] = None
+    n: Optional[int] = None
+    k: Optional[int] = None
+    fusion: Union[Fusion, Configured] = CONFIGURED
+    R: Optional[int] = None
+    min_inliers: Optional[int] = None
+    qe: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.mode is not None:
+            _choice("mode", self.mode, MODES)
+        for name in ("N", "n", "k", "min_inliers"):
+            if getattr(self, name) is not None:
+                self._set(name, positive_int(name, getattr(self, name)))
+        for name in ("R", "qe"):
+            if getattr(self, name) is not None:
+                self._set(name, non_negative_int(name, getattr(self, name)))
+        if self.fusion is not CONFIGURED:
+            self._set("fusion", check_fusion(self.fusion))
+        if self.N is not None and self.n is not None and self.n > self.N:
+            raise ValueError(
+                f"n must be <= N (n of the N candidates are matched exhaustively), got n={self.n}, N={self.N}"
+            )
+
+    @classmethod
+    def of(cls, params: Optional["SearchParams"] = None, **overrides: Any) -> "SearchParams":
+        """``params`` (``None``: no override) with ``overrides``, keywords named as the
+        fields, on top. TypeError for ``params`` that is not a SearchParams or an unknown
+        keyword; ValueError for a bad value."""
+        if params is not None and not isinstance(params, SearchParams):
+            raise TypeError(f"params: expected roiret.params.SearchParams, got {type(params).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise TypeError(f"unknown search setting {unknown[0]!r}; the settings are {', '.join(names)}")
+        return (params or cls()).replace(**overrides)
+
+    def rerank(self, configured: RerankParams) -> RerankParams:
+        """The re-ranking parameters: ``configured`` with these overrides (ValueError when
+        they contradict it, as an ``n`` larger than ``N``)."""
+        N = configured.N if self.N is None else self.N
+        n = min(configured.n, N) if self.n is None else self.n
+        p = configured.replace(N=N, n=n, **{k: v for k, v in (("mode", self.mode), ("k", self.k)) if v is not None})
+        return p if self.fusion is CONFIGURED else p.replace(fusion=self.fusion)
+
+    def verify(self, configured: VerifyParams) -> VerifyParams:
+        """The verification parameters: ``configured`` with these overrides."""
+        changes = {"R": self.R, "min_inliers": self.min_inliers, "qe": self.qe}
+        return configured.replace(**{k: v for k, v in changes.items() if v is not None})
+
+
+#: the first stage's own order: no re-ranking, no spatial verification or query expansion
+FIRST_STAGE_ONLY = SearchParams(mode="bow", R=0, qe=0)

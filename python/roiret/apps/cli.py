@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import difflib
 import importlib.util
 import json
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple, Union
 
 from ..io.images import Box, SkippedImageWarning, check_box
-from ..params import BACKBONES, FEATURES, FIRST_STAGES, MODES
+from ..params import BACKBONES, FEATURES, FIRST_STAGE_ONLY, FIRST_STAGES, MODES, SearchParams
 from . import indexing
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -643,12 +644,19 @@ def _as_given(args: argparse.Namespace) -> Iterator[None]:
         yield
 
 
+def _search_params(args: argparse.Namespace) -> SearchParams:
+    """The search settings given on the command line (``--mode``, ``--fusion``, ``-R``, ...:
+    the options named as the fields of SearchParams; one left out is the index's)."""
+    names = [f.name for f in dataclasses.fields(SearchParams)]
+    return SearchParams(**{name: getattr(args, name) for name in names if hasattr(args, name)})
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     query_box = _query_box(args)
+    params = _search_params(args)  # checked before the index is read
     r = _load(args)
-    overrides = {k: getattr(args, k) for k in ("fusion", "R", "min_inliers", "qe") if hasattr(args, k)}
     with _as_given(args):
-        res = r.search(args.image, query_box, top=args.top, mode=args.mode, **overrides)  # absent: the index's
+        res = r.search(args.image, query_box, top=args.top, params=params)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
         return 0
@@ -682,7 +690,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     with _as_given(args):
         prepared = r.prepare_query(args.image, box)  # features once, ranked both ways
     res = r.explain(prepared, r.rank(prepared, top=args.top))
-    first = r.rank(prepared, top=args.top, mode="bow", R=0, qe=0)  # the first stage's own order
+    first = r.rank(prepared, top=args.top, params=FIRST_STAGE_ONLY)
     query = load_image(args.image)
     missing: Dict[str, str] = {}
 

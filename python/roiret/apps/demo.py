@@ -21,16 +21,15 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..params import CONFIGURED
+from ..params import SearchParams
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..io import PathLike
     from ..io.images import Box
-    from ..params import Configured, Fusion
     from ..search.results import SearchResult
     from ..search.retriever import Retriever
 
@@ -193,7 +192,7 @@ def _query_section(
     qname: str,
     photo: np.ndarray,
     box: Box,
-    modes: Dict[str, Tuple[str, str, Union[Fusion, Configured]]],
+    modes: Dict[str, Tuple[str, SearchParams]],
     aps: Dict[str, List[float]],
     lat: List[float],
     out: str,
@@ -207,10 +206,8 @@ def _query_section(
     pos_ids = {int(ids[i]) for i in col.positives[qname]}
     results: Dict[str, SearchResult] = {}
     prepared = r.prepare_query(photo, box)  # features once, ranked several ways
-    for key, (_, mode, fusion) in modes.items():
-        # the paper's stages alone; the default adds spatial verification and query expansion
-        extra = {} if key == "roiret" else {"R": 0, "qe": 0}
-        res = r.rank(prepared, top=len(r), mode=mode, fusion=fusion, **extra)
+    for key, (_, params) in modes.items():
+        res = r.rank(prepared, top=len(r), params=params)
         results[key] = res
         if key == "roiret":
             lat.append(res.timings["total"])
@@ -269,17 +266,18 @@ def run_demo(
         f"(built from scikit-image's photos in {time.perf_counter() - t0:.1f} s)"
     )
     r, ids, t_index = _build(col, K, seed, device, progress, weights, print_fn, **config)
-    # (label, mode, fusion): the paper's re-ranking uses the RoI score alone (fusion 0)
-    modes: Dict[str, Tuple[str, str, Union[Fusion, Configured]]] = {
-        "bow": ("BoW only (first stage)", "bow", 0.0),
-        "global": ("global baseline: whole-image codes re-rank the top N", "global", 0.0),
-        "paper": ("RoI re-ranking, fast (the paper)", "fast", 0.0),
-        "exhaustive": ("RoI re-ranking, exhaustive", "exhaustive", 0.0),
+    # (label, search): the paper's stages alone — the RoI score alone (fusion 0), neither
+    # spatial verification nor query expansion —, then the default, which adds both
+    paper = SearchParams(fusion=0.0, R=0, qe=0)
+    modes: Dict[str, Tuple[str, SearchParams]] = {
+        "bow": ("BoW only (first stage)", paper.replace(mode="bow")),
+        "global": ("global baseline: whole-image codes re-rank the top N", paper.replace(mode="global")),
+        "paper": ("RoI re-ranking, fast (the paper)", paper.replace(mode="fast")),
+        "exhaustive": ("RoI re-ranking, exhaustive", paper.replace(mode="exhaustive")),
         "roiret": (
             f"roiret default: spatial verification (R={r.config.R}) + query expansion (qe={r.config.qe}) "
             f"+ fast RoI re-ranking with {r.config.fusion} BoW fusion",
-            "fast",
-            CONFIGURED,
+            SearchParams(mode="fast"),
         ),
     }
     aps: Dict[str, List[float]] = {m: [] for m in modes}

@@ -1,8 +1,9 @@
-"""The bag-of-visual-words first stage: images → local features → words → an inverted
-file → top-N candidates. Two scorers: TF-IDF (the paper's; native
-:class:`roiret.InvertedFile`, a bag is ``(words, counts)``) and the selective match kernel
-on Hamming-embedded words (ASMK*; native :class:`roiret.EmbeddedInvertedFile`, a bag is
-``(words, signatures)``: :mod:`roiret.bow.embedding`).
+"""The bag-of-visual-words first stage: an encoder (:class:`~roiret.bow.encoder.BowEncoder`:
+images → local features → words → bags) and an inverted file of the bags → top-N
+candidates. Two scorers: the selective match kernel on Hamming-embedded words (ASMK*;
+native :class:`roiret.EmbeddedInvertedFile`, a bag is ``(words, signatures)``:
+:mod:`roiret.bow.embedding`), the retriever's default, and TF-IDF (the paper's; native
+:class:`roiret.InvertedFile`, a bag is ``(words, counts)``).
 
 Query by image, or by a box inside it (the Oxford protocol's query crop: features are
 computed on the whole query image and only those whose centre lies in the box are kept).
@@ -10,6 +11,7 @@ computed on the whole query image and only those whose centre lies in the box ar
 
 from __future__ import annotations
 
+import abc
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -18,15 +20,16 @@ from ..io import PathLike
 from ..io.folder import IndexFolder, IndexWriter, Manifest, as_format_error
 from ..io.images import ImageSource, image_list
 from ..params import AsmkParams, positive_int
-from .embedding import HammingEmbedding, embedding_for
-from .encode import bag_of_words, bags_to_csr
+from .embedding import HammingEmbedding
+from .encode import bags_to_csr
+from .encoder import BowEncoder
 from .features import Box, LocalFeatureExtractor, LocalFeatures
-from .vocabulary import DEFAULT_QUERY_HNSW_THRESHOLD, Vocabulary
+from .vocabulary import Vocabulary
 
 if TYPE_CHECKING:  # pragma: no cover
     from .._core import EmbeddedInvertedFile, InvertedFile
 
-__all__ = ["BowHits", "BowIndex", "IdsLike", "as_ids", "consecutive_ids"]
+__all__ = ["BowHits", "BowIndex", "FirstStage", "IdsLike", "as_ids", "consecutive_ids", "query_weights"]
 
 #: image ids: a sequence or 1-D array of integers
 IdsLike = Union[Sequence[int], np.ndarray]
@@ -50,20 +53,9 @@ def query_weights(words: np.ndarray, idf: np.ndarray) -> np.ndarray:
     return np.full(len(words), g, np.float32)
 
 
-def read_embedding(m: Manifest, first_stage: str, vocabulary: Vocabulary) -> Optional[HammingEmbedding]:
-    """The Hamming embedding an index folder's manifest lists (``None`` for TF-IDF);
-    IndexFormatError when an ASMK index lacks it or it does not fit the vocabulary."""
-    if first_stage != "asmk":
-        return None
-    if "embedding" not in m.paths:
-        raise m.invalid("an ASMK first stage without its embedding file")
-    with m.parsing("embedding"):
-        return HammingEmbedding.load(m.paths["embedding"], vocabulary.centroids)
-
-
 class BowHits(NamedTuple):
-    """Top-N result of a BoW query: ``ids`` int64 and ``scores`` float32 (TF-IDF cosine),
-    best first. Unpacks as ``ids, scores = hits``."""
+    """Top-N result of a BoW query: ``ids`` int64 and ``scores`` float32 (the ASMK*
+    similarity or the TF-IDF cosine), best first. Unpacks as ``ids, scores = hits``."""
 
     ids: np.ndarray
     scores: np.ndarray
@@ -120,30 +112,102 @@ def _id_array(ids: List[Any]) -> np.ndarray:
     return np.array([int(v) for v in ids], dtype=np.int64)
 
 
-class BowIndex:
-    """Bag-of-visual-words retrieval with TF-IDF over an inverted file.
+class FirstStage(abc.ABC):
+    """Searching a first stage on its :class:`~roiret.bow.encoder.BowEncoder` (``encoder``):
+    by image (:meth:`search`), by local features or by encoded bags. :class:`BowIndex`
+    implements it on its own inverted file; the first stage of a sharded index
+    (:class:`roiret.search.sharded.ShardedBow`) by merging its shards' lists. A subclass
+    gives ``encoder``, ``__len__``, :meth:`search_bag` and :meth:`bag_of`.
+
+    Thread safety: the searches may run concurrently from several threads.
+    """
+
+    encoder: BowEncoder
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        """The encoder's visual vocabulary."""
+        return self.encoder.vocabulary
+
+    @property
+    def extractor(self) -> LocalFeatureExtractor:
+        """The encoder's local features."""
+        return self.encoder.extractor
+
+    @property
+    def embedding(self) -> Optional[HammingEmbedding]:
+        """The encoder's Hamming embedding (None: TF-IDF)."""
+        return self.encoder.embedding
+
+    @property
+    def asmk(self) -> AsmkParams:
+        """The first stage's settings (:class:`~roiret.params.AsmkParams`)."""
+        return self.encoder.asmk
+
+    @property
+    def embedded(self) -> bool:
+        """Whether this first stage scores with the selective match kernel (ASMK*)."""
+        return self.encoder.embedded
+
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
+
+    @abc.abstractmethod
+    def search_bag(
+        self, words: np.ndarray, counts: np.ndarray, top: int = 100, *, weights: Optional[np.ndarray] = None
+    ) -> BowHits:
+        """Top-N images for an encoded query (a bag: ``(words, counts)``, or ``(words,
+        signatures)`` for an embedded first stage, whose ``weights`` per term default to
+        the query's normalisation, :func:`query_weights`)."""
+
+    @abc.abstractmethod
+    def bag_of(self, image_id: int) -> Tuple[np.ndarray, np.ndarray]:
+        """The stored bag ``(words, signatures)`` of an image of an embedded first stage
+        (what query expansion adds to the query)."""
+
+    def search_bags(self, bags: Sequence[Tuple[np.ndarray, np.ndarray]], top: int = 100) -> List[BowHits]:
+        """Top-N images for many encoded queries. Returns one :class:`BowHits` per query,
+        as :meth:`search_bag`."""
+        top = positive_int("top", top)
+        return [self.search_bag(w, v, top) for w, v in bags]
+
+    def search_features(self, features: LocalFeatures, *, box: Optional[Box] = None, top: int = 100) -> BowHits:
+        """Top-N images for a query given by its local features (optionally a box)."""
+        return self.search_bag(*self.encoder.encode_features(features, box=box, query=True), top=top)
+
+    def search(self, image: ImageSource, *, box: Optional[Box] = None, top: int = 100) -> BowHits:
+        """Top-N database images for a query image, or for the box ``(x1, y1, x2, y2)``
+        (image pixels) inside it.
+
+        Returns
+        -------
+        BowHits
+            ``(ids, scores)`` best first; fewer than ``top`` when fewer images share a
+            word with the query; empty when the query has no keypoint (in the box).
+        """
+        return self.search_bag(*self.encoder.encode(image, box=box, query=True), top=top)
+
+
+class BowIndex(FirstStage):
+    """The first stage of one index: an encoder (:class:`~roiret.bow.encoder.BowEncoder`)
+    and the native inverted file of the images' bags.
 
     Parameters
     ----------
-    vocabulary:
-        The visual vocabulary (:meth:`Vocabulary.fit` or :meth:`BowIndex.train`).
-    extractor:
-        Local features; default: ``LocalFeatureExtractor(kind)`` with the descriptor kind the
-        vocabulary was trained on (RootSIFT when unrecorded). Its dimension must match
-        the vocabulary's.
+    encoder:
+        The :class:`~roiret.bow.encoder.BowEncoder` (vocabulary, local features, and for
+        ASMK* the Hamming embedding and the kernel's settings) — or, as a shorthand, a
+        :class:`~roiret.bow.Vocabulary`: ``BowIndex(vocabulary, extractor, embedding=...,
+        asmk=...)`` is ``BowIndex(BowEncoder(vocabulary, extractor, embedding=...,
+        asmk=...))`` (``extractor``, ``embedding`` and ``asmk`` are only taken with a
+        vocabulary). Without an embedding the index scores with TF-IDF.
     inverted_file:
-        An existing :class:`roiret.InvertedFile` (or, with ``embedding``,
-        :class:`roiret.EmbeddedInvertedFile`) of the same vocabulary size (default: a new
-        empty one).
+        An existing :class:`roiret.InvertedFile` (or, for an embedded encoder,
+        :class:`roiret.EmbeddedInvertedFile` with signatures of the embedding's length) of
+        the vocabulary's size (default: a new empty one).
     next_id:
         The id given to the next image added without ids (default: one more than the
         largest id in ``inverted_file``, or 0).
-    embedding:
-        A :class:`~roiret.bow.embedding.HammingEmbedding` of this vocabulary: score with the
-        selective match kernel (ASMK*) instead of TF-IDF.
-    asmk:
-        The kernel's settings (:class:`roiret.params.AsmkParams`: α, τ, multiple
-        assignment); used with ``embedding`` only.
 
     TF-IDF (computed by the native inverted file): ``idf_t = ln(N / df_t)``; image and query
     vectors ``count · idf`` L2-normalised; score = their dot product (cosine). ASMK*:
@@ -157,9 +221,13 @@ class BowIndex:
     any other call on the same object.
     """
 
+    #: the roles of the files every saved first stage lists (:meth:`write`; the embedding
+    #: too for ASMK*)
+    FILES = ("vocabulary", "inverted_file")
+
     def __init__(
         self,
-        vocabulary: Vocabulary,
+        encoder: Union[BowEncoder, Vocabulary],
         extractor: Optional[LocalFeatureExtractor] = None,
         *,
         inverted_file: Optional[Union[InvertedFile, EmbeddedInvertedFile]] = None,
@@ -167,41 +235,25 @@ class BowIndex:
         embedding: Optional[HammingEmbedding] = None,
         asmk: Optional[AsmkParams] = None,
     ):
-        if not isinstance(vocabulary, Vocabulary):
-            raise TypeError(f"vocabulary: expected a roiret.bow.Vocabulary, got {type(vocabulary).__name__}")
-        trained_on = vocabulary.info.get("descriptor")
-        if extractor is None:
-            extractor = LocalFeatureExtractor(trained_on or "rootsift")
-        if not isinstance(extractor, LocalFeatureExtractor):
-            raise TypeError(f"extractor: expected a LocalFeatureExtractor, got {type(extractor).__name__}")
-        if extractor.dim != vocabulary.dim:
-            raise ValueError(
-                f"extractor gives {extractor.dim}-d {extractor.kind} descriptors but the vocabulary "
-                f"has {vocabulary.dim}-d words"
+        if isinstance(encoder, Vocabulary):
+            encoder = BowEncoder(encoder, extractor, embedding=embedding, asmk=asmk)
+        elif not isinstance(encoder, BowEncoder):
+            kind = type(encoder).__name__
+            raise TypeError(f"encoder: expected a roiret.bow.BowEncoder (or a roiret.bow.Vocabulary), got {kind}")
+        elif extractor is not None or embedding is not None or asmk is not None:
+            raise TypeError(
+                "extractor, embedding and asmk are the encoder's: BowIndex(BowEncoder(vocabulary, extractor, "
+                "embedding=..., asmk=...)), or BowIndex(vocabulary, extractor, embedding=..., asmk=...)"
             )
-        if trained_on is not None and trained_on != extractor.kind:
-            raise ValueError(
-                f"the vocabulary was trained on {trained_on!r} descriptors, the extractor gives {extractor.kind!r}"
-            )
-        self._check_embedding(vocabulary, embedding, inverted_file)
         if inverted_file is None:
-            if embedding is None:
-                inverted_file = _inverted_file_class()(vocabulary.size)
-            else:
-                inverted_file = _inverted_file_class(True)(vocabulary.size, embedding.bits)
-        if asmk is not None and not isinstance(asmk, AsmkParams):
-            raise TypeError(f"asmk: expected roiret.params.AsmkParams, got {type(asmk).__name__}")
-        if asmk is not None and (asmk.first_stage == "asmk") != (embedding is not None):
-            raise ValueError(
-                f"asmk: first_stage={asmk.first_stage!r} "
-                + ("needs an embedding" if embedding is None else "but an embedding was given")
-            )
-        #: the Hamming embedding (None: TF-IDF) and the kernel's settings
-        self.embedding = embedding
-        self.asmk = asmk if asmk is not None else AsmkParams(first_stage="tfidf" if embedding is None else "asmk")
-        self.vocabulary = vocabulary
-        self.extractor = extractor
-        #: the native file: an InvertedFile (TF-IDF) or an EmbeddedInvertedFile (ASMK), by ``embedding``
+            emb = encoder.embedding
+            size = encoder.vocabulary.size
+            inverted_file = _inverted_file_class()(size) if emb is None else _inverted_file_class(True)(size, emb.bits)
+        else:
+            self._check_inverted_file(encoder, inverted_file)
+        #: images → bags: vocabulary, local features, Hamming embedding, the kernel's settings
+        self.encoder = encoder
+        #: the native file: an InvertedFile (TF-IDF) or an EmbeddedInvertedFile (ASMK), by the encoder
         self.inverted_file: Any = inverted_file
         ids = inverted_file.ids()
         #: the id the next image added without an explicit id gets
@@ -210,157 +262,29 @@ class BowIndex:
             self._next_id = max(self._next_id, int(next_id))
 
     @staticmethod
-    def _check_embedding(vocabulary: Vocabulary, embedding: Any, inverted_file: Any) -> None:
-        if embedding is None:
-            if inverted_file is not None and not isinstance(inverted_file, _inverted_file_class()):
-                raise TypeError(f"inverted_file: expected a roiret.InvertedFile, got {type(inverted_file).__name__}")
-            return
-        if not isinstance(embedding, HammingEmbedding):
-            raise TypeError(f"embedding: expected a HammingEmbedding, got {type(embedding).__name__}")
-        if (embedding.vocab_size, embedding.dim) != (vocabulary.size, vocabulary.dim):
-            raise ValueError(
-                f"the embedding was made for {embedding.vocab_size} × {embedding.dim} words, the vocabulary "
-                f"has {vocabulary.size} × {vocabulary.dim}"
-            )
-        if inverted_file is not None:
+    def _check_inverted_file(encoder: BowEncoder, inverted_file: Any) -> None:
+        kind = type(inverted_file).__name__
+        if encoder.embedding is None:
+            if not isinstance(inverted_file, _inverted_file_class()):
+                raise TypeError(f"inverted_file: expected a roiret.InvertedFile, got {kind}")
+        else:
             if not isinstance(inverted_file, _inverted_file_class(True)):
-                kind = type(inverted_file).__name__
                 raise TypeError(f"inverted_file: an embedded index needs a roiret.EmbeddedInvertedFile, got {kind}")
-            if inverted_file.nbits != embedding.bits:
+            if inverted_file.nbits != encoder.embedding.bits:
                 raise ValueError(
-                    f"inverted_file has {inverted_file.nbits}-bit signatures, the embedding {embedding.bits}"
+                    f"inverted_file has {inverted_file.nbits}-bit signatures, the embedding {encoder.embedding.bits}"
                 )
-
-    @property
-    def embedded(self) -> bool:
-        """Whether this index scores with the selective match kernel (ASMK*)."""
-        return self.embedding is not None
-
-    # -- training -------------------------------------------------------------------------
-    @classmethod
-    def train(
-        cls,
-        images: Iterable[ImageSource],
-        vocab_size: int,
-        *,
-        extractor: Optional[LocalFeatureExtractor] = None,
-        seed: int = 0,
-        max_train_descriptors: Optional[int] = None,
-        kmeans_iterations: int = 20,
-        kmeans: str = "auto",
-        progress: bool = True,
-        asmk: Optional[AsmkParams] = None,
-        **vocabulary_options: Any,
-    ) -> "BowIndex":
-        """Learn a vocabulary from the local features of ``images`` and return an empty
-        index using it (the training images are *not* added; call :meth:`add`).
-
-        ``seed``, ``max_train_descriptors``, ``kmeans_iterations``, ``kmeans`` and ``vocabulary_options`` (HNSW
-        settings) go to :meth:`Vocabulary.fit`. ``asmk``: the first stage
-        (:class:`~roiret.params.AsmkParams`; default: TF-IDF); with ``first_stage="asmk"``
-        the Hamming embedding is made too (``vocab_size="auto"`` then follows the ASMK rule).
-        Train on database images (or other images), never on ground-truth labels.
-        """
-        extractor = extractor or LocalFeatureExtractor()
-        feats = extractor.extract_many(images, progress=progress, desc="features for k-means")
-        voc = Vocabulary.fit(
-            feats,
-            vocab_size,
-            seed=seed,
-            max_train_descriptors=max_train_descriptors,
-            kmeans_iterations=kmeans_iterations,
-            kmeans=kmeans,
-            descriptor=extractor.kind,
-            progress=progress,
-            auto_rule=asmk.first_stage if asmk is not None else "tfidf",
-            **vocabulary_options,
-        )
-        embedding = embedding_for(voc, feats, asmk, seed) if asmk is not None else None
-        return cls(voc, extractor, embedding=embedding, asmk=asmk)
-
-    # -- encoding -------------------------------------------------------------------------
-    def _check_features(self, features: LocalFeatures) -> None:
-        if not isinstance(features, LocalFeatures):
-            raise TypeError(f"features: expected LocalFeatures, got {type(features).__name__}")
-        if features.kind != self.extractor.kind or features.dim != self.vocabulary.dim:
+        if inverted_file.vocab_size != encoder.vocabulary.size:
             raise ValueError(
-                f"features are {features.dim}-d {features.kind!r}; this index uses "
-                f"{self.vocabulary.dim}-d {self.extractor.kind!r}"
+                f"inverted_file has {inverted_file.vocab_size} words, the vocabulary {encoder.vocabulary.size}"
             )
 
-    def assign_features(self, features: LocalFeatures, *, box: Optional[Box] = None) -> np.ndarray:
-        """The visual word (int64) of each of an image's local features, optionally only
-        those inside ``box``."""
-        self._check_features(features)
-        if box is not None:
-            features = features.in_box(box)
-        return np.asarray(self.vocabulary.assign(features.descriptors), np.int64)
-
-    def _assignments(self, query: bool) -> int:
-        """Words each feature is counted in: the query's or the database's multiple
-        assignment (ASMK), 1 for TF-IDF."""
-        if self.embedding is None:
-            return 1
-        return self.asmk.query_assignments if query else self.asmk.db_assignments
-
-    def _bag_of(self, features: LocalFeatures, assigned: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        if self.embedding is None:
-            return bag_of_words(assigned, self.vocabulary.size)
-        return self.embedding.aggregate(features.descriptors, assigned)
-
-    def bag(self, features: LocalFeatures, words: np.ndarray, *, query: bool = False) -> Tuple[np.ndarray, np.ndarray]:
-        """The bag of an image's ``features`` given their nearest ``words``
-        (:meth:`assign_features`): ``(words, counts)`` for TF-IDF, ``(words, signatures)``
-        for ASMK* (with the query's or the database's multiple assignment: ``query``)."""
-        m = self._assignments(query)
-        if m == 1 or len(features) == 0:
-            return self._bag_of(features, np.asarray(words, np.int64))
-        return self._bag_of(features, self._assign_multiple(features, m, query))
-
-    def _assign_multiple(self, features: LocalFeatures, m: int, query: bool) -> np.ndarray:
-        """Each feature's ``m`` nearest words. A query's come from the HNSW graph from
-        DEFAULT_QUERY_HNSW_THRESHOLD words (the database's follow the vocabulary's own rule):
-        the same 3-nearest sets for 99.5-100 % of the features, several times faster."""
-        voc = self.vocabulary
-        approximate = True if query and voc.size >= DEFAULT_QUERY_HNSW_THRESHOLD else None
-        return voc.assign_multiple(features.descriptors, m, self.asmk.assignment_ratio, approximate=approximate)
-
-    def assign_and_bag(
-        self, features: LocalFeatures, *, query: bool = False
-    ) -> Tuple[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
-        """``(the nearest word of each feature, the bag)`` — :meth:`assign_features` and
-        :meth:`bag` with one vocabulary search: with multiple assignment the nearest word is
-        the first of each feature's ``m`` (for a query from DEFAULT_QUERY_HNSW_THRESHOLD words,
-        the graph's nearest: :meth:`_assign_multiple`)."""
-        m = self._assignments(query)
-        if m == 1 or len(features) == 0:
-            words = self.assign_features(features)
-            return words, self._bag_of(features, words)
-        self._check_features(features)
-        assigned = self._assign_multiple(features, m, query)
-        return np.ascontiguousarray(assigned[:, 0]), self._bag_of(features, assigned)
-
-    def geometry_words(self, features: LocalFeatures, words: np.ndarray) -> np.ndarray:
-        """The labels spatial verification pairs features by (uint32): the words, or with an
-        embedding that has verification sub-cells, ``word · cells + sub-cell``."""
-        if self.embedding is None or self.embedding.fine is None:
-            return np.asarray(words).astype(np.uint32)
-        return self.embedding.fine_words(features.descriptors, words)
-
-    def encode_features(
-        self, features: LocalFeatures, *, box: Optional[Box] = None, query: bool = False
-    ) -> Tuple[np.ndarray, np.ndarray]:
-        """The bag (:meth:`bag`: ``(words, counts)`` or ``(words, signatures)``) of an image's
-        local features, optionally only those inside ``box``; ``query``: encode as a query."""
-        if box is not None:
-            features = features.in_box(box)
-        return self.assign_and_bag(features, query=query)[1]
-
-    def encode(
-        self, image: ImageSource, *, box: Optional[Box] = None, query: bool = False
-    ) -> Tuple[np.ndarray, np.ndarray]:
-        """The bag of an image (path, bytes or array), optionally of a box in it."""
-        return self.encode_features(self.extractor.extract(image, box=box), query=query)
+    @classmethod
+    def train(cls, images: Iterable[ImageSource], vocab_size: Any, **options: Any) -> "BowIndex":
+        """An empty index on a vocabulary learned from the local features of ``images``
+        (:meth:`BowEncoder.train <roiret.bow.encoder.BowEncoder.train>`, which takes the
+        ``options``; the training images are *not* added: call :meth:`add`)."""
+        return cls(BowEncoder.train(images, vocab_size, **options))
 
     # -- adding ---------------------------------------------------------------------------
     def _new_ids(self, ids: Optional[IdsLike], n: int) -> np.ndarray:
@@ -377,7 +301,7 @@ class BowIndex:
         offsets = np.ascontiguousarray(offsets, dtype=np.int64)
         n = offsets.shape[0] - 1
         new = self._new_ids(ids, n)
-        values = np.ascontiguousarray(counts, dtype=np.float32 if self.embedding is None else np.uint64)
+        values = np.ascontiguousarray(counts, dtype=np.uint64 if self.embedded else np.float32)
         self.inverted_file.add(new, offsets, np.ascontiguousarray(words, dtype=np.int64), values)
         if n:
             self._next_id = max(self._next_id, int(new.max()) + 1)
@@ -388,7 +312,7 @@ class BowIndex:
         ``None``, consecutive integers after the largest id added so far)."""
         feats = list(features)
         ids = self._new_ids(ids, len(feats))
-        bags = [self.encode_features(f) for f in feats]  # database side
+        bags = [self.encoder.encode_features(f) for f in feats]  # database side
         return self.add_bags(ids, *bags_to_csr(bags))
 
     def add(
@@ -431,7 +355,7 @@ class BowIndex:
         bags: List[Tuple[np.ndarray, np.ndarray]] = []
         start = 0
         for img in it:
-            bags.append(self.encode(img))
+            bags.append(self.encoder.encode(img))
             if len(bags) == batch_size:
                 self.add_bags(new[start : start + len(bags)], *bags_to_csr(bags))
                 start += len(bags)
@@ -484,9 +408,10 @@ class BowIndex:
     def _search(
         self, words: np.ndarray, values: np.ndarray, top: int, weights: Optional[np.ndarray], exact: bool
     ) -> Tuple[np.ndarray, np.ndarray]:
+        """The one place the first stage calls the native search."""
         words = np.ascontiguousarray(words, dtype=np.int64)
         fn = self.inverted_file.search_exact if exact else self.inverted_file.search
-        if self.embedding is None:
+        if not self.embedded:
             if weights is not None:
                 raise ValueError("weights: only an embedded (ASMK) index takes per-term weights")
             out: Tuple[np.ndarray, np.ndarray] = fn(words, np.ascontiguousarray(values, dtype=np.float32), top)
@@ -503,18 +428,18 @@ class BowIndex:
     def bag_of(self, image_id: int) -> Tuple[np.ndarray, np.ndarray]:
         """The stored bag ``(words, signatures)`` of an image of an embedded index (what query
         expansion adds to the query)."""
-        if self.embedding is None:
+        if not self.embedded:
             raise ValueError("bag_of: a TF-IDF index keeps no per-image bags (use the feature geometry's words)")
         words, sigs = self.inverted_file.document(int(image_id))
         return np.asarray(words, np.int64), np.asarray(sigs, np.uint64)
 
     def search_bags(self, bags: Sequence[Tuple[np.ndarray, np.ndarray]], top: int = 100) -> List[BowHits]:
-        """Top-N images for many encoded queries at once (the native batch search, run on
-        several threads). Returns one :class:`BowHits` per query, as :meth:`search_bag`."""
+        """Top-N images for many encoded queries at once (TF-IDF: the native batch search,
+        run on several threads). Returns one :class:`BowHits` per query, as :meth:`search_bag`."""
         top = positive_int("top", top)
         bags = list(bags)
-        if self.embedding is not None:  # one native search each (the batch search is TF-IDF's)
-            return [self.search_bag(w, v, top) for w, v in bags]
+        if self.embedded:  # one native search each (the batch search is TF-IDF's)
+            return super().search_bags(bags, top)
         out: List[Optional[BowHits]] = [None] * len(bags)
         nonempty = [i for i, (w, _) in enumerate(bags) if len(w)]
         for i, (w, _) in enumerate(bags):
@@ -530,23 +455,26 @@ class BowIndex:
                 out[i] = BowHits(np.ascontiguousarray(ids[row][keep]), np.ascontiguousarray(scores[row][keep]))
         return out  # type: ignore[return-value]
 
-    def search_features(self, features: LocalFeatures, *, box: Optional[Box] = None, top: int = 100) -> BowHits:
-        """Top-N images for a query given by its local features (optionally a box)."""
-        return self.search_bag(*self.encode_features(features, box=box, query=True), top=top)
-
-    def search(self, image: ImageSource, *, box: Optional[Box] = None, top: int = 100) -> BowHits:
-        """Top-N database images for a query image, or for the box ``(x1, y1, x2, y2)``
-        (image pixels) inside it.
-
-        Returns
-        -------
-        BowHits
-            ``(ids, scores)`` best first; fewer than ``top`` when fewer images share a
-            word with the query; empty when the query has no keypoint (in the box).
-        """
-        return self.search_bag(*self.encode(image, box=box, query=True), top=top)
-
     # -- persistence ----------------------------------------------------------------------
+    def write(self, w: IndexWriter) -> None:
+        """Put the first stage's files into an index folder being saved: the encoder's
+        (:meth:`BowEncoder.write <roiret.bow.encoder.BowEncoder.write>`) and
+        ``inverted_file`` (the native format). Used by :meth:`save` and by the retriever's
+        folder (:mod:`roiret.search.persist`)."""
+        self.encoder.write(w)
+        w.put("inverted_file", "inverted_file", "bin", lambda p: self.inverted_file.save(str(p)))
+
+    @classmethod
+    def read(cls, m: Manifest, encoder: BowEncoder, *, next_id: Optional[int] = None) -> "BowIndex":
+        """The first stage whose files the checked manifest ``m`` lists (:meth:`write`), on
+        ``encoder`` (:meth:`BowEncoder.read <roiret.bow.encoder.BowEncoder.read>` of the same
+        manifest). A damaged inverted file, or one that does not fit the encoder:
+        :class:`~roiret.errors.IndexFormatError` naming the file."""
+        with m.parsing("inverted_file"):
+            ivf = _inverted_file_class(encoder.embedded).load(str(m.paths["inverted_file"]))
+        with m.parsing("inverted_file", "does not fit the vocabulary or the embedding"):
+            return cls(encoder, inverted_file=ivf, next_id=next_id)
+
     def save(self, folder: PathLike) -> None:
         """Save to ``folder`` (created if needed) as an index folder (:mod:`roiret.io.folder`:
         ``manifest.json`` with format version, feature settings, file names, sizes and
@@ -555,10 +483,7 @@ class BowIndex:
         mix; files of the previous save are removed afterwards."""
 
         def write(w: IndexWriter) -> Dict[str, Any]:
-            w.put("vocabulary", "vocabulary", "npz", self.vocabulary.save)
-            w.put("inverted_file", "inverted_file", "bin", lambda p: self.inverted_file.save(str(p)))
-            if self.embedding is not None:
-                w.put("embedding", "embedding", "npz", self.embedding.save)
+            self.write(w)
             return {
                 "asmk": self.asmk.to_dict(),
                 "extractor": self.extractor.config(),
@@ -581,15 +506,9 @@ class BowIndex:
             No manifest, wrong kind, newer version, or a data file that is missing,
             truncated, corrupt or does not match its checksum.
         """
-        m = IndexFolder(folder, _FORMAT, _VERSION, _WHAT).read(verify=verify, required=("vocabulary", "inverted_file"))
+        m = IndexFolder(folder, _FORMAT, _VERSION, _WHAT).read(verify=verify, required=cls.FILES)
         with as_format_error(m.path, "incomplete or invalid manifest"):
-            extractor = LocalFeatureExtractor.from_config(m.fields["extractor"])
+            extractor = m.fields["extractor"]
             next_id = int(m.fields["next_id"])
             asmk = AsmkParams(**m.fields.get("asmk", {"first_stage": "tfidf"}))  # version 1 before ASMK: TF-IDF
-        with m.parsing("vocabulary"):
-            voc = Vocabulary.load(m.paths["vocabulary"])
-        embedding = read_embedding(m, asmk.first_stage, voc)
-        with m.parsing("inverted_file"):
-            ivf = _inverted_file_class(embedding is not None).load(str(m.paths["inverted_file"]))
-        with as_format_error(m.path):
-            return cls(voc, extractor, inverted_file=ivf, next_id=next_id, embedding=embedding, asmk=asmk)
+        return cls.read(m, BowEncoder.read(m, extractor, asmk), next_id=next_id)

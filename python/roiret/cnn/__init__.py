@@ -1,4 +1,4 @@
-"""The CNN side: from an image to RoI codes (DESIGN.md stages 1–5).
+"""The CNN side: from an image to RoI codes (the right-hand path in docs/ARCHITECTURE.md).
 
 * :mod:`.weights` — finding and safely reading pretrained weights (restricted unpickler);
 * :mod:`.backbones` — the conv trunks (AlexNet, VGG16, EfficientNet-Lite0) and fc heads;

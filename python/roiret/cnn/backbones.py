@@ -1,6 +1,6 @@
 """CNN trunks that turn images into convolutional feature maps (CFMs), and the fc6/fc7 head.
 
-Trunks (stage 1 of DESIGN.md), all ``nn.Module``s in eval mode that map a normalised
+Trunks (the first step of the CNN side), all ``nn.Module``s in eval mode that map a normalised
 ``(B, 3, H, W)`` float tensor to a ``(B, D, H', W')`` map taken after the last ReLU:
 
 ========================  ========  ======  ==================================================

@@ -1,4 +1,4 @@
-"""One call from images to RoI results: stages 1–5 of DESIGN.md.
+"""One call from images to RoI results: trunk, RoIs, descriptors, whitening and codes.
 
 >>> ex = RoIExtractor("alexnet", feature="conv-max", K=20, device="cpu")  # doctest: +SKIP
 >>> res = ex.extract(["a.jpg", "b.jpg"])                                   # doctest: +SKIP

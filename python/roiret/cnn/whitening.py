@@ -18,15 +18,16 @@ and returns the same kind it was given.
 from __future__ import annotations
 
 import json
-import os
 import warnings
-from pathlib import Path
+import zipfile
 from typing import TYPE_CHECKING, Any, Dict, Optional, Union, cast, overload
 
 import numpy as np
 
 from ..errors import NotTrainedError
 from ..io import PathLike
+from ..io.arrays import load_arrays, open_npz, save_arrays
+from ..io.folder import as_format_error
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -35,7 +36,10 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["PCAWhitening", "l2_normalize"]
 
 _FORMAT = "roiret.PCAWhitening"
-_VERSION = 1
+#: 2: an array file of roiret.io.arrays (1: an .npz with a JSON "meta" entry, still read)
+_VERSION = 2
+#: the arrays of a fitted whitening (the rest of its state are settings)
+_ARRAYS = ("mean", "projection", "eigenvalues")
 
 
 @overload
@@ -230,38 +234,48 @@ class PCAWhitening:
         return w
 
     def save(self, path: PathLike) -> None:
-        """Write an ``.npz`` (atomically: a temporary file renamed into place)."""
+        """Write to ``path``: an array file of :mod:`roiret.io.arrays` (``.npz`` without
+        pickles, a JSON header with the settings, a SHA-256 per array; written to a
+        temporary file, fsync'ed and renamed into place)."""
         st = self.state_dict()
-        meta = {k: st[k] for k in ("format", "version", "dims", "eps", "rank_tol", "normalize", "n_samples")}
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(
-                f,
-                meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-                mean=st["mean"],
-                projection=st["projection"],
-                eigenvalues=st["eigenvalues"],
-            )
-        os.replace(tmp, path)
+        arrays = {k: st.pop(k) for k in _ARRAYS}
+        save_arrays(path, st.pop("format"), st.pop("version"), st, arrays)
 
     @classmethod
     def load(cls, path: PathLike) -> "PCAWhitening":
-        """Read a file written by :meth:`save` (no pickles are loaded)."""
-        try:
+        """Read a file written by :meth:`save` — or by roiret before it wrote array files
+        (version 1: a JSON ``meta`` entry beside the arrays, no checksums). No pickle is
+        loaded. FileNotFoundError for a missing file;
+        :class:`~roiret.errors.IndexFormatError` (a ValueError) for one that is damaged,
+        of another kind or of a newer version."""
+        if _is_version_1(path):
+            return cls._load_version_1(path)
+        hdr, arrays = load_arrays(path, _FORMAT, _VERSION)
+        with as_format_error(path, "invalid PCAWhitening file"):
+            return cls.from_state({**hdr, **arrays})
+
+    @classmethod
+    def _load_version_1(cls, path: PathLike) -> "PCAWhitening":
+        with as_format_error(path, "not a PCAWhitening file"):
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(bytes(z["meta"]).decode())
-                state = dict(meta, mean=z["mean"], projection=z["projection"], eigenvalues=z["eigenvalues"])
-        except FileNotFoundError:
-            raise
-        except (OSError, KeyError, ValueError) as e:
-            raise ValueError(f"{path}: not a PCAWhitening file ({e})") from None
-        return cls.from_state(state)
+                state = dict(meta, **{k: z[k] for k in _ARRAYS})
+            return cls.from_state(state)
 
     def __repr__(self) -> str:
         if not self.fitted:
             return f"PCAWhitening(dims={self.dims}, eps={self.eps}, not fitted)"
         return f"PCAWhitening({self.in_dim} -> {self.out_dim}, eps={self.eps}, n_samples={self.n_samples_})"
+
+
+def _is_version_1(path: PathLike) -> bool:
+    """Whether ``path`` is a whitening file of version 1 (a ``meta`` entry and no array-file
+    header); anything unreadable is left to the reader of the current version to report."""
+    try:
+        with open_npz(path) as z:
+            return "meta" in z.files and "__header__" not in z.files
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return False
 
 
 def _to_numpy(x: Union[torch.Tensor, ArrayLike]) -> np.ndarray:

@@ -43,7 +43,7 @@ class ShardServer:
         for f in folders:
             index = persist.load_index(f, verify=verify, mmap=mmap, shared_vocabulary=shared).index
             assert isinstance(index, TwoStageIndex)  # an index folder holds one index
-            shared = shared or (str(persist.vocabulary_sha(f)), index.bow.vocabulary)
+            shared = shared or (str(persist.vocabulary_sha(f)), index.encoder.vocabulary)
             self.shards.append(index)
 
     def describe(self) -> List[Dict[str, Any]]:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional,
 
 import numpy as np
 
-from ..params import DEFAULT_GEM_P, DEFAULT_MIN_INLIERS, DEFAULT_QE, DEFAULT_R
+from ..params import DEFAULT_GEM_P, DEFAULT_MIN_INLIERS, DEFAULT_QE, DEFAULT_R, FIRST_STAGE_ONLY, SearchParams
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..bow import Vocabulary
@@ -204,8 +204,8 @@ def _evaluate_row(
             lat.append(time.perf_counter() - t)
 
     def ranker(mode: str, view: Retriever) -> Callable[[Query], List[Hit]]:
-        plain = {"R": 0, "qe": 0} if mode == "bow" else {}  # the BoW column: the first stage alone
-        return lambda q: view.rank(prepared[(q.image, q.bbox)], top=len(view), mode=mode, **plain).hits
+        params = FIRST_STAGE_ONLY if mode == "bow" else SearchParams(mode=mode)  # the BoW column: the first stage alone
+        return lambda q: view.rank(prepared[(q.image, q.bbox)], top=len(view), params=params).hits
 
     Kmax = Ks[-1]
     row = {"baseline": evaluate_oxford(gt, ranker("global", r))}
@@ -220,8 +220,9 @@ def _speed(
 ) -> Dict[str, float]:
     rank_t: Dict[str, List[float]] = {"fast": [], "exhaustive": []}
     for pq in prepared.values():  # the re-ranking step alone (cross-matching the top N)
-        for mode in rank_t:
-            rank_t[mode].append(min(r.rank(pq, top=N, mode=mode).timings["rerank"] for _ in range(3)))
+        for mode, times in rank_t.items():
+            params = SearchParams(mode=mode)
+            times.append(min(r.rank(pq, top=N, params=params).timings["rerank"] for _ in range(3)))
     at = r.add_timings
     per = max(1, at["images"])
     return {
@@ -329,7 +330,7 @@ def oxford_table(
             cpath = _cache_path(cache, root.name, feat, config)
             voc = given or vocabularies.get(config.first_stage)
             r, index_rate = _build_or_load(config, paths, stems, cpath, voc, name, opts, print_fn)
-            vocabularies[config.first_stage] = r.bow.vocabulary
+            vocabularies[config.first_stage] = r.encoder.vocabulary
             dims[name] = r.nbits
             rows[name], bow, prepared, lat = _evaluate_row(r, gt, queries, Ks, with_bow=not bow_map)
             if not bow_map:  # the BoW column is this row's first stage: name its vocabulary as trained

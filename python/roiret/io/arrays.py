@@ -29,6 +29,15 @@ def sha256_of(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr).view(np.uint8).reshape(-1).data).hexdigest()
 
 
+def open_npz(path: PathLike) -> "np.lib.npyio.NpzFile":
+    """``np.load(path, allow_pickle=False)`` of an ``.npz`` archive (to use as a context
+    manager); ValueError for a file NumPy reads as something else (a bare ``.npy`` array)."""
+    z = np.load(path, allow_pickle=False)
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"a {type(z).__name__}, not an .npz archive")
+    return z
+
+
 def save_arrays(path: PathLike, fmt: str, version: int, header: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> None:
     """Write ``arrays`` and ``header`` to ``path`` atomically (see the module docstring)."""
     hdr = dict(header)
@@ -60,7 +69,7 @@ def load_arrays(path: PathLike, fmt: str, max_version: int) -> Tuple[Dict[str, A
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open_npz(path) as z:
             if _HEADER not in z.files:
                 raise IndexFormatError(f"{path}: not a roiret {fmt} file (no header)")
             hdr = json.loads(bytes(z[_HEADER]).decode("utf-8"))

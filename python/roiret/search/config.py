@@ -56,8 +56,10 @@ class RetrieverConfig:
     bits from a fixed random projection seeded by ``seed``).
 
     BoW (:class:`~roiret.params.BowParams`): ``vocab_size`` visual words (``"auto"``, the
-    default: one per 4 training descriptors, at most 50 000 — the size measured best on small
-    collections and on Oxford5k-dev; the trained size replaces it),
+    default: with the ASMK first stage one per 100 training descriptors, at least 1 000 (one
+    per 4 when that is fewer); with TF-IDF one per 4; at most 50 000 — the ratios measured
+    best on small collections and on Oxford5k-dev, :func:`roiret.params.auto_vocab_size`;
+    the trained size replaces it),
     ``local_features`` (``"rootsift"``, ``"sift"``, ``"surf"``), ``max_keypoints`` per
     image, ``max_train_descriptors`` (a seeded sample) and ``kmeans_iterations``.
 

@@ -43,7 +43,7 @@ from .index import IndexedImage
 from .results import PreparedQuery
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..bow import BowIndex, LocalFeatures
+    from ..bow import BowEncoder, LocalFeatures
     from ..cnn.codes import CodeProjector
     from ..cnn.extractor import RoIExtractor, RoIResult
 
@@ -72,7 +72,7 @@ BatchItem = Tuple[int, ImageSource, PreparedImage]
 
 class BowStage(NamedTuple):
     """The first-stage result of a batch: each image's local features, their words (the
-    labels spatial verification pairs them by: :meth:`BowIndex.geometry_words`) and its bag
+    labels spatial verification pairs them by: :meth:`BowEncoder.geometry_words`) and its bag
     (``(words, counts)``, or ``(words, signatures)``); ``seconds`` spent (``sift``,
     ``quantize``)."""
 
@@ -82,16 +82,16 @@ class BowStage(NamedTuple):
     seconds: Dict[str, float]
 
 
-def encode_bow(smalls: Sequence[np.ndarray], bow: "BowIndex") -> BowStage:
+def encode_bow(smalls: Sequence[np.ndarray], encoder: "BowEncoder") -> BowStage:
     """RootSIFT, word assignment and the bag of words of each image. Thread-safe
     (:meth:`LocalFeatureExtractor.extract <roiret.bow.LocalFeatureExtractor.extract>` and
     :meth:`Vocabulary.assign <roiret.bow.Vocabulary.assign>` are), so a pipelined add runs
     it outside the extractor lock, beside the CNN."""
     t0 = time.perf_counter()
-    feats = [bow.extractor.extract(s) for s in smalls]
+    feats = [encoder.extractor.extract(s) for s in smalls]
     t1 = time.perf_counter()
-    words, bags = zip(*[bow.assign_and_bag(f) for f in feats]) if feats else ((), ())
-    labels = [bow.geometry_words(f, w) for f, w in zip(feats, words)]  # what verification pairs by
+    words, bags = zip(*[encoder.assign_and_bag(f) for f in feats]) if feats else ((), ())
+    labels = [encoder.geometry_words(f, w) for f, w in zip(feats, words)]  # what verification pairs by
     t2 = time.perf_counter()
     return BowStage(feats, labels, list(bags), {"sift": t1 - t0, "quantize": t2 - t1})
 
@@ -101,7 +101,7 @@ def encode_images(
     ids: np.ndarray,
     names: Optional[Sequence[str]],
     *,
-    bow: "BowIndex",
+    encoder: "BowEncoder",
     extractor: "RoIExtractor",
     coder: "CodeProjector",
     lock: "AbstractContextManager[object]",
@@ -113,7 +113,7 @@ def encode_images(
     The two stages one after the other: :func:`encode_bow` (thread-safe, outside ``lock``),
     then :func:`encode_rois` (the CNN under ``lock``); :func:`encode_batches` can overlap
     them."""
-    first = encode_bow([item.image for _, _, item in batch], bow)
+    first = encode_bow([item.image for _, _, item in batch], encoder)
     return encode_rois(batch, first, ids, names, extractor=extractor, coder=coder, lock=lock, timings=timings)
 
 
@@ -199,7 +199,7 @@ def encode_batches(
     ids: np.ndarray,
     names: Optional[Sequence[str]],
     *,
-    bow: "BowIndex",
+    encoder: "BowEncoder",
     extractor: "RoIExtractor",
     coder: "CodeProjector",
     lock: "AbstractContextManager[object]",
@@ -220,10 +220,10 @@ def encode_batches(
     if not pipeline:
         for batch in batches:
             yield encode_images(
-                batch, ids, names, bow=bow, extractor=extractor, coder=coder, lock=lock, timings=timings
+                batch, ids, names, encoder=encoder, extractor=extractor, coder=coder, lock=lock, timings=timings
             )
         return
-    ahead = ((batch, encode_bow([item.image for _, _, item in batch], bow)) for batch in batches)
+    ahead = ((batch, encode_bow([item.image for _, _, item in batch], encoder)) for batch in batches)
     with closing(_run_ahead(ahead, PIPELINE_DEPTH)) as stream:
         for batch, first in stream:
             yield encode_rois(batch, first, ids, names, extractor=extractor, coder=coder, lock=lock, timings=timings)
@@ -289,7 +289,7 @@ def encode_query(
     *,
     max_side: int,
     with_rois: bool,
-    bow: "BowIndex",
+    encoder: "BowEncoder",
     extractor: "RoIExtractor",
     coder: "CodeProjector",
     lock: "AbstractContextManager[object]",
@@ -306,8 +306,8 @@ def encode_query(
         sbox = (b[0] * scale, b[1] * scale, b[2] * scale, b[3] * scale)
     t1 = time.perf_counter()
     with lock:
-        feats = bow.extractor.extract(small, box=sbox)
-        feature_words, (words, counts) = bow.assign_and_bag(feats, query=True)
+        feats = encoder.extractor.extract(small, box=sbox)
+        feature_words, (words, counts) = encoder.assign_and_bag(feats, query=True)
         t2 = time.perf_counter()
         rois = None
         if with_rois:
@@ -328,6 +328,6 @@ def encode_query(
             qb[:, 0::2] += np.floor(max(sbox[0], 0.0))
             qb[:, 1::2] += np.floor(max(sbox[1], 0.0))
         q_boxes = (qb / scale).astype(np.float32)
-    geometry = _geometry(bow.geometry_words(feats, feature_words), feats).scaled(1.0 / scale)
+    geometry = _geometry(encoder.geometry_words(feats, feature_words), feats).scaled(1.0 / scale)
     timings = {"load": t1 - t0, "bow_features": t2 - t1, "cnn": t3 - t2}
     return PreparedQuery(words, counts, rois, q_boxes, timings, codes, global_code, geometry)

@@ -1,15 +1,18 @@
 """Query expansion from verified results: average query expansion (Chum et al., ICCV 2007,
 "Total recall") in the BoW space, and α-weighted expansion of binary codes.
 
-The query's TF-IDF vector and those of its best verified results are L2-normalised and
-summed; the sum is searched again. A verified result is another view of the object, so its
-words bring back views the query alone missed (other sides of the building, other
-lighting) — the first stage's recall is what re-ranking can never recover. Only results
-that spatial verification confirmed are used, so a wrong top result cannot drift the query.
+The query and its best verified results are averaged into one query that is searched
+again: with the ASMK* first stage (the default), one query made of every bag's words and
+signatures, each bag weighted by its own normalisation (:func:`expanded_terms`); with
+TF-IDF, the sum of their L2-normalised TF-IDF vectors (:func:`expanded_bag`). A verified
+result is another view of the object, so its words bring back views the query alone missed
+(other sides of the building, other lighting) — the first stage's recall is what
+re-ranking can never recover. Only results that spatial verification confirmed are used,
+so a wrong top result cannot drift the query.
 
-The inverted file weights a query's counts by idf and normalises; :func:`expanded_bag`
-returns counts that, weighted so, give exactly the averaged vector (words with idf 0 —
-in every image — carry no weight and are left out).
+The TF-IDF inverted file weights a query's counts by idf and normalises;
+:func:`expanded_bag` returns counts that, weighted so, give exactly the averaged vector
+(words with idf 0 — in every image — carry no weight and are left out).
 """
 
 from __future__ import annotations

@@ -1,23 +1,20 @@
 """The two-stage index: the BoW inverted file and the RoI store of the same images, kept in
-step (an image is in both or in neither).
-
-What :func:`roiret.search.ranking.rank` needs of a collection of images is a small set of
-methods on it (BoW search, rows of ids, spatial verification of rows, cross-matching of
-rows, per-row accessors): :class:`TwoStageIndex` implements them on its own arrays, and
-:class:`roiret.search.sharded.ShardedIndex` by fanning out to its shards and merging —
-rows there are positions in the shards' concatenated insertion order, never a
-concatenated array."""
+step (an image is in both or in neither). It implements what
+:func:`roiret.search.ranking.rank` reads of a collection
+(:class:`~roiret.search.collection.Collection`) on its own arrays, and what a sharded index
+reads of each shard (:class:`roiret.search.sharded.Shard`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..bow import BowIndex, bags_to_csr
+from ..bow import BowEncoder, BowIndex, bags_to_csr
 from ..bow.index import as_ids, consecutive_ids
 from ..errors import IndexFormatError
+from .collection import RowsLike
 from .geometry import FeatureGeometry, GeometryStore
 from .store import RoIStore
 from .verify import Verification, verify_rows
@@ -26,9 +23,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .._kernels import CrossMatchResult
 
 __all__ = ["IndexedImage", "RowsLike", "TwoStageIndex"]
-
-#: rows of images: a sequence or 1-D array of integers
-RowsLike = Union[Sequence[int], np.ndarray]
 
 
 @dataclass
@@ -52,8 +46,8 @@ class IndexedImage:
 
 
 class TwoStageIndex:
-    """The images of a retriever: ``bow`` (:class:`~roiret.bow.BowIndex`), ``store``
-    (:class:`~roiret.search.store.RoIStore`) and ``geometry``
+    """The images of a retriever: ``bow`` (:class:`~roiret.bow.BowIndex`: the encoder and
+    the inverted file), ``store`` (:class:`~roiret.search.store.RoIStore`) and ``geometry``
     (:class:`~roiret.search.geometry.GeometryStore`, row for row with ``store``; ``None`` for
     an index saved before roiret kept it: no spatial verification then). Not thread-safe by
     itself: the :class:`~roiret.Retriever` serialises changes and lets searches run under a
@@ -64,6 +58,11 @@ class TwoStageIndex:
 
     def __len__(self) -> int:
         return len(self.store)
+
+    @property
+    def encoder(self) -> BowEncoder:
+        """The first stage's encoder (vocabulary, local features, Hamming embedding)."""
+        return self.bow.encoder
 
     @property
     def ids(self) -> np.ndarray:
@@ -85,7 +84,7 @@ class TwoStageIndex:
                 f"{where}: the feature geometry holds {len(self.geometry)} images, the RoI arrays {len(self.store)}"
             )
 
-    # -- what ranking reads (the same methods on a ShardedIndex) ---------------------------
+    # -- what ranking reads (search.collection.Collection; the same on a ShardedIndex) ------
     @property
     def has_geometry(self) -> bool:
         """Whether the local features' geometry is kept (spatial verification possible)."""

@@ -4,10 +4,10 @@ damage → :class:`~roiret.errors.IndexFormatError` naming the file) are that mo
 
 Manifest fields: ``roiret_version``, ``config`` (:class:`RetrieverConfig` as a dict),
 ``local_features`` (the extractor's settings), ``backbone_fingerprint`` (SHA-256 of the CNN
-weights), ``nbits``, ``images``, ``rois``. Data files by role: ``vocabulary`` (``.npz``),
-``inverted_file`` (native format with CRCs: :class:`roiret.InvertedFile` for TF-IDF,
-:class:`roiret.EmbeddedInvertedFile` for ASMK), ``embedding`` (``.npz``, the Hamming
-embedding of an ASMK first stage), ``whitening`` (``.npz``, when learned),
+weights), ``nbits``, ``images``, ``rois``. Data files by role: the first stage's, written and
+read by :class:`~roiret.bow.BowIndex` (:meth:`~roiret.bow.BowIndex.write` /
+:meth:`~roiret.bow.BowIndex.read`; ``vocabulary`` ``.npz``, ``inverted_file`` in the native
+format with CRCs, ``embedding`` ``.npz`` for ASMK), ``whitening`` (``.npz``, when learned),
 ``projection`` (``.npy``, for projected codes), ``rois.<array>`` (``.npy``, one per
 :class:`RoIStore` array, memory-mapped on load) and ``geometry.<array>`` (``.npy``, one per
 :class:`~roiret.search.geometry.GeometryStore` array, memory-mapped; absent from indexes
@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 import numpy as np
 
 from .. import __version__
-from ..bow import BowIndex, LocalFeatureExtractor, Vocabulary
-from ..bow.index import read_embedding
+from ..bow import BowEncoder, BowIndex, Vocabulary
 from ..errors import IndexFormatError
 from ..io import PathLike
 from ..io.arrays import save_npy
@@ -41,11 +40,26 @@ from .store import RoIStore
 if TYPE_CHECKING:  # pragma: no cover
     from .sharded import ShardedIndex
 
-__all__ = ["FORMAT", "Frontend", "SavedIndex", "VERSION", "load_frontend", "load_index", "read_manifest", "save_index"]
+__all__ = [
+    "AnyIndex",
+    "FORMAT",
+    "Frontend",
+    "SavedIndex",
+    "VERSION",
+    "load_frontend",
+    "load_index",
+    "read_manifest",
+    "save_index",
+]
 
 FORMAT = "roiret-index"
 VERSION = 1
 _WHAT = "roiret index"
+
+#: the images a retriever holds: one index, or a sharded one (:mod:`roiret.search.sharded`,
+#: whose folder holds ordinary index folders); both are what ranking reads
+#: (:class:`~roiret.search.collection.Collection`)
+AnyIndex = Union[TwoStageIndex, "ShardedIndex"]
 
 
 @dataclass
@@ -54,7 +68,7 @@ class SavedIndex:
     :class:`~roiret.Retriever` that loads it: weights fingerprint, code length)."""
 
     config: RetrieverConfig
-    index: Union[TwoStageIndex, "ShardedIndex"]  # a ShardedIndex from roiret.search.sharded.load_sharded
+    index: AnyIndex  # a ShardedIndex from roiret.search.sharded.load_sharded
     nbits: int
     fingerprint: Optional[str]
     whitening: Any  # Optional[PCAWhitening]
@@ -75,10 +89,7 @@ def save_index(
     """Write an index folder (atomic, locked; see :mod:`roiret.io.folder`)."""
 
     def write(w: IndexWriter) -> Dict[str, Any]:
-        w.put("vocabulary", "vocabulary", "npz", index.bow.vocabulary.save)
-        w.put("inverted_file", "inverted_file", "bin", lambda p: index.bow.inverted_file.save(str(p)))
-        if index.bow.embedding is not None:
-            w.put("embedding", "embedding", "npz", index.bow.embedding.save)
+        index.bow.write(w)
         if whitening is not None:
             w.put("whitening", "whitening", "npz", whitening.save)
         for key, arr in code_state.items():
@@ -91,7 +102,7 @@ def save_index(
         return {
             "roiret_version": __version__,
             "config": config.to_dict(),
-            "local_features": index.bow.extractor.config(),
+            "local_features": index.encoder.extractor.config(),
             "backbone_fingerprint": fingerprint,
             "nbits": nbits,
             "images": len(index),
@@ -163,23 +174,22 @@ def _geometry(m: Manifest, images: int, mmap: bool) -> Optional[GeometryStore]:
 def read_manifest(folder: PathLike, *, verify: bool = True) -> Manifest:
     """The checked manifest of a retriever's index folder (every data file present, of the
     listed size and, with ``verify``, checksum), without parsing the data files."""
-    required = ("vocabulary", "inverted_file") + tuple(f"rois.{k}" for k in RoIStore.FILES)
+    required = BowIndex.FILES + tuple(f"rois.{k}" for k in RoIStore.FILES)
     return IndexFolder(folder, FORMAT, VERSION, _WHAT).read(verify=verify, required=required)
 
 
 @dataclass
 class Frontend:
     """What encoding queries (and codes) for an index needs, without its images: the
-    configuration, code length, weights fingerprint, whitening, code state and a
-    :class:`~roiret.bow.BowIndex` with the vocabulary and local features (and an empty
-    inverted file)."""
+    configuration, code length, weights fingerprint, whitening, code state and the first
+    stage's :class:`~roiret.bow.BowEncoder` (vocabulary, local features, embedding)."""
 
     config: RetrieverConfig
     nbits: int
     fingerprint: Optional[str]
     whitening: Any  # Optional[PCAWhitening]
     code_state: Dict[str, np.ndarray]
-    encoder: BowIndex
+    encoder: BowEncoder
     manifest: Manifest
 
 
@@ -203,13 +213,10 @@ def _frontend(m: Manifest, shared: Optional[SharedVocabulary] = None) -> Fronten
     config, nbits, lf_config, fingerprint = _fields(m)
     # Every file is untrusted input: whatever a damaged one makes a parser raise is
     # reported as IndexFormatError naming it. Nothing is unpickled.
+    vocabulary = None
     if shared is not None and vocabulary_sha(m.folder) == shared[0]:
-        voc = shared[1]  # the same file, already parsed: one vocabulary in memory
-    else:
-        with m.parsing("vocabulary"):
-            voc = Vocabulary.load(m.paths["vocabulary"])
-    with as_format_error(m.path):
-        lfe = LocalFeatureExtractor.from_config(lf_config)
+        vocabulary = shared[1]  # the same file, already parsed: one vocabulary in memory
+    encoder = BowEncoder.read(m, lf_config, config.asmk, vocabulary=vocabulary)
     whitening = None
     if "whitening" in m.paths:
         with m.parsing("whitening"):
@@ -220,9 +227,6 @@ def _frontend(m: Manifest, shared: Optional[SharedVocabulary] = None) -> Fronten
             raise m.invalid(f"no projection file listed for {config.code_bits}-bit codes")
         with m.parsing("projection", "not a valid .npy array"):
             code_state["projection"] = np.load(m.paths["projection"], allow_pickle=False)
-    embedding = read_embedding(m, config.first_stage, voc)
-    with as_format_error(m.path):
-        encoder = BowIndex(voc, lfe, embedding=embedding, asmk=config.asmk)
     return Frontend(config, nbits, fingerprint, whitening, code_state, encoder, m)
 
 
@@ -237,16 +241,10 @@ def load_index(
 ) -> SavedIndex:
     """Read and check an index folder written by :func:`save_index`. ``shared_vocabulary``:
     use that vocabulary instead of parsing the folder's when it is the same file."""
-    from .._kernels import EmbeddedInvertedFile, InvertedFile
-
     m = read_manifest(folder, verify=verify)
     f = _frontend(m, shared_vocabulary)
-    enc = f.encoder
-    with m.parsing("inverted_file"):
-        ivf = (EmbeddedInvertedFile if enc.embedded else InvertedFile).load(str(m.paths["inverted_file"]))
+    bow = BowIndex.read(m, f.encoder)
     store = _store(m, (f.nbits + 63) // 64, mmap)
-    with as_format_error(m.path):
-        bow = BowIndex(enc.vocabulary, enc.extractor, inverted_file=ivf, embedding=enc.embedding, asmk=enc.asmk)
     index = TwoStageIndex(bow, store, _geometry(m, len(store), mmap))
     index.check_consistent(str(m.folder))
     return SavedIndex(f.config, index, f.nbits, f.fingerprint, f.whitening, f.code_state, m)

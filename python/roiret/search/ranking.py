@@ -11,24 +11,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
 from ..io.images import Box
 from ..params import RerankParams, VerifyParams
+from .collection import Collection
 from .expansion import ROI_QE_ALPHA, ROI_QE_IMAGES, expanded_bag, expanded_codes, expanded_terms
-from .index import TwoStageIndex
 from .rerank import RerankResult, rerank_with
 from .results import Hit, PreparedQuery, SearchResult
 from .verify import Verification
 
 if TYPE_CHECKING:  # pragma: no cover
     from .._kernels import CrossMatchResult
-    from .sharded import ShardedIndex
-
-#: what :func:`rank` ranks: one index, or a sharded one (the same methods, fanned out)
-Collection = Union[TwoStageIndex, "ShardedIndex"]
 
 __all__ = ["VERIFIED_BOW_WEIGHT", "VERIFIED_BOW_WEIGHTS", "rank"]
 

@@ -1,4 +1,4 @@
-"""The two-stage retriever: what a user imports (DESIGN.md stages 7–8).
+"""The two-stage retriever: what a user imports (docs/ARCHITECTURE.md has the data path).
 
 >>> r = roiret.Retriever(vocab_size=20_000, K=20, N=100, n=10, k=5)      # doctest: +SKIP
 >>> r.train(paths)            # vocabulary (+ whitening if asked), no labels  # doctest: +SKIP
@@ -36,14 +36,14 @@ import dataclasses
 import threading
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import NotTrainedError
 from ..io import PathLike
 from ..io.images import ImageSource, SkippedImageWarning, error_reason, image_list, iter_prepared, source_name
-from ..params import CONFIGURED, Configured, Fusion, RerankParams, positive_int
+from ..params import RerankParams, SearchParams, VerifyParams, positive_int
 from . import persist, sharded
 from .config import RetrieverConfig
 from .encoding import BatchItem, encode_batches, encode_query
@@ -51,13 +51,13 @@ from .explain import DEFAULT_TOLERANCE, explain_hits
 from .geometry import GeometryStore
 from .index import TwoStageIndex
 from .locks import RWLock
-from .ranking import Collection, rank
+from .ranking import rank
 from .results import Hit, PreparedQuery, SearchResult
 from .store import RoIStore
 from .training import training_features
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..bow import BowIndex, Vocabulary
+    from ..bow import BowEncoder, BowIndex, Vocabulary
     from ..cnn.backbones import DeviceLike
     from ..cnn.codes import CodeProjector
     from ..cnn.extractor import RoIExtractor
@@ -118,7 +118,7 @@ class Retriever:
         self.pipeline = bool(pipeline)
         self._weights, self._head_weights, self._allow_download = weights, head_weights, allow_download
         self._extractor: Optional["RoIExtractor"] = None
-        self._index: Optional[Collection] = None
+        self._index: Optional[persist.AnyIndex] = None
         self._coder: Optional["CodeProjector"] = None
         self._fingerprint: Optional[str] = None
         #: seconds spent per indexing stage by add() (accumulated; reset freely): each stage's
@@ -168,7 +168,7 @@ class Retriever:
         return self._index is not None
 
     @property
-    def index(self) -> Collection:
+    def index(self) -> persist.AnyIndex:
         """The indexed images: BoW inverted file and RoI store (after :meth:`train` or :meth:`load`);
         a :class:`~roiret.search.sharded.ShardedIndex` when loaded from a sharded folder."""
         if self._index is None:
@@ -176,8 +176,18 @@ class Retriever:
         return self._index
 
     @property
-    def bow(self) -> "BowIndex":
-        """The BoW first stage (:class:`roiret.bow.BowIndex`)."""
+    def encoder(self) -> "BowEncoder":
+        """The first stage's encoder (:class:`roiret.bow.BowEncoder`: the vocabulary, the local
+        features and, for ASMK*, the Hamming embedding), the same for one index and a
+        sharded one."""
+        return self.index.encoder
+
+    @property
+    def bow(self) -> "BowIndex | sharded.ShardedBow":
+        """The first stage on its own (encoder, search by image or by bag): for one index its
+        :class:`roiret.bow.BowIndex` (the encoder and the inverted file); for a sharded index
+        a read-only :class:`~roiret.search.sharded.ShardedBow` that merges the shards' lists
+        (the same ids, scores and order). Changes go through :meth:`add` / :meth:`remove`."""
         return self.index.bow
 
     @property
@@ -219,7 +229,7 @@ class Retriever:
         itself), without labels. ``max_images`` takes a seeded random sample.
         ``vocabulary``: reuse a fitted :class:`roiret.bow.Vocabulary` instead (only the
         whitening is learned then). Training again starts a new, empty index."""
-        from ..bow import BowIndex, Vocabulary
+        from ..bow import BowEncoder, BowIndex, Vocabulary
         from ..bow.embedding import embedding_for
         from ..cnn.codes import CodeProjector
 
@@ -247,7 +257,7 @@ class Retriever:
                 self.extractor.whitening = PCAWhitening(dims=c.whitening_dims).fit(raw)
             self.config = c.replace(vocab_size=voc.size)
             self._coder = CodeProjector(self.extractor.dim, c.codes)
-            bow = BowIndex(voc, lfe, embedding=embedding, asmk=c.asmk)
+            bow = BowIndex(BowEncoder(voc, lfe, embedding=embedding, asmk=c.asmk))
             self._index = TwoStageIndex(bow, RoIStore(self._coder.words), GeometryStore())
             self._fingerprint = self.extractor.weights_fingerprint()
         return self
@@ -296,7 +306,7 @@ class Retriever:
                 self._batches(images, on_error),
                 all_ids,
                 names,
-                bow=index.bow,
+                encoder=index.encoder,
                 extractor=self.extractor,
                 coder=self._coder,
                 lock=self._query_lock,
@@ -354,14 +364,14 @@ class Retriever:
     ) -> PreparedQuery:
         """Extract a query's features once (BoW words of the keypoints in ``box``, RoIs of
         the crop), to rank with :meth:`rank` in several ways."""
-        bow = self.index.bow
+        encoder = self.index.encoder
         assert self._coder is not None  # set together with the index
         return encode_query(
             image,
             box,
             max_side=self.config.max_side,
             with_rois=with_rois,
-            bow=bow,
+            encoder=encoder,
             extractor=self.extractor,
             coder=self._coder,
             lock=self._query_lock,
@@ -373,23 +383,19 @@ class Retriever:
         box: Optional[Sequence[float]] = None,
         *,
         top: Optional[int] = None,
-        mode: Optional[str] = None,
-        N: Optional[int] = None,
-        n: Optional[int] = None,
-        k: Optional[int] = None,
-        fusion: Union[Fusion, Configured] = CONFIGURED,
-        R: Optional[int] = None,
-        min_inliers: Optional[int] = None,
-        qe: Optional[int] = None,
+        params: Optional[SearchParams] = None,
+        **overrides: Any,
     ) -> SearchResult:
         """Rank the database for a query image, or for ``box = (x1, y1, x2, y2)`` (pixels of
-        the query image) inside it. ``top``: hits returned (default N). The other arguments
-        override the configuration for this call (left out — ``None``, or for ``fusion``
-        :data:`~roiret.params.CONFIGURED` — they are the configuration's): ``mode``, ``N``,
-        ``n``, ``k``, ``fusion`` (``"adaptive"``, a BoW weight in [0, 1], or 0 / ``"none"`` /
-        ``None``: the RoI score alone — as in :class:`RetrieverConfig`), ``R``,
-        ``min_inliers``, ``qe``. Every argument is checked before the query is read (a box of
-        four finite numbers, ``top`` a positive integer: ValueError / TypeError otherwise).
+        the query image) inside it. ``top``: hits returned (default N). ``params``
+        (:class:`~roiret.params.SearchParams`) and the keywords ``overrides`` — its fields,
+        which the keywords set on top of ``params`` — override the configuration for this
+        call: ``mode``, ``N``, ``n``, ``k``, ``fusion`` (``"adaptive"``, a BoW weight in [0,
+        1], or 0 / ``"none"`` / ``None``: the RoI score alone — as in
+        :class:`RetrieverConfig`), ``R``, ``min_inliers``, ``qe``; left out, they are the
+        configuration's. Every argument is checked before the query is read (a box of four
+        finite numbers, ``top`` a positive integer, the overrides as
+        :class:`~roiret.params.SearchParams` checks them: ValueError / TypeError otherwise).
 
         How the hits come (:class:`Hit`): the first stage (ASMK or TF-IDF, ``bow_score``)
         proposes candidates; the top ``R`` are verified geometrically, and those whose
@@ -401,49 +407,32 @@ class Retriever:
         best; ``score`` never increases with ``rank``: the inliers of a verified hit (>= 1),
         the re-ranking score in [0, 1], or ``bow_score − 1`` in [−1, 0] for the hits only in
         first-stage order (:class:`Hit` has the details)."""
-        params = self._rerank_params(mode, N, n, k, fusion)
-        q = self.prepare_query(image, box, with_rois=params.mode != "bow")
-        return self.rank(
-            q, top=top, mode=params.mode, N=N, n=n, k=k, fusion=fusion, R=R, min_inliers=min_inliers, qe=qe
-        )
+        params = SearchParams.of(params, **overrides)
+        rerank, _, _ = self._settings(params, top)  # checked before the query is read
+        q = self.prepare_query(image, box, with_rois=rerank.mode != "bow")
+        return self.rank(q, top=top, params=params)
 
-    def _rerank_params(
-        self,
-        mode: Optional[str],
-        N: Optional[int],
-        n: Optional[int],
-        k: Optional[int],
-        fusion: Union[Fusion, Configured],
-    ) -> RerankParams:
-        p = self.config.rerank
-        N = p.N if N is None else N
-        changes: Dict[str, Any] = {"mode": mode, "N": N, "n": min(p.n if n is None else n, N), "k": k}
-        p = p.replace(**{key: v for key, v in changes.items() if v is not None})
-        return p if fusion is CONFIGURED else p.replace(fusion=fusion)
+    def _settings(self, params: SearchParams, top: Optional[int]) -> Tuple[RerankParams, VerifyParams, int]:
+        """The re-ranking and verification parameters of a search (``params`` over the
+        configuration) and the hits it returns."""
+        rerank = params.rerank(self.config.rerank)
+        return rerank, params.verify(self.config.verify), rerank.N if top is None else positive_int("top", top)
 
     def rank(
         self,
         query: PreparedQuery,
         *,
         top: Optional[int] = None,
-        mode: Optional[str] = None,
-        N: Optional[int] = None,
-        n: Optional[int] = None,
-        k: Optional[int] = None,
-        fusion: Union[Fusion, Configured] = CONFIGURED,
-        R: Optional[int] = None,
-        min_inliers: Optional[int] = None,
-        qe: Optional[int] = None,
+        params: Optional[SearchParams] = None,
+        **overrides: Any,
     ) -> SearchResult:
-        """Rank the database for a :class:`PreparedQuery` (see :meth:`search`). The query's
-        RoIs are cut to this retriever's K (RoIs are in selection order)."""
-        params = self._rerank_params(mode, N, n, k, fusion)
-        changes = {"R": R, "min_inliers": min_inliers, "qe": qe}
-        verify = self.config.verify.replace(**{key: v for key, v in changes.items() if v is not None})
-        top = params.N if top is None else positive_int("top", top)
+        """Rank the database for a :class:`PreparedQuery`; ``top``, ``params`` and
+        ``overrides`` as in :meth:`search`. The query's RoIs are cut to this retriever's K
+        (RoIs are in selection order)."""
+        rerank, verify, top = self._settings(SearchParams.of(params, **overrides), top)
         index = self.index
         with self._rw.read():
-            return rank(query, index, self.nbits, params, K=self.config.K, top=top, verify=verify, threads=self.threads)
+            return rank(query, index, self.nbits, rerank, K=self.config.K, top=top, verify=verify, threads=self.threads)
 
     def explain(self, query: PreparedQuery, result: SearchResult, tolerance: float = DEFAULT_TOLERANCE) -> SearchResult:
         """``result`` with each hit's ``query_box`` / ``db_box`` replaced by the RoI pair that

@@ -58,14 +58,16 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional,
 import numpy as np
 
 from .. import __version__
-from ..bow import BowIndex
-from ..bow.index import BowHits, as_ids, consecutive_ids, query_weights
+from ..bow import BowEncoder, BowIndex
+from ..bow.index import BowHits, FirstStage, as_ids, consecutive_ids, query_weights
 from ..errors import IndexFormatError, UnknownIdError
 from ..io import PathLike
 from ..io.folder import MANIFEST, IndexFolder, IndexWriter, Manifest, as_format_error, own_entry, sha256_file
+from ..params import positive_int
 from . import persist
+from .collection import RowReader, RowsLike
 from .geometry import FeatureGeometry, GeometryStore
-from .index import IndexedImage, RowsLike, TwoStageIndex
+from .index import IndexedImage, TwoStageIndex
 from .persist import vocabulary_sha
 from .store import RoIStore
 from .verify import Verification
@@ -114,45 +116,30 @@ def shard_name(i: int) -> str:
     return f"shard-{int(i):05d}"
 
 
-class ShardedBow(BowIndex):
-    """The BoW side of a :class:`ShardedIndex` as a :class:`~roiret.bow.BowIndex`: encoding
-    (vocabulary, local features) is the shards' (they share it); searching merges the shards'
-    lists. ``inverted_file`` is the encoder's (the first shard's when it is local: its idf is
-    the collection's); changes go through the :class:`~roiret.Retriever`."""
+class ShardedBow(FirstStage):
+    """The first stage of a :class:`ShardedIndex` as its user searches it (``Retriever.bow``):
+    the collection's encoder, and the shards' lists merged (:meth:`ShardedIndex.search_bow`:
+    the order and scores of one index). Read-only: the images change through the
+    :class:`~roiret.Retriever`."""
 
-    def __init__(self, owner: "ShardedIndex", encoder: BowIndex):
-        super().__init__(
-            encoder.vocabulary,
-            encoder.extractor,
-            inverted_file=encoder.inverted_file,
-            embedding=encoder.embedding,
-            asmk=encoder.asmk,
-        )
+    def __init__(self, owner: "ShardedIndex"):
         self._owner = owner
+        self.encoder = owner.encoder
 
     def __len__(self) -> int:
         return len(self._owner)
 
+    def __repr__(self) -> str:
+        return f"ShardedBow(images={len(self)}, shards={len(self._owner.shards)}, {self.encoder!r})"
+
     def search_bag(
         self, words: np.ndarray, counts: np.ndarray, top: int = 100, *, weights: Optional[np.ndarray] = None
     ) -> BowHits:
-        ids, scores = self._owner.search_bow(words, counts, top, weights)
+        ids, scores = self._owner.search_bow(words, counts, positive_int("top", top), weights)
         return BowHits(ids, scores)
 
     def bag_of(self, image_id: int) -> Tuple[np.ndarray, np.ndarray]:
         return self._owner.bags_of_rows(self._owner.rows_of([int(image_id)]))[0]
-
-    def search_bags(self, bags: Sequence[Tuple[np.ndarray, np.ndarray]], top: int = 100) -> List[BowHits]:
-        return [self.search_bag(w, c, top) for w, c in bags]
-
-    def add_bags(self, ids: Any, offsets: np.ndarray, words: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        raise TypeError("a sharded index changes through its Retriever (add / remove), not its BoW part")
-
-    def remove(self, ids: Any) -> None:
-        raise TypeError("a sharded index changes through its Retriever (add / remove), not its BoW part")
-
-    def save(self, folder: PathLike) -> None:
-        raise TypeError("a sharded index saves through its Retriever")
 
 
 class ShardedStore:
@@ -192,45 +179,21 @@ class ShardedStore:
         return self._owner.shards[s].rois_of(local)
 
 
-class Shard(Protocol):
-    """What a :class:`ShardedIndex` reads of each shard: implemented by
-    :class:`~roiret.search.index.TwoStageIndex` (rows are its own), and by proxies of shards
-    held elsewhere (``roiret.distributed.serve``)."""
+class Shard(RowReader, Protocol):
+    """What a :class:`ShardedIndex` reads of each shard: the rows
+    (:class:`~roiret.search.collection.RowReader`), its exact first-stage lists and
+    statistics, and its changes — implemented by :class:`~roiret.search.index.TwoStageIndex`
+    (rows are its own), and by proxies of shards held elsewhere (``roiret.distributed.serve``)."""
 
-    def __len__(self) -> int: ...
-    @property
-    def ids(self) -> np.ndarray: ...
     @property
     def num_rois(self) -> int: ...
-    @property
-    def has_geometry(self) -> bool: ...
-    @property
-    def code_words(self) -> int: ...
     def search_bow_exact(
         self, words: np.ndarray, counts: np.ndarray, top: int, weights: Optional[np.ndarray] = None
     ) -> Tuple[np.ndarray, np.ndarray]: ...
     def document_frequencies(self) -> np.ndarray: ...
     def set_collection_stats(self, n_docs: int, df: np.ndarray) -> None: ...
-    def idf(self) -> np.ndarray: ...
-    def names_of(self, rows: RowsLike) -> List[str]: ...
     def all_names(self) -> List[str]: ...
-    def words_of_rows(self, rows: RowsLike) -> List[np.ndarray]: ...
-    def bags_of_rows(self, rows: RowsLike) -> List[Tuple[np.ndarray, np.ndarray]]: ...
-    def codes_of_rows(self, rows: RowsLike) -> List[Tuple[np.ndarray, np.ndarray]]: ...
-    def roi_boxes_of(self, rows: RowsLike) -> List[np.ndarray]: ...
-    def roi_boxes_at(self, roi_rows: np.ndarray) -> np.ndarray: ...
     def rois_of(self, row: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
-    def verify(self, query: FeatureGeometry, rows: np.ndarray, threads: Optional[int]) -> Dict[int, Verification]: ...
-    def cross_match(
-        self,
-        q: np.ndarray,
-        nbits: int,
-        mask: Optional[np.ndarray],
-        rows: np.ndarray,
-        *,
-        whole_image: bool = False,
-        threads: Optional[int] = None,
-    ) -> "CrossMatchResult": ...
     def nbytes(self) -> int: ...
     def check_consistent(self, where: str) -> None: ...
     def add(self, images: Sequence[IndexedImage]) -> List[int]: ...
@@ -252,13 +215,16 @@ def merge_bow_lists(parts: Sequence[Tuple[np.ndarray, np.ndarray]], top: int) ->
 
 class ShardedIndex:
     """Several :class:`~roiret.search.index.TwoStageIndex` shards searched as one (module
-    docstring): the methods :func:`~roiret.search.ranking.rank` reads, fanned out over the
-    shards in a thread pool (the native kernels release the GIL) and merged.
-    ``shard_size``: images per shard before :meth:`add` starts a new one. Not thread-safe
-    for changes by itself (the :class:`~roiret.Retriever` serialises them)."""
+    docstring): what :func:`~roiret.search.ranking.rank` reads
+    (:class:`~roiret.search.collection.Collection`), fanned out over the shards in a thread
+    pool (the native kernels release the GIL) and merged. ``shard_size``: images per shard
+    before :meth:`add` starts a new one; ``encoder``: the collection's
+    :class:`~roiret.bow.BowEncoder` (default: the first shard's; shards held elsewhere need
+    it given). Not thread-safe for changes by itself (the :class:`~roiret.Retriever`
+    serialises them)."""
 
     def __init__(
-        self, shards: Sequence[Shard], *, shard_size: int = DEFAULT_SHARD_SIZE, encoder: Optional[BowIndex] = None
+        self, shards: Sequence[Shard], *, shard_size: int = DEFAULT_SHARD_SIZE, encoder: Optional[BowEncoder] = None
     ):
         if not shards:
             raise ValueError("a sharded index needs at least one shard")
@@ -279,8 +245,11 @@ class ShardedIndex:
             first = self.shards[0]
             if not isinstance(first, TwoStageIndex):
                 raise TypeError("shards held elsewhere need an encoder (the collection's vocabulary and features)")
-            encoder = first.bow
-        self.bow = ShardedBow(self, encoder)
+            encoder = first.encoder
+        if not isinstance(encoder, BowEncoder):
+            raise TypeError(f"encoder: expected a roiret.bow.BowEncoder, got {type(encoder).__name__}")
+        #: the collection's encoder (vocabulary, local features, embedding), shared by its shards
+        self.encoder = encoder
         self.store = ShardedStore(self)
         self.refresh()
 
@@ -347,7 +316,12 @@ class ShardedIndex:
     @property
     def embedded(self) -> bool:
         """Whether the first stage is the selective match kernel (see TwoStageIndex)."""
-        return self.bow.embedded
+        return self.encoder.embedded
+
+    @property
+    def bow(self) -> ShardedBow:
+        """The first stage as a user searches it: a read-only view (:class:`ShardedBow`)."""
+        return ShardedBow(self)
 
     def search_bow(
         self, words: np.ndarray, counts: np.ndarray, top: int, weights: Optional[np.ndarray] = None
@@ -481,8 +455,8 @@ class ShardedIndex:
         return a
 
     def _new_shard(self) -> TwoStageIndex:
-        bow = BowIndex(self.bow.vocabulary, self.bow.extractor, embedding=self.bow.embedding, asmk=self.bow.asmk)
-        return TwoStageIndex(bow, RoIStore(self.code_words), GeometryStore() if self.has_geometry else None)
+        geometry = GeometryStore() if self.has_geometry else None
+        return TwoStageIndex(BowIndex(self.encoder), RoIStore(self.code_words), geometry)
 
     def add(self, images: Sequence[IndexedImage]) -> List[int]:
         """Append to the last shard, starting new shards of ``shard_size`` images when it is
@@ -531,8 +505,7 @@ class ShardedIndex:
         return removed
 
     def truncated(self, K: int) -> "ShardedIndex":
-        view = ShardedIndex([s.truncated(K) for s in self.shards], shard_size=self.shard_size)
-        return view
+        return ShardedIndex([s.truncated(K) for s in self.shards], shard_size=self.shard_size, encoder=self.encoder)
 
 
 # -- the folder -----------------------------------------------------------------------------
@@ -658,7 +631,7 @@ def load_sharded(folder: PathLike, *, verify: bool = True, mmap: bool = True) ->
     first = persist.load_index(m.folder / entries[0].name, verify=verify, mmap=mmap)
     check_shards_agree(m.folder, entries, [first.manifest] + [persist.read_manifest(m.folder / e.name, verify=False)
                                                              for e in entries[1:]])  # fmt: skip
-    shared = (str(vocabulary_sha(first.manifest.folder)), first.index.bow.vocabulary)  # one vocabulary in memory
+    shared = (str(vocabulary_sha(first.manifest.folder)), first.index.encoder.vocabulary)  # one vocabulary in memory
     loaded = [first] + [
         persist.load_index(m.folder / e.name, verify=verify, mmap=mmap, shared_vocabulary=shared) for e in entries[1:]
     ]
