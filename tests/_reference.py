@@ -329,6 +329,26 @@ def asmk_scores_ref(index: AsmkIndexRef, q_words, q_sigs, q_weights, alpha: floa
     return scores * index.inv_norm
 
 
+def select_terms_ref(q_words, q_weights, idf: np.ndarray, df: np.ndarray, max_postings: int) -> np.ndarray:
+    """bool (m,): the terms a search with a budget of ``max_postings`` postings scans. Terms
+    that can score (weight * idf > 0) cost their word's df; when they cost more than the
+    budget, they are taken by descending weight * idf (ties: the earlier term) while the
+    total stays within it, the first always."""
+    factor = np.asarray(q_weights, np.float64) * idf[np.asarray(q_words, np.int64)]
+    cost = np.asarray(df, np.int64)[np.asarray(q_words, np.int64)]
+    live = np.flatnonzero(factor != 0)
+    keep = np.zeros(len(factor), bool)
+    if max_postings == 0 or cost[live].sum() <= max_postings:
+        keep[live] = True
+        return keep
+    used = 0
+    for i, t in enumerate(sorted(live, key=lambda t: (-factor[t], t))):
+        if i == 0 or used + cost[t] <= max_postings:
+            keep[t] = True
+            used += int(cost[t])
+    return keep
+
+
 def top_ref(scores: np.ndarray, ids: np.ndarray, top: int):
     """(ids, scores) of the best ``top``: descending score, ties by position."""
     order = np.lexsort((np.arange(len(scores)), -scores))[:top]

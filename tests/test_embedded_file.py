@@ -13,7 +13,7 @@ import pytest
 import roiret
 from _damage import assert_refuses_flips, assert_refuses_truncations
 from _gil import assert_releases_gil
-from _reference import asmk_index_ref, asmk_scores_ref, signature_mask, top_ref
+from _reference import asmk_index_ref, asmk_scores_ref, select_terms_ref, signature_mask, top_ref
 from roiret import EmbeddedInvertedFile, IndexFormatError, _core
 
 LEVELS = roiret.supported_simd_levels()
@@ -290,6 +290,72 @@ def test_collection_stats_make_shards_score_like_one_file():
     assert not shards[1].has_collection_stats and shards[1].stats_documents == 111
     shards[2].clear_collection_stats()
     assert not shards[2].has_collection_stats and shards[2].stats_documents == 60
+
+
+@pytest.mark.parametrize("budget", [1, 30, 200, 700, 10**9])
+def test_budget_scans_the_highest_weighted_terms_that_fit(budget, level):
+    """A search with max_postings scores as the reference on the terms the budget keeps
+    (by weight x idf, within the collection's postings), and selected_terms says which."""
+    rng = np.random.default_rng(budget)
+    f, data = build(rng, n=300, vocab=60, nbits=128, mean_words=15)
+    offsets, words, sigs, ids = data
+    df = np.asarray(f.document_frequencies(), np.int64)
+    for _ in range(5):
+        qw, qs, qwt = random_query(rng, 25, 60, 128)
+        keep = select_terms_ref(qw, qwt, f.idf(), df, budget)
+        got_keep, postings = f.selected_terms(qw, qwt, max_postings=budget)
+        assert got_keep.dtype == np.bool_ and np.array_equal(got_keep, keep)
+        assert postings == int(df[qw[keep]].sum())
+        assert postings <= budget or keep.sum() == 1
+        index = asmk_index_ref(offsets, words, sigs, 128, 60)
+        ref = asmk_scores_ref(index, qw[keep], qs[keep], qwt[keep], 3.0, 0.0)
+        want_ids, want = top_ref(ref, ids, 40)
+        got_ids, got = f.search_exact(qw, qs, qwt, top=40, max_postings=budget)
+        np.testing.assert_array_equal(got_ids, want_ids)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+        if keep.sum() == (qwt * f.idf()[qw] != 0).sum():  # nothing skipped: the unbounded search
+            assert f.search_exact(qw, qs, qwt, top=40)[1].tobytes() == got.tobytes()
+
+
+def test_budget_selects_the_same_terms_in_every_shard():
+    """With the collection's statistics, every shard keeps the terms one file would: the
+    merged budgeted lists equal the one-file budgeted list bit for bit."""
+    rng = np.random.default_rng(11)
+    vocab, nbits, n = 30, 64, 240
+    offsets, words, sigs = random_images(rng, n, vocab, nbits, mean_words=6)
+    ids = np.arange(n, dtype=np.int64)
+    whole = EmbeddedInvertedFile(vocab, nbits)
+    whole.add(ids, offsets, words, sigs)
+    shards = []
+    for a, b in [(0, 90), (90, n)]:
+        s = EmbeddedInvertedFile(vocab, nbits)
+        s.add(ids[a:b], offsets[a : b + 1] - offsets[a], words[offsets[a] : offsets[b]], sigs[offsets[a] : offsets[b]])
+        shards.append(s)
+    df = sum(np.asarray(s.document_frequencies(), np.int64) for s in shards)
+    for s in shards:
+        s.set_collection_stats(n, df)
+    for budget in (50, 150, 400):
+        q = random_query(rng, 12, vocab, nbits)
+        assert all(np.array_equal(s.selected_terms(q[0], q[2], budget)[0], whole.selected_terms(q[0], q[2], budget)[0])
+                   for s in shards)  # fmt: skip
+        want_ids, want = whole.search_exact(*q, top=n, max_postings=budget)
+        parts = [s.search_exact(*q, top=n, max_postings=budget) for s in shards]
+        got_ids, got = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        shard_of = np.repeat([0, 1], [len(p[0]) for p in parts])
+        pos = np.concatenate([np.arange(len(p[0])) for p in parts])
+        key = np.lexsort((pos, shard_of, -got))
+        assert np.array_equal(got_ids[key], want_ids) and got[key].tobytes() == want.tobytes()
+
+
+def test_budget_validation():
+    f, _ = build(np.random.default_rng(0), n=20, vocab=10)
+    w, s, wt = random_query(np.random.default_rng(1), 3, 10, 64)
+    with pytest.raises(ValueError, match="max_postings must be >= 0"):
+        f.search(w, s, wt, max_postings=-1)
+    with pytest.raises(ValueError, match="max_postings must be >= 0"):
+        f.selected_terms(w, wt, max_postings=-1)
+    with pytest.raises(ValueError, match="not a word id"):
+        f.selected_terms(np.array([10]), None, max_postings=5)
 
 
 @pytest.mark.parametrize("nbits", [64, 128])

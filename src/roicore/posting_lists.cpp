@@ -193,5 +193,26 @@ void* grow_array(void* p, std::size_t n, std::size_t elem_size) {
   return q;
 }
 
+std::vector<char> select_terms(const std::vector<double>& factor, const std::vector<std::uint64_t>& cost,
+                               std::uint64_t max_postings) {
+  const std::size_t m = factor.size();
+  std::vector<char> keep(m, 1);
+  std::uint64_t total = 0;
+  for (std::uint64_t c : cost) total += c;
+  if (max_postings == 0 || total <= max_postings || m == 0) return keep;
+  std::vector<std::size_t> order(m);
+  for (std::size_t t = 0; t < m; ++t) order[t] = t;
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return factor[a] > factor[b]; });
+  std::fill(keep.begin(), keep.end(), 0);
+  std::uint64_t used = 0;
+  for (std::size_t i = 0; i < m; ++i) {
+    const std::size_t t = order[i];
+    if (i > 0 && used + cost[t] > max_postings) continue;
+    keep[t] = 1;
+    used += cost[t];
+  }
+  return keep;
+}
+
 }  // namespace detail
 }  // namespace roicore
