@@ -854,7 +854,7 @@ images.)doc")
            py::arg("max_postings") = 0,
            R"doc(The query terms a search with this max_postings scans -> (keep bool (len(words),),
 postings int): keep[t] False for a term skipped by the budget or that cannot score
-(weight or idf 0); postings: what the kept terms' words hold in the collection (its df
+(weight or idf 0); a word's terms are kept or skipped together; postings: what the kept terms' words hold in the collection (its df
 when statistics are set, else this file's).)doc")
       .def("document", &eivf_document, py::arg("image_id"),
            R"doc(The pairs of one image -> (words int64 ascending, signatures uint64 (k, W)), as

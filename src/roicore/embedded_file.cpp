@@ -165,15 +165,17 @@ std::uint64_t EmbeddedInvertedFile::budget_terms(const std::int64_t* words, cons
                                                  std::uint64_t max_postings, std::vector<std::size_t>& live,
                                                  std::vector<double>& factor, std::vector<char>& keep) const {
   std::vector<std::uint64_t> cost;
+  std::vector<std::size_t> word;
   for (std::size_t t = 0; t < m; ++t) {
     const auto w = static_cast<std::size_t>(words[t]);
     const double f = static_cast<double>(weights[t]) * idf_[w];
     if (f == 0.0) continue;
     live.push_back(t);
+    word.push_back(w);
     factor.push_back(f);
     cost.push_back(stats_.df(w, word_offsets_));
   }
-  keep = detail::select_terms(factor, cost, max_postings);
+  keep = detail::select_terms(word, factor, cost, max_postings);
   std::uint64_t kept = 0;
   for (std::size_t i = 0; i < live.size(); ++i) kept += keep[i] ? cost[i] : 0;
   return kept;

@@ -87,9 +87,10 @@ class EmbeddedInvertedFile : public PostingIndex {
   // ordered by — what a merge of several files' results needs to reproduce that order.
   // max_postings (0: no limit): a budget on the postings scanned, counted with the
   // collection's df (set_collection_stats) so that every shard of a collection scans the
-  // same terms. When the terms that can score (weight x idf > 0) hold more, the terms with
-  // the largest weight x idf are scanned, as many as fit (detail::select_terms: at least
-  // one), the rest skipped: scores are those of a query made of the kept terms only.
+  // same terms. When the terms that can score (weight x idf > 0) hold more, whole words are
+  // scanned by descending sum of their terms' weight x idf, as many as fit
+  // (detail::select_terms: at least one word), the rest skipped: scores are those of a
+  // query made of the kept terms only.
   // scanned (optional): receives the postings this file scanned.
   void search(const std::int64_t* words, const std::uint64_t* sigs, const float* weights, std::size_t m,
               std::size_t top_n, double alpha, double tau, std::vector<std::int64_t>& out_ids,
