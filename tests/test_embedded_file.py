@@ -617,3 +617,38 @@ def test_load_refuses_consistent_checksums_with_bad_contents(saved, tmp_path):
         bad.write_bytes(_resealed(blob, edit))
         with pytest.raises(IndexFormatError, match=msg):
             EmbeddedInvertedFile.load(bad)
+
+
+def test_a_large_add_merges_at_once_and_matches_small_batches(tmp_path):
+    """Past 2**20 pending postings (and a quarter of the merged ones) add() merges its buffer
+    at once, so a large build never holds its postings twice: a search after it changes no
+    byte of memory; and the file equals one built in small batches, byte for byte, and
+    scores as the NumPy reference."""
+    rng = np.random.default_rng(5)
+    vocab, nbits, n, k = 2048, 64, 17_000, 64  # 1 088 000 postings
+    words = ((rng.integers(0, vocab, size=(n, 1)) + np.arange(k) * 31) % vocab).reshape(-1).astype(np.int64)
+    offsets = np.arange(n + 1, dtype=np.int64) * k
+    sigs = rng.integers(0, 2**64, size=(len(words), 1), dtype=np.uint64)
+    ids = np.arange(n, dtype=np.int64)
+    big = EmbeddedInvertedFile(vocab, nbits)
+    big.add(ids, offsets, words, sigs)
+    held = big.memory_bytes()
+    qw, qs, qwt = random_query(rng, 30, vocab, nbits)
+    got_ids, got = big.search_exact(qw, qs, qwt, top=50)
+    assert big.memory_bytes() == held  # nothing was left pending
+    small = EmbeddedInvertedFile(vocab, nbits)
+    small.add(ids[:100], offsets[:101], words[: offsets[100]], sigs[: offsets[100]])
+    lazy = small.memory_bytes()
+    small.search(qw, qs, qwt, top=1)
+    assert small.memory_bytes() != lazy  # below the threshold the merge waits for a search
+    for a in range(100, n, 1000):  # the rest in batches: eager merges at other points
+        b = min(n, a + 1000)
+        o = offsets[a : b + 1]
+        small.add(ids[a:b], o - o[0], words[o[0] : o[-1]], sigs[o[0] : o[-1]])
+    big.save(str(tmp_path / "big.bin"))
+    small.save(str(tmp_path / "small.bin"))
+    assert (tmp_path / "big.bin").read_bytes() == (tmp_path / "small.bin").read_bytes()
+    index = asmk_index_ref(offsets, words, sigs, nbits, vocab)
+    want_ids, want = top_ref(asmk_scores_ref(index, qw, qs, qwt, 3.0, 0.0), ids, 50)
+    np.testing.assert_array_equal(got_ids, want_ids)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)

@@ -25,7 +25,9 @@
 // O(vocabulary) (16 bytes a word: offsets, idf) plus O(documents) (16 bytes an image: id,
 // norm; more while ids arrive out of order). Postings of a word are sorted by document.
 // Additions are buffered and merged in place (O(postings)) at the next search, save or
-// remove, so adding in many small batches stays linear.
+// remove, so adding in many small batches stays linear; add() merges at once when the
+// buffer reaches PostingIndex::kEagerMergePostings and a quarter of the merged postings,
+// so a large build never holds its postings twice.
 //
 // Scan. A query term's run of postings is scored by the SIMD-dispatched core
 // (hamming_kernels.h: accumulate; generic / popcnt / avx2 / avx512, chosen at run time or
