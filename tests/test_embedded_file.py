@@ -53,6 +53,22 @@ def random_query(rng, m, vocab, nbits):
     return words, sigs, weights
 
 
+def whole_and_shards(rng, vocab, nbits, cuts, mean_words):
+    """One file of cuts[-1] random images (ids 0…), shards holding them split at cuts, and
+    the images (offsets, words, signatures, ids)."""
+    n = cuts[-1]
+    offsets, words, sigs = random_images(rng, n, vocab, nbits, mean_words=mean_words)
+    ids = np.arange(n, dtype=np.int64)
+    whole = EmbeddedInvertedFile(vocab, nbits)
+    whole.add(ids, offsets, words, sigs)
+    shards = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        s = EmbeddedInvertedFile(vocab, nbits)
+        s.add(ids[a:b], offsets[a : b + 1] - offsets[a], words[offsets[a] : offsets[b]], sigs[offsets[a] : offsets[b]])
+        shards.append(s)
+    return whole, shards, (offsets, words, sigs, ids)
+
+
 def build(rng, n=250, vocab=120, nbits=64, batches=3, ids=None, **kw):
     offsets, words, sigs = random_images(rng, n, vocab, nbits, **kw)
     ids = np.arange(n, dtype=np.int64) * 5 + 2 if ids is None else ids
@@ -250,15 +266,7 @@ def test_collection_stats_make_shards_score_like_one_file():
     holding them all; search_exact's scores merge the shards' lists into that file's order."""
     rng = np.random.default_rng(7)
     vocab, nbits, n = 40, 64, 240
-    offsets, words, sigs = random_images(rng, n, vocab, nbits, mean_words=5)
-    ids = np.arange(n, dtype=np.int64)
-    whole = EmbeddedInvertedFile(vocab, nbits)
-    whole.add(ids, offsets, words, sigs)
-    shards = []
-    for a, b in [(0, 70), (70, 180), (180, n)]:
-        s = EmbeddedInvertedFile(vocab, nbits)
-        s.add(ids[a:b], offsets[a : b + 1] - offsets[a], words[offsets[a] : offsets[b]], sigs[offsets[a] : offsets[b]])
-        shards.append(s)
+    whole, shards, (offsets, words, sigs, ids) = whole_and_shards(rng, vocab, nbits, [0, 70, 180, n], mean_words=5)
     df = sum(np.asarray(s.document_frequencies(), np.int64) for s in shards)
     for s in shards:
         assert not s.has_collection_stats and s.stats_documents == len(s)
@@ -326,15 +334,7 @@ def test_budget_selects_the_same_terms_in_every_shard():
     merged budgeted lists equal the one-file budgeted list bit for bit."""
     rng = np.random.default_rng(11)
     vocab, nbits, n = 30, 64, 240
-    offsets, words, sigs = random_images(rng, n, vocab, nbits, mean_words=6)
-    ids = np.arange(n, dtype=np.int64)
-    whole = EmbeddedInvertedFile(vocab, nbits)
-    whole.add(ids, offsets, words, sigs)
-    shards = []
-    for a, b in [(0, 90), (90, n)]:
-        s = EmbeddedInvertedFile(vocab, nbits)
-        s.add(ids[a:b], offsets[a : b + 1] - offsets[a], words[offsets[a] : offsets[b]], sigs[offsets[a] : offsets[b]])
-        shards.append(s)
+    whole, shards, _ = whole_and_shards(rng, vocab, nbits, [0, 90, n], mean_words=6)
     df = sum(np.asarray(s.document_frequencies(), np.int64) for s in shards)
     for s in shards:
         s.set_collection_stats(n, df)
