@@ -526,7 +526,9 @@ void eivf_add(EmbeddedInvertedFile& self, const py::object& ids_obj, const py::o
 
 template <bool kExact>
 py::tuple eivf_search(const EmbeddedInvertedFile& self, const py::object& words_obj, const py::object& sigs_obj,
-                      const py::object& weights_obj, long long top, double alpha, double tau, int threads) {
+                      const py::object& weights_obj, long long top, double alpha, double tau, int threads,
+                      long long max_postings) {
+  if (max_postings < 0) throw py::value_error("max_postings must be >= 0 (0: no limit), got " + std::to_string(max_postings));
   const std::size_t tn = top_count(top);
   auto words = as_int64(words_obj, "words");
   const auto m = static_cast<std::size_t>(words.shape(0));
@@ -540,9 +542,29 @@ py::tuple eivf_search(const EmbeddedInvertedFile& self, const py::object& words_
   const float* pc = weights.data();
   {
     py::gil_scoped_release nogil;
-    self.search(pw, ps, pc, m, tn, alpha, tau, ids, scores, threads, kExact ? &exact : nullptr);
+    self.search(pw, ps, pc, m, tn, alpha, tau, ids, scores, threads, kExact ? &exact : nullptr,
+                static_cast<std::uint64_t>(max_postings));
   }
   return search_result(ids, scores, kExact ? &exact : nullptr);
+}
+
+py::tuple eivf_selected_terms(const EmbeddedInvertedFile& self, const py::object& words_obj,
+                              const py::object& weights_obj, long long max_postings) {
+  if (max_postings < 0) throw py::value_error("max_postings must be >= 0 (0: no limit), got " + std::to_string(max_postings));
+  auto words = as_int64(words_obj, "words");
+  const auto m = static_cast<std::size_t>(words.shape(0));
+  auto weights = word_weights(weights_obj, m, "weights");
+  std::vector<char> keep;
+  std::uint64_t postings = 0;
+  const std::int64_t* pw = words.data();
+  const float* pc = weights.data();
+  {
+    py::gil_scoped_release nogil;
+    postings = self.selected_terms(pw, pc, m, static_cast<std::uint64_t>(max_postings), keep);
+  }
+  py::array_t<bool> k(static_cast<py::ssize_t>(m));
+  std::copy(keep.begin(), keep.end(), k.mutable_data());
+  return py::make_tuple(k, postings);
 }
 
 py::tuple eivf_document(const EmbeddedInvertedFile& self, std::int64_t id) {
@@ -811,20 +833,29 @@ and each at most once per image (any order). Everything is checked before anythi
 changes (ValueError, TypeError for a wrong dtype).)doc")
       .def("search", &eivf_search<false>, py::arg("words"), py::arg("signatures"), py::arg("weights") = py::none(),
            py::arg("top") = 100, py::arg("alpha") = 3.0, py::arg("tau") = 0.0, py::arg("threads") = 1,
+           py::arg("max_postings") = 0,
            R"doc(Top min(top, len(self)) images for query terms (words, signatures (len(words), W)
 uint64, weights finite >= 0, default 1) -> (ids int64, scores float32), by descending score;
 ties in insertion order; images scoring 0 (sharing no word, or every match at u <= tau)
 fill the list in insertion order before any negative score. alpha > 0 shapes the kernel,
 tau in [-1, 1) is its threshold. A large search (>= 2**20 postings scanned) splits the
 images over up to `threads` threads (0: roiret.get_num_threads()); results are identical
-for every count.)doc")
+for every count. max_postings > 0 bounds the postings scanned, counted with the
+collection's df: when the terms that can score hold more, only those with the largest
+weight x idf that fit are scanned (at least one; see selected_terms).)doc")
       .def("search_exact", &eivf_search<true>, py::arg("words"), py::arg("signatures"),
            py::arg("weights") = py::none(), py::arg("top") = 100, py::arg("alpha") = 3.0, py::arg("tau") = 0.0,
-           py::arg("threads") = 1,
+           py::arg("threads") = 1, py::arg("max_postings") = 0,
            R"doc(search(), with the scores in double precision (float64): the key the results
 are ordered by. Merging the results of several files that share collection statistics by
 (exact score, file order, position) reproduces the order of one file holding all their
 images.)doc")
+      .def("selected_terms", &eivf_selected_terms, py::arg("words"), py::arg("weights") = py::none(),
+           py::arg("max_postings") = 0,
+           R"doc(The query terms a search with this max_postings scans -> (keep bool (len(words),),
+postings int): keep[t] False for a term skipped by the budget or that cannot score
+(weight or idf 0); a word's terms are kept or skipped together; postings: what the kept terms' words hold in the collection (its df
+when statistics are set, else this file's).)doc")
       .def("document", &eivf_document, py::arg("image_id"),
            R"doc(The pairs of one image -> (words int64 ascending, signatures uint64 (k, W)), as
 added (bits >= nbits zero). ValueError for an unknown id.)doc")

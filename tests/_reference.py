@@ -329,6 +329,33 @@ def asmk_scores_ref(index: AsmkIndexRef, q_words, q_sigs, q_weights, alpha: floa
     return scores * index.inv_norm
 
 
+def select_terms_ref(q_words, q_weights, idf: np.ndarray, df: np.ndarray, max_postings: int) -> np.ndarray:
+    """bool (m,): the terms a search with a budget of ``max_postings`` postings scans. Terms
+    that can score (weight * idf > 0) cost their word's df; when they cost more than the
+    budget, whole words (all their terms) are taken by descending sum of their terms'
+    weight * idf (ties: the word that appears first) while the total stays within it, the
+    first always."""
+    q_words = np.asarray(q_words, np.int64)
+    factor = np.asarray(q_weights, np.float64) * idf[q_words]
+    cost = np.asarray(df, np.int64)[q_words]
+    live = np.flatnonzero(factor != 0)
+    keep = np.zeros(len(factor), bool)
+    if max_postings == 0 or cost[live].sum() <= max_postings:
+        keep[live] = True
+        return keep
+    groups: dict = {}  # word -> live terms, in order of first appearance
+    for t in live:
+        groups.setdefault(int(q_words[t]), []).append(int(t))
+    importance = {w: sum(float(factor[t]) for t in ts) for w, ts in groups.items()}
+    used = 0
+    for i, w in enumerate(sorted(groups, key=lambda w: (-importance[w], groups[w][0]))):
+        c = int(cost[groups[w]].sum())
+        if i == 0 or used + c <= max_postings:
+            keep[groups[w]] = True
+            used += c
+    return keep
+
+
 def top_ref(scores: np.ndarray, ids: np.ndarray, top: int):
     """(ids, scores) of the best ``top``: descending score, ties by position."""
     order = np.lexsort((np.arange(len(scores)), -scores))[:top]

@@ -13,7 +13,7 @@ import pytest
 import roiret
 from _damage import assert_refuses_flips, assert_refuses_truncations
 from _gil import assert_releases_gil
-from _reference import asmk_index_ref, asmk_scores_ref, signature_mask, top_ref
+from _reference import asmk_index_ref, asmk_scores_ref, select_terms_ref, signature_mask, top_ref
 from roiret import EmbeddedInvertedFile, IndexFormatError, _core
 
 LEVELS = roiret.supported_simd_levels()
@@ -51,6 +51,22 @@ def random_query(rng, m, vocab, nbits):
     sigs = rng.integers(0, 2**64, size=(m, words_of(nbits)), dtype=np.uint64)
     weights = rng.choice([0.0, 0.5, 1.0, 2.0], size=m).astype(np.float32)
     return words, sigs, weights
+
+
+def whole_and_shards(rng, vocab, nbits, cuts, mean_words):
+    """One file of cuts[-1] random images (ids 0…), shards holding them split at cuts, and
+    the images (offsets, words, signatures, ids)."""
+    n = cuts[-1]
+    offsets, words, sigs = random_images(rng, n, vocab, nbits, mean_words=mean_words)
+    ids = np.arange(n, dtype=np.int64)
+    whole = EmbeddedInvertedFile(vocab, nbits)
+    whole.add(ids, offsets, words, sigs)
+    shards = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        s = EmbeddedInvertedFile(vocab, nbits)
+        s.add(ids[a:b], offsets[a : b + 1] - offsets[a], words[offsets[a] : offsets[b]], sigs[offsets[a] : offsets[b]])
+        shards.append(s)
+    return whole, shards, (offsets, words, sigs, ids)
 
 
 def build(rng, n=250, vocab=120, nbits=64, batches=3, ids=None, **kw):
@@ -250,15 +266,7 @@ def test_collection_stats_make_shards_score_like_one_file():
     holding them all; search_exact's scores merge the shards' lists into that file's order."""
     rng = np.random.default_rng(7)
     vocab, nbits, n = 40, 64, 240
-    offsets, words, sigs = random_images(rng, n, vocab, nbits, mean_words=5)
-    ids = np.arange(n, dtype=np.int64)
-    whole = EmbeddedInvertedFile(vocab, nbits)
-    whole.add(ids, offsets, words, sigs)
-    shards = []
-    for a, b in [(0, 70), (70, 180), (180, n)]:
-        s = EmbeddedInvertedFile(vocab, nbits)
-        s.add(ids[a:b], offsets[a : b + 1] - offsets[a], words[offsets[a] : offsets[b]], sigs[offsets[a] : offsets[b]])
-        shards.append(s)
+    whole, shards, (offsets, words, sigs, ids) = whole_and_shards(rng, vocab, nbits, [0, 70, 180, n], mean_words=5)
     df = sum(np.asarray(s.document_frequencies(), np.int64) for s in shards)
     for s in shards:
         assert not s.has_collection_stats and s.stats_documents == len(s)
@@ -290,6 +298,68 @@ def test_collection_stats_make_shards_score_like_one_file():
     assert not shards[1].has_collection_stats and shards[1].stats_documents == 111
     shards[2].clear_collection_stats()
     assert not shards[2].has_collection_stats and shards[2].stats_documents == 60
+
+
+@pytest.mark.parametrize("budget", [1, 30, 200, 700, 10**9])
+def test_budget_scans_the_highest_weighted_terms_that_fit(budget, level):
+    """A search with max_postings scores as the reference on the terms the budget keeps
+    (whole words, by their terms' summed weight x idf, within the collection's postings),
+    and selected_terms says which."""
+    rng = np.random.default_rng(budget)
+    f, data = build(rng, n=300, vocab=60, nbits=128, mean_words=15)
+    offsets, words, sigs, ids = data
+    df = np.asarray(f.document_frequencies(), np.int64)
+    for _ in range(5):
+        qw, qs, qwt = random_query(rng, 25, 60, 128)
+        keep = select_terms_ref(qw, qwt, f.idf(), df, budget)
+        got_keep, postings = f.selected_terms(qw, qwt, max_postings=budget)
+        assert got_keep.dtype == np.bool_ and np.array_equal(got_keep, keep)
+        assert postings == int(df[qw[keep]].sum())
+        live = qwt * f.idf()[qw] != 0
+        assert postings <= budget or len(set(qw[keep])) == 1
+        for w in set(qw[live]):  # a word's terms are scanned together or not at all
+            assert len(set(keep[live & (qw == w)])) == 1
+        index = asmk_index_ref(offsets, words, sigs, 128, 60)
+        ref = asmk_scores_ref(index, qw[keep], qs[keep], qwt[keep], 3.0, 0.0)
+        want_ids, want = top_ref(ref, ids, 40)
+        got_ids, got = f.search_exact(qw, qs, qwt, top=40, max_postings=budget)
+        np.testing.assert_array_equal(got_ids, want_ids)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+        if keep.sum() == (qwt * f.idf()[qw] != 0).sum():  # nothing skipped: the unbounded search
+            assert f.search_exact(qw, qs, qwt, top=40)[1].tobytes() == got.tobytes()
+
+
+def test_budget_selects_the_same_terms_in_every_shard():
+    """With the collection's statistics, every shard keeps the terms one file would: the
+    merged budgeted lists equal the one-file budgeted list bit for bit."""
+    rng = np.random.default_rng(11)
+    vocab, nbits, n = 30, 64, 240
+    whole, shards, _ = whole_and_shards(rng, vocab, nbits, [0, 90, n], mean_words=6)
+    df = sum(np.asarray(s.document_frequencies(), np.int64) for s in shards)
+    for s in shards:
+        s.set_collection_stats(n, df)
+    for budget in (50, 150, 400):
+        q = random_query(rng, 12, vocab, nbits)
+        assert all(np.array_equal(s.selected_terms(q[0], q[2], budget)[0], whole.selected_terms(q[0], q[2], budget)[0])
+                   for s in shards)  # fmt: skip
+        want_ids, want = whole.search_exact(*q, top=n, max_postings=budget)
+        parts = [s.search_exact(*q, top=n, max_postings=budget) for s in shards]
+        got_ids, got = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        shard_of = np.repeat([0, 1], [len(p[0]) for p in parts])
+        pos = np.concatenate([np.arange(len(p[0])) for p in parts])
+        key = np.lexsort((pos, shard_of, -got))
+        assert np.array_equal(got_ids[key], want_ids) and got[key].tobytes() == want.tobytes()
+
+
+def test_budget_validation():
+    f, _ = build(np.random.default_rng(0), n=20, vocab=10)
+    w, s, wt = random_query(np.random.default_rng(1), 3, 10, 64)
+    with pytest.raises(ValueError, match="max_postings must be >= 0"):
+        f.search(w, s, wt, max_postings=-1)
+    with pytest.raises(ValueError, match="max_postings must be >= 0"):
+        f.selected_terms(w, wt, max_postings=-1)
+    with pytest.raises(ValueError, match="not a word id"):
+        f.selected_terms(np.array([10]), None, max_postings=5)
 
 
 @pytest.mark.parametrize("nbits", [64, 128])
@@ -547,3 +617,38 @@ def test_load_refuses_consistent_checksums_with_bad_contents(saved, tmp_path):
         bad.write_bytes(_resealed(blob, edit))
         with pytest.raises(IndexFormatError, match=msg):
             EmbeddedInvertedFile.load(bad)
+
+
+def test_a_large_add_merges_at_once_and_matches_small_batches(tmp_path):
+    """Past 2**20 pending postings (and a quarter of the merged ones) add() merges its buffer
+    at once, so a large build never holds its postings twice: a search after it changes no
+    byte of memory; and the file equals one built in small batches, byte for byte, and
+    scores as the NumPy reference."""
+    rng = np.random.default_rng(5)
+    vocab, nbits, n, k = 2048, 64, 17_000, 64  # 1 088 000 postings
+    words = ((rng.integers(0, vocab, size=(n, 1)) + np.arange(k) * 31) % vocab).reshape(-1).astype(np.int64)
+    offsets = np.arange(n + 1, dtype=np.int64) * k
+    sigs = rng.integers(0, 2**64, size=(len(words), 1), dtype=np.uint64)
+    ids = np.arange(n, dtype=np.int64)
+    big = EmbeddedInvertedFile(vocab, nbits)
+    big.add(ids, offsets, words, sigs)
+    held = big.memory_bytes()
+    qw, qs, qwt = random_query(rng, 30, vocab, nbits)
+    got_ids, got = big.search_exact(qw, qs, qwt, top=50)
+    assert big.memory_bytes() == held  # nothing was left pending
+    small = EmbeddedInvertedFile(vocab, nbits)
+    small.add(ids[:100], offsets[:101], words[: offsets[100]], sigs[: offsets[100]])
+    lazy = small.memory_bytes()
+    small.search(qw, qs, qwt, top=1)
+    assert small.memory_bytes() != lazy  # below the threshold the merge waits for a search
+    for a in range(100, n, 1000):  # the rest in batches: eager merges at other points
+        b = min(n, a + 1000)
+        o = offsets[a : b + 1]
+        small.add(ids[a:b], o - o[0], words[o[0] : o[-1]], sigs[o[0] : o[-1]])
+    big.save(str(tmp_path / "big.bin"))
+    small.save(str(tmp_path / "small.bin"))
+    assert (tmp_path / "big.bin").read_bytes() == (tmp_path / "small.bin").read_bytes()
+    index = asmk_index_ref(offsets, words, sigs, nbits, vocab)
+    want_ids, want = top_ref(asmk_scores_ref(index, qw, qs, qwt, 3.0, 0.0), ids, 50)
+    np.testing.assert_array_equal(got_ids, want_ids)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)

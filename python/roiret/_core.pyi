@@ -138,6 +138,7 @@ class EmbeddedInvertedFile:
         alpha: float = 3.0,
         tau: float = 0.0,
         threads: int = 1,
+        max_postings: int = 0,
     ) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
     def search_exact(
         self,
@@ -148,7 +149,11 @@ class EmbeddedInvertedFile:
         alpha: float = 3.0,
         tau: float = 0.0,
         threads: int = 1,
+        max_postings: int = 0,
     ) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]: ...
+    def selected_terms(
+        self, words: _IntArray, weights: Optional[_NumArray] = None, max_postings: int = 0
+    ) -> Tuple[npt.NDArray[np.bool_], int]: ...
     def document(self, image_id: int) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64]]: ...
     def set_collection_stats(self, n_docs: int, df: _IntArray) -> None: ...
     def clear_collection_stats(self) -> None: ...

@@ -158,10 +158,50 @@ std::vector<double> sigma_table(std::size_t nbits, double alpha, double tau) {
 std::uint32_t doc_index(std::uint32_t d) { return d; }
 }  // namespace
 
+// With the reader lock held: the terms that can score (weight x idf > 0, the same in every
+// shard of a collection), their factors, and which of them a budget of max_postings keeps
+// (detail::select_terms, by the collection's df). Returns the collection postings kept.
+std::uint64_t EmbeddedInvertedFile::budget_terms(const std::int64_t* words, const float* weights, std::size_t m,
+                                                 std::uint64_t max_postings, std::vector<std::size_t>& live,
+                                                 std::vector<double>& factor, std::vector<char>& keep) const {
+  std::vector<std::uint64_t> cost;
+  std::vector<std::size_t> word;
+  for (std::size_t t = 0; t < m; ++t) {
+    const auto w = static_cast<std::size_t>(words[t]);
+    const double f = static_cast<double>(weights[t]) * idf_[w];
+    if (f == 0.0) continue;
+    live.push_back(t);
+    word.push_back(w);
+    factor.push_back(f);
+    cost.push_back(stats_.df(w, word_offsets_));
+  }
+  keep = detail::select_terms(word, factor, cost, max_postings);
+  std::uint64_t kept = 0;
+  for (std::size_t i = 0; i < live.size(); ++i) kept += keep[i] ? cost[i] : 0;
+  return kept;
+}
+
+std::uint64_t EmbeddedInvertedFile::selected_terms(const std::int64_t* words, const float* weights, std::size_t m,
+                                                   std::uint64_t max_postings, std::vector<char>& keep_out) const {
+  detail::check_words(words, m, vocab_size_);
+  detail::check_weights(weights, m, "weights");
+  std::uint64_t kept = 0;
+  keep_out.assign(m, 0);
+  with_ready([&] {
+    std::vector<std::size_t> live;
+    std::vector<double> factor;
+    std::vector<char> keep;
+    kept = budget_terms(words, weights, m, max_postings, live, factor, keep);
+    for (std::size_t i = 0; i < live.size(); ++i) keep_out[live[i]] = keep[i];
+  });
+  return kept;
+}
+
 void EmbeddedInvertedFile::search(const std::int64_t* words, const std::uint64_t* sigs, const float* weights,
                                   std::size_t m, std::size_t top_n, double alpha, double tau,
                                   std::vector<std::int64_t>& out_ids, std::vector<float>& out_scores, int threads,
-                                  std::vector<double>* exact_scores) const {
+                                  std::vector<double>* exact_scores, std::uint64_t max_postings,
+                                  std::uint64_t* scanned_out) const {
   detail::check_words(words, m, vocab_size_);
   detail::check_weights(weights, m, "weights");
   if (!(alpha > 0.0) || !std::isfinite(alpha))
@@ -172,16 +212,20 @@ void EmbeddedInvertedFile::search(const std::int64_t* words, const std::uint64_t
   const int T_req = resolve_threads(threads);
   with_ready([&] {
     const std::size_t N = docs_.size(), W = W_;
+    std::vector<std::size_t> live;
+    std::vector<double> factor;
+    std::vector<char> keep;
+    budget_terms(words, weights, m, max_postings, live, factor, keep);
     std::vector<EmbeddedTerm> terms;
-    terms.reserve(m);
+    terms.reserve(live.size());
     std::size_t scanned = 0;
-    for (std::size_t t = 0; t < m; ++t) {
-      const auto w = static_cast<std::size_t>(words[t]);
-      const double f = static_cast<double>(weights[t]) * idf_[w];
-      if (f == 0.0 || word_offsets_[w + 1] == word_offsets_[w]) continue;
-      terms.push_back({w, sigs + t * W, f});
+    for (std::size_t i = 0; i < live.size(); ++i) {
+      const auto w = static_cast<std::size_t>(words[live[i]]);
+      if (!keep[i] || word_offsets_[w + 1] == word_offsets_[w]) continue;
+      terms.push_back({w, sigs + live[i] * W, factor[i]});
       scanned += word_offsets_[w + 1] - word_offsets_[w];
     }
+    if (scanned_out != nullptr) *scanned_out = scanned;
 
     // Term at a time into dense double accumulators, in term order (posting_search.h).
     const std::size_t top = std::min(top_n, N);

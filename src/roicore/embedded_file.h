@@ -25,7 +25,9 @@
 // O(vocabulary) (16 bytes a word: offsets, idf) plus O(documents) (16 bytes an image: id,
 // norm; more while ids arrive out of order). Postings of a word are sorted by document.
 // Additions are buffered and merged in place (O(postings)) at the next search, save or
-// remove, so adding in many small batches stays linear.
+// remove, so adding in many small batches stays linear; add() merges at once when the
+// buffer reaches PostingIndex::kEagerMergePostings and a quarter of the merged postings,
+// so a large build never holds its postings twice.
 //
 // Scan. A query term's run of postings is scored by the SIMD-dispatched core
 // (hamming_kernels.h: accumulate; generic / popcnt / avx2 / avx512, chosen at run time or
@@ -85,9 +87,23 @@ class EmbeddedInvertedFile : public PostingIndex {
   // kParallelEmbeddedDocs each); ids and scores are bit-identical for every thread count.
   // exact_scores (optional): the same scores in double precision, the key the results are
   // ordered by — what a merge of several files' results needs to reproduce that order.
+  // max_postings (0: no limit): a budget on the postings scanned, counted with the
+  // collection's df (set_collection_stats) so that every shard of a collection scans the
+  // same terms. When the terms that can score (weight x idf > 0) hold more, whole words are
+  // scanned by descending sum of their terms' weight x idf, as many as fit
+  // (detail::select_terms: at least one word), the rest skipped: scores are those of a
+  // query made of the kept terms only.
+  // scanned (optional): receives the postings this file scanned.
   void search(const std::int64_t* words, const std::uint64_t* sigs, const float* weights, std::size_t m,
               std::size_t top_n, double alpha, double tau, std::vector<std::int64_t>& out_ids,
-              std::vector<float>& out_scores, int threads = 1, std::vector<double>* exact_scores = nullptr) const;
+              std::vector<float>& out_scores, int threads = 1, std::vector<double>* exact_scores = nullptr,
+              std::uint64_t max_postings = 0, std::uint64_t* scanned = nullptr) const;
+
+  // The terms search() with this budget scans: keep[t] = 1 for a scanned term, 0 for a
+  // skipped one (and for a term that cannot score: weight or idf 0); m values. Returns the
+  // postings the kept terms hold in the collection (its df when set, else this file's).
+  std::uint64_t selected_terms(const std::int64_t* words, const float* weights, std::size_t m,
+                               std::uint64_t max_postings, std::vector<char>& keep) const;
 
   // The pairs of one document: its words ascending and their signatures (words.size() * W
   // values). O(vocabulary * log(postings per word)). Throws InvalidArgument for an unknown id.
@@ -125,6 +141,9 @@ class EmbeddedInvertedFile : public PostingIndex {
   void compact(const std::vector<std::uint32_t>& renum) override;
   std::size_t pending_postings() const override { return pending_.size(); }
   void reserve_postings(std::size_t n);
+  std::uint64_t budget_terms(const std::int64_t* words, const float* weights, std::size_t m,
+                             std::uint64_t max_postings, std::vector<std::size_t>& live, std::vector<double>& factor,
+                             std::vector<char>& keep) const;
 
   std::size_t nbits_, W_;
   std::uint64_t tail_;                       // mask of the significant bits of the last word

@@ -26,6 +26,8 @@ void PostingIndex::note_added(std::size_t n) {
     dirty_ = true;
     stats_.clear();  // this shard's share changed: the owner sets them again
   }
+  const std::size_t pending = pending_postings();  // the caller holds the exclusive lock
+  if (pending >= kEagerMergePostings && pending >= word_offsets_.back() / 4) merge_pending();
 }
 
 std::size_t PostingIndex::remove(const std::int64_t* ids, std::size_t n) {

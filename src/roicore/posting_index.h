@@ -26,6 +26,11 @@ class PostingIndex {
   // 2^26 words (67M, beyond the largest vocabularies in use) take ~1 GiB; more is refused
   // rather than allocated (a 2^31-word table would need 32 GiB before the first image).
   static constexpr std::size_t kMaxVocabulary = std::size_t{1} << 26;
+  // add() merges its buffer at once (instead of at the next search or save) when it holds at
+  // least this many postings and at least a quarter of the merged ones: building a large
+  // collection in batches never holds it twice (pending + merged), and the merges stay
+  // geometric (amortised linear).
+  static constexpr std::size_t kEagerMergePostings = std::size_t{1} << 20;
 
   virtual ~PostingIndex() = default;
   PostingIndex(const PostingIndex&) = delete;
@@ -85,7 +90,7 @@ class PostingIndex {
   void check_images(const std::int64_t* ids, std::size_t n, const std::int64_t* offsets, const std::int64_t* words,
                     std::size_t nnz) const;
   // add(), exclusive lock held: after `n` documents were pushed to docs_ and their postings
-  // to the pending ones.
+  // to the pending ones. Merges them at once past kEagerMergePostings (above).
   void note_added(std::size_t n);
   // Bytes of the state held here (not the postings).
   std::size_t shared_memory_bytes() const;

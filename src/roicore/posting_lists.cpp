@@ -193,5 +193,57 @@ void* grow_array(void* p, std::size_t n, std::size_t elem_size) {
   return q;
 }
 
+std::vector<char> select_terms(const std::vector<std::size_t>& word, const std::vector<double>& factor,
+                               const std::vector<std::uint64_t>& cost, std::uint64_t max_postings) {
+  const std::size_t m = factor.size();
+  std::vector<char> keep(m, 1);
+  std::uint64_t total = 0;
+  for (std::uint64_t c : cost) total += c;
+  if (max_postings == 0 || total <= max_postings || m == 0) return keep;
+  // Group the terms by word (in order of first appearance): importance = sum of factors,
+  // cost = sum of the terms' costs (each term scans the word's list).
+  std::vector<std::size_t> first_of;  // group -> first term
+  std::vector<std::size_t> group(m);
+  std::vector<double> importance;
+  std::vector<std::uint64_t> group_cost;
+  {
+    std::vector<std::pair<std::size_t, std::size_t>> by_word(m);  // (word, term)
+    for (std::size_t t = 0; t < m; ++t) by_word[t] = {word[t], t};
+    std::sort(by_word.begin(), by_word.end());
+    for (std::size_t i = 0; i < m;) {
+      std::size_t j = i;
+      while (j < m && by_word[j].first == by_word[i].first) ++j;
+      const std::size_t g = first_of.size();
+      first_of.push_back(by_word[i].second);  // the smallest term index of the word
+      std::uint64_t c = 0;
+      for (std::size_t k = i; k < j; ++k) {
+        group[by_word[k].second] = g;
+        c += cost[by_word[k].second];
+      }
+      group_cost.push_back(c);
+      i = j;
+    }
+  }
+  // Summed in term order, as the reference does.
+  importance.assign(first_of.size(), 0.0);
+  for (std::size_t t = 0; t < m; ++t) importance[group[t]] += factor[t];
+  const std::size_t n_groups = first_of.size();
+  std::vector<std::size_t> order(n_groups);
+  for (std::size_t g = 0; g < n_groups; ++g) order[g] = g;
+  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    return importance[a] != importance[b] ? importance[a] > importance[b] : first_of[a] < first_of[b];
+  });
+  std::vector<char> take(n_groups, 0);
+  std::uint64_t used = 0;
+  for (std::size_t i = 0; i < n_groups; ++i) {
+    const std::size_t g = order[i];
+    if (i > 0 && used + group_cost[g] > max_postings) continue;
+    take[g] = 1;
+    used += group_cost[g];
+  }
+  for (std::size_t t = 0; t < m; ++t) keep[t] = take[group[t]];
+  return keep;
+}
+
 }  // namespace detail
 }  // namespace roicore

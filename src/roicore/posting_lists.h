@@ -56,6 +56,10 @@ class CollectionStats {
   bool active() const { return active_; }
   // The N of the idf: the collection's when set, else own_docs.
   std::uint64_t documents(std::size_t own_docs) const { return active_ ? docs_ : own_docs; }
+  // df_w: the collection's when set, else the length of list w under offsets.
+  std::uint64_t df(std::size_t w, const std::vector<std::uint64_t>& offsets) const {
+    return active_ ? df_[w] : offsets[w + 1] - offsets[w];
+  }
   // Checks (InvalidArgument, nothing changes): n == vocabulary (offsets.size() - 1),
   // n_docs >= own_docs, own df_w <= df[w] <= n_docs. Then uses them.
   void set(std::uint64_t n_docs, const std::uint64_t* df, std::size_t n, const std::vector<std::uint64_t>& offsets,
@@ -161,6 +165,16 @@ void check_loaded_lists(const std::vector<std::uint64_t>& offsets, std::uint64_t
     }
   }
 }
+
+// The terms a budgeted search scans (keep[t] = 1), given each term's word, factor (weight x
+// idf, > 0) and cost (the collection's df of its word): when the costs add up to more than
+// max_postings (> 0), whole words are taken -- all of a word's terms or none -- by
+// descending importance (the sum of their terms' factors, summed in term order; ties: the
+// word that appears first) while their cost (the sum of their terms') fits; the others are
+// skipped; at least one word is kept. Depends only on words, factors and collection costs,
+// so every shard of a collection keeps the same terms.
+std::vector<char> select_terms(const std::vector<std::size_t>& word, const std::vector<double>& factor,
+                               const std::vector<std::uint64_t>& cost, std::uint64_t max_postings);
 
 // Grows a malloc'ed array to n elements of T (std::bad_alloc when it cannot); n == 0 keeps it.
 void* grow_array(void* p, std::size_t n, std::size_t elem_size);
