@@ -274,7 +274,6 @@ class DistractorModel:
         template = rng.integers(0, len(self.postings), size=n)
         richness = self.postings[template] / self.mean_postings
         pi = self.inclusion.astype(np.float32)
-        V = len(pi)
         parts_w, counts = [], []
         for a in range(0, n, chunk):
             t = template[a : a + chunk]
@@ -291,7 +290,6 @@ class DistractorModel:
             img, w = np.nonzero(keep)
             parts_w.append(w.astype(np.int64))
             counts.append(np.bincount(img, minlength=len(p)))
-        del V
         words = np.concatenate(parts_w)
         offsets = np.concatenate([[0], np.cumsum(np.concatenate(counts))]).astype(np.int64)
         sigs = self.pool[words, rng.integers(0, self.pool.shape[1], size=len(words))]

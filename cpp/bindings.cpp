@@ -841,8 +841,9 @@ fill the list in insertion order before any negative score. alpha > 0 shapes the
 tau in [-1, 1) is its threshold. A large search (>= 2**20 postings scanned) splits the
 images over up to `threads` threads (0: roiret.get_num_threads()); results are identical
 for every count. max_postings > 0 bounds the postings scanned, counted with the
-collection's df: when the terms that can score hold more, only those with the largest
-weight x idf that fit are scanned (at least one; see selected_terms).)doc")
+collection's df: when the terms that can score hold more, whole words are scanned by
+descending sum of their terms' weight x idf while they fit (at least one word; see
+selected_terms).)doc")
       .def("search_exact", &eivf_search<true>, py::arg("words"), py::arg("signatures"),
            py::arg("weights") = py::none(), py::arg("top") = 100, py::arg("alpha") = 3.0, py::arg("tau") = 0.0,
            py::arg("threads") = 1, py::arg("max_postings") = 0,
@@ -854,8 +855,8 @@ images.)doc")
            py::arg("max_postings") = 0,
            R"doc(The query terms a search with this max_postings scans -> (keep bool (len(words),),
 postings int): keep[t] False for a term skipped by the budget or that cannot score
-(weight or idf 0); a word's terms are kept or skipped together; postings: what the kept terms' words hold in the collection (its df
-when statistics are set, else this file's).)doc")
+(weight or idf 0); a word's terms are kept or skipped together; postings: what the kept
+terms' words hold in the collection (its df when statistics are set, else this file's).)doc")
       .def("document", &eivf_document, py::arg("image_id"),
            R"doc(The pairs of one image -> (words int64 ascending, signatures uint64 (k, W)), as
 added (bits >= nbits zero). ValueError for an unknown id.)doc")

@@ -200,8 +200,7 @@ std::uint64_t EmbeddedInvertedFile::selected_terms(const std::int64_t* words, co
 void EmbeddedInvertedFile::search(const std::int64_t* words, const std::uint64_t* sigs, const float* weights,
                                   std::size_t m, std::size_t top_n, double alpha, double tau,
                                   std::vector<std::int64_t>& out_ids, std::vector<float>& out_scores, int threads,
-                                  std::vector<double>* exact_scores, std::uint64_t max_postings,
-                                  std::uint64_t* scanned_out) const {
+                                  std::vector<double>* exact_scores, std::uint64_t max_postings) const {
   detail::check_words(words, m, vocab_size_);
   detail::check_weights(weights, m, "weights");
   if (!(alpha > 0.0) || !std::isfinite(alpha))
@@ -225,7 +224,6 @@ void EmbeddedInvertedFile::search(const std::int64_t* words, const std::uint64_t
       terms.push_back({w, sigs + live[i] * W, factor[i]});
       scanned += word_offsets_[w + 1] - word_offsets_[w];
     }
-    if (scanned_out != nullptr) *scanned_out = scanned;
 
     // Term at a time into dense double accumulators, in term order (posting_search.h).
     const std::size_t top = std::min(top_n, N);

@@ -92,12 +92,11 @@ class EmbeddedInvertedFile : public PostingIndex {
   // same terms. When the terms that can score (weight x idf > 0) hold more, whole words are
   // scanned by descending sum of their terms' weight x idf, as many as fit
   // (detail::select_terms: at least one word), the rest skipped: scores are those of a
-  // query made of the kept terms only.
-  // scanned (optional): receives the postings this file scanned.
+  // query made of the kept terms only (selected_terms says which).
   void search(const std::int64_t* words, const std::uint64_t* sigs, const float* weights, std::size_t m,
               std::size_t top_n, double alpha, double tau, std::vector<std::int64_t>& out_ids,
               std::vector<float>& out_scores, int threads = 1, std::vector<double>* exact_scores = nullptr,
-              std::uint64_t max_postings = 0, std::uint64_t* scanned = nullptr) const;
+              std::uint64_t max_postings = 0) const;
 
   // The terms search() with this budget scans: keep[t] = 1 for a scanned term, 0 for a
   // skipped one (and for a term that cannot score: weight or idf 0); m values. Returns the

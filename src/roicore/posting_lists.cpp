@@ -200,8 +200,8 @@ std::vector<char> select_terms(const std::vector<std::size_t>& word, const std::
   std::uint64_t total = 0;
   for (std::uint64_t c : cost) total += c;
   if (max_postings == 0 || total <= max_postings || m == 0) return keep;
-  // Group the terms by word (in order of first appearance): importance = sum of factors,
-  // cost = sum of the terms' costs (each term scans the word's list).
+  // Group the terms by word: cost = the sum of the terms' costs (each term scans the word's
+  // list), first_of = the word's first term (the tie-break), importance = sum of factors.
   std::vector<std::size_t> first_of;  // group -> first term
   std::vector<std::size_t> group(m);
   std::vector<double> importance;
