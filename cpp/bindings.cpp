@@ -796,8 +796,9 @@ u = 1 - 2 h / nbits, sigma(h) = sign(u) |u|**alpha if u > tau else 0, and
 
     score(d) = norm_d * sum_t weight_t * idf_{word_t} * sigma(h(q_t, b_{d, word_t}))
 
-over the terms whose word d holds (float64, term order). The caller normalises the query
-weights. idf and norms always reflect the current collection (additions are merged lazily
+over the terms whose word d holds (float64; word by word in the order of each word's first
+term, a word's terms summed in term order: a word repeated by many terms, as in an expanded
+query, has its list read once). The caller normalises the query weights. idf and norms always reflect the current collection (additions are merged lazily
 before the next search or save).
 
 Memory: 4 + 8 W bytes per posting (uint32 image index + signature: 12 at 64 bits) plus

@@ -314,18 +314,23 @@ def asmk_sigma_ref(nbits: int, alpha: float, tau: float) -> np.ndarray:
 
 def asmk_scores_ref(index: AsmkIndexRef, q_words, q_sigs, q_weights, alpha: float, tau: float) -> np.ndarray:
     """float64 (N,): inv_norm_d * sum_t weight_t * idf_{word_t} * sigma(h(q_t, b_{d, word_t})),
-    accumulated term by term (the order the native file adds in)."""
+    accumulated as the native file adds: word by word (in the order of each word's first
+    term), a word's terms summed per posting in term order before they are added."""
     sigma = asmk_sigma_ref(index.nbits, alpha, tau)
     mask = signature_mask(index.nbits)
     scores = np.zeros(len(index.inv_norm))
-    for t in range(len(q_words)):
-        c = int(q_words[t])
-        factor = float(q_weights[t]) * index.idf[c]
+    q_words = np.asarray(q_words, np.int64)
+    factor = [float(q_weights[t]) * index.idf[q_words[t]] for t in range(len(q_words))]
+    live = [t for t in range(len(q_words)) if factor[t] != 0.0]
+    for c in dict.fromkeys(int(q_words[t]) for t in live):  # words by their first term that scores
         b, e = index.offsets[c], index.offsets[c + 1]
-        if factor == 0.0 or b == e:
+        if b == e:
             continue
-        h = np.bitwise_count(index.sigs[b:e] ^ (q_sigs[t] & mask)).sum(axis=1)
-        np.add.at(scores, index.docs[b:e], factor * sigma[h])
+        s = None
+        for t in (t for t in live if q_words[t] == c):
+            h = np.bitwise_count(index.sigs[b:e] ^ (q_sigs[t] & mask)).sum(axis=1)
+            s = factor[t] * sigma[h] if s is None else s + factor[t] * sigma[h]
+        np.add.at(scores, index.docs[b:e], s)
     return scores * index.inv_norm
 
 

@@ -111,6 +111,48 @@ def test_search_equals_numpy_reference(nbits, level):
             assert (ref < 0).any()
 
 
+@pytest.mark.parametrize("nbits", [64, 100, 128, 256])
+def test_words_repeated_by_many_terms_match_reference_at_every_level(nbits):
+    """An expanded query repeats words (up to 45 terms each, interleaved, zero weights
+    among them): each word's list is scanned once for all its terms, in runs longer than
+    the kernel's 256-posting chunks and ending mid-chunk. Exact scores are bit-identical
+    at every SIMD level and equal the reference."""
+    rng = np.random.default_rng(40 + nbits)
+    vocab = 8
+    f, data = build(rng, n=700, vocab=vocab, nbits=nbits, mean_words=5)
+    assert (f.document_frequencies() > 256).any() and (f.document_frequencies() % 256 != 0).all()
+    counts = [45, 1, 17, 3, 2, 30, 1, 9]
+    q_words = rng.permutation(np.repeat(np.arange(vocab), counts))
+    q_sigs = rng.integers(0, 2**64, size=(len(q_words), words_of(nbits)), dtype=np.uint64)
+    q_weights = rng.choice([0.0, 0.25, 1.0, 3.0], size=len(q_words)).astype(np.float32)
+    q = (q_words, q_sigs, q_weights)
+    previous = roiret.simd_level()
+    try:
+        results = []
+        for lv in LEVELS:
+            roiret.set_simd_level(lv)
+            results.append(f.search_exact(*q, top=len(f), alpha=3.0, tau=-0.2))
+            assert_matches_reference(f, data, q, 3.0, -0.2, top=300)
+    finally:
+        roiret.set_simd_level(previous)
+    for ids, scores in results[1:]:
+        assert np.array_equal(ids, results[0][0]) and scores.tobytes() == results[0][1].tobytes()
+
+
+def test_identical_repeated_terms_score_as_one_term_of_their_summed_weight():
+    """Property of the kernel: k copies of a term (same word and signature) with weights
+    w_1..w_k score as one term of weight sum(w)."""
+    rng = np.random.default_rng(9)
+    f, _ = build(rng, n=300, vocab=20, nbits=128, mean_words=6)
+    q_words, q_sigs, q_weights = random_query(rng, 6, 20, 128)
+    q_weights[:] = [1.0, 0.5, 2.0, 0.25, 1.5, 0.75]
+    reps = np.array([2, 1, 4, 2, 1, 4])  # w / r exact in float32
+    rep_w = np.concatenate([np.full(r, w / r, np.float32) for r, w in zip(reps, q_weights)])
+    got = f.search_exact(np.repeat(q_words, reps), np.repeat(q_sigs, reps, axis=0), rep_w, top=len(f))
+    want = f.search_exact(q_words, q_sigs, q_weights, top=len(f))
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-12, atol=1e-15)
+
+
 def test_query_of_one_image_finds_it_first_with_score_one():
     rng = np.random.default_rng(1)
     f, (offsets, words, sigs, ids) = build(rng, n=100, vocab=400, nbits=128, mean_words=30)
@@ -157,6 +199,17 @@ def test_threads_are_bit_identical_and_match_reference(big):
         got = f.search(*q, top=50, alpha=3.0, tau=-0.3, threads=threads)
         assert np.array_equal(got[0], base[0][:50])
     assert_matches_reference(f, data, q, 3.0, -0.3, top=500)
+    # an expanded query: every word three times (one list read for three terms)
+    rng = np.random.default_rng(3)
+    q3 = (
+        np.tile(q[0], 3),
+        rng.integers(0, 2**64, size=(3 * len(q[0]), 1), dtype=np.uint64),
+        np.ones(3 * len(q[0]), np.float32),
+    )
+    base = f.search_exact(*q3, top=len(f), alpha=3.0, tau=-0.3, threads=1)
+    for threads in (2, 5):
+        got = f.search_exact(*q3, top=len(f), alpha=3.0, tau=-0.3, threads=threads)
+        assert np.array_equal(got[0], base[0]) and got[1].tobytes() == base[1].tobytes()
 
 
 @pytest.fixture(scope="module")

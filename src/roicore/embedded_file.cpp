@@ -6,7 +6,9 @@
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "roicore/binary_file.h"
 #include "roicore/common.h"
@@ -138,12 +140,52 @@ void EmbeddedInvertedFile::compact(const std::vector<std::uint32_t>& renum) {
 // ------------------------------------------------------------------------------------
 namespace {
 
-// A query term that can score: its postings add factor * sigma(h) to their documents.
+// The query terms of one word that can score: a posting of the word adds
+// sum_j factor[j] * sigma(h(sig_j, posting)) to its document (the word's list read once).
 struct EmbeddedTerm {
   std::size_t word;
-  const std::uint64_t* sig;  // W words
-  double factor;             // weight * idf
+  const std::uint64_t* sig;  // m * W words, term j at sig + j * W
+  const double* factor;      // m values, weight * idf
+  std::size_t m;
 };
+
+// The kept terms (live[i] with keep[i]) of words that hold postings, grouped by word: words
+// in the order of their first term, a word's terms in term order; their signatures and
+// factors gathered into sig_buf / factor_buf, which the returned groups point into.
+std::vector<EmbeddedTerm> group_by_word(const std::int64_t* words, const std::uint64_t* sigs, std::size_t W,
+                                        const std::vector<std::size_t>& live, const std::vector<double>& factor,
+                                        const std::vector<char>& keep, const std::vector<std::uint64_t>& offsets,
+                                        std::vector<std::uint64_t>& sig_buf, std::vector<double>& factor_buf) {
+  std::unordered_map<std::size_t, std::size_t> group_of;  // word -> group
+  std::vector<std::size_t> group_word, count, order;      // order: live positions by group
+  std::vector<std::size_t> group_at(live.size());
+  for (std::size_t i = 0; i < live.size(); ++i) {
+    const auto w = static_cast<std::size_t>(words[live[i]]);
+    if (!keep[i] || offsets[w + 1] == offsets[w]) continue;
+    auto it = group_of.emplace(w, group_word.size()).first;
+    if (it->second == group_word.size()) {
+      group_word.push_back(w);
+      count.push_back(0);
+    }
+    group_at[i] = it->second;
+    ++count[it->second];
+    order.push_back(i);
+  }
+  std::vector<std::size_t> start(group_word.size() + 1, 0);
+  for (std::size_t g = 0; g < group_word.size(); ++g) start[g + 1] = start[g] + count[g];
+  sig_buf.resize(start.back() * W);
+  factor_buf.resize(start.back());
+  std::vector<std::size_t> fill(start.begin(), start.end() - 1);
+  for (std::size_t i : order) {  // ascending i: a word's terms stay in term order
+    const std::size_t slot = fill[group_at[i]]++;
+    std::copy(sigs + live[i] * W, sigs + (live[i] + 1) * W, sig_buf.begin() + static_cast<std::ptrdiff_t>(slot * W));
+    factor_buf[slot] = factor[i];
+  }
+  std::vector<EmbeddedTerm> terms(group_word.size());
+  for (std::size_t g = 0; g < group_word.size(); ++g)
+    terms[g] = {group_word[g], sig_buf.data() + start[g] * W, factor_buf.data() + start[g], count[g]};
+  return terms;
+}
 
 // sigma(h) for h = 0..nbits: sign(u) |u|^alpha where u = 1 - 2h / nbits > tau, else 0.
 std::vector<double> sigma_table(std::size_t nbits, double alpha, double tau) {
@@ -215,17 +257,14 @@ void EmbeddedInvertedFile::search(const std::int64_t* words, const std::uint64_t
     std::vector<double> factor;
     std::vector<char> keep;
     budget_terms(words, weights, m, max_postings, live, factor, keep);
-    std::vector<EmbeddedTerm> terms;
-    terms.reserve(live.size());
+    std::vector<std::uint64_t> sig_buf;
+    std::vector<double> factor_buf;
+    const std::vector<EmbeddedTerm> terms =
+        group_by_word(words, sigs, W, live, factor, keep, word_offsets_, sig_buf, factor_buf);
     std::size_t scanned = 0;
-    for (std::size_t i = 0; i < live.size(); ++i) {
-      const auto w = static_cast<std::size_t>(words[live[i]]);
-      if (!keep[i] || word_offsets_[w + 1] == word_offsets_[w]) continue;
-      terms.push_back({w, sigs + live[i] * W, factor[i]});
-      scanned += word_offsets_[w + 1] - word_offsets_[w];
-    }
+    for (const EmbeddedTerm& t : terms) scanned += word_offsets_[t.word + 1] - word_offsets_[t.word];
 
-    // Term at a time into dense double accumulators, in term order (posting_search.h).
+    // Word at a time into dense double accumulators (posting_search.h).
     const std::size_t top = std::min(top_n, N);
     const std::size_t T = detail::search_threads(T_req, scanned, N, kParallelEmbeddedPostings, kParallelEmbeddedDocs);
     const double* sg = sigma.data();
@@ -236,8 +275,8 @@ void EmbeddedInvertedFile::search(const std::int64_t* words, const std::uint64_t
     detail::term_at_a_time<double>(
         terms, post_docs_, word_offsets_.data(), N, T, inv_norm_.data(), docs_.ids().data(), top, doc_index,
         [&](const EmbeddedTerm& term, std::uint64_t b, std::uint64_t e, double* acc) {
-          K.accumulate(term.sig, post_sigs_ + b * W, post_docs_ + b, static_cast<std::size_t>(e - b), W, tail_, sg,
-                       term.factor, acc);
+          K.accumulate(term.sig, term.factor, term.m, post_sigs_ + b * W, post_docs_ + b,
+                       static_cast<std::size_t>(e - b), W, tail_, sg, acc);
         },
         out_ids.data(), out_scores.data(), exact_scores != nullptr ? exact_scores->data() : nullptr);
   });

@@ -16,9 +16,13 @@
 // bits and u = 1 - 2h / nbits,
 //   sigma(h) = sign(u) |u|^alpha  if u > tau,  else 0   (a double table over h = 0..nbits)
 //   score_d  = inv_norm_d * sum_t weight_t * idf_{word_t} * sigma(h(q_t, b_{d,word_t})),
-// the sum over the terms whose word d holds, accumulated in double in term order. idf and
-// the norms always reflect the current collection (or the statistics set from outside,
-// see set_collection_stats), updated lazily before the next search or save.
+// the sum over the terms whose word d holds, accumulated in double word by word: words in
+// the order of their first term; per posting, a word's terms summed in term order, then
+// added to the document's accumulator (with distinct words, plain term order). Each list
+// is read once however many terms share its word (an expanded query: ~40 bags, many
+// repeating a word). idf and the norms always reflect the current collection (or the
+// statistics set from outside, see set_collection_stats), updated lazily before the next
+// search or save.
 //
 // Storage. Per word, a CSR list of postings as two parallel arrays, uint32 document index
 // and W uint64 signature words: 4 + 8W bytes per posting (12 at 64 bits, 20 at 128), plus

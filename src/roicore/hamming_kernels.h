@@ -27,12 +27,16 @@ struct HammingKernels {
   void (*cross_min)(const std::uint64_t* q, const std::uint32_t* active, std::size_t na,
                     const std::uint64_t* db, std::size_t m, std::size_t words, std::uint64_t tail,
                     std::uint32_t* best, std::uint32_t* who);
-  // The selective-kernel scan of one posting run (EmbeddedInvertedFile): for k < n in
-  // order, acc[docs[k]] += f * sigma[Hamming(q, sigs_k)], the distance over q's words with
-  // the last one masked by tail. sigs: n * words; docs distinct; sigma: indexed by distance.
-  // Every level computes the same double products and sums in the same order.
-  void (*accumulate)(const std::uint64_t* q, const std::uint64_t* sigs, const std::uint32_t* docs, std::size_t n,
-                     std::size_t words, std::uint64_t tail, const double* sigma, double f, double* acc);
+  // The selective-kernel scan of one posting run (EmbeddedInvertedFile) for the m >= 1
+  // query terms of one word: for k < n in order, acc[docs[k]] += s_k, where
+  // s_k = f[0] * sigma[h(q_0, sigs_k)] + f[1] * sigma[h(q_1, sigs_k)] + ... summed in term
+  // order (s_k = f[0] * sigma[h(q_0, sigs_k)] when m == 1), the distance h over the words
+  // with the last one masked by tail. q: m * words (term j at q + j * words); sigs: n * words;
+  // docs distinct; sigma: indexed by distance. The run is read once whatever m. Every level
+  // computes the same double products and sums in the same order.
+  void (*accumulate)(const std::uint64_t* q, const double* f, std::size_t m, const std::uint64_t* sigs,
+                     const std::uint32_t* docs, std::size_t n, std::size_t words, std::uint64_t tail,
+                     const double* sigma, double* acc);
 };
 
 const HammingKernels& kernels_generic();

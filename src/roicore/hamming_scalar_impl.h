@@ -113,33 +113,41 @@ void accumulate_fixed(const std::uint64_t* q, const std::uint64_t* sigs, const s
   for (; k < n; ++k) acc[docs[k]] += f * sigma[dist(k)];
 }
 
-// accumulate for any width: distances of a chunk of postings by the level's dist_1xn
-// kernel into a buffer, then the updates.
+// accumulate for any width or several terms: distances of a chunk of postings to each term
+// by the level's dist_1xn kernel (the chunk stays in L1 while the terms go over it), the
+// terms' contributions summed per posting in term order, then the updates.
 template <class Dist>
-void accumulate_chunked(Dist dist_1xn, const std::uint64_t* q, const std::uint64_t* sigs, const std::uint32_t* docs,
-                        std::size_t n, std::size_t words, std::uint64_t tail, const double* sigma, double f,
-                        double* acc) {
+void accumulate_chunked(Dist dist_1xn, const std::uint64_t* q, const double* f, std::size_t m,
+                        const std::uint64_t* sigs, const std::uint32_t* docs, std::size_t n, std::size_t words,
+                        std::uint64_t tail, const double* sigma, double* acc) {
   constexpr std::size_t kChunk = 256;
   std::uint32_t dist[kChunk];
+  double s[kChunk];
   for (std::size_t p = 0; p < n; p += kChunk) {
     const std::size_t len = n - p < kChunk ? n - p : kChunk;
-    dist_1xn(q, sigs + p * words, len, words, tail, dist);
-    for (std::size_t k = 0; k < len; ++k) acc[docs[p + k]] += f * sigma[dist[k]];
+    const std::uint64_t* chunk = sigs + p * words;
+    dist_1xn(q, chunk, len, words, tail, dist);
+    for (std::size_t k = 0; k < len; ++k) s[k] = f[0] * sigma[dist[k]];
+    for (std::size_t j = 1; j < m; ++j) {
+      dist_1xn(q + j * words, chunk, len, words, tail, dist);
+      const double fj = f[j];
+      for (std::size_t k = 0; k < len; ++k) s[k] += fj * sigma[dist[k]];
+    }
+    for (std::size_t k = 0; k < len; ++k) acc[docs[p + k]] += s[k];
   }
 }
 
-// accumulate of a level: fused scalar loops for 64- and 128-bit signatures (faster than a
-// distance buffer even with vector popcounts: the accumulator updates dominate), the
-// level's distance kernel in chunks beyond.
+// accumulate of a level: one term of a 64- or 128-bit signature by the fused scalar loop
+// (faster than a distance buffer even with vector popcounts: the accumulator updates
+// dominate), several terms or wider signatures by the level's distance kernel in chunks.
 template <class Pop, void (*Dist)(const std::uint64_t*, const std::uint64_t*, std::size_t, std::size_t,
                                   std::uint64_t, std::uint32_t*)>
-void accumulate_level(const std::uint64_t* q, const std::uint64_t* sigs, const std::uint32_t* docs, std::size_t n,
-                      std::size_t words, std::uint64_t tail, const double* sigma, double f, double* acc) {
-  switch (words) {
-    case 1: return accumulate_fixed<Pop, 1>(q, sigs, docs, n, tail, sigma, f, acc);
-    case 2: return accumulate_fixed<Pop, 2>(q, sigs, docs, n, tail, sigma, f, acc);
-    default: return accumulate_chunked(Dist, q, sigs, docs, n, words, tail, sigma, f, acc);
-  }
+void accumulate_level(const std::uint64_t* q, const double* f, std::size_t m, const std::uint64_t* sigs,
+                      const std::uint32_t* docs, std::size_t n, std::size_t words, std::uint64_t tail,
+                      const double* sigma, double* acc) {
+  if (m == 1 && words == 1) return accumulate_fixed<Pop, 1>(q, sigs, docs, n, tail, sigma, f[0], acc);
+  if (m == 1 && words == 2) return accumulate_fixed<Pop, 2>(q, sigs, docs, n, tail, sigma, f[0], acc);
+  accumulate_chunked(Dist, q, f, m, sigs, docs, n, words, tail, sigma, acc);
 }
 
 }  // namespace
