@@ -53,6 +53,13 @@ stored bags (``roiret.search.expansion.expanded_terms``, ``qe`` = 40) and search
 verified images first (by inliers), then the expanded list — the default pipeline's order for
 every query with a verified result. Rankings are the top ``TOP`` = 10 000; a positive below
 them counts as not found.
+
+**Sharded** (``run --shards S``): each size is built again as ``S`` shards (consecutive whole
+batches; the real images in the first), one Ray task per shard on a local cluster (a task per
+core), each adding its batches through ``BowIndex.add_bags`` and saving its file; the shards
+are then searched as one collection the way ``roiret``'s ``ShardedIndex`` searches them (the
+collection's N and df in every shard, exact lists merged by score) and every query's first
+stage and expanded ranking (top 10 000 ids) is compared with the single index's.
 """
 
 from __future__ import annotations
@@ -482,11 +489,107 @@ def build(real: RealCollection, model: DistractorModel, total: int, cache: Path)
     return f, stats
 
 
+class ShardedFile:
+    """Inverted-file shards searched as one collection, as ``roiret``'s ShardedIndex does:
+    every shard scores with the collection's N and df (``set_collection_stats``) and the
+    shards' exact lists are merged by (float64 score, shard, position)
+    (``roiret.search.sharded.merge_bow_lists``)."""
+
+    def __init__(self, shards: Sequence[Any]):
+        self.shards = list(shards)
+        n = sum(len(s) for s in self.shards)
+        df = np.sum([s.document_frequencies() for s in self.shards], axis=0)
+        for s in self.shards:
+            s.set_collection_stats(n, df)
+        self.num_postings = sum(s.num_postings for s in self.shards)
+
+    def idf(self) -> np.ndarray:
+        return np.asarray(self.shards[0].idf())
+
+    def search(self, *args: Any, top: int, **kw: Any) -> Tuple[np.ndarray, np.ndarray]:
+        from roiret.search.sharded import merge_bow_lists
+
+        return merge_bow_lists([s.search_exact(*args, top=top, **kw) for s in self.shards], top)
+
+    def selected_terms(self, *args: Any) -> Tuple[np.ndarray, int]:
+        return self.shards[0].selected_terms(*args)  # the collection's df: the same in every shard
+
+
+def _build_shard(
+    vocabulary: str, bits: int, model: "DistractorModel", real_bags: List[Bag], todo: List[Tuple[int, int]], path: str
+) -> Dict[str, float]:
+    """A Ray task: one shard — the real images (shard 0 only) and distractor batches ``todo``
+    added through ``BowIndex.add_bags`` as :func:`build` adds them — saved to ``path``. The
+    vocabulary comes from its file and the embedding is fitted again (seeded: the same)."""
+    from roiret.bow import BowIndex, LocalFeatureExtractor, Vocabulary, bags_to_csr
+    from roiret.bow.embedding import HammingEmbedding
+    from roiret.params import AsmkParams
+
+    voc = Vocabulary.load(vocabulary)
+    emb = HammingEmbedding.fit(voc.centroids, bits=bits, seed=0)
+    asmk = AsmkParams(first_stage="asmk", he_bits=bits)
+    bow = BowIndex(voc, LocalFeatureExtractor("rootsift"), embedding=emb, asmk=asmk)
+    if real_bags:
+        bow.add_bags(np.arange(len(real_bags)), *bags_to_csr(real_bags))
+    t_gen = t_add = 0.0
+    for i, n in todo:
+        t = time.perf_counter()
+        off, words, sigs = model.batch(i, n)
+        t_gen += time.perf_counter() - t
+        t = time.perf_counter()
+        bow.add_bags(distractor_ids(i, n), off, words, sigs)
+        t_add += time.perf_counter() - t
+    t = time.perf_counter()
+    bow.inverted_file.save(path)
+    return {"generate_s": t_gen, "add_s": t_add, "save_s": time.perf_counter() - t}
+
+
+def build_sharded(
+    real: RealCollection, model: "DistractorModel", total: int, cache: Path, shards: int
+) -> Tuple[ShardedFile, Dict[str, float]]:
+    """The same collection as :func:`build`, in ``shards`` files each built by a Ray task on
+    a local cluster (one task per core): shard k holds consecutive batches (the real
+    images in shard 0), so the ids keep :func:`build`'s order. Loaded as a :class:`ShardedFile`."""
+    from roiret import EmbeddedInvertedFile
+    from roiret.distributed.ray_index import plan_shards
+
+    emb = real.bow.embedding
+    todo = list(batches(total - len(real.bags)))
+    plan = plan_shards(len(todo), shards)  # whole batches: fewer shards than asked if fewer batches
+    name = f"index-{real.bow.vocabulary.size}-{emb.bits}-{total}"
+    paths = [cache / f"{name}-shard{k}of{len(plan)}.bin" for k in range(len(plan))]
+    stats: Dict[str, float] = {}
+    if not all(p.exists() for p in paths):
+        import ray
+
+        t = time.perf_counter()
+        ray.init(include_dashboard=False, log_to_driver=False)
+        try:
+            task = ray.remote(_build_shard).options(num_cpus=1, max_retries=0)
+            vocabulary = str(cache / f"vocabulary-{real.bow.vocabulary.size}.npz")
+            shared = ray.put(model)
+            refs = [
+                task.remote(vocabulary, emb.bits, shared, real.bags if k == 0 else [], todo[a:b], str(paths[k]))
+                for k, (a, b) in enumerate(plan)
+            ]
+            parts = ray.get(refs)
+        finally:
+            ray.shutdown()
+        stats["wall_s"] = time.perf_counter() - t
+        for key in ("generate_s", "add_s", "save_s"):
+            stats[key] = sum(p[key] for p in parts)
+    t = time.perf_counter()
+    files = [EmbeddedInvertedFile.load(str(p)) for p in paths]
+    stats["load_s"] = time.perf_counter() - t
+    return ShardedFile(files), stats
+
+
 def search_all(
     real: RealCollection, f: Any, budget: float, threads: int = 0
 ) -> Tuple[Dict[str, List[int]], Dict[str, List[int]], Dict[str, np.ndarray]]:
     """Per query: the first stage's ranking, the ranking after verification and expansion,
-    and (base, expanded) search times and postings scanned."""
+    and (base, expanded) search times and postings scanned. ``f``: an EmbeddedInvertedFile
+    or a :class:`ShardedFile`."""
     from roiret.params import DEFAULT_MIN_INLIERS
     from roiret.search.expansion import expanded_terms
     from roiret.search.verify import verify_rows
@@ -528,7 +631,7 @@ def p50_p95(ms: np.ndarray) -> str:
     return f"{np.median(ms):.1f} / {np.percentile(ms, 95):.1f}"
 
 
-def run(real: RealCollection, cache: Path, sizes: Sequence[int], budgets: Sequence[float]) -> None:
+def run(real: RealCollection, cache: Path, sizes: Sequence[int], budgets: Sequence[float], shards: int = 0) -> None:
     model = DistractorModel.fit(real, real.unrelated())
     by_key = lambda table: lambda q: table[real.key(q)]  # noqa: E731
     print(
@@ -541,8 +644,11 @@ def run(real: RealCollection, cache: Path, sizes: Sequence[int], budgets: Sequen
               f"(resident {st['rss_bytes'] / total:.0f}), file {st['file_bytes'] / total:.0f} B/image, "
               f"load {st['load_s']:.1f} s; " + ", ".join(f"{k} {v:.0f} s" for k, v in st.items() if k.endswith("_s")
                                                         and k != "load_s"), flush=True)  # fmt: skip
+        full: Any = None
         for b in budgets:
             first, final, cost = search_all(real, f, b)
+            if not b:
+                full = (first, final)
             c = np.array(list(cost.values()))
             ms = 1000 * c[:, :2]
             print(
@@ -553,6 +659,28 @@ def run(real: RealCollection, cache: Path, sizes: Sequence[int], budgets: Sequen
                 flush=True,
             )
         del f
+        if shards and full is not None:
+            compare_sharded(real, model, total, cache, shards, *full)
+
+
+def compare_sharded(
+    real: RealCollection, model: "DistractorModel", total: int, cache: Path, shards: int,
+    first: Dict[str, List[int]], final: Dict[str, List[int]],
+) -> None:  # fmt: skip
+    """Builds the collection again as ``shards`` shards with Ray and checks that the first
+    stage and the expanded search rank every query exactly as the single index did."""
+    sf, st = build_sharded(real, model, total, cache, shards)
+    s_first, s_final, cost = search_all(real, sf, 0.0)
+    same = [first[k] == s_first[k] and final[k] == s_final[k] for k in first]
+    ms = 1000 * np.array(list(cost.values()))[:, :2]
+    build_s = ", ".join(f"{k} {v:.0f} s" for k, v in st.items() if k != "load_s")
+    p50 = np.median(ms, axis=0)
+    print(
+        f"{total} images in {len(sf.shards)} shards built by Ray tasks ({build_s}; load {st['load_s']:.1f} s): "
+        f"{sum(same)} of {len(same)} queries ranked identically (first stage and after expansion, top {TOP}); "
+        f"search p50 {p50[0]:.1f} ms, with expansion {p50[1]:.1f} ms",
+        flush=True,
+    )
 
 
 def main() -> int:
@@ -568,13 +696,14 @@ def main() -> int:
     runp = sub.add_parser("run")
     runp.add_argument("--sizes", default="10000,100000,1000000")
     runp.add_argument("--budgets", default="0,0.02")
+    runp.add_argument("--shards", type=int, default=0, help="also build each size as this many shards with Ray")
     args = ap.parse_args()
     real = RealCollection(args.dataset, args.cache, args.words, args.bits)
     if args.cmd == "validate":
         validate(real, kappa=args.kappa, rho=args.rho)
     else:
         sizes = [int(float(x)) for x in args.sizes.split(",")]
-        run(real, args.cache, sizes, [float(x) for x in args.budgets.split(",")])
+        run(real, args.cache, sizes, [float(x) for x in args.budgets.split(",")], args.shards)
     return 0
 
 
