@@ -68,7 +68,7 @@ import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -449,6 +449,25 @@ def _hamming_report(
 
 
 # -- building and searching at scale ------------------------------------------------------------
+def add_distractors(
+    bow: Any, model: "DistractorModel", todo: Iterable[Tuple[int, int]], progress: Optional[int] = None
+) -> Tuple[float, float]:
+    """Generates the distractor batches ``todo`` and adds each through ``bow.add_bags``;
+    returns the seconds spent generating and adding. ``progress``: print a line per batch
+    (the number of images already in ``bow`` before the first)."""
+    t_gen = t_add = 0.0
+    for i, n in todo:
+        t = time.perf_counter()
+        off, words, sigs = model.batch(i, n)
+        t_gen += time.perf_counter() - t
+        t = time.perf_counter()
+        bow.add_bags(distractor_ids(i, n), off, words, sigs)
+        t_add += time.perf_counter() - t
+        if progress is not None:
+            print(f"  {i * BATCH + n + progress} images: generate {t_gen:.0f} s, add {t_add:.0f} s", flush=True)
+    return t_gen, t_add
+
+
 def build(real: RealCollection, model: DistractorModel, total: int, cache: Path) -> Tuple[Any, Dict[str, float]]:
     """The index of the 709 real images and ``total - 709`` distractors (saved under ``cache``
     and loaded from there next time), with what building and loading it cost."""
@@ -461,15 +480,7 @@ def build(real: RealCollection, model: DistractorModel, total: int, cache: Path)
     if not path.exists():
         bow = BowIndex(real.bow.vocabulary, real.bow.extractor, embedding=emb, asmk=real.bow.asmk)
         bow.add_bags(np.arange(len(real.bags)), *bags_to_csr(real.bags))
-        t_gen = t_add = 0.0
-        for i, n in batches(total - len(real.bags)):
-            t = time.perf_counter()
-            off, words, sigs = model.batch(i, n)
-            t_gen += time.perf_counter() - t
-            t = time.perf_counter()
-            bow.add_bags(distractor_ids(i, n), off, words, sigs)
-            t_add += time.perf_counter() - t
-            print(f"  {i * BATCH + n + len(real.bags)} images: generate {t_gen:.0f} s, add {t_add:.0f} s", flush=True)
+        t_gen, t_add = add_distractors(bow, model, batches(total - len(real.bags)), progress=len(real.bags))
         t = time.perf_counter()
         bow.inverted_file.save(str(path))
         stats.update(generate_s=t_gen, add_s=t_add, save_s=time.perf_counter() - t)
@@ -531,14 +542,7 @@ def _build_shard(
     bow = BowIndex(voc, LocalFeatureExtractor("rootsift"), embedding=emb, asmk=asmk)
     if real_bags:
         bow.add_bags(np.arange(len(real_bags)), *bags_to_csr(real_bags))
-    t_gen = t_add = 0.0
-    for i, n in todo:
-        t = time.perf_counter()
-        off, words, sigs = model.batch(i, n)
-        t_gen += time.perf_counter() - t
-        t = time.perf_counter()
-        bow.add_bags(distractor_ids(i, n), off, words, sigs)
-        t_add += time.perf_counter() - t
+    t_gen, t_add = add_distractors(bow, model, todo)
     t = time.perf_counter()
     bow.inverted_file.save(path)
     return {"generate_s": t_gen, "add_s": t_add, "save_s": time.perf_counter() - t}
