@@ -705,3 +705,37 @@ def test_a_large_add_merges_at_once_and_matches_small_batches(tmp_path):
     want_ids, want = top_ref(asmk_scores_ref(index, qw, qs, qwt, 3.0, 0.0), ids, 50)
     np.testing.assert_array_equal(got_ids, want_ids)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+
+
+def test_document_with_candidate_words_is_the_document_restricted_to_them():
+    """document(id, words) = the full document's pairs whose word is among ``words`` (any
+    order, repeats, words the image lacks); the image's own words give the whole document.
+    Long lists (interpolated probes) and an image at either end of every list."""
+    rng = np.random.default_rng(16)
+    nbits = 64
+    f, (offsets, words, sigs, ids) = build(rng, n=3000, vocab=50, nbits=nbits)
+    for d in [0, 1, 777, 1500, 2998, 2999]:
+        full_w, full_s = f.document(ids[d])
+        own = words[offsets[d] : offsets[d + 1]]
+        order = np.argsort(own)  # the full document is what was added (interpolated probes)
+        np.testing.assert_array_equal(full_w, own[order])
+        np.testing.assert_array_equal(full_s, sigs[offsets[d] : offsets[d + 1]][order])
+        got_w, got_s = f.document(ids[d], rng.permutation(np.concatenate([own, own[:3]])))
+        assert np.array_equal(got_w, full_w) and np.array_equal(got_s, full_s)
+        for _ in range(5):
+            cand = rng.integers(0, 50, size=int(rng.integers(0, 40)))
+            keep = np.isin(full_w, cand)
+            got_w, got_s = f.document(ids[d], cand.astype(rng.choice([np.int32, np.int64, np.uint16])))
+            np.testing.assert_array_equal(got_w, full_w[keep])
+            np.testing.assert_array_equal(got_s, full_s[keep])
+            assert got_s.shape == (int(keep.sum()), 1)
+    got_w, got_s = f.document(ids[5], np.zeros(0, np.int64))
+    assert got_w.shape == (0,) and got_s.shape == (0, 1)
+    with pytest.raises(ValueError, match="words"):
+        f.document(ids[5], [3, 50])
+    with pytest.raises(ValueError, match="words"):
+        f.document(ids[5], [-1])
+    with pytest.raises(TypeError, match="integer"):
+        f.document(ids[5], np.array([1.5]))
+    with pytest.raises(ValueError, match="not in the index"):
+        f.document(10**12, [1])

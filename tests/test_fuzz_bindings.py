@@ -701,9 +701,19 @@ def test_embedded_file_methods(data, tmp_path_factory):
             check_remove(data, f)
         elif op == "document":
             x = data.draw(mostly(st.sampled_from(f.ids().tolist() or [0]), st.one_of(st.sampled_from(HUGE_INTS), junk)))
-            res = call(f.document, x)
+            m = data.draw(st.integers(0, 6))
+            cand = data.draw(
+                mostly(
+                    st.one_of(st.none(), hnp.arrays(np.int64, (m,), elements=st.integers(0, V - 1))),
+                    st.one_of(hnp.arrays(np.int64, (m,), elements=st.integers(-1, V)), junk, int_arrays),
+                )
+            )
+            res = call(f.document, x, cand)
             if res is not None:
                 assert res[1].shape == (len(res[0]), W) and np.all(np.diff(res[0]) > 0)
+                if cand is not None:  # only candidate words, and all of the image's among them
+                    full = f.document(x)[0]
+                    assert np.array_equal(res[0], full[np.isin(full, np.asarray(cand).ravel())])
         elif op == "info":
             assert f.memory_bytes() >= 0 and f.num_postings >= 0
             assert len(f.document_frequencies()) == len(f.idf()) == V

@@ -375,3 +375,24 @@ def test_explain_changes_only_the_drawn_pair(built, collection):
         row = int(np.flatnonzero(r.store.ids == h.id)[0])
         assert any(np.allclose(h.db_box, b) for b in r.store.rois_of(row)[1])  # one of that image's RoIs
         assert any(np.allclose(h.query_box, b) for b in q.boxes[: r.config.K])  # one of the query's
+
+
+@pytest.mark.parametrize("asmk", [{}, {"db_assignments": 2}, {"verify_cells": 4}])
+def test_stored_bags_for_expansion_are_the_whole_bags(built, collection, asmk):
+    """Expansion reads verified images' bags by their feature words when those are the
+    bags' words (the defaults); with multiple database assignment or verification
+    sub-cells they are not, and the whole vocabulary is searched: every bag is complete."""
+    r = built[0]
+    if asmk:
+        r = Retriever(weights=WEIGHTS, **PARAMS, **asmk)
+        r.train(collection.database[:6])
+        r.add(collection.database[:6])
+    index = r.index
+    assert index._geometry_words_are_bag_words() == (not asmk)
+    rows = np.arange(len(r))
+    for row, (w, s) in zip(rows, index.bags_of_rows(rows)):
+        want_w, want_s = r.bow.inverted_file.document(int(index.store.ids[row]))
+        assert len(want_w) > 0 and np.array_equal(w, want_w) and np.array_equal(s, want_s)
+    if not asmk:  # the feature words are the bag's words, so the restricted read is the whole bag
+        words = index.geometry.words_of(0)
+        assert np.array_equal(np.unique(words), r.bow.bag_of(int(index.store.ids[0]))[0])

@@ -283,20 +283,43 @@ void EmbeddedInvertedFile::search(const std::int64_t* words, const std::uint64_t
 }
 
 void EmbeddedInvertedFile::document(std::int64_t id, std::vector<std::int64_t>& words,
-                                    std::vector<std::uint64_t>& sigs) const {
+                                    std::vector<std::uint64_t>& sigs, const std::int64_t* candidates,
+                                    std::size_t n_candidates) const {
   words.clear();
   sigs.clear();
+  std::vector<std::int64_t> look;  // the words whose lists are searched, ascending
+  if (candidates != nullptr) {
+    detail::check_words(candidates, n_candidates, vocab_size_);
+    look.assign(candidates, candidates + n_candidates);
+    std::sort(look.begin(), look.end());
+    look.erase(std::unique(look.begin(), look.end()), look.end());
+  }
   with_ready([&] {
     const std::int64_t d = docs_.find(id);
     if (d < 0) throw InvalidArgument("image id " + std::to_string(id) + " is not in the index");
     const auto doc = static_cast<std::uint32_t>(d);
-    for (std::size_t w = 0; w < vocab_size_; ++w) {
+    const std::size_t N = docs_.size();
+    const std::size_t n_look = candidates != nullptr ? look.size() : vocab_size_;
+    auto word_at = [&](std::size_t i) { return candidates != nullptr ? static_cast<std::size_t>(look[i]) : i; };
+    auto identity = [](std::uint32_t x) { return x; };
+    constexpr std::size_t kAhead = 8;  // lists whose interpolated probe is in flight
+    auto prefetch = [&](std::size_t i) {
+      const std::size_t w = word_at(i);
+      const std::size_t len = word_offsets_[w + 1] - word_offsets_[w];
+      if (len > 0)
+        __builtin_prefetch(post_docs_ + word_offsets_[w] +
+                           std::min(len - 1, static_cast<std::size_t>(static_cast<double>(len) * doc / N)));
+    };
+    for (std::size_t i = 0; i < std::min(kAhead, n_look); ++i) prefetch(i);
+    for (std::size_t i = 0; i < n_look; ++i) {
+      if (i + kAhead < n_look) prefetch(i + kAhead);
+      const std::size_t w = word_at(i);
       const std::uint32_t* b = post_docs_ + word_offsets_[w];
-      const std::uint32_t* e = post_docs_ + word_offsets_[w + 1];
-      const std::uint32_t* it = std::lower_bound(b, e, doc);
-      if (it == e || *it != doc) continue;
+      const std::size_t len = word_offsets_[w + 1] - word_offsets_[w];
+      const std::size_t k = detail::lower_doc(b, len, doc, N, identity);
+      if (k == len || b[k] != doc) continue;
       words.push_back(static_cast<std::int64_t>(w));
-      const std::uint64_t* s = post_sigs_ + static_cast<std::size_t>(it - post_docs_) * W_;
+      const std::uint64_t* s = post_sigs_ + static_cast<std::size_t>(b + k - post_docs_) * W_;
       sigs.insert(sigs.end(), s, s + W_);
     }
   });

@@ -109,8 +109,14 @@ class EmbeddedInvertedFile : public PostingIndex {
                                std::uint64_t max_postings, std::vector<char>& keep) const;
 
   // The pairs of one document: its words ascending and their signatures (words.size() * W
-  // values). O(vocabulary * log(postings per word)). Throws InvalidArgument for an unknown id.
-  void document(std::int64_t id, std::vector<std::int64_t>& words, std::vector<std::uint64_t>& sigs) const;
+  // values). candidates (optional, n_candidates words in [0, vocab_size), any order, repeats
+  // allowed): look only in these words' lists — the document's pairs whose word is among
+  // them; a caller that knows the image's words (its feature geometry) passes them, and
+  // the cost falls from the whole vocabulary to those lists (each found by an interpolated
+  // probe, the next ones prefetched). Throws InvalidArgument for an unknown id or a
+  // candidate out of range.
+  void document(std::int64_t id, std::vector<std::int64_t>& words, std::vector<std::uint64_t>& sigs,
+                const std::int64_t* candidates = nullptr, std::size_t n_candidates = 0) const;
 
   std::size_t nbits() const { return nbits_; }
   std::size_t words_per_signature() const { return W_; }

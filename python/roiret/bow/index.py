@@ -161,9 +161,11 @@ class FirstStage(abc.ABC):
         the query's normalisation, :func:`query_weights`)."""
 
     @abc.abstractmethod
-    def bag_of(self, image_id: int) -> Tuple[np.ndarray, np.ndarray]:
+    def bag_of(self, image_id: int, words: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
         """The stored bag ``(words, signatures)`` of an image of an embedded first stage
-        (what query expansion adds to the query)."""
+        (what query expansion adds to the query); ``words``: only its pairs whose word is
+        among these (any order, repeats allowed) — given the image's own feature words, the
+        whole bag, found without searching the rest of the vocabulary."""
 
     def search_bags(self, bags: Sequence[Tuple[np.ndarray, np.ndarray]], top: int = 100) -> List[BowHits]:
         """Top-N images for many encoded queries. Returns one :class:`BowHits` per query,
@@ -425,13 +427,13 @@ class BowIndex(FirstStage):
         res: Tuple[np.ndarray, np.ndarray] = fn(words, sigs, w, top=top, alpha=a.asmk_alpha, tau=a.asmk_tau, threads=0)
         return res
 
-    def bag_of(self, image_id: int) -> Tuple[np.ndarray, np.ndarray]:
+    def bag_of(self, image_id: int, words: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
         """The stored bag ``(words, signatures)`` of an image of an embedded index (what query
-        expansion adds to the query)."""
+        expansion adds to the query); ``words``: only the pairs whose word is among these."""
         if not self.embedded:
             raise ValueError("bag_of: a TF-IDF index keeps no per-image bags (use the feature geometry's words)")
-        words, sigs = self.inverted_file.document(int(image_id))
-        return np.asarray(words, np.int64), np.asarray(sigs, np.uint64)
+        got, sigs = self.inverted_file.document(int(image_id), words)
+        return np.asarray(got, np.int64), np.asarray(sigs, np.uint64)
 
     def search_bags(self, bags: Sequence[Tuple[np.ndarray, np.ndarray]], top: int = 100) -> List[BowHits]:
         """Top-N images for many encoded queries at once (TF-IDF: the native batch search,

@@ -138,8 +138,12 @@ class ShardedBow(FirstStage):
         ids, scores = self._owner.search_bow(words, counts, positive_int("top", top), weights)
         return BowHits(ids, scores)
 
-    def bag_of(self, image_id: int) -> Tuple[np.ndarray, np.ndarray]:
-        return self._owner.bags_of_rows(self._owner.rows_of([int(image_id)]))[0]
+    def bag_of(self, image_id: int, words: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+        got, sigs = self._owner.bags_of_rows(self._owner.rows_of([int(image_id)]))[0]
+        if words is None:
+            return got, sigs
+        keep = np.isin(got, np.asarray(words, np.int64))
+        return got[keep], sigs[keep]
 
 
 class ShardedStore:
