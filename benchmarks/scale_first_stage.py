@@ -51,8 +51,10 @@ with the library's kernel (real images only: a distractor has no geometry, so it
 verified — see the note in docs/SCALING.md), the query expanded with the verified images'
 stored bags (``roiret.search.expansion.expanded_terms``, ``qe`` = 40) and searched again;
 verified images first (by inliers), then the expanded list — the default pipeline's order for
-every query with a verified result. Rankings are the top ``TOP`` = 10 000; a positive below
-them counts as not found.
+every query with a verified result. "With expansion" times the base search, reading the
+verified images' stored bags (``EmbeddedInvertedFile.document`` given their feature words, as
+``Retriever.search`` reads them), building the expanded query and searching it. Rankings
+are the top ``TOP`` = 10 000; a positive below them counts as not found.
 
 **Sharded** (``run --shards S``): each size is built again as ``S`` shards (consecutive whole
 batches; the real images in the first), one Ray task per shard on a local cluster (a task per
@@ -525,6 +527,9 @@ class ShardedFile:
     def selected_terms(self, *args: Any) -> Tuple[np.ndarray, int]:
         return self.shards[0].selected_terms(*args)  # the collection's df: the same in every shard
 
+    def document(self, image_id: int, words: Any = None) -> Tuple[np.ndarray, np.ndarray]:
+        return next(s for s in self.shards if image_id in s).document(image_id, words)
+
 
 def _build_shard(
     vocabulary: str, bits: int, model: "DistractorModel", real_bags: List[Bag], todo: List[Tuple[int, int]], path: str
@@ -618,9 +623,9 @@ def search_all(
         scanned = [f.selected_terms(qw, wts, max_postings)[1], 0]
         t2 = t3 = time.perf_counter()
         if verified:
-            bags = [(qw, qs)] + [real.bags[r] for r in verified[:QE]]
-            ew, es, ewt = expanded_terms(bags, idf)
-            t2 = time.perf_counter()
+            # as the library expands: the verified images' stored bags, read by their feature words
+            stored = [f.document(r, np.asarray(real.word_of_feature[r], np.int64)) for r in verified[:QE]]
+            ew, es, ewt = expanded_terms([(qw, qs)] + stored, idf)
             ids, _ = f.search(ew, es, ewt, top=TOP, alpha=a.asmk_alpha, tau=a.asmk_tau, threads=threads,
                               max_postings=max_postings)  # fmt: skip
             t3 = time.perf_counter()
