@@ -593,12 +593,29 @@ def build_sharded(
     return ShardedFile(files), stats
 
 
+def words_in_projected_box(
+    real: RealCollection, row: int, affine: np.ndarray, qxy: np.ndarray, margin: float
+) -> np.ndarray:
+    """The words of image ``row``'s features inside the query's box (the extent of the query
+    features ``qxy``) mapped by the verified ``affine`` (2×3, query → image), grown by
+    ``margin`` × its width and height on each side."""
+    x0, y0 = qxy.min(0)
+    x1, y1 = qxy.max(0)
+    corners = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]], np.float64) @ np.asarray(affine).T
+    lo, hi = corners.min(0), corners.max(0)
+    lo, hi = lo - margin * (hi - lo), hi + margin * (hi - lo)
+    xy = np.asarray(real.feats[row].xy, np.float64)
+    inside = np.all((xy >= lo) & (xy <= hi), axis=1)
+    return np.asarray(real.word_of_feature[row], np.int64)[inside]
+
+
 def search_all(
-    real: RealCollection, f: Any, budget: float, threads: int = 0
+    real: RealCollection, f: Any, budget: float, threads: int = 0, margin: Optional[float] = None
 ) -> Tuple[Dict[str, List[int]], Dict[str, List[int]], Dict[str, np.ndarray]]:
     """Per query: the first stage's ranking, the ranking after verification and expansion,
     and (base, expanded) search times and postings scanned. ``f``: an EmbeddedInvertedFile
-    or a :class:`ShardedFile`."""
+    or a :class:`ShardedFile`. ``margin``: expand with only the verified images' words
+    inside the projected query box (:func:`words_in_projected_box`); None: whole images."""
     from roiret.params import DEFAULT_MIN_INLIERS
     from roiret.search.expansion import expanded_terms
     from roiret.search.verify import verify_rows
@@ -624,7 +641,12 @@ def search_all(
         t2 = t3 = time.perf_counter()
         if verified:
             # as the library expands: the verified images' stored bags, read by their feature words
-            stored = [f.document(r, np.asarray(real.word_of_feature[r], np.int64)) for r in verified[:QE]]
+            qxy = np.asarray(real.query_geometry[key].xy, np.float64)
+            stored = [
+                f.document(r, np.asarray(real.word_of_feature[r], np.int64) if margin is None
+                           else words_in_projected_box(real, r, checks[r].affine, qxy, margin))
+                for r in verified[:QE]
+            ]  # fmt: skip
             ew, es, ewt = expanded_terms([(qw, qs)] + stored, idf)
             ids, _ = f.search(ew, es, ewt, top=TOP, alpha=a.asmk_alpha, tau=a.asmk_tau, threads=threads,
                               max_postings=max_postings)  # fmt: skip
@@ -640,7 +662,10 @@ def p50_p95(ms: np.ndarray) -> str:
     return f"{np.median(ms):.1f} / {np.percentile(ms, 95):.1f}"
 
 
-def run(real: RealCollection, cache: Path, sizes: Sequence[int], budgets: Sequence[float], shards: int = 0) -> None:
+def run(
+    real: RealCollection, cache: Path, sizes: Sequence[int], budgets: Sequence[float], shards: int = 0,
+    margins: Sequence[Optional[float]] = (None,),
+) -> None:  # fmt: skip
     model = DistractorModel.fit(real, real.unrelated())
     by_key = lambda table: lambda q: table[real.key(q)]  # noqa: E731
     print(
@@ -654,14 +679,15 @@ def run(real: RealCollection, cache: Path, sizes: Sequence[int], budgets: Sequen
               f"load {st['load_s']:.1f} s; " + ", ".join(f"{k} {v:.0f} s" for k, v in st.items() if k.endswith("_s")
                                                         and k != "load_s"), flush=True)  # fmt: skip
         full: Any = None
-        for b in budgets:
-            first, final, cost = search_all(real, f, b)
-            if not b:
+        for b, m in [(b, m) for b in budgets for m in margins]:
+            first, final, cost = search_all(real, f, b, margin=m)
+            if not b and m is None:
                 full = (first, final)
             c = np.array(list(cost.values()))
             ms = 1000 * c[:, :2]
+            label = f"{b or 'none'}" + ("" if m is None else f", expansion margin {m}")
             print(
-                f"| {total} | {b or 'none'} | {fmt_map(mean_ap(real, by_key(first)))} | "
+                f"| {total} | {label} | {fmt_map(mean_ap(real, by_key(first)))} | "
                 f"{fmt_map(mean_ap(real, by_key(final)))} | {p50_p95(ms[:, 0])} | {p50_p95(ms[:, 1])} | "
                 f"{c[:, 2].mean():.3g} ({100 * c[:, 2].mean() / st['postings']:.2f} %); "
                 f"{c[:, 3].mean():.3g} ({100 * c[:, 3].mean() / st['postings']:.2f} %) |",
@@ -706,13 +732,19 @@ def main() -> int:
     runp.add_argument("--sizes", default="10000,100000,1000000")
     runp.add_argument("--budgets", default="0,0.02")
     runp.add_argument("--shards", type=int, default=0, help="also build each size as this many shards with Ray")
+    runp.add_argument(
+        "--margins", default="none",
+        help="expansion with only the verified images' words in the projected query box grown by these "
+        "margins (none: whole images), e.g. none,1.0,0.5",
+    )  # fmt: skip
     args = ap.parse_args()
     real = RealCollection(args.dataset, args.cache, args.words, args.bits)
     if args.cmd == "validate":
         validate(real, kappa=args.kappa, rho=args.rho)
     else:
         sizes = [int(float(x)) for x in args.sizes.split(",")]
-        run(real, args.cache, sizes, [float(x) for x in args.budgets.split(",")], args.shards)
+        margins = [None if x == "none" else float(x) for x in args.margins.split(",")]
+        run(real, args.cache, sizes, [float(x) for x in args.budgets.split(",")], args.shards, margins)
     return 0
 
 
