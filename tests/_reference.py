@@ -8,7 +8,7 @@ Written from the contract in the kernels' docstrings, as plainly as possible.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Dict, List, NamedTuple
 
 import numpy as np
 
@@ -321,13 +321,16 @@ def asmk_scores_ref(index: AsmkIndexRef, q_words, q_sigs, q_weights, alpha: floa
     scores = np.zeros(len(index.inv_norm))
     q_words = np.asarray(q_words, np.int64)
     factor = [float(q_weights[t]) * index.idf[q_words[t]] for t in range(len(q_words))]
-    live = [t for t in range(len(q_words)) if factor[t] != 0.0]
-    for c in dict.fromkeys(int(q_words[t]) for t in live):  # words by their first term that scores
+    terms_of: Dict[int, List[int]] = {}  # words by their first term that scores, each with its terms
+    for t in range(len(q_words)):
+        if factor[t] != 0.0:
+            terms_of.setdefault(int(q_words[t]), []).append(t)
+    for c, terms in terms_of.items():
         b, e = index.offsets[c], index.offsets[c + 1]
         if b == e:
             continue
         s = None
-        for t in (t for t in live if q_words[t] == c):
+        for t in terms:
             h = np.bitwise_count(index.sigs[b:e] ^ (q_sigs[t] & mask)).sum(axis=1)
             s = factor[t] * sigma[h] if s is None else s + factor[t] * sigma[h]
         np.add.at(scores, index.docs[b:e], s)
