@@ -388,7 +388,7 @@ def test_stored_bags_for_expansion_are_the_whole_bags(built, collection, asmk):
         r.train(collection.database[:6])
         r.add(collection.database[:6])
     index = r.index
-    assert index._geometry_words_are_bag_words() == (not asmk)
+    assert index.encoder.geometry_words_are_bag_words == (not asmk)
     rows = np.arange(len(r))
     for row, (w, s) in zip(rows, index.bags_of_rows(rows)):
         want_w, want_s = r.bow.inverted_file.document(int(index.store.ids[row]))

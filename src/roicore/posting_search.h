@@ -21,6 +21,13 @@
 namespace roicore {
 namespace detail {
 
+// Where document doc is expected in a list of len postings spread roughly uniformly over
+// [0, n_docs): the interpolated position, in [0, len) (len > 0).
+inline std::size_t interpolated_position(std::size_t len, std::uint32_t doc, std::size_t n_docs) {
+  const auto g = static_cast<std::size_t>(static_cast<double>(len) * doc / static_cast<double>(n_docs));
+  return std::min(g, len - 1);
+}
+
 // First position in [0, len) of a list sorted by document (doc_of(b[i])) whose document is
 // >= doc, or len. Postings of a word are spread over [0, n_docs) roughly uniformly, so the
 // search starts at the interpolated position and gallops outwards: a few probes instead
@@ -29,8 +36,7 @@ template <class T, class DocOf>
 std::size_t lower_doc(const T* b, std::size_t len, std::uint32_t doc, std::size_t n_docs, DocOf doc_of) {
   if (len == 0 || doc_of(b[0]) >= doc) return 0;
   if (doc_of(b[len - 1]) < doc) return len;
-  std::size_t g = static_cast<std::size_t>(static_cast<double>(len) * doc / static_cast<double>(n_docs));
-  g = std::min(g, len - 1);
+  const std::size_t g = interpolated_position(len, doc, n_docs);
   std::size_t lo, hi;  // answer in [lo, hi]
   if (doc_of(b[g]) < doc) {
     lo = g + 1;

@@ -209,6 +209,13 @@ class BowEncoder:
         assigned = self._assign_multiple(features, m, query)
         return np.ascontiguousarray(assigned[:, 0]), self._bag_of(features, assigned)
 
+    @property
+    def geometry_words_are_bag_words(self) -> bool:
+        """Whether a database image's :meth:`geometry_words` are exactly the words of its
+        bag (ASMK*: one word per feature and no verification sub-cells, the defaults), so
+        the stored feature words say where its pairs are in the inverted file."""
+        return self.embedding is not None and self.embedding.fine is None and self._assignments(False) == 1
+
     def geometry_words(self, features: LocalFeatures, words: np.ndarray) -> np.ndarray:
         """The labels spatial verification pairs features by (uint32): the words, or with an
         embedding that has verification sub-cells, ``word · cells + sub-cell``."""

@@ -152,16 +152,10 @@ class TwoStageIndex:
     def bags_of_rows(self, rows: RowsLike) -> List[Tuple[np.ndarray, np.ndarray]]:
         """The stored ``(words, signatures)`` of the images at ``rows`` (an embedded index)."""
         ids = self.store.ids
-        if self.geometry is None or not self._geometry_words_are_bag_words():
+        if self.geometry is None or not self.encoder.geometry_words_are_bag_words:
             return [self.bow.bag_of(int(ids[int(r)])) for r in rows]
-        # The image's feature words hold every word of its bag: only their lists are searched.
+        # The image's feature words are its bag's words: only their lists are searched.
         return [self.bow.bag_of(int(ids[int(r)]), self.geometry.words_of(int(r))) for r in rows]
-
-    def _geometry_words_are_bag_words(self) -> bool:
-        """Whether the stored feature words are the words of the images' bags: one word per
-        database feature and no verification sub-cells (the defaults)."""
-        emb = self.bow.embedding
-        return emb is not None and emb.fine is None and self.bow.asmk.db_assignments == 1
 
     def words_of_rows(self, rows: RowsLike) -> List[np.ndarray]:
         """The visual word of each local feature of the images at ``rows``."""
