@@ -6,7 +6,6 @@
 #include <cstring>
 #include <limits>
 #include <mutex>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -156,21 +155,25 @@ std::vector<EmbeddedTerm> group_by_word(const std::int64_t* words, const std::ui
                                         const std::vector<std::size_t>& live, const std::vector<double>& factor,
                                         const std::vector<char>& keep, const std::vector<std::uint64_t>& offsets,
                                         std::vector<std::uint64_t>& sig_buf, std::vector<double>& factor_buf) {
-  std::unordered_map<std::size_t, std::size_t> group_of;  // word -> group
-  std::vector<std::size_t> group_word, count, order;      // order: live positions by group
+  // word -> group + 1 (0: none yet); per thread, sized to the vocabulary once and left all
+  // zero after each call, so grouping costs O(terms) with no hashing.
+  thread_local std::vector<std::uint32_t> group_of;
+  if (group_of.size() < offsets.size() - 1) group_of.assign(offsets.size() - 1, 0);
+  std::vector<std::size_t> group_word, count, order;  // order: live positions by group
   std::vector<std::size_t> group_at(live.size());
   for (std::size_t i = 0; i < live.size(); ++i) {
     const auto w = static_cast<std::size_t>(words[live[i]]);
     if (!keep[i] || offsets[w + 1] == offsets[w]) continue;
-    auto it = group_of.emplace(w, group_word.size()).first;
-    if (it->second == group_word.size()) {
+    if (group_of[w] == 0) {
       group_word.push_back(w);
       count.push_back(0);
+      group_of[w] = static_cast<std::uint32_t>(group_word.size());
     }
-    group_at[i] = it->second;
-    ++count[it->second];
+    group_at[i] = group_of[w] - 1;
+    ++count[group_at[i]];
     order.push_back(i);
   }
+  for (std::size_t w : group_word) group_of[w] = 0;
   std::vector<std::size_t> start(group_word.size() + 1, 0);
   for (std::size_t g = 0; g < group_word.size(); ++g) start[g + 1] = start[g] + count[g];
   sig_buf.resize(start.back() * W);

@@ -113,6 +113,37 @@ void accumulate_fixed(const std::uint64_t* q, const std::uint64_t* sigs, const s
   for (; k < n; ++k) acc[docs[k]] += f * sigma[dist(k)];
 }
 
+// accumulate for the m >= 2 terms of one word and W-word signatures: per posting, the
+// terms' contributions summed in term order (f[0] * sigma[h_0] + f[1] * sigma[h_1] + ...),
+// then one accumulator update — the list read once, one update per posting whatever m.
+template <class Pop, std::size_t W>
+void accumulate_fixed_terms(const std::uint64_t* q, const double* f, std::size_t m, const std::uint64_t* sigs,
+                            const std::uint32_t* docs, std::size_t n, std::uint64_t tail, const double* sigma,
+                            double* acc) {
+  auto dist = [&](const std::uint64_t* qj, const std::uint64_t* p) {
+    unsigned s = 0;
+    for (std::size_t w = 0; w + 1 < W; ++w) s += Pop::count(qj[w] ^ p[w]);
+    return s + Pop::count((qj[W - 1] ^ p[W - 1]) & tail);
+  };
+  auto sum = [&](std::size_t k) {
+    const std::uint64_t* p = sigs + k * W;
+    double s = f[0] * sigma[dist(q, p)];
+    for (std::size_t j = 1; j < m; ++j) s += f[j] * sigma[dist(q + j * W, p)];
+    return s;
+  };
+  std::size_t k = 0;
+  for (; k + 4 <= n; k += 4) {  // as accumulate_fixed: four distinct documents in flight
+    const double s0 = sum(k), s1 = sum(k + 1), s2 = sum(k + 2), s3 = sum(k + 3);
+    const std::uint32_t d0 = docs[k], d1 = docs[k + 1], d2 = docs[k + 2], d3 = docs[k + 3];
+    const double v0 = acc[d0] + s0, v1 = acc[d1] + s1, v2 = acc[d2] + s2, v3 = acc[d3] + s3;
+    acc[d0] = v0;
+    acc[d1] = v1;
+    acc[d2] = v2;
+    acc[d3] = v3;
+  }
+  for (; k < n; ++k) acc[docs[k]] += sum(k);
+}
+
 // accumulate for any width or several terms: distances of a chunk of postings to each term
 // by the level's dist_1xn kernel (the chunk stays in L1 while the terms go over it), the
 // terms' contributions summed per posting in term order, then the updates.
@@ -137,16 +168,18 @@ void accumulate_chunked(Dist dist_1xn, const std::uint64_t* q, const double* f, 
   }
 }
 
-// accumulate of a level: one term of a 64- or 128-bit signature by the fused scalar loop
-// (faster than a distance buffer even with vector popcounts: the accumulator updates
-// dominate), several terms or wider signatures by the level's distance kernel in chunks.
+// accumulate of a level: 64- and 128-bit signatures by the fused scalar loops (faster than
+// a distance buffer even with vector popcounts: the accumulator updates dominate), wider
+// signatures by the level's distance kernel in chunks.
 template <class Pop, void (*Dist)(const std::uint64_t*, const std::uint64_t*, std::size_t, std::size_t,
                                   std::uint64_t, std::uint32_t*)>
 void accumulate_level(const std::uint64_t* q, const double* f, std::size_t m, const std::uint64_t* sigs,
                       const std::uint32_t* docs, std::size_t n, std::size_t words, std::uint64_t tail,
                       const double* sigma, double* acc) {
-  if (m == 1 && words == 1) return accumulate_fixed<Pop, 1>(q, sigs, docs, n, tail, sigma, f[0], acc);
-  if (m == 1 && words == 2) return accumulate_fixed<Pop, 2>(q, sigs, docs, n, tail, sigma, f[0], acc);
+  if (words == 1 && m == 1) return accumulate_fixed<Pop, 1>(q, sigs, docs, n, tail, sigma, f[0], acc);
+  if (words == 2 && m == 1) return accumulate_fixed<Pop, 2>(q, sigs, docs, n, tail, sigma, f[0], acc);
+  if (words == 1) return accumulate_fixed_terms<Pop, 1>(q, f, m, sigs, docs, n, tail, sigma, acc);
+  if (words == 2) return accumulate_fixed_terms<Pop, 2>(q, f, m, sigs, docs, n, tail, sigma, acc);
   accumulate_chunked(Dist, q, f, m, sigs, docs, n, words, tail, sigma, acc);
 }
 
