@@ -13,7 +13,9 @@ Run once per SIMD level (the level is fixed at import by ``ROIRET_SIMD``):
 Groups ``asmk-<V>-<bits>``: 5 000 images x 1 000 distinct words each out of V = 20 000 or
 8 000 words (250 or 625 postings per word), 64- or 128-bit signatures; the query is one
 image's 1 000 (word, signature) pairs with 5 % of the signature bits flipped, weights
-1 / sqrt(sum of idf), alpha = 3, tau = 0, top 1 000.
+1 / sqrt(sum of idf), alpha = 3, tau = 0, top 1 000. ``asmk-20k-64b-q10``: an expanded query
+— 10 images' pairs so altered, each weighted by its own normalisation over 10 — whose words
+repeat across the images (what query expansion searches).
 """
 
 from __future__ import annotations
@@ -46,9 +48,13 @@ def numpy_search(index: AsmkIndexRef, q_words, q_sigs, q_weights, top):
     return order, scores[order]
 
 
-@pytest.fixture(scope="module", params=[(20_000, 64), (20_000, 128), (8_000, 64), (8_000, 128)], ids=str)
+@pytest.fixture(
+    scope="module",
+    params=[(20_000, 64, 1), (20_000, 128, 1), (8_000, 64, 1), (8_000, 128, 1), (20_000, 64, 10)],
+    ids=str,
+)
 def asmk_case(request):
-    vocab, nbits = request.param
+    vocab, nbits, n_query = request.param
     rng = np.random.default_rng(vocab + nbits)
     W = (nbits + 63) // 64
     words = np.concatenate([rng.choice(vocab, PER_IMAGE, replace=False) for _ in range(N_IMAGES)]).astype(np.int64)
@@ -57,19 +63,22 @@ def asmk_case(request):
     f = roiret.EmbeddedInvertedFile(vocab, nbits)
     f.add(np.arange(N_IMAGES), offsets, words, sigs)
     index = asmk_index_ref(offsets, words, sigs, nbits, vocab)
-    d = 17  # the query: image d's pairs, 5 % of the signature bits flipped
-    sl = slice(offsets[d], offsets[d + 1])
-    flips = (rng.random((PER_IMAGE, W, 64)) < 0.05).astype(np.uint64) << np.arange(64, dtype=np.uint64)
+    d = 17  # the query: images d .. d + n_query - 1, 5 % of the signature bits flipped
+    sl = slice(offsets[d], offsets[d + n_query])
+    flips = (rng.random((n_query * PER_IMAGE, W, 64)) < 0.05).astype(np.uint64) << np.arange(64, dtype=np.uint64)
     q_sigs = sigs[sl] ^ np.bitwise_or.reduce(flips, axis=2)
     q_words = words[sl]
-    q_weights = np.full(PER_IMAGE, 1 / np.sqrt(f.idf()[q_words].sum()), np.float32)
+    idf = f.idf()
+    q_weights = np.concatenate(
+        [np.full(PER_IMAGE, 1 / np.sqrt(idf[w].sum()) / n_query, np.float32) for w in q_words.reshape(n_query, -1)]
+    )
     query = (q_words, q_sigs, q_weights)
     ids, scores = f.search(*query, top=TOP, alpha=ALPHA, tau=TAU, threads=1)
     ref_ids, ref_scores = numpy_search(index, *query, TOP)
-    assert ids[0] == d
+    assert d <= ids[0] < d + n_query
     np.testing.assert_array_equal(ids, ref_ids)  # identical top N (ids = image indices here)
     np.testing.assert_allclose(scores, ref_scores, rtol=1e-6)
-    return f"asmk-{vocab // 1000}k-{nbits}b", f, index, query
+    return f"asmk-{vocab // 1000}k-{nbits}b" + (f"-q{n_query}" if n_query > 1 else ""), f, index, query
 
 
 @pytest.mark.parametrize("lib", ["roiret", "numpy"])
