@@ -598,14 +598,11 @@ def words_in_projected_box(
 ) -> np.ndarray:
     """The words of image ``row``'s features inside the query's box (the extent of the query
     features ``qxy``) mapped by the verified ``affine`` (2×3, query → image), grown by
-    ``margin`` × its width and height on each side."""
-    x0, y0 = qxy.min(0)
-    x1, y1 = qxy.max(0)
-    corners = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]], np.float64) @ np.asarray(affine).T
-    lo, hi = corners.min(0), corners.max(0)
-    lo, hi = lo - margin * (hi - lo), hi + margin * (hi - lo)
-    xy = np.asarray(real.feats[row].xy, np.float64)
-    inside = np.all((xy >= lo) & (xy <= hi), axis=1)
+    ``margin`` × its width and height on each side: what ``qe_margin`` expands with
+    (:func:`roiret.search.expansion.expansion_box`)."""
+    from roiret.search.expansion import expansion_box, inside_box
+
+    inside = inside_box(real.feats[row].xy, expansion_box(affine, qxy, margin))
     return np.asarray(real.word_of_feature[row], np.int64)[inside]
 
 

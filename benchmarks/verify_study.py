@@ -5,13 +5,15 @@ built by ``roiret eval --cache``) and on the demo collection (three seeds).
     roiret eval ../shared/datasets/oxford5k-dev --features conv-max --variants roiret \\
         --cache /tmp/roiret-eval
     python benchmarks/verify_study.py --dataset ../shared/datasets/oxford5k-dev \\
-        --index /tmp/roiret-eval/oxford5k-dev-conv-max-roiret-* [--grid] [--ransac]
+        --index /tmp/roiret-eval/oxford5k-dev-conv-max-roiret-* [--grid] [--ransac] [--margins 0.5,1]
 
 Every cell comes from ``Retriever.rank`` on the same prepared queries (features extracted
 once), evaluated as ``roiret eval`` does. Times: ``rank`` alone (query features given), p50
 / p95 over the queries, this machine. ``--ransac`` replaces the verifier by OpenCV's
 ``estimateAffinePartial2D`` (RANSAC) or ``estimateAffine2D`` (USAC MAGSAC++) on the same
-tentative correspondences, one call per candidate, to compare mAP and time.
+tentative correspondences, one call per candidate, to compare mAP and time. ``--margins``:
+query expansion with whole images against each ``qe_margin`` (only the verified images'
+features inside the mapped query box), with and without the RoI fusion.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def oxford(index: str, dataset: Path, settings):
     # search-time settings: today's defaults, not those the index was saved with
     d = RetrieverConfig()
     r.config = r.config.replace(
-        **{k: getattr(d, k) for k in ("N", "n", "k", "mode", "fusion", "R", "min_inliers", "qe")}
+        **{k: getattr(d, k) for k in ("N", "n", "k", "mode", "fusion", "R", "min_inliers", "qe", "qe_margin")}
     )
     prepared = {}
     for p in gt.protocols:
@@ -121,6 +123,16 @@ def grid():
     return rows
 
 
+def margin_rows(margins):
+    """Expansion with whole images, then with each qe_margin: first stage + SV + QE, and the default."""
+    rows = []
+    for m in [None] + list(margins):
+        name = "whole images" if m is None else f"qe_margin={m:g}"
+        rows.append((f"+ query expansion, {name}", dict(mode="bow", qe_margin=m)))
+        rows.append((f"default, {name}", dict(qe_margin=m)))
+    return rows
+
+
 def _use_ransac(method_name: str):
     """Swap the verifier for OpenCV's estimateAffinePartial2D on the same correspondences."""
     import cv2
@@ -177,11 +189,14 @@ def main(argv=None) -> int:
     ap.add_argument("--index", help="an index of that dataset built with geometry (roiret eval --cache)")
     ap.add_argument("--seeds", default="0,1,2", help="demo collection seeds ('' to skip the demo)")
     ap.add_argument("--grid", action="store_true", help="the grid of R / min_inliers / qe instead of the ablation")
+    ap.add_argument("--margins", help="qe_margin values to compare with whole-image expansion, e.g. 0.5,1")
     ap.add_argument("--ransac", choices=["RANSAC", "USAC_MAGSAC"], help="OpenCV's verifier instead of roiret's")
     args = ap.parse_args(argv)
     if args.ransac:
         _use_ransac(args.ransac)
     settings = grid() if args.grid else ROWS
+    if args.margins:
+        settings = margin_rows(float(m) for m in args.margins.split(","))
     if args.index:
         res, bpi = oxford(args.index, args.dataset, settings)
         _print(f"Oxford5k-dev ({bpi:.0f} bytes / image)", res, ["classic", "medium", "hard"])

@@ -139,6 +139,10 @@ def test_search_json_and_table(index, folder, capsys):
     assert main(["search", str(index), str(q), "--json", "-R", "0", "--qe", "0", "--weights", WEIGHTS]) == 0
     plain = json.loads(capsys.readouterr().out)
     assert not any(h["verified"] or h["inliers"] for h in plain["hits"]) and "verify" not in plain["timings_ms"]
+    # expansion from the query's region of each verified image, or (none) from whole images
+    for m in ("0.5", "none"):
+        assert main(["search", str(index), str(q), "--json", "--qe-margin", m, "--weights", WEIGHTS]) == 0
+        assert json.loads(capsys.readouterr().out)["hits"]
     # --fusion overrides the index's: none = the RoI score alone (the paper), a number = that BoW weight
     weights = {}
     for f in ("none", "0.3", "adaptive"):
@@ -255,6 +259,10 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert "x1,y1,x2,y2" in capsys.readouterr().err
     assert main(["search", str(tmp_path / "missing"), "x.jpg", "-R", "-1"]) == 2  # refused before the index is read
     assert "roiret: error: R must be a non-negative integer, got -1" in capsys.readouterr().err
+    for bad in ("-1", "wide", "inf"):
+        with pytest.raises(SystemExit):
+            main(["search", str(tmp_path / "missing"), "x.jpg", "--qe-margin", bad])
+        assert "--qe-margin: expected a number >= 0 or 'none'" in capsys.readouterr().err
 
 
 def test_query_boxes_as_a_person_types_them(index, folder, tmp_path, capsys):

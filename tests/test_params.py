@@ -54,6 +54,8 @@ BAD = [
     ("R", 1.5, "R must be a non-negative integer"),
     ("min_inliers", 0, "min_inliers must be a positive integer"),
     ("qe", True, "qe must be a non-negative integer"),
+    ("qe_margin", -0.5, "qe_margin must be >= 0"),
+    ("qe_margin", "1", "qe_margin must be a finite number"),
 ]
 GROUP_OF = {
     f.name: g for g in (RegionParams, CodeParams, BowParams, RerankParams, VerifyParams) for f in dataclasses.fields(g)

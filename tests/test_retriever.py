@@ -396,3 +396,67 @@ def test_stored_bags_for_expansion_are_the_whole_bags(built, collection, asmk):
     if not asmk:  # the feature words are the bag's words, so the restricted read is the whole bag
         words = index.geometry.words_of(0)
         assert np.array_equal(np.unique(words), r.bow.bag_of(int(index.store.ids[0]))[0])
+
+
+@pytest.mark.parametrize("asmk", [{}, {"verify_cells": 4}, {"first_stage": "tfidf"}])
+def test_reads_inside_boxes_are_the_features_inside(built, collection, asmk):
+    """qe_margin's reads: an image's words of the features inside a box (NumPy filter of
+    the stored geometry) and, embedded, the stored pairs of those words (of their word,
+    not sub-cell, with verification sub-cells); a box holding everything reads what the
+    whole-image read does, an empty (NaN) box nothing."""
+    r = built[0]
+    if asmk:
+        r = Retriever(weights=WEIGHTS, **PARAMS, **asmk)
+        r.train(collection.database[:6])
+        r.add(collection.database[:6])
+    index, rng = r.index, np.random.default_rng(3)
+    rows = np.arange(len(r))
+    boxes = []
+    for row in rows:
+        xy = index.geometry.features_of(int(row)).xy
+        a, b = np.sort(rng.uniform(xy.min(0) - 5, xy.max(0) + 5, size=(2, 2)), axis=0)
+        boxes.append([a[0], a[1], b[0], b[1]])
+    boxes = np.asarray(boxes)
+    cells = index.encoder.embedding.cells if index.embedded else 1
+    words = index.words_of_rows(rows, boxes)
+    bags = index.bags_of_rows(rows, boxes) if index.embedded else [None] * len(rows)
+    fewer = 0
+    for row, box, w, bag in zip(rows, boxes, words, bags):
+        f = index.geometry.features_of(int(row))
+        x, y = f.xy[:, 0].astype(np.float64), f.xy[:, 1].astype(np.float64)
+        inside = (x >= box[0]) & (x <= box[2]) & (y >= box[1]) & (y <= box[3])
+        assert np.array_equal(w, f.words[inside]) and w.dtype == np.uint32
+        fewer += int(inside.sum() < len(inside))
+        if bag is not None:
+            all_w, all_s = r.bow.inverted_file.document(int(index.store.ids[row]))
+            keep = np.isin(all_w, f.words[inside].astype(np.int64) // cells)
+            assert np.array_equal(bag[0], all_w[keep]) and np.array_equal(bag[1], all_s[keep])
+    assert fewer > 0  # the boxes did leave features out
+    everything = np.tile([-1e9, -1e9, 1e9, 1e9], (len(rows), 1))
+    assert all(np.array_equal(a, b) for a, b in zip(index.words_of_rows(rows, everything), index.words_of_rows(rows)))
+    nothing = np.full((len(rows), 4), np.nan)
+    assert all(len(w) == 0 for w in index.words_of_rows(rows, nothing))
+    if index.embedded:
+        for (a_w, a_s), (b_w, b_s) in zip(index.bags_of_rows(rows, everything), index.bags_of_rows(rows)):
+            assert np.array_equal(a_w, b_w) and np.array_equal(a_s, b_s)
+        assert all(len(w) == 0 and len(s) == 0 for w, s in index.bags_of_rows(rows, nothing))
+    with pytest.raises(ValueError, match="boxes"):
+        index.bags_of_rows(rows, boxes[:-1]) if index.embedded else index.words_of_rows(rows, boxes[:-1])
+
+
+def test_a_margin_that_holds_every_feature_ranks_as_whole_images(built, collection):
+    """qe_margin restricts only what expansion reads: with a margin so large that every
+    feature is inside, the rankings are those of whole-image expansion; a margin of 0
+    changes some (the expanded query is smaller) and keeps every verified hit first."""
+    r = built[0]
+    verified = changed = 0
+    for _, photo, box in collection.queries:
+        q = r.prepare_query(photo, box)
+        whole = r.rank(q, top=len(r))
+        assert r.config.qe_margin is None and whole.ids.tolist() == r.rank(q, top=len(r), qe_margin=1e6).ids.tolist()
+        tight = r.rank(q, top=len(r), qe_margin=0)
+        n = sum(h.verified for h in whole.hits)
+        verified += n
+        changed += tight.ids.tolist() != whole.ids.tolist()
+        assert all(h.verified for h in tight.hits[: sum(h.verified for h in tight.hits)])
+    assert verified > 0 and changed > 0

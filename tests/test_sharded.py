@@ -106,7 +106,16 @@ def test_sharded_ranks_exactly_like_one_index(single, sharded_folder, collection
 
 
 @pytest.mark.parametrize(
-    "kw", [dict(mode="exhaustive"), dict(mode="global"), dict(mode="bow"), dict(R=0, qe=0), dict(N=5, n=2, k=2)]
+    "kw",
+    [
+        dict(mode="exhaustive"),
+        dict(mode="global"),
+        dict(mode="bow"),
+        dict(R=0, qe=0),
+        dict(N=5, n=2, k=2),
+        dict(qe_margin=0.0),  # expansion reads each shard's images inside their boxes
+        dict(qe_margin=0.5, mode="bow"),
+    ],
 )
 def test_every_mode_ranks_the_same(single, sharded_folder, collection, kw):
     assert_same_rankings(single, load(sharded_folder), collection, **kw)

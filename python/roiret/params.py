@@ -28,6 +28,7 @@ __all__ = [
     "FIRST_STAGES",
     "CodeParams",
     "DEFAULT_K",
+    "DEFAULT_QE_MARGIN",
     "DEFAULT_THRESHOLD",
     "DEFAULT_THRESHOLD_MODE",
     "DEFAULT_GEM_P",
@@ -47,6 +48,7 @@ __all__ = [
     "auto_vocab_size",
     "check_fusion",
     "check_gem_p",
+    "check_qe_margin",
     "check_scales",
     "normalize_backbone",
 ]
@@ -84,6 +86,10 @@ DEFAULT_MIN_INLIERS = 5
 #: (ASMK) and 2.4 / 2.3 / 2.2 (TF-IDF) on Oxford5k-dev, a plateau from there (50, 60), and
 #: changed nothing on the demo collection (docs/RESULTS.md, "A Hamming-embedded first stage")
 DEFAULT_QE = 40
+#: query expansion with the whole of each verified image (None) or only its features inside
+#: the query box mapped into it by the verified affine, grown by this fraction of the box's
+#: width and height on each side (:func:`roiret.search.expansion.expansion_box`)
+DEFAULT_QE_MARGIN: Optional[float] = None
 
 #: ``vocab_size="auto"``: one word per this many training descriptors, at most AUTO_MAX_WORDS.
 #: Measured (benchmarks/vocab_size_study.py, benchmarks/bow_map.py; BoW alone, vocabulary
@@ -162,6 +168,16 @@ def finite_number(name: str, v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
         raise ValueError(f"{name} must be a finite number, got {v!r}")
     return float(v)
+
+
+def check_qe_margin(v: Any) -> Optional[float]:
+    """``v`` (None: whole images) as a float if it is a finite number >= 0, else ValueError."""
+    if v is None:
+        return None
+    m = finite_number("qe_margin", v)
+    if m < 0:
+        raise ValueError(f"qe_margin must be >= 0 (or None: whole images), got {v!r}")
+    return m
 
 
 def _choice(name: str, v: Any, choices: Tuple[str, ...]) -> str:
@@ -421,18 +437,24 @@ class VerifyParams(_Group):
     many tentative correspondences (:func:`roiret.search.verify.required_inliers`) — is
     *verified* and ranks above every unverified one, by its inliers. ``qe``: the best
     verified results averaged with the query into an expanded query that is searched again
-    (0: no query expansion). Defaults measured on Oxford5k-dev and the demo collection
+    (0: no query expansion). ``qe_margin``: what of a verified image goes into the
+    expanded query — None: all its words; a number m >= 0: only the words of its features
+    inside the query's box mapped into it by the verified affine, grown by m times the
+    mapped box's width and height on each side (the object, not the rest of the photo:
+    fewer postings to scan). Defaults measured on Oxford5k-dev and the demo collection
     (docs/RESULTS.md).
     """
 
     R: int = DEFAULT_R
     min_inliers: int = DEFAULT_MIN_INLIERS
     qe: int = DEFAULT_QE
+    qe_margin: Optional[float] = DEFAULT_QE_MARGIN
 
     def __post_init__(self) -> None:
         self._set("R", non_negative_int("R", self.R))
         self._set("min_inliers", positive_int("min_inliers", self.min_inliers))
         self._set("qe", non_negative_int("qe", self.qe))
+        self._set("qe_margin", check_qe_margin(self.qe_margin))
 
 
 @dataclass(frozen=True)
@@ -441,9 +463,10 @@ class SearchParams(_Group):
     <roiret.Retriever.search>` / :meth:`~roiret.Retriever.rank`, ``roiret search``, the
     evaluation): each field left out — ``None``, or for ``fusion`` :data:`CONFIGURED` — is
     the configuration's. ``mode``, ``N``, ``n``, ``k`` and ``fusion`` override the
-    :class:`RerankParams`, ``R``, ``min_inliers`` and ``qe`` the :class:`VerifyParams`
-    (the same values, checked here the same way); ``n`` left out is the configuration's,
-    cut to an overriding ``N`` when larger.
+    :class:`RerankParams`, ``R``, ``min_inliers``, ``qe`` and ``qe_margin`` the
+    :class:`VerifyParams` (the same values, checked here the same way; ``qe_margin`` left
+    out — :data:`CONFIGURED` — is the configuration's, ``None`` overrides it with whole
+    images); ``n`` left out is the configuration's, cut to an overriding ``N`` when larger.
     """
 
     mode: Optional[str] = None
@@ -454,8 +477,11 @@ class SearchParams(_Group):
     R: Optional[int] = None
     min_inliers: Optional[int] = None
     qe: Optional[int] = None
+    qe_margin: Union[Optional[float], Configured] = CONFIGURED
 
     def __post_init__(self) -> None:
+        if self.qe_margin is not CONFIGURED:
+            self._set("qe_margin", check_qe_margin(self.qe_margin))
         if self.mode is not None:
             _choice("mode", self.mode, MODES)
         for name in ("N", "n", "k", "min_inliers"):
@@ -495,7 +521,8 @@ class SearchParams(_Group):
     def verify(self, configured: VerifyParams) -> VerifyParams:
         """The verification parameters: ``configured`` with these overrides."""
         changes = {"R": self.R, "min_inliers": self.min_inliers, "qe": self.qe}
-        return configured.replace(**{k: v for k, v in changes.items() if v is not None})
+        v = configured.replace(**{k: v for k, v in changes.items() if v is not None})
+        return v if self.qe_margin is CONFIGURED else v.replace(qe_margin=self.qe_margin)
 
 
 #: the first stage's own order: no re-ranking, no spatial verification or query expansion

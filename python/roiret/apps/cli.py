@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple, Union
 
 from ..io.images import Box, SkippedImageWarning, check_box
-from ..params import BACKBONES, FEATURES, FIRST_STAGE_ONLY, FIRST_STAGES, MODES, SearchParams
+from ..params import BACKBONES, FEATURES, FIRST_STAGE_ONLY, FIRST_STAGES, MODES, SearchParams, check_qe_margin
 from . import indexing
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -208,7 +208,7 @@ def _add_reranking(p: argparse.ArgumentParser, d: RetrieverConfig) -> None:
 
 
 def _add_verification(p: argparse.ArgumentParser, d: Optional[RetrieverConfig]) -> None:
-    """-R, --min-inliers, --qe; with ``d`` None they default to the index's settings."""
+    """-R, --min-inliers, --qe, --qe-margin; with ``d`` None they default to the index's settings."""
 
     def default(name: str) -> Any:
         return argparse.SUPPRESS if d is None else getattr(d, name)
@@ -223,6 +223,24 @@ def _add_verification(p: argparse.ArgumentParser, d: Optional[RetrieverConfig]) 
     p.add_argument(
         "--qe", type=int, default=default("qe"), help="verified results in the expanded query, 0: off" + suffix
     )
+    p.add_argument(
+        "--qe-margin",
+        type=_qe_margin,
+        default=default("qe_margin"),
+        metavar="M",
+        help="expand with only each verified image's features inside the query box mapped into it, grown by M "
+        "box sizes on each side ('none': whole images)" + suffix,
+    )
+
+
+def _qe_margin(text: str) -> Optional[float]:
+    """``--qe-margin``: "none" or a number >= 0 (argparse reports the ValueError)."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return check_qe_margin(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'none', got {text!r}") from None
 
 
 #: the ASMK first stage's settings on the command line (RetrieverConfig fields)
@@ -464,7 +482,7 @@ def _load(args: argparse.Namespace, **kwargs: Any) -> Retriever:
 def _config_args(args: argparse.Namespace) -> Dict[str, Any]:
     """The RetrieverConfig fields given to ``roiret index``."""
     names = ("backbone", "feature", "gem_p", "scales", "K", "vocab_size", "max_keypoints", "N", "n", "k", "max_side")
-    return {n: getattr(args, n) for n in names + ("fusion", "R", "min_inliers", "qe") + FIRST_STAGE_ARGS}
+    return {n: getattr(args, n) for n in names + ("fusion", "R", "min_inliers", "qe", "qe_margin") + FIRST_STAGE_ARGS}
 
 
 def _index_on_ray(args: argparse.Namespace, images: List[str], replace: bool) -> int:
@@ -749,6 +767,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         R=args.R,
         min_inliers=args.min_inliers,
         qe=args.qe,
+        qe_margin=args.qe_margin,
         backbone=args.backbone,
         gem_p=args.gem_p,
         scales=args.scales,
@@ -861,7 +880,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         print(
             f"  spatial verification: R={c.get('R')}, min_inliers={c.get('min_inliers')}, query expansion: "
-            f"qe={c.get('qe')}; geometry of {m['features']:,} local features "
+            f"qe={c.get('qe')}, qe_margin={c.get('qe_margin')}; geometry of {m['features']:,} local features "
             f"({geometry / max(1, m['images']):,.0f} bytes per image)"
         )
     return 0

@@ -96,11 +96,11 @@ class RemoteShard:
     def all_names(self) -> List[str]:
         return list(self._call("all_names"))
 
-    def words_of_rows(self, rows: RowsLike) -> List[np.ndarray]:
-        return list(self._call("words_of_rows", rows))
+    def words_of_rows(self, rows: RowsLike, boxes: Optional[np.ndarray] = None) -> List[np.ndarray]:
+        return list(self._call("words_of_rows", rows, boxes))
 
-    def bags_of_rows(self, rows: RowsLike) -> List[Tuple[np.ndarray, np.ndarray]]:
-        return list(self._call("bags_of_rows", rows))
+    def bags_of_rows(self, rows: RowsLike, boxes: Optional[np.ndarray] = None) -> List[Tuple[np.ndarray, np.ndarray]]:
+        return list(self._call("bags_of_rows", rows, boxes))
 
     def codes_of_rows(self, rows: RowsLike) -> List[Tuple[np.ndarray, np.ndarray]]:
         return list(self._call("codes_of_rows", rows))

@@ -37,7 +37,15 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional,
 
 import numpy as np
 
-from ..params import DEFAULT_GEM_P, DEFAULT_MIN_INLIERS, DEFAULT_QE, DEFAULT_R, FIRST_STAGE_ONLY, SearchParams
+from ..params import (
+    DEFAULT_GEM_P,
+    DEFAULT_MIN_INLIERS,
+    DEFAULT_QE,
+    DEFAULT_QE_MARGIN,
+    DEFAULT_R,
+    FIRST_STAGE_ONLY,
+    SearchParams,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..bow import Vocabulary
@@ -52,7 +60,9 @@ __all__ = ["EvalTable", "VARIANTS", "evaluate_oxford", "oxford_table"]
 
 # settings that only matter at search time: left out of the cache key, taken from the
 # current configuration when a cached index is loaded
-SEARCH_TIME = {"N": 0, "n": 0, "k": 0, "fusion": None, "mode": "fast", "R": 0, "min_inliers": 1, "qe": 0}
+SEARCH_TIME = {
+    "N": 0, "n": 0, "k": 0, "fusion": None, "mode": "fast", "R": 0, "min_inliers": 1, "qe": 0, "qe_margin": None
+}  # fmt: skip
 
 #: configuration overrides of each variant (see the module docstring)
 VARIANTS: Dict[str, Dict[str, Any]] = {
@@ -273,6 +283,7 @@ def oxford_table(
     R: int = DEFAULT_R,
     min_inliers: int = DEFAULT_MIN_INLIERS,
     qe: int = DEFAULT_QE,
+    qe_margin: Optional[float] = DEFAULT_QE_MARGIN,
     backbone: str = "alexnet",
     gem_p: float = DEFAULT_GEM_P,
     scales: Sequence[float] = (1.0,),
@@ -307,7 +318,7 @@ def oxford_table(
     paths = [str(gt.image_path(s)) for s in stems]
     Ks = sorted(int(x) for x in Ks)
     protocols = [p for p in ("classic", "revisited") if p in gt.protocols]
-    verify = {"R": R, "min_inliers": min_inliers, "qe": qe}
+    verify = {"R": R, "min_inliers": min_inliers, "qe": qe, "qe_margin": qe_margin}
     cnn = dict(backbone=backbone, gem_p=gem_p, scales=tuple(scales), code_bits=code_bits)
     stage = dict(first_stage or {})
     base = dict(cnn, K=max(Ks), max_keypoints=max_keypoints, N=N, n=n, k=k, seed=seed, **verify, **stage)

@@ -50,11 +50,13 @@ class RowReader(Protocol):
         """The idf of every visual word (the collection's)."""
 
     def names_of(self, rows: RowsLike) -> List[str]: ...
-    def words_of_rows(self, rows: RowsLike) -> List[np.ndarray]:
-        """The visual word of each local feature of the images at ``rows``."""
+    def words_of_rows(self, rows: RowsLike, boxes: Optional[np.ndarray] = None) -> List[np.ndarray]:
+        """The visual word of each local feature of the images at ``rows``; ``boxes`` (float
+        (len(rows), 4) ``(x0, y0, x1, y1)``, None: whole images): of the features inside."""
 
-    def bags_of_rows(self, rows: RowsLike) -> List[Tuple[np.ndarray, np.ndarray]]:
-        """The stored ``(words, signatures)`` of the images at ``rows`` (an embedded first stage)."""
+    def bags_of_rows(self, rows: RowsLike, boxes: Optional[np.ndarray] = None) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """The stored ``(words, signatures)`` of the images at ``rows`` (an embedded first
+        stage); ``boxes`` (as :meth:`words_of_rows`): only the words of the features inside."""
 
     def codes_of_rows(self, rows: RowsLike) -> List[Tuple[np.ndarray, np.ndarray]]:
         """(RoI codes, whole-image code of shape (1, words)) of the images at ``rows``."""

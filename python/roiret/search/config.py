@@ -15,6 +15,7 @@ from ..params import (
     DEFAULT_KMEANS_ITERATIONS,
     DEFAULT_MIN_INLIERS,
     DEFAULT_QE,
+    DEFAULT_QE_MARGIN,
     DEFAULT_R,
     DEFAULT_T_MIN,
     DEFAULT_T_RATE,
@@ -82,7 +83,9 @@ class RetrieverConfig:
     features (0: off), ``min_inliers`` to count as verified (the least: more are needed when
     query and image share many visual words, :func:`roiret.search.verify.required_inliers`;
     verified hits rank first, by inliers), ``qe`` verified results averaged into an expanded
-    query searched again (0: off).
+    query searched again (0: off), ``qe_margin`` what of each goes into it (None: the whole
+    image; m >= 0: the words of its features inside the query box mapped by the verified
+    affine, grown by m box sizes on each side).
 
     Images: ``max_side`` (500, the paper's) for both stages. ``seed``: every seeded choice
     (k-means sample and initialisation, code projection, training sample).
@@ -139,6 +142,7 @@ class RetrieverConfig:
     R: int = DEFAULT_R
     min_inliers: int = DEFAULT_MIN_INLIERS
     qe: int = DEFAULT_QE
+    qe_margin: Optional[float] = DEFAULT_QE_MARGIN
     max_side: int = 500
     seed: int = 0
     # The validated groups, set per instance by __post_init__. Declared ClassVar so that the
@@ -170,7 +174,7 @@ class RetrieverConfig:
             self.vocab_size, self.local_features, self.max_keypoints, self.max_train_descriptors, self.kmeans_iterations
         )
         rerank = RerankParams(self.N, self.n, self.k, self.mode, self.fusion)
-        verify = VerifyParams(self.R, self.min_inliers, self.qe)
+        verify = VerifyParams(self.R, self.min_inliers, self.qe, self.qe_margin)
         asmk = AsmkParams(**{f.name: getattr(self, f.name) for f in dataclasses.fields(AsmkParams)})
         for group in (regions, codes, bow, rerank, verify, asmk):
             for name, value in group.to_dict().items():
@@ -201,7 +205,7 @@ class RetrieverConfig:
 
     @property
     def verify(self) -> VerifyParams:
-        """R, min_inliers and qe."""
+        """R, min_inliers, qe and qe_margin."""
         return self._groups[4]
 
     @property

@@ -10,6 +10,11 @@ result is another view of the object, so its words bring back views the query al
 re-ranking can never recover. Only results that spatial verification confirmed are used,
 so a wrong top result cannot drift the query.
 
+With ``qe_margin`` (:class:`~roiret.params.VerifyParams`), a verified image brings only the
+features inside the query's box as its verified affine maps it there, grown by the margin
+(:func:`expansion_box`): the object, not the rest of the photo — fewer words, so fewer
+postings for the expanded search to scan.
+
 The TF-IDF inverted file weights a query's counts by idf and normalises;
 :func:`expanded_bag` returns counts that, weighted so, give exactly the averaged vector
 (words with idf 0 — in every image — carry no weight and are left out).
@@ -23,7 +28,17 @@ import numpy as np
 
 from ..bow.index import query_weights
 
-__all__ = ["ROI_QE_ALPHA", "ROI_QE_IMAGES", "expanded_bag", "expanded_codes", "expanded_terms", "tfidf"]
+__all__ = [
+    "ROI_QE_ALPHA",
+    "ROI_QE_IMAGES",
+    "as_boxes",
+    "expanded_bag",
+    "expanded_codes",
+    "expanded_terms",
+    "expansion_box",
+    "inside_box",
+    "tfidf",
+]
 
 #: αQE of the query's RoI and global codes (with ``qe`` > 0): the best verified images used
 #: and the exponent. Measured on Oxford5k-dev (docs/RESULTS.md): default pipeline 86.38 /
@@ -31,6 +46,46 @@ __all__ = ["ROI_QE_ALPHA", "ROI_QE_IMAGES", "expanded_bag", "expanded_codes", "e
 #: images: 86.60 / 70.12 / 35.47); the demo collection unchanged (99.20 / 100 / 100).
 ROI_QE_IMAGES = 5
 ROI_QE_ALPHA = 1.0
+
+
+def expansion_box(affine: np.ndarray, query_xy: np.ndarray, margin: float) -> np.ndarray:
+    """The region of a verified image that query expansion takes its features from:
+    the bounding box of the query features ``query_xy`` (float (n, 2), n >= 1, pixels of
+    the query), its corners mapped by ``affine`` (2×3, query → image, as
+    :class:`~roiret.search.verify.Verification` gives it), the box of the mapped corners
+    grown by ``margin`` times its width and height on each side. float64 ``(x0, y0, x1,
+    y1)``; all NaN when the affine is not finite (no inliers: nothing is inside)."""
+    xy = np.asarray(query_xy, np.float64).reshape(-1, 2)
+    a = np.asarray(affine, np.float64).reshape(2, 3)
+    if len(xy) == 0 or not np.all(np.isfinite(a)):
+        return np.full(4, np.nan)
+    (x0, y0), (x1, y1) = xy.min(0), xy.max(0)
+    corners = np.array([[x0, y0, 1.0], [x1, y0, 1.0], [x0, y1, 1.0], [x1, y1, 1.0]]) @ a.T
+    lo, hi = corners.min(0), corners.max(0)
+    grow = float(margin) * (hi - lo)
+    return np.concatenate([lo - grow, hi + grow])
+
+
+def as_boxes(boxes: object, n: int) -> np.ndarray:
+    """``boxes`` as float64 ``(n, 4)`` rows ``(x0, y0, x1, y1)`` (a NaN: an empty box);
+    ValueError for another shape or an infinite value."""
+    try:
+        b = np.asarray(boxes, np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"boxes: expected {n} rows of (x0, y0, x1, y1), got {type(boxes).__name__}") from e
+    if b.shape != (n, 4):
+        raise ValueError(f"boxes: expected shape ({n}, 4), one (x0, y0, x1, y1) per row, got {b.shape}")
+    if np.isinf(b).any():
+        raise ValueError("boxes: coordinates must be finite (NaN: an empty box)")
+    return b
+
+
+def inside_box(xy: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """bool mask of the points ``xy`` (n, 2) inside ``box`` = (x0, y0, x1, y1), borders
+    included (none when the box has a NaN)."""
+    p = np.asarray(xy, np.float64).reshape(-1, 2)
+    b = np.asarray(box, np.float64).reshape(4)
+    return np.asarray((p[:, 0] >= b[0]) & (p[:, 0] <= b[2]) & (p[:, 1] >= b[1]) & (p[:, 1] <= b[3]))
 
 
 def tfidf(words: np.ndarray, counts: np.ndarray, idf: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ from ..bow import BowEncoder, BowIndex, bags_to_csr
 from ..bow.index import as_ids, consecutive_ids
 from ..errors import IndexFormatError
 from .collection import RowsLike
+from .expansion import as_boxes, inside_box
 from .geometry import FeatureGeometry, GeometryStore
 from .store import RoIStore
 from .verify import Verification, verify_rows
@@ -149,17 +150,38 @@ class TwoStageIndex:
         names = self.store.names
         return [names[int(r)] for r in rows]
 
-    def bags_of_rows(self, rows: RowsLike) -> List[Tuple[np.ndarray, np.ndarray]]:
-        """The stored ``(words, signatures)`` of the images at ``rows`` (an embedded index)."""
+    def bags_of_rows(self, rows: RowsLike, boxes: Optional[np.ndarray] = None) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """The stored ``(words, signatures)`` of the images at ``rows`` (an embedded index).
+        ``boxes`` (float (len(rows), 4), ``(x0, y0, x1, y1)`` in each image's pixels, None:
+        whole images): only the pairs of the words of the image's features inside its box
+        (:func:`~roiret.search.expansion.inside_box`; with several database assignments,
+        the features' first words)."""
         ids = self.store.ids
+        if boxes is not None:
+            boxes = as_boxes(boxes, len(rows))
+            assert self.geometry is not None, "boxes need the features' geometry"
+            cells = self.encoder.embedding.cells if self.encoder.embedding is not None else 1
+            return [
+                self.bow.bag_of(int(ids[int(r)]), self._words_inside(int(r), b) // cells) for r, b in zip(rows, boxes)
+            ]
         if self.geometry is None or not self.encoder.geometry_words_are_bag_words:
             return [self.bow.bag_of(int(ids[int(r)])) for r in rows]
         # The image's feature words are its bag's words: only their lists are searched.
         return [self.bow.bag_of(int(ids[int(r)]), self.geometry.words_of(int(r))) for r in rows]
 
-    def words_of_rows(self, rows: RowsLike) -> List[np.ndarray]:
-        """The visual word of each local feature of the images at ``rows``."""
+    def _words_inside(self, row: int, box: np.ndarray) -> np.ndarray:
+        """The (geometry) words of the features of the image at ``row`` inside ``box``, int64."""
         assert self.geometry is not None
+        f = self.geometry.features_of(row)
+        return np.asarray(np.asarray(f.words, np.int64)[inside_box(f.xy, box)])
+
+    def words_of_rows(self, rows: RowsLike, boxes: Optional[np.ndarray] = None) -> List[np.ndarray]:
+        """The visual word of each local feature of the images at ``rows``; ``boxes`` (as
+        :meth:`bags_of_rows`): of the features inside each image's box only."""
+        assert self.geometry is not None
+        if boxes is not None:
+            boxes = as_boxes(boxes, len(rows))
+            return [self._words_inside(int(r), b).astype(np.uint32) for r, b in zip(rows, boxes)]
         return [self.geometry.words_of(int(r)) for r in rows]
 
     def codes_of_rows(self, rows: RowsLike) -> List[Tuple[np.ndarray, np.ndarray]]:

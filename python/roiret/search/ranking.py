@@ -18,7 +18,7 @@ import numpy as np
 from ..io.images import Box
 from ..params import RerankParams, VerifyParams
 from .collection import Collection
-from .expansion import ROI_QE_ALPHA, ROI_QE_IMAGES, expanded_bag, expanded_codes, expanded_terms
+from .expansion import ROI_QE_ALPHA, ROI_QE_IMAGES, expanded_bag, expanded_codes, expanded_terms, expansion_box
 from .rerank import RerankResult, rerank_with
 from .results import Hit, PreparedQuery, SearchResult
 from .verify import Verification
@@ -106,10 +106,13 @@ def _verify_and_expand(
     best = verified[: v.qe]
     bags = [(query.words, query.counts)]
     weights = None
+    boxes = None  # qe_margin: only the verified images' features inside the mapped query box
+    if v.qe_margin is not None:
+        boxes = np.stack([expansion_box(checks[r].affine, query.geometry.xy, v.qe_margin) for r in best])
     if index.embedded:  # the stored (words, signatures) of the verified images
-        words, counts, weights = expanded_terms(bags + index.bags_of_rows(best), index.idf())
+        words, counts, weights = expanded_terms(bags + index.bags_of_rows(best, boxes), index.idf())
     else:
-        bags += [np.unique(w.astype(np.int64), return_counts=True) for w in index.words_of_rows(best)]
+        bags += [np.unique(w.astype(np.int64), return_counts=True) for w in index.words_of_rows(best, boxes)]
         words, counts = expanded_bag(bags, index.idf())
     first = ids
     ids, bow_scores = _candidates(words, counts, index, depth, weights)

@@ -392,8 +392,8 @@ class Retriever:
         which the keywords set on top of ``params`` — override the configuration for this
         call: ``mode``, ``N``, ``n``, ``k``, ``fusion`` (``"adaptive"``, a BoW weight in [0,
         1], or 0 / ``"none"`` / ``None``: the RoI score alone — as in
-        :class:`RetrieverConfig`), ``R``, ``min_inliers``, ``qe``; left out, they are the
-        configuration's. Every argument is checked before the query is read (a box of four
+        :class:`RetrieverConfig`), ``R``, ``min_inliers``, ``qe``, ``qe_margin``; left out,
+        they are the configuration's. Every argument is checked before the query is read (a box of four
         finite numbers, ``top`` a positive integer, the overrides as
         :class:`~roiret.params.SearchParams` checks them: ValueError / TypeError otherwise).
 

@@ -66,6 +66,7 @@ from ..io.folder import MANIFEST, IndexFolder, IndexWriter, Manifest, as_format_
 from ..params import positive_int
 from . import persist
 from .collection import RowReader, RowsLike
+from .expansion import as_boxes
 from .geometry import FeatureGeometry, GeometryStore
 from .index import IndexedImage, TwoStageIndex
 from .persist import vocabulary_sha
@@ -361,9 +362,13 @@ class ShardedIndex:
     def _per_shard(self, rows: RowsLike, fn: Callable[[Shard, np.ndarray], Sequence[R]]) -> List[R]:
         """``fn(shard, local rows)`` on the shards owning ``rows`` (in parallel), results put
         back in the order of ``rows``."""
+        return self._per_shard_at(rows, lambda shard, local, where: fn(shard, local))
+
+    def _per_shard_at(self, rows: RowsLike, fn: Callable[[Shard, np.ndarray, np.ndarray], Sequence[R]]) -> List[R]:
+        """:meth:`_per_shard` with ``fn(shard, local rows, their positions in rows)``."""
         out: List[Any] = [None] * len(rows)
         groups = self._groups(np.asarray(rows, np.int64).reshape(-1))
-        for (_, where, _), res in zip(groups, self._map(lambda g: fn(self.shards[g[0]], g[2]), groups)):
+        for (_, where, _), res in zip(groups, self._map(lambda g: fn(self.shards[g[0]], g[2], g[1]), groups)):
             for i, v in zip(where, res):
                 out[int(i)] = v
         return out
@@ -371,11 +376,17 @@ class ShardedIndex:
     def names_of(self, rows: RowsLike) -> List[str]:
         return self._per_shard(rows, lambda s, local: s.names_of(local))
 
-    def words_of_rows(self, rows: RowsLike) -> List[np.ndarray]:
-        return self._per_shard(rows, lambda s, local: s.words_of_rows(local))
+    def words_of_rows(self, rows: RowsLike, boxes: Optional[np.ndarray] = None) -> List[np.ndarray]:
+        if boxes is None:
+            return self._per_shard(rows, lambda s, local: s.words_of_rows(local))
+        b = as_boxes(boxes, len(rows))
+        return self._per_shard_at(rows, lambda s, local, where: s.words_of_rows(local, b[where]))
 
-    def bags_of_rows(self, rows: RowsLike) -> List[Tuple[np.ndarray, np.ndarray]]:
-        return self._per_shard(rows, lambda s, local: s.bags_of_rows(local))
+    def bags_of_rows(self, rows: RowsLike, boxes: Optional[np.ndarray] = None) -> List[Tuple[np.ndarray, np.ndarray]]:
+        if boxes is None:
+            return self._per_shard(rows, lambda s, local: s.bags_of_rows(local))
+        b = as_boxes(boxes, len(rows))
+        return self._per_shard_at(rows, lambda s, local, where: s.bags_of_rows(local, b[where]))
 
     def codes_of_rows(self, rows: RowsLike) -> List[Tuple[np.ndarray, np.ndarray]]:
         return self._per_shard(rows, lambda s, local: s.codes_of_rows(local))
