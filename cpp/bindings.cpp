@@ -705,6 +705,12 @@ void bind_dispatch(py::module_& m) {
         "Force the SIMD kernels (e.g. 'generic' to test the fallback); returns the previous level. "
         "Raises ValueError for a level this CPU cannot run. The ROIRET_SIMD environment variable sets the "
         "initial level at import.");
+  m.def("search_block_bytes", [] { return roicore::search_block_bytes(); },
+        "Accumulator bytes per document range of an inverted-file search (ranges sized to stay in L2).");
+  m.def("set_search_block_bytes", [](std::size_t bytes) { return roicore::set_search_block_bytes(bytes); },
+        py::arg("bytes"),
+        "Set the accumulator bytes per document range of inverted-file searches (0: the default, 512 KiB); "
+        "returns the previous value. Results are identical for every value; only the speed changes.");
   m.def("get_num_threads", [] { return roicore::default_num_threads(); },
         "Default number of threads used by the kernels.");
   m.def("set_num_threads", [](int n) { roicore::set_default_num_threads(n); }, py::arg("n"),

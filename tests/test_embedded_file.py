@@ -212,6 +212,50 @@ def test_threads_are_bit_identical_and_match_reference(big):
         assert np.array_equal(got[0], base[0]) and got[1].tobytes() == base[1].tobytes()
 
 
+@pytest.fixture
+def block_bytes():
+    """Set the search's document block (accumulator bytes per range) for one test."""
+    previous = _core.search_block_bytes()
+    yield _core.set_search_block_bytes
+    _core.set_search_block_bytes(0)
+    assert _core.search_block_bytes() == previous
+
+
+def test_document_blocks_are_bit_identical(big, block_bytes):
+    """A search adds every word's postings one block of documents at a time (accumulators
+    sized for L2; 512 KiB by default, one block for these 8000 images): blocks of 37, 1000
+    and 2000 images, on 1 to 3 threads, give exactly the one-block ids and scores, top-50
+    lists included (the threads' heaps merged), for a plain and an expanded query; blocks
+    of 4000 images (accumulators not above two blocks) are not split."""
+    f, data, q = big
+    assert block_bytes(0) == 512 << 10 and block_bytes(0) == 512 << 10  # returns the previous value
+    rng = np.random.default_rng(5)
+    q3 = (
+        np.tile(q[0], 3),
+        rng.integers(0, 2**64, size=(3 * len(q[0]), 1), dtype=np.uint64),
+        np.ones(3 * len(q[0]), np.float32),
+    )
+    for query in (q, q3):
+        block_bytes(0)
+        base = f.search_exact(*query, top=len(f), alpha=3.0, tau=-0.3, threads=1)
+        for docs in (37, 1000, 2000, 4000):
+            block_bytes(8 * docs)
+            assert _core.search_block_bytes() == 8 * docs
+            for threads in (1, 2, 3):
+                got = f.search_exact(*query, top=len(f), alpha=3.0, tau=-0.3, threads=threads)
+                assert np.array_equal(got[0], base[0]) and got[1].tobytes() == base[1].tobytes(), (docs, threads)
+                top = f.search_exact(*query, top=50, alpha=3.0, tau=-0.3, threads=threads)
+                assert np.array_equal(top[0], base[0][:50]) and top[1].tobytes() == base[1][:50].tobytes()
+    small = (q[0][:40], q[1][:40], q[2][:40])
+    block_bytes(0)
+    want = f.search_exact(*small, top=100, alpha=3.0, tau=-0.3, threads=2)
+    block_bytes(8)  # one image a block: 8000 ranges
+    got = f.search_exact(*small, top=100, alpha=3.0, tau=-0.3, threads=2)
+    assert np.array_equal(got[0], want[0]) and got[1].tobytes() == want[1].tobytes()
+    with pytest.raises(TypeError):
+        block_bytes(-1)
+
+
 @pytest.fixture(scope="module")
 def big():
     """8000 images x ~150 of 600 words: a query of every word scans ~1.2M postings."""

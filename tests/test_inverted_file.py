@@ -482,6 +482,20 @@ def test_threaded_search_is_bit_identical_and_matches_scipy():
         r_ids, _ = ranking_ref(ref, ids, 50)
         assert len(set(r_ids.tolist()) ^ set(base_ids[:50].tolist())) <= 2  # float32 vs float64 at the edge
     assert df.sum() >= 2**20  # the first query really took the threaded path
+    # documents added a block at a time (float accumulators: 4 bytes an image): blocks of 53
+    # and 1000 documents, any thread count, the same ids and scores as one block
+    q_words = np.arange(vocab, dtype=np.int64)
+    base_ids, base_scores = ivf.search(q_words, None, top=n_docs, threads=1)
+    try:
+        for docs in (53, 1000):
+            _core.set_search_block_bytes(4 * docs)
+            for threads in (1, 2, 3):
+                t_ids, t_scores = ivf.search(q_words, None, top=n_docs, threads=threads)
+                assert np.array_equal(t_ids, base_ids) and np.array_equal(t_scores, base_scores), (docs, threads)
+                t_ids, t_scores = ivf.search(q_words, None, top=37, threads=threads)
+                assert np.array_equal(t_ids, base_ids[:37]) and np.array_equal(t_scores, base_scores[:37])
+    finally:
+        _core.set_search_block_bytes(0)
     # a batch smaller than the thread count splits each search too: same results
     q = np.arange(vocab, dtype=np.int64)
     b_ids, b_scores = ivf.search_batch(np.array([0, vocab]), q, None, top=100, threads=4)

@@ -88,7 +88,8 @@ class EmbeddedInvertedFile : public PostingIndex {
   // alpha finite > 0; tau in [-1, 1) (InvalidArgument otherwise).
   // threads (<= 0: the default): a search scanning at least kParallelEmbeddedPostings
   // postings splits the documents over up to that many threads (at least
-  // kParallelEmbeddedDocs each); ids and scores are bit-identical for every thread count.
+  // kParallelEmbeddedDocs each); ids and scores are bit-identical for every thread count
+  // and every document block (search_block_bytes, posting_index.h).
   // exact_scores (optional): the same scores in double precision, the key the results are
   // ordered by — what a merge of several files' results needs to reproduce that order.
   // max_postings (0: no limit): a budget on the postings scanned, counted with the

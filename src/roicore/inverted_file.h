@@ -63,7 +63,8 @@ class InvertedFile : public PostingIndex {
   // words must be in [0, vocab_size) and weights finite >= 0.
   // threads (<= 0: the default): a search scanning at least kParallelSearchPostings
   // postings splits the documents over up to that many threads (at least
-  // kParallelSearchDocs each); ids and scores are bit-identical for every thread count.
+  // kParallelSearchDocs each); ids and scores are bit-identical for every thread count
+  // and every document block (search_block_bytes, posting_index.h).
   // exact_scores (optional): the same scores in double precision, the key the results are
   // ordered by — what a merge of several files' results needs to reproduce that order.
   void search(const std::int64_t* words, const float* counts, std::size_t m, std::size_t top_n,

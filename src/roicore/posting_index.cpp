@@ -4,8 +4,17 @@
 #include <string>
 
 #include "roicore/common.h"
+#include "roicore/posting_search.h"
 
 namespace roicore {
+
+std::size_t search_block_bytes() { return detail::scan_block_bytes(); }
+
+std::size_t set_search_block_bytes(std::size_t bytes) {
+  const std::size_t previous = detail::scan_block_bytes();
+  detail::set_scan_block_bytes(bytes);
+  return previous;
+}
 
 PostingIndex::PostingIndex(std::size_t vocab_size) : vocab_size_(vocab_size) {
   detail::check_vocab_size(vocab_size, kMaxVocabulary);

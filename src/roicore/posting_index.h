@@ -19,6 +19,13 @@
 
 namespace roicore {
 
+// Searches of both inverted files split the documents into ranges whose accumulators fit
+// in a core's L2 cache (posting_search.h), this many bytes of accumulators each (default
+// 512 KiB). Results are identical for every value; only the speed changes.
+// set_search_block_bytes(0) restores the default; returns the previous value.
+std::size_t search_block_bytes();
+std::size_t set_search_block_bytes(std::size_t bytes);
+
 class PostingIndex {
  public:
   static constexpr std::size_t kMaxDocuments = 0xFFFFFFFEu;
