@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from roiret.params import CONFIGURED, SearchParams, VerifyParams
+from roiret.params import CONFIGURED, DEFAULT_QE_MARGIN, SearchParams, VerifyParams
 from roiret.search.config import RetrieverConfig
-from roiret.search.expansion import as_boxes, expansion_box, inside_box
+from roiret.search.expansion import as_boxes, expanded_terms, expansion_box, inside_box
 
 IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 
@@ -67,14 +67,33 @@ def test_a_bad_margin_is_refused_everywhere(bad):
 
 
 def test_the_margin_through_configuration_and_overrides():
-    assert VerifyParams().qe_margin is None  # whole images unless asked
-    c = RetrieverConfig(qe_margin=1)
-    assert c.verify.qe_margin == 1.0 and isinstance(c.qe_margin, float)
+    assert VerifyParams().qe_margin == DEFAULT_QE_MARGIN == RetrieverConfig().qe_margin == 1.0
+    c = RetrieverConfig(qe_margin=2)
+    assert c.verify.qe_margin == 2.0 and isinstance(c.qe_margin, float)
     assert RetrieverConfig.from_dict(c.to_dict()) == c
+    whole = RetrieverConfig(qe_margin=None)  # whole images, saved as such
+    assert RetrieverConfig.from_dict(whole.to_dict()).qe_margin is None
     old = c.to_dict()
-    del old["qe_margin"]  # a manifest written before the setting existed: whole images
-    assert RetrieverConfig.from_dict(old).qe_margin is None
+    del old["qe_margin"]  # a manifest written before the setting existed: today's default
+    assert RetrieverConfig.from_dict(old).qe_margin == DEFAULT_QE_MARGIN
     assert SearchParams().qe_margin is CONFIGURED
-    assert SearchParams().verify(c.verify).qe_margin == 1.0
+    assert SearchParams().verify(c.verify).qe_margin == 2.0
     assert SearchParams(qe_margin=None).verify(c.verify).qe_margin is None
     assert SearchParams.of(None, qe_margin=0).verify(VerifyParams()).qe_margin == 0.0
+
+
+def test_an_image_with_no_feature_in_its_box_adds_no_term():
+    """A verified image whose box holds none of its features brings an empty bag: the
+    expanded query is the others' terms, each bag still weighted 1 / (number of bags)."""
+    idf = np.array([0.5, 1.0, 2.0, 4.0])
+    q = (np.array([0, 2]), np.array([[1, 2], [3, 4]], np.uint64))  # 128-bit signatures: 2 words
+    img = (np.array([1, 2, 3]), np.arange(6, dtype=np.uint64).reshape(3, 2))
+    empty = (np.zeros(0, np.int64), np.zeros((0, 2), np.uint64))
+    w, sig, wt = expanded_terms([q, empty, img], idf)
+    assert w.tolist() == [0, 2, 1, 2, 3] and sig.shape == (5, 2)
+    assert np.array_equal(sig, np.concatenate([q[1], img[1]]))
+    np.testing.assert_allclose(wt[:2], 1 / np.sqrt(2.5) / 3, rtol=1e-6)  # the query's norm over 3 bags
+    np.testing.assert_allclose(wt[2:], 1 / np.sqrt(7.0) / 3, rtol=1e-6)
+    flat = (np.zeros(0, np.int64), np.zeros(0, np.uint64))  # as a reader may return it: 1-D
+    w2, sig2, wt2 = expanded_terms([q, flat, img], idf)
+    assert np.array_equal(w2, w) and np.array_equal(sig2, sig) and np.array_equal(wt2, wt)

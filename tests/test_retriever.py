@@ -446,14 +446,15 @@ def test_reads_inside_boxes_are_the_features_inside(built, collection, asmk):
 
 def test_a_margin_that_holds_every_feature_ranks_as_whole_images(built, collection):
     """qe_margin restricts only what expansion reads: with a margin so large that every
-    feature is inside, the rankings are those of whole-image expansion; a margin of 0
-    changes some (the expanded query is smaller) and keeps every verified hit first."""
+    feature is inside, the rankings are those of whole-image expansion (None); a margin of
+    0 changes some (the expanded query is smaller) and keeps every verified hit first."""
     r = built[0]
+    assert r.config.qe_margin == 1.0  # the default
     verified = changed = 0
     for _, photo, box in collection.queries:
         q = r.prepare_query(photo, box)
-        whole = r.rank(q, top=len(r))
-        assert r.config.qe_margin is None and whole.ids.tolist() == r.rank(q, top=len(r), qe_margin=1e6).ids.tolist()
+        whole = r.rank(q, top=len(r), qe_margin=None)
+        assert whole.ids.tolist() == r.rank(q, top=len(r), qe_margin=1e6).ids.tolist()
         tight = r.rank(q, top=len(r), qe_margin=0)
         n = sum(h.verified for h in whole.hits)
         verified += n

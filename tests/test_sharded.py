@@ -115,6 +115,7 @@ def test_sharded_ranks_exactly_like_one_index(single, sharded_folder, collection
         dict(N=5, n=2, k=2),
         dict(qe_margin=0.0),  # expansion reads each shard's images inside their boxes
         dict(qe_margin=0.5, mode="bow"),
+        dict(qe_margin=None),  # whole images
     ],
 )
 def test_every_mode_ranks_the_same(single, sharded_folder, collection, kw):

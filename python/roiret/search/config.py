@@ -85,7 +85,8 @@ class RetrieverConfig:
     verified hits rank first, by inliers), ``qe`` verified results averaged into an expanded
     query searched again (0: off), ``qe_margin`` what of each goes into it (None: the whole
     image; m >= 0: the words of its features inside the query box mapped by the verified
-    affine, grown by m box sizes on each side).
+    affine, grown by m box sizes on each side; 1.0, chosen on Oxford5k-dev, the demo and
+    10^5 / 10^6 distractors: docs/RESULTS.md).
 
     Images: ``max_side`` (500, the paper's) for both stages. ``seed``: every seeded choice
     (k-means sample and initialisation, code projection, training sample).

@@ -119,7 +119,10 @@ def expanded_terms(
     bags — its score is the mean of the bags' normalised kernel similarities (the ASMK
     analogue of averaging normalised TF-IDF vectors)."""
     words = [np.asarray(w, np.int64) for w, _ in bags]
-    sigs = [np.asarray(s, np.uint64).reshape(len(w), -1) for w, (_, s) in zip(words, bags)]
+    arrays = [np.asarray(s, np.uint64) for _, s in bags]
+    # signature words per term from a non-empty bag (an image may have no feature in its box)
+    width = next((a.size // len(w) for w, a in zip(words, arrays) if len(w)), 1)
+    sigs = [a.reshape(len(w), width) for w, a in zip(words, arrays)]
     weights = [query_weights(w, idf) / len(bags) for w in words]
     return np.concatenate(words), np.ascontiguousarray(np.concatenate(sigs)), np.concatenate(weights).astype(np.float32)
 
