@@ -225,8 +225,9 @@ def test_document_blocks_are_bit_identical(big, block_bytes):
     """A search adds every word's postings one block of documents at a time (accumulators
     sized for L2; 512 KiB by default, one block for these 8000 images): blocks of 37, 1000
     and 2000 images, on 1 to 3 threads, give exactly the one-block ids and scores, top-50
-    lists included (the threads' heaps merged), for a plain and an expanded query; blocks
-    of 4000 images (accumulators not above two blocks) are not split."""
+    lists included (the threads' heaps merged), for a plain and an expanded query; and
+    blocks of 4000 images, which this collection's 64 KB of accumulators does not exceed
+    twice (one range again)."""
     f, data, q = big
     assert block_bytes(0) == 512 << 10 and block_bytes(0) == 512 << 10  # returns the previous value
     rng = np.random.default_rng(5)

@@ -444,8 +444,8 @@ class VerifyParams(_Group):
     expanded query — None: all its words; a number m >= 0: only the words of its features
     inside the query's box mapped into it by the verified affine, grown by m times the
     mapped box's width and height on each side (the object, not the rest of the photo:
-    fewer postings to scan; 1.0 by default). Defaults measured on Oxford5k-dev and the demo collection
-    (docs/RESULTS.md).
+    fewer postings to scan; 1.0 by default). Defaults measured on Oxford5k-dev and the demo
+    collection (docs/RESULTS.md).
     """
 
     R: int = DEFAULT_R

@@ -308,8 +308,7 @@ void EmbeddedInvertedFile::document(std::int64_t id, std::vector<std::int64_t>& 
     constexpr std::size_t kAhead = 8;  // lists whose interpolated probe is in flight
     auto prefetch = [&](std::size_t i) {
       const std::size_t w = word_at(i);
-      const std::size_t len = word_offsets_[w + 1] - word_offsets_[w];
-      if (len > 0) __builtin_prefetch(post_docs_ + word_offsets_[w] + detail::interpolated_position(len, doc, N));
+      detail::prefetch_doc(post_docs_ + word_offsets_[w], word_offsets_[w + 1] - word_offsets_[w], doc, N);
     };
     for (std::size_t i = 0; i < std::min(kAhead, n_look); ++i) prefetch(i);
     for (std::size_t i = 0; i < n_look; ++i) {

@@ -30,6 +30,13 @@ inline std::size_t interpolated_position(std::size_t len, std::uint32_t doc, std
   return std::min(g, len - 1);
 }
 
+// Prefetches where document doc is expected in the list b of len postings (nothing when
+// empty): issued ahead of lower_doc so that the lookups' cache misses overlap.
+template <class T>
+inline void prefetch_doc(const T* b, std::size_t len, std::uint32_t doc, std::size_t n_docs) {
+  if (len > 0) __builtin_prefetch(b + interpolated_position(len, doc, n_docs));
+}
+
 // First position in [0, len) of a list sorted by document (doc_of(b[i])) whose document is
 // >= doc, or len. Postings of a word are spread over [0, n_docs) roughly uniformly, so the
 // search starts at the interpolated position and gallops outwards: a few probes instead
@@ -189,7 +196,7 @@ std::size_t term_at_a_time(const std::vector<Term>& terms, const T* postings, co
   acc.assign(N, Acc(0));
   const std::size_t T_ = std::max<std::size_t>(1, threads);
   const std::size_t R = scan_ranges(N, T_, sizeof(Acc));
-  std::vector<std::vector<ScoredDoc>> heaps(R);  // one per thread: heaps[its first range]
+  std::vector<std::vector<ScoredDoc>> heaps(T_);  // one per worker (R >= T_: parallel_for runs T_)
   std::vector<std::size_t> touched(R, 0);
   Acc* a = acc.data();
   const std::size_t m = terms.size();
@@ -203,12 +210,12 @@ std::size_t term_at_a_time(const std::vector<Term>& terms, const T* postings, co
   auto prefetch = [&](std::size_t r) {
     if (r == 0 || r >= R) return;
     for (std::size_t i = 0; i < m; ++i) {
-      const std::uint64_t b = offsets[terms[i].word], len = offsets[terms[i].word + 1] - b;
-      if (len > 0)
-        __builtin_prefetch(postings + b + interpolated_position(len, static_cast<std::uint32_t>(N * r / R), N));
+      const std::uint64_t b = offsets[terms[i].word];
+      prefetch_doc(postings + b, offsets[terms[i].word + 1] - b, static_cast<std::uint32_t>(N * r / R), N);
     }
   };
-  parallel_for(R, static_cast<int>(T_), 1, [&](std::size_t rb, std::size_t re, int) {
+  parallel_for(R, static_cast<int>(T_), 1, [&](std::size_t rb, std::size_t re, int worker) {
+    std::vector<ScoredDoc>& heap = heaps[static_cast<std::size_t>(worker)];
     std::vector<std::uint64_t> from(m), to(m);  // each term's postings in the current range
     prefetch(rb);
     for (std::size_t i = 0; i < m; ++i) from[i] = boundary(i, rb);
@@ -216,7 +223,7 @@ std::size_t term_at_a_time(const std::vector<Term>& terms, const T* postings, co
       prefetch(r + 1);
       for (std::size_t i = 0; i < m; ++i) to[i] = boundary(i, r + 1);
       for (std::size_t i = 0; i < m; ++i) scan(terms[i], from[i], to[i], a);
-      touched[r] = best_in_range(a, inv_norm, N * r / R, N * (r + 1) / R, top, heaps[rb]);
+      touched[r] = best_in_range(a, inv_norm, N * r / R, N * (r + 1) / R, top, heap);
       from.swap(to);
     }
   });
