@@ -630,7 +630,8 @@ Not saved; add() and remove() clear them (set them again after a change).)doc")
       .def("__contains__", [](const Index& self, std::int64_t id) { return self.contains(id); }, py::arg("image_id"))
       .def_property_readonly("vocab_size", py::method_adaptor<Index>(&Index::vocab_size))
       .def_property_readonly("num_postings", py::method_adaptor<Index>(&Index::num_postings))
-      .def("memory_bytes", &Index::memory_bytes, "Bytes held by postings, per-word and per-image arrays.")
+      .def("memory_bytes", &Index::memory_bytes, "Bytes held in memory by postings, per-word and per-image arrays (signatures read through a map: "
+           "mapped_bytes()).")
       .def("ids", [](const Index& self) { return to_array(self.ids()); }, "Image ids in insertion order.")
       .def("document_frequencies", [](const Index& self) { return to_array(self.document_frequencies()); },
            "df_t for every word (uint32, vocab_size values).")
@@ -645,21 +646,19 @@ Not saved; add() and remove() clear them (set them again after a change).)doc")
           py::arg("path"),
           R"doc(Write a versioned binary file (magic, sizes, CRC-32 per section) atomically:
 a temporary file in the same directory, fsync, then rename over path.)doc")
-      .def_static(
-          "load",
-          [](const py::object& path) {
-            const std::string p = fspath(path);
-            std::unique_ptr<Index> out;
-            {
-              py::gil_scoped_release nogil;
-              out = Index::load(p);
-            }
-            return out;
-          },
-          py::arg("path"),
-          R"doc(Read and fully validate a file written by save(). Raises
+;
+}
+
+constexpr const char* kLoadDoc = R"doc(Read and fully validate a file written by save(). Raises
 roiret.errors.IndexFormatError (wrong magic, newer version, truncated, checksum mismatch,
-inconsistent contents) or OSError.)doc");
+inconsistent contents) or OSError.)doc";
+
+// Index::load(path, args...) with the GIL released.
+template <class Index, class... Args>
+std::unique_ptr<Index> load_index_file(const py::object& path, Args... args) {
+  const std::string p = fspath(path);
+  py::gil_scoped_release nogil;
+  return Index::load(p, args...);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -791,6 +790,7 @@ padded with -1 / -inf when the index holds fewer than top images.)doc")
                ", postings=" + std::to_string(self.num_postings()) + ")";
       });
   bind_index_common(cls);
+  cls.def_static("load", &load_index_file<InvertedFile>, py::arg("path"), kLoadDoc);
 }
 
 constexpr const char* kEmbeddedFileDoc = R"doc(Inverted file whose postings carry binary signatures, scored
@@ -813,7 +813,8 @@ query, has its list read once). The caller normalises the query weights. idf and
 before the next search or save).
 
 Memory: 4 + 8 W bytes per posting (uint32 image index + signature: 12 at 64 bits) plus
-O(vocabulary) plus O(images).
+O(vocabulary) plus O(images); 4 bytes per posting when the signatures are memory-mapped
+(load(path, mmap=True)).
 
 Thread safety: every method may be called from any number of threads at once; searches
 share a reader lock (and release the GIL), add/remove take it exclusively.
@@ -880,9 +881,25 @@ a word out of range.)doc")
       .def("__repr__", [](const EmbeddedInvertedFile& self) {
         return "EmbeddedInvertedFile(vocab_size=" + std::to_string(self.vocab_size()) +
                ", nbits=" + std::to_string(self.nbits()) + ", images=" + std::to_string(self.size()) +
-               ", postings=" + std::to_string(self.num_postings()) + ")";
+               ", postings=" + std::to_string(self.num_postings()) +
+               (self.mapped_bytes() > 0 ? ", signatures mapped" : "") + ")";
       });
   bind_index_common(cls);
+  cls.def_static(
+         "load", [](const py::object& path, bool mmap) { return load_index_file<EmbeddedInvertedFile>(path, mmap); },
+         py::arg("path"), py::arg("mmap") = false,
+         R"doc(Read and fully validate a file written by save(). mmap=True maps the signatures
+section read-only instead of reading it into memory (checked the same way, through the
+map): the process then holds 4 bytes a posting and the signatures are file-cache pages,
+shared with other processes mapping the file and dropped under memory pressure instead of
+the process being killed; the first add() or remove() copies them into memory. A file in
+format version 1 (written before the aligned layout) whose signatures do not start at a
+multiple of 8 bytes is read instead: mapped_bytes() is then 0 (save it again to map it).
+The file must not be truncated or rewritten in place while mapped (save() renames a new
+file over it, which the map survives). Raises roiret.errors.IndexFormatError (wrong magic,
+newer version, truncated, checksum mismatch, inconsistent contents) or OSError.)doc")
+      .def("mapped_bytes", &EmbeddedInvertedFile::mapped_bytes,
+           "Bytes of signatures read through a memory map of the file (load(mmap=True)); 0 when in memory.");
 }
 
 constexpr const char* kMappedFileDoc = R"doc(MappedFile(path): a whole file memory-mapped read-only,

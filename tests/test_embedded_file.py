@@ -20,6 +20,33 @@ LEVELS = roiret.supported_simd_levels()
 NBITS = [1, 63, 64, 100, 128, 256]
 KERNELS = [(3.0, 0.0), (1.0, -0.5), (2.0, 0.3), (0.5, -1.0)]  # (alpha, tau)
 HEADER = 80
+ALIGN = 64  # format 2: the signatures section starts at a multiple of 64 bytes
+
+
+def layout(blob):
+    """Section boundaries of a saved file: header end, ids, lengths, documents, padding,
+    signatures (format 2; version 1 has no padding)."""
+    version = struct.unpack("<I", blob[8:12])[0]
+    V, N, nnz = struct.unpack("<QQQ", blob[16:40])
+    W = words_of(struct.unpack("<I", blob[44:48])[0])
+    docs_end = HEADER + 8 * N + 4 * V + 4 * nnz
+    pad = -docs_end % ALIGN if version >= 2 else 0
+    return [HEADER, HEADER + 8 * N, HEADER + 8 * N + 4 * V, docs_end, docs_end + pad, docs_end + pad + 8 * W * nnz]
+
+
+def as_version_1(blob):
+    """The same index in format version 1 (no padding before the signatures), resealed."""
+    at = layout(blob)
+    b = bytearray(blob[: at[3]] + blob[at[4] :])
+    b[8:12] = struct.pack("<I", 1)
+    b[76:80] = struct.pack("<I", zlib.crc32(bytes(b[:76])))
+    return bytes(b)
+
+
+@pytest.fixture(params=[False, True], ids=["read", "mapped"])
+def mmap(request):
+    """Load files both ways: signatures read into memory, or memory-mapped."""
+    return request.param
 
 
 @pytest.fixture(params=LEVELS)
@@ -562,7 +589,7 @@ def test_search_validation():
 # ---------------------------------------------------------------------------------------
 # persistence
 # ---------------------------------------------------------------------------------------
-def test_save_load_roundtrip_and_format(tmp_path):
+def test_save_load_roundtrip_and_format(tmp_path, mmap):
     rng = np.random.default_rng(9)
     nbits = 100
     f, data = build(rng, n=60, vocab=50, nbits=nbits)
@@ -572,21 +599,29 @@ def test_save_load_roundtrip_and_format(tmp_path):
     magic, version, hsize, V, N, nnz, flags, nb, c_ids, c_len, c_docs, c_sigs = struct.unpack(
         "<8sIIQQQIIIIII", blob[:64]
     )
-    assert (magic, version, hsize, V, N, nnz, flags, nb) == (b"ROIRASK\0", 1, HEADER, 50, 60, f.num_postings, 0, nbits)
+    assert (magic, version, hsize, V, N, nnz, flags, nb) == (b"ROIRASK\0", 2, HEADER, 50, 60, f.num_postings, 0, nbits)
     assert version == _core.EMBEDDED_FILE_FORMAT_VERSION
     assert blob[64:76] == bytes(12) and struct.unpack("<I", blob[76:80])[0] == zlib.crc32(blob[:76])
     W = words_of(nbits)
-    at = np.cumsum([HEADER, 8 * N, 4 * V, 4 * nnz, 8 * W * nnz])
+    at = np.cumsum([HEADER, 8 * N, 4 * V, 4 * nnz])
+    pad = -int(at[-1]) % ALIGN
+    assert layout(blob)[4] % ALIGN == 0 and blob[at[-1] : at[-1] + pad] == bytes(pad)
+    at = np.append(at, [at[-1] + pad, at[-1] + pad + 8 * W * nnz])
     assert len(blob) == at[-1]
-    for crc, (a, b) in zip([c_ids, c_len, c_docs, c_sigs], zip(at[:-1], at[1:])):
+    for crc, (a, b) in zip(
+        [c_ids, c_len, c_docs, c_sigs], [(at[0], at[1]), (at[1], at[2]), (at[2], at[3]), (at[4], at[5])]
+    ):
         assert crc == zlib.crc32(blob[a:b])
     np.testing.assert_array_equal(np.frombuffer(blob[at[0] : at[1]], "<i8"), data[3])
     np.testing.assert_array_equal(np.frombuffer(blob[at[1] : at[2]], "<u4"), f.document_frequencies())
-    tail = np.frombuffer(blob[at[3] :], "<u8").reshape(nnz, W)[:, -1]
+    tail = np.frombuffer(blob[at[4] :], "<u8").reshape(nnz, W)[:, -1]
     assert not (tail & ~signature_mask(nbits)[-1]).any()  # bits beyond nbits stored as zero
 
-    loaded = EmbeddedInvertedFile.load(str(path))
+    loaded = EmbeddedInvertedFile.load(str(path), mmap=mmap)
     assert (len(loaded), loaded.vocab_size, loaded.nbits) == (60, 50, nbits)
+    assert loaded.mapped_bytes() == (8 * W * nnz if mmap else 0)
+    read = EmbeddedInvertedFile.load(str(path))
+    assert loaded.memory_bytes() == read.memory_bytes() - loaded.mapped_bytes()
     for _ in range(4):
         q = random_query(rng, 20, 50, nbits)
         a, b = f.search_exact(*q, top=30), loaded.search_exact(*q, top=30)
@@ -595,52 +630,147 @@ def test_save_load_roundtrip_and_format(tmp_path):
         assert all(np.array_equal(x, y) for x, y in zip(f.document(i), loaded.document(i)))
     loaded.add([10**6], [0, 2], [1, 2], np.ones((2, 2), np.uint64))  # add after load, save again
     loaded.save(path)
-    assert len(EmbeddedInvertedFile.load(path)) == 61
+    assert len(EmbeddedInvertedFile.load(path, mmap=mmap)) == 61
     assert [p.name for p in tmp_path.iterdir()] == ["a.ask"]  # no temporary files left
     empty = tmp_path / "empty.ask"
     EmbeddedInvertedFile(3, 1).save(empty)
-    assert len(EmbeddedInvertedFile.load(empty)) == 0
+    assert len(EmbeddedInvertedFile.load(empty, mmap=mmap)) == 0
+    assert EmbeddedInvertedFile.load(empty, mmap=mmap).mapped_bytes() == 0
+
+
+@pytest.mark.parametrize("nbits", [1, 64, 100, 128])
+def test_version_1_files_are_read_and_mapped_when_aligned(tmp_path, nbits, mmap):
+    """A file of format 1 (no padding) loads as before; mapped when its signatures section
+    happens to start at a multiple of 8 bytes, read into memory otherwise."""
+    rng = np.random.default_rng(nbits)
+    for n in [31, 32]:  # an odd and an even number of postings + words: both alignments
+        f, _ = build(rng, n=n, vocab=7, nbits=nbits, mean_words=3)
+        f.save(tmp_path / "new.ask")
+        blob = as_version_1((tmp_path / "new.ask").read_bytes())
+        (tmp_path / "old.ask").write_bytes(blob)
+        old = EmbeddedInvertedFile.load(tmp_path / "old.ask", mmap=mmap)
+        aligned = layout(blob)[3] % 8 == 0
+        assert old.mapped_bytes() == (f.num_postings * 8 * words_of(nbits) if mmap and aligned else 0)
+        q = random_query(rng, 6, 7, nbits)
+        a, b = f.search_exact(*q, top=n), old.search_exact(*q, top=n)
+        assert np.array_equal(a[0], b[0]) and a[1].tobytes() == b[1].tobytes()
+        old.save(tmp_path / "resaved.ask")  # saved again: format 2, the same bytes as a new file
+        assert (tmp_path / "resaved.ask").read_bytes() == (tmp_path / "new.ask").read_bytes()
+
+
+def test_mapped_signatures_search_identically_at_every_level_and_thread_count(big, tmp_path):
+    f, _, (qw, qs, qwt) = big
+    f.save(tmp_path / "big.ask")
+    g = EmbeddedInvertedFile.load(tmp_path / "big.ask", mmap=True)
+    assert g.mapped_bytes() == 8 * f.num_postings and "signatures mapped" in repr(g)
+    previous = roiret.set_simd_level(LEVELS[0])
+    try:
+        for lv in LEVELS:
+            roiret.set_simd_level(lv)
+            for threads in [1, 2, 3]:
+                for top in [10, 8000]:
+                    a = f.search_exact(qw, qs, qwt, top=top, threads=threads)
+                    b = g.search_exact(qw, qs, qwt, top=top, threads=threads)
+                    assert np.array_equal(a[0], b[0]) and a[1].tobytes() == b[1].tobytes()
+    finally:
+        roiret.set_simd_level(previous)
+    for i in [0, 4000, 7999]:
+        assert all(np.array_equal(x, y) for x, y in zip(f.document(i), g.document(i)))
+
+
+def test_a_mapped_index_survives_its_file_replaced_or_removed_and_copies_before_changes(tmp_path):
+    """The map holds the loaded file's pages: saving over the path (rename) or deleting it
+    changes nothing for the loaded index. add() and remove() copy the signatures into
+    memory first (the file is never written) and then equal the same changes in memory."""
+    rng = np.random.default_rng(21)
+    f, (offsets, words, sigs, ids) = build(rng, n=400, vocab=40, nbits=128)
+    path = tmp_path / "m.ask"
+    f.save(path)
+    before = path.read_bytes()
+    q = random_query(rng, 15, 40, 128)
+    want = f.search_exact(*q, top=100)
+    g = EmbeddedInvertedFile.load(path, mmap=True)
+    h = EmbeddedInvertedFile.load(path, mmap=True)
+    EmbeddedInvertedFile(40, 128).save(path)  # another index renamed over the mapped file
+    got = g.search_exact(*q, top=100)
+    assert np.array_equal(got[0], want[0]) and got[1].tobytes() == want[1].tobytes()
+    path.unlink()
+    got = h.search_exact(*q, top=100)
+    assert np.array_equal(got[0], want[0]) and got[1].tobytes() == want[1].tobytes()
+    g.save(path)  # a mapped index saves what it maps
+    assert path.read_bytes() == before
+    g = EmbeddedInvertedFile.load(path, mmap=True)
+    held = g.memory_bytes()
+    g.remove(ids[::3])
+    f.remove(ids[::3])
+    assert g.mapped_bytes() == 0 and g.memory_bytes() > held  # copied, then compacted
+    assert path.read_bytes() == before  # the file was not touched
+    new = random_images(rng, 5, 40, 128)
+    for x in (f, h):
+        x.add(np.arange(10**6, 10**6 + 5), *new)
+    h.remove(ids[::3])
+    for x in (g, h):
+        if x is g:
+            x.add(np.arange(10**6, 10**6 + 5), *new)
+        got = x.search_exact(*q, top=300)
+        want = f.search_exact(*q, top=300)
+        assert np.array_equal(got[0], want[0]) and got[1].tobytes() == want[1].tobytes()
+    assert h.mapped_bytes() == 0
 
 
 @pytest.fixture
 def saved(tmp_path):
-    f, _ = build(np.random.default_rng(10), n=12, vocab=9, nbits=70, mean_words=2)
+    f, _ = build(np.random.default_rng(10), n=13, vocab=9, nbits=70, mean_words=2)
     path = tmp_path / "x.ask"
     f.save(path)
     return path, path.read_bytes()
 
 
-def test_load_refuses_truncated_files_at_every_length(saved, tmp_path):
-    assert_refuses_truncations(EmbeddedInvertedFile.load, saved[1], tmp_path / "bad.ask")
+def test_load_refuses_truncated_files_at_every_length(saved, tmp_path, mmap):
+    load = lambda p: EmbeddedInvertedFile.load(p, mmap=mmap)  # noqa: E731
+    assert_refuses_truncations(load, saved[1], tmp_path / "bad.ask")
+    assert_refuses_truncations(load, as_version_1(saved[1]), tmp_path / "bad.ask")
 
 
-def test_load_refuses_any_flipped_byte(saved, tmp_path):
-    """Every byte of every section (header, ids, lengths, documents, signatures)."""
-    assert_refuses_flips(EmbeddedInvertedFile.load, saved[1], tmp_path / "bad.ask", 0x10)
+def test_load_refuses_any_flipped_byte(saved, tmp_path, mmap):
+    """Every byte of every section (header, ids, lengths, documents, padding, signatures),
+    in both formats, read or mapped."""
+    at = layout(saved[1])
+    assert at[4] > at[3]  # the fixture's file has padding to damage
+    load = lambda p: EmbeddedInvertedFile.load(p, mmap=mmap)  # noqa: E731
+    assert_refuses_flips(load, saved[1], tmp_path / "bad.ask", 0x10)
+    assert_refuses_flips(load, as_version_1(saved[1]), tmp_path / "bad.ask", 0x10)
+    b = bytearray(saved[1])
+    b[at[3]] = 1
+    (tmp_path / "bad.ask").write_bytes(bytes(b))
+    with pytest.raises(IndexFormatError, match="non-zero bytes in the padding before the signatures"):
+        load(tmp_path / "bad.ask")
 
 
-def test_load_errors_name_the_problem(saved, tmp_path):
+def test_load_errors_name_the_problem(saved, tmp_path, mmap):
     path, blob = saved
     bad = tmp_path / "bad.ask"
     bad.write_bytes(b"ROIRIVF\0" + blob[8:])  # the other roiret index kind
     with pytest.raises(IndexFormatError, match=r"not a roiret embedded inverted file \(magic 'ROIRIVF\\x00'"):
         EmbeddedInvertedFile.load(bad)
     newer = bytearray(blob)
-    newer[8:12] = struct.pack("<I", 2)
+    newer[8:12] = struct.pack("<I", 3)
     newer[76:80] = struct.pack("<I", zlib.crc32(bytes(newer[:76])))
     bad.write_bytes(bytes(newer))
-    with pytest.raises(IndexFormatError, match="format version 2 by a newer roiret"):
-        EmbeddedInvertedFile.load(bad)
+    with pytest.raises(IndexFormatError, match="format version 3 by a newer roiret; this version reads up to 2"):
+        EmbeddedInvertedFile.load(bad, mmap=mmap)
     for offset, section in [(-3, "signature"), (HEADER + 2, "image-id")]:
         b = bytearray(blob)
         b[offset] ^= 1
         bad.write_bytes(bytes(b))
         with pytest.raises(IndexFormatError, match=f"checksum mismatch in the {section} section"):
-            EmbeddedInvertedFile.load(bad)
+            EmbeddedInvertedFile.load(bad, mmap=mmap)
     with pytest.raises(FileNotFoundError):
-        EmbeddedInvertedFile.load(tmp_path / "missing.ask")
+        EmbeddedInvertedFile.load(tmp_path / "missing.ask", mmap=mmap)
     with pytest.raises(IsADirectoryError):
-        EmbeddedInvertedFile.load(tmp_path)
+        EmbeddedInvertedFile.load(tmp_path, mmap=mmap)
+    with pytest.raises(TypeError):
+        EmbeddedInvertedFile.load(path, mmap="yes")
     with pytest.raises(FileNotFoundError):
         EmbeddedInvertedFile(5).save(tmp_path / "no" / "dir.ask")
     from roiret import InvertedFile  # an embedded file is not an InvertedFile, and back
@@ -653,19 +783,16 @@ def _resealed(blob, edit):
     """The file with `edit(bytearray, layout)` applied and every checksum recomputed: it
     passes the checksums, so only the content checks can refuse it."""
     b = bytearray(blob)
-    V, N, nnz = struct.unpack("<QQQ", b[16:40])
-    W = words_of(struct.unpack("<I", b[44:48])[0])
-    at = list(np.cumsum([HEADER, 8 * N, 4 * V, 4 * nnz, 8 * W * nnz]))
+    at = layout(b)  # ids, lengths, documents, padding (not checksummed), signatures
     edit(b, at)
-    W = words_of(struct.unpack("<I", b[44:48])[0])
-    at = list(np.cumsum([HEADER, 8 * N, 4 * V, 4 * nnz, 8 * W * nnz]))
-    for k, (lo, hi) in enumerate(zip(at[:-1], at[1:])):
+    at = layout(b)
+    for k, (lo, hi) in enumerate([(at[0], at[1]), (at[1], at[2]), (at[2], at[3]), (at[4], at[5])]):
         b[48 + 4 * k : 52 + 4 * k] = struct.pack("<I", zlib.crc32(bytes(b[lo:hi])))
     b[76:80] = struct.pack("<I", zlib.crc32(bytes(b[:76])))
     return bytes(b)
 
 
-def test_load_refuses_consistent_checksums_with_bad_contents(saved, tmp_path):
+def test_load_refuses_consistent_checksums_with_bad_contents(saved, tmp_path, mmap):
     _, blob = saved
     N = struct.unpack("<Q", blob[24:32])[0]
     lens = np.frombuffer(blob[HEADER + 8 * N : HEADER + 8 * N + 4 * 9], "<u4")
@@ -680,7 +807,7 @@ def test_load_refuses_consistent_checksums_with_bad_contents(saved, tmp_path):
         b[p + 4 : p + 8] = b[p : p + 4]
 
     def bits_beyond_nbits(b, at):
-        b[at[4] - 1] |= 0x80
+        b[at[5] - 1] |= 0x80
 
     def nbits_zero(b, at):
         b[44:48] = struct.pack("<I", 0)
@@ -714,7 +841,7 @@ def test_load_refuses_consistent_checksums_with_bad_contents(saved, tmp_path):
     ]:
         bad.write_bytes(_resealed(blob, edit))
         with pytest.raises(IndexFormatError, match=msg):
-            EmbeddedInvertedFile.load(bad)
+            EmbeddedInvertedFile.load(bad, mmap=mmap)
 
 
 def test_a_large_add_merges_at_once_and_matches_small_batches(tmp_path):

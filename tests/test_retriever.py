@@ -214,6 +214,33 @@ def test_add_and_remove_after_load(built, collection, tmp_path):
     assert files == listed | {"manifest.json"}  # the previous save's files were removed
 
 
+def test_load_maps_the_signatures_by_default_with_identical_results(built, collection, tmp_path):
+    """mmap=True (the default) maps the ASMK inverted file's signatures (4 bytes a posting
+    left in memory), mmap=False reads them; both search alike, before and after an add()
+    (whose merge, at the next search, copies the mapped signatures into memory)."""
+    r, _ = built
+    r.save(tmp_path / "idx")
+    mapped = Retriever.load(tmp_path / "idx", weights=WEIGHTS, progress=False)
+    read = Retriever.load(tmp_path / "idx", weights=WEIGHTS, progress=False, mmap=False)
+    f_m, f_r = mapped.index.bow.inverted_file, read.index.bow.inverted_file
+    W = (r.index.bow.embedding.bits + 63) // 64
+    assert f_m.mapped_bytes() == 8 * W * f_m.num_postings > 0 and f_r.mapped_bytes() == 0
+    assert f_m.memory_bytes() + f_m.mapped_bytes() == f_r.memory_bytes()
+    assert mapped.index.nbytes() == read.index.nbytes()
+
+    def same(a, b):
+        for _, photo, box in collection.queries[:3]:
+            x, y = a.search(photo, box, top=len(a)), b.search(photo, box, top=len(b))
+            np.testing.assert_array_equal(x.ids, y.ids)
+            np.testing.assert_array_equal([h.bow_score for h in x.hits], [h.bow_score for h in y.hits])
+
+    same(mapped, read)
+    for x in (mapped, read):
+        x.add(collection.database[:1], names=["again"])
+    same(mapped, read)
+    assert f_m.mapped_bytes() == 0  # merged at the first search, into memory
+
+
 def test_corrupt_or_foreign_index_is_refused(built, tmp_path):
     r, _ = built
     path = tmp_path / "idx"

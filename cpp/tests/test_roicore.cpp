@@ -780,6 +780,18 @@ void test_embedded_file(std::mt19937_64& rng) {
     f.search(qw.data(), qs.data(), qc.data(), qw.size(), 20, 3.0, 0.0, a_ids, a_sc);
     g->search(qw.data(), qs.data(), qc.data(), qw.size(), 20, 3.0, 0.0, b_ids, b_sc);
     CHECK(g->nbits() == nbits && g->size() == e.N && a_ids == b_ids && a_sc == b_sc);
+    // mapped signatures: the same results; a change copies them into memory first
+    auto h = roicore::EmbeddedInvertedFile::load(path, true);
+    CHECK(h->mapped_bytes() == h->num_postings() * e.W * 8 && h->memory_bytes() + h->mapped_bytes() == g->memory_bytes());
+    h->search(qw.data(), qs.data(), qc.data(), qw.size(), 20, 3.0, 0.0, b_ids, b_sc);
+    CHECK(a_ids == b_ids && a_sc == b_sc);
+    const std::int64_t gone = e.ids[0];
+    h->remove(&gone, 1);
+    g->remove(&gone, 1);
+    CHECK(h->mapped_bytes() == 0);
+    g->search(qw.data(), qs.data(), qc.data(), qw.size(), 20, 3.0, 0.0, a_ids, a_sc);
+    h->search(qw.data(), qs.data(), qc.data(), qw.size(), 20, 3.0, 0.0, b_ids, b_sc);
+    CHECK(a_ids == b_ids && a_sc == b_sc);
     std::remove(path.c_str());
   }
   // validation: nothing changes on a refused call

@@ -161,12 +161,13 @@ void FileReader::read_exact(void* data, std::size_t len, const char* section) {
   auto* p = static_cast<char*>(data);
   while (len > 0) {
     const std::size_t chunk = std::min<std::size_t>(len, std::size_t{1} << 30);
-    const ssize_t r = ::read(fd_, p, chunk);
+    const ssize_t r = ::pread(fd_, p, chunk, static_cast<off_t>(pos_));
     if (r < 0) {
       if (errno == EINTR) continue;
       throw IoError(errno, path_, "cannot read '" + path_ + "': " + std::strerror(errno));
     }
     if (r == 0) throw FormatError("'" + path_ + "' is truncated inside the " + section + " section");
+    pos_ += static_cast<std::uint64_t>(r);
     p += r;
     len -= static_cast<std::size_t>(r);
   }
@@ -212,8 +213,23 @@ void FileReader::expect_size(std::uint64_t expected) const {
 
 void FileReader::read_section(void* data, std::size_t len, std::uint32_t crc, const char* section, const char* name) {
   read_exact(data, len, section);
+  check_section(data, len, crc, name);
+}
+
+void FileReader::check_section(const void* data, std::size_t len, std::uint32_t crc, const char* name) const {
   if (crc32_update(0, data, len) != crc)
     throw FormatError(where_ + "checksum mismatch in the " + name + " section (file corrupt)");
+}
+
+void FileReader::read_padding(std::size_t len, const char* section) {
+  unsigned char pad[64];
+  while (len > 0) {
+    const std::size_t n = std::min(len, sizeof pad);
+    read_exact(pad, n, section);
+    for (std::size_t i = 0; i < n; ++i)
+      if (pad[i] != 0) throw FormatError(where_ + "non-zero bytes in the " + section + " (file corrupt)");
+    len -= n;
+  }
 }
 
 void offsets_from_lengths(const std::vector<std::uint32_t>& lens, std::uint64_t n_docs, std::uint64_t n_postings,

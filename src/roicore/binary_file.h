@@ -83,12 +83,23 @@ class FileReader {
   // Reads the next `len` bytes (the `section` section) and compares their CRC-32 with crc;
   // `name` names the section in the mismatch message.
   void read_section(void* data, std::size_t len, std::uint32_t crc, const char* section, const char* name);
+  // Compares the CRC-32 of len bytes at data, the `name` section (read through a mapping),
+  // with crc: FormatError "checksum mismatch in the <name> section (file corrupt)".
+  void check_section(const void* data, std::size_t len, std::uint32_t crc, const char* name) const;
+  // Reads the next `len` bytes, which must all be zero (FormatError naming `section`).
+  void read_padding(std::size_t len, const char* section);
+  // Skips the next `len` bytes (a section the caller checks through a mapping of fd()).
+  void skip(std::size_t len) { pos_ += len; }
+  // Bytes of the file read (or skipped) so far: where the next section starts.
+  std::uint64_t position() const { return pos_; }
+  int fd() const { return fd_; }
+  const std::string& path() const { return path_; }
 
  private:
   void read_exact(void* data, std::size_t len, const char* section);
   int fd_;
   std::string path_, where_;
-  std::uint64_t size_;
+  std::uint64_t size_, pos_ = 0;
   const FileFormat& format_;
 };
 

@@ -11,7 +11,9 @@
 
 #include "roicore/binary_file.h"
 #include "roicore/common.h"
+#include "roicore/checksum.h"
 #include "roicore/hamming_kernels.h"
+#include "roicore/mapped_file.h"
 #include "roicore/parallel.h"
 #include "roicore/posting_search.h"
 
@@ -27,6 +29,14 @@ constexpr detail::FileFormat kFormat{{'R', 'O', 'I', 'R', 'A', 'S', 'K', '\0'},
 
 std::string str(std::size_t v) { return std::to_string(v); }
 
+// Version 2 aligns the signatures section: zero bytes after the documents section up to the
+// next multiple of kSignatureAlign bytes of the file.
+constexpr std::uint64_t kSignatureAlign = 64;
+std::uint64_t signature_padding(std::uint64_t n_docs, std::uint64_t vocab_size, std::uint64_t n_postings) {
+  const std::uint64_t end = kHeaderSize + 8 * n_docs + 4 * vocab_size + 4 * n_postings;
+  return (kSignatureAlign - end % kSignatureAlign) % kSignatureAlign;
+}
+
 }  // namespace
 
 EmbeddedInvertedFile::EmbeddedInvertedFile(std::size_t vocab_size, std::size_t nbits)
@@ -37,10 +47,20 @@ EmbeddedInvertedFile::EmbeddedInvertedFile(std::size_t vocab_size, std::size_t n
 
 EmbeddedInvertedFile::~EmbeddedInvertedFile() {
   std::free(post_docs_);
-  std::free(post_sigs_);
+  if (!sig_map_) std::free(post_sigs_);
+}
+
+void EmbeddedInvertedFile::own_signatures() {
+  if (!sig_map_) return;
+  const std::size_t words = word_offsets_.back() * W_;
+  auto* own = static_cast<std::uint64_t*>(detail::grow_array(nullptr, words, sizeof(std::uint64_t)));
+  if (words > 0) std::memcpy(own, post_sigs_, words * sizeof(std::uint64_t));
+  post_sigs_ = own;
+  sig_map_.reset();
 }
 
 void EmbeddedInvertedFile::reserve_postings(std::size_t n) {
+  own_signatures();
   post_docs_ = static_cast<std::uint32_t*>(detail::grow_array(post_docs_, n, sizeof(std::uint32_t)));
   post_sigs_ = static_cast<std::uint64_t*>(detail::grow_array(post_sigs_, n, W_ * sizeof(std::uint64_t)));
 }
@@ -123,6 +143,7 @@ void EmbeddedInvertedFile::refresh_weights() {
 }
 
 void EmbeddedInvertedFile::compact(const std::vector<std::uint32_t>& renum) {
+  own_signatures();
   const std::size_t W = W_;
   std::vector<std::uint64_t> new_offsets = detail::compact_lists(
       word_offsets_, renum, [&](std::uint64_t p) { return post_docs_[p]; },
@@ -327,9 +348,14 @@ void EmbeddedInvertedFile::document(std::int64_t id, std::vector<std::int64_t>& 
 
 std::size_t EmbeddedInvertedFile::memory_bytes() const {
   std::shared_lock<std::shared_mutex> lk(mu_);
-  return word_offsets_.back() * (sizeof(std::uint32_t) + W_ * sizeof(std::uint64_t)) +
-         pending_.capacity() * sizeof(Pending) + pending_sigs_.capacity() * sizeof(std::uint64_t) +
-         shared_memory_bytes();
+  const std::size_t sig_bytes = sig_map_ ? 0 : W_ * sizeof(std::uint64_t);
+  return word_offsets_.back() * (sizeof(std::uint32_t) + sig_bytes) + pending_.capacity() * sizeof(Pending) +
+         pending_sigs_.capacity() * sizeof(std::uint64_t) + shared_memory_bytes();
+}
+
+std::size_t EmbeddedInvertedFile::mapped_bytes() const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  return sig_map_ ? word_offsets_.back() * W_ * sizeof(std::uint64_t) : 0;
 }
 
 // ------------------------------------------------------------------------------------
@@ -343,6 +369,8 @@ void EmbeddedInvertedFile::save(const std::string& path) const {
       const std::uint64_t nnz = word_offsets_.back();
       std::uint32_t crc_docs = 0, crc_sigs = 0;
       out.write(post_docs_, nnz * sizeof(std::uint32_t), &crc_docs);
+      const unsigned char zeros[kSignatureAlign] = {};
+      out.write(zeros, signature_padding(docs_.size(), vocab_size_, nnz), nullptr);
       out.write(post_sigs_, nnz * W_ * sizeof(std::uint64_t), &crc_sigs);
       detail::put<std::uint32_t>(header + 44, static_cast<std::uint32_t>(nbits_));
       detail::put<std::uint32_t>(header + 56, crc_docs);
@@ -351,7 +379,7 @@ void EmbeddedInvertedFile::save(const std::string& path) const {
   });
 }
 
-std::unique_ptr<EmbeddedInvertedFile> EmbeddedInvertedFile::load(const std::string& path) {
+std::unique_ptr<EmbeddedInvertedFile> EmbeddedInvertedFile::load(const std::string& path, bool map_signatures) {
   detail::require_little_endian();
   detail::FileReader in(path, kFormat);
   const std::string& where = in.where();
@@ -364,22 +392,39 @@ std::unique_ptr<EmbeddedInvertedFile> EmbeddedInvertedFile::load(const std::stri
     throw FormatError(where + "nbits = " + str(nbits) + " is out of range [1, " + str(kMaxBits) + "]");
   const std::size_t W = words_for_bits(nbits);
   const FileSizes s = read_sizes(h, std::uint64_t{1} << 50, where);
+  const std::uint64_t pad =
+      detail::get<std::uint32_t>(h + 8) >= 2 ? signature_padding(s.n_docs, s.vocab_size, s.n_postings) : 0;
   std::vector<std::int64_t> ids;
   std::vector<std::uint32_t> lens;
-  read_lists(in, h, s, 4 + 8 * W, ids, lens);
+  read_lists(in, h, s, 4 + 8 * W, ids, lens, pad);
   auto f = std::make_unique<EmbeddedInvertedFile>(static_cast<std::size_t>(s.vocab_size), nbits);
-  f->reserve_postings(s.n_postings);
   const std::uint64_t nnz = s.n_postings;
+  f->post_docs_ = static_cast<std::uint32_t*>(detail::grow_array(nullptr, nnz, sizeof(std::uint32_t)));
   in.read_section(f->post_docs_, nnz * 4, detail::get<std::uint32_t>(h + 56), "documents", "posting-document");
-  in.read_section(f->post_sigs_, nnz * W * 8, detail::get<std::uint32_t>(h + 60), "signatures", "signature");
+  in.read_padding(pad, "padding before the signatures");
+  const std::uint64_t sig_bytes = nnz * W * 8;
+  const std::uint32_t crc_sigs = detail::get<std::uint32_t>(h + 60);
+  if (map_signatures && nnz > 0 && in.position() % alignof(std::uint64_t) == 0) {
+    auto map = std::make_unique<MappedFile>(in.fd(), path);
+    if (map->size() < in.position() + sig_bytes)  // changed since it was opened
+      throw FormatError(where + "truncated inside the signatures section");
+    const unsigned char* at = map->data() + in.position();
+    in.check_section(at, sig_bytes, crc_sigs, "signature");
+    f->post_sigs_ = const_cast<std::uint64_t*>(reinterpret_cast<const std::uint64_t*>(at));  // never written
+    f->sig_map_ = std::move(map);
+  } else {
+    f->post_sigs_ = static_cast<std::uint64_t*>(detail::grow_array(nullptr, nnz * W, sizeof(std::uint64_t)));
+    in.read_section(f->post_sigs_, sig_bytes, crc_sigs, "signatures", "signature");
+  }
   // Contents must be consistent even when checksums match (a file crafted by hand).
   const std::uint32_t* docs = f->post_docs_;
   const std::uint64_t* sigs = f->post_sigs_;
   const std::uint64_t beyond = ~f->tail_;
   f->finish_load(std::move(ids), lens, s, where, [docs](std::uint64_t p) { return docs[p]; },
                  [sigs, W, beyond](std::uint64_t p) {
-                   return (sigs[p * W + W - 1] & beyond) == 0 ? static_cast<const char*>(nullptr)
-                                                              : "have signature bits set beyond nbits";
+                   return beyond == 0 || (sigs[p * W + W - 1] & beyond) == 0
+                              ? static_cast<const char*>(nullptr)
+                              : "have signature bits set beyond nbits";
                  });
   return f;
 }

@@ -28,6 +28,12 @@
 // and W uint64 signature words: 4 + 8W bytes per posting (12 at 64 bits, 20 at 128), plus
 // O(vocabulary) (16 bytes a word: offsets, idf) plus O(documents) (16 bytes an image: id,
 // norm; more while ids arrive out of order). Postings of a word are sorted by document.
+// The signatures (2/3 of the bytes at 64 bits, 4/5 at 128) can instead stay in the file
+// they were loaded from, memory-mapped (load(path, true)): the process then holds 4 bytes
+// a posting, and the signatures are pages of the operating system's file cache, shared by
+// every process that maps the file and dropped under memory pressure instead of the
+// process being killed (read back from disk when next scanned). Changing such an index
+// (add, remove) first copies its signatures into memory.
 // Additions are buffered and merged in place (O(postings)) at the next search, save or
 // remove, so adding in many small batches stays linear; add() merges at once when the
 // buffer reaches PostingIndex::kEagerMergePostings and a quarter of the merged postings,
@@ -63,9 +69,12 @@ namespace roicore {
 constexpr std::size_t kParallelEmbeddedPostings = std::size_t{1} << 20;
 constexpr std::size_t kParallelEmbeddedDocs = 1024;
 
+class MappedFile;
+
 class EmbeddedInvertedFile : public PostingIndex {
  public:
-  static constexpr std::uint32_t kFormatVersion = 1;
+  // 2: zero padding before the signatures, which start at a multiple of 64 bytes (mappable).
+  static constexpr std::uint32_t kFormatVersion = 2;
   static constexpr std::size_t kMaxBits = 1024;
 
   // vocab_size in [1, kMaxVocabulary], nbits in [1, kMaxBits] (InvalidArgument otherwise).
@@ -121,8 +130,12 @@ class EmbeddedInvertedFile : public PostingIndex {
 
   std::size_t nbits() const { return nbits_; }
   std::size_t words_per_signature() const { return W_; }
-  // Bytes held: postings, per-word and per-document arrays, pending additions.
+  // Bytes held in the process's memory: postings (their documents only when the
+  // signatures are mapped), per-word and per-document arrays, pending additions.
   std::size_t memory_bytes() const;
+  // Bytes of signatures read through a memory map of the file (load(path, true)), 0 when
+  // they are in memory.
+  std::size_t mapped_bytes() const;
 
   // Versioned binary file (little-endian):
   //   header (80 bytes): magic "ROIRASK\0", u32 version, u32 header size (80),
@@ -131,14 +144,22 @@ class EmbeddedInvertedFile : public PostingIndex {
   //     12 reserved bytes (0), u32 crc32(header[0:76]);
   //   ids: n_docs x i64; lengths: vocab_size x u32 (postings per word);
   //   documents: n_postings x u32, grouped by word, ascending within a word;
+  //   padding: zero bytes up to the next multiple of 64 bytes of the file (version 2);
   //   signatures: n_postings x W x u64, in the same order, bits >= nbits zero.
+  // Version 1 files (no padding) are read too.
   // CRC-32 is zlib's. Written to a temporary file in the same directory, flushed with
   // fsync and renamed over `path`: a crash leaves either the old or the new file.
   void save(const std::string& path) const;
   // Reads and fully validates a file; throws FormatError (wrong magic, newer version,
-  // truncated, checksum mismatch, inconsistent contents: nbits out of range, a document
-  // index out of range or twice in a word, bits set beyond nbits) or IoError.
-  static std::unique_ptr<EmbeddedInvertedFile> load(const std::string& path);
+  // truncated, checksum mismatch, non-zero padding, inconsistent contents: nbits out of
+  // range, a document index out of range or twice in a word, bits set beyond nbits) or
+  // IoError. map_signatures: map the signatures section read-only instead of reading it
+  // (checked the same way, through the map: its CRC-32 read once, which also brings it into
+  // the file cache) when the file lays it out at a multiple of 8 bytes — always in version
+  // 2; a version 1 file whose section is not aligned is read (mapped_bytes() tells). The
+  // file must not be changed in place while mapped (save() replaces a file by renaming a new
+  // one over it, which a mapping survives; truncating it would fault the scan).
+  static std::unique_ptr<EmbeddedInvertedFile> load(const std::string& path, bool map_signatures = false);
 
  private:
   struct Pending {
@@ -151,6 +172,7 @@ class EmbeddedInvertedFile : public PostingIndex {
   void compact(const std::vector<std::uint32_t>& renum) override;
   std::size_t pending_postings() const override { return pending_.size(); }
   void reserve_postings(std::size_t n);
+  void own_signatures();  // a mapped index copies its signatures into memory before a change
   std::uint64_t budget_terms(const std::int64_t* words, const float* weights, std::size_t m,
                              std::uint64_t max_postings, std::vector<std::size_t>& live, std::vector<double>& factor,
                              std::vector<char>& keep) const;
@@ -159,6 +181,7 @@ class EmbeddedInvertedFile : public PostingIndex {
   std::uint64_t tail_;                       // mask of the significant bits of the last word
   std::uint32_t* post_docs_ = nullptr;       // word_offsets_.back() documents
   std::uint64_t* post_sigs_ = nullptr;       // word_offsets_.back() * W signature words
+  std::unique_ptr<MappedFile> sig_map_;      // when set, post_sigs_ points into it (read-only)
   std::vector<Pending> pending_;
   std::vector<std::uint64_t> pending_sigs_;  // pending_.size() * W
 };

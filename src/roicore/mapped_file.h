@@ -17,6 +17,10 @@ namespace roicore {
 class MappedFile {
  public:
   explicit MappedFile(const std::string& path);
+  // Maps the regular file open as `fd` (still the caller's to close; the mapping does not
+  // need it); `path` names it in messages. What a reader that has already opened and checked
+  // a file uses, so that the mapping is of that very file, not of whatever the path names now.
+  MappedFile(int fd, const std::string& path);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
@@ -27,6 +31,7 @@ class MappedFile {
   const std::string& path() const noexcept { return path_; }
 
  private:
+  void map(int fd);  // fstat, refuse a non-regular file, mmap; leaves fd open
   const unsigned char* data_ = nullptr;
   std::size_t size_ = 0;
   std::string path_;

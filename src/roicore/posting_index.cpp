@@ -144,8 +144,9 @@ PostingIndex::FileSizes PostingIndex::read_sizes(const unsigned char* h, std::ui
 
 void PostingIndex::read_lists(detail::FileReader& in, const unsigned char* h, const FileSizes& s,
                               std::uint64_t posting_bytes, std::vector<std::int64_t>& ids,
-                              std::vector<std::uint32_t>& lens) {
-  in.expect_size(detail::get<std::uint32_t>(h + 12) + 8 * s.n_docs + 4 * s.vocab_size + posting_bytes * s.n_postings);
+                              std::vector<std::uint32_t>& lens, std::uint64_t padding) {
+  in.expect_size(detail::get<std::uint32_t>(h + 12) + 8 * s.n_docs + 4 * s.vocab_size + posting_bytes * s.n_postings +
+                 padding);
   ids.resize(s.n_docs);
   in.read_section(ids.data(), s.n_docs * 8, detail::get<std::uint32_t>(h + 48), "ids", "image-id");
   lens.resize(s.vocab_size);

@@ -108,9 +108,10 @@ class PostingIndex {
   // (at most max_postings postings) — FormatError "implausible sizes" otherwise.
   static FileSizes read_sizes(const unsigned char* header, std::uint64_t max_postings, const std::string& where);
   // load(): reads the ids and lengths sections; the file holds `postings_bytes` more bytes
-  // per posting after them, exactly.
+  // per posting after them, and `padding` bytes more, exactly.
   static void read_lists(detail::FileReader& in, const unsigned char* header, const FileSizes& s,
-                  std::uint64_t posting_bytes, std::vector<std::int64_t>& ids, std::vector<std::uint32_t>& lens);
+                         std::uint64_t posting_bytes, std::vector<std::int64_t>& ids,
+                         std::vector<std::uint32_t>& lens, std::uint64_t padding = 0);
   // load(), after the postings: the lists' documents in range and strictly increasing
   // (doc_of(p)), bad(p) for what else a posting must satisfy (check_loaded_lists), the ids
   // unique; then the weights. FormatError otherwise.

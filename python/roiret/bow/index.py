@@ -467,13 +467,20 @@ class BowIndex(FirstStage):
         w.put("inverted_file", "inverted_file", "bin", lambda p: self.inverted_file.save(str(p)))
 
     @classmethod
-    def read(cls, m: Manifest, encoder: BowEncoder, *, next_id: Optional[int] = None) -> "BowIndex":
+    def read(cls, m: Manifest, encoder: BowEncoder, *, next_id: Optional[int] = None, mmap: bool = False) -> "BowIndex":
         """The first stage whose files the checked manifest ``m`` lists (:meth:`write`), on
         ``encoder`` (:meth:`BowEncoder.read <roiret.bow.encoder.BowEncoder.read>` of the same
-        manifest). A damaged inverted file, or one that does not fit the encoder:
-        :class:`~roiret.errors.IndexFormatError` naming the file."""
+        manifest). ``mmap``: an ASMK inverted file maps its signatures instead of reading
+        them (:meth:`EmbeddedInvertedFile.load <roiret.EmbeddedInvertedFile.load>`; a TF-IDF
+        one has none and is read). A damaged inverted file, or one that does not fit the
+        encoder: :class:`~roiret.errors.IndexFormatError` naming the file."""
         with m.parsing("inverted_file"):
-            ivf = _inverted_file_class(encoder.embedded).load(str(m.paths["inverted_file"]))
+            path = str(m.paths["inverted_file"])
+            ivf = (
+                _inverted_file_class(True).load(path, mmap=mmap)
+                if encoder.embedded
+                else _inverted_file_class().load(path)
+            )
         with m.parsing("inverted_file", "does not fit the vocabulary or the embedding"):
             return cls(encoder, inverted_file=ivf, next_id=next_id)
 
@@ -497,8 +504,9 @@ class BowIndex(FirstStage):
         IndexFolder(folder, _FORMAT, _VERSION, _WHAT).save(write)
 
     @classmethod
-    def load(cls, folder: PathLike, *, verify: bool = True) -> "BowIndex":
-        """Load an index saved by :meth:`save` (``verify``: check every file's SHA-256).
+    def load(cls, folder: PathLike, *, verify: bool = True, mmap: bool = False) -> "BowIndex":
+        """Load an index saved by :meth:`save` (``verify``: check every file's SHA-256;
+        ``mmap``: map an ASMK index's signatures instead of reading them, :meth:`read`).
 
         Raises
         ------
@@ -513,4 +521,4 @@ class BowIndex(FirstStage):
             extractor = m.fields["extractor"]
             next_id = int(m.fields["next_id"])
             asmk = AsmkParams(**m.fields.get("asmk", {"first_stage": "tfidf"}))  # version 1 before ASMK: TF-IDF
-        return cls.read(m, BowEncoder.read(m, extractor, asmk), next_id=next_id)
+        return cls.read(m, BowEncoder.read(m, extractor, asmk), next_id=next_id, mmap=mmap)

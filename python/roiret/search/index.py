@@ -71,9 +71,12 @@ class TwoStageIndex:
         return self.store.ids
 
     def nbytes(self) -> int:
-        """Bytes held by the RoI arrays, the feature geometry and the inverted file."""
+        """Bytes of the RoI arrays, the feature geometry and the inverted file, in memory or
+        memory-mapped (``Retriever.load(mmap=True)``: mapped bytes are file-cache pages)."""
         geometry = self.geometry.nbytes() if self.geometry is not None else 0
-        return self.store.nbytes() + geometry + int(self.bow.inverted_file.memory_bytes())
+        ivf = self.bow.inverted_file
+        mapped = ivf.mapped_bytes() if hasattr(ivf, "mapped_bytes") else 0
+        return self.store.nbytes() + geometry + int(ivf.memory_bytes()) + int(mapped)
 
     def check_consistent(self, where: str) -> None:
         """IndexFormatError unless both parts hold the same images."""

@@ -240,10 +240,12 @@ def load_index(
     folder: PathLike, *, verify: bool = True, mmap: bool = True, shared_vocabulary: Optional[SharedVocabulary] = None
 ) -> SavedIndex:
     """Read and check an index folder written by :func:`save_index`. ``shared_vocabulary``:
-    use that vocabulary instead of parsing the folder's when it is the same file."""
+    use that vocabulary instead of parsing the folder's when it is the same file. ``mmap``
+    maps the RoI and geometry arrays and the ASMK inverted file's signatures instead of
+    reading them."""
     m = read_manifest(folder, verify=verify)
     f = _frontend(m, shared_vocabulary)
-    bow = BowIndex.read(m, f.encoder)
+    bow = BowIndex.read(m, f.encoder, mmap=mmap)
     store = _store(m, (f.nbits + 63) // 64, mmap)
     index = TwoStageIndex(bow, store, _geometry(m, len(store), mmap))
     index.check_consistent(str(m.folder))

@@ -500,8 +500,12 @@ class Retriever:
         :func:`roiret.distributed.index` or by saving a sharded retriever): then
         :attr:`index` is a :class:`~roiret.search.sharded.ShardedIndex`, searched exactly as
         one index of the same images. ``verify`` checks every file's SHA-256;
-        ``mmap`` maps the RoI arrays instead of reading them (the first :meth:`add` copies
-        them into memory). Raises :class:`~roiret.errors.IndexFormatError` (not an index,
+        ``mmap`` maps the RoI and geometry arrays and the first stage's signatures (an ASMK
+        index: 2/3 of its inverted file at 64 bits, 4/5 at 128) instead of reading them —
+        they are then pages of the system's file cache, shared by every process that loads
+        the folder and dropped under memory pressure rather than the process being killed;
+        the first :meth:`add` or :meth:`remove` copies them into memory (docs/SCALING.md,
+        "Signatures on disk"). Raises :class:`~roiret.errors.IndexFormatError` (not an index,
         newer format, missing / truncated / corrupt file, weights that differ from the ones
         the index was built with) or ``FileNotFoundError``."""
         if sharded.is_sharded(path):
